@@ -1,0 +1,5 @@
+import sys
+
+from mta.cli import main
+
+sys.exit(main())

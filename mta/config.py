@@ -1,0 +1,475 @@
+"""The YAML rules file, loaded into frozen typed objects.
+
+Every problem in a file is collected with its key path (`domains.slow.example.max_message_rate:
+invalid rate '20/our': unknown period 'our'`) and reported together: an operator fixes a
+file in one pass, and a bad file never starts the MTA or replaces the rules in force.
+Unknown keys are errors too: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from shaper.units import Duration, Rate
+
+
+class ConfigError(Exception):
+    """A rules file that cannot be used; `problems` lists every fault with its key path."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Broker(msgspec.Struct, frozen=True):
+    url: str = "amqp://guest:guest@localhost:5672/"
+    queue_type: str = "quorum"
+    # Deliveries held unacknowledged per lane: enough to keep every destination busy,
+    # small enough that a crash redelivers (and may duplicate) only this many.
+    prefetch: int = 1000
+    single_prefetch: int = 100
+    # A message redelivered this many times (it crashed the process each time) is quarantined.
+    delivery_limit: int = 10
+    publish_timeout: float = 30.0
+
+
+class Dns(msgspec.Struct, frozen=True):
+    nameservers: tuple[str, ...] | None = None
+    port: int = 53
+    timeout: float = 5.0
+    min_ttl: float = 30.0
+    max_ttl: float = 3600.0
+
+
+class Smtp(msgspec.Struct, frozen=True):
+    port: int = 25
+    helo: str | None = None
+    bind: str | None = None
+    max_message_size: int = 50 * 1024 * 1024
+
+
+class Metrics(msgspec.Struct, frozen=True):
+    port: int = 9108  # 0 disables the endpoint
+    address: str = "127.0.0.1"
+
+
+class Policy(msgspec.Struct, frozen=True):
+    """Limits and policies of one destination; `None` means inherit from the level above."""
+
+    connection_limit: int | None = None
+    max_message_rate: Rate | None = None
+    max_connection_rate: Rate | None = None
+    max_deliveries_per_connection: int | None = None
+    idle_timeout: float | None = None
+    retry_intervals: tuple[float, ...] | None = None
+    max_age: float | None = None
+    tls: str | None = None
+    connect_timeout: float | None = None
+    ehlo_timeout: float | None = None
+    starttls_timeout: float | None = None
+    mail_from_timeout: float | None = None
+    rcpt_to_timeout: float | None = None
+    data_timeout: float | None = None
+    data_dot_timeout: float | None = None
+
+
+DEFAULT_POLICY = Policy(
+    connection_limit=10,
+    max_message_rate=Rate.parse("100/s"),
+    max_connection_rate=Rate.parse("100/min"),
+    max_deliveries_per_connection=100,
+    idle_timeout=60.0,
+    retry_intervals=(600.0, 600.0, 1800.0, 1800.0, 3600.0, 3600.0, 7200.0),
+    max_age=86400.0,
+    tls="opportunistic",
+    connect_timeout=30.0,
+    ehlo_timeout=60.0,
+    starttls_timeout=60.0,
+    mail_from_timeout=60.0,
+    rcpt_to_timeout=60.0,
+    data_timeout=60.0,
+    data_dot_timeout=120.0,
+)
+
+
+class Provider(msgspec.Struct, frozen=True):
+    name: str
+    mx_suffix: tuple[str, ...]
+    policy: Policy
+
+
+class Domain(msgspec.Struct, frozen=True):
+    name: str
+    policy: Policy
+    mx: tuple[str, ...] | None = None
+
+
+class Pattern(msgspec.Struct, frozen=True):
+    match: str | None
+    action: str
+    code: int | None = None
+    enhanced: str | None = None
+    duration: float | None = None
+    policy: Policy = Policy()
+
+
+class Route(msgspec.Struct, frozen=True):
+    sender_domain: str
+    smarthost: str
+    policy: Policy
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+class DkimKey(msgspec.Struct, frozen=True):
+    domain: str
+    selector: str
+    key_file: str
+    algorithm: str = "rsa-sha256"
+
+
+class Config(msgspec.Struct, frozen=True):
+    broker: Broker = Broker()
+    dns: Dns = Dns()
+    smtp: Smtp = Smtp()
+    metrics: Metrics = Metrics()
+    default: Policy = DEFAULT_POLICY
+    providers: tuple[Provider, ...] = ()
+    domains: tuple[Domain, ...] = ()
+    patterns: tuple[Pattern, ...] = ()
+    routes: tuple[Route, ...] = ()
+    dkim: tuple[DkimKey, ...] = ()
+
+
+# --- field parsers: each takes the YAML value and returns the typed value or raises ValueError
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"expected a whole number, got {v!r}")
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError(f"{v} is out of range ({lo}..{hi if hi is not None else ''})")
+        return v
+
+    return parse
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"expected a non-empty string, got {v!r}")
+    return v
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else _str(v)
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if v not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {v!r}")
+        return v
+
+    return parse
+
+
+def _duration(v: Any) -> float:
+    return Duration.parse(v).seconds
+
+
+def _positive_duration(v: Any) -> float:
+    seconds = _duration(v)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above zero, got {v!r}")
+    return seconds
+
+
+def _rate(v: Any) -> Rate:
+    if not isinstance(v, str):
+        raise ValueError(f"invalid rate {v!r}: write it as N/s, N/min, N/h or N/d")
+    return Rate.parse(v)
+
+
+def _str_list(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise ValueError(f"expected a non-empty list of strings, got {v!r}")
+    return tuple(_str(item) for item in v)
+
+
+def _intervals(v: Any) -> tuple[float, ...]:
+    if not isinstance(v, list) or not v:
+        raise ValueError(f"expected a non-empty list of durations, got {v!r}")
+    return tuple(_positive_duration(item) for item in v)
+
+
+def _regex(v: Any) -> str:
+    text = _str(v)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {text!r}: {exc}") from None
+    return text
+
+
+def _enhanced(v: Any) -> str:
+    text = _str(v)
+    if not re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", text):
+        raise ValueError(f"invalid enhanced status code {text!r}: expected e.g. 4.7.0")
+    return text
+
+
+def _smtp_code(v: Any) -> int:
+    return _int(200, 599)(v)
+
+
+def _nameservers(v: Any) -> tuple[str, ...] | None:
+    return None if v is None else _str_list(v)
+
+
+def _mx_list(v: Any) -> tuple[str, ...]:
+    hosts = _str_list(v)
+    for host in hosts:
+        if not re.fullmatch(r"\[[^\]\s]+\](:\d{1,5})?|[A-Za-z0-9.-]+(:\d{1,5})?", host):
+            raise ValueError(f"invalid mx {host!r}: expected host, host:port or [address]:port")
+    return hosts
+
+
+POLICY_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "connection_limit": _int(1, 10000),
+    "max_message_rate": _rate,
+    "max_connection_rate": _rate,
+    "max_deliveries_per_connection": _int(1),
+    "idle_timeout": _duration,
+    "retry_intervals": _intervals,
+    "max_age": _positive_duration,
+    "tls": _choice("opportunistic", "required", "verified", "disabled"),
+    "connect_timeout": _positive_duration,
+    "ehlo_timeout": _positive_duration,
+    "starttls_timeout": _positive_duration,
+    "mail_from_timeout": _positive_duration,
+    "rcpt_to_timeout": _positive_duration,
+    "data_timeout": _positive_duration,
+    "data_dot_timeout": _positive_duration,
+}
+
+SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
+    "broker": (
+        Broker,
+        {
+            "url": _str,
+            "queue_type": _choice("quorum", "classic"),
+            "prefetch": _int(1, 65535),
+            "single_prefetch": _int(1, 65535),
+            "delivery_limit": _int(1, 1000),
+            "publish_timeout": _positive_duration,
+        },
+    ),
+    "dns": (
+        Dns,
+        {
+            "nameservers": _nameservers,
+            "port": _int(1, 65535),
+            "timeout": _positive_duration,
+            "min_ttl": _duration,
+            "max_ttl": _positive_duration,
+        },
+    ),
+    "smtp": (
+        Smtp,
+        {"port": _int(1, 65535), "helo": _opt_str, "bind": _opt_str, "max_message_size": _int(1)},
+    ),
+    "metrics": (Metrics, {"port": _int(0, 65535), "address": _str}),
+}
+
+
+class _Collector:
+    """Walks the YAML tree, converting fields and remembering every problem with its path."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def fields(self, path: str, raw: Any, spec: dict[str, Callable[[Any], Any]], *, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.problem(path, f"expected a mapping, got {type(raw).__name__}")
+            return {}
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key in extra:
+                continue
+            parse = spec.get(key)
+            if parse is None:
+                self.problem(where, "unknown key")
+                continue
+            try:
+                out[key] = parse(value)
+            except ValueError as exc:
+                self.problem(where, str(exc))
+        return out
+
+    def required(self, path: str, raw: dict, key: str) -> None:
+        if key not in raw:
+            self.problem(f"{path}.{key}", "required")
+
+
+def _policy(c: _Collector, path: str, raw: Any, extra_spec: dict[str, Callable[[Any], Any]] | None = None, extra: tuple[str, ...] = ()) -> tuple[Policy, dict[str, Any]]:
+    spec = dict(POLICY_FIELDS)
+    spec.update(extra_spec or {})
+    values = c.fields(path, raw, spec, extra=extra)
+    own = {k: values.pop(k) for k in list(values) if k not in POLICY_FIELDS}
+    return Policy(**values), own
+
+
+def _named_map(c: _Collector, path: str, raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        c.problem(path, f"expected a mapping of names, got {type(raw).__name__}")
+        return {}
+    return raw
+
+
+def _list(c: _Collector, path: str, raw: Any) -> list[Any]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        c.problem(path, f"expected a list, got {type(raw).__name__}")
+        return []
+    return raw
+
+
+PATTERN_FIELDS = {
+    "match": _regex,
+    "code": _smtp_code,
+    "enhanced": _enhanced,
+    "action": _choice("suspend", "throttle", "bounce", "retry"),
+    "duration": _positive_duration,
+}
+
+ROUTE_FIELDS = {
+    "sender_domain": _str,
+    "smarthost": _str,
+    "username": _str,
+    "password_env": _str,
+    "password_file": _str,
+    "tags": _str_list,
+}
+
+DKIM_FIELDS = {
+    "domain": _str,
+    "selector": _str,
+    "key_file": _str,
+    "algorithm": _choice("rsa-sha256", "ed25519-sha256"),
+}
+
+
+def parse_config(raw: Any) -> Config:
+    """Convert a loaded YAML document; raises ConfigError listing every problem."""
+    c = _Collector()
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"(top): expected a mapping, got {type(raw).__name__}"])
+    known = set(SECTIONS) | {"default", "providers", "domains", "patterns", "routes", "dkim"}
+    for key in raw:
+        if key not in known:
+            c.problem(str(key), "unknown key")
+
+    sections = {name: cls(**c.fields(name, raw.get(name), spec)) for name, (cls, spec) in SECTIONS.items()}
+
+    default_overrides, _ = _policy(c, "default", raw.get("default"))
+    default = merge(DEFAULT_POLICY, default_overrides)
+
+    providers = []
+    for name, body in _named_map(c, "providers", raw.get("providers")).items():
+        path = f"providers.{name}"
+        policy, own = _policy(c, path, body, {"mx_suffix": _str_list})
+        if isinstance(body, dict):
+            c.required(path, body, "mx_suffix")
+        if "mx_suffix" in own:
+            providers.append(Provider(str(name), tuple(s.lower() for s in own["mx_suffix"]), policy))
+
+    domains = []
+    for name, body in _named_map(c, "domains", raw.get("domains")).items():
+        policy, own = _policy(c, f"domains.{name}", body, {"mx": _mx_list})
+        domains.append(Domain(str(name).lower().rstrip("."), policy, own.get("mx")))
+
+    patterns = []
+    for i, body in enumerate(_list(c, "patterns", raw.get("patterns"))):
+        path = f"patterns[{i}]"
+        policy, own = _policy(c, path, body, PATTERN_FIELDS)
+        if not isinstance(body, dict):
+            continue
+        c.required(path, body, "action")
+        if "match" not in body and "code" not in body and "enhanced" not in body:
+            c.problem(path, "needs at least one of match, code, enhanced")
+        if own.get("action") in ("suspend", "throttle") and "duration" not in own:
+            c.problem(f"{path}.duration", f"required for action {own['action']}")
+        if "action" in own:
+            patterns.append(Pattern(match=own.get("match"), action=own["action"], code=own.get("code"), enhanced=own.get("enhanced"), duration=own.get("duration"), policy=policy))
+
+    routes = []
+    for i, body in enumerate(_list(c, "routes", raw.get("routes"))):
+        path = f"routes[{i}]"
+        policy, own = _policy(c, path, body, ROUTE_FIELDS)
+        if not isinstance(body, dict):
+            continue
+        for key in ("sender_domain", "smarthost"):
+            c.required(path, body, key)
+        if "password_env" in own and "password_file" in own:
+            c.problem(path, "give password_env or password_file, not both")
+        if "password" in body:
+            c.problems.remove(f"{path}.password: unknown key")
+            c.problem(f"{path}.password", "passwords are not written in the rules file: use password_env or password_file")
+        if "sender_domain" in own and "smarthost" in own:
+            routes.append(Route(sender_domain=own["sender_domain"].lower(), smarthost=own["smarthost"], policy=policy, username=own.get("username"), password_env=own.get("password_env"), password_file=own.get("password_file"), tags=own.get("tags", ())))
+
+    keys = []
+    for i, body in enumerate(_list(c, "dkim", raw.get("dkim"))):
+        path = f"dkim[{i}]"
+        values = c.fields(path, body, DKIM_FIELDS)
+        if not isinstance(body, dict):
+            continue
+        for key in ("domain", "selector", "key_file"):
+            c.required(path, body, key)
+        if all(k in values for k in ("domain", "selector", "key_file")):
+            keys.append(DkimKey(**values))
+
+    if c.problems:
+        raise ConfigError(c.problems)
+    return Config(default=default, providers=tuple(providers), domains=tuple(domains), patterns=tuple(patterns), routes=tuple(routes), dkim=tuple(keys), **sections)
+
+
+def merge(base: Policy, override: Policy) -> Policy:
+    """`override`'s set fields on top of `base`."""
+    changes = {f: v for f in override.__struct_fields__ if (v := getattr(override, f)) is not None}
+    return msgspec.structs.replace(base, **changes) if changes else base
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a rules file; raises ConfigError naming every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    return parse_config(raw)

@@ -1,0 +1,243 @@
+"""The engine: consume both lanes, route, deliver, settle; reconnect when the broker goes away.
+
+One broker session = a consuming connection (one channel and prefetch per lane, so a full
+bulk window never blocks single mail) and a separate publishing connection with confirms
+(a publisher blocked by broker flow control must not block acknowledgements). When either
+connection or a consuming channel closes, the session ends: jobs not yet on the wire are
+dropped from memory (the broker redelivers them, their channel being gone), transactions on
+the wire finish, and a new session starts with backoff. Destinations, DNS cache and the
+record of recent final outcomes survive sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from mta.config import Config
+from mta.delivery import Destination
+from mta.message import InvalidMessage, Job, decode
+from mta.mx import DnsFailure, MxAnswer, MxResolver
+from mta.routing import Router
+from mta.rules import Resolved, Rules
+from mta.settle import AckBook, Settler, attempt_entry
+from mta.smtp import Connector, Reply
+from mta.topology import LANES, Topology, lane_queue
+from shaper.replies import classify
+from shaper.retry import RetrySchedule
+
+log = logging.getLogger("mta.engine")
+
+SHUTDOWN_GRACE = 60.0  # seconds in-flight transactions get to finish on SIGTERM
+
+
+def redact(url: str) -> str:
+    """A broker URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+class Engine:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.clock = clock
+        self.rules = Rules(config)
+        dns = config.dns
+        self.resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, clock)
+        self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, clock)
+        self.router = Router(self.resolver, self.rules, self._deliver, self._unroutable)
+        self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
+        self.destinations: dict[str, Destination] = {}
+        self.settler: Settler | None = None
+        self.ready = asyncio.Event()
+        self.stopping = False
+        self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0}
+
+    # ---- broker sessions
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 1.0
+        while not stop.is_set():
+            started = self.clock()
+            try:
+                await self._session(stop)
+            except (aio_pika.exceptions.AMQPException, OSError, asyncio.TimeoutError) as exc:
+                log.warning("broker session at %s ended: %s; reconnecting in %.0fs",
+                            redact(self.config.broker.url), exc or exc.__class__.__name__, backoff)
+            if stop.is_set():
+                break
+            if self.clock() - started > 30:
+                backoff = 1.0
+            try:
+                await asyncio.wait_for(stop.wait(), backoff)
+            except asyncio.TimeoutError:
+                pass
+            backoff = min(backoff * 2, 30.0)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        url = self.config.broker.url
+        consume_conn = await aio_pika.connect(url, timeout=10, client_properties={"connection_name": "mta consume"})
+        publish_conn = None
+        try:
+            publish_conn = await aio_pika.connect(url, timeout=10, client_properties={"connection_name": "mta publish"})
+            publish_ch = await publish_conn.channel(publisher_confirms=True, on_return_raises=True)
+            exchanges = await self.topology.declare(publish_ch)
+            if self.settler is None:
+                self.settler = Settler(exchanges, publish_ch, self.topology, self.config.broker.publish_timeout)
+            else:
+                self.settler.attach(exchanges, publish_ch)
+            settler_task = asyncio.create_task(self.settler.run(), name="settler")
+            lost = asyncio.Event()
+            consumers = []
+            for conn in (consume_conn, publish_conn):
+                conn.close_callbacks.add(lambda *_: lost.set())
+            publish_ch.close_callbacks.add(lambda *_: lost.set())
+            for lane in LANES:
+                channel = await consume_conn.channel()
+                channel.close_callbacks.add(lambda *_: lost.set())
+                prefetch = self.config.broker.single_prefetch if lane == "single" else self.config.broker.prefetch
+                await channel.set_qos(prefetch_count=prefetch)
+                queue = await channel.get_queue(lane_queue(lane), ensure=False)
+                book = AckBook(channel.channel)
+                tag = await queue.consume(self._consumer(lane, book))
+                consumers.append((queue, tag))
+            log.info("consuming %s at %s", ", ".join(lane_queue(l) for l in LANES), redact(url))
+            self.ready.set()
+            stopped = asyncio.create_task(stop.wait())
+            broken = asyncio.create_task(lost.wait())
+            await asyncio.wait([stopped, broken], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            broken.cancel()
+            if stop.is_set() and not lost.is_set():
+                await self._shutdown(consumers)
+            else:
+                log.warning("lost the broker; mail not yet on the wire will be redelivered")
+                self._forget_queued()
+            settler_task.cancel()
+        finally:
+            self.ready.clear()
+            for conn in (publish_conn, consume_conn):
+                if conn is not None and not conn.is_closed:
+                    try:
+                        await asyncio.wait_for(conn.close(), 5)
+                    except Exception:  # closing a broken connection: nothing left to save
+                        pass
+
+    async def _shutdown(self, consumers) -> None:
+        """SIGTERM: stop consuming, give back what is queued, let the wire finish, settle, ack."""
+        self.stopping = True
+        for queue, tag in consumers:
+            try:
+                await queue.cancel(tag)
+            except Exception as exc:
+                log.warning("cancelling consumer %s failed: %s", tag, exc)
+        for job in self._forget_queued():
+            job.delivery[0].requeue.append(job.delivery[1])
+        workers = [t for d in self.destinations.values() for t in d.tasks]
+        for d in self.destinations.values():
+            d.close_idle()
+        if workers:
+            done, pending = await asyncio.wait(workers, timeout=SHUTDOWN_GRACE)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=10)
+        self.settler.kick()
+        await asyncio.wait_for(self.settler.wait_idle(), self.config.broker.publish_timeout + 5)
+        for book in list(self.settler.books):
+            await book.flush()
+        log.info("stopped: in-flight mail settled, queued mail returned to the broker")
+
+    def _forget_queued(self) -> list[Job]:
+        jobs = self.router.drain()
+        for destination in self.destinations.values():
+            jobs.extend(destination.drain())
+        return jobs
+
+    def _consumer(self, lane: str, book: AckBook):
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            self.accept(message.body, message.headers, lane, book, message.delivery_tag, message.redelivered)
+
+        return on_message
+
+    # ---- the path of one message
+
+    def accept(self, body: bytes, headers: dict | None, lane: str, book: AckBook, tag: int,
+               redelivered: bool = False) -> None:
+        now = self.clock()
+        book.received(tag)
+        self.counts["consumed"] += 1
+        try:
+            job = decode(body, headers or {}, lane, now)
+        except InvalidMessage as exc:
+            self.counts["invalid"] += 1
+            self.settler.invalid(body, headers or {}, str(exc), book, tag, lane, now)
+            return
+        job.delivery = (book, tag)
+        if redelivered and self.settler.replay_final(job, book, tag):
+            return
+        if job.size > self.config.smtp.max_message_size:
+            self._finish(job, Reply(552, f"5.3.4 message of {job.size} octets exceeds the maximum size "
+                                         f"{self.config.smtp.max_message_size} (local decision)", "message"),
+                         None, None, self.rules.resolve(job.domain, None))
+            return
+        self.router.route(job)
+
+    def _deliver(self, job: Job, answer: MxAnswer, resolved: Resolved) -> None:
+        destination = self.destinations.get(resolved.key)
+        if destination is None:
+            destination = Destination(resolved.key, answer, resolved.policy, connector=self.connector,
+                                      port=self.config.smtp.port, done=self._done, clock=self.clock)
+            self.destinations[resolved.key] = destination
+        else:
+            destination.answer = answer
+        job.destination = resolved
+        destination.push(job)
+
+    def _unroutable(self, job: Job, failure: DnsFailure, resolved: Resolved) -> None:
+        job.destination = resolved
+        self._finish(job, Reply(None, f"{failure.enhanced} {failure.description}", "dns"), None, None,
+                     resolved, permanent=failure.permanent)
+
+    def _done(self, job: Job, reply: Reply, mx: str | None, ip: str | None) -> None:
+        self._finish(job, reply, mx, ip, job.destination)
+
+    def _finish(self, job: Job, reply: Reply, mx: str | None, ip: str | None, resolved: Resolved,
+                *, permanent: bool | None = None) -> None:
+        now = self.clock()
+        book, tag = job.delivery
+        job.attempts += 1
+        job.history.append(attempt_entry(now, reply.phase, reply.code, reply.enhanced, reply.text, mx, ip, job.lane))
+        settler = self.settler
+        if reply.ok:
+            self.counts["delivered"] += 1
+            settler.final(job, book, tag, "delivered")
+            return
+        if permanent is None:
+            verdict = classify(reply.code, reply.enhanced, reply.text)
+            permanent, bounce = verdict.permanent, verdict.bounce
+        else:
+            bounce = "hard" if permanent else None
+        if permanent:
+            self.counts["bounced"] += 1
+            settler.final(job, book, tag, "bounced", bounce or "soft")
+            return
+        policy = resolved.policy
+        schedule = RetrySchedule(job.retries or policy.retry_intervals, job.max_age or policy.max_age)
+        decision = schedule.decide(job.attempts, job.first_seen, now, max_attempts=job.max_attempts)
+        if decision.retry:
+            self.counts["deferred"] += 1
+            settler.defer(job, book, tag, decision.delay)
+        else:
+            self.counts["expired"] += 1
+            settler.final(job, book, tag, "expired", "soft")
