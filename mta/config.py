@@ -210,7 +210,13 @@ def _str_list(v: Any) -> tuple[str, ...]:
 def _intervals(v: Any) -> tuple[float, ...]:
     if not isinstance(v, list) or not v:
         raise ValueError(f"expected a non-empty list of durations, got {v!r}")
-    return tuple(_positive_duration(item) for item in v)
+    out = []
+    for i, item in enumerate(v):
+        try:
+            out.append(_positive_duration(item))
+        except ValueError as exc:
+            raise ValueError(f"[{i}] {exc}") from None
+    return tuple(out)
 
 
 def _regex(v: Any) -> str:

@@ -56,6 +56,7 @@ class Destination:
         self.tasks: set[asyncio.Task] = set()
         self.last_error: str | None = None
         self.closing = False
+        self.unreachable_since: float | None = None
         self.apply(policy)
 
     def apply(self, policy: Policy) -> None:
@@ -195,13 +196,19 @@ class Destination:
                 except SessionFailed as exc:
                     last, last_host, last_ip = exc.reply, host.name, ip
                     self.last_error = f"{host.name} [{ip}]: {last}"
-                    log.info("%s: %s [%s] failed at %s: %s; trying the next host", self.key, host.name, ip, last.phase, last)
+                    log.debug("%s: %s [%s] failed at %s: %s", self.key, host.name, ip, last.phase, last)
                     continue
                 self.connected += 1
+                self.unreachable_since = None
                 return session
-        log.warning("%s: no host accepted a connection (%s); deferring", self.key, last)
         self._done(job, last, last_host, last_ip)
+        failed = 1
         if self.connected == 0:
             for queued in self.drain():
                 self._done(queued, last, last_host, last_ip)
+                failed += 1
+        if self.unreachable_since is None:
+            self.unreachable_since = self._clock()
+            log.warning("%s: no host accepted a connection (%s); %d message(s) deferred, and the "
+                        "destination is retried with the next message", self.key, self.last_error, failed)
         return None

@@ -1,0 +1,136 @@
+"""An exact GCRA (generic cell rate algorithm) rate limiter.
+
+Theory of operation: GCRA keeps one number, the theoretical arrival time
+``tat``: when the next event would be due if events came exactly one emission
+interval ``T = period / count`` apart. An event at ``now`` conforms when
+``now >= tat - tau``, where the tolerance ``tau = (burst - 1) * T`` lets up to
+``burst`` events through back to back; each admitted event pushes ``tat`` to
+``max(tat, now) + T``. That is the whole state: no timer refills anything, so
+an idle limiter costs nothing and ``now`` only ever comes in as an argument.
+
+Guarantee: a rate of N per period with burst b admits at most N + b - 1 events
+in any half-open window ``[t, t + period)``. (Each admission moves ``tat`` at
+least T past the first admission of the window, and the k-th one needs
+``t_k >= t_1 + (k - 1) T - tau``.) To keep that exact rather than
+"up to rounding", the arithmetic runs on ``Fraction``: floats convert to
+fractions exactly, and a few microseconds per message are nothing next to an
+SMTP transaction. Only ``retry_after`` goes back to float, rounded up, so that
+waiting exactly ``retry_after`` is always enough.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+from shaper.units import Rate
+
+__all__ = ["Decision", "Gcra"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    retry_after: float  # 0.0 when allowed, else seconds until one would be
+
+
+_ALLOWED = Decision(True, 0.0)
+
+
+def _exact(now: float) -> Fraction:
+    if not math.isfinite(now):
+        raise ValueError(f"now must be a finite number of seconds, got {now!r}")
+    return Fraction(now)
+
+
+def _float_up(q: Fraction) -> float:
+    """The smallest float >= ``q`` (float() rounds to nearest, maybe down)."""
+    f = float(q)
+    return math.nextafter(f, math.inf) if Fraction(f) < q else f
+
+
+def _wait_until(now: float, at: Fraction) -> float:
+    """A wait ``d`` such that ``now + d``, added in floats, is >= ``at``.
+
+    With ``x`` the smallest float >= ``at`` and ``d >= x - now`` exactly, the
+    sum is a real >= ``x``; rounding it to nearest cannot go below the float
+    ``x``, so the caller who sleeps ``d`` and asks again is admitted.
+    """
+    return _float_up(Fraction(_float_up(at)) - Fraction(now))
+
+
+class Gcra:
+    """Rate limiter state for one key (a destination, a route, a source IP)."""
+
+    __slots__ = ("_burst", "_interval", "_rate", "_tat", "_tolerance")
+
+    def __init__(self, rate: Rate, burst: int = 1) -> None:
+        self._tat: Fraction | None = None  # None: never used, fully rested
+        self._configure(rate, burst)
+
+    def _configure(self, rate: Rate, burst: int) -> None:
+        if not isinstance(rate, Rate):
+            raise TypeError(f"rate must be a Rate, got {rate!r}")
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ValueError(f"burst must be an integer >= 1, got {burst!r}")
+        self._rate = rate
+        self._burst = burst
+        self._interval = Fraction(rate.period) / Fraction(rate.count)
+        self._tolerance = (burst - 1) * self._interval
+
+    @property
+    def rate(self) -> Rate:
+        return self._rate
+
+    @property
+    def burst(self) -> int:
+        return self._burst
+
+    def _verdict(self, now: float) -> tuple[Decision, Fraction]:
+        t = _exact(now)
+        tat = t if self._tat is None or self._tat < t else self._tat
+        allow_at = tat - self._tolerance
+        if t >= allow_at:
+            return _ALLOWED, tat
+        return Decision(False, _wait_until(now, allow_at)), tat
+
+    def check(self, now: float) -> Decision:
+        """Would one event be admitted at ``now``? Changes nothing."""
+        return self._verdict(now)[0]
+
+    def take(self, now: float) -> Decision:
+        """Admit one event at ``now`` if it conforms, and account for it."""
+        decision, tat = self._verdict(now)
+        if decision.allowed:
+            self._tat = tat + self._interval
+        return decision
+
+    def is_idle(self, now: float) -> bool:
+        """True when the full burst is available: the state may be dropped."""
+        return self._tat is None or self._tat <= _exact(now)
+
+    def set_rate(self, rate: Rate, now: float, *, burst: int | None = None) -> None:
+        """Switch to a new rate (a throttle, its end, a reload) at ``now``.
+
+        The debt (how far ``tat`` runs ahead of ``now``) is kept in cells, not
+        seconds: a bucket that had used 3 of its burst still has used 3 after
+        the change, so neither a throttle nor its end hands out a fresh burst
+        or a long stall. When slowing down, the next event also waits one new
+        interval after the last admitted one: a throttle imposed because the
+        receiver said "too fast" takes effect with the very next message.
+        """
+        old_interval = self._interval
+        self._configure(rate, self._burst if burst is None else burst)
+        if self._tat is None:
+            return
+        t = _exact(now)
+        debt = max(self._tat - t, Fraction(0))
+        tat = t + debt * self._interval / old_interval
+        if self._interval > old_interval:
+            tat = max(tat, self._tat + self._interval - old_interval)
+        self._tat = tat
+
+    def __repr__(self) -> str:
+        tat = None if self._tat is None else float(self._tat)
+        return f"Gcra(rate={self._rate}, burst={self._burst}, tat={tat})"
