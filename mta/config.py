@@ -183,7 +183,10 @@ def _choice(*options: str) -> Callable[[Any], str]:
 
 
 def _duration(v: Any) -> float:
-    return Duration.parse(v).seconds
+    try:
+        return Duration.parse(v).seconds
+    except OverflowError:  # float() of a huge YAML integer
+        raise ValueError(f"invalid duration {v!r}: too large") from None
 
 
 def _positive_duration(v: Any) -> float:
@@ -223,7 +226,7 @@ def _regex(v: Any) -> str:
     text = _str(v)
     try:
         re.compile(text)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999} overflows
         raise ValueError(f"invalid regular expression {text!r}: {exc}") from None
     return text
 
@@ -243,12 +246,16 @@ def _nameservers(v: Any) -> tuple[str, ...] | None:
     return None if v is None else _str_list(v)
 
 
+def _host(v: Any, what: str = "mx") -> str:
+    host = _str(v)
+    m = re.fullmatch(r"(?:\[[^\]\s]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?", host)
+    if not m or (m[1] is not None and not 0 < int(m[1]) <= 65535):
+        raise ValueError(f"invalid {what} {host!r}: expected host, host:port or [address]:port")
+    return host
+
+
 def _mx_list(v: Any) -> tuple[str, ...]:
-    hosts = _str_list(v)
-    for host in hosts:
-        if not re.fullmatch(r"\[[^\]\s]+\](:\d{1,5})?|[A-Za-z0-9.-]+(:\d{1,5})?", host):
-            raise ValueError(f"invalid mx {host!r}: expected host, host:port or [address]:port")
-    return hosts
+    return tuple(_host(host) for host in _str_list(v))
 
 
 POLICY_FIELDS: dict[str, Callable[[Any], Any]] = {
@@ -370,7 +377,7 @@ PATTERN_FIELDS = {
 
 ROUTE_FIELDS = {
     "sender_domain": _str,
-    "smarthost": _str,
+    "smarthost": lambda v: _host(v, "smarthost"),
     "username": _str,
     "password_env": _str,
     "password_file": _str,
@@ -425,7 +432,7 @@ def parse_config(raw: Any) -> Config:
         c.required(path, body, "action")
         if "match" not in body and "code" not in body and "enhanced" not in body:
             c.problem(path, "needs at least one of match, code, enhanced")
-        if own.get("action") in ("suspend", "throttle") and "duration" not in own:
+        if own.get("action") in ("suspend", "throttle") and "duration" not in body:
             c.problem(f"{path}.duration", f"required for action {own['action']}")
         if "action" in own:
             patterns.append(Pattern(match=own.get("match"), action=own["action"], code=own.get("code"), enhanced=own.get("enhanced"), duration=own.get("duration"), policy=policy))
@@ -474,6 +481,8 @@ def load_config(path: str | Path) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -24,8 +24,12 @@ H_ATTEMPTS = "x-mta-attempts"
 H_FIRST = "x-mta-first"  # first acceptance, epoch milliseconds
 H_RESULTS = "x-mta-results"
 
-_LOCAL_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+|\"(?:[^\"\\\r\n]|\\[ -~])*\"")
-_FORBIDDEN = re.compile(r"[\x00-\x20\x7f<>]")
+# RFC 5321 dot-string or quoted-string (qtextSMTP / quoted-pairSMTP: printable ASCII, no
+# control characters), with RFC 6531's UTF8-non-ascii allowed where atext and qtext are.
+_LOCAL_ATOM = re.compile(
+    r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]|[^\x00-\x7f])+"
+    r"|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|[^\x00-\x7f]|\\[\x20-\x7e])*\""
+)
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _ADDRESS_LITERAL = re.compile(r"\[(?:IPv6:[0-9A-Fa-f:.]+|[0-9.]+)\]")
 
@@ -60,15 +64,17 @@ def parse_address(value: Any, field: str) -> Address:
     if len(local.encode("utf-8", "surrogatepass")) > 64:
         raise InvalidMessage(f"{field}: local part longer than 64 octets")
     utf8 = not local.isascii()
-    if utf8:
-        if _FORBIDDEN.search(local) or not local.isprintable():
-            raise InvalidMessage(f"{field}: {value!r} has characters not allowed in a local part")
-    elif _LOCAL_ATOM.fullmatch(local) is None or local.startswith(".") or local.endswith(".") or ".." in local:
+    if utf8 and not local.isprintable():
+        raise InvalidMessage(f"{field}: {value!r} has characters not allowed in a local part")
+    if _LOCAL_ATOM.fullmatch(local) is None or local.startswith(".") or local.endswith(".") or ".." in local:
         raise InvalidMessage(f"{field}: {value!r} has an invalid local part")
     if _ADDRESS_LITERAL.fullmatch(domain):
         return Address(value, local, domain, domain, utf8)
     ascii_domain = _ascii_domain(domain.rstrip(".").lower(), field, value)
-    return Address(value, local, domain, ascii_domain, utf8)
+    if len(local.encode("utf-8")) + 1 + len(ascii_domain) > 254:
+        raise InvalidMessage(f"{field}: address longer than 254 octets once the domain is in ASCII form")
+    # The wire form carries the A-label domain: without SMTPUTF8 the command must be ASCII.
+    return Address(f"{local}@{ascii_domain}", local, domain, ascii_domain, utf8)
 
 
 def _ascii_domain(domain: str, field: str, value: str) -> str:
@@ -168,12 +174,25 @@ def decode(body: bytes, headers: dict[str, Any], lane: str, now: float) -> Job:
     job.doc = doc
     job.body = body
     job.lane = lane
-    job.attempts = int(headers.get(H_ATTEMPTS, 0) or 0)
-    first = headers.get(H_FIRST)
-    job.first_seen = int(first) / 1000 if first else now
+    job.attempts = _header_int(headers, H_ATTEMPTS)
+    first = _header_int(headers, H_FIRST)
+    job.first_seen = first / 1000 if first else now
     previous = headers.get(H_RESULTS)
-    job.history = orjson.loads(previous) if previous else []
+    try:
+        job.history = orjson.loads(previous) if previous else []
+    except (TypeError, ValueError):
+        raise InvalidMessage(f"header {H_RESULTS}: not a JSON list") from None
+    if not isinstance(job.history, list):
+        raise InvalidMessage(f"header {H_RESULTS}: not a JSON list")
     return job
+
+
+def _header_int(headers: dict[str, Any], name: str) -> int:
+    """One of our own headers; a producer that sets it wrongly gets a reason, not a crash."""
+    try:
+        return int(headers.get(name, 0) or 0)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidMessage(f"header {name}: expected a whole number") from None
 
 
 def _message_id(doc: dict, headers: dict[str, Any]) -> str:
@@ -185,7 +204,7 @@ def _message_id(doc: dict, headers: dict[str, Any]) -> str:
     carried = headers.get(H_ID)
     if isinstance(carried, bytes):
         carried = carried.decode("ascii", "replace")
-    return carried or str(uuid.uuid4())
+    return str(carried) if carried else str(uuid.uuid4())
 
 
 def _tags(doc: dict) -> tuple[str, ...]:

@@ -1,0 +1,190 @@
+"""End-to-end throughput: private broker, N pre-published messages, loopback sinks, many domains.
+
+    .venv/bin/python benchmarks/e2e.py --messages 20000 --size 1024 --domains 100
+
+Starts a private RabbitMQ node, dnsmasq serving d0.test .. d{N-1}.test (each its own MX
+address on 127.0.2.x), one Postfix `smtp-sink` per MX address, pre-publishes the messages to
+the bulk lane, then starts the MTA and measures until every message has a final result:
+
+- delivered msg/s: from the first to the last SMTP acceptance (the `time` of the 250 in the
+  results), and from MTA start to the last result (includes start-up);
+- CPU per message: the MTA process's user+system time divided by the messages;
+- peak RSS of the MTA process (VmHWM).
+
+No limit binds (rates and connections are set high), so this measures the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import aio_pika  # noqa: E402
+import orjson  # noqa: E402
+import yaml  # noqa: E402
+
+from tests.testbed.dns import Dnsmasq, bulk_ip, standard_zone  # noqa: E402
+from tests.testbed.rabbit import RabbitNode  # noqa: E402
+from tests.testbed.util import free_port  # noqa: E402
+
+
+def mime(i: int, size: int) -> str:
+    head = (f"Message-ID: <b{i}@bench.test>\nFrom: Bench <bench@sender.test>\nTo: user{i}@d.test\n"
+            f"Subject: benchmark message {i}\nDate: Mon, 23 Nov 2026 12:00:00 +0000\n\n")
+    line = "x" * 76 + "\n"
+    return head + line * max(1, (size - len(head)) // len(line))
+
+
+async def prepublish(url: str, n: int, size: int, domains: int) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange("mta")
+        for start in range(0, n, 500):
+            batch = []
+            for i in range(start, min(n, start + 500)):
+                body = orjson.dumps({"id": f"b{i}", "recipient": f"user{i}@d{i % domains}.test",
+                                     "envelope": "bounces@sender.test", "mime": mime(i, size)})
+                batch.append(exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key="bulk"))
+            await asyncio.gather(*batch)
+
+
+async def declare(url: str, config_path: str) -> None:
+    """The MTA's own topology, so that messages can be queued before it starts."""
+    from mta.config import load_config
+    from mta.topology import Topology
+
+    config = load_config(config_path)
+    connection = await aio_pika.connect(url)
+    async with connection:
+        await Topology(config.broker.queue_type, config.broker.delivery_limit).declare(await connection.channel())
+
+
+async def wait_results(url: str, n: int, timeout: float) -> tuple[dict, list[float]]:
+    counts: dict[str, int] = {}
+    accepted: list[float] = []
+    finals = 0
+    done = asyncio.Event()
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=5000)
+        queue = await channel.get_queue("mta.results")
+
+        async def on_result(message) -> None:
+            nonlocal finals
+            doc = orjson.loads(message.body)
+            counts[doc["status"]] = counts.get(doc["status"], 0) + 1
+            if doc["status"] == "delivered":
+                accepted.append(datetime.fromisoformat(doc["results"][-1]["time"].replace("Z", "+00:00")).timestamp())
+            if doc["final"]:
+                finals += 1
+                if finals >= n:
+                    done.set()
+            await message.ack(multiple=True)
+
+        await queue.consume(on_result)
+        await asyncio.wait_for(done.wait(), timeout)
+    return counts, accepted
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(user+system CPU seconds, peak RSS bytes) of a live process."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    peak = 0
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) * 1024
+    return cpu, peak
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--size", type=int, default=1024, help="approximate MIME size in bytes")
+    ap.add_argument("--domains", type=int, default=100)
+    ap.add_argument("--connections", type=int, default=10, help="connection_limit per destination")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="mta-bench-")
+    os.chmod(work, 0o755)  # the broker runs as the rabbitmq user and must reach its directory
+    rabbit = RabbitNode(os.path.join(work, "rabbit"), port=free_port(), nodename="mtabench@localhost")
+    dns = Dnsmasq(records=standard_zone(args.domains), log_queries=False)
+    sinks: list[subprocess.Popen] = []
+    mta = None
+    try:
+        rabbit.start()
+        dns.start()
+        smtp_port = free_port()
+        sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        for i in range(args.domains):
+            sinks.append(subprocess.Popen([sink_bin, "-u", "nobody", f"{bulk_ip(i)}:{smtp_port}", "1000"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        url = rabbit.url("/")
+        config_path = os.path.join(work, "mta.yaml")
+        with open(config_path, "w") as fh:
+            yaml.safe_dump({
+                "broker": {"url": url},
+                "dns": {"nameservers": ["127.0.0.1"], "port": dns.port},
+                "smtp": {"port": smtp_port, "helo": "bench.mta.test"},
+                "metrics": {"port": 0},
+                "default": {"connection_limit": args.connections, "max_message_rate": "1000000/s",
+                            "max_connection_rate": "100000/min", "max_deliveries_per_connection": 1000},
+            }, fh)
+        asyncio.run(declare(url, config_path))
+        t = time.monotonic()
+        asyncio.run(prepublish(url, args.messages, args.size, args.domains))
+        publish_s = time.monotonic() - t
+
+        log = open(os.path.join(work, "mta.log"), "wb")
+        started = time.monotonic()
+        mta = subprocess.Popen([sys.executable, "-m", "mta", "run", config_path, "--log-level", "WARNING"],
+                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        counts, accepted = asyncio.run(wait_results(url, args.messages, args.timeout))
+        wall = time.monotonic() - started
+        cpu, peak = proc_stats(mta.pid)
+        delivered = counts.get("delivered", 0)
+        span = (max(accepted) - min(accepted)) if len(accepted) > 1 else float("nan")
+        print(f"machine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}; "
+              f"python {sys.version.split()[0]}")
+        print(f"messages {args.messages} x {args.size} B to {args.domains} domains "
+              f"(pre-published in {publish_s:.1f}s)")
+        print(f"outcomes: {counts}")
+        print(f"delivered msg/s (first to last SMTP acceptance): {delivered / span:,.0f}")
+        print(f"delivered msg/s (MTA start to last result):      {delivered / wall:,.0f}")
+        print(f"MTA CPU per message: {cpu / args.messages * 1e6:,.0f} us   "
+              f"peak RSS: {peak / 2**20:,.0f} MiB")
+        return 0 if delivered == args.messages else 1
+    finally:
+        if mta is not None:
+            mta.terminate()
+            try:
+                mta.wait(60)
+            except subprocess.TimeoutExpired:
+                mta.kill()
+        for sink in sinks:
+            sink.terminate()
+        dns.stop()
+        rabbit.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Shared fixtures: a private RabbitMQ node, dnsmasq and SMTP sink farm per test session,
+a fresh vhost per test, and factories for MTA configs and processes.
+
+Session fixtures start lazily: unit tests that use none of them start nothing.
+
+Environment knobs:
+  MTA_TEST_AMQP_PORT  AMQP port of the test node (default 5680; dist port +20000)
+  MTA_TEST_KEEP=1     keep the node / dnsmasq directories after the session
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import uuid
+
+import pytest
+
+from tests.testbed.config import write_config
+from tests.testbed.dns import Dnsmasq, standard_sink_addresses, standard_zone
+from tests.testbed.mtaproc import MtaProcess
+from tests.testbed.rabbit import DEFAULT_NODENAME, DEFAULT_PORT, RabbitNode, _find
+from tests.testbed.sinks import SinkFarm
+from tests.testbed.util import free_port, port_is_free
+
+N_BULK_DOMAINS = 100
+
+
+def pytest_configure(config):
+    # A CI job cancelled with SIGTERM should still stop the broker, dnsmasq and MTAs:
+    # turn SIGTERM into KeyboardInterrupt so pytest runs the fixture finalizers.
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        def _sigterm(signum, frame):
+            raise KeyboardInterrupt("SIGTERM")
+        signal.signal(signal.SIGTERM, _sigterm)
+
+
+def _keep() -> bool:
+    return os.environ.get("MTA_TEST_KEEP") == "1"
+
+
+def _pick_rabbit_ports():
+    """(port, dist_port, epmd_port, nodename): the defaults, or free ones when the
+    defaults are taken by another session and no port was requested explicitly."""
+    if os.environ.get("MTA_TEST_AMQP_PORT"):
+        return int(os.environ["MTA_TEST_AMQP_PORT"]), None, None, DEFAULT_NODENAME
+    port = DEFAULT_PORT
+    if all(port_is_free(p) for p in (port, port + 20000, port + 21000)):
+        return port, None, None, DEFAULT_NODENAME
+    for _ in range(50):
+        port = free_port(lo=20000, hi=32000)
+        if port_is_free(port + 20000) and port_is_free(port + 21000):
+            return port, port + 20000, port + 21000, f"mtatest{port}@localhost"
+    raise RuntimeError("no free ports for a private RabbitMQ node")
+
+
+@pytest.fixture(scope="session")
+def rabbit():
+    """The session's private RabbitMQ node (tests.testbed.rabbit.RabbitNode)."""
+    if not _find("rabbitmq-server") or not _find("rabbitmqctl"):
+        pytest.fail("rabbitmq-server is not installed: run `bash scripts/setup.sh` "
+                    "(apt-get install rabbitmq-server) first", pytrace=False)
+    port, dist, epmd, nodename = _pick_rabbit_ports()
+    basedir = tempfile.mkdtemp(prefix="mta-rabbit-", dir="/tmp")
+    node = RabbitNode(basedir, port=port, dist_port=dist, nodename=nodename, epmd_port=epmd)
+    try:
+        node.start()
+        yield node
+    finally:
+        try:
+            node.stop()
+        finally:
+            if not _keep():
+                shutil.rmtree(basedir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dns():
+    """dnsmasq with tests.testbed.dns.standard_zone() on a free loopback port."""
+    server = Dnsmasq(records=standard_zone(N_BULK_DOMAINS))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def sink_farm():
+    """The session's SinkFarm: 127.0.1.1-6 and 127.0.2.1-100 on one free port."""
+    farm = SinkFarm(standard_sink_addresses(N_BULK_DOMAINS))
+    try:
+        farm.start()
+        yield farm
+    finally:
+        farm.stop()
+
+
+@pytest.fixture
+def sinks(sink_farm):
+    """The sink farm, with records, counters and scripted extras reset for this test."""
+    sink_farm.reset()
+    sink_farm.clear_rules()
+    yield sink_farm
+    sink_farm.clear_rules()
+
+
+def _vhost_name(request) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:60]
+    return f"t-{base}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def vhost(rabbit, request):
+    """A fresh vhost for this test; the value is its AMQP URL (guest has full rights)."""
+    name = _vhost_name(request)
+    url = rabbit.add_vhost(name)
+    yield url
+    try:
+        rabbit.delete_vhost(name)
+    except Exception:
+        pass
+
+
+@pytest.fixture
+def mta_config(tmp_path, vhost, dns, sink_farm):
+    """Factory: ``mta_config(url=None, name="mta.yaml", **overrides) -> path``.
+
+    Writes a YAML config (tests.testbed.config.write_config) for this test's vhost, the
+    session dnsmasq and the sink port; ``overrides`` deep-merge into the defaults.
+    """
+    def make(url=None, name="mta.yaml", **overrides):
+        return write_config(str(tmp_path / name), url or vhost, dns.port, sink_farm.port,
+                            **overrides)
+    return make
+
+
+@pytest.fixture
+def start_mta(request, vhost, mta_config):
+    """Factory: ``start_mta(config_path=None, env=None, wait=True, url=None,
+    timeout=30.0) -> MtaProcess``.
+
+    Starts ``python -m mta run CONFIG`` (default config: ``mta_config()``) and waits until
+    it declared ``mta.bulk`` in ``url`` (default: this test's vhost).  Every process it
+    started is terminated (SIGTERM, then SIGKILL) when the test ends; the log tails of
+    a failed test's MTAs are added to the report.
+    """
+    procs = []
+    request.node._mta_processes = procs
+
+    def start(config_path=None, env=None, wait=True, url=None, timeout=30.0):
+        path = config_path or mta_config()
+        idx = len(procs)
+        proc = MtaProcess(path, env=env, log_path=f"{path}.{idx}.log")
+        procs.append(proc)
+        proc.start()
+        if wait:
+            proc.wait_ready(url or vhost, timeout=timeout)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.terminate(timeout=30)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # the test bed's own checks first: when the infrastructure is broken, say so early
+    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/integration/test_testbed.py")
+               else 1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and rep.when in ("call", "setup"):
+        for proc in getattr(item, "_mta_processes", []):
+            rep.sections.append((f"MTA pid {proc.pid} log tail ({proc.log_path})",
+                                 proc.log_tail(8000)))

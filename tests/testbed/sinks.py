@@ -1,0 +1,399 @@
+"""Scripted SMTP receivers: one aiosmtpd listener per loopback address, all on one port,
+all served by ONE background thread with its own event loop.
+
+Behaviour is scripted by the recipient's local-part prefix (case-insensitive):
+
+=========  ===============================================================
+``hard-``  ``550 5.1.1`` at RCPT (hard bounce)
+``full-``  ``552 5.2.2`` at RCPT (mailbox full: soft bounce)
+``temp2-`` ``451 4.3.0`` at RCPT the first two times that exact recipient is seen,
+           then accepted
+``temp-``  ``451 4.3.0`` at RCPT, always
+``drop-``  the DATA content is read, then the connection is closed without a reply
+other      ``250``
+=========  ===============================================================
+
+More rules can be added (``add_rule``), a listener can be given a refusing greeting
+(``set_greeting``) or a slow DATA reply (``set_data_delay``).
+
+Every accepted message is recorded (sink address = the local address the client
+connected to, mail_from, rcpt, raw data, time, Message-ID local part); per sink address
+the farm counts connections and the maximum number of concurrent sessions.  All
+accessors are thread-safe and return copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from aiosmtpd.smtp import SMTP
+
+from .util import free_port
+
+log = logging.getLogger(__name__)
+
+_MSGID_RE = re.compile(rb"^Message-ID:[ \t]*<([^@>\r\n]+)@", re.IGNORECASE | re.MULTILINE)
+
+REPLY_HARD = "550 5.1.1 <{rcpt}>: Recipient address rejected: user unknown"
+REPLY_FULL = "552 5.2.2 <{rcpt}>: Mailbox full"
+REPLY_TEMP = "451 4.3.0 <{rcpt}>: Temporary failure, try again later"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    sink: str                 # local address the client connected to (which "MX")
+    peer: Tuple[str, int]     # client address
+    mail_from: str
+    rcpt: str
+    data: bytes               # message as received (CRLF, dot-unstuffed)
+    time: float               # time.time() when the final 250 was sent
+    msg_id: Optional[str]     # the ID of "Message-ID: <ID@...>", None when absent
+    helo: Optional[str] = None
+    mail_options: Tuple[str, ...] = ()
+    rcpt_options: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Event:
+    """A refused RCPT or a dropped DATA."""
+    kind: str                 # "rcpt-reply" or "drop"
+    sink: str
+    rcpt: str
+    reply: str
+    time: float
+
+
+def message_id_of(data: bytes) -> Optional[str]:
+    head = data.split(b"\r\n\r\n", 1)[0]
+    m = _MSGID_RE.search(head)
+    return m.group(1).decode("utf-8", "replace") if m else None
+
+
+class _SinkSMTP(SMTP):
+    """aiosmtpd SMTP that knows its farm and which local address it serves."""
+
+    def __init__(self, farm: "SinkFarm", sink: str, **kw):
+        self.farm = farm
+        self.sink = sink
+        super().__init__(farm._handler, **kw)
+
+    def connection_made(self, transport):
+        self.farm._on_connect(self.sink)
+        self.farm._live.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error):
+        self.farm._on_disconnect(self.sink)
+        self.farm._live.discard(self)
+        super().connection_lost(error)
+
+    async def _handle_client(self):
+        greeting = self.farm._greetings.get(self.sink)
+        if greeting is not None:
+            assert self.transport is not None
+            self.transport.write(greeting.encode() + b"\r\n")
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+
+class _Handler:
+    def __init__(self, farm: "SinkFarm"):
+        self.farm = farm
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        # aiosmtpd reads commands one by one from a stream, so pipelined commands work;
+        # advertise it.
+        return responses[:-1] + ["250-PIPELINING"] + responses[-1:]
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.farm._rcpt_reply(server.sink, address)
+        if reply is None:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+            return "250 2.1.5 OK"
+        return reply
+
+    async def handle_DATA(self, server, session, envelope):
+        farm = self.farm
+        if any(_local(r).startswith("drop-") for r in envelope.rcpt_tos):
+            farm._record_drop(server.sink, envelope.rcpt_tos)
+            server.transport.close()
+            # connection_lost() cancels this task; never reply.
+            await asyncio.sleep(3600)
+            return "421 unreachable"
+        delay = farm._data_delay.get(server.sink)
+        if delay:
+            await asyncio.sleep(delay)
+        n = farm._record_accept(server.sink, session, envelope)
+        return f"250 2.0.0 OK queued as S{n}"
+
+
+def _local(address: str) -> str:
+    return address.rsplit("@", 1)[0].strip('"').lower()
+
+
+class SinkFarm:
+    def __init__(self, addresses: Iterable[str], port: Optional[int] = None, *,
+                 idle_timeout: float = 300.0, use_uvloop: bool = True):
+        self.addresses = list(dict.fromkeys(addresses))
+        self._auto_port = port is None
+        self.port = port if port is not None else free_port(self.addresses)
+        self.idle_timeout = idle_timeout
+        self.use_uvloop = use_uvloop
+        self._handler = _Handler(self)
+        self._lock = threading.Lock()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._servers: list = []
+        self._live: set = set()                         # sessions (loop thread only)
+        self._rules: List[Tuple[str, str]] = []        # (prefix, reply template)
+        self._greetings: Dict[str, str] = {}
+        self._data_delay: Dict[str, float] = {}
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget every record and counter (not the scripted rules)."""
+        with self._lock:
+            self._accepted: List[Accepted] = []
+            self._events: List[Event] = []
+            self._rcpt_seen: collections.Counter = collections.Counter()
+            self._connections: collections.Counter = collections.Counter()
+            self._current: collections.Counter = collections.Counter()
+            self._max_current: collections.Counter = collections.Counter()
+            self._seq = 0
+
+    def _on_connect(self, sink: str) -> None:
+        with self._lock:
+            self._connections[sink] += 1
+            self._current[sink] += 1
+            if self._current[sink] > self._max_current[sink]:
+                self._max_current[sink] = self._current[sink]
+
+    def _on_disconnect(self, sink: str) -> None:
+        with self._lock:
+            self._current[sink] -= 1
+
+    def _rcpt_reply(self, sink: str, address: str) -> Optional[str]:
+        local = _local(address)
+        with self._lock:
+            self._rcpt_seen[address] += 1
+            seen = self._rcpt_seen[address]
+            reply = None
+            for prefix, template in self._rules:
+                if local.startswith(prefix):
+                    reply = template
+                    break
+            else:
+                if local.startswith("hard-"):
+                    reply = REPLY_HARD
+                elif local.startswith("full-"):
+                    reply = REPLY_FULL
+                elif local.startswith("temp2-"):
+                    reply = REPLY_TEMP if seen <= 2 else None
+                elif local.startswith("temp-"):
+                    reply = REPLY_TEMP
+            if reply is not None:
+                reply = reply.format(rcpt=address)
+                self._events.append(Event("rcpt-reply", sink, address, reply, time.time()))
+            return reply
+
+    def _record_drop(self, sink: str, rcpts: List[str]) -> None:
+        now = time.time()
+        with self._lock:
+            for r in rcpts:
+                self._events.append(Event("drop", sink, r, "", now))
+
+    def _record_accept(self, sink: str, session, envelope) -> int:
+        data = envelope.original_content or b""
+        msg_id = message_id_of(data)
+        now = time.time()
+        with self._lock:
+            self._seq += 1
+            for rcpt in envelope.rcpt_tos:
+                self._accepted.append(Accepted(
+                    sink=sink, peer=tuple(session.peer or ("", 0)), mail_from=envelope.mail_from,
+                    rcpt=rcpt, data=data, time=now, msg_id=msg_id, helo=session.host_name,
+                    mail_options=tuple(envelope.mail_options or ()),
+                    rcpt_options=tuple(envelope.rcpt_options or ())))
+            return self._seq
+
+    # ------------------------------------------------------------------ scripting
+    def add_rule(self, prefix: str, reply: str) -> None:
+        """RCPT to a local part starting with ``prefix`` gets ``reply`` ({rcpt} is filled)."""
+        with self._lock:
+            self._rules.append((prefix.lower(), reply))
+
+    def clear_rules(self) -> None:
+        with self._lock:
+            self._rules.clear()
+            self._greetings.clear()
+            self._data_delay.clear()
+
+    def set_greeting(self, sink: str, reply: Optional[str]) -> None:
+        """Connections to ``sink`` get ``reply`` (e.g. "421 4.7.0 Too many connections")
+        instead of the 220 banner and are closed; None restores the normal banner."""
+        with self._lock:
+            if reply is None:
+                self._greetings.pop(sink, None)
+            else:
+                self._greetings[sink] = reply
+
+    def set_data_delay(self, sink: str, seconds: Optional[float]) -> None:
+        """Wait ``seconds`` before answering DATA on ``sink`` (slow receiver)."""
+        with self._lock:
+            if seconds:
+                self._data_delay[sink] = seconds
+            else:
+                self._data_delay.pop(sink, None)
+
+    # ------------------------------------------------------------------ accessors
+    def accepted(self) -> List[Accepted]:
+        with self._lock:
+            return list(self._accepted)
+
+    def count_by_id(self) -> Dict[str, int]:
+        """{Message-ID local part: times accepted}."""
+        with self._lock:
+            c = collections.Counter(a.msg_id for a in self._accepted if a.msg_id is not None)
+        return dict(c)
+
+    def accepted_count(self) -> int:
+        with self._lock:
+            return len(self._accepted)
+
+    def events(self) -> List[Event]:
+        with self._lock:
+            return list(self._events)
+
+    def rcpt_attempts(self) -> Dict[str, int]:
+        """{recipient address: RCPT commands seen}, whatever the reply."""
+        with self._lock:
+            return dict(self._rcpt_seen)
+
+    def connections(self) -> Dict[str, int]:
+        """{sink address: connections accepted}."""
+        with self._lock:
+            return dict(self._connections)
+
+    def max_concurrent(self) -> Dict[str, int]:
+        """{sink address: most simultaneous sessions seen}."""
+        with self._lock:
+            return dict(self._max_current)
+
+    def current_sessions(self) -> Dict[str, int]:
+        with self._lock:
+            return {k: v for k, v in self._current.items() if v}
+
+    def wait_accepted(self, n: int, timeout: float) -> bool:
+        """Wait until at least ``n`` messages were accepted; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.accepted_count() < n:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    # ------------------------------------------------------------------ lifecycle
+    def _factory(self, sink: str):
+        def make():
+            return _SinkSMTP(self, sink, loop=self._loop, hostname=f"sink-{sink}.test",
+                             ident="mta-test-sink", enable_SMTPUTF8=True, decode_data=False,
+                             timeout=self.idle_timeout)
+        return make
+
+    def _new_loop(self) -> asyncio.AbstractEventLoop:
+        if self.use_uvloop:
+            try:
+                import uvloop
+                return uvloop.new_event_loop()
+            except ImportError:
+                pass
+        return asyncio.new_event_loop()
+
+    def start(self, timeout: float = 30.0) -> "SinkFarm":
+        if self._thread is not None:
+            return self
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
+        for attempt in range(5):
+            ready = threading.Event()
+            box: dict = {}
+            self._thread = threading.Thread(target=self._run, args=(ready, box),
+                                            name=f"sinkfarm-{self.port}", daemon=True)
+            self._thread.start()
+            if not ready.wait(timeout):
+                raise RuntimeError("sink farm did not start")
+            if "error" not in box:
+                return self
+            self._thread.join(10)
+            self._thread = None
+            if not self._auto_port or attempt == 4:
+                raise RuntimeError(f"sink farm could not listen on port {self.port}: "
+                                   f"{box['error']}")
+            self.port = free_port(self.addresses)
+        return self
+
+    def _run(self, ready: threading.Event, box: dict) -> None:
+        loop = self._new_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            try:
+                for addr in self.addresses:
+                    srv = loop.run_until_complete(loop.create_server(
+                        self._factory(addr), host=addr, port=self.port, reuse_address=True,
+                        backlog=1024))
+                    self._servers.append(srv)
+            except Exception as exc:          # port taken on one of the addresses
+                box["error"] = exc
+                for srv in self._servers:
+                    srv.close()
+                self._servers = []
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            # stop(): close listeners, then every live session
+            for srv in self._servers:
+                srv.close()
+            self._servers = []
+            tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+            self._loop = None
+
+    def _close_sessions(self) -> None:
+        for srv in self._servers:
+            srv.close()
+        for proto in list(self._live):
+            if proto.transport is not None:
+                proto.transport.abort()
+        self._loop.stop()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._close_sessions)
+        self._thread.join(15)
+        self._thread = None
+
+    def __enter__(self) -> "SinkFarm":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
