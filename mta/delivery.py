@@ -154,6 +154,10 @@ class Destination:
                                                eight_bit=job.eight_bit)
                 except SessionFailed as exc:
                     reply = exc.reply
+                except Exception as exc:  # a bug must cost one attempt, not the message
+                    log.exception("%s: delivery of %s failed unexpectedly; it is retried", self.key, job.id)
+                    session.usable = False
+                    reply = Reply(None, f"internal error: {exc.__class__.__name__}", "message")
                 done, job = job, None
                 self._done(done, reply, session.mx, session.ip)
                 sent += 1

@@ -109,6 +109,9 @@ class Engine:
                 await channel.set_qos(prefetch_count=prefetch)
                 queue = await channel.get_queue(lane_queue(lane), ensure=False)
                 book = AckBook(channel.channel)
+                # The broker cancels a consumer when its queue is deleted or fails over:
+                # without a consumer the process would idle forever, so start a new session.
+                channel.channel.on_consumer_cancel_callbacks.add(self._cancelled(lane, lost))
                 tag = await queue.consume(self._consumer(lane, book))
                 consumers.append((queue, tag))
             log.info("consuming %s at %s", ", ".join(lane_queue(l) for l in LANES), redact(url))
@@ -163,6 +166,14 @@ class Engine:
         for destination in self.destinations.values():
             jobs.extend(destination.drain())
         return jobs
+
+    @staticmethod
+    def _cancelled(lane: str, lost: asyncio.Event):
+        def on_cancel(frame) -> None:
+            log.warning("the broker cancelled the consumer of %s; reconnecting", lane_queue(lane))
+            lost.set()
+
+        return on_cancel
 
     def _consumer(self, lane: str, book: AckBook):
         async def on_message(message: AbstractIncomingMessage) -> None:
