@@ -99,6 +99,8 @@ def test_poison_message_quarantined_and_replayed(vhost, sinks, mta_config, start
     deaths = parked[0].headers.get("x-death")
     assert deaths, f"no x-death header: {parked[0].headers}"
     assert any(_text(d.get("queue")) == BULK for d in deaths), deaths
+    print(f"quarantine: {rejected} rejected deliveries; x-death "
+          f"{[(_text(d.get('queue')), _text(d.get('reason'))) for d in deaths]}")
     wait_for(lambda: (queue_info(vhost, QUARANTINE) or {}).get("messages") == 1, timeout=10,
              what="the poison message back in mta.quarantine after peeking")
 
