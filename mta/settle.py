@@ -127,7 +127,16 @@ class Settler:
 
     def final(self, job: Job, book: AckBook, tag: int, status: str, bounce: str | None = None) -> None:
         body = self.result(job, status, bounce=bounce)
-        self.add(Settlement(book, tag, [("results", status, body, None)], final=(_recent_key(job), body, status)))
+        key = _recent_key(job)
+        # Remembered before the result is out: a copy redelivered meanwhile (the consuming
+        # channel died) must not be sent again.
+        self._remember(key, body, status, False)
+        self.add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status)))
+
+    def _remember(self, key: tuple, body: bytes, status: str, published: bool) -> None:
+        self.recent[key] = (body, status, published)
+        if len(self.recent) > RECENT_FINALS:
+            self.recent.popitem(last=False)
 
     def defer(self, job: Job, book: AckBook, tag: int, delay: float) -> None:
         seconds = max(1, round(delay))
@@ -203,11 +212,8 @@ class Settler:
             n = len(s.publishes)
             failures = [o for o in outcomes[i:i + n] if isinstance(o, BaseException)]
             i += n
-            if s.final is not None:
-                key, body, status = s.final
-                self.recent[key] = (body, status, not failures)
-                if len(self.recent) > RECENT_FINALS:
-                    self.recent.popitem(last=False)
+            if s.final is not None and not failures:
+                self._remember(*s.final, True)
             if failures:
                 log.warning("publish failed (%s); the message stays unacknowledged and will come back", failures[0])
                 s.book.requeue.append(s.tag)
