@@ -20,15 +20,14 @@ from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from typing import Any
 
-import aio_pika
 import orjson
+from aiormq import spec
 
 from mta.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, Job
-from mta.topology import INVALID, Topology
+from mta.topology import EXCHANGE, INVALID, RESULTS, Topology
 
 log = logging.getLogger("mta.settle")
 
-PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
 RECENT_FINALS = 200_000  # outcomes remembered against redelivery; a few dozen MB at most
 
 
@@ -228,12 +227,25 @@ class Settler:
                 self.books.discard(book)
 
     async def _publish(self, exchange: str, key, body: bytes, headers: dict | None) -> None:
+        # Straight to the aiormq channel: aio-pika's Message and Exchange wrappers cost about
+        # a fifth of the CPU of a result publish and add nothing here.
         if exchange == "delay":
             lane, seconds = key
             key = await self._topology.ensure_delay(self._channel, lane, seconds)
             exchange = "default"
-        message = aio_pika.Message(body, delivery_mode=PERSISTENT, content_type="application/json", headers=headers)
-        await self._exchanges[exchange].publish(message, routing_key=key, mandatory=True, timeout=self._timeout)
+        properties = spec.Basic.Properties(delivery_mode=2, content_type="application/json", headers=headers)
+        confirm = await self._channel.channel.basic_publish(
+            body, exchange=EXCHANGE_NAMES[exchange], routing_key=key, properties=properties,
+            mandatory=True, timeout=self._timeout)
+        if not isinstance(confirm, spec.Basic.Ack):
+            raise PublishRefused(f"the broker did not confirm the publish to {EXCHANGE_NAMES[exchange]!r}: {confirm!r}")
+
+
+class PublishRefused(Exception):
+    """The broker answered a publish with something other than an ack."""
+
+
+EXCHANGE_NAMES = {"results": RESULTS, "default": "", "mta": EXCHANGE}
 
 
 def _recent_key(job: Job) -> tuple:
