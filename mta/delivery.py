@@ -1,6 +1,7 @@
 """Destinations and their connection workers.
 
 A destination (an MX site, a provider, or a configured domain) owns a ready queue per lane
+holding only what it can send soon (shaper.allowance; the rest is held in a delay queue)
 and up to `connection_limit` workers. A worker is a task that holds one SMTP session and
 loops: take the next job (single lane first), send it, hand the outcome to the engine;
 until the queue stays empty for `idle_timeout` or the session has carried
@@ -23,6 +24,7 @@ from mta.config import Policy
 from mta.message import Job
 from mta.mx import MxAnswer
 from mta.smtp import Connector, Reply, Session, SessionFailed, Timeouts
+from shaper.allowance import hold_delay
 from shaper.limiter import Gcra
 
 log = logging.getLogger("mta.delivery")
@@ -41,12 +43,13 @@ def timeouts_of(policy: Policy) -> Timeouts:
 
 class Destination:
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
-                 port: int, done: Done, clock: Callable[[], float]):
+                 port: int, done: Done, hold: Callable[[Job, int], None], clock: Callable[[], float]):
         self.key = key
         self.answer = answer
         self._connector = connector
         self._port = port
         self._done = done
+        self._hold = hold
         self._clock = clock
         self.single: deque[Job] = deque()
         self.bulk: deque[Job] = deque()
@@ -81,7 +84,12 @@ class Destination:
             if not waiter.done():
                 waiter.set_result(job)
                 return
-        (self.single if job.lane == "single" else self.bulk).append(job)
+        ready = self.single if job.lane == "single" else self.bulk
+        delay = hold_delay(len(ready), self.policy.max_message_rate.per_second, self.policy.connection_limit)
+        if delay is not None:
+            self._hold(job, delay)
+            return
+        ready.append(job)
         if self.workers < self.policy.connection_limit and self.workers <= self.queued:
             self._spawn()
 

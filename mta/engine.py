@@ -61,7 +61,8 @@ class Engine:
         self.settler: Settler | None = None
         self.ready = asyncio.Event()
         self.stopping = False
-        self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0}
+        self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
+                       "held": 0}
 
     # ---- broker sessions
 
@@ -208,12 +209,20 @@ class Engine:
         destination = self.destinations.get(resolved.key)
         if destination is None:
             destination = Destination(resolved.key, answer, resolved.policy, connector=self.connector,
-                                      port=self.config.smtp.port, done=self._done, clock=self.clock)
+                                      port=self.config.smtp.port, done=self._done, hold=self._hold,
+                                      clock=self.clock)
             self.destinations[resolved.key] = destination
         else:
             destination.answer = answer
         job.destination = resolved
         destination.push(job)
+
+    def _hold(self, job: Job, delay: int) -> None:
+        """More than the destination can send soon: back to the broker for `delay` seconds,
+        acknowledged now; no attempt is counted and the retry schedule is untouched."""
+        self.counts["held"] += 1
+        book, tag = job.delivery
+        self.settler.hold(job, book, tag, delay)
 
     def _unroutable(self, job: Job, failure: DnsFailure, resolved: Resolved) -> None:
         job.destination = resolved

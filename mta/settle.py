@@ -138,17 +138,15 @@ class Settler:
             self.recent.popitem(last=False)
 
     def defer(self, job: Job, book: AckBook, tag: int, delay: float) -> None:
-        seconds = max(1, round(delay))
-        headers = {
-            H_ID: job.id,
-            H_ATTEMPTS: job.attempts,
-            H_FIRST: int(job.first_seen * 1000),  # ms: AMQP floats may be 32-bit
-            H_RESULTS: orjson.dumps(job.history).decode(),
-        }
+        """A failed attempt to retry: the retry copy and a `deferred` result."""
         self.add(Settlement(book, tag, [
-            ("delay", (job.lane, seconds), job.body, headers),
+            ("delay", (job.lane, max(1, round(delay))), job.body, _carried(job)),
             ("results", "deferred", self.result(job, "deferred"), None),
         ]))
+
+    def hold(self, job: Job, book: AckBook, tag: int, delay: int) -> None:
+        """Not tried: the copy comes back after `delay` with what it carried, and no result."""
+        self.add(Settlement(book, tag, [("delay", (job.lane, delay), job.body, _carried(job))]))
 
     def invalid(self, body: bytes, headers: dict, reason: str, book: AckBook, tag: int, lane: str, now: float) -> None:
         doc: dict[str, Any] = {}
@@ -246,6 +244,16 @@ class PublishRefused(Exception):
 
 
 EXCHANGE_NAMES = {"results": RESULTS, "default": "", "mta": EXCHANGE}
+
+
+def _carried(job: Job) -> dict:
+    """What a republished copy carries beside the producer's body."""
+    return {
+        H_ID: job.id,
+        H_ATTEMPTS: job.attempts,
+        H_FIRST: int(job.first_seen * 1000),  # ms: AMQP floats may be 32-bit
+        H_RESULTS: orjson.dumps(job.history).decode(),
+    }
 
 
 def _recent_key(job: Job) -> tuple:
