@@ -19,6 +19,12 @@ commands:
   run CONFIG             consume both lanes and deliver until SIGTERM/SIGINT (exit 0)
   check CONFIG           validate a rules file; lists every problem with its key path, exit 1
   replay-parked CONFIG   move messages quarantined after repeated crashes back to their lane
+  pause TARGET [--for D] hold mail for a domain (or destination key such as provider:google)
+                         in every MTA on the broker; --for 30m ends the pause by itself
+  resume TARGET          lift a pause; held mail comes back within seconds
+
+pause and resume find the broker in --config CONFIG, else $MTA_BROKER_URL, else
+amqp://guest:guest@localhost:5672/.
 """
 
 
@@ -34,8 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     replay = sub.add_parser("replay-parked", help="return quarantined messages to their lanes")
     replay.add_argument("config")
     replay.add_argument("--limit", type=int, default=0, help="move at most this many (0: all)")
+    for name, text in (("pause", "hold mail for a domain or destination"), ("resume", "lift a pause")):
+        control_cmd = sub.add_parser(name, help=text)
+        control_cmd.add_argument("target", help="recipient domain, or a destination key (provider:NAME)")
+        control_cmd.add_argument("-c", "--config", help="rules file naming the broker")
+        if name == "pause":
+            control_cmd.add_argument("--for", dest="duration", help="end the pause after this long (e.g. 30m)")
     args = parser.parse_args(argv)
 
+    if args.command in ("pause", "resume"):
+        return _control(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -77,4 +91,30 @@ def _run(config) -> int:
         uvloop.run(serve())
     else:
         asyncio.run(serve())
+    return 0
+
+
+def _control(args) -> int:
+    import os
+
+    from mta import control
+    from shaper.units import Duration
+
+    if args.config:
+        try:
+            url = load_config(args.config).broker.url
+        except ConfigError as exc:
+            print(f"{args.config}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
+            return 1
+    else:
+        url = os.environ.get("MTA_BROKER_URL", "amqp://guest:guest@localhost:5672/")
+    seconds = None
+    if getattr(args, "duration", None):
+        try:
+            seconds = Duration.parse(args.duration).seconds
+        except ValueError as exc:
+            print(f"--for: {exc}", file=sys.stderr)
+            return 2
+    asyncio.run(control.send(url, args.command, args.target, seconds))
+    print(f"{args.command} {args.target}" + (f" for {args.duration}" if seconds else "") + ": sent to every MTA on the broker")
     return 0

@@ -18,7 +18,10 @@ import time
 from collections.abc import Callable
 
 import aio_pika
+import orjson
 from aio_pika.abc import AbstractIncomingMessage
+
+from mta import control
 
 from mta.config import Config
 from mta.delivery import Destination
@@ -58,6 +61,7 @@ class Engine:
         self.router = Router(self.resolver, self.rules, self._deliver, self._unroutable)
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
+        self.pauses = control.Pauses()
         self.settler: Settler | None = None
         self.ready = asyncio.Event()
         self.stopping = False
@@ -115,6 +119,11 @@ class Engine:
                 channel.channel.on_consumer_cancel_callbacks.add(self._cancelled(lane, lost))
                 tag = await queue.consume(self._consumer(lane, book))
                 consumers.append((queue, tag))
+            control_ch = await consume_conn.channel()
+            control_ch.close_callbacks.add(lambda *_: lost.set())
+            control_queue = await control_ch.declare_queue(exclusive=True, auto_delete=True)
+            await control_queue.bind(await control.declare(control_ch))
+            await control_queue.consume(self._on_control, no_ack=True)
             log.info("consuming %s at %s", ", ".join(lane_queue(l) for l in LANES), redact(url))
             self.ready.set()
             stopped = asyncio.create_task(stop.wait())
@@ -205,7 +214,30 @@ class Engine:
             return
         self.router.route(job)
 
+    async def _on_control(self, message: AbstractIncomingMessage) -> None:
+        try:
+            command = orjson.loads(message.body)
+        except orjson.JSONDecodeError:
+            log.warning("ignored a control message that is not JSON")
+            return
+        name = self.pauses.apply(command, self.clock()) if isinstance(command, dict) else None
+        if name is None:
+            log.warning("ignored control message %r", command)
+            return
+        log.info("%s %s%s", command["command"], name,
+                 f" until {command['until']:.0f}" if command.get("until") else "")
+        if command["command"] == "pause":
+            for destination in self.destinations.values():
+                for job in destination.drain():
+                    if self.pauses.paused(self.clock(), job.domain, destination.key):
+                        self._hold(job, control.PAUSED_HOLD)
+                    else:
+                        destination.push(job)
+
     def _deliver(self, job: Job, answer: MxAnswer, resolved: Resolved) -> None:
+        if self.pauses and self.pauses.paused(self.clock(), job.domain, resolved.key):
+            self._hold(job, control.PAUSED_HOLD)
+            return
         destination = self.destinations.get(resolved.key)
         if destination is None:
             destination = Destination(resolved.key, answer, resolved.policy, connector=self.connector,
