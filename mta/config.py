@@ -483,8 +483,41 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
+    loader = _StrictLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        raw = loader.get_single_data()
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-    return parse_config(raw)
+    finally:
+        loader.dispose()
+    try:
+        config = parse_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(loader.duplicates + exc.problems) from None
+    if loader.duplicates:
+        raise ConfigError(loader.duplicates)
+    return config
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that reports a key given twice in one mapping instead of keeping the last."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: local keys may override
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if duplicate:
+                self.duplicates.append(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice "
+                                       "in the same mapping; the file must say it once")
+        return super().construct_mapping(node, deep=deep)

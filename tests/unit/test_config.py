@@ -587,3 +587,21 @@ def test_parse_config_returns_config_or_config_error(raw) -> None:
         assert all(isinstance(p, str) and ": " in p for p in exc.problems)
     else:
         assert isinstance(config, Config)
+
+
+def test_duplicate_keys_are_refused_with_their_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("default:\n  connection_limit: 2\n  connection_limit: 5\n  bogus: 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problems = caught.value.problems
+    assert any("line 3" in p and "'connection_limit' is given twice" in p for p in problems), problems
+    assert "default.bogus: unknown key" in problems
+
+
+def test_yaml_merge_keys_still_work(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("domains:\n  a.example: &x\n    connection_limit: 2\n  b.example:\n    <<: *x\n    max_age: 1h\n")
+    config = load_config(path)
+    b = next(d for d in config.domains if d.name == "b.example")
+    assert b.policy.connection_limit == 2 and b.policy.max_age == 3600
