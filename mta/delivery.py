@@ -41,6 +41,14 @@ def timeouts_of(policy: Policy) -> Timeouts:
     )
 
 
+def _message_burst(policy: Policy) -> int:
+    return max(1, int(policy.max_message_rate.per_second))  # one second's worth back to back
+
+
+def _connection_burst(policy: Policy) -> int:
+    return max(1, policy.connection_limit)  # a cold destination may open all its connections at once
+
+
 class Destination:
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
                  port: int, done: Done, hold: Callable[[Job, int], None], clock: Callable[[], float]):
@@ -60,6 +68,8 @@ class Destination:
         self.last_error: str | None = None
         self.closing = False
         self.unreachable_since: float | None = None
+        self.message_rate = Gcra(policy.max_message_rate, burst=_message_burst(policy))
+        self.connection_rate = Gcra(policy.max_connection_rate, burst=_connection_burst(policy))
         self.apply(policy)
 
     def apply(self, policy: Policy) -> None:
@@ -67,12 +77,8 @@ class Destination:
         self.policy = policy
         self.timeouts = timeouts_of(policy)
         now = self._clock()
-        if getattr(self, "message_rate", None) is None:
-            self.message_rate = Gcra(policy.max_message_rate, burst=max(1, int(policy.max_message_rate.per_second)))
-            self.connection_rate = Gcra(policy.max_connection_rate, burst=max(1, policy.connection_limit))
-        else:
-            self.message_rate.set_rate(policy.max_message_rate, now)
-            self.connection_rate.set_rate(policy.max_connection_rate, now)
+        self.message_rate.set_rate(policy.max_message_rate, now, burst=_message_burst(policy))
+        self.connection_rate.set_rate(policy.max_connection_rate, now, burst=_connection_burst(policy))
 
     @property
     def queued(self) -> int:

@@ -96,11 +96,11 @@ class Engine:
         try:
             publish_conn = await aio_pika.connect(url, timeout=10, client_properties={"connection_name": "mta publish"})
             publish_ch = await publish_conn.channel(publisher_confirms=True, on_return_raises=True)
-            exchanges = await self.topology.declare(publish_ch)
+            await self.topology.declare(publish_ch)
             if self.settler is None:
-                self.settler = Settler(exchanges, publish_ch, self.topology, self.config.broker.publish_timeout)
+                self.settler = Settler(publish_ch, self.topology, self.config.broker.publish_timeout)
             else:
-                self.settler.attach(exchanges, publish_ch)
+                self.settler.attach(publish_ch)
             settler_task = asyncio.create_task(self.settler.run(), name="settler")
             lost = asyncio.Event()
             consumers = []

@@ -91,8 +91,7 @@ class Settlement:
 
 
 class Settler:
-    def __init__(self, exchanges: dict, channel, topology: Topology, publish_timeout: float, metrics=None):
-        self._exchanges = exchanges
+    def __init__(self, channel, topology: Topology, publish_timeout: float):
         self._channel = channel
         self._topology = topology
         self._timeout = publish_timeout
@@ -102,7 +101,6 @@ class Settler:
         self._idle.set()
         self.books: set[AckBook] = set()
         self.recent: OrderedDict[tuple, tuple[bytes, str, bool]] = OrderedDict()
-        self.metrics = metrics
 
     # ---- outcomes
 
@@ -178,9 +176,8 @@ class Settler:
         self.add(Settlement(book, tag, publishes, final=None if published else (_recent_key(job), body, status)))
         return True
 
-    def attach(self, exchanges: dict, channel) -> None:
+    def attach(self, channel) -> None:
         """A new broker session: publish through its channel from now on."""
-        self._exchanges = exchanges
         self._channel = channel
 
     def kick(self) -> None:
