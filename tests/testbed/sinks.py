@@ -14,7 +14,10 @@ other      ``250``
 =========  ===============================================================
 
 More rules can be added (``add_rule``), a listener can be given a refusing greeting
-(``set_greeting``) or a slow DATA reply (``set_data_delay``).
+(``set_greeting``), a slow DATA reply (``set_data_delay``), a cap on simultaneous sessions
+above which it greets with "421 too many connections" (``set_session_limit``), or a cap on
+messages per second above which RCPT gets "421 rate limited" (``set_rate_limit``), as
+real receivers do.
 
 Every accepted message is recorded (sink address = the local address the client
 connected to, mail_from, rcpt, raw data, time, Message-ID local part); per sink address
@@ -90,12 +93,15 @@ class _SinkSMTP(SMTP):
         super().connection_made(transport)
 
     def connection_lost(self, error):
-        self.farm._on_disconnect(self.sink)
+        self.farm._on_disconnect(self.sink, getattr(self, "_admitted", False))
         self.farm._live.discard(self)
         super().connection_lost(error)
 
     async def _handle_client(self):
         greeting = self.farm._greetings.get(self.sink)
+        if greeting is None:
+            greeting = self.farm._admit(self.sink)
+            self._admitted = greeting is None
         if greeting is not None:
             assert self.transport is not None
             self.transport.write(greeting.encode() + b"\r\n")
@@ -155,9 +161,11 @@ class SinkFarm:
         self._thread: Optional[threading.Thread] = None
         self._servers: list = []
         self._live: set = set()                         # sessions (loop thread only)
-        self._rules: List[Tuple[str, str]] = []        # (prefix, reply template)
+        self._rules: List[Tuple[str, str, Optional[int]]] = []  # (prefix, reply template, times)
         self._greetings: Dict[str, str] = {}
         self._data_delay: Dict[str, float] = {}
+        self._session_limit: Dict[str, int] = {}
+        self._rate_limit: Dict[str, float] = {}
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -170,6 +178,9 @@ class SinkFarm:
             self._connections: collections.Counter = collections.Counter()
             self._current: collections.Counter = collections.Counter()
             self._max_current: collections.Counter = collections.Counter()
+            self._admitted: collections.Counter = collections.Counter()
+            self._max_admitted: collections.Counter = collections.Counter()
+            self._recent: Dict[str, collections.deque] = collections.defaultdict(collections.deque)
             self._seq = 0
 
     def _on_connect(self, sink: str) -> None:
@@ -179,9 +190,24 @@ class SinkFarm:
             if self._current[sink] > self._max_current[sink]:
                 self._max_current[sink] = self._current[sink]
 
-    def _on_disconnect(self, sink: str) -> None:
+    def _on_disconnect(self, sink: str, admitted: bool = False) -> None:
         with self._lock:
             self._current[sink] -= 1
+            if admitted:
+                self._admitted[sink] -= 1
+
+    def _admit(self, sink: str) -> Optional[str]:
+        """None when a new session may start; else the refusing greeting."""
+        with self._lock:
+            limit = self._session_limit.get(sink)
+            if limit is not None and self._admitted[sink] >= limit:
+                reply = f"421 4.7.0 Too many connections from your IP (limit {limit})"
+                self._events.append(Event("refused", sink, "", reply, time.time()))
+                return reply
+            self._admitted[sink] += 1
+            if self._admitted[sink] > self._max_admitted[sink]:
+                self._max_admitted[sink] = self._admitted[sink]
+            return None
 
     def _rcpt_reply(self, sink: str, address: str) -> Optional[str]:
         local = _local(address)
@@ -189,8 +215,19 @@ class SinkFarm:
             self._rcpt_seen[address] += 1
             seen = self._rcpt_seen[address]
             reply = None
-            for prefix, template in self._rules:
-                if local.startswith(prefix):
+            limit = self._rate_limit.get(sink)
+            if limit is not None:
+                now = time.time()
+                recent = self._recent[sink]
+                while recent and recent[0] <= now - 1.0:
+                    recent.popleft()
+                if len(recent) >= limit:
+                    reply = "421 4.7.0 Rate limited: too many messages per second, slow down"
+                    self._events.append(Event("rcpt-reply", sink, address, reply, now))
+                    return reply
+                recent.append(now)
+            for prefix, template, times in self._rules:
+                if local.startswith(prefix) and (times is None or seen <= times):
                     reply = template
                     break
             else:
@@ -228,16 +265,19 @@ class SinkFarm:
             return self._seq
 
     # ------------------------------------------------------------------ scripting
-    def add_rule(self, prefix: str, reply: str) -> None:
-        """RCPT to a local part starting with ``prefix`` gets ``reply`` ({rcpt} is filled)."""
+    def add_rule(self, prefix: str, reply: str, times: Optional[int] = None) -> None:
+        """RCPT to a local part starting with ``prefix`` gets ``reply`` ({rcpt} is filled);
+        with ``times``, only the first ``times`` RCPTs of each such address do."""
         with self._lock:
-            self._rules.append((prefix.lower(), reply))
+            self._rules.append((prefix.lower(), reply, times))
 
     def clear_rules(self) -> None:
         with self._lock:
             self._rules.clear()
             self._greetings.clear()
             self._data_delay.clear()
+            self._session_limit.clear()
+            self._rate_limit.clear()
 
     def set_greeting(self, sink: str, reply: Optional[str]) -> None:
         """Connections to ``sink`` get ``reply`` (e.g. "421 4.7.0 Too many connections")
@@ -247,6 +287,29 @@ class SinkFarm:
                 self._greetings.pop(sink, None)
             else:
                 self._greetings[sink] = reply
+
+    def set_session_limit(self, sink: str, limit: Optional[int]) -> None:
+        """At most ``limit`` sessions at once on ``sink``; one more is greeted with
+        "421 4.7.0 Too many connections" and closed (an event of kind "refused")."""
+        with self._lock:
+            if limit is None:
+                self._session_limit.pop(sink, None)
+            else:
+                self._session_limit[sink] = limit
+
+    def set_rate_limit(self, sink: str, per_second: Optional[float]) -> None:
+        """At most ``per_second`` RCPTs accepted on ``sink`` in any 1 s; the rest get
+        "421 4.7.0 Rate limited" (recorded as rcpt-reply events)."""
+        with self._lock:
+            if per_second is None:
+                self._rate_limit.pop(sink, None)
+            else:
+                self._rate_limit[sink] = per_second
+
+    def max_admitted(self) -> Dict[str, int]:
+        """{sink address: most simultaneous sessions past the greeting}."""
+        with self._lock:
+            return dict(self._max_admitted)
 
     def set_data_delay(self, sink: str, seconds: Optional[float]) -> None:
         """Wait ``seconds`` before answering DATA on ``sink`` (slow receiver)."""
