@@ -87,10 +87,14 @@ def _run(config) -> int:
             loop.add_signal_handler(sig, stop.set)
         await Engine(config).run(stop)
 
-    if uvloop is not None:
-        uvloop.run(serve())
-    else:
-        asyncio.run(serve())
+    try:
+        if uvloop is not None:
+            uvloop.run(serve())
+        else:
+            asyncio.run(serve())
+    except ConfigError as exc:  # e.g. a route's password variable or file is missing
+        print(f"cannot start: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -173,7 +173,7 @@ class Destination:
                     session.usable = False
                     reply = Reply(None, f"internal error: {exc.__class__.__name__}", "message")
                 done, job = job, None
-                self._done(done, reply, session.mx, session.ip)
+                self._done(done, session.stamp(reply), session.mx, session.ip)
                 sent += 1
                 if not session.usable or sent >= self.policy.max_deliveries_per_connection:
                     await self._close(session)

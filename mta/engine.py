@@ -27,6 +27,7 @@ from mta.config import Config
 from mta.delivery import Destination
 from mta.message import InvalidMessage, Job, decode
 from mta.mx import DnsFailure, MxAnswer, MxResolver
+from mta.routes import RouteTable
 from mta.routing import Router
 from mta.rules import Resolved, Rules
 from mta.settle import AckBook, Settler, attempt_entry
@@ -57,11 +58,13 @@ class Engine:
         self.rules = Rules(config)
         dns = config.dns
         self.resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, clock)
-        self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, clock)
-        self.router = Router(self.resolver, self.rules, self._deliver, self._unroutable)
+        self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, clock, config.smtp.ca_file)
+        self.router = Router(self.resolver, self.rules, self._deliver, self._unroutable, clock=clock)
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
         self.pauses = control.Pauses()
+        # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
+        self.routes = self.router.routes = RouteTable(config.routes, self.rules, self.pauses, clock)
         self.settler: Settler | None = None
         self.ready = asyncio.Event()
         self.stopping = False
@@ -240,7 +243,7 @@ class Engine:
             return
         destination = self.destinations.get(resolved.key)
         if destination is None:
-            destination = Destination(resolved.key, answer, resolved.policy, connector=self.connector,
+            destination = Destination(resolved.key, answer, resolved.policy, connector=self._connector_for(resolved.key),
                                       port=self.config.smtp.port, done=self._done, hold=self._hold,
                                       clock=self.clock)
             self.destinations[resolved.key] = destination
@@ -261,7 +264,15 @@ class Engine:
         self._finish(job, Reply(None, f"{failure.enhanced} {failure.description}", "dns"), None, None,
                      resolved, permanent=failure.permanent)
 
+    def _connector_for(self, key: str):
+        """A route's destination connects with the route's credentials and TLS mode."""
+        return self.routes.connector(key, self.connector) if key.startswith("route:") else self.connector
+
     def _done(self, job: Job, reply: Reply, mx: str | None, ip: str | None) -> None:
+        if reply.phase == "auth" and reply.code is not None and reply.code >= 500 and job.destination.key.startswith("route:"):
+            # The smarthost refused the route's credentials: pause the route, defer (not bounce).
+            self._finish(job, self.routes.auth_failed(job.destination.key, reply), mx, ip, job.destination, permanent=False)
+            return
         self._finish(job, reply, mx, ip, job.destination)
 
     def _finish(self, job: Job, reply: Reply, mx: str | None, ip: str | None, resolved: Resolved,
@@ -270,6 +281,8 @@ class Engine:
         book, tag = job.delivery
         job.attempts += 1
         job.history.append(attempt_entry(now, reply.phase, reply.code, reply.enhanced, reply.text, mx, ip, job.lane))
+        job.history[-1]["tls"] = reply.tls is not None  # whether the session was encrypted, and how
+        job.history[-1]["cipher"] = reply.tls
         settler = self.settler
         if reply.ok:
             self.counts["delivered"] += 1
