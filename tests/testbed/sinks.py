@@ -94,8 +94,9 @@ class _SinkSMTP(SMTP):
         super().__init__(farm._handler, **kw)
 
     def connection_made(self, transport):
-        self.farm._on_connect(self.sink)
-        self.farm._live.add(self)
+        if getattr(self, "_original_transport", None) is None:  # not again after STARTTLS
+            self.farm._on_connect(self.sink)
+            self.farm._live.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error):

@@ -8,6 +8,7 @@ temporary directory and removes it at the end.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import os
@@ -89,3 +90,29 @@ class TestCA:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
         return context
+
+
+def tls_farm(ca: TestCA, address: str, *, names: Iterable[str] = (), ips: Iterable[str] = (),
+             implicit: bool = False, auth=None, starttls: bool = True):
+    """A started one-address SinkFarm speaking TLS with a certificate of ``ca`` for
+    ``names``/``ips``: STARTTLS (default) or implicit TLS; AUTH when ``auth`` is given."""
+    from .sinks import SinkFarm
+
+    context = ca.server_context(names, ips)
+    farm = SinkFarm([address], use_uvloop=False, auth=auth,
+                    tls_context=context if starttls and not implicit else None,
+                    implicit_tls=context if implicit else None)
+    return farm.start()
+
+
+def secret_forms(username: str, password: str) -> Tuple[str, ...]:
+    """The ways a password could leak: as is, base64 alone, and the AUTH PLAIN token."""
+    return (password, base64.b64encode(password.encode()).decode(),
+            base64.b64encode(f"\0{username}\0{password}".encode()).decode())
+
+
+def assert_no_secret(texts: Iterable[str], username: str, password: str) -> None:
+    forms = secret_forms(username, password)
+    for i, text in enumerate(texts):
+        for form in forms:
+            assert form not in text, f"a form of the password appears in text #{i}"
