@@ -45,13 +45,13 @@ DEFAULT_PORT = 25
 SMARTHOST_TTL = 60.0  # seconds a smarthost's addresses are reused before a new lookup
 CREDENTIAL_CHECK = 5.0  # seconds between looks at a paused route's password file
 
-_FROM = re.compile(rb"^From:[ \t]*((?:.*)(?:\r\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_FROM = re.compile(rb"^From:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
 
 
 def from_domain(data: bytes) -> str | None:
     """The domain of the first address in the From: header of a message, lower case."""
-    head = data.split(b"\r\n\r\n", 1)[0]
-    m = _FROM.search(head)
+    end = data.find(b"\r\n\r\n")  # the header only: never copy a large body
+    m = _FROM.search(data[:end] if end >= 0 else data)
     if m is None:
         return None
     value = m.group(1).replace(b"\r\n", b"").decode("utf-8", "replace")
