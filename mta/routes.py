@@ -220,7 +220,7 @@ class RouteTable:
         entry = self._by_key.get(key)
         name = key.partition(":")[2]
         now = self._clock()
-        if key not in self.faults:
+        if key not in self.faults or not self._pauses.paused(now, key):  # not yet, or resumed since
             user = entry.route.username if entry is not None else "?"
             self.faults[key] = f"authentication as {user} refused: {reply}"
             self._next_check[key] = now + CREDENTIAL_CHECK

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import socket
 import ssl
 from collections import deque
@@ -264,7 +263,7 @@ class Session:
 
     def stamp(self, reply: Reply) -> Reply:
         """The reply, marked with this session's TLS for the attempt's result."""
-        return reply if self.cipher is None else dataclasses.replace(reply, tls=self.cipher)
+        return reply if self.cipher is None else Reply(reply.code, reply.text, reply.phase, self.cipher)
 
     async def close(self) -> None:
         """QUIT politely when the connection is healthy; never raises."""

@@ -181,3 +181,13 @@ def test_smarthost_resolution():
     failing = FakeResolver(DnsFailure(True, "5.1.2", "host does not exist (NXDOMAIN)"))
     failure = asyncio.run(resolve_smarthost(failing, mx))
     assert failure.permanent is False and "smarthost relay.customer.example:587" in failure.description
+
+
+def test_refused_again_after_a_resume_pauses_again():
+    clock, pauses = Clock(), Pauses()
+    routes = table([ROUTE], clock=clock, pauses=pauses)
+    routes.auth_failed("route:customer.example", Reply(535, "no", "auth"))
+    pauses.apply({"command": "resume", "target": "route:customer.example"}, clock())
+    # mail already queued in the destination meets the same refusal before any new match
+    routes.auth_failed("route:customer.example", Reply(535, "no", "auth"))
+    assert pauses.paused(clock(), "route:customer.example")
