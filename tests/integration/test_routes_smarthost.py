@@ -1,8 +1,8 @@
 """Customer smarthosts: mail of a routed sender leaves through the customer's server with
 the customer's credentials, over TLS, instead of the recipient's MX; other mail is not
 touched. Two routes: by envelope domain to a STARTTLS smarthost on a submission-style port
-(password from a file), and by From: domain plus a tag to an implicit-TLS smarthost
-(password from the environment). No form of either password shows in the logs or results.
+(password from a file), and by From: domain plus a tag to an implicit-TLS smarthost whose
+certificate is verified against the route's CA file (password from the environment). No form of either password shows in the logs or results.
 """
 
 import json
@@ -23,7 +23,7 @@ BRAND = ("relay@brand.test", "brand-b4ttery-staple")
 @pytest.fixture
 def smarthosts(test_ca):
     starttls = tls_farm(test_ca, STARTTLS_HOST, names=["smtp.customer.test"], auth=dict([CUSTOMER]))
-    implicit = tls_farm(test_ca, IMPLICIT_HOST, names=["smtp.brand.test"], implicit=True, auth=dict([BRAND]))
+    implicit = tls_farm(test_ca, IMPLICIT_HOST, ips=[IMPLICIT_HOST], implicit=True, auth=dict([BRAND]))
     try:
         yield starttls, implicit
     finally:
@@ -32,14 +32,15 @@ def smarthosts(test_ca):
 
 
 @pytest.mark.timeout(180)
-def test_routes_deliver_through_smarthosts(vhost, sinks, smarthosts, tmp_path, mta_config, start_mta):
+def test_routes_deliver_through_smarthosts(vhost, sinks, smarthosts, test_ca, tmp_path, mta_config, start_mta):
     starttls, implicit = smarthosts
     password_file = tmp_path / "customer.secret"
     password_file.write_text(CUSTOMER[1] + "\n")
     config = mta_config(routes=[
         {"name": "brand-vip", "sender_domain": "brand.test", "sender_match": "from", "tags": ["vip"],
          "smarthost": f"[{IMPLICIT_HOST}]:{implicit.port}", "implicit_tls": True,
-         "username": BRAND[0], "password_env": "BRAND_SMTP_PASSWORD", "tls": "required"},
+         "username": BRAND[0], "password_env": "BRAND_SMTP_PASSWORD",
+         "tls": "verified", "ca_file": test_ca.ca_file},  # its certificate names the address
         {"sender_domain": "customer.test", "smarthost": f"[{STARTTLS_HOST}]:{starttls.port}",
          "username": CUSTOMER[0], "password_file": str(password_file), "tls": "required"},
     ])

@@ -37,6 +37,7 @@ import logging
 import re
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -362,9 +363,11 @@ class SinkFarm:
                 # aiosmtpd does not see implicit TLS as TLS: only STARTTLS farms insist on it.
                 extra.update(authenticator=self._authenticate, auth_required=True,
                              auth_require_tls=self.implicit_tls is None)
-            return _SinkSMTP(self, sink, loop=self._loop, hostname=f"sink-{sink}.test",
-                             ident="mta-test-sink", enable_SMTPUTF8=True, decode_data=False,
-                             timeout=self.idle_timeout, **extra)
+            with warnings.catch_warnings():  # AUTH without STARTTLS is meant: the farm is implicit TLS
+                warnings.simplefilter("ignore", UserWarning)
+                return _SinkSMTP(self, sink, loop=self._loop, hostname=f"sink-{sink}.test",
+                                 ident="mta-test-sink", enable_SMTPUTF8=True, decode_data=False,
+                                 timeout=self.idle_timeout, **extra)
         return make
 
     def _new_loop(self) -> asyncio.AbstractEventLoop:
