@@ -6,6 +6,9 @@ certificate is verified against the route's CA file (password from the environme
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -91,3 +94,14 @@ def test_routes_deliver_through_smarthosts(vhost, sinks, smarthosts, test_ca, tm
     texts = [mta.log_text()] + [json.dumps(doc) for _, doc in collector.raw]
     assert_no_secret(texts, *CUSTOMER)
     assert_no_secret(texts, *BRAND)
+
+
+@pytest.mark.timeout(60)
+def test_missing_route_password_refuses_to_start(tmp_path, mta_config):
+    config = mta_config(routes=[{"sender_domain": "customer.test", "smarthost": "[127.0.3.1]:587",
+                                 "username": CUSTOMER[0], "password_env": "NO_SUCH_SMTP_PASSWORD"}])
+    env = {k: v for k, v in os.environ.items() if k != "NO_SUCH_SMTP_PASSWORD"}
+    proc = subprocess.run([sys.executable, "-m", "mta", "run", config], capture_output=True, text=True,
+                          timeout=30, env=env)
+    assert proc.returncode == 1
+    assert "routes[0] (customer.test): environment variable NO_SUCH_SMTP_PASSWORD is not set" in proc.stderr
