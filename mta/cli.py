@@ -101,10 +101,14 @@ def _run(config, path: str) -> int:
         loop.add_signal_handler(signal.SIGHUP, engine.reload)
         await engine.run(stop)
 
-    if uvloop is not None:
-        uvloop.run(serve())
-    else:
-        asyncio.run(serve())
+    try:
+        if uvloop is not None:
+            uvloop.run(serve())
+        else:
+            asyncio.run(serve())
+    except ConfigError as exc:  # e.g. a route's password variable or file is missing
+        print(f"cannot start: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -333,6 +333,7 @@ class Destination:
                     session.usable = False
                     reply = Reply(None, f"internal error: {exc.__class__.__name__}", "message")
                 done, job = job, None
+                reply = session.stamp(reply)
                 verdict = self._feedback(reply, self._clock())
                 self._done(done, reply, session.mx, session.ip, verdict)
                 sent += 1
@@ -430,6 +431,9 @@ class Destination:
             return None  # the receiver is busy, not gone: the open sessions will take it
         self.window.on_pushback()
         self._done(job, last, host, ip, verdict)
+        if last.phase == "auth":  # the host answered but refused our credentials: not dead
+            self.suspend(now, now + PROBE_FIRST, f"authentication refused: {last}")
+            return None
         if self.connected > 0:
             return None
         if self.unreachable_since is None:

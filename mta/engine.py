@@ -28,6 +28,7 @@ from mta.config import Config, ConfigError, load_config
 from mta.delivery import Destination
 from mta.message import InvalidMessage, Job, decode
 from mta.mx import DnsFailure, MxAnswer, MxResolver
+from mta.routes import RouteTable
 from mta.routing import Router
 from mta.rules import Resolved, Rules
 from mta.settle import AckBook, Settler, attempt_entry
@@ -59,11 +60,13 @@ class Engine:
         self.rules = Rules(config)
         dns = config.dns
         self.resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, clock)
-        self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, clock)
-        self.router = Router(self.resolver, self.rules, self._deliver, self._unroutable)
+        self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, clock, config.smtp.ca_file)
+        self.router = Router(self.resolver, self.rules, self._deliver, self._unroutable, clock=clock)
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
         self.pauses = control.Pauses()
+        # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
+        self.routes = self.router.routes = RouteTable(config.routes, self.rules, self.pauses, clock)
         self.settler: Settler | None = None
         self.ready = asyncio.Event()
         self.stopping = False
@@ -263,15 +266,26 @@ class Engine:
         for section in ("broker", "dns", "smtp", "metrics"):
             if getattr(config, section) != getattr(self.config, section):
                 log.warning("reload: section %s changed; it takes effect only after a restart", section)
-        self.config = msgspec.structs.replace(config, broker=self.config.broker, dns=self.config.dns,
-                                              smtp=self.config.smtp, metrics=self.config.metrics)
-        self.rules = Rules(self.config)
+        config = msgspec.structs.replace(config, broker=self.config.broker, dns=self.config.dns,
+                                         smtp=self.config.smtp, metrics=self.config.metrics)
+        rules = Rules(config)
+        try:
+            self.routes.reload(config.routes, rules)
+        except ConfigError as exc:
+            log.error("reload of %s refused, the old rules stay in force: %s", self.config_path,
+                      "; ".join(exc.problems))
+            return False
+        self.config, self.rules = config, rules
         self.router.reload(self.rules)
         now = self.clock()
         for destination in self.destinations.values():
             destination.patterns = self.rules.patterns
-            resolved = self.rules.resolve(destination.domain, destination.answer)
-            if resolved.key == destination.key:
+            if destination.key.startswith("route:"):
+                entry = self.routes.entry(destination.key)
+                resolved = entry.resolved if entry is not None else None
+            else:
+                resolved = self.rules.resolve(destination.domain, destination.answer)
+            if resolved is not None and resolved.key == destination.key:
                 destination.apply(resolved.policy)
             destination.refresh(now)
         log.info("reloaded %s: %d domain rules, %d providers, %d patterns", self.config_path,
@@ -284,7 +298,7 @@ class Engine:
             return
         destination = self.destinations.get(resolved.key)
         if destination is None:
-            destination = Destination(resolved.key, answer, resolved.policy, connector=self.connector,
+            destination = Destination(resolved.key, answer, resolved.policy, connector=self._connector_for(resolved.key),
                                       port=self.config.smtp.port, done=self._done, hold=self._hold,
                                       clock=self.clock, patterns=self.rules.patterns)
             destination.domain = job.domain  # a domain it serves, to find its rules again on reload
@@ -306,7 +320,15 @@ class Engine:
         self._finish(job, Reply(None, f"{failure.enhanced} {failure.description}", "dns"), None, None,
                      resolved, permanent=failure.permanent)
 
+    def _connector_for(self, key: str):
+        """A route's destination connects with the route's credentials and TLS mode."""
+        return self.routes.connector(key, self.connector) if key.startswith("route:") else self.connector
+
     def _done(self, job: Job, reply: Reply, mx: str | None, ip: str | None, verdict: bool | None) -> None:
+        if reply.phase == "auth" and reply.code is not None and reply.code >= 500 and job.destination.key.startswith("route:"):
+            # The smarthost refused the route's credentials: pause the route, defer (not bounce).
+            self._finish(job, self.routes.auth_failed(job.destination.key, reply), mx, ip, job.destination, permanent=False)
+            return
         self._finish(job, reply, mx, ip, job.destination, verdict=verdict)
 
     def _finish(self, job: Job, reply: Reply, mx: str | None, ip: str | None, resolved: Resolved,
@@ -315,6 +337,8 @@ class Engine:
         book, tag = job.delivery
         job.attempts += 1
         job.history.append(attempt_entry(now, reply.phase, reply.code, reply.enhanced, reply.text, mx, ip, job.lane))
+        job.history[-1]["tls"] = reply.tls is not None  # whether the session was encrypted, and how
+        job.history[-1]["cipher"] = reply.tls
         settler = self.settler
         if reply.ok:
             self.counts["delivered"] += 1

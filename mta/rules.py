@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mta.config import Config, Domain, Policy, Provider, merge
+from mta.config import Config, Domain, Policy, Provider, Route, merge
 from mta.mx import MxAnswer
 from shaper.patterns import Patterns
 
@@ -88,3 +88,9 @@ class Rules:
             self._cache.clear()
         self._cache[(domain, site)] = resolved
         return resolved
+
+    def route(self, route: Route) -> Resolved:
+        """A `routes:` entry's destination: `route:NAME`, the default policy under the
+        route's own keys (no provider or domain rule: the smarthost is the destination)."""
+        return Resolved(f"route:{route.name}", merge(self.config.default, route.policy),
+                        ("default", f"routes.{route.name} (sender domain {route.sender_domain})"))

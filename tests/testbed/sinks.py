@@ -19,6 +19,13 @@ above which it greets with "421 too many connections" (``set_session_limit``), o
 messages per second above which RCPT gets "421 rate limited" (``set_rate_limit``), as
 real receivers do.
 
+A farm can speak TLS: ``tls_context`` offers STARTTLS, ``implicit_tls`` wraps every
+connection in TLS from the first byte (port 465 style); ``auth`` ({login: password})
+offers AUTH PLAIN and LOGIN (after TLS) and refuses MAIL without it;
+``set_broken_starttls(True)`` answers STARTTLS with 220 and then garbage instead of a
+handshake. Accepted messages record the login and the TLS cipher of their session. TLS
+farms need ``use_uvloop=False`` (aiosmtpd's STARTTLS drives asyncio's own TLS layer).
+
 Every accepted message is recorded (sink address = the local address the client
 connected to, mail_from, rcpt, raw data, time, Message-ID local part); per sink address
 the farm counts connections and the maximum number of concurrent sessions.  All
@@ -33,10 +40,11 @@ import logging
 import re
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
 from .util import free_port
 
@@ -61,6 +69,8 @@ class Accepted:
     helo: Optional[str] = None
     mail_options: Tuple[str, ...] = ()
     rcpt_options: Tuple[str, ...] = ()
+    login: Optional[str] = None   # AUTH login of the session, None when not authenticated
+    cipher: Optional[str] = None  # TLS cipher of the session, None for plaintext
 
 
 @dataclass(frozen=True)
@@ -88,14 +98,25 @@ class _SinkSMTP(SMTP):
         super().__init__(farm._handler, **kw)
 
     def connection_made(self, transport):
-        self.farm._on_connect(self.sink)
-        self.farm._live.add(self)
+        if getattr(self, "_original_transport", None) is None:  # not again after STARTTLS
+            self.farm._on_connect(self.sink)
+            self.farm._live.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error):
         self.farm._on_disconnect(self.sink, getattr(self, "_admitted", False))
         self.farm._live.discard(self)
         super().connection_lost(error)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str):
+        if self.farm._broken_starttls:
+            await self.push("220 Ready to start TLS")
+            assert self.transport is not None
+            self.transport.write(b"this is no TLS handshake\r\n" * 8)
+            self.transport.close()
+            return
+        await super().smtp_STARTTLS(arg)
 
     async def _handle_client(self):
         greeting = self.farm._greetings.get(self.sink)
@@ -139,7 +160,10 @@ class _Handler:
         delay = farm._data_delay.get(server.sink)
         if delay:
             await asyncio.sleep(delay)
-        n = farm._record_accept(server.sink, session, envelope)
+        cipher = server.transport.get_extra_info("cipher") if server.transport is not None else None
+        n = farm._record_accept(server.sink, session, envelope,
+                                login=getattr(session, "auth_data", None) if session.authenticated else None,
+                                cipher=cipher[0] if cipher else None)
         return f"250 2.0.0 OK queued as S{n}"
 
 
@@ -149,7 +173,8 @@ def _local(address: str) -> str:
 
 class SinkFarm:
     def __init__(self, addresses: Iterable[str], port: Optional[int] = None, *,
-                 idle_timeout: float = 300.0, use_uvloop: bool = True):
+                 idle_timeout: float = 300.0, use_uvloop: bool = True,
+                 tls_context=None, implicit_tls=None, auth: Optional[Dict[str, str]] = None):
         self.addresses = list(dict.fromkeys(addresses))
         self._auto_port = port is None
         self.port = port if port is not None else free_port(self.addresses)
@@ -166,6 +191,10 @@ class SinkFarm:
         self._data_delay: Dict[str, float] = {}
         self._session_limit: Dict[str, int] = {}
         self._rate_limit: Dict[str, float] = {}
+        self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
+        self.auth = dict(auth) if auth is not None else None
+        self._broken_starttls = False
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -182,6 +211,7 @@ class SinkFarm:
             self._max_admitted: collections.Counter = collections.Counter()
             self._recent: Dict[str, collections.deque] = collections.defaultdict(collections.deque)
             self._seq = 0
+            self._auth_results: List[Tuple[str, bool]] = []
 
     def _on_connect(self, sink: str) -> None:
         with self._lock:
@@ -250,7 +280,18 @@ class SinkFarm:
             for r in rcpts:
                 self._events.append(Event("drop", sink, r, "", now))
 
-    def _record_accept(self, sink: str, session, envelope) -> int:
+    def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        ok = (isinstance(auth_data, LoginPassword) and self.auth is not None
+              and self.auth.get(auth_data.login.decode("utf-8", "replace")) == auth_data.password.decode("utf-8", "replace"))
+        login = auth_data.login.decode("utf-8", "replace") if isinstance(auth_data, LoginPassword) else "?"
+        with self._lock:
+            self._auth_results.append((login, ok))
+        if ok:
+            return AuthResult(success=True, auth_data=login)
+        return AuthResult(success=False, handled=False)  # 535 5.7.8 Authentication credentials invalid
+
+    def _record_accept(self, sink: str, session, envelope, *, login: Optional[str] = None,
+                       cipher: Optional[str] = None) -> int:
         data = envelope.original_content or b""
         msg_id = message_id_of(data)
         now = time.time()
@@ -261,7 +302,7 @@ class SinkFarm:
                     sink=sink, peer=tuple(session.peer or ("", 0)), mail_from=envelope.mail_from,
                     rcpt=rcpt, data=data, time=now, msg_id=msg_id, helo=session.host_name,
                     mail_options=tuple(envelope.mail_options or ()),
-                    rcpt_options=tuple(envelope.rcpt_options or ())))
+                    rcpt_options=tuple(envelope.rcpt_options or ()), login=login, cipher=cipher))
             return self._seq
 
     # ------------------------------------------------------------------ scripting
@@ -319,7 +360,16 @@ class SinkFarm:
             else:
                 self._data_delay.pop(sink, None)
 
+    def set_broken_starttls(self, broken: bool) -> None:
+        """Offer STARTTLS, answer it with 220, then send garbage and hang up."""
+        self._broken_starttls = broken
+
     # ------------------------------------------------------------------ accessors
+    def auth_results(self) -> List[Tuple[str, bool]]:
+        """[(login, accepted)] for every AUTH seen, in order (passwords are not kept)."""
+        with self._lock:
+            return list(self._auth_results)
+
     def accepted(self) -> List[Accepted]:
         with self._lock:
             return list(self._accepted)
@@ -369,9 +419,18 @@ class SinkFarm:
     # ------------------------------------------------------------------ lifecycle
     def _factory(self, sink: str):
         def make():
-            return _SinkSMTP(self, sink, loop=self._loop, hostname=f"sink-{sink}.test",
-                             ident="mta-test-sink", enable_SMTPUTF8=True, decode_data=False,
-                             timeout=self.idle_timeout)
+            extra = {}
+            if self.tls_context is not None:
+                extra.update(tls_context=self.tls_context, require_starttls=False)
+            if self.auth is not None:
+                # aiosmtpd does not see implicit TLS as TLS: only STARTTLS farms insist on it.
+                extra.update(authenticator=self._authenticate, auth_required=True,
+                             auth_require_tls=self.implicit_tls is None)
+            with warnings.catch_warnings():  # AUTH without STARTTLS is meant: the farm is implicit TLS
+                warnings.simplefilter("ignore", UserWarning)
+                return _SinkSMTP(self, sink, loop=self._loop, hostname=f"sink-{sink}.test",
+                                 ident="mta-test-sink", enable_SMTPUTF8=True, decode_data=False,
+                                 timeout=self.idle_timeout, **extra)
         return make
 
     def _new_loop(self) -> asyncio.AbstractEventLoop:
@@ -414,7 +473,7 @@ class SinkFarm:
                 for addr in self.addresses:
                     srv = loop.run_until_complete(loop.create_server(
                         self._factory(addr), host=addr, port=self.port, reuse_address=True,
-                        backlog=1024))
+                        backlog=1024, ssl=self.implicit_tls))
                     self._servers.append(srv)
             except Exception as exc:          # port taken on one of the addresses
                 box["error"] = exc
