@@ -30,6 +30,7 @@ from mta.mx import DnsFailure, MxAnswer, MxResolver
 from mta.routing import Router
 from mta.rules import Resolved, Rules
 from mta.settle import AckBook, Settler, attempt_entry
+from mta.signer import Signer, load_keys
 from mta.smtp import Connector, Reply
 from mta.topology import LANES, Topology, lane_queue
 from shaper.replies import classify
@@ -62,6 +63,7 @@ class Engine:
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
         self.pauses = control.Pauses()
+        self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self._not_signed) if config.dkim else None
         self.settler: Settler | None = None
         self.ready = asyncio.Event()
         self.stopping = False
@@ -173,6 +175,8 @@ class Engine:
 
     def _forget_queued(self) -> list[Job]:
         jobs = self.router.drain()
+        if self.signer is not None:
+            jobs.extend(self.signer.drain())
         for destination in self.destinations.values():
             jobs.extend(destination.drain())
         return jobs
@@ -212,7 +216,13 @@ class Engine:
                                          f"{self.config.smtp.max_message_size} (local decision)", "message"),
                          None, None, self.rules.resolve(job.domain, None))
             return
+        if self.signer is not None:  # DKIM: routed once its signature is ready
+            self.signer.submit(job)
+            return
         self.router.route(job)
+
+    def _not_signed(self, job: Job, reply: Reply) -> None:
+        self._finish(job, reply, None, None, self.rules.resolve(job.domain, None))
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
         try:
