@@ -1,0 +1,107 @@
+"""Which keys sign a message, and the worker pool that signs off the event loop."""
+
+import asyncio
+import base64
+import time
+
+import dkim
+import orjson
+import pytest
+
+from mta.dkim import generate, unstuff
+from mta.message import decode
+from mta.signer import Keyring, Signer
+
+RSA = generate("shop.test", "r1")
+ED = generate("shop.test", "e1", "ed25519-sha256")
+OTHER = generate("bounces.test", "b1", "ed25519-sha256")
+KEYS = [RSA, ED, OTHER]
+RECORDS = {f"{k.dns_name()}.".encode(): k.dns_txt().encode() for k in KEYS}
+
+
+def job(sender="news@shop.test", envelope="bounces@bounces.test", n=0, body=b"hello\r\n", **extra):
+    mime = f"From: <{sender}>\r\nTo: u@x.test\r\nSubject: n{n}\r\nMessage-ID: <{n}@t>\r\n\r\n".encode() + body
+    doc = {"id": str(n), "recipient": "u@x.test", "envelope": envelope,
+           "mime_b64": base64.b64encode(mime).decode(), **extra}
+    return decode(orjson.dumps(doc), {}, "bulk", 0.0)
+
+
+@pytest.mark.parametrize("kwargs, chosen", [
+    ({}, (0, 1)),                                                        # From domain: dual signing
+    ({"sender": "a@SHOP.test"}, (0, 1)),
+    ({"sender": "a@nokey.test"}, (2,)),                                  # falls back to the envelope's domain
+    ({"sender": "a@nokey.test", "envelope": "x@nokey.test"}, ()),        # nobody's key: unsigned
+    ({"sender": "a@nokey.test", "envelope": ""}, ()),
+    ({"dkim": False}, ()),
+    ({"dkim": {"domain": "shop.test", "selector": "e1"}}, (1,)),
+    ({"sender": "a@nokey.test", "dkim": {"domain": "Shop.Test", "selector": "r1"}}, (0,)),
+])
+def test_keyring_choice(kwargs, chosen):
+    assert Keyring(KEYS).choose(job(**kwargs)) == chosen
+
+
+def test_unconfigured_key_asked_for_is_a_bounce():
+    reply = Keyring(KEYS).choose(job(dkim={"domain": "shop.test", "selector": "nope"}))
+    assert reply.code == 554 and reply.enhanced == "5.7.0" and "not configured" in reply.text
+
+
+def _verify(data: bytes) -> list[bool]:
+    message = unstuff(data)
+    checker = dkim.DKIM(message)
+    count = sum(1 for name, _ in checker.headers if name.lower() == b"dkim-signature")
+    return [checker.verify(i, dnsfunc=lambda name, timeout=5: RECORDS.get(name)) for i in range(count)]
+
+
+def test_pool_signs_in_batches_and_routes_when_ready():
+    async def scenario():
+        ready, failed = [], []
+        signer = Signer(KEYS, ready.append, lambda j, r: failed.append((j, r)), workers=1, clock=time.time)
+        try:
+            jobs = [job(n=i, body=b".dot first\r\nline\r\n" * (i + 1)) for i in range(40)]
+            unsigned = job(n=99, dkim=False)
+            for j in jobs:
+                signer.submit(j)
+            signer.submit(unsigned)
+            assert ready == [unsigned], "an unsigned job is routed at once, not after the batch"
+            big = job(n=100, body=b"x" * 76 + b"\r\n" * 1)
+            big.data = big.data + (b"y" * 998 + b"\r\n") * 3000  # about 3 MB: a batch of its own
+            signer.submit(big)
+            deadline = time.monotonic() + 60
+            while len(ready) < 42 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return ready, failed, jobs, big
+        finally:
+            signer.close()
+
+    ready, failed, jobs, big = asyncio.run(scenario())
+    assert failed == []
+    assert len(ready) == 42
+    for j in jobs + [big]:
+        assert j.data.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+        assert _verify(j.data) == [True, True]
+
+
+def test_drain_gives_back_waiting_jobs_and_drops_late_signatures():
+    async def scenario():
+        ready = []
+        signer = Signer(KEYS, ready.append, lambda j, r: None, workers=1)
+        try:
+            jobs = [job(n=i) for i in range(5)]
+            for j in jobs[:3]:
+                signer.submit(j)
+            await asyncio.sleep(0)  # the scheduled flush sends these three to the worker
+            for j in jobs[3:]:
+                signer.submit(j)
+            drained = signer.drain()  # three in flight, two not yet sent
+            signer.submit(job(n=50))  # the one worker signs it after the drained batch
+            deadline = time.monotonic() + 60
+            while not ready and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return drained, jobs, ready
+        finally:
+            signer.close()
+
+    drained, jobs, ready = asyncio.run(scenario())
+    assert sorted(j.id for j in drained) == sorted(j.id for j in jobs)
+    assert [j.id for j in ready] == ["50"]
+    assert all(not j.data.startswith(b"DKIM-Signature") for j in jobs)
