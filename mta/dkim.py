@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 MIN_RSA_BITS = 2048
+MAX_LINE = 998  # octets between CRLFs (RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6)
 
 # RFC 6376 §5.4.1's list, plus RFC 8058's one-click unsubscribe header, which must be signed.
 SIGNED = frozenset((
@@ -295,12 +296,23 @@ def init_worker(exported: Sequence[tuple[str, str, str, bytes]]) -> None:
                        for d, s, a, pem in exported]
 
 
-def sign_batch(items: Sequence[tuple[bytes, tuple[int, ...]]], now: int) -> list[bytes | str]:
-    """For each (canonical DATA bytes, key indexes): the fields to prepend, or why not."""
-    out: list[bytes | str] = []
+def longest_line(message: bytes) -> int:
+    return max(map(len, message.split(b"\r\n")))
+
+
+def sign_batch(items: Sequence[tuple[bytes, tuple[int, ...]]], now: int) -> list[bytes | tuple[bool, str]]:
+    """For each (canonical DATA bytes, key indexes): the fields to prepend, or (permanent?, why not)."""
+    out: list[bytes | tuple[bool, str]] = []
     for data, indexes in items:
         try:
-            out.append(sign_message(unstuff(data), [_worker_keys[i] for i in indexes], now))
+            message = unstuff(data)
+            longest = longest_line(message)
+            if longest > MAX_LINE:
+                # RFC 5321 §4.5.3.1.6: a relay may wrap such a line, and the signature breaks with it
+                out.append((True, f"5.6.0 a line of {longest} octets exceeds the {MAX_LINE} SMTP allows; "
+                                  "it would not arrive as signed (local decision)"))
+                continue
+            out.append(sign_message(message, [_worker_keys[i] for i in indexes], now))
         except Exception as exc:  # one message's problem must not fail its batch
-            out.append(f"{type(exc).__name__}: {exc}")
+            out.append((False, f"4.3.0 DKIM signing failed: {type(exc).__name__}: {exc} (local)"))
     return out

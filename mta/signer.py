@@ -149,13 +149,14 @@ class Signer:
         number = self._batch_no
         jobs = [job for job, _ in batch]
         self._in_flight[number] = jobs
+        loop = asyncio.get_running_loop()
+        items = [(job.data, keys) for job, keys in batch]
         try:
-            future = asyncio.get_running_loop().run_in_executor(
-                self._ensure_pool(), sign_batch, [(job.data, keys) for job, keys in batch], int(self.clock()))
-        except RuntimeError as exc:  # the pool broke (a worker died) and refuses work
+            future = loop.run_in_executor(self._ensure_pool(), sign_batch, items, int(self.clock()))
+        except concurrent.futures.BrokenExecutor:  # a worker died: a new pool for this batch and the next
+            log.warning("a DKIM signing process died; starting new ones")
             self._pool = None
-            future = asyncio.get_running_loop().create_future()
-            future.set_exception(exc)
+            future = loop.run_in_executor(self._ensure_pool(), sign_batch, items, int(self.clock()))
         future.add_done_callback(lambda f: self._signed(number, f))
 
     def _signed(self, number: int, future: asyncio.Future) -> None:
@@ -167,13 +168,14 @@ class Signer:
                 log.error("DKIM signing of %d message(s) failed (%s); they will be retried", len(jobs), exc)
                 if isinstance(exc, concurrent.futures.BrokenExecutor):
                     self._pool = None
-                headers = [str(exc)] * len(jobs)
+                headers = [(False, f"4.3.0 DKIM signing failed: {exc or type(exc).__name__} (local)")] * len(jobs)
             for job, header in zip(jobs, headers):
                 if isinstance(header, bytes):
                     job.data = header + job.data
                     self.ready(job)
                 else:
-                    self.failed(job, Reply(451, f"4.3.0 DKIM signing failed: {header} (local)", "message"))
+                    permanent, text = header
+                    self.failed(job, Reply(554 if permanent else 451, text, "message"))
         if self._pending:
             self._flush()
 

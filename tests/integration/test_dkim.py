@@ -1,6 +1,6 @@
 """DKIM through the running MTA: what the sink received verifies with dkimpy's verifier against
 the public keys that dnsmasq publishes as TXT records (RSA, Ed25519, dual; bare LF/CR, dots,
-8-bit and 20 MB messages), and mail that must not be signed is not."""
+8-bit and 20 MB messages), and mail that must not be signed is not; what cannot be signed is bounced with the reason."""
 
 import base64
 import os
@@ -96,6 +96,7 @@ def test_signed_messages_verify_at_the_receiver(vhost, sinks, dns, keys, mta_con
         "envelope": message("envelope", "shop@plain.test", envelope="bounces@ed.test",
                             mime=raw_mime(mid("envelope"), "shop@plain.test", b"From header without a key\r\n")),
         "unknown": message("unknown", "shop@rsa.test", dkim={"domain": "rsa.test", "selector": "nope"}),
+        "long": message("long", "shop@rsa.test", mime=raw_mime(mid("long"), "shop@rsa.test", b"z" * 1200 + b"\r\n")),
     }
     expected = {
         "rsa": [("rsa.test", "s1")], "ed": [("ed.test", "e1")], "dual": [("dual.test", "r1"), ("dual.test", "e1")],
@@ -106,11 +107,12 @@ def test_signed_messages_verify_at_the_receiver(vhost, sinks, dns, keys, mta_con
     results = collect_results(vhost, [mid(c) for c in bodies], timeout=180, settle=0.5)
 
     assert_each_final(results, [mid(c) for c in expected], "delivered")
-    (unknown,) = [r for r in results[mid("unknown")] if r["final"]]
-    assert unknown["status"] == "bounced" and "not configured" in unknown["results"][-1]["description"], unknown
+    for case, reason in (("unknown", "not configured"), ("long", "1200 octets")):
+        (final,) = [r for r in results[mid(case)] if r["final"]]
+        assert final["status"] == "bounced" and reason in final["results"][-1]["description"], final
 
     received = {a.msg_id: a.data for a in sinks.accepted()}
-    assert mid("unknown") not in received
+    assert mid("unknown") not in received and mid("long") not in received
     for case, signers in expected.items():
         data = received[mid(case)]
         got = verify(data, dns.port)

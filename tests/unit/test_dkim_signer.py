@@ -105,3 +105,36 @@ def test_drain_gives_back_waiting_jobs_and_drops_late_signatures():
     assert sorted(j.id for j in drained) == sorted(j.id for j in jobs)
     assert [j.id for j in ready] == ["50"]
     assert all(not j.data.startswith(b"DKIM-Signature") for j in jobs)
+
+
+def test_over_long_line_bounces_and_a_dead_worker_defers_then_recovers():
+    async def scenario():
+        ready, failed = [], []
+        signer = Signer(KEYS, ready.append, lambda j, r: failed.append((j.id, r)), workers=1)
+
+        async def wait_for(n):
+            deadline = time.monotonic() + 60
+            while len(ready) + len(failed) < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+
+        try:
+            signer.submit(job(n=1, body=b"y" * 999 + b"\r\n"))
+            signer.submit(job(n=2, body=b"y" * 998 + b"\r\n"))
+            await wait_for(2)
+            for process in list(signer._pool._processes.values()):
+                process.kill()
+                process.join(10)
+            signer.submit(job(n=3))  # its batch meets the dead pool
+            await wait_for(3)
+            signer.submit(job(n=4))  # and this one a new pool
+            await wait_for(4)
+            return ready, failed
+        finally:
+            signer.close()
+
+    ready, failed = asyncio.run(scenario())
+    replies = dict(failed)
+    assert replies["1"].code == 554 and "999 octets" in replies["1"].text
+    assert replies["3"].code == 451 and replies["3"].enhanced == "4.3.0", replies["3"]
+    assert sorted(j.id for j in ready) == ["2", "4"]
+    assert all(_verify(j.data) == [True, True] for j in ready)
