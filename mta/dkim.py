@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import stat
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -294,6 +297,16 @@ _worker_keys: list[SigningKey] = []
 def init_worker(exported: Sequence[tuple[str, str, str, bytes]]) -> None:
     _worker_keys[:] = [SigningKey(d, s, a, serialization.load_pem_private_key(pem, None))
                        for d, s, a, pem in exported]
+    # A worker waits on a pipe it also holds the other end of: when the MTA is killed (-9)
+    # nothing would ever end it. Its parent's sentinel does.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(0)
 
 
 def longest_line(message: bytes) -> int:
