@@ -21,6 +21,7 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 
@@ -33,6 +34,8 @@ log = logging.getLogger("mta.signer")
 
 BATCH_BYTES = 1 << 20  # a batch this large goes at once: a 20 MB message is never held back
 BATCH_COUNT = 256
+# the selector and the domain end up in the signature's tags and in a DNS query
+_DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*")
 
 
 def load_keys(specs: Sequence[DkimKey]) -> tuple[list[SigningKey], list[str]]:
@@ -41,6 +44,11 @@ def load_keys(specs: Sequence[DkimKey]) -> tuple[list[SigningKey], list[str]]:
     seen = set()
     for i, spec in enumerate(specs):
         pair = (normalise_domain(spec.domain), spec.selector)
+        bad = [f"dkim[{i}].{field}: {value!r} is not a DNS name" for field, value in zip(("domain", "selector"), pair)
+               if not _DNS_NAME.fullmatch(value)]
+        if bad:
+            problems.extend(bad)
+            continue
         if pair in seen:
             problems.append(f"dkim[{i}]: domain {spec.domain} with selector {spec.selector} is configured twice")
             continue

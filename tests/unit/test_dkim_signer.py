@@ -189,3 +189,24 @@ def test_workers_end_when_the_mta_is_killed(tmp_path):
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(p) for p in pids)
+
+
+def test_load_keys_lists_every_problem(tmp_path):
+    from mta.config import ConfigError, DkimKey
+    from mta.signer import load_keys
+
+    good = tmp_path / "good.pem"
+    good.write_bytes(ED.pem())
+    good.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        load_keys([DkimKey("shop.test", "e1", str(good), "ed25519-sha256"),
+                   DkimKey("SHOP.test", "e1", str(good), "ed25519-sha256"),
+                   DkimKey("shop.test", "s 1", str(good), "ed25519-sha256"),
+                   DkimKey("shop.test", "e2", str(tmp_path / "absent.pem"), "ed25519-sha256")])
+    assert info.value.problems == [
+        "dkim[1]: domain SHOP.test with selector e1 is configured twice",
+        "dkim[2].selector: 's 1' is not a DNS name",
+        f"dkim[3].key_file: {tmp_path / 'absent.pem'}: cannot read: No such file or directory",
+    ]
+    keys, warnings = load_keys([DkimKey("Bücher.test", "e1", str(good), "ed25519-sha256")])
+    assert keys[0].domain == "xn--bcher-kva.test" and warnings == []
