@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import multiprocessing
-import multiprocessing.connection
 import os
 import re
 import stat
-import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -287,26 +284,16 @@ def sign_message(message: bytes, keys: Sequence[SigningKey], now: int) -> bytes:
     return b"".join(signature_header(key, fields, body_hash, now, names) for key in keys)
 
 
-# ---------------------------------------------------------------- worker processes (mta.signer)
-# Keys arrive once, when a worker starts, over the pool's private pipe; batches carry only
-# the DATA bytes and key indexes.
+# ---------------------------------------------------------------- worker processes (mta.dkimworker)
+# Keys arrive once, when a worker starts, over its private socket; batches carry only the
+# DATA bytes and key indexes.
 
 _worker_keys: list[SigningKey] = []
 
 
-def init_worker(exported: Sequence[tuple[str, str, str, bytes]]) -> None:
+def init_keys(exported: Sequence[tuple[str, str, str, bytes]]) -> None:
     _worker_keys[:] = [SigningKey(d, s, a, serialization.load_pem_private_key(pem, None))
                        for d, s, a, pem in exported]
-    # A worker waits on a pipe it also holds the other end of: when the MTA is killed (-9)
-    # nothing would ever end it. Its parent's sentinel does.
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
-
-
-def _exit_with(sentinel: int) -> None:
-    multiprocessing.connection.wait([sentinel])
-    os._exit(0)
 
 
 def longest_line(message: bytes) -> int:

@@ -4,8 +4,8 @@ Theory of operation. `accept` hands every decoded job to `Signer.submit`. The ke
 decides from the message alone (the per-message `dkim` field, else the From domain, else
 the envelope domain) which keys sign it; a job with none goes on at once. The others wait
 in a pending batch that is sent to a worker process at the end of the current loop
-iteration, or as soon as it holds `BATCH_BYTES`, as long as fewer than two batches per
-worker are in flight; under load the batches grow instead of the futures multiplying.
+iteration, or as soon as it holds `BATCH_BYTES`, to an idle worker process (`mta.signpool`);
+while every worker is busy the batch grows instead of the messages queueing one by one.
 The private-key operation holds the GIL inside `cryptography`, so threads would serialise
 it with the event loop: processes are what lets signing use the other cores.
 
@@ -17,16 +17,15 @@ that is not configured is the producer's error; a broken worker is a local, temp
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import multiprocessing
 import os
 import re
 import time
 from collections.abc import Callable, Sequence
 
 from mta.config import ConfigError, DkimKey
-from mta.dkim import KeyProblem, SigningKey, init_worker, load_key, normalise_domain, sender_domain, sign_batch
+from mta.dkim import KeyProblem, SigningKey, load_key, normalise_domain, sender_domain
+from mta.signpool import SignPool
 from mta.message import Job
 from mta.smtp import Reply
 
@@ -100,29 +99,14 @@ class Signer:
         self.keyring = Keyring(keys)
         self.ready = ready
         self.failed = failed
-        self.workers = workers or max(1, os.cpu_count() or 1)
         self.clock = clock
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        exported = [(k.domain, k.selector, k.algorithm, k.pem()) for k in self.keyring.keys]
+        self.pool = SignPool(exported, workers or max(1, os.cpu_count() or 1))
         self._pending: list[tuple[Job, tuple[int, ...]]] = []
         self._pending_bytes = 0
         self._flush_scheduled = False
         self._in_flight: dict[int, list[Job]] = {}
         self._batch_no = 0
-
-    def start(self) -> None:
-        """Start the worker processes now rather than on the first signed message."""
-        pool = self._ensure_pool()
-        for _ in range(self.workers):
-            pool.submit(sign_batch, [], 0)
-
-    def _ensure_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._pool is None:
-            exported = [(k.domain, k.selector, k.algorithm, k.pem()) for k in self.keyring.keys]
-            # spawn: a fork of a process with an event loop, broker connections and threads is not safe
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=init_worker, initargs=(exported,))
-        return self._pool
 
     def submit(self, job: Job) -> None:
         choice = self.keyring.choose(job)
@@ -141,7 +125,7 @@ class Signer:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        while self._pending and len(self._in_flight) < 2 * self.workers:
+        while self._pending and self.pool.idle():
             count, size = 0, 0
             for job, _ in self._pending:
                 if count and (count >= BATCH_COUNT or size + len(job.data) > BATCH_BYTES):
@@ -150,42 +134,29 @@ class Signer:
                 size += len(job.data)
             batch, self._pending = self._pending[:count], self._pending[count:]
             self._pending_bytes -= size
-            self._send(batch)
+            self._batch_no += 1
+            number = self._batch_no
+            self._in_flight[number] = [job for job, _ in batch]
+            self.pool.send(number, int(self.clock()), [(job.data, keys) for job, keys in batch],
+                           lambda results, error, number=number: self._signed(number, results, error))
 
-    def _send(self, batch: list[tuple[Job, tuple[int, ...]]]) -> None:
-        self._batch_no += 1
-        number = self._batch_no
-        jobs = [job for job, _ in batch]
-        self._in_flight[number] = jobs
-        loop = asyncio.get_running_loop()
-        items = [(job.data, keys) for job, keys in batch]
-        try:
-            future = loop.run_in_executor(self._ensure_pool(), sign_batch, items, int(self.clock()))
-        except concurrent.futures.BrokenExecutor:  # a worker died: a new pool for this batch and the next
-            log.warning("a DKIM signing process died; starting new ones")
-            self._pool = None
-            future = loop.run_in_executor(self._ensure_pool(), sign_batch, items, int(self.clock()))
-        future.add_done_callback(lambda f: self._signed(number, f))
-
-    def _signed(self, number: int, future: asyncio.Future) -> None:
+    def _signed(self, number: int, results: list | None, error: str | None) -> None:
         jobs = self._in_flight.pop(number, None)
         if jobs is not None:  # None: drained meanwhile, the broker has them back
-            try:
-                headers = future.result()
-            except Exception as exc:
-                log.error("DKIM signing of %d message(s) failed (%s); they will be retried", len(jobs), exc)
-                if isinstance(exc, concurrent.futures.BrokenExecutor):
-                    self._pool = None
-                headers = [(False, f"4.3.0 DKIM signing failed: {exc or type(exc).__name__} (local)")] * len(jobs)
-            for job, header in zip(jobs, headers):
+            if results is None:
+                log.error("DKIM signing of %d message(s) failed (%s); they will be retried", len(jobs), error)
+                results = [(False, f"4.3.0 DKIM signing failed: {error} (local)")] * len(jobs)
+            for job, header in zip(jobs, results):
                 if isinstance(header, bytes):
                     job.data = header + job.data
                     self.ready(job)
                 else:
                     permanent, text = header
                     self.failed(job, Reply(554 if permanent else 451, text, "message"))
-        if self._pending:
-            self._flush()
+        if self._pending and not self._flush_scheduled:
+            # not at once: this runs inside the pool's read callback
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def drain(self) -> list[Job]:
         """Jobs waiting for a signature, forgotten here (their signatures are dropped when they come)."""
@@ -198,6 +169,4 @@ class Signer:
         return jobs
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self.pool.close()

@@ -121,9 +121,9 @@ def test_over_long_line_bounces_and_a_dead_worker_loses_nothing():
             signer.submit(job(n=1, body=b"y" * 999 + b"\r\n"))
             signer.submit(job(n=2, body=b"y" * 998 + b"\r\n"))
             await wait_for(2)
-            for process in list(signer._pool._processes.values()):
-                process.kill()
-                process.join(10)
+            for worker in list(signer.pool.workers):
+                worker.proc.kill()
+                worker.proc.wait(10)
             signer.submit(job(n=3))  # its batch meets the dead pool
             await wait_for(3)
             signer.submit(job(n=4))  # and this one a new pool
@@ -146,17 +146,23 @@ def test_over_long_line_bounces_and_a_dead_worker_loses_nothing():
 
 
 ORPHAN_SCRIPT = """
-import asyncio, os, signal
+import asyncio, base64, os, signal
+import orjson
 from mta.dkim import generate
+from mta.message import decode
 from mta.signer import Signer
+
+mime = b"From: <a@a.test>\\r\\nSubject: x\\r\\n\\r\\nbody\\r\\n"
+job = decode(orjson.dumps({"recipient": "u@x.test", "envelope": "", "mime_b64": base64.b64encode(mime).decode()}),
+             {}, "bulk", 0.0)
 
 async def main():
     done = []
     signer = Signer([generate("a.test", "s", "ed25519-sha256")], done.append, print, workers=2)
-    signer.start()
-    while len(signer._pool._processes) < 2:
+    signer.submit(job)  # the workers are up and have their keys
+    while not done:
         await asyncio.sleep(0.05)
-    print(" ".join(str(p) for p in signer._pool._processes), flush=True)
+    print(" ".join(str(w.proc.pid) for w in signer.pool.workers), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
 if __name__ == "__main__":
