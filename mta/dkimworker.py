@@ -9,6 +9,7 @@ exits in any way, kill -9 included.
 from __future__ import annotations
 
 import pickle
+import signal
 import socket
 import struct
 import sys
@@ -43,6 +44,9 @@ def _receive(sock: socket.socket):
 
 
 def main(fd: int) -> int:
+    # Ctrl-C in a terminal reaches the whole process group: the MTA shuts down gracefully
+    # and this process ends with it (its socket closes), not before
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
     exported = _receive(sock)
     if exported is None:

@@ -132,18 +132,20 @@ class SignPool:
         return _Worker(self.exported, self._dead)
 
     def _dead(self, worker: _Worker) -> None:
-        log.warning("DKIM signing process %d ended unexpectedly; starting a new one", worker.proc.pid)
-        if worker in self.workers:
-            self.workers[self.workers.index(worker)] = self._spawn()
+        # replaced when a batch needs it (not now: during shutdown nothing should start)
+        log.warning("DKIM signing process %d ended unexpectedly (exit code %s); a new one takes the next batch",
+                    worker.proc.pid, worker.proc.returncode)
 
     def idle(self) -> int:
-        return sum(1 for w in self.workers if w.busy is None and not w.dead)
+        return sum(1 for w in self.workers if w.busy is None)
 
     def send(self, number: int, now: int, items: list, done: Done) -> bool:
         """Give the batch to an idle worker; False when all are busy."""
         loop = asyncio.get_running_loop()
-        for worker in self.workers:
-            if worker.busy is None and not worker.dead:
+        for i, worker in enumerate(self.workers):
+            if worker.busy is None:
+                if worker.dead:
+                    worker = self.workers[i] = self._spawn()
                 worker.attach(loop)
                 worker.send(number, now, items, done)
                 return True
