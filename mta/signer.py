@@ -100,13 +100,23 @@ class Signer:
         self.ready = ready
         self.failed = failed
         self.clock = clock
-        exported = [(k.domain, k.selector, k.algorithm, k.pem()) for k in self.keyring.keys]
-        self.pool = SignPool(exported, workers or max(1, os.cpu_count() or 1))
+        self.size = workers or max(1, os.cpu_count() or 1)
+        self.pool = self._pool()
         self._pending: list[tuple[Job, tuple[int, ...]]] = []
         self._pending_bytes = 0
         self._flush_scheduled = False
         self._in_flight: dict[int, list[Job]] = {}
         self._batch_no = 0
+
+    def _pool(self) -> SignPool:
+        exported = [(k.domain, k.selector, k.algorithm, k.pem()) for k in self.keyring.keys]
+        return SignPool(exported, self.size if exported else 0)
+
+    def reload(self, keys: Sequence[SigningKey]) -> None:
+        """New keys for the next messages; batches already with a worker finish with the old ones."""
+        self.keyring = Keyring(keys)
+        old, self.pool = self.pool, self._pool()
+        old.retire()
 
     def submit(self, job: Job) -> None:
         choice = self.keyring.choose(job)

@@ -47,6 +47,7 @@ class _Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.writing = False
         self.dead = False
+        self.retiring = False  # ends once its batch is answered
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.loop is None:
@@ -98,6 +99,9 @@ class _Worker:
             busy, self.busy = self.busy, None
             if busy is not None and busy[0] == number:
                 busy[1](results, None)
+        if self.retiring and self.busy is None:
+            self.dead = True
+            self.close()
 
     def _die(self) -> None:
         if self.dead:
@@ -150,6 +154,16 @@ class SignPool:
                 worker.send(number, now, items, done)
                 return True
         return False
+
+    def retire(self) -> None:
+        """Replaced after a reload: idle workers end now, busy ones once they answer."""
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            if worker.busy is None:
+                worker.dead = True
+                worker.close()
+            else:
+                worker.retiring = True
 
     def close(self) -> None:
         workers, self.workers = self.workers, []

@@ -4,6 +4,7 @@ the public keys that dnsmasq publishes as TXT records (RSA, Ed25519, dual; bare 
 
 import base64
 import os
+import signal
 
 import dkim
 import pytest
@@ -12,10 +13,12 @@ from mta.dkim import generate
 from tests.testbed.amqp import collect_results, make_message, make_mime, publish
 from tests.testbed.checks import assert_each_final, run_id
 from tests.testbed.dns import Dnsmasq, query_txt, standard_zone, txt_record
+from tests.integration.test_reload import rewrite, wait_for
 
 RCPT_DOMAIN = "ok1.test"  # MX 127.0.1.1 in the standard zone
 KEYS = [("rsa.test", "s1", "rsa-sha256"), ("ed.test", "e1", "ed25519-sha256"),
         ("dual.test", "r1", "rsa-sha256"), ("dual.test", "e1", "ed25519-sha256")]
+ROTATED = ("rsa.test", "s2", "ed25519-sha256")  # published too: the key a reload rotates to
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def keys(tmp_path_factory):
     """(domain, selector) -> (SigningKey, key file), written 0600 like `mta dkim-keygen` does."""
     directory = tmp_path_factory.mktemp("dkim-keys")
     out = {}
-    for domain, selector, algorithm in KEYS:
+    for domain, selector, algorithm in KEYS + [ROTATED]:
         key = generate(domain, selector, algorithm)
         path = directory / f"{domain}.{selector}.pem"
         path.write_bytes(key.pem())
@@ -121,3 +124,32 @@ def test_signed_messages_verify_at_the_receiver(vhost, sinks, dns, keys, mta_con
     assert received[mid("bare")].endswith(b".leading dot\r\n..two dots\r\n   \r\nend  with  spaces \t\r\n\r\n\r\n")
     assert b"latin-1 \xe9t\xe9\r\n" in received[mid("8bit")]
     assert len(received[mid("big")]) > 20 * 10**6
+
+
+@pytest.mark.timeout(120)
+def test_reload_rotates_keys_and_refuses_an_unreadable_one(vhost, sinks, dns, keys, mta_config, start_mta):
+    path = mta_config(dkim=[{"domain": "rsa.test", "selector": "s1", "key_file": keys[("rsa.test", "s1")][1]}])
+    mta = start_mta(path)
+    run = run_id()
+
+    def send(tag):
+        msg_id = f"{tag}-{run}"
+        publish(vhost, "bulk", [make_message(msg_id, f"{msg_id}@{RCPT_DOMAIN}", envelope="shop@rsa.test")])
+        results = collect_results(vhost, [msg_id], timeout=60, settle=0.2)
+        assert_each_final(results, [msg_id], "delivered")
+        (data,) = [a.data for a in sinks.accepted() if a.msg_id == msg_id]
+        return [(d, s) for d, s, ok in verify(data, dns.port) if ok is True]
+
+    assert send("before") == [("rsa.test", "s1")]
+    # an unreadable key: the reload is refused and the old key keeps signing
+    rewrite(path, lambda d: d["dkim"][0].update(selector="s2", key_file="/nonexistent/s2.pem",
+                                                algorithm="ed25519-sha256"))
+    mta.signal(signal.SIGHUP)
+    assert wait_for(mta, "reload of")
+    assert "dkim[0].key_file: /nonexistent/s2.pem: cannot read" in mta.log_text()
+    assert send("refused") == [("rsa.test", "s1")]
+    # the rotated key: signing switches to it
+    rewrite(path, lambda d: d["dkim"][0].update(key_file=keys[ROTATED[:2]][1]))
+    mta.signal(signal.SIGHUP)
+    assert wait_for(mta, "reloaded")
+    assert send("rotated") == [("rsa.test", "s2")]

@@ -216,3 +216,32 @@ def test_load_keys_lists_every_problem(tmp_path):
     ]
     keys, warnings = load_keys([DkimKey("Bücher.test", "e1", str(good), "ed25519-sha256")])
     assert keys[0].domain == "xn--bcher-kva.test" and warnings == []
+
+
+def test_reload_new_keys_sign_new_batches_and_old_batches_finish():
+    async def scenario():
+        ready = []
+        signer = Signer([RSA], ready.append, lambda j, r: None, workers=1)
+        try:
+            first = job(n=1)
+            signer.submit(first)
+            await asyncio.sleep(0)  # sent to the worker with the old key
+            old_workers = list(signer.pool.workers)
+            signer.reload([ED, OTHER])
+            second = job(n=2)
+            signer.submit(second)
+            deadline = time.monotonic() + 60
+            while len(ready) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            while any(w.proc.poll() is None for w in old_workers) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return first, second, old_workers
+        finally:
+            signer.close()
+
+    first, second, old_workers = asyncio.run(scenario())
+    assert b"s=r1;" in first.data and b"s=e1;" not in first.data
+    assert b"s=e1;" in second.data and b"s=r1;" not in second.data
+    assert _verify(first.data) == [True] and _verify(second.data) == [True]
+    # retired: the worker that signed the first batch ended once it had answered
+    assert all(w.dead and w.proc.poll() is not None for w in old_workers)
