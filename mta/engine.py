@@ -316,6 +316,7 @@ class Engine:
         return True
 
     def _deliver(self, job: Job, answer: MxAnswer, resolved: Resolved) -> None:
+        job.destination = resolved
         if self.pauses and self.pauses.paused(self.clock(), job.domain, resolved.key):
             self._hold(job, control.PAUSED_HOLD)
             return
@@ -328,7 +329,6 @@ class Engine:
             self.destinations[resolved.key] = destination
         else:
             destination.answer = answer
-        job.destination = resolved
         destination.push(job)
 
     def _hold(self, job: Job, delay: int) -> None:

@@ -605,3 +605,22 @@ def test_yaml_merge_keys_still_work(tmp_path):
     config = load_config(path)
     b = next(d for d in config.domains if d.name == "b.example")
     assert b.policy.connection_limit == 2 and b.policy.max_age == 3600
+
+
+def test_single_lane_reserve_keys():
+    from mta.config import parse_config
+    config = parse_config({"default": {"single_connections": 2, "single_rate_share": "10%"},
+                           "domains": {"a.example": {"single_rate_share": 0.2}}})
+    assert config.default.single_connections == 2 and config.default.single_rate_share == 0.1
+    assert config.domains[0].policy.single_rate_share == 0.2
+
+
+def test_single_lane_reserve_keys_name_bad_values():
+    from mta.config import ConfigError, parse_config
+    with pytest.raises(ConfigError) as err:
+        parse_config({"default": {"single_connections": -1, "single_rate_share": "80%"},
+                      "providers": {"p": {"mx_suffix": [".p.example"], "single_rate_share": "lots"}}})
+    text = "\n".join(err.value.problems)
+    assert "default.single_connections" in text
+    assert "default.single_rate_share" in text and "out of range" in text
+    assert "providers.p.single_rate_share" in text
