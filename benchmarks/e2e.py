@@ -120,6 +120,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=10, help="connection_limit per destination")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--profile", metavar="FILE", help="record the MTA with py-spy into FILE (speedscope JSON or .svg)")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="mta-bench-")
@@ -156,9 +157,18 @@ def main() -> int:
         started = time.monotonic()
         mta = subprocess.Popen([sys.executable, "-m", "mta", "run", config_path, "--log-level", "WARNING"],
                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        spy = None
+        if args.profile:
+            fmt = "flamegraph" if args.profile.endswith(".svg") else "speedscope"
+            spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-p", str(mta.pid),
+                                    "-o", args.profile, "-f", fmt, "-r", "200", "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         counts, accepted = asyncio.run(wait_results(url, args.messages, args.timeout))
         wall = time.monotonic() - started
         cpu, peak = proc_stats(mta.pid)
+        if spy is not None:
+            spy.send_signal(2)  # py-spy writes its file on SIGINT
+            spy.wait(60)
         delivered = counts.get("delivered", 0)
         span = (max(accepted) - min(accepted)) if len(accepted) > 1 else float("nan")
         print(f"machine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}; "
