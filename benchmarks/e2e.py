@@ -98,18 +98,18 @@ async def wait_results(url: str, n: int, timeout: float) -> tuple[dict, list[flo
     return counts, accepted
 
 
-def proc_stats(pid: int) -> tuple[float, int]:
-    """(user+system CPU seconds, peak RSS bytes) of a live process."""
+def proc_stats(pid: int) -> tuple[float, float, int]:
+    """(user CPU seconds, system CPU seconds, peak RSS bytes) of a live process."""
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    user, system = int(fields[11]) / ticks, int(fields[12]) / ticks
     peak = 0
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
             if line.startswith("VmHWM:"):
                 peak = int(line.split()[1]) * 1024
-    return cpu, peak
+    return user, system, peak
 
 
 def main() -> int:
@@ -165,7 +165,8 @@ def main() -> int:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         counts, accepted = asyncio.run(wait_results(url, args.messages, args.timeout))
         wall = time.monotonic() - started
-        cpu, peak = proc_stats(mta.pid)
+        user, system, peak = proc_stats(mta.pid)
+        cpu = user + system
         if spy is not None:
             spy.send_signal(2)  # py-spy writes its file on SIGINT
             spy.wait(60)
@@ -178,7 +179,8 @@ def main() -> int:
         print(f"outcomes: {counts}")
         print(f"delivered msg/s (first to last SMTP acceptance): {delivered / span:,.0f}")
         print(f"delivered msg/s (MTA start to last result):      {delivered / wall:,.0f}")
-        print(f"MTA CPU per message: {cpu / args.messages * 1e6:,.0f} us   "
+        print(f"MTA CPU per message: {cpu / args.messages * 1e6:,.0f} us "
+              f"(user {user / args.messages * 1e6:,.0f}, system {system / args.messages * 1e6:,.0f})   "
               f"peak RSS: {peak / 2**20:,.0f} MiB")
         return 0 if delivered == args.messages else 1
     finally:
