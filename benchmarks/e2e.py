@@ -36,6 +36,7 @@ import yaml  # noqa: E402
 from tests.testbed.dns import Dnsmasq, bulk_ip, standard_zone  # noqa: E402
 from tests.testbed.rabbit import RabbitNode  # noqa: E402
 from tests.testbed.util import free_port  # noqa: E402
+from benchmarks.postfix import PrivatePostfix, inject, smtp_source  # noqa: E402
 
 
 def mime(i: int, size: int) -> str:
@@ -112,6 +113,34 @@ def proc_stats(pid: int) -> tuple[float, float, int]:
     return user, system, peak
 
 
+def run_postfix(postfix: PrivatePostfix, args) -> dict:
+    """Fill a private Postfix's queue with the same messages, release it, time the drain."""
+    postfix.start()
+    messages = [("bench@sender.test", f"user{i}@d{i % args.domains}.test",
+                 mime(i, args.size).replace("\n", "\r\n").encode()) for i in range(args.messages)]
+    t = time.monotonic()
+    asyncio.run(inject(postfix.port, messages))
+    while postfix.queued() < args.messages:  # everything deferred, nothing delivered
+        time.sleep(0.1)
+    inject_rate = args.messages / (time.monotonic() - t)
+    cpu0 = postfix.cpu_seconds()
+    t = time.monotonic()
+    postfix.release()
+    deadline = t + args.timeout
+    while postfix.queued() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    drain = time.monotonic() - t
+    time.sleep(1)  # postlogd writes asynchronously
+    sent = postfix.sent_times()
+    cpu = postfix.cpu_seconds() - cpu0
+    if len(sent) != args.messages:
+        print(f"warning: Postfix logged {len(sent)} deliveries of {args.messages}; "
+              f"{postfix.queued()} still queued")
+    span = max(sent) - min(sent) if len(sent) > 1 else float("nan")
+    return {"drain": args.messages / drain, "logged": len(sent) / span, "inject": inject_rate,
+            "cpu": cpu / args.messages}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=20000)
@@ -120,6 +149,9 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=10, help="connection_limit per destination")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--no-postfix", dest="postfix", action="store_false",
+                    help="skip the private Postfix relaying the same messages")
+    ap.add_argument("--no-raw", dest="raw", action="store_false", help="skip smtp-source -> smtp-sink alone")
     ap.add_argument("--profile", metavar="FILE", help="record the MTA with py-spy into FILE (speedscope JSON or .svg)")
     args = ap.parse_args()
 
@@ -129,6 +161,7 @@ def main() -> int:
     dns = Dnsmasq(records=standard_zone(args.domains), log_queries=False)
     sinks: list[subprocess.Popen] = []
     mta = None
+    postfix = None
     try:
         rabbit.start()
         dns.start()
@@ -137,6 +170,9 @@ def main() -> int:
         for i in range(args.domains):
             sinks.append(subprocess.Popen([sink_bin, "-u", "nobody", f"{bulk_ip(i)}:{smtp_port}", "1000"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        raw = None
+        if args.raw:
+            raw = smtp_source(f"{bulk_ip(0)}:{smtp_port}", args.messages, args.size)
         url = rabbit.url("/")
         config_path = os.path.join(work, "mta.yaml")
         with open(config_path, "w") as fh:
@@ -172,6 +208,14 @@ def main() -> int:
             spy.wait(60)
         delivered = counts.get("delivered", 0)
         span = (max(accepted) - min(accepted)) if len(accepted) > 1 else float("nan")
+        mta.terminate()
+        mta.wait(60)
+        pf = None
+        if args.postfix:
+            postfix = PrivatePostfix(os.path.join(work, "postfix"), free_port(),
+                                     {f"d{i}.test": f"{bulk_ip(i)}:{smtp_port}" for i in range(args.domains)},
+                                     args.connections)
+            pf = run_postfix(postfix, args)
         print(f"machine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}; "
               f"python {sys.version.split()[0]}")
         print(f"messages {args.messages} x {args.size} B to {args.domains} domains "
@@ -182,9 +226,20 @@ def main() -> int:
         print(f"MTA CPU per message: {cpu / args.messages * 1e6:,.0f} us "
               f"(user {user / args.messages * 1e6:,.0f}, system {system / args.messages * 1e6:,.0f})   "
               f"peak RSS: {peak / 2**20:,.0f} MiB")
+        mta_rate = delivered / span
+        if raw is not None:
+            print(f"smtp-source -> smtp-sink alone (20 sessions, one sink): {raw:,.0f} msg/s   "
+                  f"MTA / raw: {mta_rate / raw:.2f}")
+        if pf is not None:
+            print(f"Postfix, same messages drained from a filled queue: {pf['drain']:,.0f} msg/s "
+                  f"(first to last status=sent: {pf['logged']:,.0f}); queue filled at {pf['inject']:,.0f} msg/s; "
+                  f"Postfix CPU per message {pf['cpu'] * 1e6:,.0f} us")
+            print(f"MTA / Postfix: {mta_rate / pf['drain']:.2f}")
         return 0 if delivered == args.messages else 1
     finally:
-        if mta is not None:
+        if postfix is not None:
+            postfix.stop()
+        if mta is not None and mta.poll() is None:
             mta.terminate()
             try:
                 mta.wait(60)
