@@ -99,6 +99,17 @@ async def wait_results(url: str, n: int, timeout: float) -> tuple[dict, list[flo
     return counts, accepted
 
 
+def cpu_of(pids) -> float:
+    """User+system CPU seconds of live processes (0 for any that is gone)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += sum(proc_stats(pid)[:2])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 def proc_stats(pid: int) -> tuple[float, float, int]:
     """(user CPU seconds, system CPU seconds, peak RSS bytes) of a live process."""
     with open(f"/proc/{pid}/stat") as fh:
@@ -147,11 +158,13 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1024, help="approximate MIME size in bytes")
     ap.add_argument("--domains", type=int, default=100)
     ap.add_argument("--connections", type=int, default=10, help="connection_limit per destination")
+    ap.add_argument("--prefetch", type=int, default=1000, help="broker.prefetch of the bulk lane")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--no-postfix", dest="postfix", action="store_false",
                     help="skip the private Postfix relaying the same messages")
     ap.add_argument("--no-raw", dest="raw", action="store_false", help="skip smtp-source -> smtp-sink alone")
+    ap.add_argument("--cprofile", metavar="FILE", help="run the MTA under cProfile, stats into FILE")
     ap.add_argument("--profile", metavar="FILE", help="record the MTA with py-spy into FILE (speedscope JSON or .svg)")
     args = ap.parse_args()
 
@@ -177,7 +190,7 @@ def main() -> int:
         config_path = os.path.join(work, "mta.yaml")
         with open(config_path, "w") as fh:
             yaml.safe_dump({
-                "broker": {"url": url},
+                "broker": {"url": url, "prefetch": args.prefetch},
                 "dns": {"nameservers": ["127.0.0.1"], "port": dns.port},
                 "smtp": {"port": smtp_port, "helo": "bench.mta.test"},
                 "metrics": {"port": 0},
@@ -190,8 +203,11 @@ def main() -> int:
         publish_s = time.monotonic() - t
 
         log = open(os.path.join(work, "mta.log"), "wb")
+        others = {"broker": [rabbit.beam_pid()], "sinks": [p.pid for p in sinks]}
+        others_cpu0 = {k: cpu_of(v) for k, v in others.items()}
         started = time.monotonic()
-        mta = subprocess.Popen([sys.executable, "-m", "mta", "run", config_path, "--log-level", "WARNING"],
+        profiler = ["-m", "cProfile", "-o", args.cprofile] if args.cprofile else []
+        mta = subprocess.Popen([sys.executable, *profiler, "-m", "mta", "run", config_path, "--log-level", "WARNING"],
                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         spy = None
         if args.profile:
@@ -201,6 +217,7 @@ def main() -> int:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         counts, accepted = asyncio.run(wait_results(url, args.messages, args.timeout))
         wall = time.monotonic() - started
+        others_cpu = {k: cpu_of(v) - others_cpu0[k] for k, v in others.items()}
         user, system, peak = proc_stats(mta.pid)
         cpu = user + system
         if spy is not None:
@@ -226,6 +243,9 @@ def main() -> int:
         print(f"MTA CPU per message: {cpu / args.messages * 1e6:,.0f} us "
               f"(user {user / args.messages * 1e6:,.0f}, system {system / args.messages * 1e6:,.0f})   "
               f"peak RSS: {peak / 2**20:,.0f} MiB")
+        print("meanwhile, CPU per message of " + ", ".join(
+            f"the {k} {v / args.messages * 1e6:,.0f} us" for k, v in others_cpu.items())
+            + f" (the run took {wall:.1f}s, the machine has {os.cpu_count()} cores)")
         mta_rate = delivered / span
         if raw is not None:
             print(f"smtp-source -> smtp-sink alone (20 sessions, one sink): {raw:,.0f} msg/s   "

@@ -137,7 +137,7 @@ def decode(body: bytes, headers: dict[str, Any], lane: str, now: float) -> Job:
     job = Job()
     job.recipient = parse_address(doc["recipient"], "recipient")
     envelope = doc["envelope"]
-    job.sender = None if envelope == "" else parse_address(envelope, "envelope")
+    job.sender = None if envelope == "" else _sender(envelope)
     has_mime, has_b64 = "mime" in doc, "mime_b64" in doc
     if has_mime == has_b64:
         raise InvalidMessage("exactly one of 'mime' and 'mime_b64' is required")
@@ -185,6 +185,21 @@ def decode(body: bytes, headers: dict[str, Any], lane: str, now: float) -> Job:
     if not isinstance(job.history, list):
         raise InvalidMessage(f"header {H_RESULTS}: not a JSON list")
     return job
+
+
+_SENDERS: dict[str, Address] = {}  # bulk mail comes from few envelope senders: parse each once
+
+
+def _sender(envelope: Any) -> Address:
+    if isinstance(envelope, str):
+        known = _SENDERS.get(envelope)
+        if known is not None:
+            return known
+    address = parse_address(envelope, "envelope")
+    if len(_SENDERS) >= 10_000:
+        _SENDERS.clear()
+    _SENDERS[envelope] = address
+    return address
 
 
 def _header_int(headers: dict[str, Any], name: str) -> int:

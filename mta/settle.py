@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from typing import Any
@@ -28,11 +29,22 @@ from mta.topology import EXCHANGE, INVALID, RESULTS, Topology
 
 log = logging.getLogger("mta.settle")
 
-RECENT_FINALS = 200_000  # outcomes remembered against redelivery; a few dozen MB at most
+RECENT_FINALS = 200_000  # outcomes remembered against redelivery; about 40 MB at most
+
+
+_second: list = [None, ""]  # the last whole second formatted: one datetime per second, not per result
 
 
 def rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC with milliseconds (truncated, as isoformat does): 2026-11-23T12:00:00.123Z"""
+    seconds = math.floor(t)
+    micros = round((t - seconds) * 1e6)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, 0
+    if _second[0] != seconds:
+        _second[0] = seconds
+        _second[1] = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
 class AckBook:
@@ -100,7 +112,7 @@ class Settler:
         self._idle = asyncio.Event()
         self._idle.set()
         self.books: set[AckBook] = set()
-        self.recent: OrderedDict[tuple, tuple[bytes, str, bool]] = OrderedDict()
+        self.recent: OrderedDict[str, tuple[bytes | None, str, bool]] = OrderedDict()
 
     # ---- outcomes
 
@@ -130,8 +142,10 @@ class Settler:
         self._remember(key, body, status, False)
         self.add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status)))
 
-    def _remember(self, key: tuple, body: bytes, status: str, published: bool) -> None:
-        self.recent[key] = (body, status, published)
+    def _remember(self, key: str, body: bytes, status: str, published: bool) -> None:
+        # Once the result is out only the status matters: a shared tuple instead of the body
+        # keeps the record at a couple of hundred bytes per message.
+        self.recent[key] = (_PUBLISHED.get(status) or (None, status, True)) if published else (body, status, False)
         if len(self.recent) > RECENT_FINALS:
             self.recent.popitem(last=False)
 
@@ -255,8 +269,11 @@ def _carried(job: Job) -> dict:
     }
 
 
-def _recent_key(job: Job) -> tuple:
-    return (job.id, job.recipient.text, len(job.body))
+_PUBLISHED = {status: (None, status, True) for status in ("delivered", "bounced", "expired", "invalid", "suppressed")}
+
+
+def _recent_key(job: Job) -> str:
+    return f"{job.id}\0{job.recipient.text}\0{len(job.body)}"
 
 
 def attempt_entry(now: float, phase: str, code: int | None, enhanced: str | None, description: str,

@@ -33,3 +33,4 @@ def test_marshal_matches_pamqp(publish):
 def test_too_long_routing_key_is_refused():
     with pytest.raises(ValueError):
         marshal(1, Publish("", "k" * 256, b"{}"), "id", 131_064)
+
