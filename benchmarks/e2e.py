@@ -35,8 +35,29 @@ import yaml  # noqa: E402
 
 from tests.testbed.dns import Dnsmasq, bulk_ip, standard_zone  # noqa: E402
 from tests.testbed.rabbit import RabbitNode  # noqa: E402
-from tests.testbed.util import free_port  # noqa: E402
+from tests.testbed.util import free_port, port_is_free  # noqa: E402
 from benchmarks.postfix import PrivatePostfix, inject, smtp_source  # noqa: E402
+
+
+def private_rabbit(work: str, name: str) -> RabbitNode:
+    """A started private node on free ports (AMQP, distribution and epmd), retried if another
+    process takes a port between the check and the boot."""
+    for attempt in range(3):
+        for _ in range(50):
+            port = free_port(lo=20000, hi=32000)
+            if port_is_free(port + 20000) and port_is_free(port + 21000):
+                break
+        rabbit = RabbitNode(os.path.join(work, f"rabbit{attempt}"), port=port, dist_port=port + 20000,
+                            epmd_port=port + 21000, nodename=f"{name}{port}@localhost")
+        try:
+            rabbit.start()
+            return rabbit
+        except Exception as exc:
+            rabbit.stop()
+            if attempt == 2:
+                raise
+            print(f"broker did not boot ({str(exc).splitlines()[0]}); trying other ports", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def mime(i: int, size: int) -> str:
@@ -170,13 +191,13 @@ def main() -> int:
 
     work = tempfile.mkdtemp(prefix="mta-bench-")
     os.chmod(work, 0o755)  # the broker runs as the rabbitmq user and must reach its directory
-    rabbit = RabbitNode(os.path.join(work, "rabbit"), port=free_port(), nodename="mtabench@localhost")
+    rabbit = None
     dns = Dnsmasq(records=standard_zone(args.domains), log_queries=False)
     sinks: list[subprocess.Popen] = []
     mta = None
     postfix = None
     try:
-        rabbit.start()
+        rabbit = private_rabbit(work, "mtabench")
         dns.start()
         smtp_port = free_port()
         sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -268,7 +289,8 @@ def main() -> int:
         for sink in sinks:
             sink.terminate()
         dns.stop()
-        rabbit.stop()
+        if rabbit is not None:
+            rabbit.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -27,9 +27,8 @@ import aio_pika  # noqa: E402
 import orjson  # noqa: E402
 import yaml  # noqa: E402
 
-from benchmarks.e2e import declare, mime, proc_stats  # noqa: E402
+from benchmarks.e2e import declare, mime, private_rabbit, proc_stats  # noqa: E402
 from tests.testbed.dns import Dnsmasq, bulk_ip  # noqa: E402
-from tests.testbed.rabbit import RabbitNode  # noqa: E402
 from tests.testbed.util import free_port  # noqa: E402
 
 SINKS = 100
@@ -79,12 +78,12 @@ def main() -> int:
 
     work = tempfile.mkdtemp(prefix="mta-bench-mem-")
     os.chmod(work, 0o755)
-    rabbit = RabbitNode(os.path.join(work, "rabbit"), port=free_port(), nodename="mtabenchmem@localhost")
+    rabbit = None
     dns = Dnsmasq(records=zone(args.domains), log_queries=False)
     sinks: list[subprocess.Popen] = []
     mta = None
     try:
-        rabbit.start()
+        rabbit = private_rabbit(work, "mtabenchmem")
         dns.start()
         smtp_port = free_port()
         sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -133,7 +132,8 @@ def main() -> int:
         for sink in sinks:
             sink.terminate()
         dns.stop()
-        rabbit.stop()
+        if rabbit is not None:
+            rabbit.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
