@@ -216,8 +216,13 @@ class Settler:
         publishes: list[Publish] = []
         spans: list[tuple[int, int] | None] = []  # per settlement its publishes; None: not sent
         for s in batch:
+            mine = []
             try:
-                mine = [await self._prepare(*p) for p in s.publishes]
+                for exchange, key, body, headers in s.publishes:
+                    if exchange == "delay":  # a retry or held copy: its delay queue, declared on first use
+                        lane, seconds = key
+                        exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
+                    mine.append(Publish(EXCHANGE_NAMES[exchange], key, body, headers))
             except Exception as exc:  # a delay queue could not be declared
                 log.warning("declaring a delay queue failed (%s); the message stays unacknowledged "
                             "and will come back", exc)
@@ -231,7 +236,12 @@ class Settler:
         except Exception as exc:  # the channel is gone: every delivery of the batch comes back
             outcomes = [exc] * len(publishes)
         for s, span in zip(batch, spans):
-            failure = None if span is None else next((o for o in outcomes[span[0]:span[1]] if o is not None), None)
+            failure = None
+            if span is not None:
+                for outcome in outcomes[span[0]:span[1]]:
+                    if outcome is not None:
+                        failure = outcome
+                        break
             if span is None or failure is not None:
                 if failure is not None:
                     log.warning("publish failed (%s); the message stays unacknowledged and will come back", failure)
@@ -247,13 +257,6 @@ class Settler:
                 log.warning("acknowledging on a closed channel failed (%s); the broker redelivers", exc)
             if book.channel.is_closed:
                 self.books.discard(book)
-
-    async def _prepare(self, exchange: str, key, body: bytes, headers: dict | None) -> Publish:
-        if exchange == "delay":
-            lane, seconds = key
-            key = await self._topology.ensure_delay(self._channel, lane, seconds)
-            exchange = "default"
-        return Publish(EXCHANGE_NAMES[exchange], key, body, headers)
 
 
 EXCHANGE_NAMES = {"results": RESULTS, "default": "", "mta": EXCHANGE}
