@@ -119,12 +119,14 @@ def main() -> int:
                     if line.startswith("VmRSS:"):
                         rss = int(line.split()[1]) * 1024
         user, system, peak = proc_stats(mta.pid)
+        sockets = sum(1 for fd in os.listdir(f"/proc/{mta.pid}/fd")
+                      if os.readlink(f"/proc/{mta.pid}/fd/{fd}").startswith("socket:"))
         mta.terminate()
         mta.wait(120)
         results = asyncio.run(count_results(url))
         print(f"MTA ran {args.seconds:.0f}s against {args.messages:,} queued messages for {args.domains:,} domains")
         print(f"peak RSS: {peak / 2**20:,.0f} MiB   RSS at the end: {rss / 2**20:,.0f} MiB   "
-              f"results published: {results:,}   CPU: {user + system:.0f}s")
+              f"results published: {results:,}   CPU: {user + system:.0f}s   open sockets at the end: {sockets:,}")
         return 0
     finally:
         if mta is not None and mta.poll() is None:
