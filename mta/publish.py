@@ -51,10 +51,18 @@ class Publish:
 
 
 def _shortstr(value: str) -> bytes:
-    raw = value.encode("utf-8")
-    if len(raw) > 255:
-        raise ValueError(f"AMQP short string longer than 255 octets: {value[:40]!r}…")
-    return bytes((len(raw),)) + raw
+    encoded = _SHORTSTRS.get(value)
+    if encoded is None:
+        raw = value.encode("utf-8")
+        if len(raw) > 255:
+            raise ValueError(f"AMQP short string longer than 255 octets: {value[:40]!r}…")
+        encoded = bytes((len(raw),)) + raw
+        if len(_SHORTSTRS) < 1000:  # exchanges and routing keys: a handful of distinct values
+            _SHORTSTRS[value] = encoded
+    return encoded
+
+
+_SHORTSTRS: dict[str, bytes] = {}
 
 
 def marshal(channel: int, publish: Publish, message_id: str, max_body_frame: int) -> bytes:
@@ -65,7 +73,8 @@ def marshal(channel: int, publish: Publish, message_id: str, max_body_frame: int
     if publish.headers:
         flags |= _HEADERS
         props += field_table(publish.headers)
-    props += b"\x02" + _shortstr(message_id)
+    raw_id = message_id.encode("ascii")
+    props += b"\x02" + bytes((len(raw_id),)) + raw_id
     body = publish.body
     header = _CONTENT.pack(60, 0, len(body), flags) + props
     parts = [
