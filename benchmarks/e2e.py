@@ -35,7 +35,29 @@ import yaml  # noqa: E402
 
 from tests.testbed.dns import Dnsmasq, bulk_ip, standard_zone  # noqa: E402
 from tests.testbed.rabbit import RabbitNode  # noqa: E402
-from tests.testbed.util import free_port  # noqa: E402
+from tests.testbed.util import free_port, port_is_free  # noqa: E402
+from benchmarks.postfix import PrivatePostfix, inject, smtp_source  # noqa: E402
+
+
+def private_rabbit(work: str, name: str) -> RabbitNode:
+    """A started private node on free ports (AMQP, distribution and epmd), retried if another
+    process takes a port between the check and the boot."""
+    for attempt in range(3):
+        for _ in range(50):
+            port = free_port(lo=20000, hi=32000)
+            if port_is_free(port + 20000) and port_is_free(port + 21000):
+                break
+        rabbit = RabbitNode(os.path.join(work, f"rabbit{attempt}"), port=port, dist_port=port + 20000,
+                            epmd_port=port + 21000, nodename=f"{name}{port}@localhost")
+        try:
+            rabbit.start()
+            return rabbit
+        except Exception as exc:
+            rabbit.stop()
+            if attempt == 2:
+                raise
+            print(f"broker did not boot ({str(exc).splitlines()[0]}); trying other ports", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def mime(i: int, size: int) -> str:
@@ -70,6 +92,21 @@ async def declare(url: str, config_path: str) -> None:
         await Topology(config.broker.queue_type, config.broker.delivery_limit).declare(await connection.channel())
 
 
+async def wait_published(url: str, n: int, timeout: float) -> None:
+    """Until `mta.results` holds n messages. Nobody consumes them meanwhile: reading the
+    results during the run would cost the shared cores about as much as the broker does."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            queue = await channel.declare_queue("mta.results", passive=True)
+            if queue.declaration_result.message_count >= n:
+                return
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"fewer than {n} results after {timeout:.0f}s")
+
+
 async def wait_results(url: str, n: int, timeout: float) -> tuple[dict, list[float]]:
     counts: dict[str, int] = {}
     accepted: list[float] = []
@@ -98,18 +135,57 @@ async def wait_results(url: str, n: int, timeout: float) -> tuple[dict, list[flo
     return counts, accepted
 
 
-def proc_stats(pid: int) -> tuple[float, int]:
-    """(user+system CPU seconds, peak RSS bytes) of a live process."""
+def cpu_of(pids) -> float:
+    """User+system CPU seconds of live processes (0 for any that is gone)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += sum(proc_stats(pid)[:2])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def proc_stats(pid: int) -> tuple[float, float, int]:
+    """(user CPU seconds, system CPU seconds, peak RSS bytes) of a live process."""
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    user, system = int(fields[11]) / ticks, int(fields[12]) / ticks
     peak = 0
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
             if line.startswith("VmHWM:"):
                 peak = int(line.split()[1]) * 1024
-    return cpu, peak
+    return user, system, peak
+
+
+def run_postfix(postfix: PrivatePostfix, args) -> dict:
+    """Fill a private Postfix's queue with the same messages, release it, time the drain."""
+    postfix.start()
+    messages = [("bench@sender.test", f"user{i}@d{i % args.domains}.test",
+                 mime(i, args.size).replace("\n", "\r\n").encode()) for i in range(args.messages)]
+    t = time.monotonic()
+    asyncio.run(inject(postfix.port, messages))
+    while postfix.queued() < args.messages:  # everything deferred, nothing delivered
+        time.sleep(0.1)
+    inject_rate = args.messages / (time.monotonic() - t)
+    cpu0 = postfix.cpu_seconds()
+    t = time.monotonic()
+    postfix.release()
+    deadline = t + args.timeout
+    while postfix.queued() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    drain = time.monotonic() - t
+    time.sleep(1)  # postlogd writes asynchronously
+    sent = postfix.sent_times()
+    cpu = postfix.cpu_seconds() - cpu0
+    if len(sent) != args.messages:
+        print(f"warning: Postfix logged {len(sent)} deliveries of {args.messages}; "
+              f"{postfix.queued()} still queued")
+    span = max(sent) - min(sent) if len(sent) > 1 else float("nan")
+    return {"drain": args.messages / drain, "logged": len(sent) / span, "inject": inject_rate,
+            "cpu": cpu / args.messages}
 
 
 def main() -> int:
@@ -118,29 +194,39 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1024, help="approximate MIME size in bytes")
     ap.add_argument("--domains", type=int, default=100)
     ap.add_argument("--connections", type=int, default=10, help="connection_limit per destination")
+    ap.add_argument("--prefetch", type=int, default=1000, help="broker.prefetch of the bulk lane")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--no-postfix", dest="postfix", action="store_false",
+                    help="skip the private Postfix relaying the same messages")
+    ap.add_argument("--no-raw", dest="raw", action="store_false", help="skip smtp-source -> smtp-sink alone")
+    ap.add_argument("--cprofile", metavar="FILE", help="run the MTA under cProfile, stats into FILE")
+    ap.add_argument("--profile", metavar="FILE", help="record the MTA with py-spy into FILE (speedscope JSON or .svg)")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="mta-bench-")
     os.chmod(work, 0o755)  # the broker runs as the rabbitmq user and must reach its directory
-    rabbit = RabbitNode(os.path.join(work, "rabbit"), port=free_port(), nodename="mtabench@localhost")
+    rabbit = None
     dns = Dnsmasq(records=standard_zone(args.domains), log_queries=False)
     sinks: list[subprocess.Popen] = []
     mta = None
+    postfix = None
     try:
-        rabbit.start()
+        rabbit = private_rabbit(work, "mtabench")
         dns.start()
         smtp_port = free_port()
         sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
         for i in range(args.domains):
             sinks.append(subprocess.Popen([sink_bin, "-u", "nobody", f"{bulk_ip(i)}:{smtp_port}", "1000"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        raw = None
+        if args.raw:
+            raw = smtp_source(f"{bulk_ip(0)}:{smtp_port}", args.messages, args.size)
         url = rabbit.url("/")
         config_path = os.path.join(work, "mta.yaml")
         with open(config_path, "w") as fh:
             yaml.safe_dump({
-                "broker": {"url": url},
+                "broker": {"url": url, "prefetch": args.prefetch},
                 "dns": {"nameservers": ["127.0.0.1"], "port": dns.port},
                 "smtp": {"port": smtp_port, "helo": "bench.mta.test"},
                 "metrics": {"port": 0},
@@ -153,14 +239,37 @@ def main() -> int:
         publish_s = time.monotonic() - t
 
         log = open(os.path.join(work, "mta.log"), "wb")
+        others = {"broker": [rabbit.beam_pid()], "sinks": [p.pid for p in sinks]}
+        others_cpu0 = {k: cpu_of(v) for k, v in others.items()}
         started = time.monotonic()
-        mta = subprocess.Popen([sys.executable, "-m", "mta", "run", config_path, "--log-level", "WARNING"],
+        profiler = ["-m", "cProfile", "-o", args.cprofile] if args.cprofile else []
+        mta = subprocess.Popen([sys.executable, *profiler, "-m", "mta", "run", config_path, "--log-level", "WARNING"],
                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        counts, accepted = asyncio.run(wait_results(url, args.messages, args.timeout))
+        spy = None
+        if args.profile:
+            fmt = "flamegraph" if args.profile.endswith(".svg") else "speedscope"
+            spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-p", str(mta.pid),
+                                    "-o", args.profile, "-f", fmt, "-r", "200", "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        asyncio.run(wait_published(url, args.messages, args.timeout))
         wall = time.monotonic() - started
-        cpu, peak = proc_stats(mta.pid)
+        others_cpu = {k: cpu_of(v) - others_cpu0[k] for k, v in others.items()}
+        user, system, peak = proc_stats(mta.pid)
+        cpu = user + system
+        if spy is not None:
+            spy.send_signal(2)  # py-spy writes its file on SIGINT
+            spy.wait(60)
+        counts, accepted = asyncio.run(wait_results(url, args.messages, args.timeout))
         delivered = counts.get("delivered", 0)
         span = (max(accepted) - min(accepted)) if len(accepted) > 1 else float("nan")
+        mta.terminate()
+        mta.wait(60)
+        pf = None
+        if args.postfix:
+            postfix = PrivatePostfix(os.path.join(work, "postfix"), free_port(),
+                                     {f"d{i}.test": f"{bulk_ip(i)}:{smtp_port}" for i in range(args.domains)},
+                                     args.connections)
+            pf = run_postfix(postfix, args)
         print(f"machine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}; "
               f"python {sys.version.split()[0]}")
         print(f"messages {args.messages} x {args.size} B to {args.domains} domains "
@@ -168,11 +277,26 @@ def main() -> int:
         print(f"outcomes: {counts}")
         print(f"delivered msg/s (first to last SMTP acceptance): {delivered / span:,.0f}")
         print(f"delivered msg/s (MTA start to last result):      {delivered / wall:,.0f}")
-        print(f"MTA CPU per message: {cpu / args.messages * 1e6:,.0f} us   "
+        print(f"MTA CPU per message: {cpu / args.messages * 1e6:,.0f} us "
+              f"(user {user / args.messages * 1e6:,.0f}, system {system / args.messages * 1e6:,.0f})   "
               f"peak RSS: {peak / 2**20:,.0f} MiB")
+        print("meanwhile, CPU per message of " + ", ".join(
+            f"the {k} {v / args.messages * 1e6:,.0f} us" for k, v in others_cpu.items())
+            + f" (the run took {wall:.1f}s, the machine has {os.cpu_count()} cores)")
+        mta_rate = delivered / span
+        if raw is not None:
+            print(f"smtp-source -> smtp-sink alone (20 sessions, one sink): {raw:,.0f} msg/s   "
+                  f"MTA / raw: {mta_rate / raw:.2f}")
+        if pf is not None:
+            print(f"Postfix, same messages drained from a filled queue: {pf['drain']:,.0f} msg/s "
+                  f"(first to last status=sent: {pf['logged']:,.0f}); queue filled at {pf['inject']:,.0f} msg/s; "
+                  f"Postfix CPU per message {pf['cpu'] * 1e6:,.0f} us")
+            print(f"MTA / Postfix: {mta_rate / pf['drain']:.2f}")
         return 0 if delivered == args.messages else 1
     finally:
-        if mta is not None:
+        if postfix is not None:
+            postfix.stop()
+        if mta is not None and mta.poll() is None:
             mta.terminate()
             try:
                 mta.wait(60)
@@ -181,7 +305,8 @@ def main() -> int:
         for sink in sinks:
             sink.terminate()
         dns.stop()
-        rabbit.stop()
+        if rabbit is not None:
+            rabbit.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

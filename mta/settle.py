@@ -16,23 +16,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from aiormq import spec
 
+from mta.publish import BatchPublisher, Publish
 from mta.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, Job
 from mta.topology import EXCHANGE, INVALID, RESULTS, Topology
 
 log = logging.getLogger("mta.settle")
 
-RECENT_FINALS = 200_000  # outcomes remembered against redelivery; a few dozen MB at most
+RECENT_FINALS = 200_000  # outcomes remembered against redelivery; about 40 MB at most
+
+
+_second: list = [None, ""]  # the last whole second formatted: one datetime per second, not per result
 
 
 def rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC with milliseconds (truncated, as isoformat does): 2026-11-23T12:00:00.123Z"""
+    seconds = math.floor(t)
+    micros = round((t - seconds) * 1e6)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, 0
+    if _second[0] != seconds:
+        _second[0] = seconds
+        _second[1] = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
 class AckBook:
@@ -100,7 +112,7 @@ class Settler:
         self._idle = asyncio.Event()
         self._idle.set()
         self.books: set[AckBook] = set()
-        self.recent: OrderedDict[tuple, tuple[bytes, str, bool]] = OrderedDict()
+        self.recent: OrderedDict[str, tuple[bytes | None, str, bool]] = OrderedDict()
 
     # ---- outcomes
 
@@ -130,8 +142,10 @@ class Settler:
         self._remember(key, body, status, False)
         self.add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status)))
 
-    def _remember(self, key: tuple, body: bytes, status: str, published: bool) -> None:
-        self.recent[key] = (body, status, published)
+    def _remember(self, key: str, body: bytes, status: str, published: bool) -> None:
+        # Once the result is out only the status matters: a shared tuple instead of the body
+        # keeps the record at a couple of hundred bytes per message.
+        self.recent[key] = (_PUBLISHED.get(status) or (None, status, True)) if published else (body, status, False)
         if len(self.recent) > RECENT_FINALS:
             self.recent.popitem(last=False)
 
@@ -199,20 +213,43 @@ class Settler:
         await self._idle.wait()
 
     async def _write(self, batch: list[Settlement]) -> None:
-        coros = [self._publish(*p) for s in batch for p in s.publishes]
-        outcomes = await asyncio.gather(*coros, return_exceptions=True)
-        i = 0
+        publishes: list[Publish] = []
+        spans: list[tuple[int, int] | None] = []  # per settlement its publishes; None: not sent
         for s in batch:
-            n = len(s.publishes)
-            failures = [o for o in outcomes[i:i + n] if isinstance(o, BaseException)]
-            i += n
-            if s.final is not None and not failures:
-                self._remember(*s.final, True)
-            if failures:
-                log.warning("publish failed (%s); the message stays unacknowledged and will come back", failures[0])
+            mine = []
+            try:
+                for exchange, key, body, headers in s.publishes:
+                    if exchange == "delay":  # a retry or held copy: its delay queue, declared on first use
+                        lane, seconds = key
+                        exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
+                    mine.append(Publish(EXCHANGE_NAMES[exchange], key, body, headers))
+            except Exception as exc:  # a delay queue could not be declared
+                log.warning("declaring a delay queue failed (%s); the message stays unacknowledged "
+                            "and will come back", exc)
+                spans.append(None)
+                continue
+            spans.append((len(publishes), len(publishes) + len(mine)))
+            publishes += mine
+        # One write and one wait for the whole batch: the broker confirms them together.
+        try:
+            outcomes = await BatchPublisher(self._channel.channel).publish(publishes, self._timeout)
+        except Exception as exc:  # the channel is gone: every delivery of the batch comes back
+            outcomes = [exc] * len(publishes)
+        for s, span in zip(batch, spans):
+            failure = None
+            if span is not None:
+                for outcome in outcomes[span[0]:span[1]]:
+                    if outcome is not None:
+                        failure = outcome
+                        break
+            if span is None or failure is not None:
+                if failure is not None:
+                    log.warning("publish failed (%s); the message stays unacknowledged and will come back", failure)
                 s.book.requeue.append(s.tag)
-            else:
-                s.book.settled(s.tag)
+                continue
+            if s.final is not None:
+                self._remember(*s.final, True)
+            s.book.settled(s.tag)
         for book in list(self.books):
             try:
                 await book.flush()
@@ -220,24 +257,6 @@ class Settler:
                 log.warning("acknowledging on a closed channel failed (%s); the broker redelivers", exc)
             if book.channel.is_closed:
                 self.books.discard(book)
-
-    async def _publish(self, exchange: str, key, body: bytes, headers: dict | None) -> None:
-        # Straight to the aiormq channel: aio-pika's Message and Exchange wrappers cost about
-        # a fifth of the CPU of a result publish and add nothing here.
-        if exchange == "delay":
-            lane, seconds = key
-            key = await self._topology.ensure_delay(self._channel, lane, seconds)
-            exchange = "default"
-        properties = spec.Basic.Properties(delivery_mode=2, content_type="application/json", headers=headers)
-        confirm = await self._channel.channel.basic_publish(
-            body, exchange=EXCHANGE_NAMES[exchange], routing_key=key, properties=properties,
-            mandatory=True, timeout=self._timeout)
-        if not isinstance(confirm, spec.Basic.Ack):
-            raise PublishRefused(f"the broker did not confirm the publish to {EXCHANGE_NAMES[exchange]!r}: {confirm!r}")
-
-
-class PublishRefused(Exception):
-    """The broker answered a publish with something other than an ack."""
 
 
 EXCHANGE_NAMES = {"results": RESULTS, "default": "", "mta": EXCHANGE}
@@ -253,8 +272,11 @@ def _carried(job: Job) -> dict:
     }
 
 
-def _recent_key(job: Job) -> tuple:
-    return (job.id, job.recipient.text, len(job.body))
+_PUBLISHED = {status: (None, status, True) for status in ("delivered", "bounced", "expired", "invalid", "suppressed")}
+
+
+def _recent_key(job: Job) -> str:
+    return f"{job.id}\0{job.recipient.text}\0{len(job.body)}"
 
 
 def attempt_entry(now: float, phase: str, code: int | None, enhanced: str | None, description: str,

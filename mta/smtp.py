@@ -136,6 +136,12 @@ class _ReplyReader(asyncio.Protocol):
             raise self._error or ConnectionError("connection closed")
         self.transport.write(data)
 
+    def write_message(self, data: bytes) -> None:
+        """The message and the end-of-data line in one vectored write, without copying the message."""
+        if self._error is not None or self.transport is None or self.transport.is_closing():
+            raise self._error or ConnectionError("connection closed")
+        self.transport.writelines((data, b".\r\n"))
+
 
 def _expire(waiter: asyncio.Future) -> None:
     if not waiter.done():
@@ -238,7 +244,7 @@ class Session:
                 io.write(b".\r\n")
                 await io.read(t.data_dot)
                 return await self._refused(refusal)
-            io.write(data + b".\r\n")
+            io.write_message(data)
             code, text = await io.read(t.data_dot)
             if code < 200:
                 raise ConnectionError(f"malformed reply {text!r}")

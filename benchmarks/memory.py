@@ -1,0 +1,143 @@
+"""Memory with a deep queue: N messages waiting in RabbitMQ for many destinations.
+
+    .venv/bin/python benchmarks/memory.py --messages 1000000 --domains 10000 --seconds 60
+
+A private RabbitMQ node, dnsmasq serving m0.test .. m{D-1}.test, each with its own MX host
+name (so each is its own destination) on one of 100 sink addresses (127.0.2.1-100, one
+Postfix `smtp-sink` each). The messages are pre-published to the bulk lane, then the MTA
+runs for --seconds while its RSS is sampled every second. Printed: peak RSS (VmHWM), RSS at
+the end, messages delivered meanwhile, destinations the MTA created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import aio_pika  # noqa: E402
+import orjson  # noqa: E402
+import yaml  # noqa: E402
+
+from benchmarks.e2e import declare, mime, private_rabbit, proc_stats  # noqa: E402
+from tests.testbed.dns import Dnsmasq, bulk_ip  # noqa: E402
+from tests.testbed.util import free_port  # noqa: E402
+
+SINKS = 100
+
+
+def zone(domains: int) -> list[str]:
+    records = []
+    for i in range(domains):
+        records += [f"mx-host=m{i}.test,mx.m{i}.test,10", f"host-record=mx.m{i}.test,{bulk_ip(i % SINKS)}"]
+    return records
+
+
+async def prepublish(url: str, n: int, size: int, domains: int) -> None:
+    body_of = {}
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange("mta")
+        for start in range(0, n, 1000):
+            batch = []
+            for i in range(start, min(n, start + 1000)):
+                text = body_of.get(i % 1000) or body_of.setdefault(i % 1000, mime(i % 1000, size))
+                body = orjson.dumps({"id": f"m{i}", "recipient": f"user{i}@m{i % domains}.test",
+                                     "envelope": "bounces@sender.test", "mime": text})
+                batch.append(exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key="bulk"))
+            await asyncio.gather(*batch)
+            if start % 100_000 == 0:
+                print(f"  published {start:,}", flush=True)
+
+
+async def count_results(url: str) -> int:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("mta.results", passive=True)
+        return queue.declaration_result.message_count
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=1_000_000)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--domains", type=int, default=10_000)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--connections", type=int, default=2, help="connection_limit per destination")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="mta-bench-mem-")
+    os.chmod(work, 0o755)
+    rabbit = None
+    dns = Dnsmasq(records=zone(args.domains), log_queries=False)
+    sinks: list[subprocess.Popen] = []
+    mta = None
+    try:
+        rabbit = private_rabbit(work, "mtabenchmem")
+        dns.start()
+        smtp_port = free_port()
+        sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        for i in range(SINKS):
+            sinks.append(subprocess.Popen([sink_bin, "-u", "nobody", f"{bulk_ip(i)}:{smtp_port}", "1000"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        url = rabbit.url("/")
+        config_path = os.path.join(work, "mta.yaml")
+        with open(config_path, "w") as fh:
+            yaml.safe_dump({
+                "broker": {"url": url},
+                "dns": {"nameservers": ["127.0.0.1"], "port": dns.port},
+                "smtp": {"port": smtp_port, "helo": "bench.mta.test"},
+                "metrics": {"port": 0},
+                "default": {"connection_limit": args.connections, "max_message_rate": "1000000/s",
+                            "max_connection_rate": "100000/min", "max_deliveries_per_connection": 1000},
+            }, fh)
+        asyncio.run(declare(url, config_path))
+        t = time.monotonic()
+        asyncio.run(prepublish(url, args.messages, args.size, args.domains))
+        print(f"pre-published {args.messages:,} x {args.size} B to {args.domains:,} domains "
+              f"in {time.monotonic() - t:.0f}s", flush=True)
+
+        log = open(os.path.join(work, "mta.log"), "wb")
+        mta = subprocess.Popen([sys.executable, "-m", "mta", "run", config_path, "--log-level", "WARNING"],
+                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        end = time.monotonic() + args.seconds
+        rss = 0
+        while time.monotonic() < end and mta.poll() is None:
+            time.sleep(1)
+            with open(f"/proc/{mta.pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1]) * 1024
+        user, system, peak = proc_stats(mta.pid)
+        sockets = sum(1 for fd in os.listdir(f"/proc/{mta.pid}/fd")
+                      if os.readlink(f"/proc/{mta.pid}/fd/{fd}").startswith("socket:"))
+        mta.terminate()
+        mta.wait(120)
+        results = asyncio.run(count_results(url))
+        print(f"MTA ran {args.seconds:.0f}s against {args.messages:,} queued messages for {args.domains:,} domains")
+        print(f"peak RSS: {peak / 2**20:,.0f} MiB   RSS at the end: {rss / 2**20:,.0f} MiB   "
+              f"results published: {results:,}   CPU: {user + system:.0f}s   open sockets at the end: {sockets:,}")
+        return 0
+    finally:
+        if mta is not None and mta.poll() is None:
+            mta.kill()
+        for sink in sinks:
+            sink.terminate()
+        dns.stop()
+        if rabbit is not None:
+            rabbit.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
