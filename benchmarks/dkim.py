@@ -30,7 +30,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
 
-from e2e import declare, mime, prepublish, proc_stats, wait_results  # noqa: E402
+from e2e import declare, mime, prepublish, wait_results  # noqa: E402
+from e2e import proc_stats as _proc_stats  # noqa: E402
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(user+system CPU seconds, peak RSS bytes) of a live process."""
+    user, system, peak = _proc_stats(pid)
+    return user + system, peak
 from tests.testbed.dns import Dnsmasq, bulk_ip, standard_zone  # noqa: E402
 from tests.testbed.rabbit import RabbitNode  # noqa: E402
 from tests.testbed.util import free_port, port_is_free  # noqa: E402
