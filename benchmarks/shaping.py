@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.testbed.amqp import collect_results, make_message, publish  # noqa: E402
+from tests.testbed.checks import most_in_window  # noqa: E402
 from tests.testbed.config import write_config  # noqa: E402
 from tests.testbed.dns import OK_MX, SHARED_MX, Dnsmasq, standard_sink_addresses, standard_zone  # noqa: E402
 from tests.testbed.mtaproc import MtaProcess  # noqa: E402
@@ -41,18 +42,11 @@ from tests.testbed.sinks import SinkFarm  # noqa: E402
 from tests.testbed.util import free_port  # noqa: E402
 
 
-def most_in_window(times: list[float], width: float) -> int:
-    j, best = 0, 0
-    for i, t in enumerate(times):
-        while times[j] <= t - width:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
-
 
 class Bed:
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="mta-shaping-")
+        os.chmod(self.dir, 0o755)  # the broker runs as the rabbitmq user
         port = free_port(lo=20000, hi=32000)
         self.rabbit = RabbitNode(os.path.join(self.dir, "rabbit"), port=port, dist_port=port + 20000,
                                  nodename=f"mtashape{port}@localhost", epmd_port=port + 21000)
@@ -74,12 +68,15 @@ class Bed:
                 print(f"stopping {part.__class__.__name__}: {err}", file=sys.stderr)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def scenario(self, **overrides):
-        """A fresh vhost, reset sinks, a config and a started MTA: (url, mta)."""
-        self.n += 1
-        url = self.rabbit.add_vhost(f"shape{self.n}")
+    def fresh(self) -> None:
+        """Sinks with no records and no scripted behaviour (call before scripting them)."""
         self.sinks.reset()
         self.sinks.clear_rules()
+
+    def scenario(self, **overrides):
+        """A fresh vhost, a config and a started MTA: (url, mta)."""
+        self.n += 1
+        url = self.rabbit.add_vhost(f"shape{self.n}")
         path = write_config(os.path.join(self.dir, f"mta{self.n}.yaml"), url, self.dns.port, self.sinks.port,
                             **overrides)
         mta = MtaProcess(path)
@@ -105,6 +102,7 @@ def run(bed: Bed, url: str, mta: MtaProcess, msgs: dict[str, str], timeout: floa
 
 
 def connections(bed: Bed) -> None:
+    bed.fresh()
     bed.sinks.set_data_delay(OK_MX[1], 0.05)
     url, mta = bed.scenario(domains={"ok1.test": {"connection_limit": 2}})
     run(bed, url, mta, ids("cl", 300, "ok1.test"))
@@ -112,6 +110,7 @@ def connections(bed: Bed) -> None:
 
 
 def rate(bed: Bed) -> None:
+    bed.fresh()
     url, mta = bed.scenario(domains={"ok2.test": {"max_message_rate": "20/s", "connection_limit": 5}})
     run(bed, url, mta, ids("mr", 600, "ok2.test"))
     times = sorted(a.time for a in bed.sinks.accepted() if a.sink == OK_MX[2])
@@ -121,6 +120,7 @@ def rate(bed: Bed) -> None:
 
 
 def too_many(bed: Bed) -> None:
+    bed.fresh()
     sink = OK_MX[3]
     bed.sinks.set_session_limit(sink, 3)
     bed.sinks.set_data_delay(sink, 0.05)
@@ -136,6 +136,7 @@ def too_many(bed: Bed) -> None:
 
 
 def rate_limited(bed: Bed) -> None:
+    bed.fresh()
     limit = 10
     bed.sinks.set_rate_limit(SHARED_MX, limit)
     url, mta = bed.scenario(default={"retry_intervals": ["2s"], "max_age": "10m"},
@@ -159,6 +160,7 @@ def rate_limited(bed: Bed) -> None:
 
 
 def dead(bed: Bed) -> None:
+    bed.fresh()
     sink = OK_MX[2]
     bed.sinks.set_greeting(sink, "421 4.3.2 Service not available, closing transmission channel")
     url, mta = bed.scenario(default={"retry_intervals": ["20s"], "max_age": "10m"})
@@ -186,6 +188,7 @@ def dead(bed: Bed) -> None:
 
 
 def isolation(bed: Bed) -> None:
+    bed.fresh()
     import random
 
     overrides = dict(domains={"ok1.test": {"max_message_rate": "5/s", "connection_limit": 2},

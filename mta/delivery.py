@@ -506,10 +506,13 @@ class Destination:
         if self.state.mode is Mode.PAUSED:  # a suspend pattern matched the refusal
             self._hold_paused(job, now)
             return None
-        if verdict is None and last.code is not None and slow_down(last.code, last.text) == "connections" \
-                and self.connected > 0:
-            self.single.appendleft(job) if job.lane == "single" else self.bulk.appendleft(job)
-            return None  # the receiver is busy, not gone: the open sessions will take it
+        if verdict is not True and self.connected > 0 and slow_down(last.code, last.text) == "connections":
+            # The receiver is busy, not gone, and never saw the message: the open sessions take it.
+            if job.lane == "single":
+                self.single.appendleft(job)
+            else:
+                self.bulk.appendleft(job)
+            return None
         self._done(job, last, host, ip, verdict)
         if last.phase == "auth":  # the host answered but refused our credentials: not dead
             self.suspend(now, now + PROBE_FIRST, f"authentication refused: {last}")

@@ -5,20 +5,12 @@ time that rate allows."""
 import pytest
 
 from tests.testbed.amqp import collect_results, make_message, publish
-from tests.testbed.checks import assert_each_final, run_id
+from tests.testbed.checks import assert_each_final, most_in_window, run_id
 from tests.testbed.dns import OK_MX
 
 RATE, N = 20, 600
 JITTER = 0.25  # seconds of timing noise between the MTA's sends and the sink's clock
 
-
-def most_in_window(times, width):
-    j, best = 0, 0
-    for i, t in enumerate(times):
-        while times[j] <= t - width:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 @pytest.mark.timeout(240)

@@ -58,3 +58,13 @@ def parse_time(value: str) -> float:
 def sink_duplicates(counts: Dict[str, int], ids: Iterable[str]) -> int:
     """Extra acceptances beyond the first, over ``ids``."""
     return sum(max(0, counts.get(i, 0) - 1) for i in ids)
+
+
+def most_in_window(times: List[float], width: float) -> int:
+    """Most of the sorted ``times`` that fall in any half-open window of ``width`` seconds."""
+    j, best = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - width:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
