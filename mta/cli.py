@@ -22,8 +22,10 @@ commands:
   pause TARGET [--for D] hold mail for a domain (or destination key such as provider:google)
                          in every MTA on the broker; --for 30m ends the pause by itself
   resume TARGET          lift a pause; held mail comes back within seconds
+  status [--json]        lanes, then every MTA on the broker: each active destination's
+                         mode and why, limits in force, in-flight, held, last error
 
-pause and resume find the broker in --config CONFIG, else $MTA_BROKER_URL, else
+pause, resume and status find the broker in --config CONFIG, else $MTA_BROKER_URL, else
 amqp://guest:guest@localhost:5672/.
 """
 
@@ -46,7 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         control_cmd.add_argument("-c", "--config", help="rules file naming the broker")
         if name == "pause":
             control_cmd.add_argument("--for", dest="duration", help="end the pause after this long (e.g. 30m)")
+    status_cmd = sub.add_parser("status", help="what every MTA on the broker is doing")
+    status_cmd.add_argument("-c", "--config", help="rules file naming the broker")
+    status_cmd.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    status_cmd.add_argument("--wait", type=float, default=3.0, help="seconds to wait for answers (3)")
     args = parser.parse_args(argv)
+
+    if args.command == "status":
+        return _status(args)
 
     if args.command in ("pause", "resume"):
         return _control(args)
@@ -85,7 +94,13 @@ def _run(config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Engine(config).run(stop)
+        engine = Engine(config)
+        if config.metrics.port:
+            engine.metrics.serve(config.metrics.address, config.metrics.port)
+        try:
+            await engine.run(stop)
+        finally:
+            engine.metrics.close()
 
     if uvloop is not None:
         uvloop.run(serve())
@@ -117,4 +132,32 @@ def _control(args) -> int:
             return 2
     asyncio.run(control.send(url, args.command, args.target, seconds))
     print(f"{args.command} {args.target}" + (f" for {args.duration}" if seconds else "") + ": sent to every MTA on the broker")
+    return 0
+
+
+def _broker_url(args) -> str | None:
+    import os
+
+    if args.config:
+        try:
+            return load_config(args.config).broker.url
+        except ConfigError as exc:
+            print(f"{args.config}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
+            return None
+    return os.environ.get("MTA_BROKER_URL", "amqp://guest:guest@localhost:5672/")
+
+
+def _status(args) -> int:
+    import orjson
+
+    from mta import status
+
+    url = _broker_url(args)
+    if url is None:
+        return 1
+    report = asyncio.run(status.collect(url, args.wait))
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(status.render(report))
     return 0

@@ -21,11 +21,12 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
-from mta import control
+from mta import control, status
 
 from mta.config import Config
 from mta.delivery import Destination
 from mta.message import InvalidMessage, Job, decode
+from mta.metrics import Metrics
 from mta.mx import DnsFailure, MxAnswer, MxResolver
 from mta.routing import Router
 from mta.rules import Resolved, Rules
@@ -67,6 +68,7 @@ class Engine:
         self.stopping = False
         self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
                        "held": 0}
+        self.metrics = Metrics(self, clock=clock)
 
     # ---- broker sessions
 
@@ -220,6 +222,9 @@ class Engine:
         except orjson.JSONDecodeError:
             log.warning("ignored a control message that is not JSON")
             return
+        if isinstance(command, dict) and command.get("command") == "status":
+            await status.answer(self, message, command)
+            return
         name = self.pauses.apply(command, self.clock()) if isinstance(command, dict) else None
         if name is None:
             log.warning("ignored control message %r", command)
@@ -253,6 +258,7 @@ class Engine:
         """More than the destination can send soon: back to the broker for `delay` seconds,
         acknowledged now; no attempt is counted and the retry schedule is untouched."""
         self.counts["held"] += 1
+        self.metrics.not_tried(job, self.clock())
         book, tag = job.delivery
         self.settler.hold(job, book, tag, delay)
 
@@ -273,6 +279,7 @@ class Engine:
         settler = self.settler
         if reply.ok:
             self.counts["delivered"] += 1
+            self.metrics.outcome(job, "delivered", None, now)
             settler.final(job, book, tag, "delivered")
             return
         if permanent is None:
@@ -282,6 +289,7 @@ class Engine:
             bounce = "hard" if permanent else None
         if permanent:
             self.counts["bounced"] += 1
+            self.metrics.outcome(job, "bounced", bounce or "soft", now)
             settler.final(job, book, tag, "bounced", bounce or "soft")
             return
         policy = resolved.policy
@@ -289,7 +297,9 @@ class Engine:
         decision = schedule.decide(job.attempts, job.first_seen, now, max_attempts=job.max_attempts)
         if decision.retry:
             self.counts["deferred"] += 1
+            self.metrics.outcome(job, "deferred", None, now)
             settler.defer(job, book, tag, decision.delay)
         else:
             self.counts["expired"] += 1
+            self.metrics.outcome(job, "expired", "soft", now)
             settler.final(job, book, tag, "expired", "soft")
