@@ -79,6 +79,37 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
+class RecentCounts:
+    """Counts of the last 60 seconds in one-second buckets (the delivery console's
+    per-minute numbers); add() costs a comparison and a dict increment."""
+
+    def __init__(self, now: float):
+        self.buckets: list[dict] = [{} for _ in range(60)]
+        self.second = int(now)
+
+    def _advance(self, second: int) -> None:
+        if second <= self.second:  # the same second, or the clock stepped back
+            return
+        for s in range(self.second + 1, self.second + 1 + min(second - self.second, 60)):
+            self.buckets[s % 60] = {}
+        self.second = second
+
+    def add(self, key, now: float) -> None:
+        second = int(now)
+        if second != self.second:
+            self._advance(second)
+        bucket = self.buckets[self.second % 60]
+        bucket[key] = bucket.get(key, 0) + 1
+
+    def total(self, now: float) -> dict:
+        self._advance(int(now))
+        out: dict = {}
+        for bucket in self.buckets:
+            for key, n in list(bucket.items()):
+                out[key] = out.get(key, 0) + n
+        return out
+
+
 class DestinationLabels:
     """Bounded label values for destinations (see the module docstring)."""
 
@@ -132,10 +163,7 @@ class Metrics:
         self.time_in_queue: dict[tuple[str, str], Histogram] = {}
         self.dkim_signing = Histogram(FAST_BUCKETS)
         self.publish_confirm = Histogram(FAST_BUCKETS)
-        # The MailerQ console's per-minute numbers: this minute's, and the last whole one.
-        self.minute = int(self.started // 60)
-        self.this_minute: dict[str, int] = {}
-        self.last_minute: dict[str, int] = {}
+        self.recent = RecentCounts(self.started)  # the console's "last minute" numbers
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         self.server = None
@@ -146,12 +174,7 @@ class Metrics:
         key = (lane, label, event)
         counts = self.counts
         counts[key] = counts.get(key, 0) + 1
-        minute = int(now // 60)
-        if minute != self.minute:
-            self.last_minute = self.this_minute if minute == self.minute + 1 else {}
-            self.this_minute = {}
-            self.minute = minute
-        self.this_minute[event] = self.this_minute.get(event, 0) + 1
+        self.recent.add((lane, event), now)
 
     def outcome(self, job, status: str, bounce: str | None, now: float) -> None:
         """One delivery attempt ended with `status` (delivered, deferred, bounced, expired)."""
@@ -193,12 +216,14 @@ class Metrics:
     def observe_publish_confirm(self, seconds: float) -> None:
         self.publish_confirm.observe(seconds)
 
-    def per_minute(self, now: float) -> dict[str, dict[str, int]]:
-        """The last whole minute's counts and the current minute's so far."""
-        minute = int(now // 60)
-        if minute == self.minute:
-            return {"last": dict(self.last_minute), "current": dict(self.this_minute)}
-        return {"last": dict(self.this_minute) if minute == self.minute + 1 else {}, "current": {}}
+    def last_minute(self, now: float) -> dict[str, dict[str, int]]:
+        """Events of the last 60 s, per lane and in all: {lane or "all": {kind: count}}."""
+        out: dict[str, dict[str, int]] = {"all": {}}
+        for (lane, event), n in self.recent.total(now).items():
+            kind = event.partition(":")[0]
+            for row in (out["all"], out.setdefault(lane, {})):
+                row[kind] = row.get(kind, 0) + n
+        return out
 
     # ---- the endpoint
 

@@ -27,6 +27,8 @@ from mta import control
 from mta.topology import LANES, lane_queue
 
 EXTRA_QUEUES = ("mta.results", "mta.invalid", "mta.quarantine")
+KINDS = (("attempts", "attempt"), ("delivered", "delivered"), ("deferred", "deferred"), ("bounced", "bounced"),
+         ("expired", "expired"), ("not tried", "not_tried"))
 
 
 # ---- the MTA's side
@@ -52,7 +54,7 @@ def snapshot(engine) -> dict:
         "started": metrics.started,
         "now": now,
         "counts": dict(engine.counts),
-        "per_minute": metrics.per_minute(now),
+        "last_minute": metrics.last_minute(now),
         "lanes": _lanes(metrics),
         "destinations": destinations,
     }
@@ -191,16 +193,12 @@ def _render_mta(mta: dict) -> list[str]:
     now = mta["now"]
     up = _duration(now - mta["started"])
     lines = [f"MTA {mta['instance']}  up {up}"]
-    last = mta["per_minute"]["last"]
-    lines.append("  last minute: " + ", ".join(
-        f"{name} {_sum(last, kind)}" for name, kind in (
-            ("attempts", "attempt"), ("delivered", "delivered"), ("deferred", "deferred"),
-            ("bounced", "bounced"), ("expired", "expired"), ("not tried", "not_tried"))))
-    for lane, row in mta["lanes"].items():
-        lines.append(f"  lane {lane:<6}  " + ", ".join(
-            f"{name} {row.get(kind, 0)}" for name, kind in (
-                ("attempts", "attempt"), ("delivered", "delivered"), ("deferred", "deferred"),
-                ("bounced", "bounced"), ("expired", "expired"), ("not tried", "not_tried"))) + " since start")
+    lines.append("  since start: " + ", ".join(f"{name} {n}" for name, n in mta["counts"].items()))
+    last = mta["last_minute"]
+    for lane in ("all", *mta["lanes"]):
+        row = last.get(lane, {})
+        lines.append(f"  {'all lanes' if lane == 'all' else 'lane ' + lane:<11} last 60 s: " + ", ".join(
+            f"{name} {row.get(kind, 0)}" for name, kind in KINDS))
     if not mta["destinations"]:
         lines.append("  no active destinations")
     for d in mta["destinations"]:
@@ -220,10 +218,6 @@ def _render_mta(mta: dict) -> list[str]:
         lines.append(f"      in flight {d['in_flight']}, queued {d['queued']}, connections {d['connections']}, "
                      f"held {d['held']}" + (f", last error: {d['last_error']}" if d["last_error"] else ""))
     return lines
-
-
-def _sum(counts: dict, kind: str) -> int:
-    return sum(n for event, n in counts.items() if event.partition(":")[0] == kind)
 
 
 def _clock(t: float) -> str:
