@@ -333,9 +333,11 @@ def _destination_families(m: Metrics, engine, now: float) -> Iterable:
     open_ = GaugeMetricFamily("mta_connections_open", "SMTP sessions open.", labels=["destination"])
     busy = GaugeMetricFamily("mta_connections_in_use", "Connection workers busy with a message or a connect "
                              "(the rest wait idle for mail).", labels=["destination"])
-    conn_limit = GaugeMetricFamily("mta_destination_connection_limit", "Connections allowed now (the "
-                                   "feedback window when there is one, else connection_limit).",
-                                   labels=["destination"])
+    conn_limit = GaugeMetricFamily("mta_destination_connection_limit", "connection_limit in force (a "
+                                   "throttle lowers it while in backoff).", labels=["destination"])
+    allowed = GaugeMetricFamily("mta_destination_connections_allowed", "Connections the destination may open "
+                                "now: the feedback window, which grows towards connection_limit with "
+                                "successes and halves on pushback.", labels=["destination"])
     rate_limit = GaugeMetricFamily("mta_destination_message_rate_limit", "max_message_rate in force, "
                                    "messages per second.", labels=["destination"])
     state = GaugeMetricFamily("mta_destination_state", "1 for the mode a destination is in "
@@ -358,17 +360,20 @@ def _destination_families(m: Metrics, engine, now: float) -> Iterable:
             st = d.state
             reason.add_metric([d.key, mode, _short(st.reason)], st.until or 0)
         window = getattr(d, "window", None)
-        limit = window.allowed if window is not None else d.policy.connection_limit
+        limit = d.policy.connection_limit
+        may_open = window.allowed if window is not None else limit
         waiting = len(getattr(d, "_waiters", ()))
-        row = sums.setdefault(label, [0, 0, 0, 0, 0.0, mode])
+        row = sums.setdefault(label, [0, 0, 0, 0, 0.0, mode, 0])
         row[0] += d.queued
         row[1] += d.connected
         row[2] += max(0, d.workers - waiting)
         row[3] += limit
         row[4] += d.policy.max_message_rate.per_second
+        row[6] += may_open
         if label != OTHER:
             row[5] = mode
-    for label, (q, c, b, limit, rate, mode) in sums.items():
+    for label, (q, c, b, limit, rate, mode, may_open) in sums.items():
+        allowed.add_metric([label], may_open)
         queued.add_metric([label], q)
         open_.add_metric([label], c)
         busy.add_metric([label], b)
@@ -389,7 +394,7 @@ def _destination_families(m: Metrics, engine, now: float) -> Iterable:
         reason.add_metric([target, "paused", "paused by operator (mta pause)"], until or 0)
     for mode, n in by_mode.items():
         modes.add_metric([mode], n)
-    yield from (queued, open_, busy, conn_limit, rate_limit, state, reason, modes)
+    yield from (queued, open_, busy, conn_limit, allowed, rate_limit, state, reason, modes)
 
 
 def _short(text: str, limit: int = 100) -> str:
