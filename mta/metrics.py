@@ -177,15 +177,17 @@ class Metrics:
         self.recent.add((lane, event), now)
 
     def outcome(self, job, status: str, bounce: str | None, now: float) -> None:
-        """One delivery attempt ended with `status` (delivered, deferred, bounced, expired)."""
-        destination = job.destination.key if job.destination is not None else "unrouted"
-        label = self.labels.of(destination)
+        """One delivery attempt ended with `status` (delivered, deferred, bounced, expired).
+        Attempts are not counted apart: every attempt ends in exactly one of these."""
+        destination = job.destination
+        key = destination.key if destination is not None else "unrouted"
+        labels = self.labels
+        label = key if key in labels.named else labels.of(key)
         lane = job.lane
-        self._count(lane, label, "attempt", now)
-        self._count(lane, label, f"bounced:{bounce or 'soft'}" if status == "bounced" else status, now)
+        self._count(lane, label, _BOUNCED[bounce] if status == "bounced" else status, now)
         if status == "deferred":
             return
-        waited = max(0.0, now - job.first_seen)
+        waited = now - job.first_seen
         if status == "delivered":
             self.delivery_latency[lane].observe(waited)
         histogram = self.time_in_queue.get((lane, status))
@@ -223,6 +225,8 @@ class Metrics:
             kind = event.partition(":")[0]
             for row in (out["all"], out.setdefault(lane, {})):
                 row[kind] = row.get(kind, 0) + n
+                if kind in ATTEMPT_OUTCOMES:
+                    row["attempt"] = row.get("attempt", 0) + n
         return out
 
     # ---- the endpoint
@@ -240,6 +244,10 @@ class Metrics:
             self.server = None
 
 
+_BOUNCED = {"hard": "bounced:hard", "soft": "bounced:soft", None: "bounced:soft"}
+ATTEMPT_OUTCOMES = ("delivered", "deferred", "bounced", "expired")
+
+
 def _mode(destination) -> str:
     """normal / backoff / paused from the destination's state machine, when it has one."""
     state = getattr(destination, "state", None)
@@ -247,7 +255,6 @@ def _mode(destination) -> str:
 
 
 EVENTS = {
-    "attempt": ("mta_delivery_attempts", "Delivery attempts (every outcome of a try, including DNS failures)."),
     "delivered": ("mta_delivered", "Messages accepted by the receiving server (2xx)."),
     "deferred": ("mta_deferred", "Temporary failures: the message is retried later."),
     "expired": ("mta_expired", "Messages given up after their maximum age or attempts."),
@@ -268,6 +275,16 @@ class _Collector:
                        "message by the broker, including held mail coming back).", engine_counts.get("consumed", 0))
         yield _counter("mta_messages_invalid", "Messages refused at intake (sent to mta.invalid).",
                        engine_counts.get("invalid", 0))
+        attempts: dict[tuple[str, str], int] = {}
+        for (lane, label, event), n in counts.items():
+            if event.partition(":")[0] in ATTEMPT_OUTCOMES:
+                attempts[(lane, label)] = attempts.get((lane, label), 0) + n
+        family = CounterMetricFamily("mta_delivery_attempts", "Delivery attempts (every try that ended in "
+                                     "delivered, deferred, bounced or expired, DNS failures included).",
+                                     labels=["lane", "destination"])
+        for labels, n in attempts.items():
+            family.add_metric(list(labels), n)
+        yield family
         for event, (name, text) in EVENTS.items():
             family = CounterMetricFamily(name, text, labels=["lane", "destination"])
             _fill(family, counts, event)

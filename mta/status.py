@@ -24,6 +24,7 @@ import orjson
 from aiormq import spec
 
 from mta import control
+from mta.metrics import ATTEMPT_OUTCOMES
 from mta.topology import LANES, lane_queue
 
 EXTRA_QUEUES = ("mta.results", "mta.invalid", "mta.quarantine")
@@ -63,10 +64,15 @@ def snapshot(engine) -> dict:
 def _lanes(metrics) -> dict:
     lanes = {lane: {} for lane in LANES}
     for (lane, _label, event), n in list(metrics.counts.items()):
-        row = lanes.setdefault(lane, {})
-        kind = event.partition(":")[0]
-        row[kind] = row.get(kind, 0) + n
+        _add(lanes.setdefault(lane, {}), event, n)
     return lanes
+
+
+def _add(row: dict, event: str, n: int) -> None:
+    kind = event.partition(":")[0]
+    row[kind] = row.get(kind, 0) + n
+    if kind in ATTEMPT_OUTCOMES:
+        row["attempt"] = row.get("attempt", 0) + n
 
 
 def _destination(engine, d, now: float, pauses: dict) -> dict | None:
