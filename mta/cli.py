@@ -155,7 +155,11 @@ def _status(args) -> int:
     url = _broker_url(args)
     if url is None:
         return 1
-    report = asyncio.run(status.collect(url, args.wait))
+    try:
+        report = asyncio.run(status.collect(url, args.wait))
+    except status.BrokerUnreachable as exc:
+        print(f"mta status: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -234,7 +234,13 @@ class Metrics:
     def serve(self, address: str, port: int) -> None:
         from prometheus_client import start_http_server
 
-        self.server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        try:
+            self.server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:
+            # Mail matters more than its metrics: deliver without the endpoint, loudly.
+            log.error("cannot serve metrics on %s:%d (%s); running without the metrics endpoint",
+                      address, port, exc)
+            return
         log.info("metrics at http://%s:%d/metrics", address, port)
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ from mta.metrics import ATTEMPT_OUTCOMES
 from mta.topology import LANES, lane_queue
 
 EXTRA_QUEUES = ("mta.results", "mta.invalid", "mta.quarantine")
+MAX_ROWS = 500  # destinations per answer, non-normal and busiest first
 KINDS = (("attempts", "attempt"), ("delivered", "delivered"), ("deferred", "deferred"), ("bounced", "bounced"),
          ("expired", "expired"), ("not tried", "not_tried"))
 
@@ -51,13 +52,14 @@ def snapshot(engine) -> dict:
                                  "connections": 0, "held": 0, "last_error": None, "rules": []})
     destinations.sort(key=lambda r: (r["state"] == "normal", -(r["queued"] + r["in_flight"]), r["destination"]))
     return {
+        "destinations_active": len(destinations),
         "instance": metrics.instance,
         "started": metrics.started,
         "now": now,
         "counts": dict(engine.counts),
         "last_minute": metrics.last_minute(now),
         "lanes": _lanes(metrics),
-        "destinations": destinations,
+        "destinations": destinations[:MAX_ROWS],
     }
 
 
@@ -134,7 +136,11 @@ async def answer(engine, message, command: dict) -> None:
 
 async def collect(url: str, wait: float = 3.0) -> dict:
     """Lane depths and consumers from the broker, and one snapshot per MTA that answers."""
-    connection = await aio_pika.connect(url, timeout=10)
+    try:
+        connection = await aio_pika.connect(url, timeout=10)
+    except (aio_pika.exceptions.AMQPException, OSError, asyncio.TimeoutError) as exc:
+        raise BrokerUnreachable(f"cannot reach the broker at {_redact(url)}: "
+                                f"{exc or exc.__class__.__name__}") from exc
     async with connection:
         channel = await connection.channel()
         queues = {}
@@ -164,6 +170,16 @@ async def collect(url: str, wait: float = 3.0) -> dict:
             pass
     answers.sort(key=lambda a: a.get("instance", ""))
     return {"queues": queues, "mtas": answers}
+
+
+class BrokerUnreachable(Exception):
+    """The broker did not take a connection; the message says where and why."""
+
+
+def _redact(url: str) -> str:
+    from mta.engine import redact
+
+    return redact(url)
 
 
 async def _queue_numbers(connection, name: str) -> dict | None:
@@ -207,6 +223,8 @@ def _render_mta(mta: dict) -> list[str]:
             f"{name} {row.get(kind, 0)}" for name, kind in KINDS))
     if not mta["destinations"]:
         lines.append("  no active destinations")
+    elif mta["destinations_active"] > len(mta["destinations"]):
+        lines.append(f"  {mta['destinations_active']} active destinations, the first {len(mta['destinations'])} shown")
     for d in mta["destinations"]:
         head = f"  {d['destination']}  {d['state']}"
         if d["state"] != "normal":
