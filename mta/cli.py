@@ -94,13 +94,7 @@ def _run(config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        engine = Engine(config)
-        if config.metrics.port:
-            engine.metrics.serve(config.metrics.address, config.metrics.port)
-        try:
-            await engine.run(stop)
-        finally:
-            engine.metrics.close()
+        await Engine(config).run(stop)
 
     if uvloop is not None:
         uvloop.run(serve())

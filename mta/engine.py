@@ -73,6 +73,8 @@ class Engine:
     # ---- broker sessions
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.config.metrics.port:
+            self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
         backoff = 1.0
         while not stop.is_set():
             started = self.clock()
@@ -90,6 +92,7 @@ class Engine:
             except asyncio.TimeoutError:
                 pass
             backoff = min(backoff * 2, 30.0)
+        self.metrics.close()
 
     async def _session(self, stop: asyncio.Event) -> None:
         url = self.config.broker.url

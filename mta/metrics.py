@@ -361,8 +361,9 @@ def _destination_families(m: Metrics, engine, now: float) -> Iterable:
     allowed = GaugeMetricFamily("mta_destination_connections_allowed", "Connections the destination may open "
                                 "now: the feedback window, which grows towards connection_limit with "
                                 "successes and halves on pushback.", labels=["destination"])
-    rate_limit = GaugeMetricFamily("mta_destination_message_rate_limit", "max_message_rate in force, "
-                                   "messages per second.", labels=["destination"])
+    rate_limit = GaugeMetricFamily("mta_destination_message_rate_limit", "Message rate in force, messages "
+                                   "per second (max_message_rate, lowered by a throttle or by what receivers "
+                                   "accept).", labels=["destination"])
     state = GaugeMetricFamily("mta_destination_state", "1 for the mode a destination is in "
                               "(normal, backoff, paused); destinations in backoff or paused keep their own label.",
                               labels=["destination", "state"])
@@ -391,7 +392,7 @@ def _destination_families(m: Metrics, engine, now: float) -> Iterable:
         row[1] += d.connected
         row[2] += max(0, d.workers - waiting)
         row[3] += limit
-        row[4] += d.policy.max_message_rate.per_second
+        row[4] += getattr(d, "per_second", None) or d.policy.max_message_rate.per_second
         row[6] += may_open
         if label != OTHER:
             row[5] = mode

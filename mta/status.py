@@ -96,6 +96,7 @@ def _destination(engine, d, now: float, pauses: dict) -> dict | None:
         "connection_limit": policy.connection_limit,
         "connections_allowed": window.allowed if window is not None else policy.connection_limit,
         "max_message_rate": str(policy.max_message_rate),
+        "message_rate_now": getattr(d, "per_second", None) or policy.max_message_rate.per_second,
         "max_connection_rate": str(policy.max_connection_rate),
         "max_deliveries_per_connection": policy.max_deliveries_per_connection,
     }
@@ -236,7 +237,8 @@ def _render_mta(mta: dict) -> list[str]:
         limits = d["limits"]
         if limits:
             lines.append(f"      limits: {limits['connections_allowed']}/{limits['connection_limit']} connections, "
-                         f"{limits['max_message_rate']} messages, {limits['max_connection_rate']} connects, "
+                         f"{limits['max_message_rate']} messages (now {limits['message_rate_now']:g}/s), "
+                         f"{limits['max_connection_rate']} connects, "
                          f"{limits['max_deliveries_per_connection']} per connection"
                          + (f" ({' + '.join(d['rules'])})" if d["rules"] else ""))
         lines.append(f"      in flight {d['in_flight']}, queued {d['queued']}, connections {d['connections']}, "
