@@ -156,7 +156,8 @@ class Metrics:
         self.started = clock()
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self.labels = DestinationLabels(top, promote_after)
-        # (lane, destination label, event) -> count; event is one of EVENTS
+        # (lane, destination label, event) -> count; event: delivered, deferred, expired,
+        # bounced:hard|soft, not_tried:paused|throttled|parked
         self.counts: dict[tuple[str, str, str], int] = {}
         self.held_by_destination: dict[str, int] = {}  # destination key -> messages held
         self.delivery_latency = {lane: Histogram(LATENCY_BUCKETS) for lane in LANES}
@@ -188,6 +189,8 @@ class Metrics:
         if status == "deferred":
             return
         waited = now - job.first_seen
+        if waited < 0:  # first accepted by a host whose clock is ahead
+            waited = 0.0
         if status == "delivered":
             self.delivery_latency[lane].observe(waited)
         histogram = self.time_in_queue.get((lane, status))
