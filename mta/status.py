@@ -237,7 +237,7 @@ def _render_mta(mta: dict) -> list[str]:
         limits = d["limits"]
         if limits:
             lines.append(f"      limits: {limits['connections_allowed']}/{limits['connection_limit']} connections, "
-                         f"{limits['max_message_rate']} messages (now {limits['message_rate_now']:g}/s), "
+                         f"{limits['max_message_rate']} messages (now {limits['message_rate_now']:.3g}/s), "
                          f"{limits['max_connection_rate']} connects, "
                          f"{limits['max_deliveries_per_connection']} per connection"
                          + (f" ({' + '.join(d['rules'])})" if d["rules"] else ""))
