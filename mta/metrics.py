@@ -62,9 +62,9 @@ class Histogram:
         self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
         self.total = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
+    def observe(self, value: float, times: int = 1) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += times
+        self.total += value * times
 
     def exported(self) -> tuple[list[tuple[str, float]], float]:
         counts = list(self.counts)
@@ -145,8 +145,8 @@ class Metrics:
     Hooks for other stages (each one cheap, callable from the event loop):
       outcome(job, status, bounce, now)  an attempt's result (the engine's `_finish`)
       not_tried(job, now)                mail held without an attempt (the engine's `_hold`)
-      observe_dkim_signing(seconds)      time spent signing one message
-      observe_publish_confirm(seconds)   publish until the broker's confirm
+      observe_dkim_signing(seconds, messages=1)  time spent signing (a batch: its size)
+      observe_publish_confirm(seconds)   a batch of publishes until the broker's last confirm
     """
 
     def __init__(self, engine, *, clock: Callable[[], float] = time.time,
@@ -215,10 +215,14 @@ class Metrics:
             self.held_by_destination[key] = self.held_by_destination.get(key, 0) + 1
         self._count(job.lane, self.labels.of(key or job.domain), f"not_tried:{reason}", now)
 
-    def observe_dkim_signing(self, seconds: float) -> None:
-        self.dkim_signing.observe(seconds)
+    def observe_dkim_signing(self, seconds: float, messages: int = 1) -> None:
+        """`seconds` spent signing `messages` messages (a batch signed in a worker counts
+        as that many messages of the average time)."""
+        if messages > 0:
+            self.dkim_signing.observe(seconds / messages, messages)
 
     def observe_publish_confirm(self, seconds: float) -> None:
+        """From handing a batch of publishes to the broker to its last confirm."""
         self.publish_confirm.observe(seconds)
 
     def last_minute(self, now: float) -> dict[str, dict[str, int]]:

@@ -1,7 +1,8 @@
 """The cheap per-outcome bookkeeping behind the metrics: histograms, bounded destination
 labels, the last minute's counts. No event loop, no HTTP."""
 
-from mta.metrics import OTHER, DestinationLabels, Histogram, RecentCounts
+from mta import control
+from mta.metrics import OTHER, DestinationLabels, Histogram, Metrics, RecentCounts
 
 
 def test_histogram_buckets_are_cumulative_with_inf():
@@ -34,3 +35,19 @@ def test_recent_counts_keep_exactly_the_last_sixty_seconds():
     assert recent.total(5000.0) == {}
     recent.add("z", 4999.0)  # a clock that stepped back counts into the current second
     assert recent.total(5000.0) == {"z": 1}
+
+
+class _Engine:
+    counts: dict = {}
+    destinations: dict = {}
+    pauses = control.Pauses()
+
+
+def test_dkim_batches_count_as_their_messages():
+    metrics = Metrics(_Engine())
+    metrics.observe_dkim_signing(0.02, messages=10)  # a batch: 2 ms each
+    metrics.observe_dkim_signing(0.5)
+    metrics.observe_dkim_signing(0.1, messages=0)  # nothing signed: nothing recorded
+    buckets, total = metrics.dkim_signing.exported()
+    assert dict(buckets)["0.0025"] == 10 and dict(buckets)["+Inf"] == 11
+    assert abs(total - 0.52) < 1e-9
