@@ -206,6 +206,12 @@ def render(report: dict) -> str:
             lines.append(f"  {name:<18} {numbers['depth']:>6}  {numbers['consumers']:>9}")
     if not report["mtas"]:
         lines.append("\nno MTA answered (none running on this broker?)")
+    elif len(report["mtas"]) > 1:
+        lines.append(f"\n{len(report['mtas'])} MTAs, together in the last 60 s:")
+        for lane in ("all", *LANES):
+            row = {kind: sum(m["last_minute"].get(lane, {}).get(kind, 0) for m in report["mtas"]) for _, kind in KINDS}
+            lines.append(f"  {'all lanes' if lane == 'all' else 'lane ' + lane:<11} " + ", ".join(
+                f"{name} {row[kind]}" for name, kind in KINDS))
     for mta in report["mtas"]:
         lines.append("")
         lines.extend(_render_mta(mta))

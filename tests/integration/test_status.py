@@ -80,4 +80,4 @@ def test_status_shows_paused_and_throttled_destinations_of_every_mta(vhost, sink
     assert text.returncode == 0, text.stderr
     assert "ok3.test  paused: paused by operator" in text.stdout
     assert "domain:ok2.test  normal" in text.stdout and "1/s messages" in text.stdout
-    assert text.stdout.count("MTA ") == 2
+    assert text.stdout.count("MTA ") == 2 and "2 MTAs, together in the last 60 s:" in text.stdout
