@@ -19,13 +19,13 @@ commands:
   run CONFIG             consume both lanes and deliver until SIGTERM/SIGINT (exit 0)
   check CONFIG           validate a rules file; lists every problem with its key path, exit 1
   replay-parked CONFIG   move messages quarantined after repeated crashes back to their lane
+  status [--json]        lanes, then every MTA on the broker: each active destination's mode
+                         and why, limits in force, in-flight, held, last error (broker as below)
   pause TARGET [--for D] hold mail for a domain (or destination key such as provider:google)
                          in every MTA on the broker; --for 30m ends the pause by itself
   resume TARGET          lift a pause; held mail comes back within seconds
-  status [--json]        lanes, then every MTA on the broker: each active destination's
-                         mode and why, limits in force, in-flight, held, last error
 
-pause, resume and status find the broker in --config CONFIG, else $MTA_BROKER_URL, else
+pause and resume find the broker in --config CONFIG, else $MTA_BROKER_URL, else
 amqp://guest:guest@localhost:5672/.
 """
 
@@ -42,18 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     replay = sub.add_parser("replay-parked", help="return quarantined messages to their lanes")
     replay.add_argument("config")
     replay.add_argument("--limit", type=int, default=0, help="move at most this many (0: all)")
+    status_cmd = sub.add_parser("status", help="what every MTA on the broker is doing")
+    status_cmd.add_argument("-c", "--config", help="rules file naming the broker")
+    status_cmd.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    status_cmd.add_argument("--wait", type=float, default=3.0, help="seconds to wait for answers (3)")
     for name, text in (("pause", "hold mail for a domain or destination"), ("resume", "lift a pause")):
         control_cmd = sub.add_parser(name, help=text)
         control_cmd.add_argument("target", help="recipient domain, or a destination key (provider:NAME)")
         control_cmd.add_argument("-c", "--config", help="rules file naming the broker")
         if name == "pause":
             control_cmd.add_argument("--for", dest="duration", help="end the pause after this long (e.g. 30m)")
-    status_cmd = sub.add_parser("status", help="what every MTA on the broker is doing")
-    status_cmd.add_argument("-c", "--config", help="rules file naming the broker")
-    status_cmd.add_argument("--json", action="store_true", help="one JSON document, for scripts")
-    status_cmd.add_argument("--wait", type=float, default=3.0, help="seconds to wait for answers (3)")
     args = parser.parse_args(argv)
-
     if args.command == "status":
         return _status(args)
 

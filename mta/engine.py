@@ -220,13 +220,12 @@ class Engine:
         self.router.route(job)
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
+        if await status.answer(self, message):  # `mta status` asking
+            return
         try:
             command = orjson.loads(message.body)
         except orjson.JSONDecodeError:
             log.warning("ignored a control message that is not JSON")
-            return
-        if isinstance(command, dict) and command.get("command") == "status":
-            await status.answer(self, message, command)
             return
         name = self.pauses.apply(command, self.clock()) if isinstance(command, dict) else None
         if name is None:

@@ -122,15 +122,21 @@ def _domains_of(d):
         yield key[len("domain:"):]
 
 
-async def answer(engine, message, command: dict) -> None:
-    """Answer a status request on its reply queue (best effort: a requester that left
-    simply misses the answer)."""
+async def answer(engine, message) -> bool:
+    """If this control message is a status request, answer it on its reply queue and
+    return True (best effort: a requester that left simply misses the answer)."""
+    try:
+        command = orjson.loads(message.body)
+    except orjson.JSONDecodeError:
+        return False  # the engine reports it
+    if not isinstance(command, dict) or command.get("command") != "status":
+        return False
     reply_to = command.get("reply_to")
-    if not isinstance(reply_to, str) or not reply_to:
-        return
-    body = orjson.dumps({"request": command.get("id"), **snapshot(engine)})
-    await message.channel.basic_publish(body, exchange="", routing_key=reply_to,
-                                        properties=spec.Basic.Properties(content_type="application/json"))
+    if isinstance(reply_to, str) and reply_to:
+        body = orjson.dumps({"request": command.get("id"), **snapshot(engine)})
+        await message.channel.basic_publish(body, exchange="", routing_key=reply_to,
+                                            properties=spec.Basic.Properties(content_type="application/json"))
+    return True
 
 
 # ---- the CLI's side
