@@ -121,6 +121,11 @@ def test_prometheus_scrapes_counts_that_match_the_sinks(vhost, sinks, mta_config
         assert prom.value('mta_destinations{state="paused"}') == 1  # ok3.test, by the operator
         assert prom.value("mta_destination_backoff_info") == 0  # paused until resumed
 
+        # every family has HELP text, as Prometheus stored it
+        metadata = prom.api("metadata")
+        ours = {name: entries for name, entries in metadata.items() if name.startswith("mta_")}
+        assert len(ours) >= 20 and all(entries[0]["help"] for entries in ours.values())
+
         # every panel of the dashboard, through the HTTP API
         empty = []
         queries = dashboard_queries()

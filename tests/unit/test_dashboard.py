@@ -76,3 +76,15 @@ def test_provisioning_files_point_at_the_mounted_directory():
         compose = yaml.safe_load(fh)
     assert "./grafana:/etc/grafana/provisioning:ro" in compose["services"]["grafana"]["volumes"]
     assert set(compose["services"]) == {"rabbitmq", "mta", "prometheus", "grafana"}
+
+
+def test_readme_documents_every_metric_with_its_type():
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        readme = fh.read()
+    rows = dict(re.findall(r"^\| `(mta_[a-z_]+)` \| (counter|gauge|histogram) \|", readme, re.MULTILINE))
+    families = {}
+    for family in Metrics(FakeEngine()).registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        families[name] = family.type
+        assert family.documentation, f"{name} has no HELP text"
+    assert rows == families
