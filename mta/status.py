@@ -107,9 +107,8 @@ def _destination(engine, d, now: float, pauses: dict) -> dict | None:
 
 def _rules_of(engine, d) -> list[str]:
     """Which rule levels gave this destination its limits (default, providers.X, domains.Y)."""
-    for job_domain in _domains_of(d):
-        return list(engine.rules.resolve(job_domain, d.answer).why)
-    return []
+    domain = getattr(d, "domain", "") or next(_domains_of(d), None)  # a domain it serves
+    return list(engine.rules.resolve(domain, d.answer).why) if domain else []
 
 
 def _domains_of(d):
