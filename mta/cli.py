@@ -18,14 +18,17 @@ and publishes one result per outcome to `mta.results`.
 commands:
   run CONFIG             consume both lanes and deliver until SIGTERM/SIGINT (exit 0)
   check CONFIG           validate a rules file; lists every problem with its key path, exit 1
+         [--explain DOMAIN [--mx HOST]]
+                         ... and show which destination and limits apply to DOMAIN, and why
   replay-parked CONFIG   move messages quarantined after repeated crashes back to their lane
   status [--json]        lanes, then every MTA on the broker: each active destination's mode
                          and why, limits in force, in-flight, held, last error (broker as below)
   pause TARGET [--for D] hold mail for a domain (or destination key such as provider:google)
                          in every MTA on the broker; --for 30m ends the pause by itself
-  resume TARGET          lift a pause; held mail comes back within seconds
+  resume TARGET          lift a pause (or a throttle); held mail comes back within seconds
+  reload                 every MTA on the broker re-reads its rules file (as on SIGHUP)
 
-pause and resume find the broker in --config CONFIG, else $MTA_BROKER_URL, else
+pause, resume and reload find the broker in --config CONFIG, else $MTA_BROKER_URL, else
 amqp://guest:guest@localhost:5672/.
 """
 
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     check = sub.add_parser("check", help="validate a rules file and exit")
     check.add_argument("config")
+    check.add_argument("--explain", metavar="DOMAIN", help="show which destination and limits apply to DOMAIN and why")
+    check.add_argument("--mx", metavar="HOST", help="with --explain: take this MX host instead of looking it up")
     replay = sub.add_parser("replay-parked", help="return quarantined messages to their lanes")
     replay.add_argument("config")
     replay.add_argument("--limit", type=int, default=0, help="move at most this many (0: all)")
@@ -52,11 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         control_cmd.add_argument("-c", "--config", help="rules file naming the broker")
         if name == "pause":
             control_cmd.add_argument("--for", dest="duration", help="end the pause after this long (e.g. 30m)")
+    reload = sub.add_parser("reload", help="make every MTA on the broker re-read its rules file")
+    reload.add_argument("-c", "--config", help="rules file naming the broker")
     args = parser.parse_args(argv)
     if args.command == "status":
         return _status(args)
 
-    if args.command in ("pause", "resume"):
+    if args.command in ("pause", "resume", "reload"):
         return _control(args)
     try:
         config = load_config(args.config)
@@ -65,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    if args.command == "check" and args.explain:
+        from mta.explain import explain
+
+        print(explain(config, args.explain, args.mx))
+        return 0
     if args.command == "check":
         print(f"{args.config}: OK ({len(config.domains)} domain rules, {len(config.providers)} providers, "
               f"{len(config.patterns)} patterns, {len(config.routes)} routes, {len(config.dkim)} DKIM keys)")
@@ -77,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    return _run(config)
+    return _run(config, args.config)
 
 
-def _run(config) -> int:
+def _run(config, path: str) -> int:
     from mta.engine import Engine
 
     try:
@@ -93,12 +105,18 @@ def _run(config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Engine(config).run(stop)
+        engine = Engine(config, config_path=path)
+        loop.add_signal_handler(signal.SIGHUP, engine.reload)
+        await engine.run(stop)
 
-    if uvloop is not None:
-        uvloop.run(serve())
-    else:
-        asyncio.run(serve())
+    try:
+        if uvloop is not None:
+            uvloop.run(serve())
+        else:
+            asyncio.run(serve())
+    except ConfigError as exc:  # e.g. a route's password variable or file is missing
+        print(f"cannot start: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -123,8 +141,10 @@ def _control(args) -> int:
         except ValueError as exc:
             print(f"--for: {exc}", file=sys.stderr)
             return 2
-    asyncio.run(control.send(url, args.command, args.target, seconds))
-    print(f"{args.command} {args.target}" + (f" for {args.duration}" if seconds else "") + ": sent to every MTA on the broker")
+    target = getattr(args, "target", "")
+    asyncio.run(control.send(url, args.command, target, seconds))
+    print(f"{args.command} {target}".rstrip() + (f" for {args.duration}" if seconds else "")
+          + ": sent to every MTA on the broker")
     return 0
 
 

@@ -52,6 +52,7 @@ class Smtp(msgspec.Struct, frozen=True):
     helo: str | None = None
     bind: str | None = None
     max_message_size: int = 50 * 1024 * 1024
+    ca_file: str | None = None  # CA bundle for `tls: verified`; None: the system's
 
 
 class Metrics(msgspec.Struct, frozen=True):
@@ -127,6 +128,10 @@ class Route(msgspec.Struct, frozen=True):
     password_env: str | None = None
     password_file: str | None = None
     tags: tuple[str, ...] = ()
+    name: str = ""  # the destination key is `route:NAME`; defaults to sender_domain
+    sender_match: str = "envelope"  # match the envelope (MAIL FROM) domain, or the From: header's
+    implicit_tls: bool | None = None  # TLS from the first byte; None: only on port 465
+    ca_file: str | None = None  # CA bundle for `tls: verified`; None: the system's
 
 
 class DkimKey(msgspec.Struct, frozen=True):
@@ -166,6 +171,12 @@ def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
 def _str(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError(f"expected a non-empty string, got {v!r}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
     return v
 
 
@@ -300,7 +311,8 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     ),
     "smtp": (
         Smtp,
-        {"port": _int(1, 65535), "helo": _opt_str, "bind": _opt_str, "max_message_size": _int(1)},
+        {"port": _int(1, 65535), "helo": _opt_str, "bind": _opt_str, "max_message_size": _int(1),
+         "ca_file": _opt_str},
     ),
     "metrics": (Metrics, {"port": _int(0, 65535), "address": _str}),
 }
@@ -382,6 +394,10 @@ ROUTE_FIELDS = {
     "password_env": _str,
     "password_file": _str,
     "tags": _str_list,
+    "name": _str,
+    "sender_match": _choice("envelope", "from"),
+    "implicit_tls": _bool,
+    "ca_file": _str,
 }
 
 DKIM_FIELDS = {
@@ -451,7 +467,7 @@ def parse_config(raw: Any) -> Config:
             c.problems.remove(f"{path}.password: unknown key")
             c.problem(f"{path}.password", "passwords are not written in the rules file: use password_env or password_file")
         if "sender_domain" in own and "smarthost" in own:
-            routes.append(Route(sender_domain=own["sender_domain"].lower(), smarthost=own["smarthost"], policy=policy, username=own.get("username"), password_env=own.get("password_env"), password_file=own.get("password_file"), tags=own.get("tags", ())))
+            routes.append(_route(c, path, own, policy, routes))
 
     keys = []
     for i, body in enumerate(_list(c, "dkim", raw.get("dkim"))):
@@ -467,6 +483,22 @@ def parse_config(raw: Any) -> Config:
     if c.problems:
         raise ConfigError(c.problems)
     return Config(default=default, providers=tuple(providers), domains=tuple(domains), patterns=tuple(patterns), routes=tuple(routes), dkim=tuple(keys), **sections)
+
+
+def _route(c: _Collector, path: str, own: dict[str, Any], policy: Policy, earlier: list[Route]) -> Route:
+    """One `routes:` entry; its name (the destination `route:NAME`) must be unique."""
+    sender_domain = own["sender_domain"].lower().rstrip(".")
+    name = own.get("name", sender_domain).lower()
+    if not re.fullmatch(r"[a-z0-9*][a-z0-9_.*-]*", name):
+        c.problem(f"{path}.name", f"invalid route name {name!r}: letters, digits, '.', '-', '_'")
+    if any(r.name == name for r in earlier):
+        c.problem(f"{path}.name" if "name" in own else path,
+                  f"route name {name!r} is used twice: give each route its own `name`")
+    return Route(sender_domain=sender_domain, smarthost=own["smarthost"], policy=policy,
+                 username=own.get("username"), password_env=own.get("password_env"),
+                 password_file=own.get("password_file"), tags=own.get("tags", ()), name=name,
+                 sender_match=own.get("sender_match", "envelope"), implicit_tls=own.get("implicit_tls"),
+                 ca_file=own.get("ca_file"))
 
 
 def merge(base: Policy, override: Policy) -> Policy:

@@ -2,15 +2,27 @@
 
 A destination (an MX site, a provider, or a configured domain) owns a ready queue per lane
 holding only what it can send soon (shaper.allowance; the rest is held in a delay queue)
-and up to `connection_limit` workers. A worker is a task that holds one SMTP session and
-loops: take the next job (single lane first), send it, hand the outcome to the engine;
-until the queue stays empty for `idle_timeout` or the session has carried
-`max_deliveries_per_connection` messages. No task per message: a job is handed from the
-queue straight to a waiting worker.
+and up to its connection window of workers. A worker is a task that holds one SMTP session
+and loops: take the next job (single lane first), wait for the message rate, send, hand the
+outcome to the engine; until the queue stays empty for `idle_timeout`, the session has
+carried `max_deliveries_per_connection` messages, or the window shrank under it. No task
+per message: a job is handed from the queue straight to a waiting worker.
 
-When every host of a destination refuses a connection and no other worker holds a live
-session, the destination is unreachable: the queued jobs are failed together with that
-reply instead of each one paying the connect timeout again (Postfix's "dead destination").
+What the destination may do is decided in `shaper` and only carried out here:
+
+* `state` (normal, backoff, paused; shaper.state): a `throttle` pattern puts the
+  destination on reduced limits for a while, a `suspend` pattern or an operator pauses it;
+  a paused destination holds all its mail in delay queues (no attempt is counted).
+* `window` (shaper.window): connections start at a few and grow with successes up to
+  `connection_limit`; "421 too many connections" sets them just below what the receiver
+  refused; failures to connect halve them.
+* `adaptive` (shaper.adaptive): "rate limited" replies lower the message rate to what
+  the receiver accepts; it climbs back in steps while the receiver stays quiet.
+* When no host of the destination accepts a connection and no other session is up, the
+  destination is dead: the message that was tried is deferred, the rest is held, and the
+  destination is paused for `probe` seconds (30 s doubling to 5 min); then one connection
+  probes it, and success opens it up again (Postfix's dead destination, without failing
+  every queued message).
 """
 
 from __future__ import annotations
@@ -20,17 +32,27 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from mta.config import Policy
+from mta.config import Policy, merge
 from mta.message import Job
 from mta.mx import MxAnswer
 from mta.smtp import Connector, Reply, Session, SessionFailed, Timeouts
-from shaper.allowance import hold_delay
+from shaper.adaptive import AdaptiveRate
+from shaper.allowance import HeldLedger, allowance, hold_delay, paused_delay
 from shaper.limiter import Gcra
+from shaper.patterns import PatternRule, Patterns
+from shaper.replies import parse_enhanced, slow_down
+from shaper.state import DestinationState, IllegalTransition, Mode, Transition
+from shaper.units import Rate
+from shaper.window import ConnectionWindow
 
 log = logging.getLogger("mta.delivery")
 
-# Outcome callback: (job, reply, MX host name, IP address); the host is None before any was tried
-Done = Callable[[Job, Reply, "str | None", "str | None"], None]
+# Outcome callback: (job, reply, MX host name, IP address, permanent); the host is None
+# before any was tried; permanent is a pattern's verdict (True bounce, False retry) or None.
+Done = Callable[[Job, Reply, "str | None", "str | None", "bool | None"], None]
+
+START_CONNECTIONS = 3  # a new destination earns the rest of its connection_limit
+PROBE_FIRST, PROBE_MAX = 30.0, 300.0  # seconds a dead destination rests before a probe
 
 
 def timeouts_of(policy: Policy) -> Timeouts:
@@ -41,77 +63,203 @@ def timeouts_of(policy: Policy) -> Timeouts:
     )
 
 
-def _message_burst(policy: Policy) -> int:
-    return max(1, int(policy.max_message_rate.per_second))  # one second's worth back to back
+def message_burst(per_second: float) -> int:
+    """50 ms worth back to back: enough to absorb timer jitter, too little to show as a
+    burst at the receiver (20/s keeps a burst of 1: at most 20 in any second)."""
+    return max(1, int(per_second / 20))
 
 
-def _connection_burst(policy: Policy) -> int:
-    return max(1, policy.connection_limit)  # a cold destination may open all its connections at once
+class AcceptMeter:
+    """Messages the receiver accepted per second, over the last second or two."""
+
+    __slots__ = ("_second", "_count", "_previous")
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._count = 0
+        self._previous = 0
+
+    def note(self, now: float) -> None:
+        second = int(now)
+        if second != self._second:
+            self._previous = self._count if second == self._second + 1 else 0
+            self._second, self._count = second, 0
+        self._count += 1
+
+    def rate(self, now: float) -> float:
+        second = int(now)
+        if second == self._second:
+            return (self._previous + self._count) / (1.0 + now - second)
+        return self._count / (1.0 + now - second) if second == self._second + 1 else 0.0
 
 
 class Destination:
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
-                 port: int, done: Done, hold: Callable[[Job, int], None], clock: Callable[[], float]):
+                 port: int, done: Done, hold: Callable[[Job, int], None], clock: Callable[[], float],
+                 patterns: Patterns | None = None):
         self.key = key
+        self.domain = ""  # one recipient domain it serves (rules are found again by it on reload)
         self.answer = answer
         self._connector = connector
         self._port = port
         self._done = done
         self._hold = hold
         self._clock = clock
+        self.patterns = patterns or Patterns()
         self.single: deque[Job] = deque()
         self.bulk: deque[Job] = deque()
         self._waiters: deque[asyncio.Future] = deque()
-        self.workers = 0
         self.connected = 0
+        self._opening = 0
         self.tasks: set[asyncio.Task] = set()
         self.last_error: str | None = None
         self.closing = False
         self.unreachable_since: float | None = None
-        self.message_rate = Gcra(policy.max_message_rate, burst=_message_burst(policy))
-        self.connection_rate = Gcra(policy.max_connection_rate, burst=_connection_burst(policy))
+        self.probe = PROBE_FIRST
+        self.held = HeldLedger()
+        self.accepted = AcceptMeter()
+        now = clock()
+        self.state = DestinationState(now)
+        self.throttle: Policy | None = None  # reduced limits while in backoff
+        self.base = policy
+        self.policy = policy
+        self.window = ConnectionWindow(policy.connection_limit, start=min(START_CONNECTIONS, policy.connection_limit))
+        self.adaptive = AdaptiveRate(policy.max_message_rate.per_second)
+        rate = policy.max_message_rate
+        self.message_rate = Gcra(rate, burst=message_burst(rate.per_second))
+        self.connection_rate = Gcra(policy.max_connection_rate, burst=policy.connection_limit)
         self.apply(policy)
+
+    # ---- limits
 
     def apply(self, policy: Policy) -> None:
         """New rules (start or reload); running sessions finish under them."""
+        self.base = policy
+        self._limits(self._clock())
+
+    def _limits(self, now: float) -> None:
+        """Put the limits in force: the rules, reduced by a throttle while in backoff,
+        the message rate further by what receivers accepted."""
+        policy = self.base
+        if self.state.mode is Mode.BACKOFF and self.throttle is not None:
+            policy = merge(policy, self.throttle)
         self.policy = policy
         self.timeouts = timeouts_of(policy)
-        now = self._clock()
-        self.message_rate.set_rate(policy.max_message_rate, now, burst=_message_burst(policy))
-        self.connection_rate.set_rate(policy.max_connection_rate, now, burst=_connection_burst(policy))
+        self.window.set_limit(policy.connection_limit)
+        self.adaptive.set_ceiling(policy.max_message_rate.per_second)
+        self._rate(now)
+        self.connection_rate.set_rate(policy.max_connection_rate, now, burst=policy.connection_limit)
+
+    def _rate(self, now: float) -> None:
+        rate = self.policy.max_message_rate
+        if self.adaptive.adapting:
+            rate = Rate(self.adaptive.current, 1.0)
+        self.message_rate.set_rate(rate, now, burst=message_burst(rate.per_second))
+
+    @property
+    def per_second(self) -> float:
+        return self.message_rate.rate.per_second
+
+    # ---- state
+
+    def refresh(self, now: float) -> None:
+        """Let time act: end a pause or backoff whose time has come, step the rate up."""
+        state = self.state
+        if state.until is not None and now >= state.until:
+            self._moved(state.tick(now), now)
+        if self.adaptive.tick(now):
+            self._rate(now)
+
+    def _moved(self, transition: Transition | None, now: float) -> None:
+        if transition is None:
+            return
+        if transition.source is not transition.target or transition.target is Mode.BACKOFF:
+            log.warning("%s: %s -> %s (%s)", self.key, transition.source, transition.target, transition.reason)
+        if transition.source is Mode.BACKOFF or transition.target is Mode.BACKOFF:
+            if self.state.mode is Mode.NORMAL:
+                self.throttle = None
+            self._limits(now)
+        if self.state.mode is Mode.PAUSED:
+            self.hold_all(now)
+
+    def suspend(self, now: float, until: float | None, reason: str) -> None:
+        """Send nothing until ``until`` (None: until resumed); queued mail is held."""
+        self._moved(self.state.pause(now, until, reason), now)
+
+    def back_off(self, now: float, until: float, limits: Policy, reason: str) -> None:
+        """Reduced limits until ``until``."""
+        self.throttle = limits
+        transition = self.state.backoff(now, until, reason)
+        if transition is None and self.state.mode is Mode.BACKOFF:
+            self._limits(now)  # same end, maybe other limits
+        self._moved(transition, now)
+
+    def resume(self, now: float, reason: str) -> bool:
+        try:
+            self._moved(self.state.resume(now, reason), now)
+        except IllegalTransition:
+            return False
+        return True
+
+    def hold_all(self, now: float) -> None:
+        for job in self.drain():
+            self._hold_paused(job, now)
+
+    def _hold_paused(self, job: Job, now: float) -> None:
+        state = self.state
+        remaining = state.until - now if state.until is not None else None
+        delay = paused_delay(remaining, now - state.since, self.per_second, self.held.ahead(now))
+        self.held.note(now, delay)
+        self._hold(job, delay)
+
+    # ---- the ready queue
 
     @property
     def queued(self) -> int:
         return len(self.single) + len(self.bulk)
 
+    @property
+    def workers(self) -> int:
+        return self.window.in_use
+
     def push(self, job: Job) -> None:
+        now = self._clock()
+        self.refresh(now)
+        if self.state.mode is Mode.PAUSED:
+            self._hold_paused(job, now)
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(job)
                 return
         ready = self.single if job.lane == "single" else self.bulk
-        delay = hold_delay(len(ready), self.policy.max_message_rate.per_second, self.policy.connection_limit)
-        if delay is not None:
+        if len(ready) >= allowance(self.per_second, self.window.allowed):
+            delay = hold_delay(len(ready), self.per_second, self.window.allowed, self.held.ahead(now))
+            self.held.note(now, delay)
             self._hold(job, delay)
             return
         ready.append(job)
-        if self.workers < self.policy.connection_limit and self.workers <= self.queued:
+        self._grow()
+
+    def _grow(self) -> None:
+        """Another worker, if jobs wait that no connecting worker will take and the window
+        has room."""
+        if self.queued > self._opening and not self.closing and self.window.try_open():
             self._spawn()
 
     def _spawn(self) -> None:
-        self.workers += 1
         task = asyncio.get_running_loop().create_task(self._work(), name=f"worker {self.key}")
         self.tasks.add(task)
         task.add_done_callback(self._worker_ended)
 
     def _worker_ended(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
-        self.workers -= 1
+        self.window.closed()
         if not task.cancelled() and task.exception() is not None:
             log.error("worker for %s crashed: %r; its job is retried", self.key, task.exception())
-        if self.queued and self.workers == 0:
-            self._spawn()
+        if self.queued and self.state.mode is not Mode.PAUSED:
+            self._grow()
 
     def _take(self) -> Job | None:
         if self.single:
@@ -140,11 +288,13 @@ class Destination:
             return None
 
     def drain(self) -> list[Job]:
-        """Everything not yet on the wire (shutdown or lost broker)."""
+        """Everything not yet on the wire (shutdown, lost broker, pause)."""
         jobs = list(self.single) + list(self.bulk)
         self.single.clear()
         self.bulk.clear()
         return jobs
+
+    # ---- a worker
 
     async def _work(self) -> None:
         session: Session | None = None
@@ -152,16 +302,26 @@ class Destination:
         job: Job | None = None
         try:
             while True:
+                if session is not None and (self.window.excess or self.state.mode is Mode.PAUSED):
+                    return  # the window shrank or the destination paused: give the slot back
                 job = await self._next(self.policy.idle_timeout if session is not None else 0)
                 if job is None:
                     return
                 if session is None:
-                    session = await self._open(job)
+                    self._opening += 1
+                    try:
+                        session = await self._open(job)
+                    finally:
+                        self._opening -= 1
                     if session is None:
                         job = None
                         return
                     sent = 0
                 await self._pace()
+                if self.state.mode is Mode.PAUSED:  # paused while this job waited for its turn
+                    self._hold_paused(job, self._clock())
+                    job = None
+                    return
                 try:
                     reply = await session.send(job.sender.text if job.sender else "", job.recipient.text,
                                                job.data, utf8=job.recipient.utf8 or bool(job.sender and job.sender.utf8),
@@ -173,31 +333,68 @@ class Destination:
                     session.usable = False
                     reply = Reply(None, f"internal error: {exc.__class__.__name__}", "message")
                 done, job = job, None
-                self._done(done, reply, session.mx, session.ip)
+                reply = session.stamp(reply)
+                verdict = self._feedback(reply, self._clock())
+                self._done(done, reply, session.mx, session.ip, verdict)
                 sent += 1
                 if not session.usable or sent >= self.policy.max_deliveries_per_connection:
                     await self._close(session)
                     session = None
         finally:
             if job is not None:  # cancelled mid-transaction: the outcome is unknown
-                self._done(job, Reply(None, "delivery interrupted (shutdown)", "message"), None, None)
+                self._done(job, Reply(None, "delivery interrupted (shutdown)", "message"), None, None, None)
             if session is not None:
                 await self._close(session)
 
+    def _feedback(self, reply: Reply, now: float) -> bool | None:
+        """What one reply teaches about the destination; returns a pattern's verdict."""
+        if reply.ok:
+            self.accepted.note(now)
+            self.window.on_success(now)
+            self.state.on_success(now)
+            if self.queued:
+                self._grow()
+            return None
+        verdict = None
+        rule = self.patterns.find(reply.code, parse_enhanced(reply.text), reply.text) if self.patterns else None
+        if rule is not None:
+            if rule.action in ("suspend", "throttle"):  # the operator's reaction replaces ours
+                self._apply_rule(rule, reply, now)
+                return None
+            verdict = rule.action == "bounce"
+        signal = slow_down(reply.code, reply.text)
+        if signal == "connections":
+            self.window.on_too_many(now)
+        elif signal == "rate":
+            if self.adaptive.on_rate_limited(now, self.accepted.rate(now)):
+                self._rate(now)
+                log.info("%s: receiver asks to slow down (%s); message rate now %.2f/s",
+                         self.key, reply, self.adaptive.current)
+        elif reply.code is None and reply.phase != "message":
+            self.window.on_pushback()  # dropped or timed out mid-session
+        return verdict
+
+    def _apply_rule(self, rule: PatternRule, reply: Reply, now: float) -> None:
+        reason = f"{rule.describe()}: {reply}"
+        if rule.action == "suspend":
+            self.suspend(now, now + rule.duration, reason)
+        else:
+            self.back_off(now, now + rule.duration, rule.payload, reason)
+
     async def _pace(self) -> None:
-        while True:
-            decision = self.message_rate.take(self._clock())
-            if decision.allowed:
-                return
-            await asyncio.sleep(decision.retry_after)
+        wait = self.message_rate.reserve(self._clock())
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _close(self, session: Session) -> None:
         self.connected -= 1
         await session.close()
 
     async def _open(self, job: Job) -> Session | None:
-        """A session to the first host that takes one, in MX order; on failure the job (and,
-        when nobody else is connected, the whole queue) gets the last reply."""
+        """A session to the first host that takes one, in MX order. On failure the job gets
+        the last reply (or goes back to the queue when the receiver only said "too many
+        connections" to this one while others are up); with nobody else connected the
+        destination is dead: paused for a probe interval, its queue held."""
         while True:
             decision = self.connection_rate.take(self._clock())
             if decision.allowed:
@@ -218,15 +415,34 @@ class Destination:
                     continue
                 self.connected += 1
                 self.unreachable_since = None
+                self.probe = PROBE_FIRST
                 return session
-        self._done(job, last, last_host, last_ip)
-        failed = 1
-        if self.connected == 0:
-            for queued in self.drain():
-                self._done(queued, last, last_host, last_ip)
-                failed += 1
+        return self._unreachable(job, last, last_host, last_ip)
+
+    def _unreachable(self, job: Job, last: Reply, host: str | None, ip: str | None) -> None:
+        now = self._clock()
+        verdict = self._feedback(last, now) if last.code is not None else None
+        if self.state.mode is Mode.PAUSED:  # a suspend pattern matched the refusal
+            self._hold_paused(job, now)
+            return None
+        if verdict is None and last.code is not None and slow_down(last.code, last.text) == "connections" \
+                and self.connected > 0:
+            self.single.appendleft(job) if job.lane == "single" else self.bulk.appendleft(job)
+            return None  # the receiver is busy, not gone: the open sessions will take it
+        self.window.on_pushback()
+        self._done(job, last, host, ip, verdict)
+        if last.phase == "auth":  # the host answered but refused our credentials: not dead
+            self.suspend(now, now + PROBE_FIRST, f"authentication refused: {last}")
+            return None
+        if self.connected > 0:
+            return None
         if self.unreachable_since is None:
-            self.unreachable_since = self._clock()
-            log.warning("%s: no host accepted a connection (%s); %d message(s) deferred, and the "
-                        "destination is retried with the next message", self.key, self.last_error, failed)
+            self.unreachable_since = now
+        self.window.collapse()
+        probe = self.probe
+        self.probe = min(PROBE_MAX, probe * 2)
+        queued = self.queued
+        self.suspend(now, now + probe, f"no host accepted a connection: {self.last_error}")
+        log.warning("%s: destination unreachable (%s); %d queued message(s) held, one connection "
+                    "probes it again in %.0fs", self.key, self.last_error, queued, probe)
         return None

@@ -18,16 +18,18 @@ import time
 from collections.abc import Callable
 
 import aio_pika
+import msgspec
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
 from mta import control, status
 
-from mta.config import Config
+from mta.config import Config, ConfigError, load_config
 from mta.delivery import Destination
 from mta.message import InvalidMessage, Job, decode
 from mta.metrics import Metrics
 from mta.mx import DnsFailure, MxAnswer, MxResolver
+from mta.routes import RouteTable
 from mta.routing import Router
 from mta.rules import Resolved, Rules
 from mta.settle import AckBook, Settler, attempt_entry
@@ -52,17 +54,20 @@ def redact(url: str) -> str:
 
 
 class Engine:
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time):
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time, config_path: str | None = None):
         self.config = config
+        self.config_path = config_path
         self.clock = clock
         self.rules = Rules(config)
         dns = config.dns
         self.resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, clock)
-        self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, clock)
-        self.router = Router(self.resolver, self.rules, self._deliver, self._unroutable)
+        self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, clock, config.smtp.ca_file)
+        self.router = Router(self.resolver, self.rules, self._deliver, self._unroutable, clock=clock)
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
         self.pauses = control.Pauses()
+        # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
+        self.routes = self.router.routes = RouteTable(config.routes, self.rules, self.pauses, clock)
         self.settler: Settler | None = None
         self.ready = asyncio.Event()
         self.stopping = False
@@ -227,19 +232,72 @@ class Engine:
         except orjson.JSONDecodeError:
             log.warning("ignored a control message that is not JSON")
             return
-        name = self.pauses.apply(command, self.clock()) if isinstance(command, dict) else None
+        if isinstance(command, dict) and command.get("command") == "reload":
+            self.reload()
+            return
+        now = self.clock()
+        name = self.pauses.apply(command, now) if isinstance(command, dict) else None
         if name is None:
             log.warning("ignored control message %r", command)
             return
-        log.info("%s %s%s", command["command"], name,
-                 f" until {command['until']:.0f}" if command.get("until") else "")
-        if command["command"] == "pause":
-            for destination in self.destinations.values():
-                for job in destination.drain():
-                    if self.pauses.paused(self.clock(), job.domain, destination.key):
-                        self._hold(job, control.PAUSED_HOLD)
-                    else:
-                        destination.push(job)
+        until = command.get("until")
+        log.info("%s %s%s", command["command"], name, f" until {until:.0f}" if until else "")
+        if command["command"] == "resume":
+            destination = self.destinations.get(name)
+            if destination is not None:
+                destination.resume(now, "operator: mta resume")
+            return
+        for destination in self.destinations.values():
+            if destination.key == name:
+                if until is None or until > now:
+                    destination.suspend(now, until, "operator: mta pause")
+                continue
+            for job in destination.drain():
+                if self.pauses.paused(now, job.domain, destination.key):
+                    self._hold(job, control.PAUSED_HOLD)
+                else:
+                    destination.push(job)
+
+    def reload(self) -> bool:
+        """Re-read the rules file (SIGHUP, `mta reload`): new limits and patterns apply to
+        live destinations at once, sessions on the wire finish; a bad file changes nothing."""
+        if self.config_path is None:
+            log.warning("reload asked for, but the rules did not come from a file; nothing changed")
+            return False
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload of %s refused, the old rules stay in force: %s", self.config_path,
+                      "; ".join(exc.problems))
+            return False
+        for section in ("broker", "dns", "smtp", "metrics"):
+            if getattr(config, section) != getattr(self.config, section):
+                log.warning("reload: section %s changed; it takes effect only after a restart", section)
+        config = msgspec.structs.replace(config, broker=self.config.broker, dns=self.config.dns,
+                                         smtp=self.config.smtp, metrics=self.config.metrics)
+        rules = Rules(config)
+        try:
+            self.routes.reload(config.routes, rules)
+        except ConfigError as exc:
+            log.error("reload of %s refused, the old rules stay in force: %s", self.config_path,
+                      "; ".join(exc.problems))
+            return False
+        self.config, self.rules = config, rules
+        self.router.reload(self.rules)
+        now = self.clock()
+        for destination in self.destinations.values():
+            destination.patterns = self.rules.patterns
+            if destination.key.startswith("route:"):
+                entry = self.routes.entry(destination.key)
+                resolved = entry.resolved if entry is not None else None
+            else:
+                resolved = self.rules.resolve(destination.domain, destination.answer)
+            if resolved is not None and resolved.key == destination.key:
+                destination.apply(resolved.policy)
+            destination.refresh(now)
+        log.info("reloaded %s: %d domain rules, %d providers, %d patterns", self.config_path,
+                 len(self.config.domains), len(self.config.providers), len(self.config.patterns))
+        return True
 
     def _deliver(self, job: Job, answer: MxAnswer, resolved: Resolved) -> None:
         if self.pauses and self.pauses.paused(self.clock(), job.domain, resolved.key):
@@ -247,9 +305,10 @@ class Engine:
             return
         destination = self.destinations.get(resolved.key)
         if destination is None:
-            destination = Destination(resolved.key, answer, resolved.policy, connector=self.connector,
+            destination = Destination(resolved.key, answer, resolved.policy, connector=self._connector_for(resolved.key),
                                       port=self.config.smtp.port, done=self._done, hold=self._hold,
-                                      clock=self.clock)
+                                      clock=self.clock, patterns=self.rules.patterns)
+            destination.domain = job.domain  # a domain it serves, to find its rules again on reload
             self.destinations[resolved.key] = destination
         else:
             destination.answer = answer
@@ -269,15 +328,25 @@ class Engine:
         self._finish(job, Reply(None, f"{failure.enhanced} {failure.description}", "dns"), None, None,
                      resolved, permanent=failure.permanent)
 
-    def _done(self, job: Job, reply: Reply, mx: str | None, ip: str | None) -> None:
-        self._finish(job, reply, mx, ip, job.destination)
+    def _connector_for(self, key: str):
+        """A route's destination connects with the route's credentials and TLS mode."""
+        return self.routes.connector(key, self.connector) if key.startswith("route:") else self.connector
+
+    def _done(self, job: Job, reply: Reply, mx: str | None, ip: str | None, verdict: bool | None) -> None:
+        if reply.phase == "auth" and reply.code is not None and reply.code >= 500 and job.destination.key.startswith("route:"):
+            # The smarthost refused the route's credentials: pause the route, defer (not bounce).
+            self._finish(job, self.routes.auth_failed(job.destination.key, reply), mx, ip, job.destination, permanent=False)
+            return
+        self._finish(job, reply, mx, ip, job.destination, verdict=verdict)
 
     def _finish(self, job: Job, reply: Reply, mx: str | None, ip: str | None, resolved: Resolved,
-                *, permanent: bool | None = None) -> None:
+                *, permanent: bool | None = None, verdict: bool | None = None) -> None:
         now = self.clock()
         book, tag = job.delivery
         job.attempts += 1
         job.history.append(attempt_entry(now, reply.phase, reply.code, reply.enhanced, reply.text, mx, ip, job.lane))
+        job.history[-1]["tls"] = reply.tls is not None  # whether the session was encrypted, and how
+        job.history[-1]["cipher"] = reply.tls
         settler = self.settler
         if reply.ok:
             self.counts["delivered"] += 1
@@ -285,8 +354,11 @@ class Engine:
             settler.final(job, book, tag, "delivered")
             return
         if permanent is None:
-            verdict = classify(reply.code, reply.enhanced, reply.text)
-            permanent, bounce = verdict.permanent, verdict.bounce
+            classified = classify(reply.code, reply.enhanced, reply.text)
+            permanent, bounce = classified.permanent, classified.bounce
+            if verdict is not None:  # an operator's pattern overrides the reply code
+                permanent = verdict
+                bounce = (bounce or "soft") if verdict else None
         else:
             bounce = "hard" if permanent else None
         if permanent:

@@ -4,18 +4,22 @@ Most specific first: a `domains:` entry by exact name, then by the longest match
 `*.suffix`; then a provider whose `mx_suffix` matches one of the domain's MX hosts; then
 `default:`. Each level overrides only the keys it sets.
 
-Destination keys: a provider's mail shares one destination (`provider:NAME`) whatever the
-domain; a domain with its own entry gets its own (`domain:NAME`), since its limits are its
-own; every other domain joins the destination of its MX host set (`mx:HOSTS`), so
+Destination keys: a domain with its own entry gets its own (`domain:NAME`), since its
+limits are its own; a provider's mail shares one destination (`provider:NAME`) whatever
+the domain; every other domain joins the destination of its MX host set (`mx:HOSTS`), so
 domains hosted together share connections and limits.
+
+The operators' response patterns are compiled here too (`Rules.patterns`), once per
+rules file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mta.config import Config, Domain, Policy, Provider, merge
+from mta.config import Config, Domain, Policy, Provider, Route, merge
 from mta.mx import MxAnswer
+from shaper.patterns import Patterns
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,11 @@ class Rules:
         self._wildcards = sorted((d for d in config.domains if d.name.startswith("*.")),
                                  key=lambda d: -len(d.name))
         self._cache: dict[tuple[str, str], Resolved] = {}
+        self.patterns = Patterns([
+            Patterns.compile(i, p.action, p.match, code=p.code, enhanced=p.enhanced, duration=p.duration,
+                             payload=p.policy)
+            for i, p in enumerate(config.patterns)
+        ])
 
     def domain_entry(self, domain: str) -> Domain | None:
         entry = self._domains.get(domain)
@@ -68,10 +77,10 @@ class Rules:
         if entry is not None:
             policy = merge(policy, entry.policy)
             why.append(f"domains.{entry.name}")
-        if provider is not None:
-            key = f"provider:{provider.name}"
-        elif entry is not None:
+        if entry is not None:
             key = f"domain:{entry.name}"
+        elif provider is not None:
+            key = f"provider:{provider.name}"
         else:
             key = f"mx:{site}"
         resolved = Resolved(key, policy, tuple(why))
@@ -79,3 +88,9 @@ class Rules:
             self._cache.clear()
         self._cache[(domain, site)] = resolved
         return resolved
+
+    def route(self, route: Route) -> Resolved:
+        """A `routes:` entry's destination: `route:NAME`, the default policy under the
+        route's own keys (no provider or domain rule: the smarthost is the destination)."""
+        return Resolved(f"route:{route.name}", merge(self.config.default, route.policy),
+                        ("default", f"routes.{route.name} (sender domain {route.sender_domain})"))

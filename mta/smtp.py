@@ -10,6 +10,8 @@ sees aiosmtplib types.
 from __future__ import annotations
 
 import asyncio
+import base64
+import socket
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ class Reply:
     code: int | None  # None: no reply (refused, timed out, hung up)
     text: str  # the reply as received, lines joined by a space, without the code
     phase: str
+    tls: str | None = None  # the session's TLS ("TLSv1.3 TLS_AES_256_GCM_SHA384"), None: plaintext
 
     @property
     def enhanced(self) -> str | None:
@@ -169,6 +172,7 @@ class Session:
         self.ip = ip
         self._timeouts = timeouts
         self.tls = tls
+        self.cipher: str | None = None  # set by the connector when TLS is up
         self.pipelining = "pipelining" in ext
         self.eight_bit_mime = "8bitmime" in ext
         self.smtputf8 = "smtputf8" in ext
@@ -257,6 +261,10 @@ class Session:
             self.usable = False
         return reply
 
+    def stamp(self, reply: Reply) -> Reply:
+        """The reply, marked with this session's TLS for the attempt's result."""
+        return reply if self.cipher is None else Reply(reply.code, reply.text, reply.phase, self.cipher)
+
     async def close(self) -> None:
         """QUIT politely when the connection is healthy; never raises."""
         try:
@@ -271,23 +279,57 @@ class Session:
 
 
 class Connector:
-    """Opens sessions. Remembers hosts whose STARTTLS failed, so the next try goes in plaintext."""
+    """Opens sessions: connect (implicit TLS on request), banner, EHLO, STARTTLS per policy,
+    AUTH when credentials are given. Remembers hosts whose STARTTLS failed, so that the next
+    opportunistic try goes in plaintext.
 
-    def __init__(self, helo: str, bind: str | None, clock):
+    TLS policy: `opportunistic` uses STARTTLS when offered without checking the certificate;
+    `required` never sends mail in plaintext (no STARTTLS offered, or a failed handshake,
+    fails the session); `verified` also checks the chain (system CAs or `ca_file`) and that
+    the certificate names the host; `disabled` never starts TLS. Credentials go out only
+    over TLS, whatever the policy.
+    """
+
+    def __init__(self, helo: str, bind: str | None, clock, ca_file: str | None = None):
         self._helo = helo
         self._bind = bind
         self._clock = clock
+        self._ca_file = ca_file
         self._tls_broken: dict[str, float] = {}
+        self._contexts: dict[tuple[bool, str | None], ssl.SSLContext] = {}
 
-    async def open(self, mx: str, ip: str, port: int, *, tls: str, timeouts: Timeouts) -> Session:
-        """Connect, read the banner, EHLO, STARTTLS per policy; raises SessionFailed."""
-        client = aiosmtplib.SMTP(
-            hostname=ip, port=port, local_hostname=self._helo,
-            source_address=(self._bind, 0) if self._bind else None,
-            timeout=timeouts.connect, start_tls=False, use_tls=False, validate_certs=False,
-        )
-        phase = "connect"
+    async def open(self, mx: str, ip: str, port: int, *, tls: str, timeouts: Timeouts,
+                   auth: Credentials | None = None, implicit_tls: bool = False,
+                   ca_file: str | None = None) -> Session:
+        """Connect, read the banner, EHLO, STARTTLS per policy, AUTH; raises SessionFailed."""
         try:
+            return await self._open(mx, ip, port, tls, timeouts, auth, implicit_tls, ca_file or self._ca_file)
+        except SessionFailed as exc:
+            if auth is not None:  # a server may echo what it was sent: never let a secret through
+                reply = exc.reply
+                raise SessionFailed(Reply(reply.code, auth.scrub(reply.text), reply.phase)) from None
+            raise
+
+    async def _open(self, mx: str, ip: str, port: int, tls: str, timeouts: Timeouts,
+                    auth: Credentials | None, implicit_tls: bool, ca_file: str | None) -> Session:
+        verify = tls == "verified"
+        phase = "connect"
+        client = None
+        try:
+            if implicit_tls:
+                # aiosmtplib names the TLS peer after the address it connects to; a socket of
+                # our own lets it name (and verify) the host while connecting to the address.
+                sock = await self._connect_socket(ip, port, timeouts.connect)
+                client = aiosmtplib.SMTP(
+                    hostname=mx, sock=sock, local_hostname=self._helo, timeout=timeouts.connect,
+                    use_tls=True, start_tls=False, tls_context=self._context(verify, ca_file),
+                )
+            else:
+                client = aiosmtplib.SMTP(
+                    hostname=ip, port=port, local_hostname=self._helo,
+                    source_address=(self._bind, 0) if self._bind else None,
+                    timeout=timeouts.connect, start_tls=False, use_tls=False, validate_certs=False,
+                )
             await client.connect()
             phase = "ehlo"
             try:
@@ -296,42 +338,134 @@ class Connector:
                 if exc.code == 421 or exc.code < 500:
                     raise
                 await client.helo(timeout=timeouts.ehlo)
-            used_tls = False
-            if tls != "disabled" and client.supports_extension("starttls"):
+            used_tls = implicit_tls
+            if implicit_tls:
+                pass  # TLS since the first byte
+            elif tls != "disabled" and client.supports_extension("starttls"):
                 if tls == "opportunistic" and self._tls_broken.get(ip, 0) > self._clock():
                     pass
                 else:
                     phase = "tls"
-                    await self._starttls(client, mx, ip, tls, timeouts)
+                    await self._starttls(client, mx, ip, tls, timeouts, ca_file)
                     used_tls = True
                     phase = "ehlo"
                     await client.ehlo(timeout=timeouts.ehlo)
             elif tls in ("required", "verified"):
                 client.close()
                 raise SessionFailed(Reply(None, f"TLS is {tls} for {mx} but the server does not offer STARTTLS", "tls"))
+            if auth is not None:
+                phase = "auth"
+                await self._authenticate(client, mx, auth, used_tls, timeouts)
         except SessionFailed:
+            if client is not None:
+                client.close()
             raise
         except SMTPConnectResponseError as exc:
             client.close()
             raise SessionFailed(Reply(exc.code, _text(exc.message), "connect")) from exc
         except (SMTPException, OSError, asyncio.TimeoutError) as exc:
-            client.close()
+            if client is not None:
+                client.close()
+            refused = _certificate_error(exc)
+            if refused is not None:
+                raise SessionFailed(Reply(None, f"TLS certificate of {mx} not accepted ({tls}): "
+                                                f"{refused.verify_message or refused.reason}", "tls")) from exc
             raise SessionFailed(_failed(exc, phase)) from exc
-        return Session(client, mx, ip, timeouts, used_tls)
+        session = Session(client, mx, ip, timeouts, used_tls)
+        session.cipher = _cipher_of(client.transport) if used_tls else None
+        return session
 
-    async def _starttls(self, client: aiosmtplib.SMTP, mx: str, ip: str, tls: str, timeouts: Timeouts) -> None:
-        if tls == "verified":
-            context = ssl.create_default_context()
-            hostname = mx
-        else:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            hostname = None
+    async def _connect_socket(self, ip: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
         try:
-            await client.starttls(tls_context=context, server_hostname=hostname, timeout=timeouts.starttls)
-        except (SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError):
+            sock.setblocking(False)
+            if self._bind:
+                sock.bind((self._bind, 0))
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (ip, port)), timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _context(self, verify: bool, ca_file: str | None) -> ssl.SSLContext:
+        """One context per (verification, CA file): building one reads the CA store."""
+        key = (verify, ca_file if verify else None)
+        context = self._contexts.get(key)
+        if context is None:
+            context = ssl.create_default_context(cafile=ca_file if verify else None)
+            if not verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._contexts[key] = context
+        return context
+
+    async def _starttls(self, client: aiosmtplib.SMTP, mx: str, ip: str, tls: str, timeouts: Timeouts,
+                        ca_file: str | None) -> None:
+        verify = tls == "verified"
+        try:
+            await client.starttls(tls_context=self._context(verify, ca_file),
+                                  server_hostname=mx if verify else None, timeout=timeouts.starttls)
+        except (SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             if tls == "opportunistic":
                 # Next time this host gets plaintext: a broken TLS stack must not block mail.
                 self._tls_broken[ip] = self._clock() + 3600
             raise
+
+    async def _authenticate(self, client: aiosmtplib.SMTP, mx: str, auth: Credentials, used_tls: bool,
+                            timeouts: Timeouts) -> None:
+        if not used_tls:
+            raise SessionFailed(Reply(None, f"{mx} did not start TLS: credentials are never sent in plaintext", "auth"))
+        methods = client.server_auth_methods
+        if "plain" in methods:
+            await client.auth_plain(auth.username, auth.password, timeout=timeouts.ehlo)
+        elif "login" in methods:
+            await client.auth_login(auth.username, auth.password, timeout=timeouts.ehlo)
+        else:
+            raise SessionFailed(Reply(None, f"{mx} offers no AUTH PLAIN or LOGIN "
+                                            f"(offered: {' '.join(methods) or 'none'})", "auth"))
+
+
+def _certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
+    """The certificate check that failed, however deep aiosmtplib wrapped it."""
+    for _ in range(5):
+        if exc is None or isinstance(exc, ssl.SSLCertVerificationError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _cipher_of(transport) -> str | None:
+    """`TLSv1.3 TLS_AES_256_GCM_SHA384`: what results record about the session's TLS."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    cipher = ssl_object.cipher()
+    return f"{ssl_object.version()} {cipher[0]}" if cipher else ssl_object.version()
+
+
+class Credentials:
+    """AUTH username and password. The password never shows in a repr, a log or a reply."""
+
+    __slots__ = ("username", "password", "_secrets")
+
+    def __init__(self, username: str, password: str):
+        self.username = username
+        self.password = password
+        plain = base64.b64encode(b"\0" + username.encode() + b"\0" + password.encode()).decode()
+        # Very short secrets are not scrubbed: they would mangle every reply and reveal little.
+        self._secrets = tuple(s for s in (password, base64.b64encode(password.encode()).decode(), plain) if len(s) >= 4)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Credentials) and (self.username, self.password) == (other.username, other.password)
+
+    def __hash__(self) -> int:
+        return hash(self.username)
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password=***)"

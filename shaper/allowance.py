@@ -1,33 +1,102 @@
 """How much mail a destination may keep in memory, and how long to hold the rest.
 
 Theory of operation: a destination keeps in its ready queue only what it can send soon:
-`HORIZON` seconds of its current message rate, and never less than a handful per allowed
-connection (so a slow rate still keeps its connections busy). Everything beyond that is held
-in a broker delay queue and acknowledged, so that the prefetch window never fills with one
-slow destination's mail and no delivery stays unacknowledged anywhere near RabbitMQ's
-`consumer_timeout`. The hold is chosen from a few fixed delays (one delay queue each) long
-enough for the backlog ahead of the message to drain at the current rate.
+`HORIZON` seconds of its current message rate, and a handful per allowed connection (so a
+slow rate still keeps its connections busy) as long as that handful is sent within
+`MAX_WAIT`. Everything beyond that is held in a broker delay queue and acknowledged, so that
+the prefetch window never fills with one slow destination's mail and no delivery stays
+unacknowledged anywhere near RabbitMQ's `consumer_timeout`. The hold is chosen from a few
+fixed delays (one delay queue each): the longest that does not exceed the time the backlog
+ahead of the message needs to drain at the current rate, so that it is back while there is
+still work queued (a later return would leave the connections idle) and is held again at
+most once or twice. That backlog includes what was held before it and has not come back
+yet (`HeldLedger`), so a long backlog is spread over the delays instead of coming back in
+one wave and being held again.
+
+A paused destination holds everything: until its pause ends when the end is known (never
+earlier), and then spread by the same backlog estimate; an open-ended (operator's) pause is looked at
+again after a quarter of the time it has lasted so far (at least `PAUSED_MIN`), so a pause
+of minutes costs little and one of hours does not cycle its mail every few seconds.
 """
 
 from __future__ import annotations
 
+import heapq
+
 HORIZON = 10.0  # seconds of sending a destination keeps in memory
-PER_CONNECTION = 4  # at least this many per allowed connection
-HOLD_DELAYS = (5, 15, 30, 60, 120, 300)  # seconds; one delay queue per value and lane
+PER_CONNECTION = 4  # at least this many per allowed connection...
+MAX_WAIT = 120.0  # ...as long as they go out within this many seconds
+HOLD_DELAYS = (5, 15, 30, 60, 120, 300, 600, 1200)  # seconds; one delay queue per value and lane
+PAUSED_MIN = 15.0  # seconds before an open-ended pause's mail is looked at again
+RETURN_MARGIN = 1.0  # seconds: held mail should be back this much before its turn
 
 
 def allowance(per_second: float, connections: int) -> int:
-    """How many messages the ready queue may hold."""
-    return max(PER_CONNECTION * max(1, connections), int(per_second * HORIZON))
+    """How many messages the ready queue may hold (at least one)."""
+    floor = min(PER_CONNECTION * max(1, connections), int(per_second * MAX_WAIT))
+    return max(1, floor, int(per_second * HORIZON))
 
 
-def hold_delay(queued: int, per_second: float, connections: int) -> int | None:
-    """None when one more message fits; else the delay (s) after which it should come back."""
-    limit = allowance(per_second, connections)
-    if queued < limit:
-        return None
-    drain = queued / per_second if per_second > 0 else HOLD_DELAYS[-1]
+def _at_least(seconds: float) -> int:
+    """The shortest delay of at least ``seconds`` (the longest there is, beyond it)."""
     for delay in HOLD_DELAYS:
-        if delay >= drain:
+        if delay >= seconds:
             return delay
     return HOLD_DELAYS[-1]
+
+
+def _at_most(seconds: float) -> int:
+    """The longest delay of at most ``seconds`` (the shortest there is, below it)."""
+    best = HOLD_DELAYS[0]
+    for delay in HOLD_DELAYS:
+        if delay <= seconds:
+            best = delay
+    return best
+
+
+def hold_delay(queued: int, per_second: float, connections: int, held: int = 0) -> int | None:
+    """None when one more message fits; else the delay (s) after which it should come back.
+    ``held``: messages held earlier that have not come back yet."""
+    if queued < allowance(per_second, connections):
+        return None
+    backlog = queued + held
+    if per_second <= 0:
+        return HOLD_DELAYS[-1]
+    return _at_most(backlog / per_second - RETURN_MARGIN)
+
+
+def paused_delay(remaining: float | None, paused_for: float, per_second: float, held: int = 0) -> int:
+    """The hold for mail of a paused destination. ``remaining``: seconds until the pause
+    ends, None when it ends only by a resume; ``paused_for``: seconds it has lasted."""
+    if remaining is None:
+        return _at_least(max(PAUSED_MIN, min(paused_for / 4, 300.0)))
+    drain = held / per_second if per_second > 0 else 0.0
+    return max(_at_least(remaining), _at_most(remaining + drain))
+
+
+class HeldLedger:
+    """How many of a destination's messages are out in delay queues right now (an
+    estimate: counted when held, forgotten from the second their delay ends, so mail
+    that is coming back right now is not counted as still ahead of itself)."""
+
+    __slots__ = ("_due", "_seconds", "_total")
+
+    def __init__(self) -> None:
+        self._due: dict[int, int] = {}  # second of the return time -> messages
+        self._seconds: list[int] = []  # heap of the keys of _due
+        self._total = 0
+
+    def note(self, now: float, delay: float) -> None:
+        second = int(now + delay)
+        count = self._due.get(second)
+        if count is None:
+            heapq.heappush(self._seconds, second)
+            count = 0
+        self._due[second] = count + 1
+        self._total += 1
+
+    def ahead(self, now: float) -> int:
+        seconds = self._seconds
+        while seconds and seconds[0] <= now:
+            self._total -= self._due.pop(heapq.heappop(seconds))
+        return self._total

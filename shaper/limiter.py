@@ -106,6 +106,20 @@ class Gcra:
             self._tat = tat + self._interval
         return decision
 
+    def reserve(self, now: float) -> float:
+        """Book the next conforming slot and return how long to wait for it (0.0: now).
+
+        For a caller that will sleep anyway: the booking is made before the sleep, so
+        waking a little late does not push later slots back (``take`` after a sleep
+        loses that lateness on every event and runs below the rate)."""
+        t = _exact(now)
+        tat = t if self._tat is None or self._tat < t else self._tat
+        allow_at = tat - self._tolerance
+        self._tat = tat + self._interval
+        if t >= allow_at:
+            return 0.0
+        return _wait_until(now, allow_at)
+
     def is_idle(self, now: float) -> bool:
         """True when the full burst is available: the state may be dropped."""
         return self._tat is None or self._tat <= _exact(now)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Verdict", "classify", "parse_enhanced"]
+__all__ = ["Verdict", "classify", "parse_enhanced", "slow_down"]
 
 # "5.1.1", optionally after the basic code of a full reply line ("550 5.1.1",
 # "550-5.1.1"), so callers may pass either the text or the whole line.
@@ -52,6 +52,13 @@ _RATE_LIMIT = re.compile(
 # Looser signs, trusted only on the codes that usually carry them (4xx).
 _TOO_MANY = re.compile(r"too many|too fast|slow down|busy", re.IGNORECASE)
 _RATE_LIMIT_4XX = frozenset({421, 450, 451, 452})
+
+# Of the rate-limit replies, those about concurrency rather than speed.
+_TOO_MANY_CONNECTIONS = re.compile(
+    r"too many (?:connections|concurrent|simultaneous|sessions|open)"
+    r"|(?:concurrent )?connection limit|concurrency",
+    re.IGNORECASE,
+)
 
 # Texts that name a non-existent recipient; used only when no specific enhanced
 # code says otherwise.
@@ -157,3 +164,16 @@ def classify(code: int | None, enhanced: str | None, text: str) -> Verdict:
     if code >= 500:
         return Verdict(True, _bounce(code, enhanced, text), due_to_message, rate_limited=False)
     return Verdict(permanent=False, bounce=None, due_to_message=due_to_message, rate_limited=False)
+
+
+def slow_down(code: int | None, text: str) -> str | None:
+    """What a rate-limit reply asks for: ``"connections"`` (fewer sessions at
+    once: "421 Too many connections"), ``"rate"`` (fewer messages per second:
+    "421 4.7.28 rate limited", "451 TSS04"), or None when the reply is not a
+    rate limit at all."""
+    if code is None or not 400 <= code < 600:
+        return None
+    enhanced = parse_enhanced(text)
+    if not _is_rate_limit(code, enhanced, text):
+        return None
+    return "connections" if _TOO_MANY_CONNECTIONS.search(text) else "rate"

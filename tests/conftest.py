@@ -101,6 +101,19 @@ def sink_farm():
         farm.stop()
 
 
+@pytest.fixture(scope="session")
+def test_ca():
+    """A certificate authority made for this session (tests.testbed.tls.TestCA): sink
+    certificates from ``issue()``/``server_context()``, its certificate in ``ca_file``."""
+    from tests.testbed.tls import TestCA
+
+    directory = tempfile.mkdtemp(prefix="mta-test-ca-", dir="/tmp")
+    try:
+        yield TestCA(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
 def sinks(sink_farm):
     """The sink farm, with records, counters and scripted extras reset for this test."""

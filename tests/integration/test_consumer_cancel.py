@@ -21,6 +21,8 @@ async def _delete_queue(url: str, name: str) -> None:
 @pytest.mark.timeout(120)
 def test_consumer_cancel_recovers(vhost, sinks, start_mta):
     mta = start_mta()
+    # The queue is declared before the consumer starts: delete it only once it is consumed.
+    mta.wait_ready(vhost, require_consumer=True)
     asyncio.run(_delete_queue(vhost, "mta.bulk"))
 
     deadline = time.monotonic() + 60

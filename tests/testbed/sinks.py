@@ -14,7 +14,17 @@ other      ``250``
 =========  ===============================================================
 
 More rules can be added (``add_rule``), a listener can be given a refusing greeting
-(``set_greeting``) or a slow DATA reply (``set_data_delay``).
+(``set_greeting``), a slow DATA reply (``set_data_delay``), a cap on simultaneous sessions
+above which it greets with "421 too many connections" (``set_session_limit``), or a cap on
+messages per second above which RCPT gets "421 rate limited" (``set_rate_limit``), as
+real receivers do.
+
+A farm can speak TLS: ``tls_context`` offers STARTTLS, ``implicit_tls`` wraps every
+connection in TLS from the first byte (port 465 style); ``auth`` ({login: password})
+offers AUTH PLAIN and LOGIN (after TLS) and refuses MAIL without it;
+``set_broken_starttls(True)`` answers STARTTLS with 220 and then garbage instead of a
+handshake. Accepted messages record the login and the TLS cipher of their session. TLS
+farms need ``use_uvloop=False`` (aiosmtpd's STARTTLS drives asyncio's own TLS layer).
 
 Every accepted message is recorded (sink address = the local address the client
 connected to, mail_from, rcpt, raw data, time, Message-ID local part); per sink address
@@ -30,10 +40,11 @@ import logging
 import re
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
 from .util import free_port
 
@@ -58,6 +69,8 @@ class Accepted:
     helo: Optional[str] = None
     mail_options: Tuple[str, ...] = ()
     rcpt_options: Tuple[str, ...] = ()
+    login: Optional[str] = None   # AUTH login of the session, None when not authenticated
+    cipher: Optional[str] = None  # TLS cipher of the session, None for plaintext
 
 
 @dataclass(frozen=True)
@@ -85,17 +98,31 @@ class _SinkSMTP(SMTP):
         super().__init__(farm._handler, **kw)
 
     def connection_made(self, transport):
-        self.farm._on_connect(self.sink)
-        self.farm._live.add(self)
+        if getattr(self, "_original_transport", None) is None:  # not again after STARTTLS
+            self.farm._on_connect(self.sink)
+            self.farm._live.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error):
-        self.farm._on_disconnect(self.sink)
+        self.farm._on_disconnect(self.sink, getattr(self, "_admitted", False))
         self.farm._live.discard(self)
         super().connection_lost(error)
 
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str):
+        if self.farm._broken_starttls:
+            await self.push("220 Ready to start TLS")
+            assert self.transport is not None
+            self.transport.write(b"this is no TLS handshake\r\n" * 8)
+            self.transport.close()
+            return
+        await super().smtp_STARTTLS(arg)
+
     async def _handle_client(self):
         greeting = self.farm._greetings.get(self.sink)
+        if greeting is None:
+            greeting = self.farm._admit(self.sink)
+            self._admitted = greeting is None
         if greeting is not None:
             assert self.transport is not None
             self.transport.write(greeting.encode() + b"\r\n")
@@ -133,7 +160,10 @@ class _Handler:
         delay = farm._data_delay.get(server.sink)
         if delay:
             await asyncio.sleep(delay)
-        n = farm._record_accept(server.sink, session, envelope)
+        cipher = server.transport.get_extra_info("cipher") if server.transport is not None else None
+        n = farm._record_accept(server.sink, session, envelope,
+                                login=getattr(session, "auth_data", None) if session.authenticated else None,
+                                cipher=cipher[0] if cipher else None)
         return f"250 2.0.0 OK queued as S{n}"
 
 
@@ -143,7 +173,8 @@ def _local(address: str) -> str:
 
 class SinkFarm:
     def __init__(self, addresses: Iterable[str], port: Optional[int] = None, *,
-                 idle_timeout: float = 300.0, use_uvloop: bool = True):
+                 idle_timeout: float = 300.0, use_uvloop: bool = True,
+                 tls_context=None, implicit_tls=None, auth: Optional[Dict[str, str]] = None):
         self.addresses = list(dict.fromkeys(addresses))
         self._auto_port = port is None
         self.port = port if port is not None else free_port(self.addresses)
@@ -155,9 +186,15 @@ class SinkFarm:
         self._thread: Optional[threading.Thread] = None
         self._servers: list = []
         self._live: set = set()                         # sessions (loop thread only)
-        self._rules: List[Tuple[str, str]] = []        # (prefix, reply template)
+        self._rules: List[Tuple[str, str, Optional[int]]] = []  # (prefix, reply template, times)
         self._greetings: Dict[str, str] = {}
         self._data_delay: Dict[str, float] = {}
+        self._session_limit: Dict[str, int] = {}
+        self._rate_limit: Dict[str, float] = {}
+        self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
+        self.auth = dict(auth) if auth is not None else None
+        self._broken_starttls = False
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -170,7 +207,11 @@ class SinkFarm:
             self._connections: collections.Counter = collections.Counter()
             self._current: collections.Counter = collections.Counter()
             self._max_current: collections.Counter = collections.Counter()
+            self._admitted: collections.Counter = collections.Counter()
+            self._max_admitted: collections.Counter = collections.Counter()
+            self._recent: Dict[str, collections.deque] = collections.defaultdict(collections.deque)
             self._seq = 0
+            self._auth_results: List[Tuple[str, bool]] = []
 
     def _on_connect(self, sink: str) -> None:
         with self._lock:
@@ -179,9 +220,24 @@ class SinkFarm:
             if self._current[sink] > self._max_current[sink]:
                 self._max_current[sink] = self._current[sink]
 
-    def _on_disconnect(self, sink: str) -> None:
+    def _on_disconnect(self, sink: str, admitted: bool = False) -> None:
         with self._lock:
             self._current[sink] -= 1
+            if admitted:
+                self._admitted[sink] -= 1
+
+    def _admit(self, sink: str) -> Optional[str]:
+        """None when a new session may start; else the refusing greeting."""
+        with self._lock:
+            limit = self._session_limit.get(sink)
+            if limit is not None and self._admitted[sink] >= limit:
+                reply = f"421 4.7.0 Too many connections from your IP (limit {limit})"
+                self._events.append(Event("refused", sink, "", reply, time.time()))
+                return reply
+            self._admitted[sink] += 1
+            if self._admitted[sink] > self._max_admitted[sink]:
+                self._max_admitted[sink] = self._admitted[sink]
+            return None
 
     def _rcpt_reply(self, sink: str, address: str) -> Optional[str]:
         local = _local(address)
@@ -189,8 +245,19 @@ class SinkFarm:
             self._rcpt_seen[address] += 1
             seen = self._rcpt_seen[address]
             reply = None
-            for prefix, template in self._rules:
-                if local.startswith(prefix):
+            limit = self._rate_limit.get(sink)
+            if limit is not None:
+                now = time.time()
+                recent = self._recent[sink]
+                while recent and recent[0] <= now - 1.0:
+                    recent.popleft()
+                if len(recent) >= limit:
+                    reply = "421 4.7.0 Rate limited: too many messages per second, slow down"
+                    self._events.append(Event("rcpt-reply", sink, address, reply, now))
+                    return reply
+                recent.append(now)
+            for prefix, template, times in self._rules:
+                if local.startswith(prefix) and (times is None or seen <= times):
                     reply = template
                     break
             else:
@@ -213,7 +280,18 @@ class SinkFarm:
             for r in rcpts:
                 self._events.append(Event("drop", sink, r, "", now))
 
-    def _record_accept(self, sink: str, session, envelope) -> int:
+    def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        ok = (isinstance(auth_data, LoginPassword) and self.auth is not None
+              and self.auth.get(auth_data.login.decode("utf-8", "replace")) == auth_data.password.decode("utf-8", "replace"))
+        login = auth_data.login.decode("utf-8", "replace") if isinstance(auth_data, LoginPassword) else "?"
+        with self._lock:
+            self._auth_results.append((login, ok))
+        if ok:
+            return AuthResult(success=True, auth_data=login)
+        return AuthResult(success=False, handled=False)  # 535 5.7.8 Authentication credentials invalid
+
+    def _record_accept(self, sink: str, session, envelope, *, login: Optional[str] = None,
+                       cipher: Optional[str] = None) -> int:
         data = envelope.original_content or b""
         msg_id = message_id_of(data)
         now = time.time()
@@ -224,20 +302,23 @@ class SinkFarm:
                     sink=sink, peer=tuple(session.peer or ("", 0)), mail_from=envelope.mail_from,
                     rcpt=rcpt, data=data, time=now, msg_id=msg_id, helo=session.host_name,
                     mail_options=tuple(envelope.mail_options or ()),
-                    rcpt_options=tuple(envelope.rcpt_options or ())))
+                    rcpt_options=tuple(envelope.rcpt_options or ()), login=login, cipher=cipher))
             return self._seq
 
     # ------------------------------------------------------------------ scripting
-    def add_rule(self, prefix: str, reply: str) -> None:
-        """RCPT to a local part starting with ``prefix`` gets ``reply`` ({rcpt} is filled)."""
+    def add_rule(self, prefix: str, reply: str, times: Optional[int] = None) -> None:
+        """RCPT to a local part starting with ``prefix`` gets ``reply`` ({rcpt} is filled);
+        with ``times``, only the first ``times`` RCPTs of each such address do."""
         with self._lock:
-            self._rules.append((prefix.lower(), reply))
+            self._rules.append((prefix.lower(), reply, times))
 
     def clear_rules(self) -> None:
         with self._lock:
             self._rules.clear()
             self._greetings.clear()
             self._data_delay.clear()
+            self._session_limit.clear()
+            self._rate_limit.clear()
 
     def set_greeting(self, sink: str, reply: Optional[str]) -> None:
         """Connections to ``sink`` get ``reply`` (e.g. "421 4.7.0 Too many connections")
@@ -248,6 +329,29 @@ class SinkFarm:
             else:
                 self._greetings[sink] = reply
 
+    def set_session_limit(self, sink: str, limit: Optional[int]) -> None:
+        """At most ``limit`` sessions at once on ``sink``; one more is greeted with
+        "421 4.7.0 Too many connections" and closed (an event of kind "refused")."""
+        with self._lock:
+            if limit is None:
+                self._session_limit.pop(sink, None)
+            else:
+                self._session_limit[sink] = limit
+
+    def set_rate_limit(self, sink: str, per_second: Optional[float]) -> None:
+        """At most ``per_second`` RCPTs accepted on ``sink`` in any 1 s; the rest get
+        "421 4.7.0 Rate limited" (recorded as rcpt-reply events)."""
+        with self._lock:
+            if per_second is None:
+                self._rate_limit.pop(sink, None)
+            else:
+                self._rate_limit[sink] = per_second
+
+    def max_admitted(self) -> Dict[str, int]:
+        """{sink address: most simultaneous sessions past the greeting}."""
+        with self._lock:
+            return dict(self._max_admitted)
+
     def set_data_delay(self, sink: str, seconds: Optional[float]) -> None:
         """Wait ``seconds`` before answering DATA on ``sink`` (slow receiver)."""
         with self._lock:
@@ -256,7 +360,16 @@ class SinkFarm:
             else:
                 self._data_delay.pop(sink, None)
 
+    def set_broken_starttls(self, broken: bool) -> None:
+        """Offer STARTTLS, answer it with 220, then send garbage and hang up."""
+        self._broken_starttls = broken
+
     # ------------------------------------------------------------------ accessors
+    def auth_results(self) -> List[Tuple[str, bool]]:
+        """[(login, accepted)] for every AUTH seen, in order (passwords are not kept)."""
+        with self._lock:
+            return list(self._auth_results)
+
     def accepted(self) -> List[Accepted]:
         with self._lock:
             return list(self._accepted)
@@ -306,9 +419,18 @@ class SinkFarm:
     # ------------------------------------------------------------------ lifecycle
     def _factory(self, sink: str):
         def make():
-            return _SinkSMTP(self, sink, loop=self._loop, hostname=f"sink-{sink}.test",
-                             ident="mta-test-sink", enable_SMTPUTF8=True, decode_data=False,
-                             timeout=self.idle_timeout)
+            extra = {}
+            if self.tls_context is not None:
+                extra.update(tls_context=self.tls_context, require_starttls=False)
+            if self.auth is not None:
+                # aiosmtpd does not see implicit TLS as TLS: only STARTTLS farms insist on it.
+                extra.update(authenticator=self._authenticate, auth_required=True,
+                             auth_require_tls=self.implicit_tls is None)
+            with warnings.catch_warnings():  # AUTH without STARTTLS is meant: the farm is implicit TLS
+                warnings.simplefilter("ignore", UserWarning)
+                return _SinkSMTP(self, sink, loop=self._loop, hostname=f"sink-{sink}.test",
+                                 ident="mta-test-sink", enable_SMTPUTF8=True, decode_data=False,
+                                 timeout=self.idle_timeout, **extra)
         return make
 
     def _new_loop(self) -> asyncio.AbstractEventLoop:
@@ -351,7 +473,7 @@ class SinkFarm:
                 for addr in self.addresses:
                     srv = loop.run_until_complete(loop.create_server(
                         self._factory(addr), host=addr, port=self.port, reuse_address=True,
-                        backlog=1024))
+                        backlog=1024, ssl=self.implicit_tls))
                     self._servers.append(srv)
             except Exception as exc:          # port taken on one of the addresses
                 box["error"] = exc

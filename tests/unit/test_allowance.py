@@ -8,7 +8,8 @@ from shaper.allowance import HOLD_DELAYS, allowance, hold_delay
     (100.0, 10, 1000),      # the default rules: 10 s of 100/s
     (20 / 60, 2, 8),        # 20/min: the per-connection floor wins
     (1000.0, 1, 10000),
-    (0.0, 0, 4),
+    (0.0, 0, 1),             # no rate at all: still one at a time
+    (1 / 60, 10, 2),         # 1/min: 40 would wait 40 min; two minutes at most
 ])
 def test_allowance(per_second, connections, expected):
     assert allowance(per_second, connections) == expected
@@ -17,11 +18,11 @@ def test_allowance(per_second, connections, expected):
 @pytest.mark.parametrize("queued, per_second, connections, expected", [
     (0, 1.0, 1, None),
     (9, 1.0, 1, None),        # allowance 10
-    (10, 1.0, 1, 15),         # 10 s of backlog: the next delay that drains it
+    (10, 1.0, 1, 5),          # 10 s of backlog: back (at the latest) before it has drained
     (10, 2.0, 1, None),       # allowance 20: fits
-    (25, 2.0, 1, 15),         # 12.5 s of backlog
-    (200, 1.0, 1, 300),       # longer than the longest delay: capped
-    (8, 20 / 60, 2, 30),      # 8 queued at 1/3 per s: 24 s
+    (35, 2.0, 1, 15),         # 17.5 s of backlog
+    (2000, 1.0, 1, 1200),     # longer than the longest delay: capped
+    (8, 20 / 60, 2, 15),      # 8 queued at 1/3 per s: 24 s
 ])
 def test_hold_delay(queued, per_second, connections, expected):
     assert hold_delay(queued, per_second, connections) == expected
@@ -34,3 +35,34 @@ def test_hold_is_a_known_delay_and_only_past_the_allowance(queued, per_second, c
         assert delay is None
     else:
         assert delay in HOLD_DELAYS
+
+
+def test_a_backlog_held_earlier_pushes_later_mail_further_out():
+    from shaper.allowance import HeldLedger
+    ledger = HeldLedger()
+    first = hold_delay(20, 1.0, 1, ledger.ahead(0.0))
+    for _ in range(100):
+        ledger.note(0.0, first)
+    later = hold_delay(20, 1.0, 1, ledger.ahead(0.0))
+    assert first == 15 and later == 60
+
+
+def test_the_ledger_forgets_mail_whose_delay_has_passed():
+    from shaper.allowance import HeldLedger
+    ledger = HeldLedger()
+    ledger.note(0.0, 15)
+    ledger.note(0.0, 300)
+    assert ledger.ahead(1.0) == 2
+    assert ledger.ahead(30.0) == 1
+    assert ledger.ahead(400.0) == 0
+
+
+@pytest.mark.parametrize("remaining, paused_for, per_second, held, expected", [
+    (10.0, 0.0, 1.0, 0, 15),        # comes back when the pause is over
+    (10.0, 0.0, 1.0, 100, 60),      # and spread behind the mail held before it
+    (None, 0.0, 1.0, 0, 15),        # open-ended: looked at again soon
+    (None, 3600.0, 1.0, 0, 300),    # an hour-long pause: every five minutes
+])
+def test_paused_delay(remaining, paused_for, per_second, held, expected):
+    from shaper.allowance import paused_delay
+    assert paused_delay(remaining, paused_for, per_second, held) == expected

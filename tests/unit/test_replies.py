@@ -204,3 +204,19 @@ def test_verdicts_are_consistent(code: int | None, enhanced: str | None, text: s
 )
 def test_rate_limit_signs_win_over_the_code(code: int, sign: str) -> None:
     assert classify(code, None, f"Sorry, {sign} (see our postmaster page)").rate_limited
+
+
+@pytest.mark.parametrize("code, text, expected", [
+    (421, "4.7.0 Too many connections from your IP", "connections"),
+    (421, "4.7.0 Too many concurrent SMTP connections", "connections"),
+    (421, "4.7.28 Our system has detected an unusual rate of mail", "rate"),
+    (451, "4.7.1 Rate limited, try again later", "rate"),
+    (421, "4.7.0 [TSS04] Messages temporarily deferred", "rate"),
+    (550, "Connection frequency limited", "rate"),
+    (550, "5.1.1 user unknown", None),
+    (451, "4.3.0 Temporary failure", None),
+    (None, "connection refused", None),
+])
+def test_slow_down_tells_connections_from_rate(code, text, expected):
+    from shaper.replies import slow_down
+    assert slow_down(code, text) == expected

@@ -130,3 +130,61 @@ def test_in_use_never_above_the_limit(limit: int, start: int, ops: list[object])
         assert window.available + window.in_use - window.excess == window.allowed
         if fixed_limit:
             assert window.in_use <= limit
+
+
+def test_too_many_connections_keeps_one_fewer_and_remembers():
+    w = ConnectionWindow(10, start=4)
+    for _ in range(4):
+        assert w.try_open()
+    w.on_too_many()  # the 4th was refused: the receiver takes 3
+    assert w.allowed == 3 and w.learned == 3
+    w.closed()
+    for _ in range(3):  # three successes would have grown it; at the learned level they do not
+        w.on_success()
+    assert w.allowed == 3
+
+
+def test_growing_past_the_learned_level_waits_relearn_after():
+    from shaper.window import RELEARN_AFTER
+    w = ConnectionWindow(10, start=4)
+    for _ in range(4):
+        w.try_open()
+    w.on_too_many(now=100.0)
+    assert w.allowed == 3
+    for i in range(1000):  # however fast the mail flows
+        w.on_success(now=100.0 + i * (RELEARN_AFTER - 1) / 1000)
+    assert w.allowed == 3
+    for _ in range(3):
+        w.on_success(now=100.0 + RELEARN_AFTER)
+    assert w.allowed == 4
+
+
+def test_collapse_leaves_one_probe_connection():
+    w = ConnectionWindow(10, start=8)
+    w.collapse()
+    assert w.allowed == 1
+    assert w.try_open() and not w.try_open()
+
+
+@given(st.lists(st.sampled_from(["open", "close", "ok", "push", "many", "collapse", "limit"]), max_size=200),
+       st.integers(1, 20))
+def test_in_use_never_exceeds_the_window_through_new_opens(ops, limit):
+    w = ConnectionWindow(limit)
+    for op in ops:
+        if op == "open":
+            before = w.in_use
+            if w.try_open():
+                assert before < w.allowed <= w.limit
+        elif op == "close" and w.in_use:
+            w.closed()
+        elif op == "ok":
+            w.on_success()
+        elif op == "push":
+            w.on_pushback()
+        elif op == "many":
+            w.on_too_many()
+        elif op == "collapse":
+            w.collapse()
+        elif op == "limit":
+            w.set_limit(max(1, limit // 2))
+        assert 1 <= w.allowed <= w.limit
