@@ -429,11 +429,13 @@ class Destination:
                 and self.connected > 0:
             self.single.appendleft(job) if job.lane == "single" else self.bulk.appendleft(job)
             return None  # the receiver is busy, not gone: the open sessions will take it
-        self.window.on_pushback()
         self._done(job, last, host, ip, verdict)
         if last.phase == "auth":  # the host answered but refused our credentials: not dead
             self.suspend(now, now + PROBE_FIRST, f"authentication refused: {last}")
             return None
+        if last.phase not in ("connect", "ehlo"):  # it answered; our TLS policy refused it
+            return None
+        self.window.on_pushback()
         if self.connected > 0:
             return None
         if self.unreachable_since is None:

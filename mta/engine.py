@@ -317,7 +317,20 @@ class Engine:
 
     def _hold(self, job: Job, delay: int) -> None:
         """More than the destination can send soon: back to the broker for `delay` seconds,
-        acknowledged now; no attempt is counted and the retry schedule is untouched."""
+        acknowledged now; no attempt is counted and the retry schedule is untouched. A message
+        past its maximum age is not held again but expires: holding must not keep mail
+        alive forever behind a destination that never comes back."""
+        now = self.clock()
+        policy = job.destination.policy if job.destination is not None else self.config.default
+        if now >= job.first_seen + (job.max_age or policy.max_age):
+            destination = self.destinations.get(job.destination.key) if job.destination is not None else None
+            why = destination.state.reason if destination is not None and destination.state.reason else "held"
+            job.history.append(attempt_entry(now, "queue", None, None, f"expired while held, not tried: {why}",
+                                             None, None, job.lane))
+            self.counts["expired"] += 1
+            book, tag = job.delivery
+            self.settler.final(job, book, tag, "expired", "soft")
+            return
         self.counts["held"] += 1
         self.metrics.not_tried(job, self.clock())
         book, tag = job.delivery

@@ -37,3 +37,22 @@ def test_refusing_mx_pauses_then_recovers(vhost, sinks, mta_config, start_mta):
     assert attempts.count(1) >= len(msgs) - tries_while_down
     counts = sinks.count_by_id()
     assert {i: counts.get(i) for i in msgs} == {i: 1 for i in msgs}
+
+
+@pytest.mark.timeout(180)
+def test_mail_held_for_a_dead_destination_still_expires(vhost, sinks, mta_config, start_mta):
+    sink = OK_MX[3]
+    sinks.set_greeting(sink, "421 4.3.2 Service not available, closing transmission channel")
+    start_mta(mta_config(default={"retry_intervals": ["2s"], "max_age": "8s"}))
+    run = run_id()
+    msgs = {f"dx-{run}-{i}": f"user{i}-{run}@ok3.test" for i in range(20)}
+    publish(vhost, "bulk", [make_message(i, r) for i, r in msgs.items()])
+
+    collector = ResultCollector(vhost)
+    collector.collect(msgs, timeout=120, settle=1.0)
+
+    by_id = assert_each_final(collector.by_id, msgs, "expired")
+    never_tried = [r for r in by_id.values() if r["attempts"] == 0]
+    assert never_tried, "every message was tried: the destination was not paused"
+    assert all("expired while held" in r["results"][-1]["description"] for r in never_tried)
+    assert sinks.connections().get(sink, 0) < len(msgs), "a paused destination was tried per message"
