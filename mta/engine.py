@@ -328,6 +328,7 @@ class Engine:
             job.history.append(attempt_entry(now, "queue", None, None, f"expired while held, not tried: {why}",
                                              None, None, job.lane))
             self.counts["expired"] += 1
+            self.metrics.outcome(job, "expired", "soft", now, tried=False)
             book, tag = job.delivery
             self.settler.final(job, book, tag, "expired", "soft")
             return

@@ -157,7 +157,7 @@ class Metrics:
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self.labels = DestinationLabels(top, promote_after)
         # (lane, destination label, event) -> count; event: delivered, deferred, expired,
-        # bounced:hard|soft, not_tried:paused|throttled|parked
+        # expired:untried, bounced:hard|soft, not_tried:paused|throttled|parked
         self.counts: dict[tuple[str, str, str], int] = {}
         self.held_by_destination: dict[str, int] = {}  # destination key -> messages held
         self.delivery_latency = {lane: Histogram(LATENCY_BUCKETS) for lane in LANES}
@@ -177,15 +177,20 @@ class Metrics:
         counts[key] = counts.get(key, 0) + 1
         self.recent.add((lane, event), now)
 
-    def outcome(self, job, status: str, bounce: str | None, now: float) -> None:
+    def outcome(self, job, status: str, bounce: str | None, now: float, *, tried: bool = True) -> None:
         """One delivery attempt ended with `status` (delivered, deferred, bounced, expired).
-        Attempts are not counted apart: every attempt ends in exactly one of these."""
+        Attempts are not counted apart: every attempt ends in exactly one of these. A message
+        that expires while held (`tried=False`) counts as expired but not as an attempt."""
         destination = job.destination
         key = destination.key if destination is not None else "unrouted"
         labels = self.labels
         label = key if key in labels.named else labels.of(key)
         lane = job.lane
-        self._count(lane, label, _BOUNCED[bounce] if status == "bounced" else status, now)
+        if status == "bounced":
+            event = _BOUNCED[bounce]
+        else:
+            event = status if tried else UNTRIED
+        self._count(lane, label, event, now)
         if status == "deferred":
             return
         waited = now - job.first_seen
@@ -232,7 +237,7 @@ class Metrics:
             kind = event.partition(":")[0]
             for row in (out["all"], out.setdefault(lane, {})):
                 row[kind] = row.get(kind, 0) + n
-                if kind in ATTEMPT_OUTCOMES:
+                if is_attempt(event):
                     row["attempt"] = row.get("attempt", 0) + n
         return out
 
@@ -259,6 +264,11 @@ class Metrics:
 
 _BOUNCED = {"hard": "bounced:hard", "soft": "bounced:soft", None: "bounced:soft"}
 ATTEMPT_OUTCOMES = ("delivered", "deferred", "bounced", "expired")
+UNTRIED = "expired:untried"  # expired while held: an outcome, not an attempt
+
+
+def is_attempt(event: str) -> bool:
+    return event.partition(":")[0] in ATTEMPT_OUTCOMES and event != UNTRIED
 
 
 def _mode(destination) -> str:
@@ -270,7 +280,8 @@ def _mode(destination) -> str:
 EVENTS = {
     "delivered": ("mta_delivered", "Messages accepted by the receiving server (2xx)."),
     "deferred": ("mta_deferred", "Temporary failures: the message is retried later."),
-    "expired": ("mta_expired", "Messages given up after their maximum age or attempts."),
+    "expired": ("mta_expired", "Messages given up after their maximum age or attempts (also mail that "
+                "reached its maximum age while held, not tried)."),
 }
 
 
@@ -290,7 +301,7 @@ class _Collector:
                        engine_counts.get("invalid", 0))
         attempts: dict[tuple[str, str], int] = {}
         for (lane, label, event), n in counts.items():
-            if event.partition(":")[0] in ATTEMPT_OUTCOMES:
+            if is_attempt(event):
                 attempts[(lane, label)] = attempts.get((lane, label), 0) + n
         family = CounterMetricFamily("mta_delivery_attempts", "Delivery attempts (every try that ended in "
                                      "delivered, deferred, bounced or expired, DNS failures included).",
@@ -351,9 +362,12 @@ def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
 
 
 def _fill(family: CounterMetricFamily, counts: dict, event: str) -> None:
+    per_label: dict[tuple[str, str], int] = {}
     for (lane, label, name), n in counts.items():
-        if name == event:
-            family.add_metric([lane, label], n)
+        if name.partition(":")[0] == event:
+            per_label[(lane, label)] = per_label.get((lane, label), 0) + n
+    for labels, n in per_label.items():
+        family.add_metric(list(labels), n)
 
 
 def _destination_families(m: Metrics, engine, now: float) -> Iterable:

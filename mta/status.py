@@ -24,7 +24,7 @@ import orjson
 from aiormq import spec
 
 from mta import control
-from mta.metrics import ATTEMPT_OUTCOMES
+from mta.metrics import is_attempt
 from mta.topology import LANES, lane_queue
 
 EXTRA_QUEUES = ("mta.results", "mta.invalid", "mta.quarantine")
@@ -73,7 +73,7 @@ def _lanes(metrics) -> dict:
 def _add(row: dict, event: str, n: int) -> None:
     kind = event.partition(":")[0]
     row[kind] = row.get(kind, 0) + n
-    if kind in ATTEMPT_OUTCOMES:
+    if is_attempt(event):
         row["attempt"] = row.get("attempt", 0) + n
 
 

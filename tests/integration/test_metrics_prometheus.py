@@ -48,8 +48,9 @@ def mta_cli(*args: str) -> subprocess.CompletedProcess:
 def test_prometheus_scrapes_counts_that_match_the_sinks(vhost, sinks, mta_config, start_mta, tmp_path):
     port = free_port()
     config = mta_config(metrics={"port": port, "address": "127.0.0.1"},
-                        default={"max_age": "5s", "retry_intervals": ["1s"]},
-                        domains={"ok2.test": {"max_message_rate": "2/s", "connection_limit": 1}})
+                        default={"max_age": "10m", "retry_intervals": ["1s"]},  # paused mail stays held
+                        domains={"ok1.test": {"max_age": "5s"},  # temp- mail expires quickly
+                                 "ok2.test": {"max_message_rate": "2/s", "connection_limit": 1}})
     mta = start_mta(config)
     prom = PrometheusServer([f"127.0.0.1:{port}"], str(tmp_path / "prometheus"))
     with prom:

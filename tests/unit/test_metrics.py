@@ -51,3 +51,27 @@ def test_dkim_batches_count_as_their_messages():
     buckets, total = metrics.dkim_signing.exported()
     assert dict(buckets)["0.0025"] == 10 and dict(buckets)["+Inf"] == 11
     assert abs(total - 0.52) < 1e-9
+
+
+class _Job:
+    lane = "bulk"
+    first_seen = 0.0
+
+    def __init__(self, key):
+        self.destination = type("Resolved", (), {"key": key})()
+
+
+def test_expiry_while_held_is_an_outcome_but_not_an_attempt():
+    from prometheus_client import generate_latest
+
+    engine = _Engine()
+    engine.counts = {}
+    engine.resolver = type("Resolver", (), {"lookups": 0, "cache_hits": 0})()
+    metrics = Metrics(engine, clock=lambda: 100.0, promote_after=1)
+    metrics.outcome(_Job("mx:a"), "deferred", None, 100.0)
+    metrics.outcome(_Job("mx:a"), "expired", "soft", 100.0)
+    metrics.outcome(_Job("mx:a"), "expired", "soft", 100.0, tried=False)
+    text = generate_latest(metrics.registry).decode()
+    assert 'mta_expired_total{destination="mx:a",lane="bulk"} 2.0' in text
+    assert 'mta_delivery_attempts_total{destination="mx:a",lane="bulk"} 2.0' in text
+    assert metrics.last_minute(100.0)["bulk"] == {"deferred": 1, "expired": 2, "attempt": 2}
