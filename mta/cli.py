@@ -27,6 +27,8 @@ commands:
                          in every MTA on the broker; --for 30m ends the pause by itself
   resume TARGET          lift a pause (or a throttle); held mail comes back within seconds
   reload                 every MTA on the broker re-reads its rules file (as on SIGHUP)
+  dkim-keygen DOMAIN SELECTOR
+                         write a new DKIM private key file and print the DNS TXT record
 
 pause, resume and reload find the broker in --config CONFIG, else $MTA_BROKER_URL, else
 amqp://guest:guest@localhost:5672/.
@@ -59,12 +61,22 @@ def main(argv: list[str] | None = None) -> int:
             control_cmd.add_argument("--for", dest="duration", help="end the pause after this long (e.g. 30m)")
     reload = sub.add_parser("reload", help="make every MTA on the broker re-read its rules file")
     reload.add_argument("-c", "--config", help="rules file naming the broker")
+    keygen = sub.add_parser("dkim-keygen", help="write a DKIM key file and print its DNS TXT record")
+    keygen.add_argument("domain", help="signing domain (d=), the domain of the From header")
+    keygen.add_argument("selector", help="selector (s=): the key is published at SELECTOR._domainkey.DOMAIN")
+    keygen.add_argument("--algorithm", default="rsa-sha256", choices=["rsa-sha256", "ed25519-sha256"])
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (2048 at least)")
+    keygen.add_argument("--key-file", help="where to write the key (default DOMAIN.SELECTOR.pem); never overwritten")
     args = parser.parse_args(argv)
     if args.command == "status":
         return _status(args)
 
     if args.command in ("pause", "resume", "reload"):
         return _control(args)
+    if args.command == "dkim-keygen":
+        from mta.dkimkeygen import keygen as run_keygen
+
+        return run_keygen(args.domain, args.selector, args.algorithm, args.bits, args.key_file)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -72,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    if config.dkim and args.command in ("check", "run"):
+        from mta.signer import load_keys
+
+        try:
+            _, warnings = load_keys(config.dkim)
+        except ConfigError as exc:
+            print(f"{args.config}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
+            return 1
+        for warning in warnings:
+            print(f"{args.config}: warning: {warning}", file=sys.stderr)
     if args.command == "check" and args.explain:
         from mta.explain import explain
 

@@ -78,6 +78,8 @@ class Policy(msgspec.Struct, frozen=True):
     rcpt_to_timeout: float | None = None
     data_timeout: float | None = None
     data_dot_timeout: float | None = None
+    single_connections: int | None = None  # connections bulk mail leaves for the single lane
+    single_rate_share: float | None = None  # share of max_message_rate kept for the single lane
 
 
 DEFAULT_POLICY = Policy(
@@ -96,6 +98,8 @@ DEFAULT_POLICY = Policy(
     rcpt_to_timeout=60.0,
     data_timeout=60.0,
     data_dot_timeout=120.0,
+    single_connections=1,
+    single_rate_share=0.05,
 )
 
 
@@ -207,6 +211,22 @@ def _positive_duration(v: Any) -> float:
     return seconds
 
 
+def _share(v: Any) -> float:
+    """"5%" or 0.05: a share of a limit, at most one half."""
+    if isinstance(v, str) and v.strip().endswith("%"):
+        try:
+            value = float(v.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"expected a share such as 5% or 0.05, got {v!r}") from None
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        value = float(v)
+    else:
+        raise ValueError(f"expected a share such as 5% or 0.05, got {v!r}")
+    if not 0 <= value <= 0.5:
+        raise ValueError(f"{v!r} is out of range (0% .. 50%)")
+    return value
+
+
 def _rate(v: Any) -> Rate:
     if not isinstance(v, str):
         raise ValueError(f"invalid rate {v!r}: write it as N/s, N/min, N/h or N/d")
@@ -285,6 +305,8 @@ POLICY_FIELDS: dict[str, Callable[[Any], Any]] = {
     "rcpt_to_timeout": _positive_duration,
     "data_timeout": _positive_duration,
     "data_dot_timeout": _positive_duration,
+    "single_connections": _int(0, 10000),
+    "single_rate_share": _share,
 }
 
 SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {

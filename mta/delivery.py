@@ -18,6 +18,13 @@ What the destination may do is decided in `shaper` and only carried out here:
   refused; failures to connect halve them.
 * `adaptive` (shaper.adaptive): "rate limited" replies lower the message rate to what
   the receiver accepts; it climbs back in steps while the receiver stays quiet.
+* Lanes: single mail goes first in every destination, and takes the next rate slot a
+  bulk worker was waiting for. Bulk uses the whole window and rate while no single mail
+  is about; from the first single message until `SINGLE_RECENT` seconds after the last,
+  bulk leaves `single_connections` of the window and `single_rate_share` of the rate to
+  the single lane (which may still borrow bulk's share when bulk has room), so a backlog
+  of bulk never puts a password reset behind it. Inside the bulk lane, campaigns (a
+  message's first tag) take turns (shaper.fair).
 * When no host of the destination accepts a connection and no other session is up, the
   destination is dead: the message that was tried is deferred, the rest is held, and the
   destination is paused for `probe` seconds (30 s doubling to 5 min); then one connection
@@ -38,6 +45,7 @@ from mta.mx import MxAnswer
 from mta.smtp import Connector, Reply, Session, SessionFailed, Timeouts
 from shaper.adaptive import AdaptiveRate
 from shaper.allowance import HeldLedger, allowance, hold_delay, paused_delay
+from shaper.fair import FairQueue
 from shaper.limiter import Gcra
 from shaper.patterns import PatternRule, Patterns
 from shaper.replies import parse_enhanced, slow_down
@@ -52,6 +60,7 @@ log = logging.getLogger("mta.delivery")
 Done = Callable[[Job, Reply, "str | None", "str | None", "bool | None"], None]
 
 START_CONNECTIONS = 3  # a new destination earns the rest of its connection_limit
+SINGLE_RECENT = 30.0  # seconds the single lane's reserve outlives its last message
 PROBE_FIRST, PROBE_MAX = 30.0, 300.0  # seconds a dead destination rests before a probe
 
 
@@ -61,6 +70,11 @@ def timeouts_of(policy: Policy) -> Timeouts:
         mail_from=policy.mail_from_timeout, rcpt_to=policy.rcpt_to_timeout,
         data=policy.data_timeout, data_dot=policy.data_dot_timeout,
     )
+
+
+def campaign(job: Job) -> str:
+    """Which bulk campaign a message belongs to: its first tag."""
+    return job.tags[0] if job.tags else ""
 
 
 def message_burst(per_second: float) -> int:
@@ -107,7 +121,9 @@ class Destination:
         self._clock = clock
         self.patterns = patterns or Patterns()
         self.single: deque[Job] = deque()
-        self.bulk: deque[Job] = deque()
+        self.bulk: FairQueue[Job] = FairQueue(campaign)
+        self._bulk_busy = 0  # workers holding a bulk job
+        self._single_seen: float | None = None  # last single-lane message; None: long ago
         self._waiters: deque[asyncio.Future] = deque()
         self.connected = 0
         self._opening = 0
@@ -126,7 +142,8 @@ class Destination:
         self.window = ConnectionWindow(policy.connection_limit, start=min(START_CONNECTIONS, policy.connection_limit))
         self.adaptive = AdaptiveRate(policy.max_message_rate.per_second)
         rate = policy.max_message_rate
-        self.message_rate = Gcra(rate, burst=message_burst(rate.per_second))
+        self.message_rate = Gcra(rate, burst=message_burst(rate.per_second))  # bulk's share
+        self.single_rate = Gcra(rate, burst=1)  # the single lane's reserved share
         self.connection_rate = Gcra(policy.max_connection_rate, burst=policy.connection_limit)
         self.apply(policy)
 
@@ -151,14 +168,39 @@ class Destination:
         self.connection_rate.set_rate(policy.max_connection_rate, now, burst=policy.connection_limit)
 
     def _rate(self, now: float) -> None:
-        rate = self.policy.max_message_rate
+        per_second = self.policy.max_message_rate.per_second
         if self.adaptive.adapting:
-            rate = Rate(self.adaptive.current, 1.0)
-        self.message_rate.set_rate(rate, now, burst=message_burst(rate.per_second))
+            per_second = self.adaptive.current
+        self._per_second = per_second
+        share = self.policy.single_rate_share if self._single_seen is not None else 0.0
+        bulk = per_second * (1 - share)
+        self.message_rate.set_rate(Rate(bulk, 1.0), now, burst=message_burst(bulk))
+        single = per_second * share if share > 0 else per_second
+        self.single_rate.set_rate(Rate(single, 1.0), now, burst=message_burst(single))
 
     @property
     def per_second(self) -> float:
-        return self.message_rate.rate.per_second
+        return self._per_second
+
+    def _bulk_cap(self) -> int:
+        """How many workers may hold bulk jobs: the window, less the single lane's reserve
+        while single mail is about."""
+        allowed = self.window.allowed
+        if self._single_seen is None:
+            return allowed
+        return max(1, allowed - min(self.policy.single_connections, allowed - 1))
+
+    def _single_about(self, now: float, arriving: bool) -> None:
+        """Keep the single lane's reserve while single mail comes, drop it after a quiet
+        `SINGLE_RECENT` seconds."""
+        if arriving:
+            if self._single_seen is None:
+                self._single_seen = now
+                self._rate(now)
+            self._single_seen = now
+        elif self._single_seen is not None and now - self._single_seen > SINGLE_RECENT:
+            self._single_seen = None
+            self._rate(now)
 
     # ---- state
 
@@ -225,17 +267,25 @@ class Destination:
     def push(self, job: Job) -> None:
         now = self._clock()
         self.refresh(now)
+        self._single_about(now, job.lane == "single")
         if self.state.mode is Mode.PAUSED:
             self._hold_paused(job, now)
             return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(job)
-                return
-        ready = self.single if job.lane == "single" else self.bulk
-        if len(ready) >= allowance(self.per_second, self.window.allowed):
-            delay = hold_delay(len(ready), self.per_second, self.window.allowed, self.held.ahead(now))
+        bulk = job.lane != "single"
+        if not bulk or self._bulk_busy < self._bulk_cap():
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    self._bulk_busy += bulk
+                    waiter.set_result(job)
+                    return
+        ready = self.bulk if bulk else self.single
+        limit = allowance(self.per_second, self.window.allowed)
+        # Each bulk campaign gets its own allowance (within twice the destination's), so a
+        # big campaign in memory does not push a small one out to the delay queues.
+        queued = self.bulk.count(campaign(job)) if bulk and len(ready) < 2 * limit else len(ready)
+        if queued >= limit:
+            delay = hold_delay(queued, self.per_second, self.window.allowed, self.held.ahead(now))
             self.held.note(now, delay)
             self._hold(job, delay)
             return
@@ -244,8 +294,12 @@ class Destination:
 
     def _grow(self) -> None:
         """Another worker, if jobs wait that no connecting worker will take and the window
-        has room."""
-        if self.queued > self._opening and not self.closing and self.window.try_open():
+        has room (for bulk: room outside the single lane's reserve)."""
+        if self.queued <= self._opening or self.closing:
+            return
+        if not self.single and self.window.in_use >= self._bulk_cap():
+            return
+        if self.window.try_open():
             self._spawn()
 
     def _spawn(self) -> None:
@@ -264,9 +318,15 @@ class Destination:
     def _take(self) -> Job | None:
         if self.single:
             return self.single.popleft()
-        if self.bulk:
+        if self.bulk and self._bulk_busy < self._bulk_cap():
+            self._bulk_busy += 1
             return self.bulk.popleft()
         return None
+
+    def _release(self, job: Job) -> None:
+        """A worker is done with ``job`` (sent, held, or put back)."""
+        if job.lane != "single":
+            self._bulk_busy -= 1
 
     def close_idle(self) -> None:
         """Shutdown: workers finish the transaction they are in and take no more."""
@@ -314,12 +374,14 @@ class Destination:
                     finally:
                         self._opening -= 1
                     if session is None:
+                        self._release(job)
                         job = None
                         return
                     sent = 0
-                await self._pace()
+                job = await self._pace(job)
                 if self.state.mode is Mode.PAUSED:  # paused while this job waited for its turn
                     self._hold_paused(job, self._clock())
+                    self._release(job)
                     job = None
                     return
                 try:
@@ -333,6 +395,7 @@ class Destination:
                     session.usable = False
                     reply = Reply(None, f"internal error: {exc.__class__.__name__}", "message")
                 done, job = job, None
+                self._release(done)
                 reply = session.stamp(reply)
                 verdict = self._feedback(reply, self._clock())
                 self._done(done, reply, session.mx, session.ip, verdict)
@@ -342,6 +405,7 @@ class Destination:
                     session = None
         finally:
             if job is not None:  # cancelled mid-transaction: the outcome is unknown
+                self._release(job)
                 self._done(job, Reply(None, "delivery interrupted (shutdown)", "message"), None, None, None)
             if session is not None:
                 await self._close(session)
@@ -381,10 +445,27 @@ class Destination:
         else:
             self.back_off(now, now + rule.duration, rule.payload, reason)
 
-    async def _pace(self) -> None:
-        wait = self.message_rate.reserve(self._clock())
+    async def _pace(self, job: Job) -> Job:
+        """Wait for the job's turn in the message rate; returns the job to send, which is a
+        single-lane job that arrived meanwhile rather than the bulk job it waited with."""
+        now = self._clock()
+        if job.lane == "single":
+            # Bulk's share when it has room (bulk is idle), else the single lane's own.
+            if self.message_rate.check(now).allowed:
+                self.message_rate.take(now)
+                return job
+            wait = self.single_rate.reserve(now)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            return job
+        wait = self.message_rate.reserve(now)
         if wait > 0:
             await asyncio.sleep(wait)
+        if self.single:
+            self.bulk.appendleft(job)
+            self._release(job)
+            return self.single.popleft()
+        return job
 
     async def _close(self, session: Session) -> None:
         self.connected -= 1

@@ -33,6 +33,7 @@ from mta.routes import RouteTable
 from mta.routing import Router
 from mta.rules import Resolved, Rules
 from mta.settle import AckBook, Settler, attempt_entry
+from mta.signer import Signer, load_keys
 from mta.smtp import Connector, Reply
 from mta.topology import LANES, Topology, lane_queue
 from shaper.replies import classify
@@ -68,6 +69,7 @@ class Engine:
         self.pauses = control.Pauses()
         # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
         self.routes = self.router.routes = RouteTable(config.routes, self.rules, self.pauses, clock)
+        self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self._not_signed) if config.dkim else None
         self.settler: Settler | None = None
         self.ready = asyncio.Event()
         self.stopping = False
@@ -183,6 +185,8 @@ class Engine:
 
     def _forget_queued(self) -> list[Job]:
         jobs = self.router.drain()
+        if self.signer is not None:
+            jobs.extend(self.signer.drain())
         for destination in self.destinations.values():
             jobs.extend(destination.drain())
         return jobs
@@ -222,7 +226,13 @@ class Engine:
                                          f"{self.config.smtp.max_message_size} (local decision)", "message"),
                          None, None, self.rules.resolve(job.domain, None))
             return
+        if self.signer is not None:  # DKIM: routed once its signature is ready
+            self.signer.submit(job)
+            return
         self.router.route(job)
+
+    def _not_signed(self, job: Job, reply: Reply) -> None:
+        self._finish(job, reply, None, None, self.rules.resolve(job.domain, None))
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
         if await status.answer(self, message):  # `mta status` asking
@@ -276,6 +286,14 @@ class Engine:
         config = msgspec.structs.replace(config, broker=self.config.broker, dns=self.config.dns,
                                          smtp=self.config.smtp, metrics=self.config.metrics)
         rules = Rules(config)
+        keys = None
+        if config.dkim != self.config.dkim:
+            try:
+                keys, _ = load_keys(config.dkim)  # all or nothing, like the rest of the file
+            except ConfigError as exc:
+                log.error("reload of %s refused, the old rules stay in force: %s", self.config_path,
+                          "; ".join(exc.problems))
+                return False
         try:
             self.routes.reload(config.routes, rules)
         except ConfigError as exc:
@@ -284,6 +302,11 @@ class Engine:
             return False
         self.config, self.rules = config, rules
         self.router.reload(self.rules)
+        if keys is not None:
+            if self.signer is None:
+                self.signer = Signer(keys, self.router.route, self._not_signed)
+            else:
+                self.signer.reload(keys)
         now = self.clock()
         for destination in self.destinations.values():
             destination.patterns = self.rules.patterns

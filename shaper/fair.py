@@ -70,6 +70,11 @@ class FairQueue(Generic[T]):
         self._ring.clear()
         self._len = 0
 
+    def count(self, key: Hashable) -> int:
+        """How many items the campaign ``key`` has queued."""
+        queue = self._queues.get(key)
+        return len(queue) if queue is not None else 0
+
     @property
     def campaigns(self) -> int:
         return len(self._ring)

@@ -188,8 +188,17 @@ class ResultCollector:
         self.by_id: Dict[str, List[dict]] = collections.defaultdict(list)
         self.raw: List[tuple] = []
         self.undecodable: List[bytes] = []
+        self._seen: set = set()
 
-    def _add(self, routing_key: str, body: bytes) -> None:
+    def _add(self, routing_key: str, body: bytes, redelivered: bool = False) -> None:
+        # A result this collector already took but whose ack had not reached the broker
+        # when an earlier call closed its channel comes back flagged as redelivered: it is
+        # the same broker message, not a second result from the MTA (whose own republished
+        # results are new messages, never flagged).
+        digest = hash(body)
+        if redelivered and digest in self._seen:
+            return
+        self._seen.add(digest)
         try:
             doc = json.loads(body)
         except ValueError:
@@ -226,7 +235,7 @@ class ResultCollector:
             event = asyncio.Event()
 
             async def on_message(msg) -> None:
-                self._add(msg.routing_key, bytes(msg.body))
+                self._add(msg.routing_key, bytes(msg.body), msg.redelivered)
                 await msg.ack()
                 event.set()
 

@@ -61,6 +61,25 @@ def standard_zone(n_bulk_domains: int = 100) -> List[str]:
     return rr
 
 
+def txt_record(name: str, text: str) -> str:
+    """A ``txt-record=`` line for ``text`` of any length: character-strings of at most 255
+    octets (RFC 1035), which DKIM verifiers join (a 2048-bit RSA key needs two)."""
+    parts = [text[i:i + 255] for i in range(0, len(text), 255)] or [""]
+    return f"txt-record={name}," + ",".join(f'"{p}"' for p in parts)
+
+
+def query_txt(port: int, name: str) -> bytes | None:
+    """The TXT record at ``name`` from the server on ``port``, strings joined; None if absent."""
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+    reply = dns.query.udp(dns.message.make_query(name, "TXT"), "127.0.0.1", port=port, timeout=2)
+    for rrset in reply.answer:
+        if rrset.rdtype == dns.rdatatype.TXT:
+            return b"".join(b"".join(rr.strings) for rr in rrset)
+    return None
+
+
 class DnsError(RuntimeError):
     pass
 

@@ -1,0 +1,213 @@
+"""End-to-end throughput with and without DKIM signing, on the same broker, DNS and sinks.
+
+    .venv/bin/python benchmarks/dkim.py --messages 20000 --size 1024 --rounds 2
+    .venv/bin/python benchmarks/dkim.py --algorithm ed25519-sha256
+    .venv/bin/python benchmarks/dkim.py --micro          # signing alone, µs per message
+
+The set-up is benchmarks/e2e.py's (private RabbitMQ node, dnsmasq serving d0.test ..,
+one Postfix `smtp-sink` per MX address, messages pre-published From bench@sender.test);
+each round runs the MTA once unsigned and once with a key for sender.test, each on a fresh
+vhost, alternating so that load from elsewhere on the machine falls on both alike.
+Printed per run: delivered msg/s from the first to the last SMTP acceptance, CPU per
+message of the MTA process and of its signing workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import yaml  # noqa: E402
+
+from e2e import declare, mime, prepublish, proc_stats, wait_results  # noqa: E402
+from tests.testbed.dns import Dnsmasq, bulk_ip, standard_zone  # noqa: E402
+from tests.testbed.rabbit import RabbitNode  # noqa: E402
+from tests.testbed.util import free_port, port_is_free  # noqa: E402
+
+
+def children_cpu(pid: int) -> float:
+    """User+system CPU seconds of the live children of `pid` (the signing workers)."""
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            kids = [int(k) for k in fh.read().split()]
+    except OSError:
+        return 0.0
+    for kid in kids:
+        try:
+            total += proc_stats(kid)[0]
+        except OSError:
+            pass
+    return total
+
+
+def rabbit_ports() -> dict:
+    """A node of its own beside other nodes on this machine: AMQP, distribution and epmd ports all free."""
+    for _ in range(50):
+        port = free_port(lo=20000, hi=32000)
+        if port_is_free(port + 20000) and port_is_free(port + 21000):
+            return {"port": port, "dist_port": port + 20000, "epmd_port": port + 21000,
+                    "nodename": f"mtabenchdkim{port}@localhost"}
+    raise SystemExit("no free ports for a private RabbitMQ node")
+
+
+def cpu_of(pids) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += proc_stats(pid)[0]
+        except OSError:
+            pass
+    return total
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(rabbit: RabbitNode, work: str, dns_port: int, smtp_port: int, args, key_file: str | None,
+             label: str, sink_pids: list[int]) -> tuple[float, float]:
+    vhost = f"bench-{label}-{time.monotonic_ns()}"
+    url = rabbit.add_vhost(vhost)
+    config = {
+        "broker": {"url": url},
+        "dns": {"nameservers": ["127.0.0.1"], "port": dns_port},
+        "smtp": {"port": smtp_port, "helo": "bench.mta.test"},
+        "metrics": {"port": 0},
+        "default": {"connection_limit": args.connections, "max_message_rate": "1000000/s",
+                    "max_connection_rate": "100000/min", "max_deliveries_per_connection": 1000},
+    }
+    if key_file:
+        config["dkim"] = [{"domain": "sender.test", "selector": "bench", "key_file": key_file,
+                           "algorithm": args.algorithm}]
+    config_path = os.path.join(work, f"{label}.yaml")
+    with open(config_path, "w") as fh:
+        yaml.safe_dump(config, fh)
+    asyncio.run(declare(url, config_path))
+    asyncio.run(prepublish(url, args.messages, args.size, args.domains))
+    log = open(os.path.join(work, f"{label}.log"), "wb")
+    others = [rabbit.beam_pid() or 0] + sink_pids  # the broker and the sinks run before, during and after
+    others_before, own_before = cpu_of(others), own_cpu()
+    started = time.monotonic()
+    mta = subprocess.Popen([sys.executable, "-m", "mta", "run", config_path, "--log-level", "WARNING"],
+                           cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        counts, accepted = asyncio.run(wait_results(url, args.messages, args.timeout))
+        wall = time.monotonic() - started
+        cpu, peak = proc_stats(mta.pid)
+        workers = children_cpu(mta.pid)
+        rest = cpu_of(others) - others_before + own_cpu() - own_before
+    finally:
+        mta.terminate()
+        try:
+            mta.wait(60)
+        except subprocess.TimeoutExpired:
+            mta.kill()
+        log.close()
+        rabbit.delete_vhost(vhost)
+    delivered = counts.get("delivered", 0)
+    span = (max(accepted) - min(accepted)) if len(accepted) > 1 else float("nan")
+    rate = delivered / span
+    load = os.getloadavg()[0]
+    per = lambda seconds: seconds / args.messages * 1e6  # noqa: E731
+    total = per(cpu + workers + rest)
+    print(f"{label:>9}: {rate:7,.0f} msg/s first-to-last acceptance, {delivered / wall:7,.0f} msg/s from start; "
+          f"CPU per message: MTA {per(cpu):.0f} us + signing workers {per(workers):.0f} us + broker, sinks and "
+          f"load generator {per(rest):.0f} us = {total:.0f} us (2 idle cores: {2e6 / total:,.0f} msg/s); "
+          f"peak RSS {peak / 2**20:.0f} MiB; load {load:.1f}; outcomes {counts}", flush=True)
+    if delivered != args.messages:
+        raise SystemExit(f"{label}: only {delivered} of {args.messages} delivered")
+    return rate, total
+
+
+def micro(args) -> int:
+    """Signing alone, in this process: µs per message for each algorithm."""
+    from mta.dkim import generate, sign_message
+
+    message = mime(1, args.size).replace("\n", "\r\n").encode()
+    for algorithm in ("rsa-sha256", "ed25519-sha256"):
+        key = generate("sender.test", "bench", algorithm)
+        n = 2000 if algorithm == "rsa-sha256" else 10000
+        t = time.perf_counter()
+        for _ in range(n):
+            sign_message(message, [key], 1)
+        took = (time.perf_counter() - t) / n
+        print(f"{algorithm}: {took * 1e6:.0f} us per {len(message)}-byte message ({1 / took:,.0f}/s on one core); "
+              f"load {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--size", type=int, default=1024, help="approximate MIME size in bytes")
+    ap.add_argument("--domains", type=int, default=100)
+    ap.add_argument("--connections", type=int, default=10, help="connection_limit per destination")
+    ap.add_argument("--algorithm", default="rsa-sha256", choices=["rsa-sha256", "ed25519-sha256"])
+    ap.add_argument("--rounds", type=int, default=1, help="unsigned/signed pairs to run")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--micro", action="store_true", help="only time the signature itself")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    if args.micro:
+        return micro(args)
+
+    from mta.dkim import generate
+
+    work = tempfile.mkdtemp(prefix="mta-bench-dkim-")
+    os.chmod(work, 0o755)  # the broker runs as the rabbitmq user and must reach its directory
+    key = generate("sender.test", "bench", args.algorithm)
+    key_file = os.path.join(work, "sender.test.pem")
+    with open(os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as fh:
+        fh.write(key.pem())
+    rabbit = RabbitNode(os.path.join(work, "rabbit"), **rabbit_ports())
+    dns = Dnsmasq(records=standard_zone(args.domains), log_queries=False)
+    sinks: list[subprocess.Popen] = []
+    try:
+        rabbit.start()
+        dns.start()
+        smtp_port = free_port()
+        sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        for i in range(args.domains):
+            sinks.append(subprocess.Popen([sink_bin, "-u", "nobody", f"{bulk_ip(i)}:{smtp_port}", "1000"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "
+              f"{args.messages} x {args.size} B to {args.domains} domains; signing {args.algorithm}")
+        rates: dict[str, list[float]] = {"unsigned": [], "signed": []}
+        costs: dict[str, list[float]] = {"unsigned": [], "signed": []}
+        for r in range(args.rounds):
+            for label, kf in (("unsigned", None), ("signed", key_file)):
+                rate, cost = run_once(rabbit, work, dns.port, smtp_port, args, kf, label, [p.pid for p in sinks])
+                rates[label].append(rate)
+                costs[label].append(cost)
+        unsigned, signed = (sum(v) / len(v) for v in (rates["unsigned"], rates["signed"]))
+        cost_u, cost_s = (sum(v) / len(v) for v in (costs["unsigned"], costs["signed"]))
+        print(f"mean: unsigned {unsigned:,.0f} msg/s, signed {signed:,.0f} msg/s: "
+              f"signed is {signed / unsigned:.0%} of unsigned as measured; by CPU per message "
+              f"({cost_u:.0f} vs {cost_s:.0f} us, all processes of the run) {cost_u / cost_s:.0%}")
+        return 0
+    finally:
+        for sink in sinks:
+            sink.terminate()
+        for sink in sinks:
+            sink.wait(10)
+        dns.stop()
+        rabbit.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
