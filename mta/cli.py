@@ -21,6 +21,8 @@ commands:
          [--explain DOMAIN [--mx HOST]]
                          ... and show which destination and limits apply to DOMAIN, and why
   replay-parked CONFIG   move messages quarantined after repeated crashes back to their lane
+  status [--json]        lanes, then every MTA on the broker: each active destination's mode
+                         and why, limits in force, in-flight, held, last error (broker as below)
   pause TARGET [--for D] hold mail for a domain (or destination key such as provider:google)
                          in every MTA on the broker; --for 30m ends the pause by itself
   resume TARGET          lift a pause (or a throttle); held mail comes back within seconds
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     replay = sub.add_parser("replay-parked", help="return quarantined messages to their lanes")
     replay.add_argument("config")
     replay.add_argument("--limit", type=int, default=0, help="move at most this many (0: all)")
+    status_cmd = sub.add_parser("status", help="what every MTA on the broker is doing")
+    status_cmd.add_argument("-c", "--config", help="rules file naming the broker")
+    status_cmd.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    status_cmd.add_argument("--wait", type=float, default=3.0, help="seconds to wait for answers (3)")
     for name, text in (("pause", "hold mail for a domain or destination"), ("resume", "lift a pause")):
         control_cmd = sub.add_parser(name, help=text)
         control_cmd.add_argument("target", help="recipient domain, or a destination key (provider:NAME)")
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (2048 at least)")
     keygen.add_argument("--key-file", help="where to write the key (default DOMAIN.SELECTOR.pem); never overwritten")
     args = parser.parse_args(argv)
+    if args.command == "status":
+        return _status(args)
 
     if args.command in ("pause", "resume", "reload"):
         return _control(args)
@@ -159,4 +167,36 @@ def _control(args) -> int:
     asyncio.run(control.send(url, args.command, target, seconds))
     print(f"{args.command} {target}".rstrip() + (f" for {args.duration}" if seconds else "")
           + ": sent to every MTA on the broker")
+    return 0
+
+
+def _broker_url(args) -> str | None:
+    import os
+
+    if args.config:
+        try:
+            return load_config(args.config).broker.url
+        except ConfigError as exc:
+            print(f"{args.config}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
+            return None
+    return os.environ.get("MTA_BROKER_URL", "amqp://guest:guest@localhost:5672/")
+
+
+def _status(args) -> int:
+    import orjson
+
+    from mta import status
+
+    url = _broker_url(args)
+    if url is None:
+        return 1
+    try:
+        report = asyncio.run(status.collect(url, args.wait))
+    except status.BrokerUnreachable as exc:
+        print(f"mta status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(status.render(report))
     return 0

@@ -52,6 +52,10 @@ class Pauses:
     def __bool__(self) -> bool:
         return bool(self._until)
 
+    def active(self, now: float) -> dict[str, float | None]:
+        """Pauses in force: target -> until (None: until resumed)."""
+        return {name: until for name, until in list(self._until.items()) if until is None or until > now}
+
 
 async def declare(channel) -> aio_pika.abc.AbstractExchange:
     return await channel.declare_exchange(CONTROL, aio_pika.ExchangeType.FANOUT, durable=True)

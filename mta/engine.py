@@ -23,11 +23,12 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
 
-from mta import control
+from mta import control, status
 
 from mta.config import Config, ConfigError, load_config
 from mta.delivery import Destination
 from mta.message import InvalidMessage, Job, decode
+from mta.metrics import Metrics
 from mta.mx import DnsFailure, MxAnswer, MxResolver
 from mta.routes import RouteTable
 from mta.routing import Router
@@ -75,10 +76,13 @@ class Engine:
         self.stopping = False
         self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
                        "held": 0}
+        self.metrics = Metrics(self, clock=clock)
 
     # ---- broker sessions
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.config.metrics.port:
+            self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
         backoff = 1.0
         while not stop.is_set():
             started = self.clock()
@@ -96,6 +100,7 @@ class Engine:
             except asyncio.TimeoutError:
                 pass
             backoff = min(backoff * 2, 30.0)
+        self.metrics.close()
 
     async def _session(self, stop: asyncio.Event) -> None:
         url = self.config.broker.url
@@ -237,6 +242,8 @@ class Engine:
         self._finish(job, reply, None, None, self.rules.resolve(job.domain, None))
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
+        if await status.answer(self, message):  # `mta status` asking
+            return
         try:
             command = orjson.loads(message.body)
         except orjson.JSONDecodeError:
@@ -351,10 +358,12 @@ class Engine:
             job.history.append(attempt_entry(now, "queue", None, None, f"expired while held, not tried: {why}",
                                              None, None, job.lane))
             self.counts["expired"] += 1
+            self.metrics.outcome(job, "expired", "soft", now, tried=False)
             book, tag = job.delivery
             self.settler.final(job, book, tag, "expired", "soft")
             return
         self.counts["held"] += 1
+        self.metrics.not_tried(job, self.clock())
         book, tag = job.delivery
         self.settler.hold(job, book, tag, delay)
 
@@ -385,6 +394,7 @@ class Engine:
         settler = self.settler
         if reply.ok:
             self.counts["delivered"] += 1
+            self.metrics.outcome(job, "delivered", None, now)
             settler.final(job, book, tag, "delivered")
             return
         if permanent is None:
@@ -397,6 +407,7 @@ class Engine:
             bounce = "hard" if permanent else None
         if permanent:
             self.counts["bounced"] += 1
+            self.metrics.outcome(job, "bounced", bounce or "soft", now)
             settler.final(job, book, tag, "bounced", bounce or "soft")
             return
         policy = resolved.policy
@@ -404,7 +415,9 @@ class Engine:
         decision = schedule.decide(job.attempts, job.first_seen, now, max_attempts=job.max_attempts)
         if decision.retry:
             self.counts["deferred"] += 1
+            self.metrics.outcome(job, "deferred", None, now)
             settler.defer(job, book, tag, decision.delay)
         else:
             self.counts["expired"] += 1
+            self.metrics.outcome(job, "expired", "soft", now)
             settler.final(job, book, tag, "expired", "soft")

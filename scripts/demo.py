@@ -13,6 +13,7 @@ import random
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -48,8 +49,35 @@ def workload(rng: random.Random) -> list[tuple[str, str, bytes]]:
     return out
 
 
-async def watch(url: str, ids: set[str], timeout: float) -> dict[str, collections.Counter]:
-    """Consume results, printing a progress line, until every id has a final result."""
+def scrape(port: int) -> dict[str, float]:
+    """The MTA's own counters from its metrics endpoint, summed over labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    totals: dict[str, float] = collections.defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] += sample.value
+    return totals
+
+
+def progress_line(elapsed: float, m: dict[str, float], finals: int, expected: int) -> str:
+    """The delivery console in one line, from the MTA's metrics."""
+    parts = [("processed", "mta_messages_processed_total"), ("attempts", "mta_delivery_attempts_total"),
+             ("delivered", "mta_delivered_total"), ("deferred", "mta_deferred_total"),
+             ("bounced", "mta_bounced_total"), ("expired", "mta_expired_total"),
+             ("not tried", "mta_not_tried_total"), ("connections", "mta_connections_open")]
+    console = "  ".join(f"{name} {int(m.get(metric, 0))}" for name, metric in parts)
+    return f"  {elapsed:5.1f}s  {console}  | final results {finals}/{expected}"
+
+
+async def watch(url: str, ids: set[str], timeout: float, metrics_port: int) -> dict[str, collections.Counter]:
+    """Consume results, printing a live progress line from the MTA's metrics, until every
+    id has a final result."""
     finals: dict[str, str] = {}
     seen = collections.Counter()
     arrived: asyncio.Queue = asyncio.Queue()
@@ -58,7 +86,8 @@ async def watch(url: str, ids: set[str], timeout: float) -> dict[str, collection
         channel = await connection.channel()
         queue = await channel.get_queue("mta.results")
         await queue.consume(arrived.put, no_ack=True)
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         last_print = 0.0
         while len(finals) < len(ids) and time.monotonic() < deadline:
             try:
@@ -71,10 +100,10 @@ async def watch(url: str, ids: set[str], timeout: float) -> dict[str, collection
                 if doc.get("final"):
                     finals[str(doc.get("id", f"invalid-{len(finals)}"))] = doc["status"]
             now = time.monotonic()
-            if now - last_print > 0.5:
+            if now - last_print > 0.5 or len(finals) == len(ids):
                 last_print = now
-                progress = "  ".join(f"{k} {v}" for k, v in sorted(seen.items()))
-                print(f"\r  results so far: {progress:<90}", end="", flush=True)
+                line = progress_line(now - started, scrape(metrics_port), len(finals), len(ids))
+                print(f"\r{line:<130}", end="", flush=True)
     print()
     return {"finals": collections.Counter(finals.values()), "events": seen}
 
@@ -95,9 +124,12 @@ def main() -> int:
         dns.start()
         sinks.start()
         url = rabbit.url("/")
+        metrics_port = free_port()
         config = write_config(os.path.join(work, "mta.yaml"), url, dns.port, sinks.port,
-                              default={"retry_intervals": ["2s", "4s"], "max_age": "12s"})
+                              default={"retry_intervals": ["2s", "4s"], "max_age": "12s"},
+                              metrics={"port": metrics_port, "address": "127.0.0.1"})
         print(f"rules: {config} (retries after 2s, then every 4s; mail expires after 12s)")
+        print(f"metrics: http://127.0.0.1:{metrics_port}/metrics")
         mta = MtaProcess(config).start()
         mta.wait_ready(url, timeout=60)
         messages = workload(random.Random(7))
@@ -106,7 +138,7 @@ def main() -> int:
         print(f"published {len(messages)} messages to {len(DOMAINS) + 2} domains "
               "(some to mailboxes that bounce, defer, or expire; two invalid) ...")
         started = time.monotonic()
-        outcome = asyncio.run(watch(url, {i for i, _, _ in messages}, timeout=90))
+        outcome = asyncio.run(watch(url, {i for i, _, _ in messages}, timeout=90, metrics_port=metrics_port))
         elapsed = time.monotonic() - started
         finals = outcome["finals"]
         print(f"\nfinal outcomes after {elapsed:.1f}s:")
