@@ -177,6 +177,18 @@ class Destination:
         self.message_rate.set_rate(Rate(bulk, 1.0), now, burst=message_burst(bulk))
         single = per_second * share if share > 0 else per_second
         self.single_rate.set_rate(Rate(single, 1.0), now, burst=message_burst(single))
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        """After the rate dropped: hold what the ready queues can no longer send soon, so
+        nothing stays unacknowledged for long at the lower rate."""
+        limit = allowance(self._per_second, self.window.allowed)
+        for ready in (self.bulk, self.single):
+            while len(ready) > limit:
+                job = ready.pop()
+                delay = hold_delay(len(ready) + 1, self._per_second, self.window.allowed, self.held.due_within(now))
+                self.held.note(now, delay)
+                self._hold(job, delay)
 
     @property
     def per_second(self) -> float:
@@ -285,7 +297,7 @@ class Destination:
         # big campaign in memory does not push a small one out to the delay queues.
         queued = self.bulk.count(campaign(job)) if bulk and len(ready) < 2 * limit else len(ready)
         if queued >= limit:
-            delay = hold_delay(queued, self.per_second, self.window.allowed, self.held.ahead(now))
+            delay = hold_delay(queued, self.per_second, self.window.allowed, self.held.due_within(now))
             self.held.note(now, delay)
             self._hold(job, delay)
             return
@@ -449,6 +461,8 @@ class Destination:
         """Wait for the job's turn in the message rate; returns the job to send, which is a
         single-lane job that arrived meanwhile rather than the bulk job it waited with."""
         now = self._clock()
+        if self.adaptive.adapting:
+            self.refresh(now)  # the adapted rate climbs back in steps
         if job.lane == "single":
             # Bulk's share when it has room (bulk is idle), else the single lane's own.
             if self.message_rate.check(now).allowed:

@@ -77,6 +77,8 @@ class Engine:
         self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
                        "held": 0}
         self.metrics = Metrics(self, clock=clock)
+        if self.signer is not None:
+            self.signer.observe = self.metrics.observe_dkim_signing
 
     # ---- broker sessions
 
@@ -111,7 +113,8 @@ class Engine:
             publish_ch = await publish_conn.channel(publisher_confirms=True, on_return_raises=True)
             await self.topology.declare(publish_ch)
             if self.settler is None:
-                self.settler = Settler(publish_ch, self.topology, self.config.broker.publish_timeout)
+                self.settler = Settler(publish_ch, self.topology, self.config.broker.publish_timeout,
+                                       self.metrics.observe_publish_confirm)
             else:
                 self.settler.attach(publish_ch)
             settler_task = asyncio.create_task(self.settler.run(), name="settler")
@@ -312,6 +315,7 @@ class Engine:
         if keys is not None:
             if self.signer is None:
                 self.signer = Signer(keys, self.router.route, self._not_signed)
+                self.signer.observe = self.metrics.observe_dkim_signing
             else:
                 self.signer.reload(keys)
         now = self.clock()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
+from collections.abc import Callable
 from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from typing import Any
@@ -103,7 +105,9 @@ class Settlement:
 
 
 class Settler:
-    def __init__(self, channel, topology: Topology, publish_timeout: float):
+    def __init__(self, channel, topology: Topology, publish_timeout: float,
+                 observe_confirm: Callable[[float], None] | None = None):
+        self._observe_confirm = observe_confirm  # seconds from a batch's write to its last confirm
         self._channel = channel
         self._topology = topology
         self._timeout = publish_timeout
@@ -231,10 +235,14 @@ class Settler:
             spans.append((len(publishes), len(publishes) + len(mine)))
             publishes += mine
         # One write and one wait for the whole batch: the broker confirms them together.
+        started = time.monotonic()
         try:
             outcomes = await BatchPublisher(self._channel.channel).publish(publishes, self._timeout)
         except Exception as exc:  # the channel is gone: every delivery of the batch comes back
             outcomes = [exc] * len(publishes)
+        else:
+            if self._observe_confirm is not None and publishes:
+                self._observe_confirm(time.monotonic() - started)
         for s, span in zip(batch, spans):
             failure = None
             if span is not None:

@@ -106,7 +106,9 @@ class Signer:
         self._pending_bytes = 0
         self._flush_scheduled = False
         self._in_flight: dict[int, list[Job]] = {}
+        self._sent_at: dict[int, float] = {}
         self._batch_no = 0
+        self.observe: Callable[[float, int], None] | None = None  # (seconds, messages) per batch
 
     def _pool(self) -> SignPool:
         exported = [(k.domain, k.selector, k.algorithm, k.pem()) for k in self.keyring.keys]
@@ -147,11 +149,15 @@ class Signer:
             self._batch_no += 1
             number = self._batch_no
             self._in_flight[number] = [job for job, _ in batch]
+            self._sent_at[number] = time.monotonic()
             self.pool.send(number, int(self.clock()), [(job.data, keys) for job, keys in batch],
                            lambda results, error, number=number: self._signed(number, results, error))
 
     def _signed(self, number: int, results: list | None, error: str | None) -> None:
         jobs = self._in_flight.pop(number, None)
+        sent_at = self._sent_at.pop(number, None)
+        if jobs is not None and results is not None and sent_at is not None and self.observe is not None:
+            self.observe(time.monotonic() - sent_at, len(jobs))
         if jobs is not None:  # None: drained meanwhile, the broker has them back
             if results is None:
                 log.error("DKIM signing of %d message(s) failed (%s); they will be retried", len(jobs), error)

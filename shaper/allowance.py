@@ -22,6 +22,7 @@ of minutes costs little and one of hours does not cycle its mail every few secon
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 
 HORIZON = 10.0  # seconds of sending a destination keeps in memory
 PER_CONNECTION = 4  # at least this many per allowed connection...
@@ -54,15 +55,24 @@ def _at_most(seconds: float) -> int:
     return best
 
 
-def hold_delay(queued: int, per_second: float, connections: int, held: int = 0) -> int | None:
+def hold_delay(queued: int, per_second: float, connections: int,
+               held: int | Callable[[float], int] = 0) -> int | None:
     """None when one more message fits; else the delay (s) after which it should come back.
-    ``held``: messages held earlier that have not come back yet."""
+    ``held``: messages held earlier that come back before it, as a number or as a function
+    of the delay (``HeldLedger.due_within``): only those that return before this message
+    are ahead of it (a message coming back early must not be put behind later ones)."""
     if queued < allowance(per_second, connections):
         return None
-    backlog = queued + held
     if per_second <= 0:
         return HOLD_DELAYS[-1]
-    return _at_most(backlog / per_second - RETURN_MARGIN)
+    ahead = held if callable(held) else (lambda _delay: held)
+    best = HOLD_DELAYS[0]
+    for delay in HOLD_DELAYS:
+        if delay <= (queued + ahead(delay)) / per_second - RETURN_MARGIN:
+            best = delay
+        else:
+            break
+    return best
 
 
 def paused_delay(remaining: float | None, paused_for: float, per_second: float, held: int = 0) -> int:
@@ -94,6 +104,17 @@ class HeldLedger:
             count = 0
         self._due[second] = count + 1
         self._total += 1
+
+    def due_within(self, now: float) -> Callable[[float], int]:
+        """A function of a delay: how many held messages come back before ``now + delay``."""
+        self.ahead(now)  # forget what is back already
+        items = list(self._due.items())
+
+        def within(delay: float) -> int:
+            limit = now + delay
+            return sum(n for second, n in items if second < limit)
+
+        return within
 
     def ahead(self, now: float) -> int:
         seconds = self._seconds

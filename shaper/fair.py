@@ -65,6 +65,19 @@ class FairQueue(Generic[T]):
         self._len -= 1
         return item
 
+    def pop(self) -> T:
+        """Take an item from the tail of the biggest campaign (to shed load fairly)."""
+        if not self._len:
+            raise IndexError("pop from an empty FairQueue")
+        key = max(self._queues, key=lambda k: len(self._queues[k]))
+        queue = self._queues[key]
+        item = queue.pop()
+        if not queue:
+            del self._queues[key]
+            self._ring.remove(key)
+        self._len -= 1
+        return item
+
     def clear(self) -> None:
         self._queues.clear()
         self._ring.clear()

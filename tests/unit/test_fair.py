@@ -57,3 +57,14 @@ def test_while_two_campaigns_have_mail_neither_is_served_twice_in_a_row(keys):
         left_before = {k for k, _ in out[i - 1:]}
         if len(left_before) > 1:
             assert out[i][0] != out[i - 1][0] or {k for k, _ in out[i:]} == {out[i][0]}
+
+
+def test_pop_sheds_from_the_tail_of_the_biggest_campaign():
+    q = FairQueue(campaign)
+    for i in range(5):
+        q.append(("big", i))
+    q.append(("small", 0))
+    assert q.pop() == ("big", 4)
+    assert len(q) == 5
+    q.pop(), q.pop(), q.pop(), q.pop()
+    assert q.pop() == ("small", 0) and not q and q.campaigns == 0
