@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/lanes.py --bulk 10000    # a shorter run
 
 20 destinations (d0.test .. d19.test, each its own MX on the test bed's recording sinks),
-each limited to 50 msg/s and 3 connections. First, with nothing else queued, single-lane
+each limited to 20 msg/s and 3 connections. First, with nothing else queued, single-lane
 messages are published at 20/s for 10 s; then the bulk messages are published and, once
 the sinks show every destination at its limit, single-lane messages to the same
 destinations again at 20/s for 20 s. Latency = acceptance at the sink minus the publish
@@ -27,7 +27,7 @@ import aio_pika  # noqa: E402
 from benchmarks.shaping import Bed  # noqa: E402
 from tests.testbed.amqp import collect_results, make_message, publish  # noqa: E402
 
-DOMAINS, RATE, CONNECTIONS = 20, 50, 3
+DOMAINS, RATE, CONNECTIONS = 20, 20, 3
 
 
 async def trickle(url: str, prefix: str, per_second: float, seconds: float) -> dict[str, float]:
@@ -82,7 +82,8 @@ def main() -> None:
 
             bulk = {f"bulk-{i}": f"b{i}@d{i % DOMAINS}.test" for i in range(args.bulk)}
             t0 = time.time()
-            publish(url, "bulk", [make_message(i, r, tags=[f"campaign{i % 3}"]) for i, r in bulk.items()])
+            publish(url, "bulk", [make_message(i, r, tags=[f"campaign{n % 3}"])
+                                  for n, (i, r) in enumerate(bulk.items())])
             published = time.time() - t0
             while bed.sinks.accepted_count() < len(idle) + DOMAINS * RATE * 2:
                 time.sleep(0.1)  # bulk is flowing at the limits
