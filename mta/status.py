@@ -47,7 +47,7 @@ def snapshot(engine) -> dict:
     shown = {row["destination"] for row in destinations}
     for target, until in pauses.items():
         if target not in shown:  # a paused domain: its mail is held before it reaches a destination
-            destinations.append({"destination": target, "state": "paused", "reason": "paused by operator (mta pause)",
+            destinations.append({"destination": target, "state": "paused", "reason": _pause_reason(engine, target),
                                  "since": None, "until": until, "limits": None, "in_flight": 0, "queued": 0,
                                  "connections": 0, "held": 0, "last_error": None, "rules": []})
     destinations.sort(key=lambda r: (r["state"] == "normal", -(r["queued"] + r["in_flight"]), r["destination"]))
@@ -77,13 +77,21 @@ def _add(row: dict, event: str, n: int) -> None:
         row["attempt"] = row.get("attempt", 0) + n
 
 
+def _pause_reason(engine, target: str) -> str:
+    """Why a target is in the operator's pause list: a route whose smarthost refused its
+    credentials says so (never the credentials), anything else was `mta pause`."""
+    routes = getattr(engine, "routes", None)
+    fault = routes.faults.get(target) if routes is not None else None
+    return fault or "paused by operator (mta pause)"
+
+
 def _destination(engine, d, now: float, pauses: dict) -> dict | None:
     state = getattr(d, "state", None)
     held = engine.metrics.held_by_destination.get(d.key, 0)
-    if state is not None:
+    if d.key in pauses and (state is None or str(state.mode) != "paused"):
+        mode, reason, since, until = "paused", _pause_reason(engine, d.key), None, pauses[d.key]
+    elif state is not None:
         mode, reason, since, until = str(state.mode), state.reason, state.since, state.until
-    elif d.key in pauses:
-        mode, reason, since, until = "paused", "paused by operator (mta pause)", None, pauses[d.key]
     else:
         mode, reason, since, until = "normal", "", None, None
     waiting = len(getattr(d, "_waiters", ()))

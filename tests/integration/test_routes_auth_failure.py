@@ -5,6 +5,8 @@ resumes the route, and every held message is delivered once. No password shows a
 """
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -63,6 +65,15 @@ def test_wrong_password_pauses_route_until_password_changes(vhost, sinks, smarth
     assert len(smarthost.auth_results()) == tries, "a paused route tried AUTH again"
     assert collector.count("bounced") == 0 and not any(collector.finals(i) for i in routed)
     assert smarthost.accepted_count() == 0
+    # `mta status` says why the route is paused, and shows no secret.
+    shown = subprocess.run([sys.executable, "-m", "mta", "status", "--json", "--config", config],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    rows = [row for answer in json.loads(shown.stdout)["mtas"] for row in answer["destinations"]
+            if row["destination"] == "route:customer.test"]
+    assert rows and rows[0]["state"] == "paused", rows
+    assert "authentication" in rows[0]["reason"].lower() and "refused" in rows[0]["reason"], rows
+    assert WRONG not in shown.stdout
 
     password_file.write_text(RIGHT + "\n")
     started = time.monotonic()
