@@ -159,7 +159,7 @@ def start_mta(request, vhost, mta_config):
     timeout=30.0) -> MtaProcess``.
 
     Starts ``python -m mta run CONFIG`` (default config: ``mta_config()``) and waits until
-    it declared ``mta.bulk`` in ``url`` (default: this test's vhost).  Every process it
+    it consumes ``mta.bulk`` in ``url`` (default: this test's vhost).  Every process it
     started is terminated (SIGTERM, then SIGKILL) when the test ends; the log tails of
     a failed test's MTAs are added to the report.
     """
@@ -173,7 +173,9 @@ def start_mta(request, vhost, mta_config):
         procs.append(proc)
         proc.start()
         if wait:
-            proc.wait_ready(url or vhost, timeout=timeout)
+            # Consumed, not just declared: the MTA binds its queues after declaring them,
+            # and a producer publishing (mandatory) in between gets NO_ROUTE.
+            proc.wait_ready(url or vhost, timeout=timeout, require_consumer=True)
         return proc
 
     yield start
