@@ -44,7 +44,7 @@ from mta.message import Job
 from mta.mx import MxAnswer
 from mta.smtp import Connector, Reply, Session, SessionFailed, Timeouts
 from shaper.adaptive import AdaptiveRate
-from shaper.allowance import HeldLedger, allowance, hold_delay, paused_delay
+from shaper.allowance import MAX_WAIT, PER_CONNECTION, HeldLedger, allowance, hold_delay, paused_delay, slow_hold
 from shaper.fair import FairQueue
 from shaper.limiter import Gcra
 from shaper.patterns import PatternRule, Patterns
@@ -292,6 +292,15 @@ class Destination:
                     waiter.set_result(job)
                     return
         ready = self.bulk if bulk else self.single
+        if self._per_second * MAX_WAIT < 2 * PER_CONNECTION:  # slow: mind each message's wait
+            next_slot = self.message_rate.check(now).retry_after
+            if not bulk:  # single mail may also take its own share
+                next_slot = min(next_slot, self.single_rate.check(now).retry_after)
+            delay = slow_hold(next_slot, len(ready), self._per_second)
+            if delay is not None:
+                self.held.note(now, delay)
+                self._hold(job, delay)
+                return
         limit = allowance(self.per_second, self.window.allowed)
         # Each bulk campaign gets its own allowance (within twice the destination's), so a
         # big campaign in memory does not push a small one out to the delay queues.

@@ -26,10 +26,22 @@ from collections.abc import Callable
 
 HORIZON = 10.0  # seconds of sending a destination keeps in memory
 PER_CONNECTION = 4  # at least this many per allowed connection...
-MAX_WAIT = 120.0  # ...as long as they go out within this many seconds
+MAX_WAIT = 30.0  # ...as long as they go out within this many seconds: far below any sane
+# consumer_timeout (RabbitMQ's default is 30 min; operators shorten it to a minute or two)
 HOLD_DELAYS = (5, 15, 30, 60, 120, 300, 600, 1200)  # seconds; one delay queue per value and lane
 PAUSED_MIN = 15.0  # seconds before an open-ended pause's mail is looked at again
 RETURN_MARGIN = 1.0  # seconds: held mail should be back this much before its turn
+
+
+def slow_hold(next_slot: float, queued: int, per_second: float) -> int | None:
+    """For a slow destination (a minute or more between messages, say): None when a new
+    message would go out within `MAX_WAIT` (after ``next_slot`` seconds until the rate
+    allows the next one, and ``queued`` ahead of it), else how long to hold it instead,
+    so that not even one message waits in memory for long."""
+    expected = next_slot + (queued / per_second if per_second > 0 else MAX_WAIT)
+    if expected <= MAX_WAIT:
+        return None
+    return _at_most(expected - RETURN_MARGIN)
 
 
 def allowance(per_second: float, connections: int) -> int:

@@ -9,7 +9,7 @@ from shaper.allowance import HOLD_DELAYS, allowance, hold_delay
     (20 / 60, 2, 8),        # 20/min: the per-connection floor wins
     (1000.0, 1, 10000),
     (0.0, 0, 1),             # no rate at all: still one at a time
-    (1 / 60, 10, 2),         # 1/min: 40 would wait 40 min; two minutes at most
+    (1 / 60, 10, 1),         # 1/min: 40 would wait 40 min; one, sent within 30 s at most
 ])
 def test_allowance(per_second, connections, expected):
     assert allowance(per_second, connections) == expected
@@ -66,3 +66,15 @@ def test_the_ledger_forgets_mail_whose_delay_has_passed():
 def test_paused_delay(remaining, paused_for, per_second, held, expected):
     from shaper.allowance import paused_delay
     assert paused_delay(remaining, paused_for, per_second, held) == expected
+
+
+@pytest.mark.parametrize("next_slot, queued, per_second, expected", [
+    (0.0, 0, 1 / 60, None),       # the rate allows one now: it may wait in memory
+    (20.0, 0, 1 / 60, None),      # its slot comes within MAX_WAIT
+    (50.0, 0, 1 / 60, 30),        # 50 s away: held, back a little before its slot
+    (0.0, 1, 1 / 60, 30),         # one queued ahead of it: 60 s
+    (0.0, 5, 1 / 60, 120),        # five: five minutes out, spread over the delays
+])
+def test_a_slow_destination_keeps_no_message_waiting_long(next_slot, queued, per_second, expected):
+    from shaper.allowance import slow_hold
+    assert slow_hold(next_slot, queued, per_second) == expected

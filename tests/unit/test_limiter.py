@@ -224,8 +224,9 @@ def test_reserved_slots_never_exceed_n_plus_burst_minus_one_per_period(
         slots.append(Fraction(now) + Fraction(wait))
     slots.sort()
     # Each wait is rounded up to a float on its own, so two slots may sit a rounding
-    # error closer than the grid they were booked on: measure windows a hair shorter.
-    period = Fraction(rate.period) * (1 - Fraction(1, 10**9))
+    # error (a few ulps of the clock's magnitude) closer than the grid they were booked
+    # on: measure windows that much shorter.
+    period = Fraction(rate.period) - 4 * Fraction(math.ulp(float(max(slots, default=0.0))))
     assert _max_in_window(slots, period) <= rate.count + burst - 1
 
 
