@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from aiormq import spec
 
+from mta import fault
 from mta.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, Job
 from mta.topology import EXCHANGE, INVALID, RESULTS, Topology
 
@@ -213,6 +214,7 @@ class Settler:
                 s.book.requeue.append(s.tag)
             else:
                 s.book.settled(s.tag)
+        if fault.ARMED: fault.hit("after_result")  # test-only: MTA_FAULT (mta/fault.py)
         for book in list(self.books):
             try:
                 await book.flush()
