@@ -30,6 +30,7 @@ class LedgerFigures:
     sink_accepted: int            # acceptances at the sinks of the published ids
     sink_duplicates: int          # acceptances beyond the first, over all ids
     bound: int                    # most duplicates the fault could explain
+    in_broker: int = 0            # ids without a final result, still queued at the broker
     statuses: Dict[str, int] = field(default_factory=dict)   # first final status: ids
 
     def line(self) -> str:
@@ -37,7 +38,8 @@ class LedgerFigures:
         return (f"[ledger {self.scenario}] published={self.published} finals={self.finals} "
                 f"missing={self.missing} conflicting={self.conflicting} "
                 f"duplicate_finals={self.duplicate_finals} sink_accepted={self.sink_accepted} "
-                f"sink_duplicates={self.sink_duplicates} bound={self.bound} ({st})")
+                f"sink_duplicates={self.sink_duplicates} bound={self.bound}"
+                + (f" in_broker={self.in_broker}" if self.in_broker else "") + f" ({st})")
 
 
 class Ledger:
@@ -57,13 +59,17 @@ class Ledger:
             if status is not None:
                 self.expected[i] = status
 
-    def figures(self, results: Dict[str, List[dict]],
-                sink_counts: Dict[str, int]) -> LedgerFigures:
+    def figures(self, results: Dict[str, List[dict]], sink_counts: Dict[str, int],
+                in_broker: Iterable[str] = ()) -> LedgerFigures:
         statuses: collections.Counter = collections.Counter()
+        queued = set(in_broker)
+        parked = 0
         missing = conflicting = dup_finals = accepted = dup_sink = with_final = 0
         for i in self.ids:
             finals = [r for r in results.get(i, []) if r.get("final") is True]
-            if not finals:
+            if not finals and i in queued:
+                parked += 1
+            elif not finals:
                 missing += 1
             else:
                 with_final += 1
@@ -75,32 +81,39 @@ class Ledger:
             accepted += n
             dup_sink += max(0, n - 1)
         return LedgerFigures(self.scenario, len(self.ids), with_final, missing, conflicting,
-                             dup_finals, accepted, dup_sink, self.bound, dict(statuses))
+                             dup_finals, accepted, dup_sink, self.bound, parked, dict(statuses))
 
     def check(self, results: Dict[str, List[dict]], sink_counts: Dict[str, int],
-              *, sink_duplicates_allowed: Optional[int] = None) -> LedgerFigures:
+              *, sink_duplicates_allowed: Optional[int] = None,
+              in_broker: Iterable[str] = ()) -> LedgerFigures:
         """Assert the promise for every published id; returns the figures.
 
         ``sink_duplicates_allowed`` overrides ``bound`` for the sink copies (0 for a
-        scenario where nothing may be sent twice)."""
-        fig = self.figures(results, sink_counts)
+        scenario where nothing may be sent twice). ``in_broker``: ids read back from the
+        broker's queues after the MTA stopped (mail a throttled destination parked for
+        later): not lost, but not allowed to have a final result as well."""
+        queued = set(in_broker)
+        fig = self.figures(results, sink_counts, queued)
         line = fig.line()
         print(line)
         path = os.environ.get("MTA_LEDGER_LOG")
         if path:
             with open(path, "a") as fh:
                 fh.write(json.dumps(asdict(fig)) + "\n")
-        lost = [i for i in self.ids if not any(r.get("final") is True for r in results.get(i, []))]
+        has_final = {i for i in self.ids if any(r.get("final") is True for r in results.get(i, []))}
+        lost = [i for i in self.ids if i not in has_final and i not in queued]
         assert not lost, f"{line}: {len(lost)} ids without a final result, e.g. {lost[:5]}"
         wrong = {i: [r.get("status") for r in results.get(i, []) if r.get("final") is True]
                  for i, want in self.expected.items()
                  if any(r.get("status") != want for r in results.get(i, []) if r.get("final") is True)}
         assert not wrong, f"{line}: {len(wrong)} ids with a wrong final status, e.g. {dict(list(wrong.items())[:5])}"
+        both = sorted(has_final & queued)
+        assert not both, f"{line}: {len(both)} ids with a final result still queued, e.g. {both[:5]}"
         assert fig.conflicting == 0, f"{line}: ids ended in two different final statuses"
         allowed = self.bound if sink_duplicates_allowed is None else sink_duplicates_allowed
         assert fig.sink_duplicates <= allowed, f"{line}: sink duplicates above {allowed}"
         assert fig.duplicate_finals <= self.bound, f"{line}: duplicate final results above the bound"
         delivered = [i for i, want in self.expected.items() if want == "delivered"]
-        unseen = [i for i in delivered if sink_counts.get(i, 0) < 1]
+        unseen = [i for i in delivered if i not in queued and sink_counts.get(i, 0) < 1]
         assert not unseen, f"{line}: {len(unseen)} 'delivered' ids never reached a sink, e.g. {unseen[:5]}"
         return fig
