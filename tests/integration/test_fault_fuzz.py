@@ -51,7 +51,15 @@ SHAPED = st.fixed_dictionaries(
     optional={"mime": MIME, "mime_b64": B64, "extra": JSON, "tags": JSON, "maxattempts": JSON,
               "dkim": JSON, "retries": JSON, "maxdelivertime": JSON})
 
+# message-shaped and valid in its envelope: hostile content, random extra fields
+DELIVERABLE = st.fixed_dictionaries(
+    {"recipient": st.just("ok"), "envelope": st.sampled_from(["ok", ""]),
+     "mime": st.one_of(st.just("ok"), st.text(min_size=1, max_size=300).filter(str.strip),
+                       st.builds(lambda t: "Subject: x\r\n\r\n" + t, st.text(max_size=2000)))},
+    optional={"extra": JSON, "tags": st.lists(st.text(min_size=1, max_size=10), max_size=3)})
+
 CASE = st.one_of(
+    st.tuples(st.just("deliverable"), DELIVERABLE),
     st.tuples(st.just("json"), JSON),
     st.tuples(st.just("shaped"), SHAPED),
     st.tuples(st.just("bytes"), st.binary(max_size=200)),
