@@ -23,7 +23,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
 
-from mta import control, status
+from mta import control, fault, status
 
 from mta.config import Config, ConfigError, load_config
 from mta.delivery import Destination
@@ -229,6 +229,7 @@ class Engine:
             self.settler.invalid(body, headers or {}, str(exc), book, tag, lane, now)
             return
         job.delivery = (book, tag)
+        if fault.ARMED: fault.hit("consumed")  # test-only: MTA_FAULT (mta/fault.py)
         if redelivered and self.settler.replay_final(job, book, tag):
             return
         if job.size > self.config.smtp.max_message_size:
@@ -397,6 +398,7 @@ class Engine:
         job.history[-1]["cipher"] = reply.tls
         settler = self.settler
         if reply.ok:
+            if fault.ARMED: fault.hit("after_250")  # test-only: MTA_FAULT (mta/fault.py)
             self.counts["delivered"] += 1
             self.metrics.outcome(job, "delivered", None, now)
             settler.final(job, book, tag, "delivered")

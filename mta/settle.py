@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from mta import fault
 from mta.publish import BatchPublisher, Publish
 from mta.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, Job
 from mta.topology import EXCHANGE, INVALID, RESULTS, Topology
@@ -258,6 +259,7 @@ class Settler:
             if s.final is not None:
                 self._remember(*s.final, True)
             s.book.settled(s.tag)
+        if fault.ARMED: fault.hit("after_result")  # test-only: MTA_FAULT (mta/fault.py)
         for book in list(self.books):
             try:
                 await book.flush()

@@ -25,6 +25,7 @@ from aiosmtplib.errors import (
     SMTPTimeoutError,
 )
 
+from mta import fault
 from shaper.replies import parse_enhanced
 
 
@@ -244,7 +245,9 @@ class Session:
                 io.write(b".\r\n")
                 await io.read(t.data_dot)
                 return await self._refused(refusal)
+            if fault.ARMED: fault.hit("mid_data")  # test-only: MTA_FAULT (mta/fault.py)
             io.write_message(data)
+            if fault.ARMED: fault.hit("after_dot")  # test-only: MTA_FAULT (mta/fault.py)
             code, text = await io.read(t.data_dot)
             if code < 200:
                 raise ConnectionError(f"malformed reply {text!r}")

@@ -194,3 +194,75 @@ class Dnsmasq:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class FaultyDns:
+    """A UDP DNS front for a real server: names under a suffix in ``servfail`` get
+    SERVFAIL, names under one in ``silent`` get no answer at all (a timeout); everything
+    else is relayed to the server at ``127.0.0.1:upstream_port`` and its reply returned.
+    One thread; ``queries`` counts the queries seen per suffix rule."""
+
+    def __init__(self, upstream_port: int, servfail: Iterable[str] = (),
+                 silent: Iterable[str] = ()):
+        import socket
+        import threading
+        self.upstream_port = upstream_port
+        self.servfail = tuple(s.lower().rstrip(".") + "." for s in servfail)
+        self.silent = tuple(s.lower().rstrip(".") + "." for s in silent)
+        self.queries: dict = {}
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name=f"faultydns-{self.port}",
+                                        daemon=True)
+
+    def start(self) -> "FaultyDns":
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        import socket
+        import dns.message
+        import dns.query
+        import dns.rcode
+        while not self._stop.is_set():
+            try:
+                wire, peer = self._sock.recvfrom(65535)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                query = dns.message.from_wire(wire)
+                name = query.question[0].name.to_text().lower()
+            except Exception:
+                continue
+            rule = next((s for s in self.servfail + self.silent
+                         if name == s or name.endswith("." + s)), None)
+            if rule is not None:
+                self.queries[rule] = self.queries.get(rule, 0) + 1
+            if rule in self.silent:
+                continue
+            if rule in self.servfail:
+                reply = dns.message.make_response(query)
+                reply.set_rcode(dns.rcode.SERVFAIL)
+                self._sock.sendto(reply.to_wire(), peer)
+                continue
+            try:
+                answer = dns.query.udp(query, "127.0.0.1", port=self.upstream_port, timeout=2)
+            except Exception:
+                continue
+            self._sock.sendto(answer.to_wire(), peer)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+    def __enter__(self) -> "FaultyDns":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -17,7 +17,8 @@ More rules can be added (``add_rule``), a listener can be given a refusing greet
 (``set_greeting``), a slow DATA reply (``set_data_delay``), a cap on simultaneous sessions
 above which it greets with "421 too many connections" (``set_session_limit``), or a cap on
 messages per second above which RCPT gets "421 rate limited" (``set_rate_limit``), as
-real receivers do.
+real receivers do; or it can misbehave: never answer (``set_manner(sink, "tarpit")``),
+hang up after the banner (``"hangup"``), or be slow on every reply (``set_reply_delay``).
 
 A farm can speak TLS: ``tls_context`` offers STARTTLS, ``implicit_tls`` wraps every
 connection in TLS from the first byte (port 465 style); ``auth`` ({login: password})
@@ -118,7 +119,22 @@ class _SinkSMTP(SMTP):
             return
         await super().smtp_STARTTLS(arg)
 
+    async def push(self, status):
+        delay = self.farm._reply_delay.get(self.sink)
+        if delay:
+            await asyncio.sleep(delay)
+        await super().push(status)
+
     async def _handle_client(self):
+        manner = self.farm._manner.get(self.sink)
+        if manner == "tarpit":        # accept the connection, never say a word
+            await asyncio.sleep(3600)
+            return
+        if manner == "hangup":        # a normal banner, then the connection is closed
+            assert self.transport is not None
+            self.transport.write(f"220 {self.hostname} ESMTP\r\n".encode())
+            self.transport.close()
+            return
         greeting = self.farm._greetings.get(self.sink)
         if greeting is None:
             greeting = self.farm._admit(self.sink)
@@ -191,6 +207,8 @@ class SinkFarm:
         self._data_delay: Dict[str, float] = {}
         self._session_limit: Dict[str, int] = {}
         self._rate_limit: Dict[str, float] = {}
+        self._manner: Dict[str, str] = {}              # sink -> "tarpit" / "hangup"
+        self._reply_delay: Dict[str, float] = {}
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.auth = dict(auth) if auth is not None else None
@@ -319,6 +337,8 @@ class SinkFarm:
             self._data_delay.clear()
             self._session_limit.clear()
             self._rate_limit.clear()
+            self._manner.clear()
+            self._reply_delay.clear()
 
     def set_greeting(self, sink: str, reply: Optional[str]) -> None:
         """Connections to ``sink`` get ``reply`` (e.g. "421 4.7.0 Too many connections")
@@ -346,6 +366,26 @@ class SinkFarm:
                 self._rate_limit.pop(sink, None)
             else:
                 self._rate_limit[sink] = per_second
+
+    def set_manner(self, sink: str, manner: Optional[str]) -> None:
+        """``"tarpit"``: connections to ``sink`` are accepted and never answered;
+        ``"hangup"``: they get the 220 banner and are closed at once; None: normal."""
+        if manner not in (None, "tarpit", "hangup"):
+            raise ValueError(f"unknown manner {manner!r}")
+        with self._lock:
+            if manner is None:
+                self._manner.pop(sink, None)
+            else:
+                self._manner[sink] = manner
+
+    def set_reply_delay(self, sink: str, seconds: Optional[float]) -> None:
+        """Wait ``seconds`` before every reply on ``sink``, the banner included (a slow
+        receiver throughout, where ``set_data_delay`` slows the DATA reply only)."""
+        with self._lock:
+            if seconds:
+                self._reply_delay[sink] = seconds
+            else:
+                self._reply_delay.pop(sink, None)
 
     def max_admitted(self) -> Dict[str, int]:
         """{sink address: most simultaneous sessions past the greeting}."""
