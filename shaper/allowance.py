@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 HORIZON = 10.0  # seconds of sending a destination keeps in memory
 PER_CONNECTION = 4  # at least this many per allowed connection...
-MAX_WAIT = 30.0  # ...as long as they go out within this many seconds: far below any sane
+MAX_WAIT = 15.0  # ...as long as they go out within this many seconds: far below any sane
 # consumer_timeout (RabbitMQ's default is 30 min; operators shorten it to a minute or two)
 HOLD_DELAYS = (5, 15, 30, 60, 120, 300, 600, 1200)  # seconds; one delay queue per value and lane
 PAUSED_MIN = 15.0  # seconds before an open-ended pause's mail is looked at again

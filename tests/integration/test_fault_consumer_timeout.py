@@ -105,10 +105,11 @@ def _throttled_run(timeout_s, n, observe, rabbit, vhost, sinks, start_mta, mta_c
             rabbit.ctl("eval", "application:unset_env(rabbit, consumer_timeout).")
 
 
-BUG = ("a destination throttled to 1/min keeps up to shaper.allowance.MAX_WAIT (120 s) of "
-       "mail in memory and a worker waits up to a full rate interval (60 s) for its slot, "
-       "all unacknowledged: a consumer_timeout at or below that closes the consuming channel "
-       "about once a minute (mail is redelivered, none lost or sent twice)")
+# A slow destination takes a message into memory only when its rate slot is at most
+# shaper.allowance.MAX_WAIT (15 s) away; the rest waits in delay queues, acknowledged.
+BUG = ("with a 20 s consumer_timeout the broker still closed the consuming channel once in "
+       "a 2 min run (nothing lost or sent twice); in-memory waits of a slow destination are now "
+       "bounded by 15 s, so something else stays unacknowledged past 20 s: not found yet")
 
 
 @pytest.mark.xfail(strict=True, reason=BUG)
@@ -119,7 +120,7 @@ def test_short_consumer_timeout_with_a_throttled_destination(rabbit, vhost, sink
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=BUG)
+@pytest.mark.xfail(strict=False, reason=BUG)
 @pytest.mark.timeout(900)
 def test_short_consumer_timeout_full(rabbit, vhost, sinks, start_mta, mta_config):
     _throttled_run(60, 500, 200, rabbit, vhost, sinks, start_mta, mta_config)

@@ -6,7 +6,7 @@ from shaper.allowance import HOLD_DELAYS, allowance, hold_delay
 
 @pytest.mark.parametrize("per_second, connections, expected", [
     (100.0, 10, 1000),      # the default rules: 10 s of 100/s
-    (20 / 60, 2, 8),        # 20/min: the per-connection floor wins
+    (20 / 60, 2, 5),        # 20/min: four per connection would wait too long; 15 s worth
     (1000.0, 1, 10000),
     (0.0, 0, 1),             # no rate at all: still one at a time
     (1 / 60, 10, 1),         # 1/min: 40 would wait 40 min; one, sent within 30 s at most
@@ -70,7 +70,8 @@ def test_paused_delay(remaining, paused_for, per_second, held, expected):
 
 @pytest.mark.parametrize("next_slot, queued, per_second, expected", [
     (0.0, 0, 1 / 60, None),       # the rate allows one now: it may wait in memory
-    (20.0, 0, 1 / 60, None),      # its slot comes within MAX_WAIT
+    (10.0, 0, 1 / 60, None),      # its slot comes within MAX_WAIT
+    (20.0, 0, 1 / 60, 15),        # not quite: held, back a little before its slot
     (50.0, 0, 1 / 60, 30),        # 50 s away: held, back a little before its slot
     (0.0, 1, 1 / 60, 30),         # one queued ahead of it: 60 s
     (0.0, 5, 1 / 60, 120),        # five: five minutes out, spread over the delays
