@@ -123,6 +123,7 @@ class Destination:
         self.single: deque[Job] = deque()
         self.bulk: FairQueue[Job] = FairQueue(campaign)
         self._bulk_busy = 0  # workers holding a bulk job
+        self._unpaced = 0  # workers holding a job that has no rate slot yet
         self._single_seen: float | None = None  # last single-lane message; None: long ago
         self._waiters: deque[asyncio.Future] = deque()
         self.connected = 0
@@ -296,7 +297,7 @@ class Destination:
             next_slot = self.message_rate.check(now).retry_after
             if not bulk:  # single mail may also take its own share
                 next_slot = min(next_slot, self.single_rate.check(now).retry_after)
-            delay = slow_hold(next_slot, len(ready), self._per_second)
+            delay = slow_hold(next_slot, len(ready) + self._unpaced, self._per_second)
             if delay is not None:
                 self.held.note(now, delay)
                 self._hold(job, delay)
@@ -388,6 +389,7 @@ class Destination:
                 job = await self._next(self.policy.idle_timeout if session is not None else 0)
                 if job is None:
                     return
+                self._unpaced += 1  # until _pace books its slot: a slow destination counts it as queued
                 if session is None:
                     self._opening += 1
                     try:
@@ -395,6 +397,7 @@ class Destination:
                     finally:
                         self._opening -= 1
                     if session is None:
+                        self._unpaced -= 1
                         self._release(job)
                         job = None
                         return
@@ -470,6 +473,7 @@ class Destination:
         """Wait for the job's turn in the message rate; returns the job to send, which is a
         single-lane job that arrived meanwhile rather than the bulk job it waited with."""
         now = self._clock()
+        self._unpaced -= 1  # booked below, before any wait
         if self.adaptive.adapting:
             self.refresh(now)  # the adapted rate climbs back in steps
         if job.lane == "single":
