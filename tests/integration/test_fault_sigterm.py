@@ -25,8 +25,10 @@ SINK_ADDRESSES = ["127.0.1.1", "127.0.1.2", "127.0.1.3"] + [f"127.0.2.{n + 1}" f
 def _sigterm_run(stops, n, vhost, sinks, start_mta, mta_config, seed):
     rng = random.Random(seed)
     for addr in SINK_ADDRESSES:
-        sinks.set_data_delay(addr, 0.05)   # slow receivers: the stop lands mid-transaction
-    cfg = mta_config(broker={"prefetch": 100}, default={"connection_limit": 5})
+        sinks.set_data_delay(addr, 0.1)   # slow receivers: the stop lands mid-transaction
+    # 13 destinations x 2 connections x 10/s: a few seconds per run, so every stop lands
+    # before the last message, however quiet the machine
+    cfg = mta_config(broker={"prefetch": 100}, default={"connection_limit": 2})
     mta = start_mta(cfg)
     run = run_id()
     msgs = {f"term-{run}-{i}": f"user{i}-{run}@{DOMAINS[i % len(DOMAINS)]}" for i in range(n)}
