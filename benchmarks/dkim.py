@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
 
-from e2e import declare, mime, prepublish, wait_results  # noqa: E402
+from e2e import bench_config, declare, mime, prepublish, wait_results  # noqa: E402
 from e2e import proc_stats as _proc_stats  # noqa: E402
 
 
@@ -88,14 +88,7 @@ def run_once(rabbit: RabbitNode, work: str, dns_port: int, smtp_port: int, args,
              label: str, sink_pids: list[int]) -> tuple[float, float]:
     vhost = f"bench-{label}-{time.monotonic_ns()}"
     url = rabbit.add_vhost(vhost)
-    config = {
-        "broker": {"url": url},
-        "dns": {"nameservers": ["127.0.0.1"], "port": dns_port},
-        "smtp": {"port": smtp_port, "helo": "bench.mta.test"},
-        "metrics": {"port": 0},
-        "default": {"connection_limit": args.connections, "max_message_rate": "1000000/s",
-                    "max_connection_rate": "100000/min", "max_deliveries_per_connection": 1000},
-    }
+    config = bench_config(url, dns_port, smtp_port, args.connections)
     if key_file:
         config["dkim"] = [{"domain": "sender.test", "selector": "bench", "key_file": key_file,
                            "algorithm": args.algorithm}]

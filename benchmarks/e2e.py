@@ -60,6 +60,20 @@ def private_rabbit(work: str, name: str) -> RabbitNode:
     raise AssertionError("unreachable")
 
 
+def bench_config(url: str, dns_port: int, smtp_port: int, connections: int, *,
+                 prefetch: int | None = None) -> dict:
+    """The MTA's rules for a benchmark: the private broker, DNS and sinks; no limit binds."""
+    broker = {"url": url} if prefetch is None else {"url": url, "prefetch": prefetch}
+    return {
+        "broker": broker,
+        "dns": {"nameservers": ["127.0.0.1"], "port": dns_port},
+        "smtp": {"port": smtp_port, "helo": "bench.mta.test"},
+        "metrics": {"port": 0},
+        "default": {"connection_limit": connections, "max_message_rate": "1000000/s",
+                    "max_connection_rate": "100000/min", "max_deliveries_per_connection": 1000},
+    }
+
+
 def mime(i: int, size: int) -> str:
     head = (f"Message-ID: <b{i}@bench.test>\nFrom: Bench <bench@sender.test>\nTo: user{i}@d.test\n"
             f"Subject: benchmark message {i}\nDate: Mon, 23 Nov 2026 12:00:00 +0000\n\n")
@@ -225,14 +239,7 @@ def main() -> int:
         url = rabbit.url("/")
         config_path = os.path.join(work, "mta.yaml")
         with open(config_path, "w") as fh:
-            yaml.safe_dump({
-                "broker": {"url": url, "prefetch": args.prefetch},
-                "dns": {"nameservers": ["127.0.0.1"], "port": dns.port},
-                "smtp": {"port": smtp_port, "helo": "bench.mta.test"},
-                "metrics": {"port": 0},
-                "default": {"connection_limit": args.connections, "max_message_rate": "1000000/s",
-                            "max_connection_rate": "100000/min", "max_deliveries_per_connection": 1000},
-            }, fh)
+            yaml.safe_dump(bench_config(url, dns.port, smtp_port, args.connections, prefetch=args.prefetch), fh)
         asyncio.run(declare(url, config_path))
         t = time.monotonic()
         asyncio.run(prepublish(url, args.messages, args.size, args.domains))

@@ -27,7 +27,7 @@ import aio_pika  # noqa: E402
 import orjson  # noqa: E402
 import yaml  # noqa: E402
 
-from benchmarks.e2e import declare, mime, private_rabbit, proc_stats  # noqa: E402
+from benchmarks.e2e import bench_config, declare, mime, private_rabbit, proc_stats  # noqa: E402
 from tests.testbed.dns import Dnsmasq, bulk_ip  # noqa: E402
 from tests.testbed.util import free_port  # noqa: E402
 
@@ -93,14 +93,7 @@ def main() -> int:
         url = rabbit.url("/")
         config_path = os.path.join(work, "mta.yaml")
         with open(config_path, "w") as fh:
-            yaml.safe_dump({
-                "broker": {"url": url},
-                "dns": {"nameservers": ["127.0.0.1"], "port": dns.port},
-                "smtp": {"port": smtp_port, "helo": "bench.mta.test"},
-                "metrics": {"port": 0},
-                "default": {"connection_limit": args.connections, "max_message_rate": "1000000/s",
-                            "max_connection_rate": "100000/min", "max_deliveries_per_connection": 1000},
-            }, fh)
+            yaml.safe_dump(bench_config(url, dns.port, smtp_port, args.connections), fh)
         asyncio.run(declare(url, config_path))
         t = time.monotonic()
         asyncio.run(prepublish(url, args.messages, args.size, args.domains))
