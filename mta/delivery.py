@@ -285,15 +285,10 @@ class Destination:
             self._hold_paused(job, now)
             return
         bulk = job.lane != "single"
-        if not bulk or self._bulk_busy < self._bulk_cap():
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if not waiter.done():
-                    self._bulk_busy += bulk
-                    waiter.set_result(job)
-                    return
         ready = self.bulk if bulk else self.single
-        if self._per_second * MAX_WAIT < 2 * PER_CONNECTION:  # slow: mind each message's wait
+        # Slow: mind each message's wait, also when an idle worker would take it at once (it
+        # would wait for its slot holding the delivery unacknowledged).
+        if self._per_second * MAX_WAIT < 2 * PER_CONNECTION:
             next_slot = self.message_rate.check(now).retry_after
             if not bulk:  # single mail may also take its own share
                 next_slot = min(next_slot, self.single_rate.check(now).retry_after)
@@ -302,6 +297,14 @@ class Destination:
                 self.held.note(now, delay)
                 self._hold(job, delay)
                 return
+        if not bulk or self._bulk_busy < self._bulk_cap():
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    self._bulk_busy += bulk
+                    self._unpaced += 1
+                    waiter.set_result(job)
+                    return
         limit = allowance(self.per_second, self.window.allowed)
         # Each bulk campaign gets its own allowance (within twice the destination's), so a
         # big campaign in memory does not push a small one out to the delay queues.
@@ -338,10 +341,14 @@ class Destination:
             self._grow()
 
     def _take(self) -> Job | None:
+        """The next job for a worker; it counts as unpaced (queued, for a slow destination)
+        from here until `_pace` books its slot."""
         if self.single:
+            self._unpaced += 1
             return self.single.popleft()
         if self.bulk and self._bulk_busy < self._bulk_cap():
             self._bulk_busy += 1
+            self._unpaced += 1
             return self.bulk.popleft()
         return None
 
@@ -389,7 +396,6 @@ class Destination:
                 job = await self._next(self.policy.idle_timeout if session is not None else 0)
                 if job is None:
                     return
-                self._unpaced += 1  # until _pace books its slot: a slow destination counts it as queued
                 if session is None:
                     self._opening += 1
                     try:
