@@ -174,7 +174,7 @@ def decode(body: bytes, headers: dict[str, Any], lane: str, now: float) -> Job:
         raise InvalidMessage("the message is empty")
     job.data = canonical_data(raw)
     job.size = len(raw)
-    job.eight_bit = not raw.isascii()
+    job.eight_bit = not job.data.isascii()  # what is sent: a re-encoded long-line message may be 7-bit
     job.id = _message_id(doc, headers)
     job.tags = _tags(doc)
     job.retries = _retries(doc)

@@ -275,3 +275,11 @@ def test_any_input_is_shortened_or_refused_with_a_reason(mime: bytes) -> None:
         assert "998" in str(exc)
         return
     assert max(len(line) for line in unstuff(data).split(b"\r\n")) <= 998
+
+
+def test_eight_bit_body_re_encoded_needs_no_8bitmime() -> None:
+    mime = "Subject: s\nContent-Type: text/plain; charset=utf-8\n\n" + "Grüße " * 300 + "\n"
+    doc = {"recipient": "u@example.com", "envelope": "b@s.example", "mime": mime}
+    assert decode(orjson.dumps(doc), {}, "bulk", 0.0).eight_bit is False
+    doc["mime"] = mime.replace("Grüße " * 300, "Grüße")
+    assert decode(orjson.dumps(doc), {}, "bulk", 0.0).eight_bit is True
