@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from mta.longlines import Unsendable, has_long_line, shorten
+
 # Our own headers on copies the MTA republishes (retries, held mail). The body stays the
 # producer's bytes; what the MTA learned travels beside it.
 H_ID = "x-mta-id"
@@ -94,9 +96,16 @@ def canonical_data(mime: bytes) -> bytes:
 
     Bare CR and bare LF both become CRLF, so what is signed is what arrives (a receiver
     that normalises differently cannot break a signature or be smuggled a second message).
+    A line over 998 octets is shortened without changing the content (`mta.longlines`:
+    quoted-printable, folding); InvalidMessage if that cannot be done safely.
     """
     if b"\r" in mime:
         mime = mime.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if has_long_line(mime):  # 0.2 us at 1 KB, 14 us at 100 KB when there is none
+        try:
+            mime = shorten(mime)
+        except Unsendable as exc:
+            raise InvalidMessage(str(exc)) from None
     # Dot-stuffing while the line ends are still single LFs; the regular expression finds a
     # line that starts with a dot about three times faster than bytes.find (100 KB: 30 us).
     if _LINE_DOT.search(mime) is not None:
@@ -165,7 +174,7 @@ def decode(body: bytes, headers: dict[str, Any], lane: str, now: float) -> Job:
         raise InvalidMessage("the message is empty")
     job.data = canonical_data(raw)
     job.size = len(raw)
-    job.eight_bit = not raw.isascii()
+    job.eight_bit = not job.data.isascii()  # what is sent: a re-encoded long-line message may be 7-bit
     job.id = _message_id(doc, headers)
     job.tags = _tags(doc)
     job.retries = _retries(doc)

@@ -3,8 +3,10 @@
 Bodies carrying bare LF, bare CR, <LF>.<CR><LF> and friends, lines that start with a dot
 or are a lone dot: the sink must receive exactly one message per id, equal to the body
 with its line ends made CRLF (dot stuffing undone by the sink, so stuffing was done once
-and right), and no smuggled second transaction. CR, LF or NUL in an envelope field is bad
-input: one `invalid` result and nothing on the wire.
+and right), and no smuggled second transaction. Lines over 998 octets arrive re-encoded
+(quoted-printable) with the same decoded content and no line on the wire longer than 998.
+CR, LF or NUL in an envelope field is bad input: one `invalid` result and nothing on the
+wire.
 """
 
 from __future__ import annotations
@@ -76,30 +78,42 @@ def test_smuggling_bodies_arrive_as_one_exact_message(vhost, sinks, start_mta):
     assert not [r for r in sinks.rcpt_attempts() if "smuggled" in r]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lines over 998 octets are sent as they are (mta.message.canonical_data does not break "
-    "or re-encode them); RFC 5321 receivers refuse them (the sink answers '500 Line too "
-    "long') and the message bounces instead of arriving as meant"))
 @pytest.mark.timeout(120)
 def test_lines_over_998_octets_arrive_as_meant(vhost, sinks, start_mta):
     start_mta()
     run = run_id()
-    msg_id = f"smug-long-{run}"
+    msg_id, mp_id, bad_id = f"smug-long-{run}", f"smug-long-mp-{run}", f"smug-long-hdr-{run}"
     rcpt = f"long-{run}@ok1.test"
     text = "word " * 600                                   # one 3,000-octet line
     mime = _mime(msg_id, rcpt, f"short line\r\n{text}\r\n.{text}\r\n")
+    short_part = "--b\r\nContent-Type: text/plain\r\n\r\nshort part, sent byte for byte\r\n"
+    multipart = _mime(mp_id, rcpt, f"{short_part}--b\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                                   f"Content-Transfer-Encoding: 8bit\r\n\r\n{'Grüße ' * 400}\r\n--b--\r\n").replace(
+        "\r\n\r\n", f"\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n"
+                    f"References: {' '.join(f'<{i}.{run}@test>' for i in range(200))}\r\n\r\n", 1)
+    unfoldable = _mime(bad_id, rcpt, "hi\r\n").replace("\r\n\r\n", f"\r\nX-Token: {'t' * 1200}\r\n\r\n", 1)
     ledger = Ledger("lines over 998 octets", bound=0)
-    ledger.add([msg_id])
-    publish(vhost, "bulk", [json.dumps({"id": msg_id, "recipient": rcpt,
-                                        "envelope": "sender@sender.test", "mime": mime}).encode()])
+    ledger.add([msg_id, mp_id])
+    ledger.add([bad_id], status="invalid")
+    publish(vhost, "bulk", [json.dumps({"id": i, "recipient": rcpt, "envelope": "sender@sender.test",
+                                        "mime": m}).encode() for i, m in ((msg_id, mime), (mp_id, multipart),
+                                                                          (bad_id, unfoldable))])
     collector = ResultCollector(vhost)
-    collector.collect([msg_id], timeout=60, settle=0.5)
+    collector.collect(ledger.ids, timeout=60, settle=0.5)
     ledger.check(collector.by_id, sinks.count_by_id(), sink_duplicates_allowed=0)
-    data = next(a.data for a in sinks.accepted() if a.msg_id == msg_id)
-    assert max(len(line) for line in data.split(b"\r\n")) <= 998
-    received = email.message_from_bytes(data, policy=email.policy.default)
+    got = {a.msg_id: a.data for a in sinks.accepted() if a.msg_id in ledger.ids}
+    for i in (msg_id, mp_id):
+        assert max(len(line) for line in got[i].split(b"\r\n")) <= 998, i
+    received = email.message_from_bytes(got[msg_id], policy=email.policy.default)
     meant = email.message_from_string(mime, policy=email.policy.default)
     assert received.get_content().replace("\r\n", "\n") == meant.get_content().replace("\r\n", "\n")
+    received = email.message_from_bytes(got[mp_id], policy=email.policy.default)
+    meant = email.message_from_bytes(multipart.encode(), policy=email.policy.default)
+    assert [p.get_content() for p in received.iter_parts()] == [p.get_content() for p in meant.iter_parts()]
+    assert received["References"] == meant["References"]
+    assert short_part.encode() in got[mp_id]
+    (final,) = collector.finals(bad_id)
+    assert "X-Token" in final["error"] and "998" in final["error"], final
 
 
 @pytest.mark.timeout(120)

@@ -1,0 +1,242 @@
+"""Lines over 998 octets made sendable without changing what the message means.
+
+RFC 5322 §2.1.1 and RFC 5321 §4.5.3.1.6 allow 998 octets between line ends; receivers
+refuse longer lines ("500 Line too long") or wrap them, which corrupts the content and
+breaks a DKIM signature. Theory of operation: `has_long_line` is the hot-path check, a
+stride of `bytes.rfind` calls over the LF-only bytes that costs one C call per ~1 KB (no
+regular expression: `[^\\n]{999}` retries at every offset and costs 2.8 ms at 100 KB,
+this 14 us). Only a message that has such a line goes through `shorten`, which walks its
+MIME tree on the bytes and changes only the entities that hold a long line:
+
+- a header line is folded at whitespace (RFC 5322 §2.2.3: unfolding gives back the same
+  field); a field with a run of more than 998 octets and no whitespace cannot be folded
+  and the message is refused (`Unsendable`, which intake turns into `mta.invalid`):
+  re-encoding it as RFC 2047 words would change a structured field's meaning;
+- a leaf part in 7bit/8bit/binary (or no encoding) is re-encoded quoted-printable (soft
+  line breaks decode to the same octets; line ends stay hard line breaks, so the decoded
+  content is exactly what would have been sent); the charset does not matter, as
+  quoted-printable works on octets; a top-level entity without `MIME-Version` gets one so
+  the new encoding is honoured;
+- a base64 part (malformed: base64 lines are at most 76) is rewrapped at 76 characters,
+  a quoted-printable one gets soft breaks: both decode to the same octets as before;
+- multipart bodies are split at their delimiter lines and each part handled on its own
+  (the others stay byte for byte); message/rfc822 and message/global, which must not be
+  re-encoded (RFC 2046 §5.2.1), are handled as messages of their own; a long line in a
+  preamble or epilogue, which readers ignore, is broken at 998 octets;
+- anything else with a long line (an unknown transfer encoding, message/partial, a
+  multipart without its boundary) cannot be fixed without guessing: `Unsendable`.
+
+Everything here works on LF-only bytes, before dot-stuffing and CRLF (mta.message).
+"""
+
+from __future__ import annotations
+
+import binascii
+import bisect
+import re
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+MAX_LINE = 998  # octets between line ends
+QP_LINE = 76  # RFC 2045 §6.7: encoded lines of quoted-printable and base64
+FOLD_LINE = 78  # RFC 5322 §2.1.1: the line length a folded header field aims at
+
+
+class Unsendable(Exception):
+    """A long line that cannot be shortened without changing the message; the text says why."""
+
+
+def has_long_line(mime: bytes) -> bool:
+    """Whether a line of the LF-only `mime` is longer than 998 octets.
+
+    Each step jumps to the last LF within the next 999 octets: one C call per ~1 KB
+    (timeit, load 1.0 on 2 cores: 0.2 us at 1 KB, 14 us at 100 KB, 3.3 ms at 20 MB).
+    """
+    end = len(mime)
+    pos = 0
+    rfind = mime.rfind
+    while end - pos > MAX_LINE:
+        lf = rfind(b"\n", pos, pos + MAX_LINE + 1)
+        if lf < 0:
+            return True
+        pos = lf + 1
+    return False
+
+
+def shorten(mime: bytes) -> bytes:
+    """`mime` (LF-only) with no line over 998 octets and the same meaning; or Unsendable."""
+    try:
+        out = _entity(mime, top=True, default="text/plain")
+    except Unsendable:
+        raise
+    except Exception as exc:  # producer's bytes in the email package: a reason, never a stopped consumer
+        raise Unsendable(f"a line longer than {MAX_LINE} octets in a message that could not be parsed: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if has_long_line(out):  # a safety net: nothing long goes on the wire
+        raise Unsendable(f"a line longer than {MAX_LINE} octets could not be shortened")
+    return out
+
+
+# ---------------------------------------------------------------- entities
+
+# what the email package takes for a header line (email.feedparser.headerRE)
+_HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
+
+
+def _split(entity: bytes) -> tuple[bytes, bytes, bytes]:
+    """(header lines with their LFs, separator, body) as a reader would split the entity."""
+    pos = 0
+    end = len(entity)
+    while pos < end:
+        lf = entity.find(b"\n", pos)
+        stop = end if lf < 0 else lf
+        if stop == pos:  # the blank line
+            return entity[:pos], b"\n", entity[pos + 1:]
+        if not _HEADER_LINE.match(entity, pos, stop):  # a body without a blank line before it
+            return entity[:pos], b"", entity[pos:]
+        pos = stop + 1
+    return entity, b"", b""
+
+
+def _entity(entity: bytes, top: bool, default: str) -> bytes:
+    if not has_long_line(entity):
+        return entity
+    head, sep, body = _split(entity)
+    if has_long_line(head):
+        head = b"".join(_fold(line) if len(line.rstrip(b"\n")) > MAX_LINE else line
+                        for line in head.splitlines(keepends=True))
+    if not has_long_line(body):
+        return head + sep + body
+    fields = BytesHeaderParser(policy=compat32).parsebytes(head + b"\n")
+    fields.set_default_type(default)
+    cte = str(fields.get("content-transfer-encoding", "")).split("(")[0].strip().lower()
+    ctype = fields.get_content_type()
+    if cte == "base64":
+        return head + sep + _rewrap_base64(body)
+    if cte == "quoted-printable":
+        return head + sep + _soft_breaks(body)
+    if cte not in ("", "7bit", "8bit", "binary"):
+        raise Unsendable(f"a line longer than {MAX_LINE} octets in a part with Content-Transfer-Encoding "
+                         f"{cte[:40]!r}, which cannot be re-encoded safely")
+    if ctype.startswith("multipart/"):
+        return head + sep + _multipart(body, fields, ctype)
+    if ctype in ("message/rfc822", "message/global"):
+        return head + sep + _entity(body, top=True, default="text/plain")
+    if ctype.startswith("message/"):
+        raise Unsendable(f"a line longer than {MAX_LINE} octets in a {ctype!r} part, which must not be re-encoded")
+    # the blank line always: an encoded first line could look like a header field where the
+    # original did not
+    return _quoted_printable(head, fields, top) + b"\n" + _encode_qp(body)
+
+
+def _quoted_printable(head: bytes, fields: Message, top: bool) -> bytes:
+    """The header lines with Content-Transfer-Encoding: quoted-printable instead of what was there."""
+    kept, dropping = [], False
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = line.split(b":", 1)[0].strip().lower() == b"content-transfer-encoding"
+        if not dropping:
+            kept.append(line)
+    if kept and not kept[-1].endswith(b"\n"):
+        kept[-1] += b"\n"
+    if top and "mime-version" not in fields:
+        kept.append(b"MIME-Version: 1.0\n")  # without it a reader need not decode the new encoding
+    kept.append(b"Content-Transfer-Encoding: quoted-printable\n")
+    return b"".join(kept)
+
+
+def _encode_qp(body: bytes) -> bytes:
+    # istext: line ends stay hard line breaks (decoded as CRLF, as they would have been sent)
+    return binascii.b2a_qp(body, quotetabs=False, istext=True, header=False)
+
+
+def _rewrap_base64(body: bytes) -> bytes:
+    """Base64 decoders skip line ends: the same characters at 76 a line decode to the same octets."""
+    flat = body.replace(b"\n", b"")
+    lines = [flat[i:i + QP_LINE] for i in range(0, len(flat), QP_LINE)]
+    return b"\n".join(lines) + (b"\n" if body.endswith(b"\n") else b"")
+
+
+def _soft_breaks(body: bytes) -> bytes:
+    """Malformed quoted-printable: soft breaks ("=" LF) split its long lines, never inside an =XX."""
+    out = []
+    for line in body.split(b"\n"):
+        while len(line) > MAX_LINE:
+            # no "=" among the last two octets of a piece: no =XX is split, malformed or not
+            cut = next((c for c in range(QP_LINE - 1, 2, -1) if b"=" not in line[c - 2:c]), QP_LINE - 1)
+            out.append(line[:cut] + b"=")
+            line = line[cut:]
+        out.append(line)
+    return b"\n".join(out)
+
+
+# ---------------------------------------------------------------- multipart
+
+
+def _multipart(body: bytes, fields: Message, ctype: str) -> bytes:
+    boundary = fields.get_boundary()
+    if not boundary:
+        raise Unsendable(f"a line longer than {MAX_LINE} octets in a {ctype!r} without a boundary")
+    delimiter = re.compile(rb"^--" + re.escape(boundary.encode("utf-8", "surrogateescape")) + rb"(--)?[ \t]*$", re.M)
+    child = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
+    out, pos, parts = [], 0, 0
+    for match in delimiter.finditer(body):
+        # the LF before a delimiter line belongs to the delimiter (RFC 2046 §5.1.1)
+        start = max(match.start() - 1, pos) if match.start() > 0 else 0
+        segment = body[pos:start]
+        out.append(_entity(segment, top=False, default=child) if parts else _preamble(segment, delimiter))
+        parts += 1
+        pos = match.end() + 1 if body[match.end():match.end() + 1] == b"\n" else match.end()
+        out.append(body[start:pos])
+        if match.group(1):  # the close delimiter: the rest is the epilogue
+            out.append(_preamble(body[pos:], delimiter))
+            return b"".join(out)
+    if not parts:
+        raise Unsendable(f"a line longer than {MAX_LINE} octets in a {ctype!r} whose boundary never occurs")
+    out.append(_entity(body[pos:], top=False, default=child))  # unterminated: the last part runs to the end
+    return b"".join(out)
+
+
+def _preamble(text: bytes, delimiter: re.Pattern) -> bytes:
+    """Preamble and epilogue are for readers without MIME; breaking their lines changes nothing."""
+    if not has_long_line(text):
+        return text
+    lines = []
+    for line in text.split(b"\n"):
+        lines.extend(line[i:i + MAX_LINE] for i in range(0, max(len(line), 1), MAX_LINE))
+    out = b"\n".join(lines)
+    if len(delimiter.findall(out)) != len(delimiter.findall(text)):
+        raise Unsendable(f"a line longer than {MAX_LINE} octets in a preamble or epilogue that hides a boundary")
+    return out
+
+
+# ---------------------------------------------------------------- header fields
+
+_FOLD_POINT = re.compile(rb"(?<=[^ \t])[ \t]+(?=[^ \t\n])")
+
+
+def _fold(line: bytes) -> bytes:
+    """One physical header line over 998 octets folded at whitespace, each piece aiming at 78."""
+    eol = b"\n" if line.endswith(b"\n") else b""
+    text = line[:len(line) - len(eol)]
+    points = [m.start() for m in _FOLD_POINT.finditer(text)]
+    pieces, start = [], 0
+    while len(text) - start > FOLD_LINE:
+        low = bisect.bisect_right(points, start)
+        at = bisect.bisect_right(points, start + FOLD_LINE) - 1
+        if at < low:
+            at = bisect.bisect_right(points, start + MAX_LINE) - 1
+        if at < low:
+            if len(text) - start <= MAX_LINE:
+                break
+            name = text.split(b":", 1)[0][:40].decode("ascii", "replace")
+            raise Unsendable(f"header field {name!r} has more than {MAX_LINE} octets without whitespace to fold "
+                             f"at (RFC 5322 §2.2.3)")
+        pieces.append(text[start:points[at]])
+        start = points[at]
+    pieces.append(text[start:])
+    return b"\n".join(pieces) + eol
