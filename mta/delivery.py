@@ -61,6 +61,7 @@ Done = Callable[[Job, Reply, "str | None", "str | None", "bool | None"], None]
 
 START_CONNECTIONS = 3  # a new destination earns the rest of its connection_limit
 SINGLE_RECENT = 30.0  # seconds the single lane's reserve outlives its last message
+FORGET_AFTER = 900.0  # seconds idle after which a destination with nothing to remember is dropped
 PROBE_FIRST, PROBE_MAX = 30.0, 300.0  # seconds a dead destination rests before a probe
 
 
@@ -136,6 +137,7 @@ class Destination:
         self.held = HeldLedger()
         self.accepted = AcceptMeter()
         now = clock()
+        self.last_push = now
         self.state = DestinationState(now)
         self.throttle: Policy | None = None  # reduced limits while in backoff
         self.base = policy
@@ -277,8 +279,18 @@ class Destination:
     def workers(self) -> int:
         return self.window.in_use
 
+    def forgettable(self, now: float) -> bool:
+        """Nothing here that a new destination would not start with: no mail, no connection,
+        no pause or throttle, no held mail due back, and no mail for `FORGET_AFTER` (by then
+        an adapted rate has climbed back and a learned connection limit is asked again)."""
+        if now - self.last_push < FORGET_AFTER or self.tasks or self.queued:
+            return False
+        self.refresh(now)  # a pause or throttle whose time is over ends now
+        return self.state.mode is Mode.NORMAL and not self.held.ahead(now)
+
     def push(self, job: Job) -> None:
         now = self._clock()
+        self.last_push = now
         self.refresh(now)
         self._single_about(now, job.lane == "single")
         if self.state.mode is Mode.PAUSED:

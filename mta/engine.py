@@ -43,6 +43,7 @@ from shaper.retry import RetrySchedule
 log = logging.getLogger("mta.engine")
 
 SHUTDOWN_GRACE = 60.0  # seconds in-flight transactions get to finish on SIGTERM
+FORGET_SWEEP = 60.0  # seconds between looks for idle destinations to forget
 
 
 def redact(url: str) -> str:
@@ -85,6 +86,7 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         if self.config.metrics.port:
             self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
+        forgetting = asyncio.create_task(self._forget_idle_destinations(stop), name="forget idle")
         backoff = 1.0
         while not stop.is_set():
             started = self.clock()
@@ -102,7 +104,26 @@ class Engine:
             except asyncio.TimeoutError:
                 pass
             backoff = min(backoff * 2, 30.0)
+        forgetting.cancel()
         self.metrics.close()
+
+    async def _forget_idle_destinations(self, stop: asyncio.Event) -> None:
+        """Destinations come and go with the mail (10,000 domains a day is common): drop the
+        ones with nothing to remember, so memory and a metrics scrape follow the live ones."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), FORGET_SWEEP)
+            except asyncio.TimeoutError:
+                pass
+            self.forget_idle(self.clock())
+
+    def forget_idle(self, now: float) -> int:
+        idle = [key for key, d in self.destinations.items() if d.forgettable(now)]
+        for key in idle:
+            del self.destinations[key]
+        if idle:
+            log.debug("forgot %d idle destination(s); %d remain", len(idle), len(self.destinations))
+        return len(idle)
 
     async def _session(self, stop: asyncio.Event) -> None:
         url = self.config.broker.url
