@@ -30,6 +30,9 @@ What the destination may do is decided in `shaper` and only carried out here:
   destination is paused for `probe` seconds (30 s doubling to 5 min); then one connection
   probes it, and success opens it up again (Postfix's dead destination, without failing
   every queued message).
+* Connections of all destinations together stay within the process's budget
+  (mta.budget): a worker starts only with a slot, a destination without one waits in
+  line, and an idle session may be closed to give its slot to a waiting destination.
 """
 
 from __future__ import annotations
@@ -323,7 +326,8 @@ class Destination:
         connection budget has a slot; without a slot the destination waits in line for one
         (`_granted`), its jobs staying in the ready queue."""
         if self._wants_worker() and self._budget.acquire(self.key, bool(self.single), self._granted):
-            self._start_worker()
+            if not self._start_worker():
+                self._budget.release(self.key)
 
     def _wants_worker(self) -> bool:
         if self.queued <= self._opening or self.closing or self.state.mode is Mode.PAUSED:
@@ -337,9 +341,8 @@ class Destination:
         return self._wants_worker() and self._start_worker()
 
     def _start_worker(self) -> bool:
-        """Start a worker on a budget slot already taken for it."""
+        """Start a worker on a budget slot taken for it; False leaves the slot to the caller."""
         if not self.window.try_open():
-            self._budget.release(self.key)
             return False
         self._spawn()
         return True
