@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 
 from shaper.budget import ConnectionBudget, budget_limit, fd_reserve
@@ -54,7 +55,8 @@ class Budget:
     @classmethod
     def from_config(cls, max_connections: int | None) -> Budget:
         nofile = raise_fd_limit()
-        limit, warning = budget_limit(nofile, max_connections)
+        dkim_workers = max(1, os.cpu_count() or 1)  # mta.signer's pool size, should DKIM be (re)loaded
+        limit, warning = budget_limit(nofile, max_connections, dkim_workers)
         if warning:
             log.warning("%s", warning)
         budget = cls(limit)
@@ -64,7 +66,7 @@ class Budget:
         else:
             log.info("connection budget: %d SMTP connections (file-descriptor limit %d, %d descriptors "
                      "kept for the broker, DNS, metrics, logs and DKIM); %d kept for the single lane",
-                     limit, nofile, fd_reserve(nofile), budget.core.reserve)
+                     limit, nofile, fd_reserve(nofile, dkim_workers), budget.core.reserve)
         return budget
 
     @property

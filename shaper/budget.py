@@ -37,34 +37,36 @@ __all__ = ["ConnectionBudget", "budget_limit", "fd_reserve", "single_reserve",
 
 # Descriptors kept for everything but SMTP connections, at least: up to 64 DNS queries in
 # flight (mta.mx.MAX_QUERIES), the two broker connections, metrics scrapes, log files, the
-# DKIM signing pool's pipes, the event loop's and Python's own.
+# event loop's and Python's own (the DKIM signing pool's sockets come on top: fd_reserve).
 FD_RESERVE_MIN = 128
 UNLIMITED_FDS_BUDGET = 100_000  # connections when the process has no descriptor limit
 
 SINGLE, STARVED, MORE = 0, 1, 2  # waiting classes, served in this order
 
 
-def fd_reserve(nofile: int) -> int:
+def fd_reserve(nofile: int, dkim_workers: int = 0) -> int:
     """Descriptors left for the rest of the process: a tenth of the limit, at least
-    FD_RESERVE_MIN (broker, DNS bursts, metrics, logs, DKIM pipes, Python's own), at most
-    half of it (a tiny limit still leaves connections)."""
-    return min(max(FD_RESERVE_MIN, nofile // 10), nofile // 2)
+    FD_RESERVE_MIN (broker, DNS bursts, metrics, logs, Python's own) and two per DKIM
+    signing worker (one socket each, twice while a reload replaces the pool), at most half
+    of it (a tiny limit still leaves connections)."""
+    return min(max(FD_RESERVE_MIN + 2 * dkim_workers, nofile // 10), nofile // 2)
 
 
-def budget_limit(nofile: int | None, configured: int | None) -> tuple[int, str | None]:
+def budget_limit(nofile: int | None, configured: int | None, dkim_workers: int = 0) -> tuple[int, str | None]:
     """The connection budget: `configured` (smtp.max_connections), else what the
     descriptor limit `nofile` allows (None: no limit). A configured value above what the
     limit allows is clamped to it, and the second value says so (the operator's number
     cannot be kept: the process would fail with EMFILE instead)."""
     if nofile is None:
         return (configured or UNLIMITED_FDS_BUDGET), None
-    allowed = max(1, nofile - fd_reserve(nofile))
+    reserve = fd_reserve(nofile, dkim_workers)
+    allowed = max(1, nofile - reserve)
     if configured is None:
         return allowed, None
     if configured > allowed:
         return allowed, (f"smtp.max_connections {configured} is more than the file-descriptor limit "
-                         f"{nofile} allows ({allowed}, keeping {fd_reserve(nofile)} for the rest of "
-                         f"the process); using {allowed}")
+                         f"{nofile} allows ({allowed}, keeping {reserve} for the rest of the process); "
+                         f"using {allowed}")
     return configured, None
 
 

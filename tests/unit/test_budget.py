@@ -16,6 +16,11 @@ def test_fd_reserve(nofile: int, reserve: int) -> None:
     assert fd_reserve(nofile) == reserve
 
 
+def test_fd_reserve_grows_with_the_dkim_pool() -> None:
+    assert fd_reserve(1024, dkim_workers=16) == 160
+    assert budget_limit(1024, None, dkim_workers=16) == (864, None)
+
+
 @pytest.mark.parametrize(("nofile", "configured", "limit", "clamped"), [
     (1024, None, 896, False),  # derived from the descriptor limit
     (1024, 500, 500, False),  # the operator's number, within the limit
@@ -241,6 +246,7 @@ def test_config_key(value, problem) -> None:
 
 def test_start_raises_the_soft_fd_limit_and_clamps_an_impossible_budget(caplog) -> None:
     import logging
+    import os
     import resource
 
     from mta.budget import Budget
@@ -250,6 +256,6 @@ def test_start_raises_the_soft_fd_limit_and_clamps_an_impossible_budget(caplog) 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert soft == hard
     if soft != resource.RLIM_INFINITY:
-        assert budget.limit == soft - fd_reserve(soft)
+        assert budget.limit == soft - fd_reserve(soft, max(1, os.cpu_count() or 1))
         assert "smtp.max_connections 10000000 is more than" in caplog.text
     assert f"connection budget: {budget.limit} SMTP connections" in caplog.text
