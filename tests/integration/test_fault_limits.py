@@ -209,3 +209,65 @@ def test_two_thousand_destinations_stay_under_the_fd_budget(vhost, sinks, many_d
 def test_two_thousand_busy_destinations_stay_under_the_fd_budget(vhost, sinks, many_domains_dns, tmp_path):
     _many_destinations(vhost, sinks, many_domains_dns, tmp_path, nofile=1024, n_domains=2000, per_domain=5,
                        data_delay=0.2, timeout=500)
+
+
+@pytest.mark.timeout(300)
+def test_single_mail_gets_a_slot_while_bulk_fills_the_budget(vhost, sinks, mta_config, start_mta):
+    """`smtp.max_connections: 10`: bulk to 5 slow destinations (3 connections each wanted)
+    takes 9 (the tenth is the single lane's) and keeps them busy for seconds (40 messages
+    each, 0.3 s per DATA); a single message to another destination is delivered at once,
+    long before the bulk backlog is through and before any bulk connection goes idle."""
+    n_domains, budget = 5, 10
+    cfg = mta_config(smtp={"max_connections": budget},
+                     default={"connection_limit": 3, "idle_timeout": "60s", "max_age": "300s"})
+    for i in range(n_domains):
+        sinks.set_data_delay(bulk_ip(i), 0.3)
+    mta = start_mta(cfg)
+    assert f"connection budget: {budget} SMTP connections" in mta.log_text()
+    run = run_id()
+    bulk = {f"bulk-{run}-{i}": f"user{i}-{run}@d{i % n_domains}.test" for i in range(40 * n_domains)}
+    single = {f"single-{run}": f"user-{run}@ok1.test"}
+    ledger = Ledger("single lane under a full connection budget", bound=0)
+    ledger.add(bulk)
+    ledger.add(single)
+    peak = {"sessions": 0}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak["sessions"] = max(peak["sessions"], sum(sinks.current_sessions().values()))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        publish(vhost, "bulk", [make_message(i, r) for i, r in bulk.items()])
+        deadline = time.monotonic() + 60
+        while sum(sinks.current_sessions().values()) < budget - 1:  # bulk holds all it may
+            assert time.monotonic() < deadline, f"bulk never filled the budget: {sinks.current_sessions()}"
+            time.sleep(0.05)
+        sent = time.monotonic()
+        publish(vhost, "single", [make_message(i, r) for i, r in single.items()])
+        assert _wait_for_id(sinks, next(iter(single)), 10), "single mail waited behind bulk for a slot"
+        waited = time.monotonic() - sent
+        bulk_done = sum(1 for a in sinks.accepted() if a.rcpt.startswith("user") and "@d" in a.rcpt)
+        collector = ResultCollector(vhost)
+        collector.collect(ledger.ids, timeout=200, settle=1.0)
+        stop.set()
+        watcher.join(5)
+        fig = ledger.check(collector.by_id, sinks.count_by_id(), sink_duplicates_allowed=0)
+        print(f"single delivered {waited:.2f}s after it was published, with {bulk_done}/{len(bulk)} bulk delivered; "
+              f"peak {peak['sessions']} sessions at the sinks (budget {budget})")
+        assert waited < 2.0 and bulk_done < len(bulk) // 2, fig.line()
+        assert peak["sessions"] <= budget, fig.line()
+    finally:
+        stop.set()
+
+
+def _wait_for_id(sinks, msg_id: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while msg_id not in sinks.count_by_id():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
