@@ -53,6 +53,9 @@ class Smtp(msgspec.Struct, frozen=True):
     bind: str | None = None
     max_message_size: int = 50 * 1024 * 1024
     ca_file: str | None = None  # CA bundle for `tls: verified`; None: the system's
+    # Outbound connections of all destinations together; None: what the file-descriptor
+    # limit allows (mta.budget). More than the limit allows is clamped at start, with a warning.
+    max_connections: int | None = None
 
 
 class Metrics(msgspec.Struct, frozen=True):
@@ -186,6 +189,11 @@ def _bool(v: Any) -> bool:
 
 def _opt_str(v: Any) -> str | None:
     return None if v is None else _str(v)
+
+
+def _opt_int(lo: int, hi: int | None = None) -> Callable[[Any], int | None]:
+    whole = _int(lo, hi)
+    return lambda v: None if v is None else whole(v)
 
 
 def _choice(*options: str) -> Callable[[Any], str]:
@@ -334,7 +342,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "smtp": (
         Smtp,
         {"port": _int(1, 65535), "helo": _opt_str, "bind": _opt_str, "max_message_size": _int(1),
-         "ca_file": _opt_str},
+         "ca_file": _opt_str, "max_connections": _opt_int(1, 1_000_000)},
     ),
     "metrics": (Metrics, {"port": _int(0, 65535), "address": _str}),
 }

@@ -30,6 +30,9 @@ What the destination may do is decided in `shaper` and only carried out here:
   destination is paused for `probe` seconds (30 s doubling to 5 min); then one connection
   probes it, and success opens it up again (Postfix's dead destination, without failing
   every queued message).
+* Connections of all destinations together stay within the process's budget
+  (mta.budget): a worker starts only with a slot, a destination without one waits in
+  line, and an idle session may be closed to give its slot to a waiting destination.
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+from mta.budget import Budget
 from mta.config import Policy, merge
 from mta.message import Job
 from mta.mx import MxAnswer
 from mta.smtp import Connector, Reply, Session, SessionFailed, Timeouts
 from shaper.adaptive import AdaptiveRate
 from shaper.allowance import MAX_WAIT, PER_CONNECTION, HeldLedger, allowance, hold_delay, paused_delay, slow_hold
+from shaper.budget import UNLIMITED_FDS_BUDGET
 from shaper.fair import FairQueue
 from shaper.limiter import Gcra
 from shaper.patterns import PatternRule, Patterns
@@ -111,7 +116,7 @@ class AcceptMeter:
 class Destination:
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
                  port: int, done: Done, hold: Callable[[Job, int], None], clock: Callable[[], float],
-                 patterns: Patterns | None = None):
+                 patterns: Patterns | None = None, budget: Budget | None = None):
         self.key = key
         self.domain = ""  # one recipient domain it serves (rules are found again by it on reload)
         self.answer = answer
@@ -121,6 +126,7 @@ class Destination:
         self._hold = hold
         self._clock = clock
         self.patterns = patterns or Patterns()
+        self._budget = budget if budget is not None else Budget(UNLIMITED_FDS_BUDGET)  # the process's connection slots
         self.single: deque[Job] = deque()
         self.bulk: FairQueue[Job] = FairQueue(campaign)
         self._bulk_busy = 0  # workers holding a bulk job
@@ -330,14 +336,31 @@ class Destination:
         self._grow()
 
     def _grow(self) -> None:
-        """Another worker, if jobs wait that no connecting worker will take and the window
-        has room (for bulk: room outside the single lane's reserve)."""
-        if self.queued <= self._opening or self.closing:
-            return
+        """Another worker, if jobs wait that no connecting worker will take, the window
+        has room (for bulk: room outside the single lane's reserve) and the process's
+        connection budget has a slot; without a slot the destination waits in line for one
+        (`_granted`), its jobs staying in the ready queue."""
+        if self._wants_worker() and self._budget.acquire(self.key, bool(self.single), self._granted):
+            if not self._start_worker():
+                self._budget.release(self.key)
+
+    def _wants_worker(self) -> bool:
+        if self.queued <= self._opening or self.closing or self.state.mode is Mode.PAUSED:
+            return False
         if not self.single and self.window.in_use >= self._bulk_cap():
-            return
-        if self.window.try_open():
-            self._spawn()
+            return False
+        return self.window.available > 0
+
+    def _granted(self) -> bool:
+        """A budget slot is this destination's turn: a worker takes it if one is still wanted."""
+        return self._wants_worker() and self._start_worker()
+
+    def _start_worker(self) -> bool:
+        """Start a worker on a budget slot taken for it; False leaves the slot to the caller."""
+        if not self.window.try_open():
+            return False
+        self._spawn()
+        return True
 
     def _spawn(self) -> None:
         task = asyncio.get_running_loop().create_task(self._work(), name=f"worker {self.key}")
@@ -347,6 +370,7 @@ class Destination:
     def _worker_ended(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
         self.window.closed()
+        self._budget.release(self.key)  # its session is closed: the slot goes to whoever waits first
         if not task.cancelled() and task.exception() is not None:
             log.error("worker for %s crashed: %r; its job is retried", self.key, task.exception())
         if self.queued and self.state.mode is not Mode.PAUSED:
@@ -383,10 +407,13 @@ class Destination:
             return job
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self._budget.idle(waiter, self.key)  # a full budget closes the least recently used idle session
         try:
             return await asyncio.wait_for(waiter, timeout)
         except asyncio.TimeoutError:
             return None
+        finally:
+            self._budget.busy(waiter)
 
     def drain(self) -> list[Job]:
         """Everything not yet on the wire (shutdown, lost broker, pause)."""
@@ -521,6 +548,11 @@ class Destination:
         the last reply (or goes back to the queue when the receiver only said "too many
         connections" to this one while others are up); with nobody else connected the
         destination is dead: paused for a probe interval, its queue held."""
+        if self._budget.should_yield(self.key):
+            # Single mail or a destination without any connection waits for a budget slot:
+            # this reconnect gives its slot up; the job goes back to the front of the queue.
+            (self.single if job.lane == "single" else self.bulk).appendleft(job)
+            return None
         while True:
             decision = self.connection_rate.take(self._clock())
             if decision.allowed:

@@ -25,6 +25,7 @@ from aiormq.abc import DeliveredMessage
 
 from mta import control, fault, status
 
+from mta.budget import Budget
 from mta.config import Config, ConfigError, load_config
 from mta.delivery import Destination
 from mta.message import InvalidMessage, Job, decode
@@ -68,6 +69,7 @@ class Engine:
         self.router = Router(self.resolver, self.rules, self._deliver, self._unroutable, clock=clock)
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
+        self.budget = Budget.from_config(config.smtp.max_connections)  # SMTP connections of all destinations
         self.pauses = control.Pauses()
         # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
         self.routes = self.router.routes = RouteTable(config.routes, self.rules, self.pauses, clock)
@@ -364,7 +366,7 @@ class Engine:
         if destination is None:
             destination = Destination(resolved.key, answer, resolved.policy, connector=self._connector_for(resolved.key),
                                       port=self.config.smtp.port, done=self._done, hold=self._hold,
-                                      clock=self.clock, patterns=self.rules.patterns)
+                                      clock=self.clock, patterns=self.rules.patterns, budget=self.budget)
             destination.domain = job.domain  # a domain it serves, to find its rules again on reload
             self.destinations[resolved.key] = destination
         else:

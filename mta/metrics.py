@@ -353,6 +353,7 @@ class _Collector:
         yield _counter("mta_dns_lookups", "MX lookups sent to DNS (cache misses).", resolver.lookups)
         yield _counter("mta_dns_cache_hits", "MX answers served from the cache.", resolver.cache_hits)
         yield from _destination_families(m, engine, now)
+        yield from _budget_families(engine)
         yield GaugeMetricFamily("mta_start_time_seconds", "When this process started (Unix time).",
                                 value=m.started)
 
@@ -440,6 +441,25 @@ def _destination_families(m: Metrics, engine, now: float) -> Iterable:
     for mode, n in by_mode.items():
         modes.add_metric([mode], n)
     yield from (queued, open_, busy, conn_limit, allowed, rate_limit, state, reason, modes)
+
+
+def _budget_families(engine) -> Iterable:
+    """The process-wide connection budget (mta.budget): its size, use, and who waited."""
+    budget = getattr(engine, "budget", None)
+    if budget is None:
+        return
+    yield GaugeMetricFamily("mta_connections_budget", "Outbound SMTP connections this process may hold "
+                            "(smtp.max_connections, or what the file-descriptor limit allows).", value=budget.limit)
+    yield GaugeMetricFamily("mta_connections_budget_in_use", "Connection slots held: sessions open or "
+                            "connecting, all destinations together.", value=budget.in_use)
+    yield GaugeMetricFamily("mta_connections_budget_waiting", "Destinations waiting for a connection slot "
+                            "(a wait is not a delivery attempt).", value=budget.waiting)
+    yield _counter("mta_connections_budget_waits", "Times a destination had to wait for a connection slot.",
+                   budget.waits)
+    yield _counter("mta_connections_budget_evictions", "Idle connections closed, least recently used first, "
+                   "to make room for a destination waiting for a slot.", budget.evictions)
+    yield _counter("mta_connections_budget_yields", "Reconnects given up so that a destination without a "
+                   "connection (or single mail) got the slot.", budget.yields)
 
 
 def _short(text: str, limit: int = 100) -> str:

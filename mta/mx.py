@@ -24,6 +24,9 @@ import dns.resolver
 # A failure is remembered this long: long enough to spare the DNS server a storm of
 # lookups from every queued message, short enough to notice a fixed zone soon.
 FAILURE_TTL = 10.0
+# DNS queries in flight at once, each a socket: thousands of new domains arriving together
+# must not take the descriptors the SMTP connection budget counts on (mta.budget).
+MAX_QUERIES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ class MxResolver:
         self._cache: dict[str, tuple[float, MxAnswer | DnsFailure]] = {}
         self.lookups = 0
         self.cache_hits = 0
+        self._queries = asyncio.Semaphore(MAX_QUERIES)
 
     def cached(self, domain: str) -> MxAnswer | DnsFailure | None:
         entry = self._cache.get(domain)
@@ -119,7 +123,8 @@ class MxResolver:
 
     async def _lookup(self, domain: str) -> tuple[MxAnswer | DnsFailure, float]:
         try:
-            answer = await self._resolver.resolve(domain, "MX", lifetime=self._timeout)
+            async with self._queries:
+                answer = await self._resolver.resolve(domain, "MX", lifetime=self._timeout)
         except dns.resolver.NXDOMAIN:
             return DnsFailure(True, "5.1.2", f"domain {domain} does not exist (NXDOMAIN)"), 0.0
         except dns.resolver.NoAnswer:
@@ -169,7 +174,8 @@ class MxResolver:
 
     async def _records(self, name: str, kind: str) -> tuple[list[str], float, DnsFailure | None]:
         try:
-            answer = await self._resolver.resolve(name, kind, lifetime=self._timeout)
+            async with self._queries:
+                answer = await self._resolver.resolve(name, kind, lifetime=self._timeout)
         except dns.resolver.NXDOMAIN:
             return [], 0.0, DnsFailure(True, "5.1.2", f"host {name} does not exist (NXDOMAIN)")
         except dns.resolver.NoAnswer:

@@ -9,6 +9,7 @@ import re
 import yaml
 
 from mta import control
+from mta.budget import Budget
 from mta.metrics import Metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,6 +27,7 @@ class FakeEngine:
         self.resolver = FakeResolver()
         self.destinations = {}
         self.pauses = control.Pauses()
+        self.budget = Budget(10)
 
 
 def exported_names() -> set[str]:
