@@ -60,7 +60,15 @@ def snapshot(engine) -> dict:
         "last_minute": metrics.last_minute(now),
         "lanes": _lanes(metrics),
         "destinations": destinations[:MAX_ROWS],
+        "budget": _budget(engine),
     }
+
+
+def _budget(engine) -> dict | None:
+    budget = getattr(engine, "budget", None)
+    if budget is None:
+        return None
+    return {"limit": budget.limit, "in_use": budget.in_use, "waiting": budget.waiting}
 
 
 def _lanes(metrics) -> dict:
@@ -241,6 +249,10 @@ def _render_mta(mta: dict) -> list[str]:
         row = last.get(lane, {})
         lines.append(f"  {'all lanes' if lane == 'all' else 'lane ' + lane:<11} last 60 s: " + ", ".join(
             f"{name} {row.get(kind, 0)}" for name, kind in KINDS))
+    budget = mta.get("budget")
+    if budget:
+        lines.append(f"  connections: {budget['in_use']} of {budget['limit']} (process budget), "
+                     f"{budget['waiting']} destination(s) waiting for a slot")
     if not mta["destinations"]:
         lines.append("  no active destinations")
     elif mta["destinations_active"] > len(mta["destinations"]):
