@@ -72,6 +72,12 @@ def timeouts_of(policy: Policy) -> Timeouts:
     )
 
 
+def _idle(waiter: asyncio.Future) -> None:
+    """A worker's idle timeout: it gets no job (None) and gives its connection up."""
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def campaign(job: Job) -> str:
     """Which bulk campaign a message belongs to: its first tag."""
     return job.tags[0] if job.tags else ""
@@ -362,12 +368,16 @@ class Destination:
         job = self._take()
         if job is not None or timeout <= 0 or self.closing:
             return job
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiters.append(waiter)
+        # A timer that resolves the waiter with None, rather than wait_for: no timeout
+        # exception to raise and catch on every idle wait. push() skips a done waiter.
+        timer = loop.call_later(timeout, _idle, waiter)
         try:
-            return await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
-            return None
+            return await waiter
+        finally:
+            timer.cancel()
 
     def drain(self) -> list[Job]:
         """Everything not yet on the wire (shutdown, lost broker, pause)."""
