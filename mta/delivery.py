@@ -72,12 +72,6 @@ def timeouts_of(policy: Policy) -> Timeouts:
     )
 
 
-def _idle(waiter: asyncio.Future) -> None:
-    """A worker's idle timeout: it gets no job (None) and gives its connection up."""
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 def _commands(session: Session, job: Job) -> tuple[bytes, bytes] | Reply:
     """The job's MAIL FROM and RCPT TO for this session, or the reply refusing it here."""
     return session.commands(job.sender.text if job.sender else "", job.recipient.text, len(job.data),
@@ -139,6 +133,9 @@ class Destination:
         self._unpaced = 0  # workers holding a job that has no rate slot yet
         self._single_seen: float | None = None  # last single-lane message; None: long ago
         self._waiters: deque[asyncio.Future] = deque()
+        self._idle: deque[tuple[float, asyncio.Future]] = deque()  # (deadline, waiter) of idle workers
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_at = 0.0
         self.connected = 0
         self._opening = 0
         self.tasks: set[asyncio.Task] = set()
@@ -378,13 +375,38 @@ class Destination:
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters.append(waiter)
-        # A timer that resolves the waiter with None, rather than wait_for: no timeout
-        # exception to raise and catch on every idle wait. push() skips a done waiter.
-        timer = loop.call_later(timeout, _idle, waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
+        # No wait_for nor timer per wait: the waiter and its deadline join the idle list,
+        # and one timer per destination gives None to those whose idle_timeout ran out.
+        # push() skips a done waiter.
+        deadline = loop.time() + timeout
+        idle = self._idle
+        while idle and idle[0][1].done():  # served in order, mostly: prune them here
+            idle.popleft()
+        idle.append((deadline, waiter))
+        if self._idle_timer is None or self._idle_at > deadline:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            self._idle_at = deadline
+            self._idle_timer = loop.call_at(deadline, self._idle_expired)
+        return await waiter
+
+    def _idle_expired(self) -> None:
+        """Idle workers whose time ran out get None (and give their connection up)."""
+        self._idle_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        left: deque[tuple[float, asyncio.Future]] = deque()  # at most one per worker
+        for deadline, waiter in self._idle:
+            if waiter.done():
+                continue
+            if deadline <= now:
+                waiter.set_result(None)
+            else:
+                left.append((deadline, waiter))
+        self._idle = left
+        if left:
+            self._idle_at = min(deadline for deadline, _ in left)
+            self._idle_timer = loop.call_at(self._idle_at, self._idle_expired)
 
     def drain(self) -> list[Job]:
         """Everything not yet on the wire (shutdown, lost broker, pause)."""

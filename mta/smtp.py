@@ -91,6 +91,11 @@ class _ReplyReader(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._error: Exception | None = None
         self.transport: asyncio.Transport | None = None
+        # One timer per connection, moved lazily, rather than one per read: a read only
+        # notes its deadline; the timer, when it fires early, is set again for it.
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -114,6 +119,9 @@ class _ReplyReader(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         if self._error is None:
             self._error = exc
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -121,16 +129,32 @@ class _ReplyReader(asyncio.Protocol):
         if not self._replies:
             if self._error is not None:
                 raise self._error
-            self._waiter = waiter = self._loop.create_future()
-            timer = self._loop.call_later(timeout, _expire, waiter)
+            loop = self._loop
+            self._waiter = waiter = loop.create_future()
+            self._deadline = deadline = loop.time() + timeout
+            if self._timer is None or self._timer_at > deadline:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer_at = deadline
+                self._timer = loop.call_at(deadline, self._expire)
             try:
                 await waiter
             finally:
-                timer.cancel()
                 self._waiter = None
             if not self._replies:
                 raise self._error or asyncio.TimeoutError()
         return self._replies.popleft()
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # no read pending: the next one sets the timer again
+        if self._loop.time() >= self._deadline:
+            waiter.set_exception(asyncio.TimeoutError())
+        else:
+            self._timer_at = self._deadline
+            self._timer = self._loop.call_at(self._deadline, self._expire)
 
     def write(self, data: bytes) -> None:
         if self._error is not None or self.transport is None or self.transport.is_closing():
@@ -146,11 +170,6 @@ class _ReplyReader(asyncio.Protocol):
             self.transport.writelines((data, b".\r\n"))
         else:
             self.transport.writelines((data, b".\r\n", ahead[0], ahead[1], b"DATA\r\n"))
-
-
-def _expire(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_exception(asyncio.TimeoutError())
 
 
 def _parse_reply(buffer: bytearray) -> tuple[int, str] | None:

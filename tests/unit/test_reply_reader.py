@@ -81,3 +81,33 @@ def test_a_reply_that_never_comes_times_out() -> None:
 
     with pytest.raises(asyncio.TimeoutError):
         asyncio.run(run())
+
+
+def test_a_short_timeout_after_a_long_one_still_times_out_on_time() -> None:
+    # The reader keeps one timer per connection: a read with a nearer deadline than the
+    # timer's must move it.
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        reader = _ReplyReader(loop)
+        loop.call_later(0.01, reader.data_received, b"250 2.0.0 OK\r\n")
+        assert await reader.read(60.0) == (250, "2.0.0 OK")
+        started = loop.time()
+        with pytest.raises(asyncio.TimeoutError):
+            await reader.read(0.05)
+        return loop.time() - started
+
+    assert asyncio.run(run()) < 5.0
+
+
+def test_a_read_outlives_the_deadline_of_the_read_before_it() -> None:
+    # The timer was set for the first read's deadline; when it fires during the second
+    # read, it must be set again for that one rather than time it out early.
+    async def run() -> tuple[int, str]:
+        loop = asyncio.get_running_loop()
+        reader = _ReplyReader(loop)
+        loop.call_soon(reader.data_received, b"354 go ahead\r\n")
+        assert await reader.read(0.05) == (354, "go ahead")
+        loop.call_later(0.2, reader.data_received, b"250 2.0.0 OK\r\n")
+        return await reader.read(5.0)
+
+    assert asyncio.run(run()) == (250, "2.0.0 OK")
