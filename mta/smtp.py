@@ -174,6 +174,17 @@ class _ReplyReader(asyncio.Protocol):
 
 def _parse_reply(buffer: bytearray) -> tuple[int, str] | None:
     """Pop one complete (possibly multi-line) reply off the buffer, or None if incomplete."""
+    end = buffer.find(b"\n")
+    if end == -1:
+        return None
+    if end >= 3 and buffer[3:4] != b"-":  # one line, the common case: no copies but the text's
+        try:
+            code = int(buffer[:3])
+        except ValueError:
+            code = 0
+        text = buffer[4:end].decode("utf-8", "replace").strip()
+        del buffer[:end + 1]
+        return code, text
     offset = 0
     lines = []
     while True:

@@ -111,3 +111,30 @@ def test_a_read_outlives_the_deadline_of_the_read_before_it() -> None:
         return await reader.read(5.0)
 
     assert asyncio.run(run()) == (250, "2.0.0 OK")
+
+
+@pytest.mark.parametrize("raw", [b"250 OK\r\n", b"250\r\n", b"250 \r\n", b"25\r\n", b"2\r\n", b"\r\n",
+                                 b"ab\r\n250 x\r\n", b"354 go\n", b"550 5.1.1 caf\xc3\xa9 \xff\r\n",
+                                 b"250-a\r\n250-b\r\n250 c\r\n", b"25-a\r\n250 b\r\n"])
+def test_one_line_fast_path_reads_like_the_general_one(raw: bytes) -> None:
+    def general(buffer: bytearray) -> tuple[int, str] | None:  # the line-by-line reading
+        lines, offset = [], 0
+        while True:
+            end = buffer.find(b"\n", offset)
+            if end == -1:
+                return None
+            line = bytes(buffer[offset:end]).rstrip(b"\r")
+            offset = end + 1
+            lines.append(line[4:].decode("utf-8", "replace").strip())
+            if line[3:4] != b"-":
+                break
+        try:
+            code = int(line[:3])
+        except ValueError:
+            code = 0
+        del buffer[:offset]
+        return code, " ".join(lines)
+
+    fast, slow = bytearray(raw), bytearray(raw)
+    assert _parse_reply(fast) == general(slow)
+    assert fast == slow
