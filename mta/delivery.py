@@ -78,6 +78,13 @@ def timeouts_of(policy: Policy) -> Timeouts:
     )
 
 
+def _commands(session: Session, job: Job) -> tuple[bytes, bytes] | Reply:
+    """The job's MAIL FROM and RCPT TO for this session, or the reply refusing it here."""
+    return session.commands(job.sender.text if job.sender else "", job.recipient.text, len(job.data),
+                            utf8=job.recipient.utf8 or bool(job.sender and job.sender.utf8),
+                            eight_bit=job.eight_bit)
+
+
 def campaign(job: Job) -> str:
     """Which bulk campaign a message belongs to: its first tag."""
     return job.tags[0] if job.tags else ""
@@ -133,6 +140,9 @@ class Destination:
         self._unpaced = 0  # workers holding a job that has no rate slot yet
         self._single_seen: float | None = None  # last single-lane message; None: long ago
         self._waiters: deque[asyncio.Future] = deque()
+        self._idle: deque[tuple[float, asyncio.Future]] = deque()  # (deadline, waiter) of idle workers
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_at = 0.0
         self.connected = 0
         self._opening = 0
         self.tasks: set[asyncio.Task] = set()
@@ -405,15 +415,45 @@ class Destination:
         job = self._take()
         if job is not None or timeout <= 0 or self.closing:
             return job
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiters.append(waiter)
+        # No wait_for nor timer per wait: the waiter and its deadline join the idle list,
+        # and one timer per destination gives None to those whose idle_timeout ran out.
+        # push() skips a done waiter.
+        deadline = loop.time() + timeout
+        idle = self._idle
+        while idle and idle[0][1].done():  # served in order, mostly: prune them here
+            idle.popleft()
+        idle.append((deadline, waiter))
+        if self._idle_timer is None or self._idle_at > deadline:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            self._idle_at = deadline
+            self._idle_timer = loop.call_at(deadline, self._idle_expired)
         self._budget.idle(waiter, self.key)  # a full budget closes the least recently used idle session
         try:
-            return await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
-            return None
+            return await waiter
         finally:
             self._budget.busy(waiter)
+
+    def _idle_expired(self) -> None:
+        """Idle workers whose time ran out get None (and give their connection up)."""
+        self._idle_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        left: deque[tuple[float, asyncio.Future]] = deque()  # at most one per worker
+        for deadline, waiter in self._idle:
+            if waiter.done():
+                continue
+            if deadline <= now:
+                waiter.set_result(None)
+            else:
+                left.append((deadline, waiter))
+        self._idle = left
+        if left:
+            self._idle_at = min(deadline for deadline, _ in left)
+            self._idle_timer = loop.call_at(self._idle_at, self._idle_expired)
 
     def drain(self) -> list[Job]:
         """Everything not yet on the wire (shutdown, lost broker, pause)."""
@@ -428,13 +468,20 @@ class Destination:
         session: Session | None = None
         sent = 0
         job: Job | None = None
+        follow: Job | None = None  # the next job, its commands pipelined behind job's content
+        carried: Job | None = None  # paced, never begun: its session broke under it
         try:
             while True:
                 if session is not None and (self.window.excess or self.state.mode is Mode.PAUSED):
                     return  # the window shrank or the destination paused: give the slot back
-                job = await self._next(self.policy.idle_timeout if session is not None else 0)
-                if job is None:
-                    return
+                if carried is not None:
+                    job, carried = carried, None
+                    paced = True  # its rate slot was booked when it was pipelined
+                else:
+                    job = await self._next(self.policy.idle_timeout if session is not None else 0)
+                    if job is None:
+                        return
+                    paced = False
                 if session is None:
                     self._opening += 1
                     try:
@@ -442,42 +489,120 @@ class Destination:
                     finally:
                         self._opening -= 1
                     if session is None:
-                        self._unpaced -= 1
+                        if not paced:
+                            self._unpaced -= 1
                         self._release(job)
                         job = None
                         return
                     sent = 0
-                job = await self._pace(job)
+                if not paced:
+                    job = await self._pace(job)
                 if self.state.mode is Mode.PAUSED:  # paused while this job waited for its turn
                     self._hold_paused(job, self._clock())
                     self._release(job)
                     job = None
                     return
-                try:
-                    reply = await session.send(job.sender.text if job.sender else "", job.recipient.text,
-                                               job.data, utf8=job.recipient.utf8 or bool(job.sender and job.sender.utf8),
-                                               eight_bit=job.eight_bit)
-                except SessionFailed as exc:
-                    reply = exc.reply
-                except Exception as exc:  # a bug must cost one attempt, not the message
-                    log.exception("%s: delivery of %s failed unexpectedly; it is retried", self.key, job.id)
-                    session.usable = False
-                    reply = Reply(None, f"internal error: {exc.__class__.__name__}", "message")
-                done, job = job, None
-                self._release(done)
-                reply = session.stamp(reply)
-                verdict = self._feedback(reply, self._clock())
-                self._done(done, reply, session.mx, session.ip, verdict)
-                sent += 1
+                reply = await self._begin(session, job, True)
+                while reply is None:  # the receiver waits for job's content
+                    follow = self._follow(job, sent, session)
+                    ahead = None
+                    if follow is not None:
+                        ahead = _commands(session, follow)
+                    reply = await self._finish(session, job, ahead if isinstance(ahead, tuple) else None)
+                    done, job = job, None
+                    self._settle(session, done, reply)
+                    sent += 1
+                    if follow is None:
+                        break
+                    job, follow = follow, None
+                    if isinstance(ahead, Reply):  # refused here: nothing went out for it
+                        reply = ahead
+                    elif not session.usable:  # no reply to the dot: the next one was never begun
+                        carried, job = job, None
+                    elif self.state.mode is Mode.PAUSED:  # by the reply to the message before it
+                        session.usable = False  # hang up rather than send it: the receiver drops it
+                        self._hold_paused(job, self._clock())
+                        self._release(job)
+                        job = None
+                        return
+                    else:
+                        reply = await self._begin(session, job, False)
+                if job is not None:  # refused (or failed) before its content
+                    done, job = job, None
+                    self._settle(session, done, reply)
+                    sent += 1
                 if not session.usable or sent >= self.policy.max_deliveries_per_connection:
                     await self._close(session)
                     session = None
         finally:
-            if job is not None:  # cancelled mid-transaction: the outcome is unknown
-                self._release(job)
-                self._done(job, Reply(None, "delivery interrupted (shutdown)", "message"), None, None, None)
+            for left in (job, follow, carried):
+                if left is not None:  # cancelled mid-transaction: the outcome is unknown
+                    self._release(left)
+                    self._done(left, Reply(None, "delivery interrupted (shutdown)", "message"), None, None, None)
             if session is not None:
                 await self._close(session)
+
+    async def _begin(self, session: Session, job: Job, write: bool) -> Reply | None:
+        """MAIL, RCPT and DATA for ``job`` (``write`` False: they went out pipelined, read
+        the replies): None when the receiver waits for the content, else the outcome."""
+        try:
+            if write:
+                commands = _commands(session, job)
+                if isinstance(commands, Reply):
+                    return commands
+                return await session.begin(commands)
+            return await session.begin(None)
+        except SessionFailed as exc:
+            return exc.reply
+        except Exception as exc:  # a bug must cost one attempt, not the message
+            return self._crashed(session, job, exc)
+
+    async def _finish(self, session: Session, job: Job, ahead: tuple[bytes, bytes] | None) -> Reply:
+        """``job``'s content (and ``ahead``, the next transaction's commands); its outcome."""
+        try:
+            return await session.finish(job.data, ahead)
+        except SessionFailed as exc:
+            return exc.reply
+        except Exception as exc:  # a bug must cost one attempt, not the message
+            return self._crashed(session, job, exc)
+
+    def _crashed(self, session: Session, job: Job, exc: Exception) -> Reply:
+        log.exception("%s: delivery of %s failed unexpectedly; it is retried", self.key, job.id)
+        session.usable = False
+        return Reply(None, f"internal error: {exc.__class__.__name__}", "message")
+
+    def _settle(self, session: Session, job: Job, reply: Reply) -> None:
+        self._release(job)
+        reply = session.stamp(reply)
+        verdict = self._feedback(reply, self._clock())
+        self._done(job, reply, session.mx, session.ip, verdict)
+
+    def _follow(self, current: Job, sent: int, session: Session) -> Job | None:
+        """The job to pipeline behind ``current``'s content (RFC 2920), one write for both:
+        only one that is ready with its rate slot due now (never one in the future), and
+        only while the destination keeps going (not closing, paused or shrinking) and the
+        session has room for it. None: ``current`` goes alone."""
+        if (not session.pipelining or self.closing or self.window.excess or self.state.mode is Mode.PAUSED
+                or sent + 2 > self.policy.max_deliveries_per_connection):
+            return None
+        if self.single:
+            job = self.single.popleft()
+        elif self.bulk and self._bulk_busy - (current.lane != "single") < self._bulk_cap():
+            self._bulk_busy += 1  # this worker holds two bulk jobs until current is settled
+            job = self.bulk.popleft()
+        else:
+            return None
+        now = self._clock()
+        if self.adaptive.adapting:
+            self.refresh(now)
+        if self.message_rate.take(now).allowed or (job.lane == "single" and self.single_rate.take(now).allowed):
+            return job
+        if job.lane == "single":  # its turn is later: back to the front, as if never taken
+            self.single.appendleft(job)
+        else:
+            self.bulk.appendleft(job)
+        self._release(job)
+        return None
 
     def _feedback(self, reply: Reply, now: float) -> bool | None:
         """What one reply teaches about the destination; returns a pattern's verdict."""

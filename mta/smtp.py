@@ -91,6 +91,11 @@ class _ReplyReader(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._error: Exception | None = None
         self.transport: asyncio.Transport | None = None
+        # One timer per connection, moved lazily, rather than one per read: a read only
+        # notes its deadline; the timer, when it fires early, is set again for it.
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -114,6 +119,9 @@ class _ReplyReader(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         if self._error is None:
             self._error = exc
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -121,36 +129,62 @@ class _ReplyReader(asyncio.Protocol):
         if not self._replies:
             if self._error is not None:
                 raise self._error
-            self._waiter = waiter = self._loop.create_future()
-            timer = self._loop.call_later(timeout, _expire, waiter)
+            loop = self._loop
+            self._waiter = waiter = loop.create_future()
+            self._deadline = deadline = loop.time() + timeout
+            if self._timer is None or self._timer_at > deadline:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer_at = deadline
+                self._timer = loop.call_at(deadline, self._expire)
             try:
                 await waiter
             finally:
-                timer.cancel()
                 self._waiter = None
             if not self._replies:
                 raise self._error or asyncio.TimeoutError()
         return self._replies.popleft()
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # no read pending: the next one sets the timer again
+        if self._loop.time() >= self._deadline:
+            waiter.set_exception(asyncio.TimeoutError())
+        else:
+            self._timer_at = self._deadline
+            self._timer = self._loop.call_at(self._deadline, self._expire)
 
     def write(self, data: bytes) -> None:
         if self._error is not None or self.transport is None or self.transport.is_closing():
             raise self._error or ConnectionError("connection closed")
         self.transport.write(data)
 
-    def write_message(self, data: bytes) -> None:
-        """The message and the end-of-data line in one vectored write, without copying the message."""
+    def write_message(self, data: bytes, ahead: tuple[bytes, bytes] | None = None) -> None:
+        """The message and the end-of-data line (and the next transaction's commands, when
+        pipelined behind it) in one vectored write, without copying the message."""
         if self._error is not None or self.transport is None or self.transport.is_closing():
             raise self._error or ConnectionError("connection closed")
-        self.transport.writelines((data, b".\r\n"))
-
-
-def _expire(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_exception(asyncio.TimeoutError())
+        if ahead is None:
+            self.transport.writelines((data, b".\r\n"))
+        else:
+            self.transport.writelines((data, b".\r\n", ahead[0], ahead[1], b"DATA\r\n"))
 
 
 def _parse_reply(buffer: bytearray) -> tuple[int, str] | None:
     """Pop one complete (possibly multi-line) reply off the buffer, or None if incomplete."""
+    end = buffer.find(b"\n")
+    if end == -1:
+        return None
+    if end >= 3 and buffer[3:4] != b"-":  # one line, the common case: no copies but the text's
+        try:
+            code = int(buffer[:3])
+        except ValueError:
+            code = 0
+        text = buffer[4:end].decode("utf-8", "replace").strip()
+        del buffer[:end + 1]
+        return code, text
     offset = 0
     lines = []
     while True:
@@ -194,13 +228,25 @@ class Session:
 
     async def send(self, sender: str, recipient: str, data: bytes, *, utf8: bool, eight_bit: bool) -> Reply:
         """One transaction; returns the deciding reply. Raises SessionFailed if the connection broke."""
+        commands = self.commands(sender, recipient, len(data), utf8=utf8, eight_bit=eight_bit)
+        if isinstance(commands, Reply):
+            return commands
+        refusal = await self.begin(commands)
+        if refusal is not None:
+            return refusal
+        return await self.finish(data)
+
+    def commands(self, sender: str, recipient: str, size: int, *, utf8: bool,
+                 eight_bit: bool) -> tuple[bytes, bytes] | Reply:
+        """MAIL FROM and RCPT TO of one transaction as they go on the wire, or the reply
+        that refuses it here, without asking the receiver (no SMTPUTF8, over its SIZE)."""
         if utf8 and not self.smtputf8:
             return Reply(553, "5.6.7 the receiver does not offer SMTPUTF8, needed for this address (local decision)", "mail")
-        if self.max_size is not None and len(data) > self.max_size:
-            return Reply(552, f"5.3.4 message of {len(data)} octets exceeds the receiver's SIZE {self.max_size} (local decision)", "mail")
+        if self.max_size is not None and size > self.max_size:
+            return Reply(552, f"5.3.4 message of {size} octets exceeds the receiver's SIZE {self.max_size} (local decision)", "mail")
         options = b""
         if self.offers_size:
-            options += b" SIZE=%d" % len(data)
+            options += b" SIZE=%d" % size
         if eight_bit and self.eight_bit_mime:
             options += b" BODY=8BITMIME"
         if utf8:
@@ -208,18 +254,28 @@ class Session:
         encoding = "utf-8" if utf8 else "ascii"
         mail = b"MAIL FROM:<" + sender.encode(encoding) + b">" + options + b"\r\n"
         rcpt = b"RCPT TO:<" + recipient.encode(encoding) + b">\r\n"
+        return mail, rcpt
+
+    async def begin(self, commands: tuple[bytes, bytes] | None) -> Reply | None:
+        """Send MAIL, RCPT and DATA and read their replies. None: the receiver waits for the
+        content (354; `finish` sends it); else the reply that refused the transaction, the
+        session reset for the next one. ``commands`` None: they already went out, pipelined
+        behind the previous message's content (`finish` with ``ahead``), only the replies
+        are read. Raises SessionFailed if the connection broke."""
         io = self._io
         t = self._timeouts
         phase = "mail"
         try:
             if self.pipelining:
-                io.write(mail + rcpt + b"DATA\r\n")
+                if commands is not None:
+                    io.write(commands[0] + commands[1] + b"DATA\r\n")
                 mail_reply = await io.read(t.mail_from)
                 phase = "rcpt"
                 rcpt_reply = await io.read(t.rcpt_to)
                 phase = "data"
                 data_reply = await io.read(t.data)
             else:
+                mail, rcpt = commands
                 io.write(mail)
                 mail_reply = await io.read(t.mail_from)
                 if mail_reply[0] != 250:
@@ -239,22 +295,34 @@ class Session:
                 refusal = Reply(*rcpt_reply, "rcpt")
             if data_reply[0] != 354:
                 return await self._refused(refusal or Reply(*data_reply, "data"))
-            phase = "message"
             if refusal is not None:
+                phase = "message"
                 # RFC 2920 §3.1: DATA accepted although the recipient failed: send an empty message.
                 io.write(b".\r\n")
                 await io.read(t.data_dot)
                 return await self._refused(refusal)
+            return None
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.usable = False
+            raise SessionFailed(_failed(exc, phase)) from exc
+
+    async def finish(self, data: bytes, ahead: tuple[bytes, bytes] | None = None) -> Reply:
+        """After `begin` returned None: send the content and the end-of-data line, return
+        the reply to it. With ``ahead`` (a server that offers PIPELINING), the next
+        transaction's MAIL, RCPT and DATA go in the same write (RFC 2920 allows the content
+        to open a group; DATA ends it); their replies are left for ``begin(None)``. Raises
+        SessionFailed if the connection broke before the reply to this message's dot."""
+        try:
             if fault.ARMED: fault.hit("mid_data")  # test-only: MTA_FAULT (mta/fault.py)
-            io.write_message(data)
+            self._io.write_message(data, ahead)
             if fault.ARMED: fault.hit("after_dot")  # test-only: MTA_FAULT (mta/fault.py)
-            code, text = await io.read(t.data_dot)
+            code, text = await self._io.read(self._timeouts.data_dot)
             if code < 200:
                 raise ConnectionError(f"malformed reply {text!r}")
             return Reply(code, text, "message")
         except (OSError, asyncio.TimeoutError) as exc:
             self.usable = False
-            raise SessionFailed(_failed(exc, phase)) from exc
+            raise SessionFailed(_failed(exc, "message")) from exc
 
     async def _refused(self, reply: Reply) -> Reply:
         """A refused transaction leaves the session in MAIL state: RSET so the next one starts clean."""

@@ -11,11 +11,18 @@ an idle limiter costs nothing and ``now`` only ever comes in as an argument.
 Guarantee: a rate of N per period with burst b admits at most N + b - 1 events
 in any half-open window ``[t, t + period)``. (Each admission moves ``tat`` at
 least T past the first admission of the window, and the k-th one needs
-``t_k >= t_1 + (k - 1) T - tau``.) To keep that exact rather than
-"up to rounding", the arithmetic runs on ``Fraction``: floats convert to
-fractions exactly, and a few microseconds per message are nothing next to an
-SMTP transaction. Only ``retry_after`` goes back to float, rounded up, so that
-waiting exactly ``retry_after`` is always enough.
+``t_k >= t_1 + (k - 1) T - tau``.)
+
+To keep that exact rather than "up to rounding" without rational arithmetic on
+every event, the state is in integer nanoseconds and every rounding leans the
+safe way: ``T`` is rounded up (``T' >= T``) and ``tau`` is exactly
+``(b - 1) T'``; ``now`` (a float, converted exactly through its integer ratio)
+is rounded down where it is compared with ``tat - tau`` (an admission needs
+``floor(now) >= tat - tau``, so ``now`` itself is past it too) and up where it
+moves ``tat`` (``tat >= now + T'``). The proof above then holds with ``T'``,
+and ``(k - b) T' < period <= N T'`` still gives ``k < N + b``. The price is at
+most a nanosecond per interval of spacing. Only ``retry_after`` goes back to
+float, rounded up, so that waiting exactly ``retry_after`` is always enough.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from shaper.units import Rate
 
 __all__ = ["Decision", "Gcra"]
 
+_NS = 1_000_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -38,10 +47,14 @@ class Decision:
 _ALLOWED = Decision(True, 0.0)
 
 
-def _exact(now: float) -> Fraction:
-    if not math.isfinite(now):
-        raise ValueError(f"now must be a finite number of seconds, got {now!r}")
-    return Fraction(now)
+def _ns(now: float) -> tuple[int, int]:
+    """``now`` in nanoseconds, rounded down and rounded up (exact: no float product)."""
+    try:
+        n, d = now.as_integer_ratio()
+    except (OverflowError, ValueError):
+        raise ValueError(f"now must be a finite number of seconds, got {now!r}") from None
+    floor, rest = divmod(n * _NS, d)
+    return floor, floor + (rest != 0)
 
 
 def _float_up(q: Fraction) -> float:
@@ -50,14 +63,14 @@ def _float_up(q: Fraction) -> float:
     return math.nextafter(f, math.inf) if Fraction(f) < q else f
 
 
-def _wait_until(now: float, at: Fraction) -> float:
-    """A wait ``d`` such that ``now + d``, added in floats, is >= ``at``.
+def _wait_until(now: float, at_ns: int) -> float:
+    """A wait ``d`` such that ``now + d``, added in floats, is >= ``at_ns`` nanoseconds.
 
     With ``x`` the smallest float >= ``at`` and ``d >= x - now`` exactly, the
     sum is a real >= ``x``; rounding it to nearest cannot go below the float
     ``x``, so the caller who sleeps ``d`` and asks again is admitted.
     """
-    return _float_up(Fraction(_float_up(at)) - Fraction(now))
+    return _float_up(Fraction(_float_up(Fraction(at_ns, _NS))) - Fraction(now))
 
 
 class Gcra:
@@ -66,7 +79,7 @@ class Gcra:
     __slots__ = ("_burst", "_interval", "_rate", "_tat", "_tolerance")
 
     def __init__(self, rate: Rate, burst: int = 1) -> None:
-        self._tat: Fraction | None = None  # None: never used, fully rested
+        self._tat: int | None = None  # nanoseconds; None: never used, fully rested
         self._configure(rate, burst)
 
     def _configure(self, rate: Rate, burst: int) -> None:
@@ -76,7 +89,8 @@ class Gcra:
             raise ValueError(f"burst must be an integer >= 1, got {burst!r}")
         self._rate = rate
         self._burst = burst
-        self._interval = Fraction(rate.period) / Fraction(rate.count)
+        # T rounded up to a whole nanosecond (at least one), tau exactly (b - 1) of those.
+        self._interval = max(1, math.ceil(Fraction(rate.period) * _NS / Fraction(rate.count)))
         self._tolerance = (burst - 1) * self._interval
 
     @property
@@ -87,24 +101,28 @@ class Gcra:
     def burst(self) -> int:
         return self._burst
 
-    def _verdict(self, now: float) -> tuple[Decision, Fraction]:
-        t = _exact(now)
-        tat = t if self._tat is None or self._tat < t else self._tat
-        allow_at = tat - self._tolerance
-        if t >= allow_at:
-            return _ALLOWED, tat
-        return Decision(False, _wait_until(now, allow_at)), tat
-
     def check(self, now: float) -> Decision:
         """Would one event be admitted at ``now``? Changes nothing."""
-        return self._verdict(now)[0]
+        floor, _ = _ns(now)
+        if self._tat is None:
+            return _ALLOWED
+        allow_at = self._tat - self._tolerance
+        if floor >= allow_at:
+            return _ALLOWED
+        return Decision(False, _wait_until(now, allow_at))
 
     def take(self, now: float) -> Decision:
         """Admit one event at ``now`` if it conforms, and account for it."""
-        decision, tat = self._verdict(now)
-        if decision.allowed:
+        floor, ceil = _ns(now)
+        tat = self._tat
+        if tat is None or tat <= floor:  # rested: conforms, and tat moves from now
+            self._tat = ceil + self._interval
+            return _ALLOWED
+        allow_at = tat - self._tolerance
+        if floor >= allow_at:
             self._tat = tat + self._interval
-        return decision
+            return _ALLOWED
+        return Decision(False, _wait_until(now, allow_at))
 
     def reserve(self, now: float) -> float:
         """Book the next conforming slot and return how long to wait for it (0.0: now).
@@ -112,17 +130,20 @@ class Gcra:
         For a caller that will sleep anyway: the booking is made before the sleep, so
         waking a little late does not push later slots back (``take`` after a sleep
         loses that lateness on every event and runs below the rate)."""
-        t = _exact(now)
-        tat = t if self._tat is None or self._tat < t else self._tat
-        allow_at = tat - self._tolerance
+        floor, ceil = _ns(now)
+        tat = self._tat
+        if tat is None or tat <= floor:  # rested: conforms, and tat moves from now
+            self._tat = ceil + self._interval
+            return 0.0
         self._tat = tat + self._interval
-        if t >= allow_at:
+        allow_at = tat - self._tolerance
+        if floor >= allow_at:
             return 0.0
         return _wait_until(now, allow_at)
 
     def is_idle(self, now: float) -> bool:
         """True when the full burst is available: the state may be dropped."""
-        return self._tat is None or self._tat <= _exact(now)
+        return self._tat is None or self._tat <= _ns(now)[0]
 
     def set_rate(self, rate: Rate, now: float, *, burst: int | None = None) -> None:
         """Switch to a new rate (a throttle, its end, a reload) at ``now``.
@@ -135,16 +156,16 @@ class Gcra:
         receiver said "too fast" takes effect with the very next message.
         """
         old_interval = self._interval
+        floor, _ = _ns(now)  # checked before anything changes
         self._configure(rate, self._burst if burst is None else burst)
         if self._tat is None:
             return
-        t = _exact(now)
-        debt = max(self._tat - t, Fraction(0))
-        tat = t + debt * self._interval / old_interval
+        debt = max(self._tat - floor, 0)
+        tat = floor - (-debt * self._interval // old_interval)  # the debt in cells, rounded up
         if self._interval > old_interval:
             tat = max(tat, self._tat + self._interval - old_interval)
         self._tat = tat
 
     def __repr__(self) -> str:
-        tat = None if self._tat is None else float(self._tat)
+        tat = None if self._tat is None else self._tat / _NS
         return f"Gcra(rate={self._rate}, burst={self._burst}, tat={tat})"

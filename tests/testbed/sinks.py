@@ -10,6 +10,7 @@ Behaviour is scripted by the recipient's local-part prefix (case-insensitive):
            then accepted
 ``temp-``  ``451 4.3.0`` at RCPT, always
 ``drop-``  the DATA content is read, then the connection is closed without a reply
+``spam-``  ``554 5.7.1`` to the end of the DATA content (the message is refused)
 other      ``250``
 =========  ===============================================================
 
@@ -19,6 +20,9 @@ above which it greets with "421 too many connections" (``set_session_limit``), o
 messages per second above which RCPT gets "421 rate limited" (``set_rate_limit``), as
 real receivers do; or it can misbehave: never answer (``set_manner(sink, "tarpit")``),
 hang up after the banner (``"hangup"``), or be slow on every reply (``set_reply_delay``).
+``set_pipelining(sink, False)`` leaves PIPELINING out of the EHLO reply. Per sink, the farm
+notes each message whose content arrived in one chunk with the next transaction's commands
+(RFC 2920 pipelining across transactions): ``pipelined()``.
 
 A farm can speak TLS: ``tls_context`` offers STARTTLS, ``implicit_tls`` wraps every
 connection in TLS from the first byte (port 465 style); ``auth`` ({login: password})
@@ -56,6 +60,8 @@ _MSGID_RE = re.compile(rb"^Message-ID:[ \t]*<([^@>\r\n]+)@", re.IGNORECASE | re.
 REPLY_HARD = "550 5.1.1 <{rcpt}>: Recipient address rejected: user unknown"
 REPLY_FULL = "552 5.2.2 <{rcpt}>: Mailbox full"
 REPLY_TEMP = "451 4.3.0 <{rcpt}>: Temporary failure, try again later"
+REPLY_SPAM = "554 5.7.1 Message content rejected"
+_PIPELINED_RE = re.compile(rb"\r\n\.\r\nMAIL FROM:<[^>\r\n]*>[^\r\n]*\r\nRCPT TO:<([^>\r\n]*)>", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,11 @@ class _SinkSMTP(SMTP):
             self.farm._on_connect(self.sink)
             self.farm._live.add(self)
         super().connection_made(transport)
+
+    def data_received(self, data):
+        if b"\r\n.\r\n" in data:
+            self.farm._note_pipelined(self.sink, data)
+        super().data_received(data)
 
     def connection_lost(self, error):
         self.farm._on_disconnect(self.sink, getattr(self, "_admitted", False))
@@ -155,6 +166,8 @@ class _Handler:
         session.host_name = hostname
         # aiosmtpd reads commands one by one from a stream, so pipelined commands work;
         # advertise it.
+        if server.sink in self.farm._no_pipelining:
+            return responses
         return responses[:-1] + ["250-PIPELINING"] + responses[-1:]
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -176,6 +189,8 @@ class _Handler:
         delay = farm._data_delay.get(server.sink)
         if delay:
             await asyncio.sleep(delay)
+        if any(_local(r).startswith("spam-") for r in envelope.rcpt_tos):
+            return REPLY_SPAM
         cipher = server.transport.get_extra_info("cipher") if server.transport is not None else None
         n = farm._record_accept(server.sink, session, envelope,
                                 login=getattr(session, "auth_data", None) if session.authenticated else None,
@@ -209,6 +224,7 @@ class SinkFarm:
         self._rate_limit: Dict[str, float] = {}
         self._manner: Dict[str, str] = {}              # sink -> "tarpit" / "hangup"
         self._reply_delay: Dict[str, float] = {}
+        self._no_pipelining: set = set()
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.auth = dict(auth) if auth is not None else None
@@ -230,6 +246,7 @@ class SinkFarm:
             self._recent: Dict[str, collections.deque] = collections.defaultdict(collections.deque)
             self._seq = 0
             self._auth_results: List[Tuple[str, bool]] = []
+            self._pipelined: List[Tuple[str, Optional[str], str]] = []
 
     def _on_connect(self, sink: str) -> None:
         with self._lock:
@@ -292,6 +309,13 @@ class SinkFarm:
                 self._events.append(Event("rcpt-reply", sink, address, reply, time.time()))
             return reply
 
+    def _note_pipelined(self, sink: str, data: bytes) -> None:
+        for m in _PIPELINED_RE.finditer(data):
+            ids = _MSGID_RE.findall(data, 0, m.start())
+            with self._lock:
+                self._pipelined.append((sink, ids[-1].decode("utf-8", "replace") if ids else None,
+                                        m.group(1).decode("utf-8", "replace")))
+
     def _record_drop(self, sink: str, rcpts: List[str]) -> None:
         now = time.time()
         with self._lock:
@@ -339,6 +363,7 @@ class SinkFarm:
             self._rate_limit.clear()
             self._manner.clear()
             self._reply_delay.clear()
+            self._no_pipelining.clear()
 
     def set_greeting(self, sink: str, reply: Optional[str]) -> None:
         """Connections to ``sink`` get ``reply`` (e.g. "421 4.7.0 Too many connections")
@@ -377,6 +402,21 @@ class SinkFarm:
                 self._manner.pop(sink, None)
             else:
                 self._manner[sink] = manner
+
+    def set_pipelining(self, sink: str, offered: bool) -> None:
+        """Whether ``sink`` offers PIPELINING in its EHLO reply (it does unless told)."""
+        with self._lock:
+            if offered:
+                self._no_pipelining.discard(sink)
+            else:
+                self._no_pipelining.add(sink)
+
+    def pipelined(self) -> List[Tuple[str, Optional[str], str]]:
+        """[(sink address, Message-ID local part of the message whose content ended the
+        chunk's first part (None if not in the chunk), recipient of the transaction
+        pipelined behind it)], one per content followed in the same chunk by MAIL/RCPT."""
+        with self._lock:
+            return list(self._pipelined)
 
     def set_reply_delay(self, sink: str, seconds: Optional[float]) -> None:
         """Wait ``seconds`` before every reply on ``sink``, the banner included (a slow

@@ -23,11 +23,20 @@ class FakeSession:
         self.connector = connector
         self.mx, self.ip = mx, ip
         self.usable = True
+        self.pipelining = False  # one transaction at a time: begin, then finish
+        self._recipient = None
 
-    async def send(self, sender, recipient, data, **kw) -> Reply:
+    def commands(self, sender, recipient, size, **kw) -> tuple[bytes, bytes]:
+        self._recipient = recipient
+        return b"MAIL FROM:<%s>\r\n" % sender.encode(), b"RCPT TO:<%s>\r\n" % recipient.encode()
+
+    async def begin(self, commands) -> Reply | None:
         await self.connector.gate.wait()
         await asyncio.sleep(0)
-        self.connector.sent.append((self.mx, recipient))
+        return None  # the receiver waits for the content
+
+    async def finish(self, data, ahead=None) -> Reply:
+        self.connector.sent.append((self.mx, self._recipient))
         return Reply(250, "2.0.0 accepted", "message")
 
     def stamp(self, reply: Reply) -> Reply:

@@ -238,3 +238,28 @@ def test_reserving_keeps_the_grid_when_the_caller_wakes_late() -> None:
         slots.append(now + wait)
         now = now + wait + 0.004  # every wake-up 4 ms late
     assert slots[-1] - slots[0] == pytest.approx(99 / 20, abs=1e-6)
+
+
+@settings(deadline=None)
+@given(
+    count=st.integers(min_value=1, max_value=50),
+    period=st.floats(min_value=1e-9, max_value=1e-5),
+    burst=st.integers(min_value=1, max_value=4),
+    steps=st.lists(st.one_of(st.none(), st.floats(min_value=0, max_value=2e-9)), max_size=200),
+    start=st.floats(0, 1e-3),
+)
+def test_the_bound_holds_below_a_nanosecond(
+    count: int, period: float, burst: int, steps: list[float | None], start: float
+) -> None:
+    # The state is kept in whole nanoseconds: clocks and intervals finer than that must
+    # still never let more than N + b - 1 through in any period.
+    rate = Rate(count, period)
+    admitted = _drive(Gcra(rate, burst), steps, start)
+    assert _max_in_window(admitted, Fraction(period)) <= count + burst - 1
+    limiter, now, slots = Gcra(rate, burst), start, []
+    for step in steps:
+        now += step or 0.0
+        slots.append(Fraction(now) + Fraction(limiter.reserve(now)))
+    slots.sort()
+    window = Fraction(period) - 4 * Fraction(math.ulp(float(max(slots, default=0.0))))
+    assert _max_in_window(slots, window) <= count + burst - 1
