@@ -138,6 +138,8 @@ class Engine:
             if self.settler is None:
                 self.settler = Settler(publish_ch, self.topology, self.config.broker.publish_timeout,
                                        self.metrics.observe_publish_confirm)
+                window = self.config.broker.prefetch + self.config.broker.single_prefetch
+                self.settler.recent_limit = max(self.settler.recent_limit, 20 * window)
             else:
                 self.settler.attach(publish_ch)
             settler_task = asyncio.create_task(self.settler.run(), name="settler")

@@ -32,7 +32,10 @@ from mta.topology import EXCHANGE, INVALID, RESULTS, Topology
 
 log = logging.getLogger("mta.settle")
 
-RECENT_FINALS = 200_000  # outcomes remembered against redelivery; about 40 MB at most
+# Outcomes remembered against redelivery, about 200 bytes each. Only deliveries that were
+# unacknowledged when a channel died come back (the prefetch windows, 1,100 by default),
+# and they come back within seconds; the engine raises this to 20 windows if they are larger.
+RECENT_FINALS = 50_000
 
 
 _second: list = [None, ""]  # the last whole second formatted: one datetime per second, not per result
@@ -118,6 +121,7 @@ class Settler:
         self._idle.set()
         self.books: set[AckBook] = set()
         self.recent: OrderedDict[str, tuple[bytes | None, str, bool]] = OrderedDict()
+        self.recent_limit = RECENT_FINALS
 
     # ---- outcomes
 
@@ -151,7 +155,7 @@ class Settler:
         # Once the result is out only the status matters: a shared tuple instead of the body
         # keeps the record at a couple of hundred bytes per message.
         self.recent[key] = (_PUBLISHED.get(status) or (None, status, True)) if published else (body, status, False)
-        if len(self.recent) > RECENT_FINALS:
+        if len(self.recent) > self.recent_limit:
             self.recent.popitem(last=False)
 
     def defer(self, job: Job, book: AckBook, tag: int, delay: float) -> None:
