@@ -39,6 +39,7 @@ from mta.signer import Signer, load_keys
 from mta.smtp import Connector, Reply
 from mta.topology import LANES, Topology, lane_queue
 from shaper.replies import classify
+from shaper.allowance import within_age
 from shaper.retry import RetrySchedule
 
 log = logging.getLogger("mta.engine")
@@ -392,6 +393,7 @@ class Engine:
             book, tag = job.delivery
             self.settler.final(job, book, tag, "expired", "soft")
             return
+        delay = within_age(delay, job.first_seen + (job.max_age or policy.max_age) - now)
         self.counts["held"] += 1
         self.metrics.not_tried(job, self.clock())
         book, tag = job.delivery

@@ -87,6 +87,12 @@ def hold_delay(queued: int, per_second: float, connections: int,
     return best
 
 
+def within_age(delay: int, remaining: float) -> int:
+    """``delay``, or sooner when the message's maximum age ends first (``remaining``
+    seconds): it then comes back about when it expires, not a pause or backlog later."""
+    return min(delay, _at_least(max(0.0, remaining)))
+
+
 def paused_delay(remaining: float | None, paused_for: float, per_second: float, held: int = 0) -> int:
     """The hold for mail of a paused destination. ``remaining``: seconds until the pause
     ends, None when it ends only by a resume; ``paused_for``: seconds it has lasted."""

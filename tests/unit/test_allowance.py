@@ -79,3 +79,16 @@ def test_paused_delay(remaining, paused_for, per_second, held, expected):
 def test_a_slow_destination_keeps_no_message_waiting_long(next_slot, queued, per_second, expected):
     from shaper.allowance import slow_hold
     assert slow_hold(next_slot, queued, per_second) == expected
+
+
+def test_held_mail_comes_back_when_its_age_ends_if_that_is_sooner():
+    from shaper.allowance import HOLD_DELAYS, within_age
+    assert within_age(300, 8.0) == 15       # expires in 8 s: back after the first delay past it
+    assert within_age(300, 0.0) == HOLD_DELAYS[0]
+    assert within_age(30, 3600.0) == 30     # far from its age: the delay stands
+    assert within_age(5, 2.0) == 5
+    for delay in HOLD_DELAYS:
+        for remaining in (0.5, 5, 14.9, 15, 16, 100, 5000):
+            got = within_age(delay, remaining)
+            assert got in HOLD_DELAYS and got <= delay
+            assert got >= min(delay, remaining) or got == HOLD_DELAYS[-1]
