@@ -139,8 +139,7 @@ class Destination:
         self._bulk_busy = 0  # workers holding a bulk job
         self._unpaced = 0  # workers holding a job that has no rate slot yet
         self._single_seen: float | None = None  # last single-lane message; None: long ago
-        self._waiters: deque[asyncio.Future] = deque()
-        self._idle: deque[tuple[float, asyncio.Future]] = deque()  # (deadline, waiter) of idle workers
+        self._idle: deque[tuple[float, asyncio.Future]] = deque()  # (deadline, waiter) of idle workers, oldest first
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_at = 0.0
         self.connected = 0
@@ -295,6 +294,11 @@ class Destination:
     def workers(self) -> int:
         return self.window.in_use
 
+    @property
+    def idle_workers(self) -> int:
+        """Workers waiting for mail on an open session."""
+        return sum(not waiter.done() for _, waiter in self._idle)
+
     def forgettable(self, now: float) -> bool:
         """Nothing here that a new destination would not start with: no mail, no connection,
         no pause or throttle, no held mail due back, and no mail for `FORGET_AFTER` (by then
@@ -326,8 +330,8 @@ class Destination:
                 self._hold(job, delay)
                 return
         if not bulk or self._bulk_busy < self._bulk_cap():
-            while self._waiters:
-                waiter = self._waiters.popleft()
+            while self._idle:
+                _, waiter = self._idle.popleft()
                 if not waiter.done():
                     self._bulk_busy += bulk
                     self._unpaced += 1
@@ -406,10 +410,10 @@ class Destination:
     def close_idle(self) -> None:
         """Shutdown: workers finish the transaction they are in and take no more."""
         self.closing = True
-        for waiter in self._waiters:
+        for _, waiter in self._idle:
             if not waiter.done():
                 waiter.set_result(None)
-        self._waiters.clear()
+        self._idle.clear()
 
     async def _next(self, timeout: float) -> Job | None:
         job = self._take()
@@ -417,15 +421,11 @@ class Destination:
             return job
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self._waiters.append(waiter)
         # No wait_for nor timer per wait: the waiter and its deadline join the idle list,
-        # and one timer per destination gives None to those whose idle_timeout ran out.
-        # push() skips a done waiter.
+        # push() serves it from there (skipping done ones), and one timer per destination
+        # gives None to those whose idle_timeout ran out.
         deadline = loop.time() + timeout
-        idle = self._idle
-        while idle and idle[0][1].done():  # served in order, mostly: prune them here
-            idle.popleft()
-        idle.append((deadline, waiter))
+        self._idle.append((deadline, waiter))
         if self._idle_timer is None or self._idle_at > deadline:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()

@@ -408,7 +408,7 @@ def _destination_families(m: Metrics, engine, now: float) -> Iterable:
         window = getattr(d, "window", None)
         limit = d.policy.connection_limit
         may_open = window.allowed if window is not None else limit
-        waiting = len(getattr(d, "_waiters", ()))
+        waiting = getattr(d, "idle_workers", 0)
         row = sums.setdefault(label, [0, 0, 0, 0, 0.0, mode, 0])
         row[0] += d.queued
         row[1] += d.connected

@@ -102,7 +102,7 @@ def _destination(engine, d, now: float, pauses: dict) -> dict | None:
         mode, reason, since, until = str(state.mode), state.reason, state.since, state.until
     else:
         mode, reason, since, until = "normal", "", None, None
-    waiting = len(getattr(d, "_waiters", ()))
+    waiting = getattr(d, "idle_workers", 0)
     in_flight = max(0, d.workers - waiting)
     if mode == "normal" and not (d.queued or d.workers or d.connected or held):
         return None

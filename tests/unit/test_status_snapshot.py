@@ -40,7 +40,7 @@ class FakeDestination:
         self.workers = workers
         self.connected = connected
         self.last_error = "mx.slow.example [192.0.2.1]: 421 4.7.0 Too many connections"
-        self._waiters = deque()
+        self.idle_workers = 0
         if state is not None:
             self.state = state
         if window is not None:
