@@ -383,7 +383,8 @@ class Engine:
         alive forever behind a destination that never comes back."""
         now = self.clock()
         policy = job.destination.policy if job.destination is not None else self.config.default
-        if now >= job.first_seen + (job.max_age or policy.max_age):
+        expires = job.first_seen + (job.max_age or policy.max_age)
+        if now >= expires:
             destination = self.destinations.get(job.destination.key) if job.destination is not None else None
             why = destination.state.reason if destination is not None and destination.state.reason else "held"
             job.history.append(attempt_entry(now, "queue", None, None, f"expired while held, not tried: {why}",
@@ -393,7 +394,7 @@ class Engine:
             book, tag = job.delivery
             self.settler.final(job, book, tag, "expired", "soft")
             return
-        delay = within_age(delay, job.first_seen + (job.max_age or policy.max_age) - now)
+        delay = within_age(delay, expires - now)
         self.counts["held"] += 1
         self.metrics.not_tried(job, self.clock())
         book, tag = job.delivery
