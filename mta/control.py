@@ -165,13 +165,13 @@ def load_key(settings: Control, environ: Mapping[str, str] | None = None) -> byt
 
 
 def loose_permissions(path: str) -> str | None:
-    """A warning when a secret's file may be read by users other than its owner, else None."""
+    """A warning when users other than its owner have any access to a secret's file, else None."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return None  # the reader of the file reports a missing one
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return f"{path} is readable by group or other users (mode {stat.S_IMODE(mode):04o}); chmod 600 it"
+        return f"{path} is accessible to group or other users (mode {stat.S_IMODE(mode):04o}); chmod 600 it"
     return None
 
 
@@ -218,7 +218,8 @@ class Gate:
                 signature = signature.decode("ascii", "replace")
             if not isinstance(signature, str) or not signature:
                 return self.refuse("unsigned", now)
-            if not hmac.compare_digest(signature, sign(self.key, body)):
+            # as bytes: compare_digest refuses a str that is not ASCII, and a forger chooses it
+            if not hmac.compare_digest(signature.encode("utf-8", "replace"), sign(self.key, body).encode()):
                 return self.refuse("bad_signature", now)
         try:
             command = orjson.loads(body)
@@ -235,7 +236,8 @@ class Gate:
         if isinstance(sent, bool) or not isinstance(sent, (int, float)) or not isinstance(ident, str):
             return self.refuse("malformed", now, "no sent time or id")
         if not abs(now - sent) <= self.fresh_for:
-            return self.refuse("stale", now, f"sent {now - sent:.0f} s from now")
+            return self.refuse("stale", now, f"sent {abs(now - sent):.0f} s {'ago' if sent < now else 'ahead'}, "
+                                             f"more than {self.fresh_for:.0f} s from this clock")
         while self._seen:  # forget ids that can no longer pass the freshness test
             oldest = next(iter(self._seen))
             if self._seen[oldest] > now:

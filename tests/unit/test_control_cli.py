@@ -36,9 +36,9 @@ routes:
 """)
     assert main(["check", str(config)]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"{config}: warning: routes[0].password_file: {password} is readable by group or other users "
+    assert err == [f"{config}: warning: routes[0].password_file: {password} is accessible to group or other users "
                    "(mode 0644); chmod 600 it",
-                   f"{config}: warning: control.key_file: {key} is readable by group or other users "
+                   f"{config}: warning: control.key_file: {key} is accessible to group or other users "
                    "(mode 0640); chmod 600 it"]
     password.chmod(0o600)
     key.chmod(0o600)

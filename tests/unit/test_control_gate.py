@@ -38,6 +38,8 @@ def test_a_signed_fresh_command_is_obeyed_once():
     ({control.SIGNATURE: ""}, "unsigned"),
     ({control.SIGNATURE: control.sign(b"another key", orjson.dumps(pause()))}, "bad_signature"),
     ({control.SIGNATURE: "zz"}, "bad_signature"),
+    ({control.SIGNATURE: "é" * 64}, "bad_signature"),
+    ({control.SIGNATURE: b"\xff"}, "bad_signature"),
 ])
 def test_unsigned_and_badly_signed_commands_are_refused_and_counted(headers, reason, caplog):
     gate = control.Gate(KEY)
@@ -136,8 +138,8 @@ def test_secret_files_readable_by_group_or_others_are_named_with_their_mode(tmp_
                            "routes": [{"sender_domain": "a.example", "smarthost": "[relay.example]:587",
                                        "username": "u", "password_file": str(password)}]})
     assert control.secret_file_warnings(config) == [
-        f"routes[0].password_file: {password} is readable by group or other users (mode 0640); chmod 600 it",
-        f"control.key_file: {key} is readable by group or other users (mode 0604); chmod 600 it"]
+        f"routes[0].password_file: {password} is accessible to group or other users (mode 0640); chmod 600 it",
+        f"control.key_file: {key} is accessible to group or other users (mode 0604); chmod 600 it"]
     os.chmod(password, 0o600)
     os.chmod(key, 0o400)
     assert control.secret_file_warnings(config) == []
