@@ -30,8 +30,10 @@ commands:
   dkim-keygen DOMAIN SELECTOR
                          write a new DKIM private key file and print the DNS TXT record
 
-pause, resume and reload find the broker in --config CONFIG, else $MTA_BROKER_URL, else
-amqp://guest:guest@localhost:5672/.
+status, pause, resume and reload find the broker in --config CONFIG, else $MTA_BROKER_URL,
+else amqp://guest:guest@localhost:5672/; they sign with the control key of CONFIG
+(control.key_env or control.key_file). pause, resume and reload say how many MTAs
+acknowledged them and exit 1 unless every MTA consuming the lanes did.
 """
 
 
@@ -58,9 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         control_cmd.add_argument("target", help="recipient domain, or a destination key (provider:NAME)")
         control_cmd.add_argument("-c", "--config", help="rules file naming the broker")
         if name == "pause":
-            control_cmd.add_argument("--for", dest="duration", help="end the pause after this long (e.g. 30m)")
+            control_cmd.add_argument("--for", dest="duration", help="end the pause after this long (e.g. 30m; "
+                                     "at most 30d)")
     reload = sub.add_parser("reload", help="make every MTA on the broker re-read its rules file")
     reload.add_argument("-c", "--config", help="rules file naming the broker")
+    for control_cmd in (sub.choices["pause"], sub.choices["resume"], reload):
+        control_cmd.add_argument("--wait", type=float, default=3.0,
+                                 help="seconds to wait for the MTAs' acknowledgements (3)")
     keygen = sub.add_parser("dkim-keygen", help="write a DKIM key file and print its DNS TXT record")
     keygen.add_argument("domain", help="signing domain (d=), the domain of the From header")
     keygen.add_argument("selector", help="selector (s=): the key is published at SELECTOR._domainkey.DOMAIN")
@@ -93,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
             return 1
         for warning in warnings:
+            print(f"{args.config}: warning: {warning}", file=sys.stderr)
+    if args.command in ("check", "run"):
+        from mta.control import secret_file_warnings
+
+        for warning in secret_file_warnings(config):
             print(f"{args.config}: warning: {warning}", file=sys.stderr)
     if args.command == "check" and args.explain:
         from mta.explain import explain
@@ -143,19 +154,13 @@ def _run(config, path: str) -> int:
 
 
 def _control(args) -> int:
-    import os
-
     from mta import control
     from shaper.units import Duration
 
-    if args.config:
-        try:
-            url = load_config(args.config).broker.url
-        except ConfigError as exc:
-            print(f"{args.config}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
-            return 1
-    else:
-        url = os.environ.get("MTA_BROKER_URL", "amqp://guest:guest@localhost:5672/")
+    broker = _broker(args)
+    if broker is None:
+        return 1
+    url, key = broker
     seconds = None
     if getattr(args, "duration", None):
         try:
@@ -163,23 +168,67 @@ def _control(args) -> int:
         except ValueError as exc:
             print(f"--for: {exc}", file=sys.stderr)
             return 2
+        if seconds > control.MAX_PAUSE:
+            print(f"--for: {args.duration} is longer than {control.MAX_PAUSE / 86400:.0f} days, the longest pause "
+                  "an MTA accepts", file=sys.stderr)
+            return 2
     target = getattr(args, "target", "")
-    asyncio.run(control.send(url, args.command, target, seconds))
-    print(f"{args.command} {target}".rstrip() + (f" for {args.duration}" if seconds else "")
-          + ": sent to every MTA on the broker")
-    return 0
+    what = f"{args.command} {target}".rstrip() + (f" for {args.duration}" if seconds else "")
+    try:
+        acks, expected = asyncio.run(control.send(url, args.command, target, seconds, key=key, wait=args.wait))
+    except (OSError, asyncio.TimeoutError, _amqp_errors()) as exc:
+        print(f"mta {args.command}: cannot reach the broker at {_redact(url)}: {exc or exc.__class__.__name__}",
+              file=sys.stderr)
+        return 1
+    return _report_acks(what, acks, expected, args.wait, signed=key is not None)
 
 
-def _broker_url(args) -> str | None:
+def _report_acks(what: str, acks: list[dict], expected: int, wait: float, *, signed: bool) -> int:
+    """Say how many MTAs did it; exit 1 unless every MTA consuming the lanes did."""
+    if not acks:
+        hint = "" if signed else (" or they require signed commands (give --config with the rules file "
+                                  "holding control.key_env or control.key_file)")
+        print(f"{what}: no MTA acknowledged it within {wait:g} s: none is running on this broker{hint}",
+              file=sys.stderr)
+        return 1
+    done = [a for a in acks if a.get("ok")]
+    refused = [a for a in acks if not a.get("ok")]
+    print(f"{what}: acknowledged by {len(done)} MTA(s)" + (f" of {expected}" if expected else ""))
+    for ack in refused:
+        print(f"  {ack.get('instance')}: refused: {ack.get('error')}", file=sys.stderr)
+    if len(acks) < expected:
+        print(f"  {expected - len(acks)} MTA(s) consuming the lanes did not answer within {wait:g} s",
+              file=sys.stderr)
+    return 0 if not refused and len(acks) >= expected else 1
+
+
+def _amqp_errors():
+    import aio_pika
+
+    return aio_pika.exceptions.AMQPException
+
+
+def _redact(url: str) -> str:
+    from mta.engine import redact
+
+    return redact(url)
+
+
+def _broker(args) -> tuple[str, bytes | None] | None:
+    """(broker URL, control key) from --config, else $MTA_BROKER_URL and no key; None: a
+    problem was printed."""
     import os
 
-    if args.config:
-        try:
-            return load_config(args.config).broker.url
-        except ConfigError as exc:
-            print(f"{args.config}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
-            return None
-    return os.environ.get("MTA_BROKER_URL", "amqp://guest:guest@localhost:5672/")
+    from mta import control
+
+    if not args.config:
+        return os.environ.get("MTA_BROKER_URL", "amqp://guest:guest@localhost:5672/"), None
+    try:
+        config = load_config(args.config)
+        return config.broker.url, control.load_key(config.control)
+    except ConfigError as exc:
+        print(f"{args.config}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
+        return None
 
 
 def _status(args) -> int:
@@ -187,11 +236,12 @@ def _status(args) -> int:
 
     from mta import status
 
-    url = _broker_url(args)
-    if url is None:
+    broker = _broker(args)
+    if broker is None:
         return 1
+    url, key = broker
     try:
-        report = asyncio.run(status.collect(url, args.wait))
+        report = asyncio.run(status.collect(url, args.wait, key))
     except status.BrokerUnreachable as exc:
         print(f"mta status: {exc}", file=sys.stderr)
         return 1

@@ -63,6 +63,13 @@ class Metrics(msgspec.Struct, frozen=True):
     address: str = "127.0.0.1"
 
 
+class Control(msgspec.Struct, frozen=True):
+    """Where the key that signs control commands comes from (mta.control); none: unsigned."""
+
+    key_env: str | None = None
+    key_file: str | None = None
+
+
 class Policy(msgspec.Struct, frozen=True):
     """Limits and policies of one destination; `None` means inherit from the level above."""
 
@@ -153,6 +160,7 @@ class Config(msgspec.Struct, frozen=True):
     dns: Dns = Dns()
     smtp: Smtp = Smtp()
     metrics: Metrics = Metrics()
+    control: Control = Control()
     default: Policy = DEFAULT_POLICY
     providers: tuple[Provider, ...] = ()
     domains: tuple[Domain, ...] = ()
@@ -345,6 +353,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
          "ca_file": _opt_str, "max_connections": _opt_int(1, 1_000_000)},
     ),
     "metrics": (Metrics, {"port": _int(0, 65535), "address": _str}),
+    "control": (Control, {"key_env": _str, "key_file": _str}),
 }
 
 
@@ -451,6 +460,8 @@ def parse_config(raw: Any) -> Config:
             c.problem(str(key), "unknown key")
 
     sections = {name: cls(**c.fields(name, raw.get(name), spec)) for name, (cls, spec) in SECTIONS.items()}
+    if sections["control"].key_env and sections["control"].key_file:
+        c.problem("control", "give key_env or key_file, not both")
 
     default_overrides, _ = _policy(c, "default", raw.get("default"))
     default = merge(DEFAULT_POLICY, default_overrides)

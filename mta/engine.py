@@ -19,7 +19,6 @@ from collections.abc import Callable
 
 import aio_pika
 import msgspec
-import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
 
@@ -72,6 +71,7 @@ class Engine:
         self.destinations: dict[str, Destination] = {}
         self.budget = Budget.from_config(config.smtp.max_connections)  # SMTP connections of all destinations
         self.pauses = control.Pauses()
+        self.control_gate = control.gate_for(config.control)  # ConfigError when its key is missing
         # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
         self.routes = self.router.routes = RouteTable(config.routes, self.rules, self.pauses, clock)
         self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self._not_signed) if config.dkim else None
@@ -167,7 +167,9 @@ class Engine:
             control_ch.close_callbacks.add(lambda *_: lost.set())
             control_queue = await control_ch.declare_queue(exclusive=True, auto_delete=True)
             await control_queue.bind(await control.declare(control_ch))
-            await control_queue.consume(self._on_control, no_ack=True)
+            # Answers go out on the publishing connection: flow control blocks that one, and
+            # the consuming connection must keep acknowledging.
+            await control_queue.consume(lambda message: self._on_control(message, publish_ch.channel), no_ack=True)
             log.info("consuming %s at %s", ", ".join(lane_queue(l) for l in LANES), redact(url))
             self.ready.set()
             stopped = asyncio.create_task(stop.wait())
@@ -271,29 +273,36 @@ class Engine:
     def _not_signed(self, job: Job, reply: Reply) -> None:
         self._finish(job, reply, None, None, self.rules.resolve(job.domain, None))
 
-    async def _on_control(self, message: AbstractIncomingMessage) -> None:
-        if await status.answer(self, message):  # `mta status` asking
-            return
-        try:
-            command = orjson.loads(message.body)
-        except orjson.JSONDecodeError:
-            log.warning("ignored a control message that is not JSON")
-            return
-        if isinstance(command, dict) and command.get("command") == "reload":
-            self.reload()
-            return
+    async def _on_control(self, message: AbstractIncomingMessage, publish_channel) -> None:
         now = self.clock()
-        name = self.pauses.apply(command, now) if isinstance(command, dict) else None
-        if name is None:
-            log.warning("ignored control message %r", command)
+        command = self.control_gate.admit(message.body, message.headers, now)  # refused: counted, None
+        if command is None:
             return
+        reply_to = self.control_gate.reply_queue(command, now)
+        if command["command"] == "status":  # `mta status` asking
+            if reply_to:
+                await status.answer(self, command, publish_channel, reply_to)
+            return
+        if command["command"] == "reload":
+            ok, error = self.reload(), "the rules file was refused (see the MTA's log)"
+        else:
+            ok = self._pause_or_resume(command, now)
+            error = None if ok else self.pauses.refusal(command, now)
+        if reply_to:
+            await control.answer(publish_channel, reply_to,
+                                 control.acknowledgement(command, self.metrics.instance, ok, None if ok else error))
+
+    def _pause_or_resume(self, command: dict, now: float) -> bool:
+        name = self.pauses.apply(command, now)
+        if name is None:
+            return False
         until = command.get("until")
         log.info("%s %s%s", command["command"], name, f" until {until:.0f}" if until else "")
         if command["command"] == "resume":
             destination = self.destinations.get(name)
             if destination is not None:
                 destination.resume(now, "operator: mta resume")
-            return
+            return True
         for destination in self.destinations.values():
             if destination.key == name:
                 if until is None or until > now:
@@ -304,6 +313,7 @@ class Engine:
                     self._hold(job, control.PAUSED_HOLD)
                 else:
                     destination.push(job)
+        return True
 
     def reload(self) -> bool:
         """Re-read the rules file (SIGHUP, `mta reload`): new limits and patterns apply to
@@ -317,11 +327,12 @@ class Engine:
             log.error("reload of %s refused, the old rules stay in force: %s", self.config_path,
                       "; ".join(exc.problems))
             return False
-        for section in ("broker", "dns", "smtp", "metrics"):
+        for section in ("broker", "dns", "smtp", "metrics", "control"):
             if getattr(config, section) != getattr(self.config, section):
                 log.warning("reload: section %s changed; it takes effect only after a restart", section)
         config = msgspec.structs.replace(config, broker=self.config.broker, dns=self.config.dns,
-                                         smtp=self.config.smtp, metrics=self.config.metrics)
+                                         smtp=self.config.smtp, metrics=self.config.metrics,
+                                         control=self.config.control)
         rules = Rules(config)
         keys = None
         if config.dkim != self.config.dkim:

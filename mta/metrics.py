@@ -354,6 +354,7 @@ class _Collector:
         yield _counter("mta_dns_cache_hits", "MX answers served from the cache.", resolver.cache_hits)
         yield from _destination_families(m, engine, now)
         yield from _budget_families(engine)
+        yield from _control_families(engine)
         yield GaugeMetricFamily("mta_start_time_seconds", "When this process started (Unix time).",
                                 value=m.started)
 
@@ -460,6 +461,19 @@ def _budget_families(engine) -> Iterable:
                    "to make room for a destination waiting for a slot.", budget.evictions)
     yield _counter("mta_connections_budget_yields", "Reconnects given up so that a destination without a "
                    "connection (or single mail) got the slot.", budget.yields)
+
+
+def _control_families(engine) -> Iterable:
+    """Control commands refused by mta.control.Gate, by reason (unsigned, bad_signature, ...)."""
+    gate = getattr(engine, "control_gate", None)
+    if gate is None:
+        return
+    family = CounterMetricFamily("mta_control_refused", "Control messages (mta.control) ignored: unsigned, "
+                                 "bad_signature, stale, replayed, malformed, or an answer refused (reply_to).",
+                                 labels=["reason"])
+    for reason, n in dict(gate.refused).items():
+        family.add_metric([reason], n)
+    yield family
 
 
 def _short(text: str, limit: int = 100) -> str:

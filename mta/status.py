@@ -1,9 +1,10 @@
 """`mta status`: what every MTA on the broker is doing, and why.
 
 The CLI declares a private reply queue, publishes `{"command": "status", "reply_to": ...}`
-on the control fanout exchange (`mta.control`), and collects the JSON snapshots that the
-running MTAs send back, until as many have answered as there are consumers on the bulk
-lane (one per MTA) or `wait` seconds have passed. Lane depths and consumer counts come
+on the control fanout exchange (`mta.control`, signed when there is a control key), and
+collects the JSON snapshots that the running MTAs send back on their publishing
+connections, until as many have answered as there are consumers on the bulk lane (one per
+MTA) or `wait` seconds have passed. Lane depths and consumer counts come
 from passive queue declarations, so they are the broker's own numbers.
 
 A snapshot lists each active destination (anything queued, connected, held, or not in
@@ -15,13 +16,9 @@ and the last error.
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from datetime import datetime, timezone
 
 import aio_pika
-import orjson
-from aiormq import spec
 
 from mta import control
 from mta.metrics import is_attempt
@@ -137,59 +134,27 @@ def _domains_of(d):
         yield key[len("domain:"):]
 
 
-async def answer(engine, message) -> bool:
-    """If this control message is a status request, answer it on its reply queue and
-    return True (best effort: a requester that left simply misses the answer)."""
-    try:
-        command = orjson.loads(message.body)
-    except orjson.JSONDecodeError:
-        return False  # the engine reports it
-    if not isinstance(command, dict) or command.get("command") != "status":
-        return False
-    reply_to = command.get("reply_to")
-    if isinstance(reply_to, str) and reply_to:
-        body = orjson.dumps({"request": command.get("id"), **snapshot(engine)})
-        await message.channel.basic_publish(body, exchange="", routing_key=reply_to,
-                                            properties=spec.Basic.Properties(content_type="application/json"))
-    return True
+async def answer(engine, command: dict, channel, reply_to: str) -> None:
+    """Answer a status request on its reply queue (the publishing connection's `channel`)."""
+    await control.answer(channel, reply_to, {"request": command.get("id"), **snapshot(engine)})
 
 
 # ---- the CLI's side
 
-async def collect(url: str, wait: float = 3.0) -> dict:
-    """Lane depths and consumers from the broker, and one snapshot per MTA that answers."""
+async def collect(url: str, wait: float = 3.0, key: bytes | None = None) -> dict:
+    """Lane depths and consumers from the broker, and one snapshot per MTA that answers
+    (the request signed with `key`, when the MTAs require it)."""
     try:
         connection = await aio_pika.connect(url, timeout=10)
     except (aio_pika.exceptions.AMQPException, OSError, asyncio.TimeoutError) as exc:
         raise BrokerUnreachable(f"cannot reach the broker at {_redact(url)}: "
                                 f"{exc or exc.__class__.__name__}") from exc
     async with connection:
-        channel = await connection.channel()
         queues = {}
         for name in [lane_queue(lane) for lane in LANES] + list(EXTRA_QUEUES):
-            queues[name] = await _queue_numbers(connection, name)
+            queues[name] = await control.queue_numbers(connection, name)
         expected = (queues.get(lane_queue("bulk")) or {}).get("consumers", 0)
-        replies = await channel.declare_queue(exclusive=True, auto_delete=True)
-        answers: list[dict] = []
-        request = uuid.uuid4().hex
-        got_all = asyncio.Event()
-
-        async def on_reply(msg) -> None:
-            doc = orjson.loads(msg.body)
-            if doc.get("request") == request:
-                answers.append(doc)
-                if expected and len(answers) >= expected:
-                    got_all.set()
-
-        await replies.consume(on_reply, no_ack=True)
-        exchange = await control.declare(channel)
-        await exchange.publish(aio_pika.Message(orjson.dumps({"command": "status", "reply_to": replies.name,
-                                                              "id": request, "sent": time.time()}),
-                                                content_type="application/json"), routing_key="")
-        try:
-            await asyncio.wait_for(got_all.wait(), wait)
-        except asyncio.TimeoutError:
-            pass
+        answers = await control.ask(connection, control.command_body("status"), key, expected, wait)
     answers.sort(key=lambda a: a.get("instance", ""))
     return {"queues": queues, "mtas": answers}
 
@@ -204,20 +169,6 @@ def _redact(url: str) -> str:
     return redact(url)
 
 
-async def _queue_numbers(connection, name: str) -> dict | None:
-    # A passive declare of a missing queue closes the channel: one channel per queue.
-    channel = await connection.channel()
-    try:
-        queue = await channel.declare_queue(name, passive=True)
-    except aio_pika.exceptions.ChannelClosed:
-        return None
-    result = queue.declaration_result
-    numbers = {"depth": result.message_count, "consumers": result.consumer_count}
-    if not channel.is_closed:
-        await channel.close()
-    return numbers
-
-
 def render(report: dict) -> str:
     lines = ["queue                 depth  consumers"]
     for name, numbers in report["queues"].items():
@@ -226,7 +177,8 @@ def render(report: dict) -> str:
         else:
             lines.append(f"  {name:<18} {numbers['depth']:>6}  {numbers['consumers']:>9}")
     if not report["mtas"]:
-        lines.append("\nno MTA answered (none running on this broker?)")
+        lines.append("\nno MTA answered (none running on this broker, or they require signed commands and "
+                     "--config does not name the control key?)")
     elif len(report["mtas"]) > 1:
         lines.append(f"\n{len(report['mtas'])} MTAs, together in the last 60 s:")
         for lane in ("all", *LANES):

@@ -26,6 +26,7 @@ def test_pause_holds_domain_and_resume_delivers(vhost, sinks, mta_config, start_
 
     done = mta_cli("pause", "ok2.test", "--config", config)
     assert done.returncode == 0, done.stderr
+    assert "pause ok2.test: acknowledged by 2 MTA(s) of 2" in done.stdout
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not all("pause ok2.test" in m.log_text() for m in (first, second)):
         time.sleep(0.2)
@@ -44,6 +45,7 @@ def test_pause_holds_domain_and_resume_delivers(vhost, sinks, mta_config, start_
 
     done = mta_cli("resume", "ok2.test", "--config", config)
     assert done.returncode == 0, done.stderr
+    assert "resume ok2.test: acknowledged by 2 MTA(s) of 2" in done.stdout
     collector.collect(paused, timeout=90, settle=0.5)
     by_id = assert_each_final(collector.by_id, paused, "delivered")
     assert all(r["attempts"] == 1 for r in by_id.values()), "a pause must not count attempts"

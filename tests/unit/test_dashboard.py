@@ -28,6 +28,7 @@ class FakeEngine:
         self.destinations = {}
         self.pauses = control.Pauses()
         self.budget = Budget(10)
+        self.control_gate = control.Gate(None)
 
 
 def exported_names() -> set[str]:
