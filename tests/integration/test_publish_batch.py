@@ -7,9 +7,9 @@ import json
 import aio_pika
 import pytest
 from aiormq.exceptions import PublishError
-from pamqp import commands as spec
 
 from mta.publish import BatchPublisher, Publish
+from tests.testbed.rawheaders import RawLongStr, apublish_raw
 
 
 async def _run(url: str):
@@ -45,36 +45,6 @@ def test_batch_confirms_returns_and_bodies(vhost):
 
 
 # ---- the client's count of publishes stays the broker's
-
-
-class RawLongStr(bytes):
-    """A header value sent as an AMQP long string of these exact octets: a producer (in any
-    language) can send bytes that are not UTF-8, which pamqp then decodes as `bytes`, a
-    type it cannot encode again."""
-
-
-@pytest.fixture
-def raw_long_strings(monkeypatch):
-    """Lets this test process (the producer) send RawLongStr header values."""
-    from pamqp import encode
-
-    plain = encode.encode_table_value
-
-    def encode_table_value(value):
-        if isinstance(value, RawLongStr):
-            return b"S" + len(value).to_bytes(4, "big") + bytes(value)
-        return plain(value)
-
-    monkeypatch.setattr(encode, "encode_table_value", encode_table_value)
-
-
-async def _publish_raw(url: str, exchange: str, routing_key: str, body: bytes, headers: dict) -> None:
-    """One confirmed, persistent publish through aiormq (headers may hold RawLongStr values)."""
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await (await connection.channel(publisher_confirms=True)).get_underlay_channel()
-        await channel.basic_publish(body, exchange=exchange, routing_key=routing_key, mandatory=True,
-                                    properties=spec.Basic.Properties(headers=headers, delivery_mode=2))
 
 
 async def _desync(url: str):
@@ -128,8 +98,7 @@ async def _settle_with_a_nack(url: str, messages: list[tuple[bytes, dict]], boun
             "bounces-full", durable=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
         await blocker.bind("mta.results", "bounced")  # every bounced result is nacked
         src = await publish_ch.declare_queue("src", durable=True)
-        for body, headers in messages:
-            await _publish_raw(url, "", "src", body, headers)
+        await apublish_raw(url, "", "src", messages)
 
         consume_ch = await (await connection.channel()).get_underlay_channel()
         book = AckBook(consume_ch)
@@ -162,7 +131,7 @@ async def _settle_with_a_nack(url: str, messages: list[tuple[bytes, dict]], boun
 
 
 @pytest.mark.timeout(90)
-def test_settler_credits_a_nack_to_its_delivery_next_to_an_unencodable_header(vhost, raw_long_strings):
+def test_settler_credits_a_nack_to_its_delivery_next_to_an_unencodable_header(vhost):
     def good(n):
         return json.dumps({"id": f"m{n}", "recipient": f"u{n}@example.com", "envelope": "s@sender.test",
                            "mime": "Subject: x\r\n\r\nhi\r\n"}).encode()
