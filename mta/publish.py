@@ -168,13 +168,14 @@ class BatchPublisher:
         # (aiormq finds a returned message's delivery tag by it)
         self._prefix = os.urandom(6).hex() + "-"
         self._count = 0
+        self._number = channel.number
+        self._max_frame = channel.max_content_size  # both fixed for the channel's life
 
     def encode(self, publish: Publish) -> tuple[str, bytes]:
         """(message id, frames) of one publish, ready for `send`; raises Unencodable."""
         self._count += 1
         message_id = f"{self._prefix}{self._count}"
-        channel = self.channel
-        return message_id, marshal(channel.number, publish, message_id, channel.max_content_size)
+        return message_id, marshal(self._number, publish, message_id, self._max_frame)
 
     async def publish(self, batch: Sequence[Publish], timeout: float) -> list[BaseException | None]:
         """Publish all, wait for the broker's answers; per publish None (confirmed) or the error."""

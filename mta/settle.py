@@ -252,6 +252,7 @@ class Settler:
         publisher = self._publisher
         if publisher is None or publisher.channel is not channel:
             publisher = self._publisher = BatchPublisher(channel)
+        encode = publisher.encode
         encoded: list[tuple[str, bytes]] = []
         spans: list[tuple[int, int] | None] = []  # per settlement its publishes; None: not sent
         for s in batch:
@@ -263,7 +264,7 @@ class Settler:
                     if exchange == "delay":  # a retry or held copy: its delay queue, declared on first use
                         lane, seconds = key
                         exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
-                    mine.append(publisher.encode(Publish(EXCHANGE_NAMES[exchange], key, body, headers)))
+                    mine.append(encode(Publish(EXCHANGE_NAMES[exchange], key, body, headers)))
             except Unencodable as exc:
                 mine = await self._unencodable(publisher, s, exc)
             except Exception as exc:  # a delay queue could not be declared
@@ -361,11 +362,14 @@ EXCHANGE_NAMES = {"results": RESULTS, "default": "", "mta": EXCHANGE}
 
 def _carried(job: Job) -> dict:
     """What a republished copy carries beside the producer's body."""
+    history = job.history
+    if len(history) > HISTORY_KEPT:
+        history = history[-HISTORY_KEPT:]
     return {
         H_ID: job.id,
         H_ATTEMPTS: job.attempts,
         H_FIRST: int(job.first_seen * 1000),  # ms: AMQP floats may be 32-bit
-        H_RESULTS: orjson.dumps(job.history[-HISTORY_KEPT:]).decode(),
+        H_RESULTS: orjson.dumps(history).decode(),
     }
 
 
