@@ -10,6 +10,13 @@ whole batch.
 Same guarantees as `basic_publish` with confirms, `mandatory` and `on_return_raises`: a
 publish counts as done only on the broker's Ack; a Nack, a Return (no queue took it), a
 timeout or a closed channel is reported per publish as an exception.
+
+The broker numbers the publishes of a channel in the order they arrive, and its Acks and
+Nacks name those numbers; the channel's `delivery_tag` counter must stay equal to the
+broker's count, or every later confirm settles the wrong publish. So a publish is encoded
+completely before it is counted (one that cannot be encoded fails alone, `Unencodable`,
+and takes no number), and numbers are taken only once the batch is in the write queue,
+with no await in between: a write cancelled while waiting for room takes none.
 """
 
 from __future__ import annotations
@@ -50,12 +57,18 @@ class Publish:
         self.headers = headers
 
 
+class Unencodable(ValueError):
+    """A publish that AMQP cannot carry: a header value of a type field tables do not have
+    (bytes that are not UTF-8 come back from the broker as such), an integer beyond 64 bits,
+    a short string over 255 octets, or a content header larger than the broker's frame."""
+
+
 def _shortstr(value: str) -> bytes:
     encoded = _SHORTSTRS.get(value)
     if encoded is None:
         raw = value.encode("utf-8")
         if len(raw) > 255:
-            raise ValueError(f"AMQP short string longer than 255 octets: {value[:40]!r}…")
+            raise Unencodable(f"AMQP short string longer than 255 octets: {value[:40]!r}…")
         encoded = bytes((len(raw),)) + raw
         if len(_SHORTSTRS) < 1000:  # exchanges and routing keys: a handful of distinct values
             _SHORTSTRS[value] = encoded
@@ -65,24 +78,35 @@ def _shortstr(value: str) -> bytes:
 _SHORTSTRS: dict[str, bytes] = {}
 
 
-def marshal(channel: int, publish: Publish, message_id: str, max_body_frame: int) -> bytes:
-    """The method, content header and body frames of one persistent, mandatory Basic.Publish."""
+def header_table(headers: dict) -> bytes:
+    """The headers as an AMQP field table; Unencodable with the reason if pamqp refuses them."""
+    try:
+        return field_table(headers)
+    except Exception as exc:  # pamqp: TypeError, ValueError, RecursionError, AttributeError...
+        raise Unencodable(f"headers: {exc}") from None
+
+
+def marshal(channel: int, publish: Publish, message_id: str, max_frame: int) -> bytes:
+    """The method, content header and body frames of one persistent, mandatory Basic.Publish;
+    `max_frame`: the largest frame payload the broker takes (frame_max less 8)."""
     method = _PUBLISH.pack(60, 40, 0) + _shortstr(publish.exchange) + _shortstr(publish.routing_key) + b"\x01"
     flags = _CONTENT_TYPE | _DELIVERY_MODE | _MESSAGE_ID
     props = _JSON
     if publish.headers:
         flags |= _HEADERS
-        props += field_table(publish.headers)
+        props += header_table(publish.headers)
     raw_id = message_id.encode("ascii")
     props += b"\x02" + bytes((len(raw_id),)) + raw_id
     body = publish.body
     header = _CONTENT.pack(60, 0, len(body), flags) + props
+    if len(header) > max_frame:  # a content header is never split: the broker would close the connection
+        raise Unencodable(f"content header of {len(header)} octets exceeds the broker's frame size {max_frame}")
     parts = [
         _HEAD.pack(1, channel, len(method)), method, _FRAME_END,
         _HEAD.pack(2, channel, len(header)), header, _FRAME_END,
     ]
-    for start in range(0, len(body), max_body_frame):
-        chunk = body[start:start + max_body_frame]
+    for start in range(0, len(body), max_frame):
+        chunk = body[start:start + max_frame]
         parts += (_HEAD.pack(3, channel, len(chunk)), chunk, _FRAME_END)
     return b"".join(parts)
 
@@ -143,33 +167,58 @@ class BatchPublisher:
         # message ids only need to be unique among this channel's unconfirmed publishes
         # (aiormq finds a returned message's delivery tag by it)
         self._prefix = os.urandom(6).hex() + "-"
+        self._count = 0
+        self._number = channel.number
+        self._max_frame = channel.max_content_size  # both fixed for the channel's life
+
+    def encode(self, publish: Publish) -> tuple[str, bytes]:
+        """(message id, frames) of one publish, ready for `send`; raises Unencodable."""
+        self._count += 1
+        message_id = f"{self._prefix}{self._count}"
+        return message_id, marshal(self._number, publish, message_id, self._max_frame)
 
     async def publish(self, batch: Sequence[Publish], timeout: float) -> list[BaseException | None]:
         """Publish all, wait for the broker's answers; per publish None (confirmed) or the error."""
-        if not batch:
+        outcomes: list[BaseException | None] = [None] * len(batch)
+        encoded = []
+        where = []
+        for i, publish in enumerate(batch):
+            try:
+                encoded.append(self.encode(publish))
+            except Unencodable as exc:
+                outcomes[i] = exc
+                continue
+            where.append(i)
+        for i, outcome in zip(where, await self.send(encoded, timeout)):
+            outcomes[i] = outcome
+        return outcomes
+
+    async def send(self, encoded: Sequence[tuple[str, bytes]], timeout: float) -> list[BaseException | None]:
+        """Write encoded publishes in one go, wait for the broker's answers; per publish None
+        (confirmed) or the error."""
+        if not encoded:
             return []
         channel = self.channel
         if channel.is_closed:
             raise ChannelInvalidStateError(f"{channel!r} is closed")
         future = channel.create_future()  # rejected by aiormq if the channel closes
-        pending = _Batch(len(batch), future)
+        pending = _Batch(len(encoded), future)
         slots = []
+        payload = b"".join([frames for _, frames in encoded])
         async with channel.lock:
-            number = channel.number
-            limit = channel.max_content_size
+            await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
+            # From here to the end of the lock no await: neither the writer nor the reader
+            # runs before every publish of the batch has its number and its slot.
             confirmations = channel.confirmations
             ids = channel.message_id_delivery_tag
-            frames = []
-            for i, publish in enumerate(batch):
-                channel.delivery_tag += 1
-                tag = channel.delivery_tag
-                message_id = f"{self._prefix}{tag}"
-                frames.append(marshal(number, publish, message_id, limit))
+            tag = channel.delivery_tag
+            for i, (message_id, _) in enumerate(encoded):
+                tag += 1
                 slot = _Slot(pending, i, message_id, channel)
                 confirmations[tag] = slot
                 ids[message_id] = tag
                 slots.append(slot)
-            await channel.write_queue.put(ChannelFrame(payload=b"".join(frames), should_close=False))
+            channel.delivery_tag = tag
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:

@@ -10,6 +10,18 @@ A publish that fails (nack, timeout, lost connection) leaves its delivery unackn
 it is requeued, or redelivered when the channel closes. Final outcomes are remembered for a
 while by message, so a redelivered copy of a message that was already delivered gets its
 result published again instead of being sent twice.
+
+A publish AMQP cannot carry (a producer's header of a type field tables do not have, a
+number beyond 64 bits, a content header larger than the broker's frame) is found when it
+is encoded, before anything of its settlement is written: an invalid message's copy then
+goes out without the headers that cannot be written; a retry or held copy is not sent, the
+original goes to `mta.invalid` and gets an `invalid` result instead. Each delivery still
+ends in one place, and nothing loops.
+
+What a retry copy carries stays well below the broker's frame size (131,072 octets by
+default): an attempt keeps at most 512 octets of the reply text, and the copy carries the
+last 10 attempts; `attempts` keeps the true count and a result says in `results_omitted`
+how many earlier attempts it does not list.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ from typing import Any
 import orjson
 
 from mta import fault
-from mta.publish import BatchPublisher, Publish
+from mta.publish import BatchPublisher, Publish, Unencodable, header_table
 from mta.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, Job
 from mta.topology import EXCHANGE, INVALID, RESULTS, Topology
 
@@ -36,6 +48,12 @@ log = logging.getLogger("mta.settle")
 # unacknowledged when a channel died come back (the prefetch windows, 1,100 by default),
 # and they come back within seconds; the engine raises this to 20 windows if they are larger.
 RECENT_FINALS = 50_000
+
+# Per attempt, the octets of reply text kept (a receiver may answer with 64 KB), and the
+# attempts a retry copy carries: 10 entries of at most ~4 KB of JSON each (text, MX name,
+# escapes) keep its header far below the broker's 128 KB frame, whatever the receivers said.
+DESCRIPTION_MAX = 512
+HISTORY_KEPT = 10
 
 
 _second: list = [None, ""]  # the last whole second formatted: one datetime per second, not per result
@@ -99,13 +117,14 @@ class AckBook:
 
 
 class Settlement:
-    __slots__ = ("book", "tag", "publishes", "final")
+    __slots__ = ("book", "tag", "publishes", "final", "job")
 
-    def __init__(self, book: AckBook, tag: int, publishes: list, final: tuple | None = None):
+    def __init__(self, book: AckBook, tag: int, publishes: list, final: tuple | None = None, job: Job | None = None):
         self.book = book
         self.tag = tag
         self.publishes = publishes  # (exchange key, routing key, body, headers)
         self.final = final
+        self.job = job  # for a retry or held copy: what to settle instead if it cannot be encoded
 
 
 class Settler:
@@ -122,6 +141,7 @@ class Settler:
         self.books: set[AckBook] = set()
         self.recent: OrderedDict[str, tuple[bytes | None, str, bool]] = OrderedDict()
         self.recent_limit = RECENT_FINALS
+        self._publisher: BatchPublisher | None = None
 
     # ---- outcomes
 
@@ -138,7 +158,13 @@ class Settler:
         out["status"] = status
         out["final"] = status != "deferred"
         out["attempts"] = job.attempts
-        out["results"] = job.history
+        history = job.history
+        if len(history) > HISTORY_KEPT or job.attempts > len(history):  # earlier attempts not carried
+            history = history[-HISTORY_KEPT:]
+            omitted = job.attempts - sum(1 for entry in history if not _not_tried(entry))
+            if omitted > 0:
+                out["results_omitted"] = omitted
+        out["results"] = history
         if bounce is not None:
             out["bounce"] = bounce
         return orjson.dumps(out)
@@ -163,11 +189,11 @@ class Settler:
         self.add(Settlement(book, tag, [
             ("delay", (job.lane, max(1, round(delay))), job.body, _carried(job)),
             ("results", "deferred", self.result(job, "deferred"), None),
-        ]))
+        ], job=job))
 
     def hold(self, job: Job, book: AckBook, tag: int, delay: int) -> None:
         """Not tried: the copy comes back after `delay` with what it carried, and no result."""
-        self.add(Settlement(book, tag, [("delay", (job.lane, delay), job.body, _carried(job))]))
+        self.add(Settlement(book, tag, [("delay", (job.lane, delay), job.body, _carried(job))], job=job))
 
     def invalid(self, body: bytes, headers: dict, reason: str, book: AckBook, tag: int, lane: str, now: float) -> None:
         doc: dict[str, Any] = {}
@@ -222,31 +248,42 @@ class Settler:
         await self._idle.wait()
 
     async def _write(self, batch: list[Settlement]) -> None:
-        publishes: list[Publish] = []
+        channel = self._channel.channel
+        publisher = self._publisher
+        if publisher is None or publisher.channel is not channel:
+            publisher = self._publisher = BatchPublisher(channel)
+        encode = publisher.encode
+        encoded: list[tuple[str, bytes]] = []
         spans: list[tuple[int, int] | None] = []  # per settlement its publishes; None: not sent
         for s in batch:
-            mine = []
+            # All of a settlement is encoded before any of it is sent: one that cannot be
+            # is replaced as a whole, and nothing of it is out twice.
             try:
+                mine = []
                 for exchange, key, body, headers in s.publishes:
                     if exchange == "delay":  # a retry or held copy: its delay queue, declared on first use
                         lane, seconds = key
                         exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
-                    mine.append(Publish(EXCHANGE_NAMES[exchange], key, body, headers))
+                    mine.append(encode(Publish(EXCHANGE_NAMES[exchange], key, body, headers)))
+            except Unencodable as exc:
+                mine = await self._unencodable(publisher, s, exc)
             except Exception as exc:  # a delay queue could not be declared
                 log.warning("declaring a delay queue failed (%s); the message stays unacknowledged "
                             "and will come back", exc)
+                mine = None
+            if mine is None:
                 spans.append(None)
                 continue
-            spans.append((len(publishes), len(publishes) + len(mine)))
-            publishes += mine
+            spans.append((len(encoded), len(encoded) + len(mine)))
+            encoded += mine
         # One write and one wait for the whole batch: the broker confirms them together.
         started = time.monotonic()
         try:
-            outcomes = await BatchPublisher(self._channel.channel).publish(publishes, self._timeout)
+            outcomes = await publisher.send(encoded, self._timeout)
         except Exception as exc:  # the channel is gone: every delivery of the batch comes back
-            outcomes = [exc] * len(publishes)
+            outcomes = [exc] * len(encoded)
         else:
-            if self._observe_confirm is not None and publishes:
+            if self._observe_confirm is not None and encoded:
                 self._observe_confirm(time.monotonic() - started)
         for s, span in zip(batch, spans):
             failure = None
@@ -272,18 +309,92 @@ class Settler:
             if book.channel.is_closed:
                 self.books.discard(book)
 
+    async def _publishes(self, publishes: list) -> list[Publish]:
+        out = []
+        for exchange, key, body, headers in publishes:
+            if exchange == "delay":  # a retry or held copy: its delay queue, declared on first use
+                lane, seconds = key
+                exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
+            out.append(Publish(EXCHANGE_NAMES[exchange], key, body, headers))
+        return out
+
+    async def _unencodable(self, publisher: BatchPublisher, s: Settlement,
+                           error: Unencodable) -> list[tuple[str, bytes]] | None:
+        """What to publish instead of a settlement AMQP cannot carry; None: nothing (the
+        delivery stays unacknowledged)."""
+        first = s.publishes[0]
+        if first[0] == "default" and first[1] == INVALID:  # a producer's headers on an invalid copy
+            log.warning("an invalid message's copy could not carry all its headers (%s); it goes to %s "
+                        "without them", error, INVALID)
+            headers = _writable(first[3])
+            try:
+                publisher.encode(Publish("", INVALID, first[2], headers))
+            except Unencodable:  # each one fits, all together they do not
+                headers = {"x-mta-error": f"{first[3].get('x-mta-error')}; the producer's headers were "
+                                          f"too large to keep", "x-mta-lane": first[3].get("x-mta-lane")}
+            s.publishes = [(first[0], first[1], first[2], headers), *s.publishes[1:]]
+        elif s.job is not None:  # a retry or held copy
+            job = s.job
+            reason = f"the copy for the next attempt could not be republished: {error}"
+            log.warning("message %s: %s; it goes to %s instead", job.id, reason, INVALID)
+            doc = orjson.loads(self.result(job, "invalid"))
+            doc["error"] = reason
+            body = orjson.dumps(doc)
+            key = _recent_key(job)
+            self._remember(key, body, "invalid", False)
+            s.final, s.job = (key, body, "invalid"), None
+            s.publishes = [("default", INVALID, job.body, {"x-mta-error": reason, "x-mta-lane": job.lane}),
+                           ("results", "invalid", body, None)]
+        else:
+            s.publishes = None
+        try:
+            return [publisher.encode(p) for p in await self._publishes(s.publishes)] if s.publishes else None
+        except Unencodable as exc:
+            log.error("a publish could not be encoded (%s); the message stays unacknowledged", exc)
+            return None
+        except Exception as exc:
+            log.warning("publishing failed (%s); the message stays unacknowledged and will come back", exc)
+            return None
+
 
 EXCHANGE_NAMES = {"results": RESULTS, "default": "", "mta": EXCHANGE}
 
 
 def _carried(job: Job) -> dict:
     """What a republished copy carries beside the producer's body."""
+    history = job.history
+    if len(history) > HISTORY_KEPT:
+        history = history[-HISTORY_KEPT:]
     return {
         H_ID: job.id,
         H_ATTEMPTS: job.attempts,
         H_FIRST: int(job.first_seen * 1000),  # ms: AMQP floats may be 32-bit
-        H_RESULTS: orjson.dumps(job.history).decode(),
+        H_RESULTS: orjson.dumps(history).decode(),
     }
+
+
+def _not_tried(entry) -> bool:
+    """A history entry that is no attempt (mail expired while held)."""
+    return isinstance(entry, dict) and entry.get("phase") == "queue"
+
+
+def _writable(headers: dict) -> dict:
+    """An invalid copy's headers without those AMQP cannot carry (a producer's bytes that are
+    not UTF-8 come back from the broker as bytes), named in `x-mta-error`."""
+    kept: dict = {}
+    dropped: list[str] = []
+    for name, value in headers.items():
+        try:
+            header_table({name: value})
+        except Unencodable:
+            dropped.append(name)
+            continue
+        kept[name] = value
+    if dropped:
+        names = ", ".join(name[:40] for name in dropped[:5])
+        more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+        kept["x-mta-error"] = f"{headers.get('x-mta-error')}; headers AMQP cannot carry were left out: {names}{more}"
+    return kept
 
 
 _PUBLISHED = {status: (None, status, True) for status in ("delivered", "bounced", "expired", "invalid", "suppressed")}
@@ -295,5 +406,16 @@ def _recent_key(job: Job) -> str:
 
 def attempt_entry(now: float, phase: str, code: int | None, enhanced: str | None, description: str,
                   mx: str | None, ip: str | None, lane: str) -> dict:
+    if len(description) > DESCRIPTION_MAX // 4:  # up to 4 octets a character: shorter ones always fit
+        description = cut_text(description, DESCRIPTION_MAX)
     return {"time": rfc3339(now), "phase": phase, "code": code, "enhanced": enhanced,
             "description": description, "mx": mx, "ip": ip, "lane": lane}
+
+
+def cut_text(text: str, limit: int) -> str:
+    """`text` in at most `limit` UTF-8 octets, cut on a character boundary and marked "…"."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return text
+    # "ignore" drops the partial character the cut may leave at the end
+    return raw[:limit - 3].decode("utf-8", "ignore") + "…"

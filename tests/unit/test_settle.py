@@ -1,0 +1,293 @@
+"""The settler (mta/settle.py) against a scripted broker: what replaces each consumed
+delivery is published, and the delivery is acknowledged only when all of that is confirmed;
+a publish AMQP cannot carry fails alone and its delivery still ends in one final place; an
+attempt's reply text and the history carried on retry copies stay bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections import OrderedDict
+
+import orjson
+import pytest
+from aiormq.exceptions import DeliveryError
+from pamqp import commands as spec
+from pamqp.decode import field_table as decode_table
+
+from mta.message import H_ATTEMPTS, H_FIRST, H_RESULTS, decode
+from mta.settle import (
+    DESCRIPTION_MAX,
+    HISTORY_KEPT,
+    AckBook,
+    Settler,
+    _carried,
+    attempt_entry,
+)
+
+NOW = 1_800_000_000.0
+MIME = "From: a@sender.example\nTo: b@example.com\nSubject: hi\n\nHello\n"
+
+
+class Broker:
+    """An aiormq publishing channel whose broker numbers publishes as they arrive and
+    answers each written batch at once: Nack for routing keys in `refuse`, else Ack."""
+
+    def __init__(self, refuse=()):
+        self.is_closed = False
+        self.lock = asyncio.Lock()
+        self.number = 1
+        self.max_content_size = 131_072 - 8
+        self.confirmations = OrderedDict()
+        self.message_id_delivery_tag = {}
+        self.delivery_tag = 0
+        self.write_queue = self
+        self.refuse = set(refuse)
+        self.published: list[dict] = []  # per publish: exchange, routing key, headers, body
+
+    def create_future(self):
+        return asyncio.get_running_loop().create_future()
+
+    async def put(self, frame) -> None:
+        first = len(self.published)
+        self._parse(frame.payload)
+        asyncio.get_running_loop().call_soon(self._answer, first)
+
+    def _answer(self, first: int) -> None:
+        for number in range(first + 1, len(self.published) + 1):
+            slot = self.confirmations.pop(number)
+            if self.published[number - 1]["routing_key"] in self.refuse:
+                slot.set_exception(DeliveryError(None, spec.Basic.Nack(number)))
+            else:
+                slot.set_result(spec.Basic.Ack(number))
+
+    def _parse(self, payload: bytes) -> None:
+        offset = 0
+        while offset < len(payload):
+            kind, _, size = struct.unpack_from(">BHI", payload, offset)
+            frame = payload[offset + 7:offset + 7 + size]
+            offset += 8 + size
+            if kind == 1:
+                n = frame[6]
+                exchange = frame[7:7 + n].decode()
+                k = frame[7 + n]
+                key = frame[8 + n:8 + n + k].decode()
+                self.published.append({"exchange": exchange, "routing_key": key, "headers": None, "body": b""})
+            elif kind == 2:
+                flags = struct.unpack_from(">H", frame, 12)[0]
+                headers = None
+                if flags & (1 << 13):
+                    at = 14 + 1 + frame[14]  # after the content type
+                    headers = decode_table(frame[at:])[1]
+                self.published[-1]["headers"] = headers
+                self.published[-1]["header_size"] = size
+            else:
+                self.published[-1]["body"] += frame
+
+
+class Session:
+    def __init__(self, broker):
+        self.channel = broker
+
+
+class Topology:
+    async def ensure_delay(self, channel, lane: str, seconds: int) -> str:
+        return f"mta.delay.{lane}.{seconds}s"
+
+
+class Consuming:
+    """The consuming channel: records acknowledgements."""
+
+    def __init__(self):
+        self.is_closed = False
+        self.acked: list[tuple[int, bool]] = []
+        self.requeued: list[int] = []
+
+    async def basic_ack(self, tag, multiple=False, wait=False):
+        self.acked.append((tag, multiple))
+
+    async def basic_nack(self, tag, requeue=True, wait=False):
+        assert requeue
+        self.requeued.append(tag)
+
+    def acked_tags(self, received) -> set:
+        out = set()
+        for tag, multiple in self.acked:
+            out |= {t for t in received if t <= tag} if multiple else {tag}
+        return out
+
+
+def job_of(n: int, **headers):
+    body = orjson.dumps({"id": f"m{n}", "recipient": f"user{n}@example.com", "envelope": "b@sender.example",
+                         "mime": MIME})
+    return decode(body, headers, "bulk", NOW)
+
+
+async def settle(broker, actions):
+    """Run the settler over `actions` (callables taking (settler, book, tag)), tags 1..n."""
+    settler = Settler(Session(broker), Topology(), publish_timeout=5)
+    consuming = Consuming()
+    book = AckBook(consuming)
+    for tag, action in enumerate(actions, 1):
+        book.received(tag)
+        action(settler, book, tag)
+    runner = asyncio.create_task(settler.run())
+    await asyncio.wait_for(settler.wait_idle(), 5)
+    runner.cancel()
+    return consuming
+
+
+def delivered(n):
+    def act(settler, book, tag):
+        job = job_of(n)
+        job.attempts += 1
+        job.history.append(attempt_entry(NOW, "message", 250, "2.0.0", "ok", "mx", "192.0.2.1", "bulk"))
+        settler.final(job, book, tag, "delivered")
+    return act
+
+
+def test_an_invalid_copy_goes_out_without_the_headers_amqp_cannot_carry():
+    broker = Broker()
+    headers = {"x-producer": b"\xff\xfe", "x-trace": "t-1", "x-mta-attempts": 3}
+
+    def invalid(settler, book, tag):
+        settler.invalid(b"not json", headers, "body is not valid JSON", book, tag, "single", NOW)
+
+    consuming = asyncio.run(settle(broker, [delivered(1), invalid, delivered(3)]))
+
+    assert consuming.acked_tags({1, 2, 3}) == {1, 2, 3} and not consuming.requeued
+    copies = [p for p in broker.published if p["routing_key"] == "mta.invalid"]
+    assert len(copies) == 1 and copies[0]["body"] == b"not json"
+    kept = copies[0]["headers"]
+    assert kept["x-trace"] == "t-1" and "x-producer" not in kept and "x-mta-attempts" not in kept
+    assert kept["x-mta-error"].startswith("body is not valid JSON")
+    assert "x-producer" in kept["x-mta-error"]  # says what was left out
+    statuses = [orjson.loads(p["body"])["status"] for p in broker.published if p["exchange"] == "mta.results"]
+    assert statuses == ["delivered", "invalid", "delivered"]
+
+
+def test_a_retry_copy_that_cannot_be_encoded_ends_in_mta_invalid_with_a_reason():
+    broker = Broker()
+    # a producer's x-mta-first far beyond any AMQP integer once carried as milliseconds
+    bad = job_of(2, **{H_FIRST: "9" * 30})
+
+    def defer(settler, book, tag):
+        bad.attempts += 1
+        bad.history.append(attempt_entry(NOW, "rcpt", 451, "4.3.0", "4.3.0 later", "mx", "192.0.2.1", "bulk"))
+        settler.defer(bad, book, tag, 60)
+
+    consuming = asyncio.run(settle(broker, [delivered(1), defer, delivered(3)]))
+
+    assert consuming.acked_tags({1, 2, 3}) == {1, 2, 3} and not consuming.requeued
+    assert not [p for p in broker.published if p["routing_key"].startswith("mta.delay.")]
+    copies = [p for p in broker.published if p["routing_key"] == "mta.invalid"]
+    assert len(copies) == 1 and copies[0]["body"] == bad.body
+    assert "could not be republished" in copies[0]["headers"]["x-mta-error"]
+    results = [orjson.loads(p["body"]) for p in broker.published if p["exchange"] == "mta.results"]
+    assert [r["status"] for r in results] == ["delivered", "invalid", "delivered"]
+    assert results[1]["final"] is True and results[1]["attempts"] == 1
+    assert "could not be republished" in results[1]["error"]
+    assert [e["code"] for e in results[1]["results"]] == [451]
+
+
+def test_a_nack_leaves_only_its_own_delivery_unacknowledged():
+    broker = Broker(refuse={"bounced"})
+
+    def bounced(settler, book, tag):
+        settler.final(job_of(2), book, tag, "bounced", "hard")
+
+    def deferred(n):
+        def act(settler, book, tag):
+            job = job_of(n)
+            job.attempts += 1
+            settler.defer(job, book, tag, 60)
+        return act
+
+    consuming = asyncio.run(settle(broker, [delivered(1), bounced, deferred(3), delivered(4)]))
+
+    assert consuming.requeued == [2]
+    assert consuming.acked_tags({1, 2, 3, 4}) == {1, 3, 4}
+
+
+def test_a_nacked_result_of_a_deferral_leaves_it_unacknowledged():
+    broker = Broker(refuse={"deferred"})  # the retry copy is confirmed, its result refused
+
+    def deferred(settler, book, tag):
+        job = job_of(1)
+        job.attempts += 1
+        settler.defer(job, book, tag, 60)
+
+    consuming = asyncio.run(settle(broker, [deferred, delivered(2)]))
+    assert consuming.requeued == [1]
+    assert consuming.acked_tags({1, 2}) == {2}
+
+
+# ---- reply text and history size
+
+
+@pytest.mark.parametrize("text", [
+    "4.2.0 " + "x" * 65_000,
+    "4.2.0 " + "\u00e9" * 40_000,  # two octets each
+    "4.2.0 " + "\u4e2d" * 30_000,  # three
+    "4.2.0 " + "\U0001f600" * 20_000,  # four
+    "4" + "\u00e9" * 300,  # a boundary inside a character at octet 512
+])
+def test_reply_text_is_cut_to_512_octets_on_a_character_boundary(text):
+    entry = attempt_entry(NOW, "rcpt", 451, "4.2.0", text, "mx", "192.0.2.1", "bulk")
+    raw = entry["description"].encode("utf-8")
+    assert len(raw) <= DESCRIPTION_MAX == 512
+    assert entry["description"].endswith("…")
+    assert text.startswith(entry["description"][:-1])
+    assert len(raw) > DESCRIPTION_MAX - 4  # nothing cut that need not be
+
+
+def test_short_reply_text_is_kept_whole():
+    text = "4.3.0 " + "\u4e2d" * 160  # 486 octets
+    assert attempt_entry(NOW, "rcpt", 451, "4.3.0", text, "mx", "192.0.2.1", "bulk")["description"] == text
+
+
+def test_fifty_attempts_carry_a_bounded_history_and_the_true_count():
+    job = job_of(1)
+    long_host = "mx." + "h" * 240 + ".example"
+    for n in range(50):
+        job.attempts += 1
+        job.history.append(attempt_entry(NOW + n, "rcpt", 451, "4.2.0", "\x01" * 5000, long_host,
+                                         "2001:db8::1", "bulk"))
+        job.history[-1]["tls"] = True
+        job.history[-1]["cipher"] = "TLSv1.3 TLS_AES_256_GCM_SHA384"
+        carried = _carried(job)
+        # what the next attempt decodes from the retry copy
+        job = decode(job.body, carried, "bulk", NOW + n)
+    carried = _carried(job)
+    assert len(carried[H_RESULTS].encode()) < 40_000
+    assert len(orjson.loads(carried[H_RESULTS])) == HISTORY_KEPT == 10
+    assert carried[H_ATTEMPTS] == 50
+
+    settler = Settler(Session(Broker()), Topology(), publish_timeout=5)
+    result = orjson.loads(settler.result(job, "deferred"))
+    assert result["attempts"] == 50
+    assert len(result["results"]) == 10 and result["results_omitted"] == 40
+    assert [e["time"] for e in result["results"]] == [job.history[k]["time"] for k in range(-10, 0)]
+
+
+def test_a_result_without_dropped_attempts_says_nothing_of_omissions():
+    job = job_of(1)
+    job.attempts = 2
+    job.history = [attempt_entry(NOW, "rcpt", 451, None, "later", None, None, "bulk")] * 2
+    settler = Settler(Session(Broker()), Topology(), publish_timeout=5)
+    result = orjson.loads(settler.result(job, "deferred"))
+    assert "results_omitted" not in result and len(result["results"]) == 2
+
+
+def test_an_invalid_copy_whose_headers_only_together_exceed_a_frame_keeps_the_reason():
+    broker = Broker()
+    headers = {"x-a": "a" * 70_000, "x-b": "b" * 70_000}
+
+    def invalid(settler, book, tag):
+        settler.invalid(b"[]", headers, "body must be a JSON object, got list", book, tag, "bulk", NOW)
+
+    consuming = asyncio.run(settle(broker, [invalid, delivered(2)]))
+    assert consuming.acked_tags({1, 2}) == {1, 2}
+    copy = next(p for p in broker.published if p["routing_key"] == "mta.invalid")
+    assert set(copy["headers"]) == {"x-mta-error", "x-mta-lane"}
+    assert copy["headers"]["x-mta-error"].startswith("body must be a JSON object, got list; ")
