@@ -17,6 +17,7 @@ import msgspec
 import yaml
 
 from shaper.patterns import nested_quantifier
+from shaper.retry import DELAY_LADDER, ladder_delay
 from shaper.units import Duration, Rate
 
 
@@ -555,6 +556,25 @@ def _route(c: _Collector, path: str, own: dict[str, Any], policy: Policy, earlie
                  password_file=own.get("password_file"), tags=own.get("tags", ()), name=name,
                  sender_match=own.get("sender_match", "envelope"), implicit_tls=own.get("implicit_tls"),
                  ca_file=own.get("ca_file"))
+
+
+def retry_notes(config: Config) -> list[str]:
+    """`retry_intervals` that are not a delay queue's length (shaper.retry.DELAY_LADDER):
+    not errors, the wait is rounded up to one; `mta check` says so."""
+    levels = [("default", config.default)]
+    levels += [(f"providers.{p.name}", p.policy) for p in config.providers]
+    levels += [(f"domains.{d.name}", d.policy) for d in config.domains]
+    levels += [(f"routes[{i}]", r.policy) for i, r in enumerate(config.routes)]
+    notes = []
+    for path, policy in levels:
+        for i, seconds in enumerate(policy.retry_intervals or ()):
+            if seconds in DELAY_LADDER:
+                continue
+            rung = Duration(ladder_delay(seconds))
+            how = "rounded up" if seconds < DELAY_LADDER[-1] else "the longest delay there is"
+            notes.append(f"{path}.retry_intervals[{i}]: {Duration(seconds)} is not a delay queue "
+                         f"length; the retry waits {rung} ({how})")
+    return notes
 
 
 def merge(base: Policy, override: Policy) -> Policy:

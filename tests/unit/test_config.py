@@ -668,3 +668,38 @@ def test_a_pattern_key_its_action_ignores_is_an_error(pattern, key, fragment) ->
 ])
 def test_what_each_action_uses_is_accepted(pattern) -> None:
     assert len(parse_config({"patterns": [pattern]}).patterns) == 1
+
+
+# ---- retry intervals that are no delay queue's length: rounded up, and said so
+
+def test_retry_intervals_off_the_ladder_are_notes_not_errors(tmp_path: Path, capsys) -> None:
+    from mta.cli import main
+    from mta.config import retry_notes
+
+    raw = {"default": {"retry_intervals": ["10m", "7m", "3d"]},
+           "domains": {"slow.example": {"retry_intervals": ["90s"]}},
+           "providers": {"p": {"mx_suffix": [".p.example"], "retry_intervals": ["1h"]}},
+           "routes": [{"sender_domain": "a.example", "smarthost": "[s.example]:587", "retry_intervals": ["45m"]}]}
+    assert retry_notes(parse_config(raw)) == [
+        "default.retry_intervals[1]: 7m is not a delay queue length; the retry waits 10m (rounded up)",
+        "default.retry_intervals[2]: 3d is not a delay queue length; the retry waits 2d (the longest delay there is)",
+        "domains.slow.example.retry_intervals[0]: 90s is not a delay queue length; the retry waits 2m (rounded up)",
+        "routes[0].retry_intervals[0]: 45m is not a delay queue length; the retry waits 1h (rounded up)",
+    ]
+    path = tmp_path / "rules.yaml"
+    path.write_text("default:\n  retry_intervals: [10m, 7m]\n", encoding="utf-8")
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "note: default.retry_intervals[1]: 7m is not a delay queue length; the retry waits 10m" in out.err
+    assert "OK" in out.out
+
+
+def test_the_default_and_example_intervals_need_no_note() -> None:
+    assert retry_notes_of({}) == []
+    assert retry_notes_of({"default": {"retry_intervals": ["10m", "10m", "30m", "30m", "1h", "1h", "2h"]}}) == []
+
+
+def retry_notes_of(raw) -> list[str]:
+    from mta.config import retry_notes
+
+    return retry_notes(parse_config(raw))
