@@ -32,7 +32,7 @@ from collections.abc import Callable
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
-from shaper.retry import ladder_delay
+from shaper.retry import DELAY_LADDER, ladder_delay
 from shaper.units import Duration
 
 EXCHANGE = "mta"
@@ -51,6 +51,9 @@ LEASE = 3600.0  # seconds an unused delay queue outlives its TTL, at least
 
 def delay_queue(lane: str, seconds: int) -> str:
     return f"mta.wait.{lane}.{Duration(seconds)}"
+
+
+_DELAY_NAMES = {(lane, rung): delay_queue(lane, rung) for lane in LANES for rung in DELAY_LADDER}
 
 
 def delay_lease(seconds: int, lease: float = LEASE) -> float:
@@ -105,7 +108,7 @@ class Topology:
         """The delay queue for this lane and delay (rounded up to a rung), declared on
         first use and again once half its lease has passed (see the module's comment)."""
         rung = ladder_delay(seconds)
-        name = delay_queue(lane, rung)
+        name = _DELAY_NAMES.get((lane, rung)) or delay_queue(lane, rung)
         lease = delay_lease(rung, self._lease)
         now = self._clock()
         declared = self._delays.get(name)
