@@ -65,3 +65,21 @@ def test_a_rule_matches_a_refusing_banner(vhost, sinks, mta_config, start_mta):
     assert all(len(collector.by_id[i]) == 1 for i in msgs), "held mail publishes no result"
     first = min(a.time for a in sinks.accepted() if a.msg_id in msgs)
     assert first >= suspended_at + 6.0, "mail went out during the suspension"
+
+
+@pytest.mark.timeout(120)
+def test_a_retry_rule_makes_a_554_banner_temporary(vhost, sinks, mta_config, start_mta):
+    """Without the rule a 554 greeting bounces the message; with it, the message is deferred."""
+    sink = OK_MX[1]
+    sinks.set_greeting(sink, "554 5.7.1 Service unavailable; client host [127.0.0.1] blocked using rbl.example")
+    start_mta(mta_config(
+        default={"retry_intervals": ["1m"], "max_age": "10m"},
+        patterns=[{"code": 554, "match": r"blocked using rbl\.example", "action": "retry"}]))
+    run = run_id()
+    msg = f"rblr-{run}"
+    publish(vhost, "bulk", [make_message(msg, f"user-{run}@ok1.test")])
+    collector = ResultCollector(vhost)
+    collector.collect((), timeout=60, settle=1.0, until=lambda c: bool(c.by_id.get(msg)))
+    assert [r["status"] for r in collector.by_id[msg]] == ["deferred"], collector.by_id[msg]
+    attempt = collector.by_id[msg][0]["results"][-1]
+    assert attempt["code"] == 554 and attempt["phase"] in ("connect", "ehlo"), attempt
