@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         print(explain(config, args.explain, args.mx))
         return 0
     if args.command == "check":
+        from mta.config import retry_notes
+
+        for note in retry_notes(config):
+            print(f"{args.config}: note: {note}", file=sys.stderr)
         print(f"{args.config}: OK ({len(config.domains)} domain rules, {len(config.providers)} providers, "
               f"{len(config.patterns)} patterns, {len(config.routes)} routes, {len(config.dkim)} DKIM keys)")
         return 0

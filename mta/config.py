@@ -16,6 +16,8 @@ from typing import Any
 import msgspec
 import yaml
 
+from shaper.patterns import nested_quantifier
+from shaper.retry import DELAY_LADDER, ladder_delay
 from shaper.units import Duration, Rate
 
 
@@ -275,6 +277,9 @@ def _regex(v: Any) -> str:
         re.compile(text)
     except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999} overflows
         raise ValueError(f"invalid regular expression {text!r}: {exc}") from None
+    risk = nested_quantifier(text)
+    if risk is not None:
+        raise ValueError(f"regular expression {text!r} refused: {risk}")
     return text
 
 
@@ -491,6 +496,7 @@ def parse_config(raw: Any) -> Config:
             c.problem(path, "needs at least one of match, code, enhanced")
         if own.get("action") in ("suspend", "throttle") and "duration" not in body:
             c.problem(f"{path}.duration", f"required for action {own['action']}")
+        _ignored_pattern_keys(c, path, body, own.get("action"))
         if "action" in own:
             patterns.append(Pattern(match=own.get("match"), action=own["action"], code=own.get("code"), enhanced=own.get("enhanced"), duration=own.get("duration"), policy=policy))
 
@@ -526,6 +532,27 @@ def parse_config(raw: Any) -> Config:
     return Config(default=default, providers=tuple(providers), domains=tuple(domains), patterns=tuple(patterns), routes=tuple(routes), dkim=tuple(keys), **sections)
 
 
+# What each action does not use: a key it would ignore is an error, never silently accepted.
+# A throttle's limits replace the destination's sending limits (mta.delivery); when a
+# message is retried and when it expires stay the destination's rules.
+_PATTERN_IGNORES = {
+    "suspend": (tuple(POLICY_FIELDS), "a suspension sends nothing for `duration`; limits belong to action throttle"),
+    "bounce": (("duration", *POLICY_FIELDS), "action bounce only decides the fate of the message that got the reply"),
+    "retry": (("duration", *POLICY_FIELDS), "action retry only decides the fate of the message that got the reply"),
+    "throttle": (("retry_intervals", "max_age"), "a throttle changes sending limits only; retries and "
+                 "maximum age stay those of the destination's rules"),
+}
+
+
+def _ignored_pattern_keys(c: _Collector, path: str, body: dict, action: str | None) -> None:
+    if action not in _PATTERN_IGNORES:
+        return
+    ignored, why = _PATTERN_IGNORES[action]
+    for key in body:
+        if key in ignored:
+            c.problem(f"{path}.{key}", f"not used by action {action}: {why}")
+
+
 def _route(c: _Collector, path: str, own: dict[str, Any], policy: Policy, earlier: list[Route]) -> Route:
     """One `routes:` entry; its name (the destination `route:NAME`) must be unique."""
     sender_domain = own["sender_domain"].lower().rstrip(".")
@@ -540,6 +567,25 @@ def _route(c: _Collector, path: str, own: dict[str, Any], policy: Policy, earlie
                  password_file=own.get("password_file"), tags=own.get("tags", ()), name=name,
                  sender_match=own.get("sender_match", "envelope"), implicit_tls=own.get("implicit_tls"),
                  ca_file=own.get("ca_file"))
+
+
+def retry_notes(config: Config) -> list[str]:
+    """`retry_intervals` that are not a delay queue's length (shaper.retry.DELAY_LADDER):
+    not errors, the wait is rounded up to one; `mta check` says so."""
+    levels = [("default", config.default)]
+    levels += [(f"providers.{p.name}", p.policy) for p in config.providers]
+    levels += [(f"domains.{d.name}", d.policy) for d in config.domains]
+    levels += [(f"routes[{i}]", r.policy) for i, r in enumerate(config.routes)]
+    notes = []
+    for path, policy in levels:
+        for i, seconds in enumerate(policy.retry_intervals or ()):
+            if seconds in DELAY_LADDER:
+                continue
+            rung = Duration(ladder_delay(seconds))
+            how = "rounded up" if seconds < DELAY_LADDER[-1] else "the longest delay there is"
+            notes.append(f"{path}.retry_intervals[{i}]: {Duration(seconds)} is not a delay queue "
+                         f"length; the retry waits {rung} ({how})")
+    return notes
 
 
 def merge(base: Policy, override: Policy) -> Policy:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from mta.longlines import Unsendable, has_long_line, shorten
+from shaper.retry import MAX_MESSAGE_SECONDS
 
 # Our own headers on copies the MTA republishes (retries, held mail). The body stays the
 # producer's bytes; what the MTA learned travels beside it.
@@ -249,9 +250,10 @@ def _retries(doc: dict) -> tuple[float, ...] | None:
     if retries is None:
         return None
     if not isinstance(retries, list) or not retries or not all(
-        not isinstance(r, bool) and isinstance(r, (int, float)) and r > 0 for r in retries
+        not isinstance(r, bool) and isinstance(r, (int, float)) and 0 < r <= MAX_MESSAGE_SECONDS for r in retries
     ):
-        raise InvalidMessage("retries: expected a non-empty list of positive numbers of seconds")
+        raise InvalidMessage("retries: expected a non-empty list of positive numbers of seconds, "
+                             f"at most {MAX_MESSAGE_SECONDS:g}")
     return tuple(float(r) for r in retries)
 
 
@@ -259,6 +261,6 @@ def _positive_number(doc: dict, field: str) -> float | None:
     value = doc.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise InvalidMessage(f"{field}: expected a positive number of seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_MESSAGE_SECONDS:
+        raise InvalidMessage(f"{field}: expected a positive number of seconds, at most {MAX_MESSAGE_SECONDS:g}")
     return float(value)

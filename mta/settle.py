@@ -187,7 +187,7 @@ class Settler:
     def defer(self, job: Job, book: AckBook, tag: int, delay: float) -> None:
         """A failed attempt to retry: the retry copy and a `deferred` result."""
         self.add(Settlement(book, tag, [
-            ("delay", (job.lane, max(1, round(delay))), job.body, _carried(job)),
+            ("delay", (job.lane, delay), job.body, _carried(job)),  # topology rounds it up to a rung
             ("results", "deferred", self.result(job, "deferred"), None),
         ], job=job))
 

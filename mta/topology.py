@@ -6,15 +6,34 @@ everything at start. Changing arguments of an existing queue is refused by the b
 
 Delay queues carry retries and held mail: one queue per (lane, delay), whose message TTL
 dead-letters the copy back to the lane through the `mta` exchange. Quorum queues use
-at-least-once dead-lettering, so a copy on its way back survives a broker crash.
-Poison messages: a lane's quorum `x-delivery-limit` dead-letters a message that was
-redelivered too often (it crashed the MTA each time) into `mta.quarantine`.
+at-least-once dead-lettering, so a copy on its way back survives a broker crash. Delays
+are rungs of a fixed ladder (shaper.retry.DELAY_LADDER), so there are at most two lanes
+times its rungs of them, named `mta.wait.LANE.DELAY` (`mta.wait.bulk.10m`).
+
+A classic delay queue nobody uses goes away by itself (`x-expires`). RabbitMQ counts that
+expiry from the queue's last declaration, consumer or basic.get, not from the last publish,
+and deletes the queue with whatever is in it; nobody consumes a delay queue. So its expiry
+is its TTL plus a lease (an hour at least), and a process redeclares the queue before it
+publishes into it once half the lease has passed since its own last declaration: every
+copy in it then dead-letters (after one TTL) at least half a lease before the queue can
+expire. Quorum delay queues (the default) get no expiry: on RabbitMQ 3.10 redeclaring does
+not renew a quorum queue's expiry (only a consumer or basic.get does), so it would be
+deleted with mail in it; the ladder bounds them instead (at most two lanes times its
+rungs, a few dozen queues for good). The previous naming (`mta.delay.LANE.Ns`, without an
+expiry) is left alone: those queues drain into their lanes by themselves and can be
+deleted once empty.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
+
+from shaper.retry import DELAY_LADDER, ladder_delay
+from shaper.units import Duration
 
 EXCHANGE = "mta"
 RESULTS = "mta.results"
@@ -27,8 +46,19 @@ def lane_queue(lane: str) -> str:
     return f"mta.{lane}"
 
 
+LEASE = 3600.0  # seconds an unused delay queue outlives its TTL, at least
+
+
 def delay_queue(lane: str, seconds: int) -> str:
-    return f"mta.delay.{lane}.{seconds}s"
+    return f"mta.wait.{lane}.{Duration(seconds)}"
+
+
+_DELAY_NAMES = {(lane, rung): delay_queue(lane, rung) for lane in LANES for rung in DELAY_LADDER}
+
+
+def delay_lease(seconds: int, lease: float = LEASE) -> float:
+    """How long an unused delay queue of this TTL outlives it: long queues get longer."""
+    return max(lease, float(seconds))
 
 
 def _queue_args(queue_type: str, **extra) -> dict:
@@ -44,10 +74,13 @@ def _dead_letter_args(queue_type: str) -> dict:
 
 
 class Topology:
-    def __init__(self, queue_type: str, delivery_limit: int):
+    def __init__(self, queue_type: str, delivery_limit: int, *,
+                 clock: Callable[[], float] = time.monotonic, lease: float = LEASE):
         self.queue_type = queue_type
         self.delivery_limit = delivery_limit
-        self._delays: set[str] = set()
+        self._clock = clock
+        self._lease = lease
+        self._delays: dict[str, float] = {}  # delay queue -> when this process last declared it
 
     async def declare(self, channel: AbstractChannel) -> dict[str, AbstractExchange]:
         qt = self.queue_type
@@ -71,19 +104,26 @@ class Topology:
         self._delays.clear()
         return {"mta": mta, "results": results, "default": channel.default_exchange}
 
-    async def ensure_delay(self, channel: AbstractChannel, lane: str, seconds: int) -> str:
-        """The delay queue for this lane and delay, declared on first use."""
-        name = delay_queue(lane, seconds)
-        if name not in self._delays:
+    async def ensure_delay(self, channel: AbstractChannel, lane: str, seconds: float) -> str:
+        """The delay queue for this lane and delay (rounded up to a rung), declared on
+        first use and again once half its lease has passed (see the module's comment)."""
+        rung = ladder_delay(seconds)
+        name = _DELAY_NAMES.get((lane, rung)) or delay_queue(lane, rung)
+        lease = delay_lease(rung, self._lease)
+        now = self._clock()
+        declared = self._delays.get(name)
+        if declared is None or now - declared >= lease / 2:
             args = _queue_args(
                 self.queue_type,
                 **{
-                    "x-message-ttl": seconds * 1000,
+                    "x-message-ttl": rung * 1000,
                     "x-dead-letter-exchange": EXCHANGE,
                     "x-dead-letter-routing-key": lane,
                 },
                 **_dead_letter_args(self.queue_type),
             )
+            if self.queue_type == "classic":  # see above: a quorum queue's expiry is not renewed
+                args["x-expires"] = int((rung + lease) * 1000)
             await channel.declare_queue(name, durable=True, arguments=args)
-            self._delays.add(name)
+            self._delays[name] = now
         return name

@@ -15,17 +15,28 @@ that fitted". ``max_attempts`` (per message, 0 = no limit) is checked first.
 Only failed delivery attempts count: mail parked because its destination was
 paused or throttled must come back with the same ``attempts`` it left with, so a
 pause never escalates a message's schedule (KumoMTA #322).
+
+Every wait is one rung of ``DELAY_LADDER``, rounded up: a message waits in a broker
+delay queue with a fixed TTL, one queue per rung and lane, so the number of queues is
+bounded whatever intervals the rules or the producers ask for. Rounding up means a retry
+is never sooner than asked (waits beyond the top rung are cut to it). At the deadline the
+last attempt is rounded up too: it happens at the deadline or a little after it (never
+later than the regular interval would have put it), so its failure expires the message
+instead of adding attempts just before the deadline.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shaper.units import Duration
 
 __all__ = [
+    "DELAY_LADDER",
+    "MAX_MESSAGE_SECONDS",
     "DEFAULT_INTERVALS",
     "DEFAULT_MAX_AGE",
     "MAX_AGE",
@@ -34,6 +45,7 @@ __all__ = [
     "RETRY_AT_DEADLINE",
     "RetryDecision",
     "RetrySchedule",
+    "ladder_delay",
 ]
 
 # Reasons, as constants so the engine can compare without retyping strings.
@@ -45,6 +57,27 @@ RETRY_AT_DEADLINE = "retry at max age"
 # MailerQ's defaults, also the ones in SPEC.md's example rules.
 DEFAULT_INTERVALS: tuple[float, ...] = (600.0, 600.0, 1800.0, 1800.0, 3600.0, 3600.0, 7200.0)
 DEFAULT_MAX_AGE = 86400.0
+
+# Seconds a message may wait in a delay queue: the rungs an operator would write down.
+# Every hold delay (shaper.allowance) and the default intervals are rungs, so they wait
+# exactly as long as they say; at most 2 x 20 delay queues exist (two lanes).
+DELAY_LADDER: tuple[int, ...] = (
+    1, 2, 5, 10, 15, 30,                      # seconds
+    60, 120, 300, 600, 900, 1200, 1800,       # 1, 2, 5, 10, 15, 20, 30 min
+    3600, 7200, 14400, 28800, 43200,          # 1, 2, 4, 8, 12 h
+    86400, 172800,                            # 1, 2 d
+)
+
+# RabbitMQ refuses a TTL or queue expiry above 2^32-1 ms (49.7 days): a producer's
+# per-message `retries` or `maxdelivertime` beyond it is not a wait anybody means.
+MAX_MESSAGE_SECONDS = (2**32 - 1) / 1000
+
+
+def ladder_delay(seconds: float) -> int:
+    """The shortest rung of at least ``seconds`` (the top rung beyond it)."""
+    if not seconds < DELAY_LADDER[-1]:  # also NaN: the longest wait there is
+        return DELAY_LADDER[-1]
+    return DELAY_LADDER[bisect_left(DELAY_LADDER, seconds)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +142,7 @@ class RetrySchedule:
         if now >= deadline:
             return RetryDecision(False, 0.0, MAX_AGE)
         remaining = deadline - now
-        if wait >= remaining:
-            return RetryDecision(True, remaining, RETRY_AT_DEADLINE)
-        return RetryDecision(True, wait, RETRY)
+        delay = ladder_delay(wait)
+        if delay >= remaining:
+            return RetryDecision(True, float(ladder_delay(remaining)), RETRY_AT_DEADLINE)
+        return RetryDecision(True, float(delay), RETRY)

@@ -23,7 +23,7 @@ def test_excess_is_held_then_delivered_at_the_rate(vhost, sinks, mta_config, sta
     by_id = assert_each_final(results, msgs, "delivered")
     assert all(r["attempts"] == 1 for r in by_id.values()), "holding must not count attempts"
     assert all(len(results[i]) == 1 for i in msgs), "held mail publishes no result"
-    assert queue_info(vhost, "mta.delay.bulk.15s") is not None, "nothing was held"
+    assert queue_info(vhost, "mta.wait.bulk.15s") is not None, "nothing was held"
     counts = sinks.count_by_id()
     assert {i: counts.get(i) for i in msgs} == {i: 1 for i in msgs}
     times = sorted(a.time for a in sinks.accepted() if a.msg_id in msgs)

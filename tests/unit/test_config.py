@@ -624,3 +624,82 @@ def test_single_lane_reserve_keys_name_bad_values():
     assert "default.single_connections" in text
     assert "default.single_rate_share" in text and "out of range" in text
     assert "providers.p.single_rate_share" in text
+
+
+# ---- patterns: a key the action would ignore, and regexes that backtrack without end
+
+PATTERN_PROBLEMS = [
+    ({"match": "x", "action": "suspend", "duration": "1h", "connection_limit": 1}, "connection_limit", "not used by action suspend"),
+    ({"match": "x", "action": "suspend", "duration": "1h", "max_message_rate": "1/min"}, "max_message_rate", "limits belong to action throttle"),
+    ({"match": "x", "action": "suspend", "duration": "1h", "retry_intervals": ["1m"]}, "retry_intervals", "not used by action suspend"),
+    ({"match": "x", "action": "bounce", "duration": "1h"}, "duration", "not used by action bounce"),
+    ({"match": "x", "action": "bounce", "connection_limit": 1}, "connection_limit", "not used by action bounce"),
+    ({"match": "x", "action": "bounce", "max_age": "1h"}, "max_age", "not used by action bounce"),
+    ({"match": "x", "action": "retry", "duration": "10m"}, "duration", "not used by action retry"),
+    ({"match": "x", "action": "retry", "max_message_rate": "1/s"}, "max_message_rate", "not used by action retry"),
+    ({"match": "x", "action": "retry", "retry_intervals": ["5m"]}, "retry_intervals", "not used by action retry"),
+    ({"match": "x", "action": "throttle", "duration": "1h", "connection_limit": 1, "retry_intervals": ["1h"]},
+     "retry_intervals", "retries and maximum age stay"),
+    ({"match": "x", "action": "throttle", "duration": "1h", "connection_limit": 1, "max_age": "2h"},
+     "max_age", "not used by action throttle"),
+    ({"match": "(a+)+", "action": "bounce"}, "match", "repetition inside a repetition"),
+    ({"match": "(a*)*$", "action": "retry"}, "match", "refused"),
+    ({"match": "(?i)(.*spam){20}", "action": "bounce"}, "match", "exponential"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "key", "fragment"), PATTERN_PROBLEMS,
+                         ids=[f"{p['action']}-{k}-{i}" for i, (p, k, _) in enumerate(PATTERN_PROBLEMS)])
+def test_a_pattern_key_its_action_ignores_is_an_error(pattern, key, fragment) -> None:
+    problems = problems_of({"patterns": [{"code": 421, "action": "bounce"}, pattern]})
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"patterns[1].{key}: "), problems
+    assert fragment in problems[0], problems
+
+
+@pytest.mark.parametrize("pattern", [
+    {"match": "x", "action": "suspend", "duration": "2h", "code": 421, "enhanced": "4.7.0"},
+    {"match": "x", "action": "throttle", "duration": "1h", "connection_limit": 1, "max_message_rate": "1/min",
+     "max_connection_rate": "1/min", "max_deliveries_per_connection": 5, "idle_timeout": "5s", "tls": "required",
+     "data_timeout": "30s"},
+    {"match": "x", "action": "bounce", "code": 451},
+    {"enhanced": "5.7.1", "action": "retry"},
+    {"match": r"(?:\d{1,3}\.){3}\d{1,3}|(?>\w+)+|a++", "action": "retry"},
+])
+def test_what_each_action_uses_is_accepted(pattern) -> None:
+    assert len(parse_config({"patterns": [pattern]}).patterns) == 1
+
+
+# ---- retry intervals that are no delay queue's length: rounded up, and said so
+
+def test_retry_intervals_off_the_ladder_are_notes_not_errors(tmp_path: Path, capsys) -> None:
+    from mta.cli import main
+    from mta.config import retry_notes
+
+    raw = {"default": {"retry_intervals": ["10m", "7m", "3d"]},
+           "domains": {"slow.example": {"retry_intervals": ["90s"]}},
+           "providers": {"p": {"mx_suffix": [".p.example"], "retry_intervals": ["1h"]}},
+           "routes": [{"sender_domain": "a.example", "smarthost": "[s.example]:587", "retry_intervals": ["45m"]}]}
+    assert retry_notes(parse_config(raw)) == [
+        "default.retry_intervals[1]: 7m is not a delay queue length; the retry waits 10m (rounded up)",
+        "default.retry_intervals[2]: 3d is not a delay queue length; the retry waits 2d (the longest delay there is)",
+        "domains.slow.example.retry_intervals[0]: 90s is not a delay queue length; the retry waits 2m (rounded up)",
+        "routes[0].retry_intervals[0]: 45m is not a delay queue length; the retry waits 1h (rounded up)",
+    ]
+    path = tmp_path / "rules.yaml"
+    path.write_text("default:\n  retry_intervals: [10m, 7m]\n", encoding="utf-8")
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "note: default.retry_intervals[1]: 7m is not a delay queue length; the retry waits 10m" in out.err
+    assert "OK" in out.out
+
+
+def test_the_default_and_example_intervals_need_no_note() -> None:
+    assert retry_notes_of({}) == []
+    assert retry_notes_of({"default": {"retry_intervals": ["10m", "10m", "30m", "30m", "1h", "1h", "2h"]}}) == []
+
+
+def retry_notes_of(raw) -> list[str]:
+    from mta.config import retry_notes
+
+    return retry_notes(parse_config(raw))

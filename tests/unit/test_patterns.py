@@ -43,3 +43,41 @@ def test_bad_rules_are_refused():
         Patterns([Patterns.compile(0, "explode", "x")])
     with pytest.raises(ValueError):
         Patterns([Patterns.compile(0, "suspend", "x")])
+
+
+# ---- a receiver's text is nobody's to trust
+
+from shaper.patterns import REPLY_TEXT_LIMIT, nested_quantifier  # noqa: E402
+
+
+def test_the_matcher_sees_only_the_first_512_bytes_of_a_reply():
+    p = Patterns([Patterns.compile(0, "suspend", "TSS04", duration=60.0)])
+    assert p.find(421, None, "4.7.0 " + "x" * 400 + " TSS04") is not None
+    assert p.find(421, None, "4.7.0 " + "x" * 600 + " TSS04") is None
+    wide = "é" * 255 + "TSS04"  # 510 bytes of text before it: the marker straddles byte 512
+    assert p.find(421, None, wide) is None
+    assert p.find(421, None, "é" * 250 + "TSS04") is not None  # 500 + 5 bytes
+
+
+def test_a_huge_reply_costs_what_512_bytes_cost():
+    """A quadratic regex over a 1 MB reply would take minutes; over 512 bytes it is instant."""
+    p = Patterns([Patterns.compile(0, "bounce", r"(?:a+){2}b")])
+    assert p.find(550, None, "a" * 1_000_000) is None
+    assert REPLY_TEXT_LIMIT == 512
+
+
+@pytest.mark.parametrize("regex", [
+    "(a+)+", "(a*)*", "(.*a){20}", "(.*)*", "(?:x|(y+))+", "(\\w+\\s?)+$", "(?i)(spam.*)+ detected",
+    "((ab)*c+)+", "(?=(a+))+",
+])
+def test_nested_quantifiers_are_named(regex):
+    assert nested_quantifier(regex) is not None
+
+
+@pytest.mark.parametrize("regex", [
+    "TSS04", "(?i)rate limit|too many", r"\bTSS0[14]\b", r"\(S8[0-9]{2}\)|\b4\.7\.650\b",
+    r"(?:\d{1,3}\.){3}\d{1,3}", "(a|b)*c", "(?>a+)+", "(a++)+", "(?:a+){2}", "a{2,5}b+",
+    "(?i)too many (connections|concurrent|simultaneous)", "[a-", "",
+])
+def test_ordinary_patterns_pass(regex):
+    assert nested_quantifier(regex) is None

@@ -8,14 +8,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mta.control import PAUSED_HOLD
+from shaper.allowance import HOLD_DELAYS
 from shaper.retry import (
     DEFAULT_INTERVALS,
+    DELAY_LADDER,
     MAX_AGE,
     MAX_ATTEMPTS,
     RETRY,
     RETRY_AT_DEADLINE,
     RetryDecision,
     RetrySchedule,
+    ladder_delay,
 )
 
 T0 = 1_700_000_000.0
@@ -32,7 +36,7 @@ MAILERQ = RetrySchedule(DEFAULT_INTERVALS, 86400.0)
         (7, 10000, 0, RetryDecision(True, 7200.0, RETRY)),
         (8, 20000, 0, RetryDecision(True, 7200.0, RETRY)),  # the last repeats
         (50, 30000, 0, RetryDecision(True, 7200.0, RETRY)),
-        (12, 86400 - 100, 0, RetryDecision(True, 100.0, RETRY_AT_DEADLINE)),
+        (12, 86400 - 100, 0, RetryDecision(True, 120.0, RETRY_AT_DEADLINE)),  # a rung, past the deadline
         (12, 86400 - 7200, 0, RetryDecision(True, 7200.0, RETRY_AT_DEADLINE)),
         (12, 86400, 0, RetryDecision(False, 0.0, MAX_AGE)),
         (12, 90000, 0, RetryDecision(False, 0.0, MAX_AGE)),
@@ -109,13 +113,14 @@ def test_a_message_life_is_monotone_and_capped(
     attempt_time: list[float],
     max_attempts: int,
 ) -> None:
-    """Follow one message through failure after failure: each retry is later
-    than the last, none is after the deadline, and it ends in one expiry."""
+    """Follow one message through failure after failure: each wait is a rung, never
+    shorter than asked (unless it reaches the deadline), the attempt at the deadline is
+    the last one, and it ends in one expiry."""
     schedule = RetrySchedule(intervals, max_age)
     deadline = first_seen + max_age
     now, attempts, due = first_seen, 0, first_seen
     durations = iter(attempt_time)
-    # Every retry but the capped last one waits at least min(intervals).
+    at_deadline = False
     for _ in range(math.ceil(max_age / min(intervals)) + 2):
         attempts += 1
         now = due + next(durations, 0.0)  # the attempt itself takes a while
@@ -128,10 +133,18 @@ def test_a_message_life_is_monotone_and_capped(
             else:
                 assert attempts >= max_attempts > 0
             break
+        assert not at_deadline, "an attempt at the deadline must be the last"
         assert now < deadline
-        assert 0 < decision.delay <= schedule.interval(attempts)
-        assert now + decision.delay <= deadline
-        assert now + decision.delay > due  # strictly later than the previous due time
+        assert decision.delay in DELAY_LADDER
+        asked = schedule.interval(attempts)
+        assert decision.delay <= ladder_delay(asked)  # never later than the interval's rung
+        if decision.reason == RETRY:
+            assert decision.delay >= min(asked, DELAY_LADDER[-1])  # never sooner than asked
+            assert now + decision.delay < deadline
+        else:
+            assert decision.reason == RETRY_AT_DEADLINE
+            assert now + decision.delay >= deadline
+            at_deadline = True
         due = now + decision.delay
     else:
         pytest.fail("the message never expired")
@@ -143,7 +156,7 @@ def test_waits_follow_the_list_then_repeat_the_last(
 ) -> None:
     schedule = RetrySchedule(intervals, math.inf)
     wait = schedule.decide(attempts, 0.0, 0.0).delay
-    assert wait == intervals[min(attempts, len(intervals)) - 1]
+    assert wait == ladder_delay(intervals[min(attempts, len(intervals)) - 1])
 
 
 @given(
@@ -159,3 +172,31 @@ def test_non_decreasing_intervals_give_non_decreasing_waits(
     assert (
         schedule.decide(attempts + 1, 0.0, 0.0).delay >= schedule.decide(attempts, 0.0, 0.0).delay
     )
+
+
+@pytest.mark.parametrize(("seconds", "rung"), [
+    (0.001, 1), (1, 1), (1.2, 2), (3, 5), (7, 10), (59, 60), (61, 120), (400, 600),
+    (1000, 1200), (2400, 3600), (5000, 7200), (10800, 14400), (86400, 86400),
+    (86401, 172800), (172800, 172800), (10**7, 172800), (math.inf, 172800), (math.nan, 172800),
+])
+def test_ladder_rounds_up_and_caps_at_the_top(seconds: float, rung: int) -> None:
+    assert ladder_delay(seconds) == rung
+
+
+def test_the_ladder_is_increasing_and_every_ttl_fits_rabbitmq() -> None:
+    assert list(DELAY_LADDER) == sorted(set(DELAY_LADDER))
+    assert DELAY_LADDER[-1] * 1000 * 2 < 2**32 - 1  # with its x-expires lease on top
+
+
+def test_default_intervals_and_hold_delays_are_rungs() -> None:
+    """They wait exactly as long as they say, and share the same queues."""
+    assert set(DEFAULT_INTERVALS) <= set(DELAY_LADDER)
+    assert set(HOLD_DELAYS) <= set(DELAY_LADDER)
+    assert PAUSED_HOLD in DELAY_LADDER
+
+
+@given(st.lists(st.floats(min_value=0.001, max_value=1e7), min_size=1, max_size=10),
+       st.floats(min_value=1, max_value=1e7), st.integers(1, 40), st.floats(0, 1e7))
+def test_any_schedule_only_waits_on_rungs(intervals, max_age, attempts, elapsed) -> None:
+    decision = RetrySchedule(tuple(intervals), max_age).decide(attempts, 0.0, elapsed)
+    assert decision.delay in DELAY_LADDER or not decision.retry
