@@ -369,7 +369,8 @@ class Engine:
         if destination is None:
             destination = Destination(resolved.key, answer, resolved.policy, connector=self._connector_for(resolved.key),
                                       port=self.config.smtp.port, done=self._done, hold=self._hold,
-                                      clock=self.clock, patterns=self.rules.patterns, budget=self.budget)
+                                      clock=self.clock, patterns=self.rules.patterns, budget=self.budget,
+                                      smtp=self.config.smtp)
             destination.domain = job.domain  # a domain it serves, to find its rules again on reload
             self.destinations[resolved.key] = destination
         else:
