@@ -173,7 +173,8 @@ class AcceptMeter:
 class Destination:
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
                  port: int, done: Done, hold: Callable[[Job, int], None], clock: Callable[[], float],
-                 patterns: Patterns | None = None, budget: Budget | None = None, smtp: Smtp = Smtp()):
+                 patterns: Patterns | None = None, budget: Budget | None = None, smtp: Smtp = Smtp(),
+                 share: "Share | None" = None):
         self.key = key
         self.domain = ""  # one recipient domain it serves (rules are found again by it on reload)
         self.answer = answer
@@ -186,6 +187,9 @@ class Destination:
         self._deadline = smtp.delivery_deadline  # seconds one attempt may take, connecting included
         self._mx_hosts = smtp.max_mx_hosts
         self._mx_addresses = smtp.max_addresses_per_mx
+        self.share = share  # a provider's connection limit over all its destinations (mta.share)
+        if share is not None:
+            share.members.add(self)
         self._budget = budget if budget is not None else Budget(UNLIMITED_FDS_BUDGET)  # the process's connection slots
         self.single: deque[Job] = deque()
         self.bulk: FairQueue[Job] = FairQueue(campaign)
@@ -420,8 +424,23 @@ class Destination:
             return False
         if self.connected and self.connection_rate.check(self._clock()).retry_after > MAX_WAIT:
             return False  # the open sessions carry the mail until max_connection_rate allows another
+        if self.share is not None and self.share.full:
+            self.share.wait(self)  # the provider's sessions are all in use: in line for one
+            return False
         return True
 
+    def share_granted(self) -> None:
+        """The provider's share has room again: start a worker if one is still wanted."""
+        self._grow()
+
+    def close_one_idle(self) -> bool:
+        """Give up one idle session (another destination of the provider waits for it)."""
+        while self._idle:
+            _, waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return True
+        return False
 
     def _granted(self) -> bool:
         """A budget slot is this destination's turn: a worker takes it if one is still wanted."""
@@ -431,6 +450,8 @@ class Destination:
         """Start a worker on a budget slot taken for it; False leaves the slot to the caller."""
         if not self.window.try_open():
             return False
+        if self.share is not None:
+            self.share.take()
         self._spawn()
         return True
 
@@ -442,7 +463,11 @@ class Destination:
     def _worker_ended(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
         self.window.closed()
+        if self.share is not None:
+            self.share.give_back()
         self._budget.release(self.key)  # its session is closed: the slot goes to whoever waits first
+        if self.share is not None:
+            self.share.serve()
         if not task.cancelled() and task.exception() is not None:
             log.error("worker for %s crashed: %r; its job is retried", self.key, task.exception())
         if self.queued and self.state.mode is not Mode.PAUSED:
@@ -477,6 +502,8 @@ class Destination:
         job = self._take()
         if job is not None or timeout <= 0 or self.closing:
             return job
+        if self.share is not None and self.share.wanted_by_other(self):
+            return None  # another destination of the provider waits for this session's slot
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         # No wait_for nor timer per wait: the waiter and its deadline join the idle list,
