@@ -715,7 +715,8 @@ class Destination:
         now = self._clock()
         if self.adaptive.adapting:
             self.refresh(now)
-        if self.message_rate.take(now).allowed or (job.lane == "single" and self.single_rate.take(now).allowed):
+        if ((self.message_rate.take(now).allowed or (job.lane == "single" and self.single_rate.take(now).allowed))
+                and (self.share is None or self.share.rate.take(now).allowed)):
             return job
         if job.lane == "single":  # its turn is later: back to the front, as if never taken
             self.single.appendleft(job)
@@ -770,12 +771,17 @@ class Destination:
             # Bulk's share when it has room (bulk is idle), else the single lane's own.
             if self.message_rate.check(now).allowed:
                 self.message_rate.take(now)
-                return job
-            wait = self.single_rate.reserve(now)
+                wait = 0.0
+            else:
+                wait = self.single_rate.reserve(now)
+            if self.share is not None:  # and the provider's rate over all its destinations
+                wait = max(wait, self.share.rate.reserve(now))
             if wait > 0:
                 await asyncio.sleep(wait)
             return job
         wait = self.message_rate.reserve(now)
+        if self.share is not None:
+            wait = max(wait, self.share.rate.reserve(now))
         if wait > 0:
             await asyncio.sleep(wait)
         if self.single:

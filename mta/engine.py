@@ -72,7 +72,7 @@ class Engine:
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
         self.budget = Budget.from_config(config.smtp.max_connections)  # SMTP connections of all destinations
-        self.shares = Shares()  # each provider's connection limit over all its destinations
+        self.shares = Shares(clock)  # each provider's limits over all its destinations
         self.pauses = control.Pauses()
         # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
         self.routes = self.router.routes = RouteTable(config.routes, self.rules, self.pauses, clock)

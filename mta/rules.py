@@ -38,8 +38,8 @@ class Resolved:
     key: str
     policy: Policy
     why: tuple[str, ...]
-    group: str | None = None  # the provider destination whose connection limit also bounds this one
-    group_limit: int = 0  # that provider's connection_limit
+    group: str | None = None  # the provider destination whose limits also bound this one
+    group_policy: Policy | None = None  # that provider's limits (default < provider)
 
 
 def capped(policy: Policy, ceiling: Policy) -> Policy:
@@ -100,33 +100,33 @@ class Rules:
         why = ["default"]
         provider = self.provider_of(answer)
         entry = self.domain_entry(domain)
-        group, group_limit = None, 0
+        group, group_policy = None, None
         if provider is not None:
             policy = merge(policy, provider.policy)
             why.append(f"providers.{provider.name} (MX matches {', '.join(provider.mx_suffix)})")
-            group, group_limit = f"provider:{provider.name}", policy.connection_limit
+            group, group_policy = f"provider:{provider.name}", policy
         if entry is not None:
             policy = merge(policy, entry.policy)
             why.append(f"domains.{entry.name}")
-            if provider is not None:
-                policy = capped(policy, merge(self.config.default, provider.policy))
+            if group_policy is not None:
+                policy = capped(policy, group_policy)
         if entry is not None:
             key = f"domain:{entry.name}"
         elif provider is not None:
             key = f"provider:{provider.name}"
         else:
             key = f"mx:{site}"
-        resolved = Resolved(key, policy, tuple(why), group, group_limit)
+        resolved = Resolved(key, policy, tuple(why), group, group_policy)
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[(domain, site)] = resolved
         return resolved
 
-    def provider_limit(self, key: str) -> int | None:
-        """The connection_limit of the provider whose destination is ``key``, None if gone."""
+    def provider_policy(self, key: str) -> Policy | None:
+        """The limits of the provider whose destination is ``key``; None if it is gone."""
         for provider in self.config.providers:
             if f"provider:{provider.name}" == key:
-                return merge(self.config.default, provider.policy).connection_limit
+                return merge(self.config.default, provider.policy)
         return None
 
     def route(self, route: Route) -> Resolved:

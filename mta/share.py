@@ -1,15 +1,16 @@
-"""A provider's connection limit over all of its destinations.
+"""A provider's limits over all of its destinations.
 
 A domain with its own `domains:` entry gets a destination of its own (`domain:NAME`: its
 own limits, pause, feedback and connections), also when its MX hosts belong to a
 `providers:` group. The provider's limits still bound all of the provider's mail
 together: the domain's own limits are capped by the provider's (mta.rules), and the
 sessions of the provider's destination and of all its domains' destinations together
-never exceed the provider's `connection_limit`. That shared count is a `Share`: a
-destination starts a session only while its share has room; one that finds it full
-waits in line (first come, first served), and an idle session of another destination of
-the same provider is closed to make room, as the process's connection budget does
-(mta.budget).
+never exceed the provider's `connection_limit`, and their messages together its
+`max_message_rate`. That shared count is a `Share`: a destination starts a session only
+while its share has room; one that finds it full waits in line (first come, first
+served), and an idle session of another destination of the same provider is closed to
+make room, as the process's connection budget does (mta.budget). Each message books a
+slot in its destination's rate and in the share's, and goes at the later of the two.
 
 Shares live as long as the process (one per provider that has mail, so their number is
 bounded by the rules file) and outlive reloads, which only change their limits.
@@ -19,22 +20,37 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from mta.config import Policy
+from mta.delivery import message_burst
+from shaper.limiter import Gcra
+from shaper.units import Rate
 
 if TYPE_CHECKING:
     from mta.delivery import Destination
     from mta.rules import Resolved, Rules
 
+UNBOUNDED = Policy(connection_limit=1 << 30, max_message_rate=Rate(1e9, 1.0))  # a provider that is gone
+
 
 class Share:
-    __slots__ = ("key", "limit", "in_use", "_waiting", "members", "__weakref__")
+    __slots__ = ("key", "limit", "in_use", "rate", "_waiting", "members", "__weakref__")
 
-    def __init__(self, key: str, limit: int):
+    def __init__(self, key: str, policy: Policy):
         self.key = key  # the provider's destination key, "provider:NAME"
-        self.limit = limit
+        self.limit = policy.connection_limit
         self.in_use = 0  # sessions open or opening in all destinations of the provider
+        per_second = policy.max_message_rate.per_second
+        self.rate = Gcra(policy.max_message_rate, burst=message_burst(per_second))  # all their messages
         self._waiting: deque[Destination] = deque()
         self.members: weakref.WeakSet[Destination] = weakref.WeakSet()
+
+    def apply(self, policy: Policy, now: float) -> None:
+        self.limit = policy.connection_limit
+        rate = policy.max_message_rate
+        self.rate.set_rate(rate, now, burst=message_burst(rate.per_second))
 
     @property
     def full(self) -> bool:
@@ -68,8 +84,9 @@ class Share:
 class Shares:
     """The shares of the providers, by destination key."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
         self._shares: dict[str, Share] = {}
+        self._clock = clock
 
     def of(self, resolved: Resolved) -> Share | None:
         """The share a destination of ``resolved`` joins; None outside any provider."""
@@ -77,15 +94,15 @@ class Shares:
             return None
         share = self._shares.get(resolved.group)
         if share is None:
-            share = self._shares[resolved.group] = Share(resolved.group, resolved.group_limit)
+            share = self._shares[resolved.group] = Share(resolved.group, resolved.group_policy)
         return share
 
     def reload(self, rules: Rules) -> None:
-        """New rules: a provider's new connection_limit applies at once (sessions above
-        it finish); a provider that is gone no longer bounds anything."""
+        """New rules: a provider's new limits apply at once (sessions above its
+        connection_limit finish); a provider that is gone no longer bounds anything."""
+        now = self._clock()
         for key, share in self._shares.items():
-            limit = rules.provider_limit(key)
-            share.limit = limit if limit is not None else 1 << 30
+            share.apply(rules.provider_policy(key) or UNBOUNDED, now)
             share.serve()
 
     def __len__(self) -> int:

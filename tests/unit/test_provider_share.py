@@ -16,11 +16,11 @@ from tests.unit.test_budget_delivery import FakeConnector, job, until
 
 CONFIG = {
     "default": {"max_connection_rate": "10000/s"},
-    "providers": {"big": {"mx_suffix": [".big.example"], "connection_limit": 3, "max_message_rate": "10/s"}},
+    "providers": {"big": {"mx_suffix": [".big.example"], "connection_limit": 3, "max_message_rate": "100/s"}},
     "domains": {
         "a.example": {"connection_limit": 2},
         "b.example": {"connection_limit": 2},
-        "greedy.example": {"connection_limit": 50, "max_message_rate": "100/s", "max_connection_rate": "1/s"},
+        "greedy.example": {"connection_limit": 50, "max_message_rate": "1000/s", "max_connection_rate": "1/s"},
     },
 }
 BIG = MxAnswer((MxHost("mx.big.example", 10, ("127.0.0.1",)),))
@@ -30,11 +30,11 @@ ELSEWHERE = MxAnswer((MxHost("mx.other.example", 10, ("127.0.0.1",)),))
 def test_a_domain_entry_under_a_provider_stays_in_its_group_and_under_its_limits() -> None:
     rules = Rules(parse_config(CONFIG))
     a = rules.resolve("a.example", BIG)
-    assert (a.key, a.group, a.group_limit, a.policy.connection_limit) == ("domain:a.example", "provider:big", 3, 2)
-    assert a.policy.max_message_rate.per_second == 10.0  # the provider's, inherited
+    assert (a.key, a.group, a.group_policy.connection_limit, a.policy.connection_limit) == ("domain:a.example", "provider:big", 3, 2)
+    assert a.policy.max_message_rate.per_second == 100.0  # the provider's, inherited
     greedy = rules.resolve("greedy.example", BIG)
     assert greedy.policy.connection_limit == 3  # lowered to the provider's
-    assert greedy.policy.max_message_rate.per_second == 10.0
+    assert greedy.policy.max_message_rate.per_second == 100.0
     assert greedy.policy.max_connection_rate.per_second == 1.0  # lower than the provider's: kept
     other = rules.resolve("x.big-domain.example", BIG)
     assert (other.key, other.group) == ("provider:big", "provider:big")
@@ -55,7 +55,7 @@ def destinations(rules: Rules, shares: Shares, connector: FakeConnector, outcome
 
 def test_two_domains_of_2_connections_under_a_provider_of_3_never_open_4() -> None:
     async def scenario():
-        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(), FakeConnector(), []
+        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(time.time), FakeConnector(), []
         connector.gate.clear()  # sessions stay busy until every destination asked for its connections
         dests = destinations(rules, shares, connector, outcomes, ["a.example", "b.example", "c.example"])
         n = 0
@@ -82,7 +82,7 @@ def test_two_domains_of_2_connections_under_a_provider_of_3_never_open_4() -> No
 
 def test_an_idle_session_of_one_domain_gives_way_to_another_domain_of_the_provider() -> None:
     async def scenario():
-        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(), FakeConnector(), []
+        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(time.time), FakeConnector(), []
         dests = destinations(rules, shares, connector, outcomes, ["a.example", "b.example", "c.example"])
         a, b = dests["a.example"], dests["b.example"]
         for i in range(2):
@@ -104,9 +104,30 @@ def test_an_idle_session_of_one_domain_gives_way_to_another_domain_of_the_provid
 
 
 def test_reload_changes_the_provider_limit() -> None:
-    rules, shares = Rules(parse_config(CONFIG)), Shares()
+    rules, shares = Rules(parse_config(CONFIG)), Shares(time.time)
     share = shares.of(rules.resolve("a.example", BIG))
     assert share.limit == 3
     changed = dict(CONFIG, providers={"big": {"mx_suffix": [".big.example"], "connection_limit": 5}})
     shares.reload(Rules(parse_config(changed)))
     assert share.limit == 5
+
+
+def test_the_providers_message_rate_bounds_its_destinations_together() -> None:
+    async def scenario():
+        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(time.time), FakeConnector(), []
+        dests = destinations(rules, shares, connector, outcomes, ["a.example", "b.example", "c.example"])
+        started = time.monotonic()
+        for domain, dest in dests.items():
+            for i in range(20):
+                dest.push(job(f"{domain}-{i}", f"u{i}@{domain}"))
+        await until(lambda: len(outcomes) == 60)
+        took = time.monotonic() - started
+        for dest in dests.values():
+            dest.close_idle()
+        await asyncio.gather(*(t for d in dests.values() for t in d.tasks))
+        return took
+
+    took = asyncio.run(scenario())
+    # 60 messages at the provider's 100/s (a burst of 5) take 0.55 s at least; each
+    # destination alone may send 100/s, so without the shared rate they took 0.2 s.
+    assert took >= 0.5, took
