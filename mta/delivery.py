@@ -33,6 +33,13 @@ What the destination may do is decided in `shaper` and only carried out here:
 * Connections of all destinations together stay within the process's budget
   (mta.budget): a worker starts only with a slot, a destination without one waits in
   line, and an idle session may be closed to give its slot to a waiting destination.
+  The destinations of one provider also share its connections and message rate
+  (mta.share), the same way.
+* One attempt is bounded: at most `smtp.max_mx_hosts` hosts and `smtp.max_addresses_per_mx`
+  addresses each, all within `smtp.delivery_deadline` (opening a session cuts its step
+  timeouts to the time left; the transaction is watched by a `Watchdog`), and a connection
+  that `max_connection_rate` allows only in more than `MAX_WAIT` seconds is not waited
+  for with the delivery unacknowledged.
 """
 
 from __future__ import annotations
