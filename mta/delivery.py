@@ -563,12 +563,15 @@ class Destination:
         follow: Job | None = None  # the next job, its commands pipelined behind job's content
         carried: Job | None = None  # paced, never begun: its session broke under it
         sending: Job | None = None  # its content went out: its outcome is unknown until the reply
+        reconnecting = False  # this worker had a session before
         watchdog = Watchdog()
         loop = asyncio.get_running_loop()
         try:
             while True:
-                if session is not None and (self.window.excess or self.state.mode is Mode.PAUSED):
-                    return  # the window shrank or the destination paused: give the slot back
+                if session is not None and (self.window.excess or self.state.mode is Mode.PAUSED
+                                            or (self.share is not None and self.share.yields(self))):
+                    return  # the window shrank, the destination paused or another of the provider
+                    # waits with none while this one has several: give the slot back
                 if carried is not None:
                     job, carried = carried, None
                     paced = True  # its rate slot was booked when it was pipelined
@@ -578,7 +581,17 @@ class Destination:
                         return
                     paced = False
                 deadline = loop.time() + self._deadline  # the attempt starts: connect + transaction
+                if session is None and reconnecting and self.share is not None and self.share.wanted_by_other(self):
+                    # The provider's sessions take turns: this one reconnects after the one in line.
+                    (self.single if job.lane == "single" else self.bulk).appendleft(job)
+                    if not paced:
+                        self._unpaced -= 1
+                    self._release(job)
+                    job = None
+                    self.share.wait(self, close_idle=False)
+                    return
                 if session is None:
+                    reconnecting = True
                     self._opening += 1
                     try:
                         session = await self._open(job, deadline)

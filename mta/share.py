@@ -9,8 +9,11 @@ never exceed the provider's `connection_limit`, and their messages together its
 `max_message_rate`. That shared count is a `Share`: a destination starts a session only
 while its share has room; one that finds it full waits in line (first come, first
 served), and an idle session of another destination of the same provider is closed to
-make room, as the process's connection budget does (mta.budget). Each message books a
-slot in its destination's rate and in the share's, and goes at the later of the two.
+make room, as the process's connection budget does (mta.budget). A destination with
+several sessions gives one up (after its current message) while another waits with
+none, and a destination's worker that reconnects lets the one in line go first: a
+backlog in one domain cannot starve another of the provider. Each message books a slot
+in its destination's rate and in the share's, and goes at the later of the two.
 
 Shares live as long as the process (one per provider that has mail, so their number is
 bounded by the rules file) and outlive reloads, which only change their limits.
@@ -62,18 +65,27 @@ class Share:
     def give_back(self) -> None:
         self.in_use -= 1
 
-    def wait(self, destination: Destination) -> None:
+    def wait(self, destination: Destination, close_idle: bool = True) -> None:
         """``destination`` wants a session while the share is full: it is served when a
-        session of the provider ends; an idle session elsewhere is closed for it."""
-        if destination not in self._waiting:
-            self._waiting.append(destination)
-        for member in self.members:
-            if member is not destination and member.close_one_idle():
-                break
+        session of the provider ends; an idle session elsewhere is closed for it (one per
+        destination in line, not one per call)."""
+        if destination in self._waiting:
+            return
+        self._waiting.append(destination)
+        if close_idle:
+            for member in self.members:
+                if member is not destination and member.close_one_idle():
+                    break
 
     def wanted_by_other(self, destination: Destination) -> bool:
         """Another destination of the provider waits for a session."""
-        return any(d is not destination for d in self._waiting)
+        return bool(self._waiting) and any(d is not destination for d in self._waiting)
+
+    def yields(self, destination: Destination) -> bool:
+        """``destination`` should give up a session now: it has several while another
+        destination of the provider waits for one (each keeps one, and takes turns at
+        its reconnects)."""
+        return bool(self._waiting) and destination.workers > 1 and self.wanted_by_other(destination)
 
     def serve(self) -> None:
         """Room again: the destinations in line start their sessions, in order."""

@@ -131,3 +131,52 @@ def test_the_providers_message_rate_bounds_its_destinations_together() -> None:
     # 60 messages at the provider's 100/s (a burst of 5) take 0.55 s at least; each
     # destination alone may send 100/s, so without the shared rate they took 0.2 s.
     assert took >= 0.5, took
+
+
+def test_a_busy_domain_gives_a_session_to_another_domain_of_the_provider() -> None:
+    """a.example has a backlog on both its sessions, c.example (the provider's own
+    destination) on the third: b.example's message does not wait for those backlogs to drain."""
+
+    async def scenario():
+        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(time.time), FakeConnector(), []
+        dests = destinations(rules, shares, connector, outcomes, ["a.example", "b.example", "c.example"])
+        for i in range(40):
+            dests["a.example"].push(job(f"a-{i}", f"u{i}@a.example"))
+            dests["c.example"].push(job(f"c-{i}", f"u{i}@c.example"))
+        await until(lambda: len(outcomes) >= 5)
+        assert dests["a.example"].workers + dests["c.example"].workers == 3  # the provider's all
+        dests["b.example"].push(job("b-0", "u0@b.example"))
+        await until(lambda: len(outcomes) == 81)
+        for dest in dests.values():
+            dest.close_idle()
+        await asyncio.gather(*(t for d in dests.values() for t in d.tasks))
+        return connector, outcomes
+
+    connector, outcomes = asyncio.run(scenario())
+    order = [i for i, _ in outcomes]
+    assert order.index("b-0") < 20, order  # at 100/s: within 0.2 s, not after the 0.8 s of backlog
+    assert connector.peak <= 3
+
+
+def test_single_sessions_take_turns_at_reconnects() -> None:
+    """A provider of one connection: a.example's backlog has it; b.example gets it at a's
+    next reconnect (after 5 messages), not after the whole backlog."""
+    config = dict(CONFIG, providers={"big": {"mx_suffix": [".big.example"], "connection_limit": 1,
+                                             "max_message_rate": "100/s", "max_deliveries_per_connection": 5}})
+
+    async def scenario():
+        rules, shares, connector, outcomes = Rules(parse_config(config)), Shares(time.time), FakeConnector(), []
+        dests = destinations(rules, shares, connector, outcomes, ["a.example", "b.example"])
+        for i in range(40):
+            dests["a.example"].push(job(f"a-{i}", f"u{i}@a.example"))
+        dests["b.example"].push(job("b-0", "u0@b.example"))  # a's worker holds the one session
+        await until(lambda: len(outcomes) == 41)
+        for dest in dests.values():
+            dest.close_idle()
+        await asyncio.gather(*(t for d in dests.values() for t in d.tasks))
+        return connector, outcomes
+
+    connector, outcomes = asyncio.run(scenario())
+    order = [i for i, _ in outcomes]
+    assert order.index("b-0") == 5, order
+    assert connector.peak == 1
