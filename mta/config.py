@@ -58,6 +58,15 @@ class Smtp(msgspec.Struct, frozen=True):
     # Outbound connections of all destinations together; None: what the file-descriptor
     # limit allows (mta.budget). More than the limit allows is clamped at start, with a warning.
     max_connections: int | None = None
+    # One delivery attempt (connecting through the MX hosts, then the transaction) ends by
+    # this deadline: far below RabbitMQ's consumer_timeout (30 min by default), which
+    # would otherwise close the channel and redeliver the message while it is still being sent.
+    delivery_deadline: float = 300.0
+    # Per attempt, at most this many MX hosts and this many addresses of each are tried
+    # (Postfix's smtp_mx_address_limit and smtp_mx_session_limit): a domain with twenty
+    # dead MX hosts costs one bounded attempt, not twenty connect timeouts.
+    max_mx_hosts: int = 5
+    max_addresses_per_mx: int = 2
 
 
 class Metrics(msgspec.Struct, frozen=True):
@@ -355,7 +364,9 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "smtp": (
         Smtp,
         {"port": _int(1, 65535), "helo": _opt_str, "bind": _opt_str, "max_message_size": _int(1),
-         "ca_file": _opt_str, "max_connections": _opt_int(1, 1_000_000)},
+         "ca_file": _opt_str, "max_connections": _opt_int(1, 1_000_000),
+         "delivery_deadline": _positive_duration, "max_mx_hosts": _int(1, 100),
+         "max_addresses_per_mx": _int(1, 100)},
     ),
     "metrics": (Metrics, {"port": _int(0, 65535), "address": _str}),
     "control": (Control, {"key_env": _str, "key_file": _str}),
@@ -527,6 +538,9 @@ def parse_config(raw: Any) -> Config:
         if all(k in values for k in ("domain", "selector", "key_file")):
             keys.append(DkimKey(**values))
 
+    levels = [("default", default_overrides)] + [(f"providers.{p.name}", p.policy) for p in providers]
+    levels += [(f"domains.{d.name}", d.policy) for d in domains] + [(f"routes[{i}]", r.policy) for i, r in enumerate(routes)]
+    _nested_timeouts(c, sections["smtp"].delivery_deadline, levels)
     if c.problems:
         raise ConfigError(c.problems)
     return Config(default=default, providers=tuple(providers), domains=tuple(domains), patterns=tuple(patterns), routes=tuple(routes), dkim=tuple(keys), **sections)
@@ -551,6 +565,16 @@ def _ignored_pattern_keys(c: _Collector, path: str, body: dict, action: str | No
     for key in body:
         if key in ignored:
             c.problem(f"{path}.{key}", f"not used by action {action}: {why}")
+
+
+def _nested_timeouts(c: _Collector, deadline: float, levels: list[tuple[str, Policy]]) -> None:
+    """A step's timeout longer than the whole attempt's deadline could never run out: say so."""
+    for path, policy in levels:
+        for field in Policy.__struct_fields__:
+            value = getattr(policy, field)
+            if field.endswith("_timeout") and field != "idle_timeout" and value is not None and value > deadline:
+                c.problem(f"{path}.{field}", f"{Duration(value)} is longer than smtp.delivery_deadline "
+                                             f"({Duration(deadline)}), which ends every delivery attempt")
 
 
 def _route(c: _Collector, path: str, own: dict[str, Any], policy: Policy, earlier: list[Route]) -> Route:

@@ -33,6 +33,13 @@ What the destination may do is decided in `shaper` and only carried out here:
 * Connections of all destinations together stay within the process's budget
   (mta.budget): a worker starts only with a slot, a destination without one waits in
   line, and an idle session may be closed to give its slot to a waiting destination.
+  The destinations of one provider also share its connections and message rate
+  (mta.share), the same way.
+* One attempt is bounded: at most `smtp.max_mx_hosts` hosts and `smtp.max_addresses_per_mx`
+  addresses each, all within `smtp.delivery_deadline` (opening a session cuts its step
+  timeouts to the time left; the transaction is watched by a `Watchdog`), and a connection
+  that `max_connection_rate` allows only in more than `MAX_WAIT` seconds is not waited
+  for with the delivery unacknowledged.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from collections import deque
 from collections.abc import Callable
 
 from mta.budget import Budget
-from mta.config import Policy, merge
+from mta.config import Policy, Smtp, merge
 from mta.message import Job
 from mta.mx import MxAnswer
 from mta.smtp import Connector, Reply, Session, SessionFailed, Timeouts
@@ -55,7 +62,7 @@ from shaper.limiter import Gcra
 from shaper.patterns import PatternRule, Patterns
 from shaper.replies import parse_enhanced, slow_down
 from shaper.state import DestinationState, IllegalTransition, Mode, Transition
-from shaper.units import Rate
+from shaper.units import Duration, Rate
 from shaper.window import ConnectionWindow
 
 log = logging.getLogger("mta.delivery")
@@ -68,6 +75,56 @@ START_CONNECTIONS = 3  # a new destination earns the rest of its connection_limi
 SINGLE_RECENT = 30.0  # seconds the single lane's reserve outlives its last message
 FORGET_AFTER = 900.0  # seconds idle after which a destination with nothing to remember is dropped
 PROBE_FIRST, PROBE_MAX = 30.0, 300.0  # seconds a dead destination rests before a probe
+
+
+class Watchdog:
+    """A delivery attempt's deadline over its transaction: one timer per worker, moved
+    lazily (a deadline per message, a timer only when one runs out), that cancels the
+    worker's step in progress when the job's deadline has passed. Armed only around the
+    SMTP steps of a transaction; the opening of a session is bounded by cutting its
+    timeouts instead (a session half opened must be closed by whoever opened it)."""
+
+    __slots__ = ("_task", "_loop", "deadline", "_handle", "fired")
+
+    def __init__(self) -> None:
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self.deadline = float("inf")
+        self._handle: asyncio.TimerHandle | None = None
+        self.fired = False
+
+    def arm(self, deadline: float) -> None:
+        self.deadline = deadline
+        if self._handle is None:
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+    def disarm(self) -> None:
+        self.deadline = float("inf")
+
+    def _fire(self) -> None:
+        self._handle = None
+        deadline = self.deadline
+        if deadline == float("inf"):
+            return
+        if deadline > self._loop.time():  # a later job's deadline by now
+            self._handle = self._loop.call_at(deadline, self._fire)
+            return
+        self.fired = True
+        self._task.cancel()
+
+    def expired(self) -> bool:
+        """After a CancelledError: True (and the cancellation withdrawn) when it was this
+        deadline's, False when someone else cancelled the worker (shutdown)."""
+        if not self.fired:
+            return False
+        self.fired = False
+        self._task.uncancel()
+        return True
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def timeouts_of(policy: Policy) -> Timeouts:
@@ -123,7 +180,8 @@ class AcceptMeter:
 class Destination:
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
                  port: int, done: Done, hold: Callable[[Job, int], None], clock: Callable[[], float],
-                 patterns: Patterns | None = None, budget: Budget | None = None):
+                 patterns: Patterns | None = None, budget: Budget | None = None, smtp: Smtp = Smtp(),
+                 share: "Share | None" = None):
         self.key = key
         self.domain = ""  # one recipient domain it serves (rules are found again by it on reload)
         self.answer = answer
@@ -133,6 +191,12 @@ class Destination:
         self._hold = hold
         self._clock = clock
         self.patterns = patterns or Patterns()
+        self._deadline = smtp.delivery_deadline  # seconds one attempt may take, connecting included
+        self._mx_hosts = smtp.max_mx_hosts
+        self._mx_addresses = smtp.max_addresses_per_mx
+        self.share = share  # a provider's connection limit over all its destinations (mta.share)
+        if share is not None:
+            share.members.add(self)
         self._budget = budget if budget is not None else Budget(UNLIMITED_FDS_BUDGET)  # the process's connection slots
         self.single: deque[Job] = deque()
         self.bulk: FairQueue[Job] = FairQueue(campaign)
@@ -363,7 +427,27 @@ class Destination:
             return False
         if not self.single and self.window.in_use >= self._bulk_cap():
             return False
-        return self.window.available > 0
+        if self.window.available <= 0:
+            return False
+        if self.connected and self.connection_rate.check(self._clock()).retry_after > MAX_WAIT:
+            return False  # the open sessions carry the mail until max_connection_rate allows another
+        if self.share is not None and self.share.full:
+            self.share.wait(self)  # the provider's sessions are all in use: in line for one
+            return False
+        return True
+
+    def share_granted(self) -> None:
+        """The provider's share has room again: start a worker if one is still wanted."""
+        self._grow()
+
+    def close_one_idle(self) -> bool:
+        """Give up one idle session (another destination of the provider waits for it)."""
+        while self._idle:
+            _, waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return True
+        return False
 
     def _granted(self) -> bool:
         """A budget slot is this destination's turn: a worker takes it if one is still wanted."""
@@ -373,6 +457,8 @@ class Destination:
         """Start a worker on a budget slot taken for it; False leaves the slot to the caller."""
         if not self.window.try_open():
             return False
+        if self.share is not None:
+            self.share.take()
         self._spawn()
         return True
 
@@ -384,7 +470,11 @@ class Destination:
     def _worker_ended(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
         self.window.closed()
+        if self.share is not None:
+            self.share.give_back()
         self._budget.release(self.key)  # its session is closed: the slot goes to whoever waits first
+        if self.share is not None:
+            self.share.serve()
         if not task.cancelled() and task.exception() is not None:
             log.error("worker for %s crashed: %r; its job is retried", self.key, task.exception())
         if self.queued and self.state.mode is not Mode.PAUSED:
@@ -419,6 +509,8 @@ class Destination:
         job = self._take()
         if job is not None or timeout <= 0 or self.closing:
             return job
+        if self.share is not None and self.share.wanted_by_other(self):
+            return None  # another destination of the provider waits for this session's slot
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         # No wait_for nor timer per wait: the waiter and its deadline join the idle list,
@@ -470,10 +562,16 @@ class Destination:
         job: Job | None = None
         follow: Job | None = None  # the next job, its commands pipelined behind job's content
         carried: Job | None = None  # paced, never begun: its session broke under it
+        sending: Job | None = None  # its content went out: its outcome is unknown until the reply
+        reconnecting = False  # this worker had a session before
+        watchdog = Watchdog()
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                if session is not None and (self.window.excess or self.state.mode is Mode.PAUSED):
-                    return  # the window shrank or the destination paused: give the slot back
+                if session is not None and (self.window.excess or self.state.mode is Mode.PAUSED
+                                            or (self.share is not None and self.share.yields(self))):
+                    return  # the window shrank, the destination paused or another of the provider
+                    # waits with none while this one has several: give the slot back
                 if carried is not None:
                     job, carried = carried, None
                     paced = True  # its rate slot was booked when it was pipelined
@@ -482,10 +580,21 @@ class Destination:
                     if job is None:
                         return
                     paced = False
+                deadline = loop.time() + self._deadline  # the attempt starts: connect + transaction
+                if session is None and reconnecting and self.share is not None and self.share.wanted_by_other(self):
+                    # The provider's sessions take turns: this one reconnects after the one in line.
+                    (self.single if job.lane == "single" else self.bulk).appendleft(job)
+                    if not paced:
+                        self._unpaced -= 1
+                    self._release(job)
+                    job = None
+                    self.share.wait(self, close_idle=False)
+                    return
                 if session is None:
+                    reconnecting = True
                     self._opening += 1
                     try:
-                        session = await self._open(job)
+                        session = await self._open(job, deadline)
                     finally:
                         self._opening -= 1
                     if session is None:
@@ -502,19 +611,22 @@ class Destination:
                     self._release(job)
                     job = None
                     return
-                reply = await self._begin(session, job, True)
+                reply = await self._begin(session, job, True, watchdog, deadline)
                 while reply is None:  # the receiver waits for job's content
                     follow = self._follow(job, sent, session)
                     ahead = None
                     if follow is not None:
                         ahead = _commands(session, follow)
-                    reply = await self._finish(session, job, ahead if isinstance(ahead, tuple) else None)
-                    done, job = job, None
+                    sending = job
+                    reply = await self._finish(session, job, ahead if isinstance(ahead, tuple) else None,
+                                               watchdog, deadline)
+                    done, job, sending = job, None, None
                     self._settle(session, done, reply)
                     sent += 1
                     if follow is None:
                         break
                     job, follow = follow, None
+                    deadline = loop.time() + self._deadline
                     if isinstance(ahead, Reply):  # refused here: nothing went out for it
                         reply = ahead
                     elif not session.usable:  # no reply to the dot: the next one was never begun
@@ -526,7 +638,7 @@ class Destination:
                         job = None
                         return
                     else:
-                        reply = await self._begin(session, job, False)
+                        reply = await self._begin(session, job, False, watchdog, deadline)
                 if job is not None:  # refused (or failed) before its content
                     done, job = job, None
                     self._settle(session, done, reply)
@@ -535,36 +647,64 @@ class Destination:
                     await self._close(session)
                     session = None
         finally:
+            watchdog.stop()
             for left in (job, follow, carried):
-                if left is not None:  # cancelled mid-transaction: the outcome is unknown
-                    self._release(left)
+                if left is None:
+                    continue
+                self._release(left)
+                if left is sending:  # cancelled after its content went out: the outcome is unknown
                     self._done(left, Reply(None, "delivery interrupted (shutdown)", "message"), None, None, None)
+                else:  # cancelled before its content went out (shutdown): the broker redelivers it, no attempt
+                    book, tag = left.delivery
+                    book.requeue.append(tag)
             if session is not None:
                 await self._close(session)
 
-    async def _begin(self, session: Session, job: Job, write: bool) -> Reply | None:
+    async def _begin(self, session: Session, job: Job, write: bool, watchdog: Watchdog,
+                     deadline: float) -> Reply | None:
         """MAIL, RCPT and DATA for ``job`` (``write`` False: they went out pipelined, read
         the replies): None when the receiver waits for the content, else the outcome."""
         try:
+            commands = None
             if write:
                 commands = _commands(session, job)
                 if isinstance(commands, Reply):
                     return commands
+            watchdog.arm(deadline)
+            try:
                 return await session.begin(commands)
-            return await session.begin(None)
+            finally:
+                watchdog.disarm()
         except SessionFailed as exc:
             return exc.reply
+        except asyncio.CancelledError:
+            if not watchdog.expired():
+                raise
+            return self._out_of_time(session, "mail", "before the message was sent")
         except Exception as exc:  # a bug must cost one attempt, not the message
             return self._crashed(session, job, exc)
 
-    async def _finish(self, session: Session, job: Job, ahead: tuple[bytes, bytes] | None) -> Reply:
+    async def _finish(self, session: Session, job: Job, ahead: tuple[bytes, bytes] | None,
+                      watchdog: Watchdog, deadline: float) -> Reply:
         """``job``'s content (and ``ahead``, the next transaction's commands); its outcome."""
         try:
-            return await session.finish(job.data, ahead)
+            watchdog.arm(deadline)
+            try:
+                return await session.finish(job.data, ahead)
+            finally:
+                watchdog.disarm()
         except SessionFailed as exc:
             return exc.reply
+        except asyncio.CancelledError:
+            if not watchdog.expired():
+                raise
+            return self._out_of_time(session, "message", "waiting for the reply to the message")
         except Exception as exc:  # a bug must cost one attempt, not the message
             return self._crashed(session, job, exc)
+
+    def _out_of_time(self, session: Session, phase: str, where: str) -> Reply:
+        session.usable = False  # a step was cut short: the session's state is unknown
+        return Reply(None, f"delivery deadline of {Duration(self._deadline)} reached {where}", phase)
 
     def _crashed(self, session: Session, job: Job, exc: Exception) -> Reply:
         log.exception("%s: delivery of %s failed unexpectedly; it is retried", self.key, job.id)
@@ -595,7 +735,8 @@ class Destination:
         now = self._clock()
         if self.adaptive.adapting:
             self.refresh(now)
-        if self.message_rate.take(now).allowed or (job.lane == "single" and self.single_rate.take(now).allowed):
+        if ((self.message_rate.take(now).allowed or (job.lane == "single" and self.single_rate.take(now).allowed))
+                and (self.share is None or self.share.rate.take(now).allowed)):
             return job
         if job.lane == "single":  # its turn is later: back to the front, as if never taken
             self.single.appendleft(job)
@@ -650,12 +791,17 @@ class Destination:
             # Bulk's share when it has room (bulk is idle), else the single lane's own.
             if self.message_rate.check(now).allowed:
                 self.message_rate.take(now)
-                return job
-            wait = self.single_rate.reserve(now)
+                wait = 0.0
+            else:
+                wait = self.single_rate.reserve(now)
+            if self.share is not None:  # and the provider's rate over all its destinations
+                wait = max(wait, self.share.rate.reserve(now))
             if wait > 0:
                 await asyncio.sleep(wait)
             return job
         wait = self.message_rate.reserve(now)
+        if self.share is not None:
+            wait = max(wait, self.share.rate.reserve(now))
         if wait > 0:
             await asyncio.sleep(wait)
         if self.single:
@@ -668,29 +814,33 @@ class Destination:
         self.connected -= 1
         await session.close()
 
-    async def _open(self, job: Job) -> Session | None:
-        """A session to the first host that takes one, in MX order. On failure the job gets
-        the last reply (or goes back to the queue when the receiver only said "too many
-        connections" to this one while others are up); with nobody else connected the
-        destination is dead: paused for a probe interval, its queue held."""
+    async def _open(self, job: Job, deadline: float) -> Session | None:
+        """A session to the first host that takes one, in MX order (at most `max_mx_hosts`
+        hosts and `max_addresses_per_mx` addresses of each, within the attempt's deadline).
+        On failure the job gets the last reply (or goes back to the queue when the receiver
+        only said "too many connections" to this one while others are up); with nobody else
+        connected the destination is dead: paused for a probe interval, its queue held."""
         if self._budget.should_yield(self.key):
             # Single mail or a destination without any connection waits for a budget slot:
             # this reconnect gives its slot up; the job goes back to the front of the queue.
             (self.single if job.lane == "single" else self.bulk).appendleft(job)
             return None
-        while True:
-            decision = self.connection_rate.take(self._clock())
-            if decision.allowed:
-                break
-            await asyncio.sleep(decision.retry_after)
+        if not await self._connection_slot(job):
+            return None
         last = Reply(None, "no MX host to try", "connect")
         last_host = last_ip = None
         tls = self.policy.tls
-        for host in self.answer.hosts:
-            for ip in host.addresses:
+        loop = asyncio.get_running_loop()
+        for host in self.answer.hosts[:self._mx_hosts]:
+            for ip in host.addresses[:self._mx_addresses]:
+                left = deadline - loop.time()
+                if left <= 0:
+                    last = Reply(last.code, f"{last.text} (delivery deadline of {Duration(self._deadline)} "
+                                            f"reached before the other MX hosts were tried)", last.phase)
+                    return self._unreachable(job, last, last_host, last_ip)
                 try:
                     session = await self._connector.open(host.name, ip, host.port or self._port,
-                                                         tls=tls, timeouts=self.timeouts)
+                                                         tls=tls, timeouts=self._opening_timeouts(left))
                 except SessionFailed as exc:
                     last, last_host, last_ip = exc.reply, host.name, ip
                     self.last_error = f"{host.name} [{ip}]: {last}"
@@ -701,6 +851,41 @@ class Destination:
                 self.probe = PROBE_FIRST
                 return session
         return self._unreachable(job, last, last_host, last_ip)
+
+    def _opening_timeouts(self, left: float) -> Timeouts:
+        """The timeouts of opening a session (connect with the banner, EHLO, STARTTLS, AUTH),
+        each cut to the ``left`` seconds of the attempt; the transaction's stay as they are
+        (the watchdog bounds those, and the session keeps them for later messages)."""
+        t = self.timeouts
+        if left >= max(t.connect, t.ehlo, t.starttls):
+            return t
+        return Timeouts(connect=min(t.connect, left), ehlo=min(t.ehlo, left), starttls=min(t.starttls, left),
+                        mail_from=t.mail_from, rcpt_to=t.rcpt_to, data=t.data, data_dot=t.data_dot)
+
+    async def _connection_slot(self, job: Job) -> bool:
+        """Wait for `max_connection_rate` to allow a connection, if that is soon (within
+        `MAX_WAIT`); else the job does not wait unacknowledged: with sessions up it goes back
+        to the queue for them, without any it is held (with the rest of the queue) until the
+        slot. False: the job was handed on."""
+        while True:
+            now = self._clock()
+            decision = self.connection_rate.take(now)
+            if decision.allowed:
+                return True
+            wait = decision.retry_after
+            if wait <= MAX_WAIT:
+                await asyncio.sleep(wait)
+                continue
+            if self.connected > 0:
+                (self.single if job.lane == "single" else self.bulk).appendleft(job)
+                return False
+            log.info("%s: next connection allowed by max_connection_rate in %.0fs; %d message(s) held "
+                     "until then", self.key, wait, 1 + self.queued)
+            for held in [job] + self.drain():
+                delay = paused_delay(wait, 0.0, self.per_second, self.held.ahead(now))
+                self.held.note(now, delay)
+                self._hold(held, delay)
+            return False
 
     def _unreachable(self, job: Job, last: Reply, host: str | None, ip: str | None) -> None:
         now = self._clock()

@@ -33,6 +33,7 @@ from mta.mx import DnsFailure, MxAnswer, MxResolver
 from mta.routes import RouteTable
 from mta.routing import Router
 from mta.rules import Resolved, Rules
+from mta.share import Shares
 from mta.settle import AckBook, Settler, attempt_entry
 from mta.signer import Signer, load_keys
 from mta.smtp import Connector, Reply
@@ -70,6 +71,7 @@ class Engine:
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
         self.budget = Budget.from_config(config.smtp.max_connections)  # SMTP connections of all destinations
+        self.shares = Shares(clock)  # each provider's limits over all its destinations
         self.pauses = control.Pauses()
         self.control_gate = control.gate_for(config.control)  # ConfigError when its key is missing
         # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
@@ -350,6 +352,7 @@ class Engine:
             return False
         self.config, self.rules = config, rules
         self.router.reload(self.rules)
+        self.shares.reload(self.rules)
         if keys is not None:
             if self.signer is None:
                 self.signer = Signer(keys, self.router.route, self._not_signed)
@@ -380,7 +383,8 @@ class Engine:
         if destination is None:
             destination = Destination(resolved.key, answer, resolved.policy, connector=self._connector_for(resolved.key),
                                       port=self.config.smtp.port, done=self._done, hold=self._hold,
-                                      clock=self.clock, patterns=self.rules.patterns, budget=self.budget)
+                                      clock=self.clock, patterns=self.rules.patterns, budget=self.budget,
+                                      smtp=self.config.smtp, share=self.shares.of(resolved))
             destination.domain = job.domain  # a domain it serves, to find its rules again on reload
             self.destinations[resolved.key] = destination
         else:

@@ -43,6 +43,7 @@ log = logging.getLogger("mta.metrics")
 TOP_DESTINATIONS = 30  # destinations with a label of their own; the rest are `other`
 PROMOTE_AFTER = 5  # outcomes a destination shows before it earns its own label
 MAX_STATE_SERIES = 100  # destinations in backoff/paused shown individually, at most
+HELD_KEYS = 10_000  # held counts kept for this many destinations before forgotten ones are dropped
 OTHER = "other"
 LANES = ("single", "bulk")
 MODES = ("normal", "backoff", "paused")
@@ -217,8 +218,18 @@ class Metrics:
         else:
             reason = "parked"
         if key is not None:
-            self.held_by_destination[key] = self.held_by_destination.get(key, 0) + 1
+            held = self.held_by_destination
+            held[key] = held.get(key, 0) + 1
+            if len(held) > HELD_KEYS and len(held) > 2 * len(self.engine.destinations):
+                self._forget_held()
         self._count(job.lane, self.labels.of(key or job.domain), f"not_tried:{reason}", now)
+
+    def _forget_held(self) -> None:
+        """Drop the held counts of destinations the engine has forgotten (`mta status`
+        shows them for live destinations only): a stream of one-off domains must not grow
+        the map without end. Amortised: it runs once the map is twice the live ones."""
+        live = self.engine.destinations
+        self.held_by_destination = {k: n for k, n in self.held_by_destination.items() if k in live}
 
     def observe_dkim_signing(self, seconds: float, messages: int = 1) -> None:
         """`seconds` spent signing `messages` messages (a batch signed in a worker counts

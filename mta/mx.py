@@ -4,7 +4,9 @@ RFC 5321 §5.1: MX records by preference (ties in random order); no MX record me
 domain itself is the mail host (implicit MX); a single MX of "." is a null MX (RFC 7505):
 the domain takes no mail. NXDOMAIN and null MX are permanent; SERVFAIL and timeouts are
 temporary. Answers are cached for their TTL, kept between a floor (so a 0-TTL zone cannot
-turn every message into a lookup) and a ceiling; failures are cached briefly.
+turn every message into a lookup) and a ceiling; failures are cached briefly. The cache
+holds at most `CACHE_LIMIT` domains: when full, expired answers go first, then the oldest
+(a stream of one-off domains must not grow it without end).
 
 dnspython's exceptions stop here: callers get `MxAnswer` or `DnsFailure` values.
 """
@@ -12,6 +14,7 @@ dnspython's exceptions stop here: callers get `MxAnswer` or `DnsFailure` values.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +30,9 @@ FAILURE_TTL = 10.0
 # DNS queries in flight at once, each a socket: thousands of new domains arriving together
 # must not take the descriptors the SMTP connection budget counts on (mta.budget).
 MAX_QUERIES = 64
+# Domains whose answer is cached: a day of mail to 10,000 domains fits many times over, and
+# at about 1 KB an answer it stays within tens of MB whatever the stream of new domains.
+CACHE_LIMIT = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +74,11 @@ def parse_static(entry: str) -> tuple[str, int | None, bool]:
 
 class MxResolver:
     def __init__(self, nameservers: tuple[str, ...] | None, port: int, timeout: float,
-                 min_ttl: float, max_ttl: float, clock: Callable[[], float]):
-        if nameservers:
+                 min_ttl: float, max_ttl: float, clock: Callable[[], float], *, resolver=None,
+                 cache_limit: int = CACHE_LIMIT):
+        if resolver is not None:  # tests: anything with dnspython's `resolve(name, kind, lifetime=)`
+            self._resolver = resolver
+        elif nameservers:
             self._resolver = dns.asyncresolver.Resolver(configure=False)
             self._resolver.nameservers = list(nameservers)
         else:
@@ -80,6 +89,7 @@ class MxResolver:
         self._max_ttl = max_ttl
         self._clock = clock
         self._cache: dict[str, tuple[float, MxAnswer | DnsFailure]] = {}
+        self._cache_limit = cache_limit
         self.lookups = 0
         self.cache_hits = 0
         self._queries = asyncio.Semaphore(MAX_QUERIES)
@@ -101,8 +111,29 @@ class MxResolver:
             ttl = FAILURE_TTL
         else:
             ttl = min(max(ttl, self._min_ttl), self._max_ttl)
-        self._cache[domain] = (self._clock() + ttl, answer)
+        cache = self._cache
+        cache.pop(domain, None)  # a fresh answer moves to the young end
+        if len(cache) >= self._cache_limit:
+            self._evict()
+        cache[domain] = (self._clock() + ttl, answer)
         return answer
+
+    def _evict(self) -> None:
+        """Make room in a full cache: drop what expired; if that is less than a tenth,
+        drop the oldest entries (insertion order) too, so the next thousands of new domains
+        find room without another sweep each."""
+        now = self._clock()
+        cache = self._cache
+        for domain in [d for d, (expires, _) in cache.items() if expires <= now]:
+            del cache[domain]
+        excess = len(cache) - (self._cache_limit - max(1, self._cache_limit // 10))
+        if excess > 0:
+            for domain in list(itertools.islice(cache, excess)):
+                del cache[domain]
+
+    def __len__(self) -> int:
+        """Domains in the cache."""
+        return len(self._cache)
 
     async def resolve_static(self, entries: tuple[str, ...]) -> MxAnswer | DnsFailure:
         """A configured `mx:` list: literals need no lookup, names get their A/AAAA records."""

@@ -36,7 +36,7 @@ class Router:
         self._deliver = deliver
         self._unroutable = unroutable
         self._waiting: dict[str, list[Job]] = {}
-        self._static: dict[str, MxAnswer | DnsFailure] = {}
+        self._static: dict[str, MxAnswer | DnsFailure] = {}  # by `domains:` entry (one per rule, not per domain)
         self._tasks: set[asyncio.Task] = set()
 
     def route(self, job: Job) -> None:
@@ -106,7 +106,7 @@ class Router:
     def _cached(self, domain: str) -> MxAnswer | DnsFailure | None:
         entry = self.rules.domain_entry(domain)
         if entry is not None and entry.mx:
-            return self._static.get(domain)
+            return self._static.get(entry.name)
         return self._resolver.cached(domain)
 
     async def _lookup(self, domain: str) -> None:
@@ -115,7 +115,7 @@ class Router:
             if entry is not None and entry.mx:
                 answer = await self._resolver.resolve_static(entry.mx)
                 if isinstance(answer, MxAnswer):
-                    self._static[domain] = answer
+                    self._static[entry.name] = answer  # a `*.suffix` rule: every subdomain shares it
             else:
                 answer = await self._resolver.resolve(domain)
         except Exception as exc:  # a resolver bug must not strand the waiting jobs
