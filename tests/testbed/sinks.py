@@ -19,7 +19,9 @@ More rules can be added (``add_rule``), a listener can be given a refusing greet
 above which it greets with "421 too many connections" (``set_session_limit``), or a cap on
 messages per second above which RCPT gets "421 rate limited" (``set_rate_limit``), as
 real receivers do; or it can misbehave: never answer (``set_manner(sink, "tarpit")``),
-hang up after the banner (``"hangup"``), or be slow on every reply (``set_reply_delay``).
+hang up after the banner (``"hangup"``), answer DATA with "250 2.0.0 Ok" instead of 354 and
+note every byte it is sent after that lie (``"data250"``, ``after_lie()``), or be slow on
+every reply (``set_reply_delay``).
 ``set_pipelining(sink, False)`` leaves PIPELINING out of the EHLO reply. Per sink, the farm
 notes each message whose content arrived in one chunk with the next transaction's commands
 (RFC 2920 pipelining across transactions): ``pipelined()``.
@@ -111,6 +113,8 @@ class _SinkSMTP(SMTP):
         super().connection_made(transport)
 
     def data_received(self, data):
+        if getattr(self, "_lied", False):
+            self.farm._note_after_lie(self.sink, data)
         if b"\r\n.\r\n" in data:
             self.farm._note_pipelined(self.sink, data)
         super().data_received(data)
@@ -129,6 +133,14 @@ class _SinkSMTP(SMTP):
             self.transport.close()
             return
         await super().smtp_STARTTLS(arg)
+
+    async def smtp_DATA(self, arg: str):
+        if self.farm._manner.get(self.sink) == "data250":  # "accepted" without taking the content
+            self.farm._note_after_lie(self.sink, b"")
+            self._lied = True
+            await self.push("250 2.0.0 Ok")
+            return
+        await super().smtp_DATA(arg)
 
     async def push(self, status):
         delay = self.farm._reply_delay.get(self.sink)
@@ -247,6 +259,7 @@ class SinkFarm:
             self._seq = 0
             self._auth_results: List[Tuple[str, bool]] = []
             self._pipelined: List[Tuple[str, Optional[str], str]] = []
+            self._after_lie: Dict[str, bytearray] = {}
 
     def _on_connect(self, sink: str) -> None:
         with self._lock:
@@ -315,6 +328,10 @@ class SinkFarm:
             with self._lock:
                 self._pipelined.append((sink, ids[-1].decode("utf-8", "replace") if ids else None,
                                         m.group(1).decode("utf-8", "replace")))
+
+    def _note_after_lie(self, sink: str, data: bytes) -> None:
+        with self._lock:
+            self._after_lie.setdefault(sink, bytearray()).extend(data)
 
     def _record_drop(self, sink: str, rcpts: List[str]) -> None:
         now = time.time()
@@ -394,8 +411,9 @@ class SinkFarm:
 
     def set_manner(self, sink: str, manner: Optional[str]) -> None:
         """``"tarpit"``: connections to ``sink`` are accepted and never answered;
-        ``"hangup"``: they get the 220 banner and are closed at once; None: normal."""
-        if manner not in (None, "tarpit", "hangup"):
+        ``"hangup"``: they get the 220 banner and are closed at once; ``"data250"``: DATA
+        is answered 250 instead of 354 (see ``after_lie``); None: normal."""
+        if manner not in (None, "tarpit", "hangup", "data250"):
             raise ValueError(f"unknown manner {manner!r}")
         with self._lock:
             if manner is None:
@@ -410,6 +428,12 @@ class SinkFarm:
                 self._no_pipelining.discard(sink)
             else:
                 self._no_pipelining.add(sink)
+
+    def after_lie(self) -> Dict[str, bytes]:
+        """{sink: every byte received after a "data250" sink answered DATA with 250}, for
+        each sink that told that lie (b"" when nothing came after it)."""
+        with self._lock:
+            return {sink: bytes(data) for sink, data in self._after_lie.items()}
 
     def pipelined(self) -> List[Tuple[str, Optional[str], str]]:
         """[(sink address, Message-ID local part of the message whose content ended the
