@@ -139,6 +139,7 @@ class Route(msgspec.Struct, frozen=True):
     sender_match: str = "envelope"  # match the envelope (MAIL FROM) domain, or the From: header's
     implicit_tls: bool | None = None  # TLS from the first byte; None: only on port 465
     ca_file: str | None = None  # CA bundle for `tls: verified`; None: the system's
+    tls_verify: bool = True  # credentials only over TLS whose certificate names the smarthost
 
 
 class DkimKey(msgspec.Struct, frozen=True):
@@ -428,6 +429,7 @@ ROUTE_FIELDS = {
     "sender_match": _choice("envelope", "from"),
     "implicit_tls": _bool,
     "ca_file": _str,
+    "tls_verify": _bool,
 }
 
 DKIM_FIELDS = {
@@ -528,7 +530,7 @@ def _route(c: _Collector, path: str, own: dict[str, Any], policy: Policy, earlie
                  username=own.get("username"), password_env=own.get("password_env"),
                  password_file=own.get("password_file"), tags=own.get("tags", ()), name=name,
                  sender_match=own.get("sender_match", "envelope"), implicit_tls=own.get("implicit_tls"),
-                 ca_file=own.get("ca_file"))
+                 ca_file=own.get("ca_file"), tls_verify=own.get("tls_verify", True))
 
 
 def merge(base: Policy, override: Policy) -> Policy:

@@ -474,7 +474,8 @@ class Connector:
     `required` never sends mail in plaintext (no STARTTLS offered, or a failed handshake,
     fails the session); `verified` also checks the chain (system CAs or `ca_file`) and that
     the certificate names the host; `disabled` never starts TLS. Credentials go out only
-    over TLS, whatever the policy.
+    over TLS whose certificate verified for the host (`verified` whatever the policy),
+    unless ``auth_verified`` is False (a route's `tls_verify: false`): then any TLS will do.
     """
 
     def __init__(self, helo: str, bind: str | None, clock, ca_file: str | None = None):
@@ -487,10 +488,13 @@ class Connector:
 
     async def open(self, mx: str, ip: str, port: int, *, tls: str, timeouts: Timeouts,
                    auth: Credentials | None = None, implicit_tls: bool = False,
-                   ca_file: str | None = None) -> Session:
+                   ca_file: str | None = None, auth_verified: bool = True) -> Session:
         """Connect, read the banner, EHLO, STARTTLS per policy, AUTH; raises SessionFailed."""
+        # A password is only for the host a certificate proves: anyone can offer STARTTLS.
+        for_auth = auth is not None and auth_verified and tls in ("opportunistic", "required")
         try:
-            return await self._open(mx, ip, port, tls, timeouts, auth, implicit_tls, ca_file or self._ca_file)
+            return await self._open(mx, ip, port, "verified" if for_auth else tls, timeouts, auth, implicit_tls,
+                                    ca_file or self._ca_file, for_auth)
         except SessionFailed as exc:
             if auth is not None:  # a server may echo what it was sent: never let a secret through
                 reply = exc.reply
@@ -498,8 +502,11 @@ class Connector:
             raise
 
     async def _open(self, mx: str, ip: str, port: int, tls: str, timeouts: Timeouts,
-                    auth: Credentials | None, implicit_tls: bool, ca_file: str | None) -> Session:
+                    auth: Credentials | None, implicit_tls: bool, ca_file: str | None, for_auth: bool) -> Session:
         verify = tls == "verified"
+        # what the TLS failures say: the policy, or why a route's credentials need verified TLS
+        policy = (f"the credentials of this route go only over TLS verified for {mx} (tls_verify: false "
+                  f"would allow any TLS)") if for_auth else f"TLS is {tls} for {mx}"
         phase = "connect"
         client = None
         try:
@@ -539,7 +546,7 @@ class Connector:
                     await client.ehlo(timeout=timeouts.ehlo)
             elif tls in ("required", "verified"):
                 client.close()
-                raise SessionFailed(Reply(None, f"TLS is {tls} for {mx} but the server does not offer STARTTLS", "tls"))
+                raise SessionFailed(Reply(None, f"{policy} but the server does not offer STARTTLS", "tls"))
             if auth is not None:
                 phase = "auth"
                 await self._authenticate(client, mx, auth, used_tls, timeouts)
@@ -555,7 +562,7 @@ class Connector:
                 client.close()
             refused = _certificate_error(exc)
             if refused is not None:
-                raise SessionFailed(Reply(None, f"TLS certificate of {mx} not accepted ({tls}): "
+                raise SessionFailed(Reply(None, f"TLS certificate of {mx} not accepted ({policy}): "
                                                 f"{refused.verify_message or refused.reason}", "tls")) from exc
             raise SessionFailed(_failed(exc, phase)) from exc
         session = Session(client, mx, ip, timeouts, used_tls)

@@ -30,8 +30,9 @@ A farm can speak TLS: ``tls_context`` offers STARTTLS, ``implicit_tls`` wraps ev
 connection in TLS from the first byte (port 465 style); ``auth`` ({login: password})
 offers AUTH PLAIN and LOGIN (after TLS) and refuses MAIL without it;
 ``set_broken_starttls(True)`` answers STARTTLS with 220 and then garbage instead of a
-handshake. Accepted messages record the login and the TLS cipher of their session. TLS
-farms need ``use_uvloop=False`` (aiosmtpd's STARTTLS drives asyncio's own TLS layer).
+handshake; ``auth_commands()`` counts every AUTH command a farm with ``auth`` was sent.
+Accepted messages record the login and the TLS cipher of their session. TLS farms need
+``use_uvloop=False`` (aiosmtpd's STARTTLS drives asyncio's own TLS layer).
 
 Every accepted message is recorded (sink address = the local address the client
 connected to, mail_from, rcpt, raw data, time, Message-ID local part); per sink address
@@ -63,6 +64,7 @@ REPLY_HARD = "550 5.1.1 <{rcpt}>: Recipient address rejected: user unknown"
 REPLY_FULL = "552 5.2.2 <{rcpt}>: Mailbox full"
 REPLY_TEMP = "451 4.3.0 <{rcpt}>: Temporary failure, try again later"
 REPLY_SPAM = "554 5.7.1 Message content rejected"
+_AUTH_RE = re.compile(rb"(?:^|\n)AUTH\b", re.IGNORECASE)
 _PIPELINED_RE = re.compile(rb"\r\n\.\r\nMAIL FROM:<[^>\r\n]*>[^\r\n]*\r\nRCPT TO:<([^>\r\n]*)>", re.IGNORECASE)
 
 
@@ -113,6 +115,8 @@ class _SinkSMTP(SMTP):
         super().connection_made(transport)
 
     def data_received(self, data):
+        if self.farm.auth is not None and _AUTH_RE.search(data):
+            self.farm._note_auth_command(self.sink)
         if getattr(self, "_lied", False):
             self.farm._note_after_lie(self.sink, data)
         if b"\r\n.\r\n" in data:
@@ -260,6 +264,7 @@ class SinkFarm:
             self._auth_results: List[Tuple[str, bool]] = []
             self._pipelined: List[Tuple[str, Optional[str], str]] = []
             self._after_lie: Dict[str, bytearray] = {}
+            self._auth_commands: collections.Counter = collections.Counter()
 
     def _on_connect(self, sink: str) -> None:
         with self._lock:
@@ -328,6 +333,10 @@ class SinkFarm:
             with self._lock:
                 self._pipelined.append((sink, ids[-1].decode("utf-8", "replace") if ids else None,
                                         m.group(1).decode("utf-8", "replace")))
+
+    def _note_auth_command(self, sink: str) -> None:
+        with self._lock:
+            self._auth_commands[sink] += 1
 
     def _note_after_lie(self, sink: str, data: bytes) -> None:
         with self._lock:
@@ -469,6 +478,12 @@ class SinkFarm:
         self._broken_starttls = broken
 
     # ------------------------------------------------------------------ accessors
+    def auth_commands(self) -> Dict[str, int]:
+        """{sink address: chunks received holding an AUTH command}, whether the sink
+        offered AUTH or took it (an AUTH in plaintext is counted too)."""
+        with self._lock:
+            return dict(self._auth_commands)
+
     def auth_results(self) -> List[Tuple[str, bool]]:
         """[(login, accepted)] for every AUTH seen, in order (passwords are not kept)."""
         with self._lock:
