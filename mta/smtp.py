@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import socket
 import ssl
 from collections import deque
@@ -31,6 +32,8 @@ from aiosmtplib.errors import (
 )
 
 from mta import fault
+from mta.longlines import Unsendable, seven_bit
+from mta.message import InvalidMessage, canonical_data
 from shaper.replies import parse_enhanced
 
 
@@ -269,6 +272,34 @@ def _parse_reply(buffer: bytearray) -> tuple[int, str] | None:
     return code, " ".join(lines)
 
 
+_SIGNATURE = re.compile(rb"^(?:dkim-signature|arc-message-signature)[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def downgrade(data: bytes) -> bytes | Reply:
+    """8-bit ``data`` (as sent: CRLF, dot-stuffed) for a receiver without 8BITMIME: its 8-bit
+    parts re-encoded quoted-printable (`mta.longlines.seven_bit`), or the local reply that
+    refuses it. 8-bit header fields (RFC 6532) cannot be re-encoded: only SMTPUTF8 carries
+    them (RFC 6531: 5.6.9). A signed message is not re-encoded: its DKIM signature
+    covers the body as it is, and a broken signature is worse than a late message."""
+    end = data.find(b"\r\n\r\n")
+    head = data[:end + 2] if end >= 0 else data
+    if not head.isascii():
+        return Reply(550, "5.6.9 the message has 8-bit header fields (RFC 6532), which need SMTPUTF8 and "
+                          "8BITMIME, and the receiver does not offer 8BITMIME (local decision)", "message")
+    if _SIGNATURE.search(head):
+        return Reply(451, "4.6.3 the receiver does not offer 8BITMIME and re-encoding this 8-bit message would "
+                          "break its DKIM signature; a message signed with 7-bit content (quoted-printable or "
+                          "base64) reaches such receivers (local decision)", "message")
+    mime = data.replace(b"\r\n", b"\n").replace(b"\n.", b"\n")  # undo the dot-stuffing
+    if mime.startswith(b"."):
+        mime = mime[1:]
+    try:
+        return canonical_data(seven_bit(mime))
+    except (Unsendable, InvalidMessage) as exc:
+        return Reply(554, f"5.6.3 the receiver does not offer 8BITMIME and this 8-bit message cannot be "
+                          f"re-encoded: {exc} (local decision)", "message")
+
+
 # What each command may be answered with besides a refusal (4xx/5xx, RFC 5321 §4.3.2).
 _MAIL_OK = (250,)
 _RCPT_OK = (250, 251)
@@ -412,6 +443,14 @@ class Session:
         its end (DATA answered with anything but 354 or a refusal), and then this message's
         reply may be someone else's. ``begin(None)`` returns what they said. Raises
         SessionFailed if the connection broke before the reply to this message's dot."""
+        if not self.eight_bit_mime and not data.isascii():  # RFC 6152: only 7-bit content to this one
+            data = await asyncio.to_thread(downgrade, data)
+            if isinstance(data, Reply):
+                # The receiver waits for a content it must not get: hanging up mid-DATA makes
+                # it drop the transaction (RFC 5321 §3.3); the dot would deliver nothing.
+                self.usable = False
+                self._io.transport.close()
+                return data
         try:
             if fault.ARMED: fault.hit("mid_data")  # test-only: MTA_FAULT (mta/fault.py)
             self._io.write_message(data, ahead)

@@ -22,7 +22,8 @@ real receivers do; or it can misbehave: never answer (``set_manner(sink, "tarpit
 hang up after the banner (``"hangup"``), answer DATA with "250 2.0.0 Ok" instead of 354 and
 note every byte it is sent after that lie (``"data250"``, ``after_lie()``), or be slow on
 every reply (``set_reply_delay``).
-``set_pipelining(sink, False)`` leaves PIPELINING out of the EHLO reply. Per sink, the farm
+``set_pipelining(sink, False)`` leaves PIPELINING out of the EHLO reply,
+``set_eight_bit_mime(sink, False)`` 8BITMIME (and SMTPUTF8, which needs it). Per sink, the farm
 notes each message whose content arrived in one chunk with the next transaction's commands
 (RFC 2920 pipelining across transactions): ``pipelined()``.
 
@@ -182,6 +183,8 @@ class _Handler:
         session.host_name = hostname
         # aiosmtpd reads commands one by one from a stream, so pipelined commands work;
         # advertise it.
+        if server.sink in self.farm._no_eight_bit_mime:
+            responses = [r for r in responses if "8BITMIME" not in r and "SMTPUTF8" not in r]
         if server.sink in self.farm._no_pipelining:
             return responses
         return responses[:-1] + ["250-PIPELINING"] + responses[-1:]
@@ -241,6 +244,7 @@ class SinkFarm:
         self._manner: Dict[str, str] = {}              # sink -> "tarpit" / "hangup"
         self._reply_delay: Dict[str, float] = {}
         self._no_pipelining: set = set()
+        self._no_eight_bit_mime: set = set()
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.auth = dict(auth) if auth is not None else None
@@ -437,6 +441,14 @@ class SinkFarm:
                 self._no_pipelining.discard(sink)
             else:
                 self._no_pipelining.add(sink)
+
+    def set_eight_bit_mime(self, sink: str, offered: bool) -> None:
+        """Whether ``sink`` offers 8BITMIME (and SMTPUTF8) in its EHLO reply (it does unless told)."""
+        with self._lock:
+            if offered:
+                self._no_eight_bit_mime.discard(sink)
+            else:
+                self._no_eight_bit_mime.add(sink)
 
     def after_lie(self) -> Dict[str, bytes]:
         """{sink: every byte received after a "data250" sink answered DATA with 250}, for

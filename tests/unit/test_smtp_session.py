@@ -303,3 +303,96 @@ def test_a_timeout_on_the_next_transaction_leaves_the_first_message_s_reply() ->
     first, second = pipelined_pair(peer)
     assert first == Reply(250, "2.0.0 Ok: queued", "message")
     assert isinstance(second, SessionFailed) and second.reply.text == "timed out (mail)"
+
+
+# ---- 8-bit content to a receiver without 8BITMIME (RFC 6152)
+
+EIGHT_BIT = "Subject: caf\u00e9\r\n\r\nCaf\u00e9 cr\u00e8me, 5 \u20ac\r\n.a line with a dot\r\n".encode()
+
+
+def eight_bit(mime: str | bytes) -> bytes:
+    from mta.message import canonical_data
+    return canonical_data(mime.encode() if isinstance(mime, str) else mime)
+
+
+def contents(data: bytes) -> list[str]:
+    """What a reader gets out of a message as sent (dot-stuffed): each leaf part's text."""
+    import email
+    import email.policy
+    message = email.message_from_bytes(data.replace(b"\r\n..", b"\r\n."), policy=email.policy.default)
+    return [part.get_content() for part in message.walk() if not part.is_multipart()]
+
+
+def send_content(data: bytes, *, eight_bit_mime: bool) -> tuple[Peer, Reply]:
+    async def go():
+        peer = Peer()
+        ext = {"pipelining": ""} | ({"8bitmime": ""} if eight_bit_mime else {})
+        session = Session(SimpleNamespace(esmtp_extensions=ext, transport=peer), "mx.receiver.test", "192.0.2.1",
+                          Timeouts(*(1.0,) * 7), tls=False)
+        reply = await session.send(SENDER, RECIPIENT, data, utf8=False, eight_bit=True)
+        return peer, reply, session
+
+    peer, reply, session = asyncio.run(go())
+    if not reply.ok:
+        assert not session.usable and peer.closed  # hung up mid-DATA: the receiver drops it
+    return peer, reply
+
+
+def test_8bit_body_is_sent_as_is_where_8bitmime_is_offered():
+    data = eight_bit("From: a@sender.test\nSubject: hi\n\nCaf\u00e9\n")
+    peer, reply = send_content(data, eight_bit_mime=True)
+    assert reply.ok and peer.contents == [data]
+    assert peer.commands[0].endswith(b"BODY=8BITMIME")
+
+
+def test_8bit_body_is_re_encoded_for_a_receiver_without_8bitmime():
+    import email
+    import email.policy
+    data = eight_bit("From: a@sender.test\nSubject: hi\nContent-Type: text/plain; charset=utf-8\n\n"
+                     "Caf\u00e9 cr\u00e8me, 5 \u20ac\n.a line that starts with a dot\n")
+    peer, reply = send_content(data, eight_bit_mime=False)
+    assert reply.ok
+    (sent,) = peer.contents
+    assert sent.isascii() and b"BODY=8BITMIME" not in peer.commands[0]
+    message = email.message_from_bytes(sent, policy=email.policy.default)
+    assert message["Content-Transfer-Encoding"] == "quoted-printable"
+    assert contents(sent) == contents(data) == ["Caf\u00e9 cr\u00e8me, 5 \u20ac\r\n.a line that starts with a dot\r\n"]
+
+
+def test_a_multipart_message_has_only_its_8bit_part_re_encoded():
+    import email
+    import email.policy
+    data = eight_bit("From: a@sender.test\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b1\n\n"
+                     "--b1\nContent-Type: text/plain; charset=us-ascii\n\nplain ascii\n"
+                     "--b1\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\nna\u00efve\n"
+                     "--b1--\n")
+    peer, reply = send_content(data, eight_bit_mime=False)
+    assert reply.ok
+    (sent,) = peer.contents
+    assert sent.isascii() and b"\r\n\r\nplain ascii\r\n--b1" in sent  # the 7-bit part byte for byte
+    parts = list(email.message_from_bytes(sent, policy=email.policy.default).iter_parts())
+    assert contents(sent) == contents(data) == ["plain ascii", "na\u00efve"]
+    assert parts[1]["Content-Transfer-Encoding"] == "quoted-printable"
+
+
+def test_8bit_header_fields_cannot_be_re_encoded_and_bounce():
+    peer, reply = send_content(eight_bit("From: a@sender.test\nSubject: caf\u00e9\n\nbody\n"), eight_bit_mime=False)
+    assert (reply.code, reply.enhanced, reply.phase) == (550, "5.6.9", "message")
+    assert "8-bit header" in reply.text and "SMTPUTF8" in reply.text
+    assert peer.contents == []
+
+
+def test_a_signed_8bit_message_is_deferred_rather_than_its_signature_broken():
+    data = eight_bit("DKIM-Signature: v=1; a=rsa-sha256; d=sender.test; s=s1; bh=x; b=y\n"
+                     "From: a@sender.test\nSubject: hi\n\nCaf\u00e9\n")
+    peer, reply = send_content(data, eight_bit_mime=False)
+    assert (reply.code, reply.enhanced) == (451, "4.6.3") and "DKIM signature" in reply.text
+    assert peer.contents == []
+
+
+def test_8bit_content_that_must_not_be_re_encoded_bounces_with_the_reason():
+    data = eight_bit("From: a@sender.test\nContent-Type: text/plain\nContent-Transfer-Encoding: x-uuencode\n\n"
+                     "caf\u00e9\n")
+    peer, reply = send_content(data, eight_bit_mime=False)
+    assert (reply.code, reply.enhanced) == (554, "5.6.3") and "x-uuencode" in reply.text
+    assert peer.contents == []
