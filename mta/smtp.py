@@ -140,29 +140,29 @@ class _ReplyReader(asyncio.Protocol):
             if end - start > 3 and buffer[start + 3] == 0x2D:  # "250-": more lines follow
                 self._scan = end + 1
                 continue
-            reply = _parse_reply(buffer)  # the reply's last line is in: take it whole
+            # The reply's last line is in: take it whole (a one-line reply: from the line found).
+            reply = _parse_reply(buffer, end if start == 0 else -1)
             self._scan = 0
             if reply is None:  # cannot be: the scan saw its last line
                 break
-            if not self._credit(reply):
+            if self._outstanding > 0:  # the reply to the oldest command outstanding
+                self._outstanding -= 1
+                self._replies.append(reply)
+            else:
+                self._unsolicited(reply)
                 return
         if len(buffer) > MAX_REPLY:
             self._violation(f"a reply longer than {MAX_REPLY} octets")
         elif self._replies and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def _credit(self, reply: tuple[int, str]) -> bool:
-        """Queue the reply to the oldest outstanding command; False: there was none."""
-        if self._outstanding > 0:
-            self._outstanding -= 1
-            self._replies.append(reply)
-            return True
+    def _unsolicited(self, reply: tuple[int, str]) -> None:
+        """A reply with no command outstanding: the session ends."""
         code, text = reply
         if code == 421:  # the server closes the session: what came before still counts
             self._fail(ConnectionError(f"the server is closing the connection: 421 {text[:200]}"))
         else:
             self._violation(f"unsolicited reply {code} {text[:200]}")
-        return False
 
     def _violation(self, what: str) -> None:
         # The replies queued are no longer known to answer what they seem to answer.
@@ -240,9 +240,11 @@ class _ReplyReader(asyncio.Protocol):
             self.transport.writelines((data, b".\r\n", ahead[0], ahead[1], b"DATA\r\n"))
 
 
-def _parse_reply(buffer: bytearray) -> tuple[int, str] | None:
-    """Pop one complete (possibly multi-line) reply off the buffer, or None if incomplete."""
-    end = buffer.find(b"\n")
+def _parse_reply(buffer: bytearray, end: int = -1) -> tuple[int, str] | None:
+    """Pop one complete (possibly multi-line) reply off the buffer, or None if incomplete.
+    ``end``: where the first line ends, when the caller knows it."""
+    if end < 0:
+        end = buffer.find(b"\n")
     if end == -1:
         return None
     if end >= 3 and buffer[3:4] != b"-":  # one line, the common case: no copies but the text's

@@ -242,10 +242,10 @@ def test_continuation_lines_arriving_one_by_one_are_scanned_once() -> None:
         calls = 0
         original = smtp._parse_reply
 
-        def counting(buffer):
+        def counting(*args):
             nonlocal calls
             calls += 1
-            return original(buffer)
+            return original(*args)
 
         smtp._parse_reply = counting
         try:
