@@ -388,12 +388,12 @@ class Session:
         behind the previous message's content (`finish` with ``ahead``), and their replies
         were read with that message's. Raises SessionFailed if the connection broke or the
         replies do not match the commands (RFC 5321 §4.3.2: 250 to DATA is not "go ahead")."""
-        if commands is None:
-            ahead, self._ahead = self._ahead, _NOTHING
-            if isinstance(ahead, SessionFailed):
-                raise ahead
-            if ahead is not _NOTHING:
-                return ahead
+        if commands is None and self._ahead is not _NOTHING:
+            (outcome, usable), self._ahead = self._ahead, _NOTHING
+            self.usable = usable and self.usable
+            if isinstance(outcome, SessionFailed):
+                raise outcome
+            return outcome
         io = self._io
         t = self._timeouts
         pipelining = self.pipelining
@@ -465,14 +465,18 @@ class Session:
         reply = Reply(*dot, "message")
         if ahead is not None:
             try:
-                self._ahead = await self.begin(None)
+                outcome = await self.begin(None)
             except SessionFailed as exc:
                 if isinstance(exc.__cause__, ProtocolViolation):
                     raise SessionFailed(Reply(None, f"protocol error (message): the reply {reply} to this message "
                                                     f"is in doubt: the next transaction's replies, pipelined behind "
                                                     f"it, do not match its commands ({exc.reply.text})",
                                               "message")) from exc.__cause__
-                self._ahead = exc  # the next transaction's failure, not this message's
+                outcome = exc  # the next transaction's failure, not this message's
+            # Until begin(None) hands it over, the session stays usable: the next transaction
+            # was begun, and its outcome (a 421 that closes the session too) is its own.
+            self._ahead = (outcome, self.usable)
+            self.usable = True
         return reply
 
     async def _refused(self, reply: Reply) -> Reply:

@@ -396,3 +396,25 @@ def test_8bit_content_that_must_not_be_re_encoded_bounces_with_the_reason():
     peer, reply = send_content(data, eight_bit_mime=False)
     assert (reply.code, reply.enhanced) == (554, "5.6.3") and "x-uuencode" in reply.text
     assert peer.contents == []
+
+
+def test_a_pipelined_421_is_the_next_message_s_outcome_and_ends_the_session_then() -> None:
+    # The 421 to the next message's RCPT closes the session, but that message was begun:
+    # it gets the 421 (a rate-limit reply the destination must learn from), and only then
+    # is the session unusable; the first message is not held up by it.
+    async def go():
+        peer = Peer({"RCPT": [GOOD["RCPT"], b"421 4.7.0 Rate limited: too many messages, slow down\r\n"],
+                     "DATA": [GOOD["DATA"], b"503 5.5.1 no valid recipients\r\n"]})
+        session = session_with(peer)
+        await session.begin(session.commands(SENDER, RECIPIENT, len(CONTENT), utf8=False, eight_bit=False))
+        ahead = session.commands(SENDER, "c@receiver.test", len(NEXT), utf8=False, eight_bit=False)
+        first = await session.finish(CONTENT, ahead)
+        usable_between = session.usable
+        second = await session.begin(None)
+        return first, usable_between, second, session.usable
+
+    first, usable_between, second, usable_after = asyncio.run(go())
+    assert first == Reply(250, "2.0.0 Ok: queued", "message")
+    assert usable_between is True
+    assert second == Reply(421, "4.7.0 Rate limited: too many messages, slow down", "rcpt")
+    assert usable_after is False
