@@ -138,7 +138,7 @@ class Route(msgspec.Struct, frozen=True):
     name: str = ""  # the destination key is `route:NAME`; defaults to sender_domain
     sender_match: str = "envelope"  # match the envelope (MAIL FROM) domain, or the From: header's
     implicit_tls: bool | None = None  # TLS from the first byte; None: only on port 465
-    ca_file: str | None = None  # CA bundle for `tls: verified`; None: the system's
+    ca_file: str | None = None  # CA bundle for `tls: verified` and the credentials; None: the system's
     tls_verify: bool = True  # credentials only over TLS whose certificate names the smarthost
 
 
