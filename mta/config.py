@@ -156,7 +156,8 @@ class Route(msgspec.Struct, frozen=True):
     name: str = ""  # the destination key is `route:NAME`; defaults to sender_domain
     sender_match: str = "envelope"  # match the envelope (MAIL FROM) domain, or the From: header's
     implicit_tls: bool | None = None  # TLS from the first byte; None: only on port 465
-    ca_file: str | None = None  # CA bundle for `tls: verified`; None: the system's
+    ca_file: str | None = None  # CA bundle for `tls: verified` and the credentials; None: the system's
+    tls_verify: bool = True  # credentials only over TLS whose certificate names the smarthost
 
 
 class DkimKey(msgspec.Struct, frozen=True):
@@ -453,6 +454,7 @@ ROUTE_FIELDS = {
     "sender_match": _choice("envelope", "from"),
     "implicit_tls": _bool,
     "ca_file": _str,
+    "tls_verify": _bool,
 }
 
 DKIM_FIELDS = {
@@ -590,7 +592,7 @@ def _route(c: _Collector, path: str, own: dict[str, Any], policy: Policy, earlie
                  username=own.get("username"), password_env=own.get("password_env"),
                  password_file=own.get("password_file"), tags=own.get("tags", ()), name=name,
                  sender_match=own.get("sender_match", "envelope"), implicit_tls=own.get("implicit_tls"),
-                 ca_file=own.get("ca_file"))
+                 ca_file=own.get("ca_file"), tls_verify=own.get("tls_verify", True))
 
 
 def retry_notes(config: Config) -> list[str]:

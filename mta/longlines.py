@@ -26,6 +26,11 @@ MIME tree on the bytes and changes only the entities that hold a long line:
 - anything else with a long line (an unknown transfer encoding, message/partial, a
   multipart without its boundary) cannot be fixed without guessing: `Unsendable`.
 
+The same walk makes a message 7-bit for a receiver without 8BITMIME (RFC 6152):
+`seven_bit` re-encodes each leaf part holding 8-bit octets as quoted-printable; 8-bit
+octets in a header field (RFC 6532, which only SMTPUTF8 may carry) or where re-encoding is
+not allowed make it `Unsendable`.
+
 Everything here works on LF-only bytes, before dot-stuffing and CRLF (mta.message).
 """
 
@@ -64,6 +69,28 @@ def has_long_line(mime: bytes) -> bool:
     return False
 
 
+def seven_bit(mime: bytes) -> bytes:
+    """`mime` (LF-only) with no 8-bit octet and no line over 998 octets, the same meaning;
+    or Unsendable."""
+    try:
+        out = _entity(mime, top=True, default="text/plain", seven=True)
+    except Unsendable:
+        raise
+    except Exception as exc:  # producer's bytes in the email package: a reason, never a stopped consumer
+        raise Unsendable(f"8-bit content in a message that could not be parsed: {type(exc).__name__}: {exc}") from exc
+    if not out.isascii() or has_long_line(out):  # a safety net: nothing 8-bit goes on the wire
+        raise Unsendable("8-bit content that could not be re-encoded (in a preamble, epilogue or malformed part)")
+    return out
+
+
+def _needs_work(data: bytes, seven: bool) -> bool:
+    return has_long_line(data) or (seven and not data.isascii())
+
+
+def _what(seven: bool) -> str:
+    return "8-bit content or a long line" if seven else f"a line longer than {MAX_LINE} octets"
+
+
 def shorten(mime: bytes) -> bytes:
     """`mime` (LF-only) with no line over 998 octets and the same meaning; or Unsendable."""
     try:
@@ -99,14 +126,17 @@ def _split(entity: bytes) -> tuple[bytes, bytes, bytes]:
     return entity, b"", b""
 
 
-def _entity(entity: bytes, top: bool, default: str) -> bytes:
-    if not has_long_line(entity):
+def _entity(entity: bytes, top: bool, default: str, seven: bool = False) -> bytes:
+    """``entity`` with its long lines (``seven``: and its 8-bit octets) re-encoded."""
+    if not _needs_work(entity, seven):
         return entity
     head, sep, body = _split(entity)
+    if seven and not head.isascii():
+        raise Unsendable("8-bit octets in a header field (RFC 6532): only SMTPUTF8 can carry them")
     if has_long_line(head):
         head = b"".join(_fold(line) if len(line.rstrip(b"\n")) > MAX_LINE else line
                         for line in head.splitlines(keepends=True))
-    if not has_long_line(body):
+    if not _needs_work(body, seven):
         return head + sep + body
     fields = BytesHeaderParser(policy=compat32).parsebytes(head + b"\n")
     fields.set_default_type(default)
@@ -117,14 +147,14 @@ def _entity(entity: bytes, top: bool, default: str) -> bytes:
     if cte == "quoted-printable":
         return head + sep + _soft_breaks(body)
     if cte not in ("", "7bit", "8bit", "binary"):
-        raise Unsendable(f"a line longer than {MAX_LINE} octets in a part with Content-Transfer-Encoding "
+        raise Unsendable(f"{_what(seven)} in a part with Content-Transfer-Encoding "
                          f"{cte[:40]!r}, which cannot be re-encoded safely")
     if ctype.startswith("multipart/"):
-        return head + sep + _multipart(body, fields, ctype)
+        return head + sep + _multipart(body, fields, ctype, seven)
     if ctype in ("message/rfc822", "message/global"):
-        return head + sep + _entity(body, top=True, default="text/plain")
+        return head + sep + _entity(body, top=True, default="text/plain", seven=seven)
     if ctype.startswith("message/"):
-        raise Unsendable(f"a line longer than {MAX_LINE} octets in a {ctype!r} part, which must not be re-encoded")
+        raise Unsendable(f"{_what(seven)} in a {ctype!r} part, which must not be re-encoded")
     # the blank line always: an encoded first line could look like a header field where the
     # original did not
     return _quoted_printable(head, fields, top) + b"\n" + _encode_qp(body)
@@ -177,10 +207,10 @@ def _soft_breaks(body: bytes) -> bytes:
 # ---------------------------------------------------------------- multipart
 
 
-def _multipart(body: bytes, fields: Message, ctype: str) -> bytes:
+def _multipart(body: bytes, fields: Message, ctype: str, seven: bool = False) -> bytes:
     boundary = fields.get_boundary()
     if not boundary:
-        raise Unsendable(f"a line longer than {MAX_LINE} octets in a {ctype!r} without a boundary")
+        raise Unsendable(f"{_what(seven)} in a {ctype!r} without a boundary")
     delimiter = re.compile(rb"^--" + re.escape(boundary.encode("utf-8", "surrogateescape")) + rb"(--)?[ \t]*$", re.M)
     child = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
     out, pos, parts = [], 0, 0
@@ -188,7 +218,7 @@ def _multipart(body: bytes, fields: Message, ctype: str) -> bytes:
         # the LF before a delimiter line belongs to the delimiter (RFC 2046 §5.1.1)
         start = max(match.start() - 1, pos) if match.start() > 0 else 0
         segment = body[pos:start]
-        out.append(_entity(segment, top=False, default=child) if parts else _preamble(segment, delimiter))
+        out.append(_entity(segment, top=False, default=child, seven=seven) if parts else _preamble(segment, delimiter))
         parts += 1
         pos = match.end() + 1 if body[match.end():match.end() + 1] == b"\n" else match.end()
         out.append(body[start:pos])
@@ -196,8 +226,8 @@ def _multipart(body: bytes, fields: Message, ctype: str) -> bytes:
             out.append(_preamble(body[pos:], delimiter))
             return b"".join(out)
     if not parts:
-        raise Unsendable(f"a line longer than {MAX_LINE} octets in a {ctype!r} whose boundary never occurs")
-    out.append(_entity(body[pos:], top=False, default=child))  # unterminated: the last part runs to the end
+        raise Unsendable(f"{_what(seven)} in a {ctype!r} whose boundary never occurs")
+    out.append(_entity(body[pos:], top=False, default=child, seven=seven))  # unterminated: the last part runs to the end
     return b"".join(out)
 
 

@@ -15,6 +15,12 @@ Theory of operation:
   means TLS from the first byte (`implicit_tls` overrides); other ports use STARTTLS.
 - The password comes from `password_env` or `password_file`, read when the rules are
   loaded; it never appears in a log, a result or a repr (`Credentials`).
+- The credentials go out only over TLS whose certificate verified for the smarthost's name
+  (the system CAs or `ca_file`), whatever the route's `tls` policy: an unverified
+  certificate could be anyone's, and AUTH would hand them the password. A smarthost
+  without STARTTLS or with a certificate that does not verify gets no AUTH and no mail;
+  the message is deferred with the reason. `tls_verify: false` allows unverified TLS for
+  a route that needs it (a self-signed relay), with a warning at every load of the rules.
 - A smarthost that refuses the credentials (535, any 5xx to AUTH) will refuse every
   message: the route is paused (the operator pause of `mta pause`, so `mta resume
   route:NAME` lifts it), the message that met the refusal is deferred with the reason,
@@ -170,6 +176,11 @@ class RouteTable:
                 file_stamp=_file_stamp(route.password_file)))
         if problems:
             raise ConfigError(problems)
+        for entry in entries:
+            if entry.credentials is not None and not entry.route.tls_verify:
+                log.warning("routes[%d] (%s): tls_verify is false: the credentials of %s go to %s over TLS whose "
+                            "certificate is not verified, so whoever can intercept the connection can take them",
+                            entry.index, entry.route.name, entry.route.username, entry.smarthost)
         self.entries = entries
         self._by_key = {e.key: e for e in entries}
         self._envelope = _Index([e for e in entries if e.route.sender_match == "envelope"])
@@ -289,7 +300,8 @@ class RouteConnector:
         if entry is None:  # the route was removed by a reload: plain delivery to the smarthost
             return await self._base.open(mx, ip, port, tls=tls, timeouts=timeouts)
         return await self._base.open(mx, ip, port, tls=tls, timeouts=timeouts, auth=entry.credentials,
-                                     implicit_tls=entry.implicit_tls, ca_file=entry.route.ca_file)
+                                     implicit_tls=entry.implicit_tls, ca_file=entry.route.ca_file,
+                                     auth_verified=entry.route.tls_verify)
 
 
 async def resolve_smarthost(resolver: MxResolver, entry: RouteEntry) -> MxAnswer | DnsFailure:

@@ -5,12 +5,18 @@ PIPELINING (RFC 2920) instead of three round trips.
 Every aiosmtplib exception is translated here into a `Reply` value (what the receiver said,
 or a synthetic reply with code None when the connection failed): nothing above this module
 sees aiosmtplib types.
+
+Each reply is credited to the command it answers, in order, and must be one that command can
+get (RFC 5321 §4.3.2): a reply nobody asked for, 250 to DATA or 354 to MAIL means the two
+sides no longer agree on where they are, and the session ends as a protocol failure (code
+None, so the message is deferred) before any content goes out on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import socket
 import ssl
 from collections import deque
@@ -26,6 +32,8 @@ from aiosmtplib.errors import (
 )
 
 from mta import fault
+from mta.longlines import Unsendable, seven_bit
+from mta.message import InvalidMessage, canonical_data
 from shaper.replies import parse_enhanced
 
 
@@ -56,6 +64,15 @@ class SessionFailed(Exception):
         super().__init__(str(reply))
 
 
+MAX_REPLY = 65536  # octets of one (multi-line) reply: EHLO's is the longest seen, ~1 KB
+
+
+class ProtocolViolation(OSError):
+    """The receiver's replies no longer match the commands sent: a reply no command
+    outstanding asked for, or one a command cannot get (250 to DATA, 354 to MAIL). Nothing it
+    says on this connection can be trusted any more."""
+
+
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     connect: float = 30.0
@@ -72,6 +89,8 @@ def _text(message: str) -> str:
 
 
 def _failed(exc: BaseException, phase: str) -> Reply:
+    if isinstance(exc, ProtocolViolation):
+        return Reply(None, f"protocol error ({phase}): {exc}; the connection is dropped", phase)
     if isinstance(exc, SMTPResponseException) and exc.code > 0:
         return Reply(exc.code, _text(exc.message), phase)
     if isinstance(exc, (SMTPTimeoutError, asyncio.TimeoutError, TimeoutError)):
@@ -82,12 +101,20 @@ def _failed(exc: BaseException, phase: str) -> Reply:
 
 class _ReplyReader(asyncio.Protocol):
     """Takes over the transport after EHLO/STARTTLS: parses every reply in a chunk, so that
-    pipelined commands' replies arriving together are all kept (aiosmtplib keeps one)."""
+    pipelined commands' replies arriving together are all kept (aiosmtplib keeps one).
+
+    Every write says how many replies it asks for; a reply beyond them is unsolicited and
+    ends the session (only 421, which RFC 5321 §3.8 lets a server send unasked before it
+    hangs up, is a plain close). So the queue never holds more replies than commands are
+    outstanding, and a flood of lines costs at most one reply's worth of buffer
+    (`MAX_REPLY`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
         self._buffer = bytearray()
+        self._scan = 0  # where the first line of the buffer not yet looked at starts
         self._replies: deque[tuple[int, str]] = deque()
+        self._outstanding = 0  # commands written whose reply has not arrived
         self._waiter: asyncio.Future | None = None
         self._error: Exception | None = None
         self.transport: asyncio.Transport | None = None
@@ -98,16 +125,53 @@ class _ReplyReader(asyncio.Protocol):
         self._timer_at = 0.0
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
+        if self._error is not None:
+            return  # the session is over: whatever else comes is not read
+        buffer = self._buffer
+        buffer += data
         while True:
-            parsed = _parse_reply(self._buffer)
-            if parsed is None:
+            start = self._scan
+            end = buffer.find(b"\n", start)
+            if end == -1:
                 break
-            self._replies.append(parsed)
-        if len(self._buffer) > 65536:
-            self._fail(ConnectionError("reply too long"))
+            if end > MAX_REPLY:  # the buffer starts with the reply being read
+                self._violation(f"a reply longer than {MAX_REPLY} octets")
+                return
+            if end - start > 3 and buffer[start + 3] == 0x2D:  # "250-": more lines follow
+                self._scan = end + 1
+                continue
+            # The reply's last line is in: take it whole (a one-line reply: from the line found).
+            reply = _parse_reply(buffer, end if start == 0 else -1)
+            self._scan = 0
+            if reply is None:  # cannot be: the scan saw its last line
+                break
+            if self._outstanding > 0:  # the reply to the oldest command outstanding
+                self._outstanding -= 1
+                self._replies.append(reply)
+            else:
+                self._unsolicited(reply)
+                return
+        if len(buffer) > MAX_REPLY:
+            self._violation(f"a reply longer than {MAX_REPLY} octets")
         elif self._replies and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def _unsolicited(self, reply: tuple[int, str]) -> None:
+        """A reply with no command outstanding: the session ends."""
+        code, text = reply
+        if code == 421:  # the server closes the session: what came before still counts
+            self._fail(ConnectionError(f"the server is closing the connection: 421 {text[:200]}"))
+        else:
+            self._violation(f"unsolicited reply {code} {text[:200]}")
+
+    def _violation(self, what: str) -> None:
+        # The replies queued are no longer known to answer what they seem to answer.
+        self._replies.clear()
+        self._buffer.clear()
+        self._scan = 0
+        self._fail(ProtocolViolation(what))
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self._fail(ConnectionError("the server closed the connection"))
@@ -156,9 +220,11 @@ class _ReplyReader(asyncio.Protocol):
             self._timer_at = self._deadline
             self._timer = self._loop.call_at(self._deadline, self._expire)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, replies: int = 1) -> None:
+        """``data`` holds ``replies`` commands, each to be answered by one reply."""
         if self._error is not None or self.transport is None or self.transport.is_closing():
             raise self._error or ConnectionError("connection closed")
+        self._outstanding += replies
         self.transport.write(data)
 
     def write_message(self, data: bytes, ahead: tuple[bytes, bytes] | None = None) -> None:
@@ -167,14 +233,18 @@ class _ReplyReader(asyncio.Protocol):
         if self._error is not None or self.transport is None or self.transport.is_closing():
             raise self._error or ConnectionError("connection closed")
         if ahead is None:
+            self._outstanding += 1
             self.transport.writelines((data, b".\r\n"))
         else:
+            self._outstanding += 4
             self.transport.writelines((data, b".\r\n", ahead[0], ahead[1], b"DATA\r\n"))
 
 
-def _parse_reply(buffer: bytearray) -> tuple[int, str] | None:
-    """Pop one complete (possibly multi-line) reply off the buffer, or None if incomplete."""
-    end = buffer.find(b"\n")
+def _parse_reply(buffer: bytearray, end: int = -1) -> tuple[int, str] | None:
+    """Pop one complete (possibly multi-line) reply off the buffer, or None if incomplete.
+    ``end``: where the first line ends, when the caller knows it."""
+    if end < 0:
+        end = buffer.find(b"\n")
     if end == -1:
         return None
     if end >= 3 and buffer[3:4] != b"-":  # one line, the common case: no copies but the text's
@@ -204,6 +274,60 @@ def _parse_reply(buffer: bytearray) -> tuple[int, str] | None:
     return code, " ".join(lines)
 
 
+_SIGNATURE = re.compile(rb"^(?:dkim-signature|arc-message-signature)[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def downgrade(data: bytes) -> bytes | Reply:
+    """8-bit ``data`` (as sent: CRLF, dot-stuffed) for a receiver without 8BITMIME: its 8-bit
+    parts re-encoded quoted-printable (`mta.longlines.seven_bit`), or the local reply that
+    refuses it. 8-bit header fields (RFC 6532) cannot be re-encoded: only SMTPUTF8 carries
+    them (RFC 6531: 5.6.9). A signed message is not re-encoded: its DKIM signature
+    covers the body as it is, and a broken signature is worse than a late message."""
+    end = data.find(b"\r\n\r\n")
+    head = data[:end + 2] if end >= 0 else data
+    if not head.isascii():
+        return Reply(550, "5.6.9 the message has 8-bit header fields (RFC 6532), which need SMTPUTF8 and "
+                          "8BITMIME, and the receiver does not offer 8BITMIME (local decision)", "message")
+    if _SIGNATURE.search(head):
+        return Reply(451, "4.6.3 the receiver does not offer 8BITMIME and re-encoding this 8-bit message would "
+                          "break its DKIM signature; a message signed with 7-bit content (quoted-printable or "
+                          "base64) reaches such receivers (local decision)", "message")
+    mime = data.replace(b"\r\n", b"\n").replace(b"\n.", b"\n")  # undo the dot-stuffing
+    if mime.startswith(b"."):
+        mime = mime[1:]
+    try:
+        return canonical_data(seven_bit(mime))
+    except (Unsendable, InvalidMessage) as exc:
+        return Reply(554, f"5.6.3 the receiver does not offer 8BITMIME and this 8-bit message cannot be "
+                          f"re-encoded: {exc} (local decision)", "message")
+
+
+# What each command may be answered with besides a refusal (4xx/5xx, RFC 5321 §4.3.2).
+_MAIL_OK = (250,)
+_RCPT_OK = (250, 251)
+_DATA_OK = (354,)
+_DOT_OK = range(200, 300)
+_NOTHING = object()  # no pipelined transaction's replies waiting for begin(None)
+
+
+def _answers(reply: tuple[int, str], accepted, command: str) -> bool:
+    """True: ``command`` was accepted; False: it was refused. A reply it cannot get (250 to
+    DATA, 354 to MAIL, anything but a refusal where no transaction is open) means the replies
+    no longer match the commands: ProtocolViolation."""
+    code, text = reply
+    if code in accepted:
+        return True
+    if 400 <= code < 600:
+        return False
+    if not accepted:
+        expected = "a refusal"
+    elif isinstance(accepted, range):
+        expected = "2xx or a refusal"
+    else:
+        expected = f"{' or '.join(map(str, accepted))} or a refusal"
+    raise ProtocolViolation(f"the receiver answered {command} with {code} {text[:200]}, expected {expected}")
+
+
 class Session:
     """One open SMTP connection to one host."""
 
@@ -221,6 +345,7 @@ class Session:
         size = ext.get("size", "").strip()
         self.max_size = int(size) if size.isdigit() and int(size) > 0 else None
         self.usable = True
+        self._ahead = _NOTHING
         transport = client.transport
         self._io = _ReplyReader(asyncio.get_running_loop())
         self._io.transport = transport
@@ -260,46 +385,51 @@ class Session:
         """Send MAIL, RCPT and DATA and read their replies. None: the receiver waits for the
         content (354; `finish` sends it); else the reply that refused the transaction, the
         session reset for the next one. ``commands`` None: they already went out, pipelined
-        behind the previous message's content (`finish` with ``ahead``), only the replies
-        are read. Raises SessionFailed if the connection broke."""
+        behind the previous message's content (`finish` with ``ahead``), and their replies
+        were read with that message's. Raises SessionFailed if the connection broke or the
+        replies do not match the commands (RFC 5321 §4.3.2: 250 to DATA is not "go ahead")."""
+        if commands is None and self._ahead is not _NOTHING:
+            (outcome, usable), self._ahead = self._ahead, _NOTHING
+            self.usable = usable and self.usable
+            if isinstance(outcome, SessionFailed):
+                raise outcome
+            return outcome
         io = self._io
         t = self._timeouts
+        pipelining = self.pipelining
         phase = "mail"
         try:
-            if self.pipelining:
-                if commands is not None:
-                    io.write(commands[0] + commands[1] + b"DATA\r\n")
-                mail_reply = await io.read(t.mail_from)
-                phase = "rcpt"
-                rcpt_reply = await io.read(t.rcpt_to)
-                phase = "data"
-                data_reply = await io.read(t.data)
-            else:
-                mail, rcpt = commands
-                io.write(mail)
-                mail_reply = await io.read(t.mail_from)
-                if mail_reply[0] != 250:
-                    return await self._refused(Reply(*mail_reply, "mail"))
-                phase = "rcpt"
-                io.write(rcpt)
-                rcpt_reply = await io.read(t.rcpt_to)
-                if rcpt_reply[0] not in (250, 251):
-                    return await self._refused(Reply(*rcpt_reply, "rcpt"))
-                phase = "data"
+            if commands is not None:
+                if pipelining:
+                    io.write(commands[0] + commands[1] + b"DATA\r\n", 3)
+                else:
+                    io.write(commands[0])
+            mail = await io.read(t.mail_from)
+            mail_ok = _answers(mail, _MAIL_OK, "MAIL FROM")
+            if not pipelining and not mail_ok:
+                return await self._refused(Reply(*mail, "mail"))
+            phase = "rcpt"
+            if not pipelining:
+                io.write(commands[1])
+            rcpt = await io.read(t.rcpt_to)
+            # After a refused MAIL there is no transaction: RCPT can only be refused (503).
+            rcpt_ok = _answers(rcpt, _RCPT_OK if mail_ok else (), "RCPT TO")
+            if not pipelining and not rcpt_ok:
+                return await self._refused(Reply(*rcpt, "rcpt"))
+            phase = "data"
+            if not pipelining:
                 io.write(b"DATA\r\n")
-                data_reply = await io.read(t.data)
-            refusal = None
-            if mail_reply[0] != 250:
-                refusal = Reply(*mail_reply, "mail")
-            elif rcpt_reply[0] not in (250, 251):
-                refusal = Reply(*rcpt_reply, "rcpt")
-            if data_reply[0] != 354:
-                return await self._refused(refusal or Reply(*data_reply, "data"))
+            data = await io.read(t.data)
+            data_ok = _answers(data, _DATA_OK, "DATA")
+            refusal = None if rcpt_ok else Reply(*rcpt, "rcpt") if mail_ok else Reply(*mail, "mail")
+            if not data_ok:
+                return await self._refused(refusal or Reply(*data, "data"))
             if refusal is not None:
                 phase = "message"
-                # RFC 2920 §3.1: DATA accepted although the recipient failed: send an empty message.
+                # RFC 2920 §3.1: DATA accepted although the recipient failed: send an empty
+                # message, which, with no recipient, can only be refused.
                 io.write(b".\r\n")
-                await io.read(t.data_dot)
+                _answers(await io.read(t.data_dot), (), "the end of an empty message (no recipient accepted)")
                 return await self._refused(refusal)
             return None
         except (OSError, asyncio.TimeoutError) as exc:
@@ -310,19 +440,44 @@ class Session:
         """After `begin` returned None: send the content and the end-of-data line, return
         the reply to it. With ``ahead`` (a server that offers PIPELINING), the next
         transaction's MAIL, RCPT and DATA go in the same write (RFC 2920 allows the content
-        to open a group; DATA ends it); their replies are left for ``begin(None)``. Raises
+        to open a group; DATA ends it). Their replies are read here too, before this
+        message's reply counts: one reply too many or too few in the group shows only at
+        its end (DATA answered with anything but 354 or a refusal), and then this message's
+        reply may be someone else's. ``begin(None)`` returns what they said. Raises
         SessionFailed if the connection broke before the reply to this message's dot."""
+        if not self.eight_bit_mime and not data.isascii():  # RFC 6152: only 7-bit content to this one
+            data = await asyncio.to_thread(downgrade, data)
+            if isinstance(data, Reply):
+                # The receiver waits for a content it must not get: hanging up mid-DATA makes
+                # it drop the transaction (RFC 5321 §3.3); the dot would deliver nothing.
+                self.usable = False
+                self._io.transport.close()
+                return data
         try:
             if fault.ARMED: fault.hit("mid_data")  # test-only: MTA_FAULT (mta/fault.py)
             self._io.write_message(data, ahead)
             if fault.ARMED: fault.hit("after_dot")  # test-only: MTA_FAULT (mta/fault.py)
-            code, text = await self._io.read(self._timeouts.data_dot)
-            if code < 200:
-                raise ConnectionError(f"malformed reply {text!r}")
-            return Reply(code, text, "message")
+            dot = await self._io.read(self._timeouts.data_dot)
+            _answers(dot, _DOT_OK, "the end of data")
         except (OSError, asyncio.TimeoutError) as exc:
             self.usable = False
             raise SessionFailed(_failed(exc, "message")) from exc
+        reply = Reply(*dot, "message")
+        if ahead is not None:
+            try:
+                outcome = await self.begin(None)
+            except SessionFailed as exc:
+                if isinstance(exc.__cause__, ProtocolViolation):
+                    raise SessionFailed(Reply(None, f"protocol error (message): the reply {reply} to this message "
+                                                    f"is in doubt: the next transaction's replies, pipelined behind "
+                                                    f"it, do not match its commands ({exc.reply.text})",
+                                              "message")) from exc.__cause__
+                outcome = exc  # the next transaction's failure, not this message's
+            # Until begin(None) hands it over, the session stays usable: the next transaction
+            # was begun, and its outcome (a 421 that closes the session too) is its own.
+            self._ahead = (outcome, self.usable)
+            self.usable = True
+        return reply
 
     async def _refused(self, reply: Reply) -> Reply:
         """A refused transaction leaves the session in MAIL state: RSET so the next one starts clean."""
@@ -364,7 +519,8 @@ class Connector:
     `required` never sends mail in plaintext (no STARTTLS offered, or a failed handshake,
     fails the session); `verified` also checks the chain (system CAs or `ca_file`) and that
     the certificate names the host; `disabled` never starts TLS. Credentials go out only
-    over TLS, whatever the policy.
+    over TLS whose certificate verified for the host (`verified` whatever the policy),
+    unless ``auth_verified`` is False (a route's `tls_verify: false`): then any TLS will do.
     """
 
     def __init__(self, helo: str, bind: str | None, clock, ca_file: str | None = None):
@@ -377,10 +533,13 @@ class Connector:
 
     async def open(self, mx: str, ip: str, port: int, *, tls: str, timeouts: Timeouts,
                    auth: Credentials | None = None, implicit_tls: bool = False,
-                   ca_file: str | None = None) -> Session:
+                   ca_file: str | None = None, auth_verified: bool = True) -> Session:
         """Connect, read the banner, EHLO, STARTTLS per policy, AUTH; raises SessionFailed."""
+        # A password is only for the host a certificate proves: anyone can offer STARTTLS.
+        for_auth = auth is not None and auth_verified and tls in ("opportunistic", "required")
         try:
-            return await self._open(mx, ip, port, tls, timeouts, auth, implicit_tls, ca_file or self._ca_file)
+            return await self._open(mx, ip, port, "verified" if for_auth else tls, timeouts, auth, implicit_tls,
+                                    ca_file or self._ca_file, for_auth)
         except SessionFailed as exc:
             if auth is not None:  # a server may echo what it was sent: never let a secret through
                 reply = exc.reply
@@ -388,8 +547,11 @@ class Connector:
             raise
 
     async def _open(self, mx: str, ip: str, port: int, tls: str, timeouts: Timeouts,
-                    auth: Credentials | None, implicit_tls: bool, ca_file: str | None) -> Session:
+                    auth: Credentials | None, implicit_tls: bool, ca_file: str | None, for_auth: bool) -> Session:
         verify = tls == "verified"
+        # what the TLS failures say: the policy, or why a route's credentials need verified TLS
+        policy = (f"the credentials of this route go only over TLS verified for {mx} (tls_verify: false "
+                  f"would allow any TLS)") if for_auth else f"TLS is {tls} for {mx}"
         phase = "connect"
         client = None
         try:
@@ -429,7 +591,7 @@ class Connector:
                     await client.ehlo(timeout=timeouts.ehlo)
             elif tls in ("required", "verified"):
                 client.close()
-                raise SessionFailed(Reply(None, f"TLS is {tls} for {mx} but the server does not offer STARTTLS", "tls"))
+                raise SessionFailed(Reply(None, f"{policy} but the server does not offer STARTTLS", "tls"))
             if auth is not None:
                 phase = "auth"
                 await self._authenticate(client, mx, auth, used_tls, timeouts)
@@ -445,7 +607,7 @@ class Connector:
                 client.close()
             refused = _certificate_error(exc)
             if refused is not None:
-                raise SessionFailed(Reply(None, f"TLS certificate of {mx} not accepted ({tls}): "
+                raise SessionFailed(Reply(None, f"TLS certificate of {mx} not accepted ({policy}): "
                                                 f"{refused.verify_message or refused.reason}", "tls")) from exc
             raise SessionFailed(_failed(exc, phase)) from exc
         session = Session(client, mx, ip, timeouts, used_tls)

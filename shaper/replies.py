@@ -2,9 +2,15 @@
 
 Theory of operation: the basic reply code decides permanence (RFC 5321: 5xx is
 permanent, 4xx transient; a missing code, meaning the connection failed or timed
-out, is transient). One exception overrides it: some receivers answer a rate
+out, is transient). Two exceptions override it: some receivers answer a rate
 limit with a 5xx (QQ's "550 Connection frequency limited"), and a rate limit is
-never a bounce, so such replies become transient and ``rate_limited``.
+never a bounce, so such replies become transient and ``rate_limited``; and a 5xx
+that says "try again later" is read as the 4xx it means.
+
+Only texts about speed or volume are rate limits. Greylisting (RFC 6647: "451
+4.7.1 Try again later", "Greylisted, see http://postgrey...") refuses a new
+(client, sender, recipient) triple for a few minutes whatever the pace, so it is
+never one: slowing the destination would not shorten it, only delay the rest.
 
 The enhanced status code (RFC 3463) refines the rest:
 
@@ -40,7 +46,6 @@ _RATE_LIMIT = re.compile(
     r"|frequency limit"  # QQ: connection/IP/domain frequency limited
     r"|too many (?:connections|concurrent|simultaneous|sessions|messages|mails|emails"
     r"|requests|deliveries|recipients|smtp)"
-    r"|try again later"
     r"|temporarily (?:deferred|throttled|rate)"
     r"|unusual rate|unexpected volume"
     r"|throttl"
@@ -52,6 +57,12 @@ _RATE_LIMIT = re.compile(
 # Looser signs, trusted only on the codes that usually carry them (4xx).
 _TOO_MANY = re.compile(r"too many|too fast|slow down|busy", re.IGNORECASE)
 _RATE_LIMIT_4XX = frozenset({421, 450, 451, 452})
+
+# Greylisting, in the wordings of Postgrey, SQLgrey, milter-greylist, rspamd (whose
+# "Try again later" alone is no sign of anything but a deferral).
+_GREYLISTING = re.compile(r"gr[ae]y[ -]?list|come back (?:later|in\b)", re.IGNORECASE)
+# A 5xx that asks for a retry is a deferral.
+_TRY_AGAIN_LATER = re.compile(r"try again later", re.IGNORECASE)
 
 # Of the rate-limit replies, those about concurrency rather than speed.
 _TOO_MANY_CONNECTIONS = re.compile(
@@ -113,6 +124,10 @@ def _subject(enhanced: str | None) -> int | None:
 
 
 def _is_rate_limit(code: int, enhanced: str | None, text: str) -> bool:
+    if _GREYLISTING.search(text):
+        return False
+    if code >= 500 and _TRY_AGAIN_LATER.search(text):
+        code = 451  # what it means: a temporary refusal
     haystack = f"{enhanced or ''} {text}"
     if _RATE_LIMIT.search(haystack):
         return True
@@ -160,6 +175,8 @@ def classify(code: int | None, enhanced: str | None, text: str) -> Verdict:
         return Verdict(permanent=False, bounce=None, due_to_message=False, rate_limited=False)
     if _is_rate_limit(code, enhanced, text):
         return Verdict(permanent=False, bounce=None, due_to_message=False, rate_limited=True)
+    if code >= 500 and _TRY_AGAIN_LATER.search(text):
+        code = 451  # the receiver itself says it is temporary: never a bounce
     due_to_message = _due_to_message(code, enhanced)
     if code >= 500:
         return Verdict(True, _bounce(code, enhanced, text), due_to_message, rate_limited=False)

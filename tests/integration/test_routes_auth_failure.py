@@ -23,7 +23,7 @@ WRONG = "an-0ld-expired-passw0rd"
 
 @pytest.fixture
 def smarthost(test_ca):
-    farm = tls_farm(test_ca, SMARTHOST, names=["smtp.customer.test"], auth={USER: RIGHT})
+    farm = tls_farm(test_ca, SMARTHOST, ips=[SMARTHOST], auth={USER: RIGHT})
     try:
         yield farm
     finally:
@@ -31,7 +31,7 @@ def smarthost(test_ca):
 
 
 @pytest.mark.timeout(240)
-def test_wrong_password_pauses_route_until_password_changes(vhost, sinks, smarthost, tmp_path, mta_config,
+def test_wrong_password_pauses_route_until_password_changes(vhost, sinks, smarthost, test_ca, tmp_path, mta_config,
                                                             start_mta):
     password_file = tmp_path / "customer.secret"
     password_file.write_text(WRONG + "\n")
@@ -39,6 +39,7 @@ def test_wrong_password_pauses_route_until_password_changes(vhost, sinks, smarth
         default={"retry_intervals": ["1s"], "max_age": "5m"},
         routes=[{"sender_domain": "customer.test", "smarthost": f"[{SMARTHOST}]:{smarthost.port}",
                  "username": USER, "password_file": str(password_file), "tls": "required",
+                 "ca_file": test_ca.ca_file,
                  "connection_limit": 1}])
     mta = start_mta(config)
 

@@ -16,7 +16,7 @@ BURST = 2
 
 @pytest.fixture
 def smarthost(test_ca):
-    farm = tls_farm(test_ca, SMARTHOST, names=["smtp.customer.test"], auth={USER: PASSWORD})
+    farm = tls_farm(test_ca, SMARTHOST, ips=[SMARTHOST], auth={USER: PASSWORD})
     try:
         yield farm
     finally:
@@ -24,10 +24,10 @@ def smarthost(test_ca):
 
 
 @pytest.mark.timeout(120)
-def test_route_rate_cap_holds_at_the_smarthost(vhost, sinks, smarthost, mta_config, start_mta):
+def test_route_rate_cap_holds_at_the_smarthost(vhost, sinks, smarthost, test_ca, mta_config, start_mta):
     start_mta(mta_config(routes=[{
         "sender_domain": "customer.test", "smarthost": f"[{SMARTHOST}]:{smarthost.port}",
-        "username": USER, "password_env": "RATE_SMTP_PASSWORD",
+        "username": USER, "password_env": "RATE_SMTP_PASSWORD", "ca_file": test_ca.ca_file,
         "max_message_rate": "120/min", "connection_limit": 2}]), env={"RATE_SMTP_PASSWORD": PASSWORD})
     run = run_id()
     routed = {f"r-{run}-{i}": f"u{i}-{run}@ok1.test" for i in range(14)}

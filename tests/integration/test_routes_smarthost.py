@@ -25,7 +25,7 @@ BRAND = ("relay@brand.test", "brand-b4ttery-staple")
 
 @pytest.fixture
 def smarthosts(test_ca):
-    starttls = tls_farm(test_ca, STARTTLS_HOST, names=["smtp.customer.test"], auth=dict([CUSTOMER]))
+    starttls = tls_farm(test_ca, STARTTLS_HOST, ips=[STARTTLS_HOST], auth=dict([CUSTOMER]))
     implicit = tls_farm(test_ca, IMPLICIT_HOST, ips=[IMPLICIT_HOST], implicit=True, auth=dict([BRAND]))
     try:
         yield starttls, implicit
@@ -45,7 +45,8 @@ def test_routes_deliver_through_smarthosts(vhost, sinks, smarthosts, test_ca, tm
          "username": BRAND[0], "password_env": "BRAND_SMTP_PASSWORD",
          "tls": "verified", "ca_file": test_ca.ca_file},  # its certificate names the address
         {"sender_domain": "customer.test", "smarthost": f"[{STARTTLS_HOST}]:{starttls.port}",
-         "username": CUSTOMER[0], "password_file": str(password_file), "tls": "required"},
+         "username": CUSTOMER[0], "password_file": str(password_file), "tls": "required",
+         "ca_file": test_ca.ca_file},  # credentials go only over a verified certificate
     ])
     mta = start_mta(config, env={"BRAND_SMTP_PASSWORD": BRAND[1]})
 

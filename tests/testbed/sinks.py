@@ -19,8 +19,11 @@ More rules can be added (``add_rule``), a listener can be given a refusing greet
 above which it greets with "421 too many connections" (``set_session_limit``), or a cap on
 messages per second above which RCPT gets "421 rate limited" (``set_rate_limit``), as
 real receivers do; or it can misbehave: never answer (``set_manner(sink, "tarpit")``),
-hang up after the banner (``"hangup"``), or be slow on every reply (``set_reply_delay``).
-``set_pipelining(sink, False)`` leaves PIPELINING out of the EHLO reply. Per sink, the farm
+hang up after the banner (``"hangup"``), answer DATA with "250 2.0.0 Ok" instead of 354 and
+note every byte it is sent after that lie (``"data250"``, ``after_lie()``), or be slow on
+every reply (``set_reply_delay``).
+``set_pipelining(sink, False)`` leaves PIPELINING out of the EHLO reply,
+``set_eight_bit_mime(sink, False)`` 8BITMIME (and SMTPUTF8, which needs it). Per sink, the farm
 notes each message whose content arrived in one chunk with the next transaction's commands
 (RFC 2920 pipelining across transactions): ``pipelined()``.
 
@@ -28,8 +31,9 @@ A farm can speak TLS: ``tls_context`` offers STARTTLS, ``implicit_tls`` wraps ev
 connection in TLS from the first byte (port 465 style); ``auth`` ({login: password})
 offers AUTH PLAIN and LOGIN (after TLS) and refuses MAIL without it;
 ``set_broken_starttls(True)`` answers STARTTLS with 220 and then garbage instead of a
-handshake. Accepted messages record the login and the TLS cipher of their session. TLS
-farms need ``use_uvloop=False`` (aiosmtpd's STARTTLS drives asyncio's own TLS layer).
+handshake; ``auth_commands()`` counts every AUTH command a farm with ``auth`` was sent.
+Accepted messages record the login and the TLS cipher of their session. TLS farms need
+``use_uvloop=False`` (aiosmtpd's STARTTLS drives asyncio's own TLS layer).
 
 Every accepted message is recorded (sink address = the local address the client
 connected to, mail_from, rcpt, raw data, time, Message-ID local part); per sink address
@@ -61,6 +65,7 @@ REPLY_HARD = "550 5.1.1 <{rcpt}>: Recipient address rejected: user unknown"
 REPLY_FULL = "552 5.2.2 <{rcpt}>: Mailbox full"
 REPLY_TEMP = "451 4.3.0 <{rcpt}>: Temporary failure, try again later"
 REPLY_SPAM = "554 5.7.1 Message content rejected"
+_AUTH_RE = re.compile(rb"(?:^|\n)AUTH\b", re.IGNORECASE)
 _PIPELINED_RE = re.compile(rb"\r\n\.\r\nMAIL FROM:<[^>\r\n]*>[^\r\n]*\r\nRCPT TO:<([^>\r\n]*)>", re.IGNORECASE)
 
 
@@ -111,6 +116,10 @@ class _SinkSMTP(SMTP):
         super().connection_made(transport)
 
     def data_received(self, data):
+        if self.farm.auth is not None and _AUTH_RE.search(data):
+            self.farm._note_auth_command(self.sink)
+        if getattr(self, "_lied", False):
+            self.farm._note_after_lie(self.sink, data)
         if b"\r\n.\r\n" in data:
             self.farm._note_pipelined(self.sink, data)
         super().data_received(data)
@@ -129,6 +138,14 @@ class _SinkSMTP(SMTP):
             self.transport.close()
             return
         await super().smtp_STARTTLS(arg)
+
+    async def smtp_DATA(self, arg: str):
+        if self.farm._manner.get(self.sink) == "data250":  # "accepted" without taking the content
+            self.farm._note_after_lie(self.sink, b"")
+            self._lied = True
+            await self.push("250 2.0.0 Ok")
+            return
+        await super().smtp_DATA(arg)
 
     async def push(self, status):
         delay = self.farm._reply_delay.get(self.sink)
@@ -166,6 +183,8 @@ class _Handler:
         session.host_name = hostname
         # aiosmtpd reads commands one by one from a stream, so pipelined commands work;
         # advertise it.
+        if server.sink in self.farm._no_eight_bit_mime:
+            responses = [r for r in responses if "8BITMIME" not in r and "SMTPUTF8" not in r]
         if server.sink in self.farm._no_pipelining:
             return responses
         return responses[:-1] + ["250-PIPELINING"] + responses[-1:]
@@ -225,6 +244,7 @@ class SinkFarm:
         self._manner: Dict[str, str] = {}              # sink -> "tarpit" / "hangup"
         self._reply_delay: Dict[str, float] = {}
         self._no_pipelining: set = set()
+        self._no_eight_bit_mime: set = set()
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.auth = dict(auth) if auth is not None else None
@@ -247,6 +267,8 @@ class SinkFarm:
             self._seq = 0
             self._auth_results: List[Tuple[str, bool]] = []
             self._pipelined: List[Tuple[str, Optional[str], str]] = []
+            self._after_lie: Dict[str, bytearray] = {}
+            self._auth_commands: collections.Counter = collections.Counter()
 
     def _on_connect(self, sink: str) -> None:
         with self._lock:
@@ -315,6 +337,14 @@ class SinkFarm:
             with self._lock:
                 self._pipelined.append((sink, ids[-1].decode("utf-8", "replace") if ids else None,
                                         m.group(1).decode("utf-8", "replace")))
+
+    def _note_auth_command(self, sink: str) -> None:
+        with self._lock:
+            self._auth_commands[sink] += 1
+
+    def _note_after_lie(self, sink: str, data: bytes) -> None:
+        with self._lock:
+            self._after_lie.setdefault(sink, bytearray()).extend(data)
 
     def _record_drop(self, sink: str, rcpts: List[str]) -> None:
         now = time.time()
@@ -394,8 +424,9 @@ class SinkFarm:
 
     def set_manner(self, sink: str, manner: Optional[str]) -> None:
         """``"tarpit"``: connections to ``sink`` are accepted and never answered;
-        ``"hangup"``: they get the 220 banner and are closed at once; None: normal."""
-        if manner not in (None, "tarpit", "hangup"):
+        ``"hangup"``: they get the 220 banner and are closed at once; ``"data250"``: DATA
+        is answered 250 instead of 354 (see ``after_lie``); None: normal."""
+        if manner not in (None, "tarpit", "hangup", "data250"):
             raise ValueError(f"unknown manner {manner!r}")
         with self._lock:
             if manner is None:
@@ -410,6 +441,20 @@ class SinkFarm:
                 self._no_pipelining.discard(sink)
             else:
                 self._no_pipelining.add(sink)
+
+    def set_eight_bit_mime(self, sink: str, offered: bool) -> None:
+        """Whether ``sink`` offers 8BITMIME (and SMTPUTF8) in its EHLO reply (it does unless told)."""
+        with self._lock:
+            if offered:
+                self._no_eight_bit_mime.discard(sink)
+            else:
+                self._no_eight_bit_mime.add(sink)
+
+    def after_lie(self) -> Dict[str, bytes]:
+        """{sink: every byte received after a "data250" sink answered DATA with 250}, for
+        each sink that told that lie (b"" when nothing came after it)."""
+        with self._lock:
+            return {sink: bytes(data) for sink, data in self._after_lie.items()}
 
     def pipelined(self) -> List[Tuple[str, Optional[str], str]]:
         """[(sink address, Message-ID local part of the message whose content ended the
@@ -445,6 +490,12 @@ class SinkFarm:
         self._broken_starttls = broken
 
     # ------------------------------------------------------------------ accessors
+    def auth_commands(self) -> Dict[str, int]:
+        """{sink address: chunks received holding an AUTH command}, whether the sink
+        offered AUTH or took it (an AUTH in plaintext is counted too)."""
+        with self._lock:
+            return dict(self._auth_commands)
+
     def auth_results(self) -> List[Tuple[str, bool]]:
         """[(login, accepted)] for every AUTH seen, in order (passwords are not kept)."""
         with self._lock:

@@ -199,7 +199,7 @@ def test_verdicts_are_consistent(code: int | None, enhanced: str | None, text: s
 @given(
     st.sampled_from([421, 451, 550, 554]),
     st.sampled_from(
-        ["rate limited", "TSS04", "S843", "4.7.28", "frequency limited", "try again later"]
+        ["rate limited", "TSS04", "S843", "4.7.28", "frequency limited"]
     ),
 )
 def test_rate_limit_signs_win_over_the_code(code: int, sign: str) -> None:
@@ -220,3 +220,54 @@ def test_rate_limit_signs_win_over_the_code(code: int, sign: str) -> None:
 def test_slow_down_tells_connections_from_rate(code, text, expected):
     from shaper.replies import slow_down
     assert slow_down(code, text) == expected
+
+
+# Greylisting (RFC 6647) refuses a new (client, sender, recipient) triple for a while: the
+# retry is what it asks for, not a slower pace. Real-world wordings of both kinds.
+GREYLISTING = [
+    (451, "4.7.1 Try again later"),  # rspamd's greylist module
+    (451, "4.7.1 Greylisting in action, please come back later"),
+    (451, "4.7.1 Greylisting in action, please come back in 00:05:00"),  # milter-greylist
+    (450, "4.2.0 <bob@example.com>: Recipient address rejected: Greylisted, see "
+          "http://postgrey.schweikert.ch/help/example.com.html"),  # Postgrey
+    (450, "4.7.1 <bob@example.com>: Recipient address rejected: Greylisted for 300 seconds"),
+    (451, "Greylisted for 5 minutes (2)"),  # SQLgrey
+    (451, "4.7.1 Please try again later"),  # greylistd under Exim
+    (450, "4.7.1 Client host rejected: Greylisted, try again later"),
+    (451, "4.7.1 You have been greylisted, too many new senders; try again later"),  # greylisting wins
+    (421, "4.7.0 Try again later, closing connection."),  # Gmail's generic deferral
+]
+RATE_REPLIES = [
+    (421, "4.7.0 Too many messages, slow down", "rate"),
+    (421, "4.7.28 Gmail has detected an unusual rate of unsolicited mail originating from your IP "
+          "address. To protect our users from spam, mail sent from your IP address has been "
+          "temporarily rate limited.", "rate"),
+    (421, "4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user "
+          "complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes", "rate"),
+    (451, "4.7.650 The mail server [192.0.2.1] has been temporarily rate limited due to IP "
+          "reputation. (S843)", "rate"),
+    (451, "4.7.1 Rate limited, try again later", "rate"),
+    (550, "5.7.1 Rate limit exceeded, try again later", "rate"),
+    (451, "4.7.500 Server busy. Please try again later from [192.0.2.1]. (S77714)", "rate"),
+    (421, "4.7.0 Too many concurrent SMTP connections; please try again later", "connections"),
+]
+
+
+@pytest.mark.parametrize("code, text", GREYLISTING)
+def test_greylisting_does_not_slow_the_destination(code, text):
+    from shaper.replies import slow_down
+    assert slow_down(code, text) is None
+    verdict = classify(code, None, text)
+    assert verdict.temporary and not verdict.rate_limited
+
+
+@pytest.mark.parametrize("code, text, expected", RATE_REPLIES)
+def test_rate_replies_still_slow_the_destination(code, text, expected):
+    from shaper.replies import slow_down
+    assert slow_down(code, text) == expected
+    assert classify(code, None, text) == RATE_LIMITED
+
+
+@given(st.sampled_from([550, 554]), st.text(max_size=40))
+def test_a_5xx_that_says_try_again_later_is_never_a_bounce(code: int, words: str) -> None:
+    assert classify(code, None, f"{words} please try again later").temporary

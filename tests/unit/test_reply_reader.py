@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from mta.smtp import _parse_reply, _ReplyReader
+from mta.smtp import MAX_REPLY, ProtocolViolation, _parse_reply, _ReplyReader
 
 # The replies to one message's end of data and to the next transaction pipelined behind it.
 PIPELINED = (b"250 2.0.0 OK queued as A1\r\n"
@@ -39,6 +39,27 @@ def test_parse_reply_marks_garbage_with_code_zero() -> None:
     assert _parse_reply(bytearray(b"hello there\r\n"))[0] == 0
 
 
+class _Wire:
+    """A transport that takes every write and says nothing back."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+
+def _reader(commands: int) -> _ReplyReader:
+    """A reader whose session has sent ``commands`` commands (replies to more are unsolicited)."""
+    reader = _ReplyReader(asyncio.get_running_loop())
+    reader.transport = _Wire()
+    reader.write(b"", commands)
+    return reader
+
+
 async def _read_all(reader: _ReplyReader, n: int) -> list[tuple[int, str]]:
     return [await reader.read(1.0) for _ in range(n)]
 
@@ -47,7 +68,7 @@ async def _read_all(reader: _ReplyReader, n: int) -> list[tuple[int, str]]:
 def test_reader_keeps_every_reply_whatever_the_chunks(size: int) -> None:
     async def run() -> list[tuple[int, str]]:
         loop = asyncio.get_running_loop()
-        reader = _ReplyReader(loop)
+        reader = _reader(len(EXPECTED))
         for start in range(0, len(PIPELINED), size):  # chunks arrive while the reader waits
             loop.call_soon(reader.data_received, PIPELINED[start:start + size])
         return await _read_all(reader, len(EXPECTED))
@@ -57,7 +78,7 @@ def test_reader_keeps_every_reply_whatever_the_chunks(size: int) -> None:
 
 def test_replies_before_a_lost_connection_are_still_read() -> None:
     async def run() -> tuple[list[tuple[int, str]], Exception | None]:
-        reader = _ReplyReader(asyncio.get_running_loop())
+        reader = _reader(3)
         reader.data_received(b"250 2.0.0 OK queued\r\n250 2.1.0 OK\r\n")
         reader.connection_lost(None)
         got = await _read_all(reader, 2)
@@ -74,7 +95,7 @@ def test_replies_before_a_lost_connection_are_still_read() -> None:
 
 def test_a_reply_that_never_comes_times_out() -> None:
     async def run() -> None:
-        reader = _ReplyReader(asyncio.get_running_loop())
+        reader = _reader(2)
         reader.data_received(b"250 2.0.0 OK\r\n")
         assert await reader.read(1.0) == (250, "2.0.0 OK")
         await reader.read(0.01)
@@ -88,7 +109,7 @@ def test_a_short_timeout_after_a_long_one_still_times_out_on_time() -> None:
     # timer's must move it.
     async def run() -> float:
         loop = asyncio.get_running_loop()
-        reader = _ReplyReader(loop)
+        reader = _reader(2)
         loop.call_later(0.01, reader.data_received, b"250 2.0.0 OK\r\n")
         assert await reader.read(60.0) == (250, "2.0.0 OK")
         started = loop.time()
@@ -104,7 +125,7 @@ def test_a_read_outlives_the_deadline_of_the_read_before_it() -> None:
     # read, it must be set again for that one rather than time it out early.
     async def run() -> tuple[int, str]:
         loop = asyncio.get_running_loop()
-        reader = _ReplyReader(loop)
+        reader = _reader(2)
         loop.call_soon(reader.data_received, b"354 go ahead\r\n")
         assert await reader.read(0.05) == (354, "go ahead")
         loop.call_later(0.2, reader.data_received, b"250 2.0.0 OK\r\n")
@@ -138,3 +159,104 @@ def test_one_line_fast_path_reads_like_the_general_one(raw: bytes) -> None:
     fast, slow = bytearray(raw), bytearray(raw)
     assert _parse_reply(fast) == general(slow)
     assert fast == slow
+
+
+# ---- replies nobody asked for, and floods
+
+
+def test_a_reply_with_no_command_outstanding_ends_the_session() -> None:
+    async def run() -> None:
+        reader = _reader(1)
+        reader.data_received(b"250 2.1.0 OK\r\n")
+        assert await reader.read(1.0) == (250, "2.1.0 OK")
+        reader.data_received(b"250 2.0.0 unsolicited\r\n")  # nothing outstanding
+        with pytest.raises(ProtocolViolation, match="unsolicited reply 250"):
+            await reader.read(1.0)
+        with pytest.raises(ProtocolViolation):
+            reader.write(b"MAIL FROM:<>\r\n")  # nothing more goes out on it
+
+    asyncio.run(run())
+
+
+def test_one_reply_too_many_in_a_chunk_discards_them_all() -> None:
+    # Which of the two answers the command cannot be known: neither is credited.
+    async def run() -> None:
+        reader = _reader(1)
+        reader.data_received(b"250 2.0.0 extra\r\n550 5.7.1 the real answer\r\n")
+        with pytest.raises(ProtocolViolation):
+            await reader.read(1.0)
+
+    asyncio.run(run())
+
+
+def test_an_unsolicited_421_is_a_close_and_keeps_what_came_before() -> None:
+    # RFC 5321 §3.8: a server shutting down may send 421 without being asked.
+    async def run() -> None:
+        reader = _reader(1)
+        reader.data_received(b"250 2.0.0 OK queued\r\n421 4.3.2 shutting down\r\n")
+        assert await reader.read(1.0) == (250, "2.0.0 OK queued")
+        with pytest.raises(ConnectionError, match="closing the connection: 421") as caught:
+            await reader.read(1.0)
+        assert not isinstance(caught.value, ProtocolViolation)
+
+    asyncio.run(run())
+
+
+def test_a_flood_of_replies_is_not_queued() -> None:
+    async def run() -> _ReplyReader:
+        reader = _reader(3)
+        for _ in range(1000):  # a hostile MX: 64 MB of "250 OK" lines in 64 KB chunks
+            reader.data_received(b"250 OK\r\n" * 8192)
+        return reader
+
+    reader = asyncio.run(run())
+    assert len(reader._replies) == 0  # the excess made the queued replies meaningless
+    assert len(reader._buffer) == 0
+    assert isinstance(reader._error, ProtocolViolation)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_a_flood_of_continuation_lines_costs_one_reply_of_buffer(chunk: int) -> None:
+    async def run() -> tuple[_ReplyReader, int]:
+        reader = _reader(1)
+        line = b"250-" + b"x" * 60 + b"\r\n"
+        flood = line * ((4 * MAX_REPLY) // len(line))
+        largest = 0
+        for start in range(0, len(flood), chunk):
+            reader.data_received(flood[start:start + chunk])
+            largest = max(largest, len(reader._buffer))
+        with pytest.raises(ProtocolViolation, match="longer than"):
+            await reader.read(1.0)
+        return reader, largest
+
+    reader, largest = asyncio.run(run())
+    assert largest <= MAX_REPLY + chunk
+    assert len(reader._buffer) == 0
+
+
+def test_continuation_lines_arriving_one_by_one_are_scanned_once() -> None:
+    # Each chunk looks at its own bytes only: a long multi-line reply in small chunks is
+    # read in linear time (counted: calls of _parse_reply, once per complete reply).
+    async def run() -> tuple[tuple[int, str], int]:
+        import mta.smtp as smtp
+        calls = 0
+        original = smtp._parse_reply
+
+        def counting(*args):
+            nonlocal calls
+            calls += 1
+            return original(*args)
+
+        smtp._parse_reply = counting
+        try:
+            reader = _reader(1)
+            for i in range(500):
+                reader.data_received(b"250-line %d\r\n" % i)
+            reader.data_received(b"250 last\r\n")
+            return await reader.read(1.0), calls
+        finally:
+            smtp._parse_reply = original
+
+    reply, calls = asyncio.run(run())
+    assert reply[0] == 250 and reply[1].startswith("line 0 line 1 ") and reply[1].endswith("line 499 last")
+    assert calls == 1

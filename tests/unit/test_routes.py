@@ -191,3 +191,38 @@ def test_refused_again_after_a_resume_pauses_again():
     # mail already queued in the destination meets the same refusal before any new match
     routes.auth_failed("route:customer.example", Reply(535, "no", "auth"))
     assert pauses.paused(clock(), "route:customer.example")
+
+
+def test_tls_verify_is_on_unless_a_route_turns_it_off():
+    assert parse_config({"routes": [ROUTE]}).routes[0].tls_verify is True
+    assert parse_config({"routes": [{**ROUTE, "tls_verify": False}]}).routes[0].tls_verify is False
+    with pytest.raises(ConfigError) as info:
+        parse_config({"routes": [{**ROUTE, "tls_verify": "no"}]})
+    assert info.value.problems == ["routes[0].tls_verify: expected true or false, got 'no'"]
+
+
+def test_unverified_tls_for_credentials_is_a_warning_at_every_load(caplog):
+    with caplog.at_level("WARNING", logger="mta.routes"):
+        routes = table([ROUTE, {**ROUTE, "name": "lax", "tls_verify": False}])
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "routes[1] (lax): tls_verify is false" in warned[0]
+    assert "u@customer.example" in warned[0] and "s3cret" not in warned[0]
+    caplog.clear()
+    config = parse_config({"routes": [{**ROUTE, "tls_verify": False}]})
+    with caplog.at_level("WARNING", logger="mta.routes"):
+        routes.reload(config.routes, Rules(config))
+    assert ["tls_verify is false" in r.getMessage() for r in caplog.records] == [True]
+
+
+@pytest.mark.parametrize("tls_verify", [True, False])
+def test_route_connector_says_whether_credentials_need_verified_tls(tls_verify):
+    seen = {}
+
+    class Base:
+        async def open(self, mx, ip, port, **kwargs):
+            seen.update(kwargs)
+
+    routes = table([{**ROUTE, "tls_verify": tls_verify}])
+    asyncio.run(routes.connector("route:customer.example", Base()).open("h", "192.0.2.1", 587, tls="opportunistic",
+                                                                          timeouts=None))
+    assert seen["auth"] is not None and seen["auth_verified"] is tls_verify
