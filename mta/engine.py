@@ -236,20 +236,21 @@ class Engine:
 
         async def on_message(message: DeliveredMessage) -> None:
             delivery = message.delivery
-            accept(message.body, message.header.properties.headers, lane, book, delivery.delivery_tag,
-                   delivery.redelivered)
+            properties = message.header.properties
+            accept(message.body, properties.headers, lane, book, delivery.delivery_tag, delivery.redelivered,
+                   properties.message_id)
 
         return on_message
 
     # ---- the path of one message
 
     def accept(self, body: bytes, headers: dict | None, lane: str, book: AckBook, tag: int,
-               redelivered: bool = False) -> None:
+               redelivered: bool = False, message_id: str | None = None) -> None:
         now = self.clock()
         book.received(tag)
         self.counts["consumed"] += 1
         try:
-            job = decode(body, headers or {}, lane, now)
+            job = decode(body, headers or {}, lane, now, message_id)
         except InvalidMessage as exc:
             self.counts["invalid"] += 1
             self.settler.invalid(body, headers or {}, str(exc), book, tag, lane, now)

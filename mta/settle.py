@@ -23,6 +23,7 @@ from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import orjson
 
 from mta import fault
@@ -134,14 +135,18 @@ class Settler:
     def result(self, job: Job, status: str, *, bounce: str | None = None) -> bytes:
         doc = job.doc
         out: dict[str, Any] = {k: v for k, v in doc.items() if k != "mime" and k != "mime_b64"}
-        out["id"] = job.id
+        if "id" not in out:  # the producer's id goes back as given: 9007199254740993 stays a number
+            out["id"] = job.id
         out["status"] = status
         out["final"] = status != "deferred"
         out["attempts"] = job.attempts
         out["results"] = job.history
         if bounce is not None:
             out["bounce"] = bounce
-        return orjson.dumps(out)
+        try:
+            return orjson.dumps(out)
+        except orjson.JSONEncodeError:  # a producer's integer beyond 64 bits, which msgspec writes as given
+            return msgspec.json.encode(out)
 
     def final(self, job: Job, book: AckBook, tag: int, status: str, bounce: str | None = None) -> None:
         body = self.result(job, status, bounce=bounce)
