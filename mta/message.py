@@ -144,9 +144,11 @@ def canonical_data(mime: bytes) -> bytes:
         except Unsendable as exc:
             raise InvalidMessage(str(exc)) from None
     # Dot-stuffing while the line ends are still single LFs; the regular expression finds a
-    # line that starts with a dot about three times faster than bytes.find (100 KB: 30 us).
+    # line that starts with a dot about three times faster than bytes.find (100 KB: 30 us);
+    # `replace` then doubles them in one fast pass (a regex substitution over 20 MB would
+    # hold the GIL for tens of milliseconds).
     if _LINE_DOT.search(mime) is not None:
-        mime = _LINE_DOT.sub(b"\n..", mime)
+        mime = mime.replace(b"\n.", b"\n..")
     if mime.startswith(b"."):
         mime = b"." + mime
     data = mime.replace(b"\n", b"\r\n")
@@ -262,9 +264,26 @@ def _mime(doc: dict, max_size: int | None) -> bytes | None:
     if max_size is not None and _b64_size(text) > max_size:
         return None
     try:
-        return base64.b64decode(text, validate=True)
+        return _b64decode(text)
     except (binascii.Error, ValueError) as exc:
         raise InvalidMessage(f"mime_b64: not valid base64: {exc}") from None
+
+
+B64_PIECE = 1 << 20  # characters decoded per C call (a multiple of 4): see `_b64decode`
+
+
+def _b64decode(text: str) -> bytes:
+    """base64 in pieces: a big message is decoded in a thread, and one call over 27 MB would
+    keep the GIL from the event loop for 60 ms."""
+    if len(text) <= B64_PIECE:
+        return base64.b64decode(text, validate=True)
+    pieces = []
+    for start in range(0, len(text), B64_PIECE):
+        piece = text[start:start + B64_PIECE]
+        if start + B64_PIECE < len(text) and piece.endswith("="):
+            raise binascii.Error("padding before the end of the data")
+        pieces.append(base64.b64decode(piece, validate=True))
+    return b"".join(pieces)
 
 
 def _b64_size(text: str) -> int:

@@ -174,10 +174,12 @@ class Settler:
         """Not tried: the copy comes back after `delay` with what it carried, and no result."""
         self.add(Settlement(book, tag, [("delay", (job.lane, delay), job.body, _carried(job))]))
 
-    def invalid(self, body: bytes, headers: dict, reason: str, book: AckBook, tag: int, lane: str, now: float) -> None:
+    def invalid(self, body: bytes, headers: dict, reason: str, book: AckBook, tag: int, lane: str, now: float,
+                echo: bool = True) -> None:
+        """`echo=False`: the body is not read for fields to echo (refused for its size, unread)."""
         doc: dict[str, Any] = {}
         try:
-            parsed = orjson.loads(body)
+            parsed = orjson.loads(body) if echo else None
             if isinstance(parsed, dict):
                 doc = {k: v for k, v in parsed.items() if k not in ("mime", "mime_b64")}
         except orjson.JSONDecodeError:

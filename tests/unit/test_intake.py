@@ -662,3 +662,22 @@ def test_results_echo_large_integers_exactly() -> None:
     assert b'"big":123456789012345678901234567890' in result
     assert b'"small":42' in result
     assert orjson.loads(result)["status"] == "delivered"
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 1000])
+def test_big_base64_decoded_in_pieces_is_the_same(size: int, monkeypatch) -> None:
+    import mta.message
+
+    monkeypatch.setattr(mta.message, "B64_PIECE", 8)
+    payload = bytes(range(256)) * 3 + b"x" * size
+    job = ok(body(mime=DROP, mime_b64=base64.b64encode(payload).decode()))
+    assert job.size == len(payload)
+    assert canonical_data(payload) == job.data
+
+
+def test_padding_inside_big_base64_is_invalid(monkeypatch) -> None:
+    import mta.message
+
+    monkeypatch.setattr(mta.message, "B64_PIECE", 8)
+    text = base64.b64encode(b"abcde").decode() + base64.b64encode(b"Subject: x\n\nhello\n").decode()  # "YWJjZGU=..."
+    assert "base64" in reason(body(mime=DROP, mime_b64=text))
