@@ -108,7 +108,7 @@ class LaneWindow:
             self.waiting.append(message)
         else:
             self._take(message, size)
-        if self._wanted() != self.count:
+        if self._may_change() and self._wanted() != self.count:
             self._steer_soon()
 
     def release(self, tag: int) -> None:
@@ -120,7 +120,7 @@ class LaneWindow:
         if self.waiting and not self._draining:
             self._draining = True
             asyncio.get_running_loop().call_soon(self._drain)  # not inside the settler's loop
-        elif self._wanted() != self.count:
+        elif self._may_change() and self._wanted() != self.count:
             self._steer_soon()
 
     async def cancel(self, _tag: str | None = None) -> None:
@@ -151,6 +151,10 @@ class LaneWindow:
             self._take(message, len(message.body))
         if self._wanted() != self.count:
             self._steer_soon()
+
+    def _may_change(self) -> bool:
+        """False in the common case, cheaply: the whole count prefetch and within the bound."""
+        return self.count != self.prefetch or self.unsettled > self.limit or bool(self.waiting) or self.closed
 
     def _wanted(self) -> int:
         """The prefetch count the consumer should have now; 0: no consumer."""

@@ -681,3 +681,10 @@ def test_padding_inside_big_base64_is_invalid(monkeypatch) -> None:
     monkeypatch.setattr(mta.message, "B64_PIECE", 8)
     text = base64.b64encode(b"abcde").decode() + base64.b64encode(b"Subject: x\n\nhello\n").decode()  # "YWJjZGU=..."
     assert "base64" in reason(body(mime=DROP, mime_b64=text))
+
+
+@pytest.mark.parametrize("raw", [b"", b"x", b"hello" * 300])
+def test_body_id_is_the_rfc_4122_name_based_uuid(raw: bytes) -> None:
+    from mta.message import _BODY_IDS, body_id
+
+    assert body_id(raw) == str(uuid.uuid5(uuid.UUID(bytes=_BODY_IDS), raw.decode()))
