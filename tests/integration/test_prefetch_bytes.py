@@ -60,3 +60,13 @@ def test_big_mail_is_held_to_prefetch_bytes(rabbit, vhost, sinks, start_mta, mta
     taken = [int(n) for n in re.findall(r"mta\.bulk: at most (\d+) octets taken", mta.log_text())]
     assert taken and max(taken) <= LIMIT + body_size, (taken, mta.log_tail())
     assert max(taken) > LIMIT // 2  # the bound was used, not just respected
+
+
+@pytest.mark.timeout(120)
+def test_prefetch_bytes_zero_is_counts_only(vhost, sinks, start_mta, mta_config):
+    start_mta(mta_config(broker={"prefetch_bytes": 0}))
+    run = run_id()
+    msgs = {f"pz-{run}-{i}": f"user{i}-{run}@ok{1 + i % 3}.test" for i in range(20)}
+    publish(vhost, "bulk", [make_message(i, r, size=SIZE if i.endswith("0") else 1024) for i, r in msgs.items()])
+    results = ResultCollector(vhost).collect(list(msgs), timeout=60, settle=0.5)
+    assert_each_final(results, msgs, "delivered")
