@@ -78,7 +78,6 @@ class Engine:
         self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self._not_signed) if config.dkim else None
         self.settler: Settler | None = None
         self.off_loop = OffLoop()  # big bodies' decode
-        self.windows: dict[str, LaneWindow] = {}  # per lane, this session's (prefetch_bytes)
         self.ready = asyncio.Event()
         self.stopping = False
         self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
@@ -236,7 +235,6 @@ class Engine:
         if limit:  # held to prefetch_bytes as well as to the count (mta.intake)
             window = LaneWindow(channel.channel, lane_queue(lane), prefetch, limit, None)
             window.take = self._taker(lane, window.book)
-            self.windows[lane] = window
             await window.start()
             return window, None
         await channel.set_qos(prefetch_count=prefetch)
@@ -292,8 +290,8 @@ class Engine:
             self._refuse(body, headers, outcome, lane, book, tag, now)
         elif isinstance(outcome, BaseException):
             log.error("decoding a message of %d octets failed unexpectedly (%r); it goes back to the broker, "
-                      "and after %d deliveries to %s", len(body), outcome, self.config.broker.delivery_limit,
-                      "mta.quarantine")
+                      "which parks it in mta.quarantine after %d deliveries", len(body), outcome,
+                      self.config.broker.delivery_limit)
             book.requeue.append(tag)
         else:
             self._admit(outcome, book, tag, redelivered)
