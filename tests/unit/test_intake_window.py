@@ -268,3 +268,62 @@ def test_the_body_bound_admits_the_worst_escaping_of_an_acceptable_message() -> 
     raw = _doc(mime=mime)
     assert len(raw) <= max_body(1000)
     assert decode(raw, {}, "bulk", 0.0, max_size=1000).size == 1000
+
+
+# --------------------------------------------------------------------------- the engine's side
+
+
+class _Book:
+    def __init__(self, closed: bool = False):
+        self.channel = type("Channel", (), {"is_closed": closed})()
+        self.requeue: list[int] = []
+
+
+class _Settler:
+    def __init__(self):
+        self.invalid_calls: list[tuple] = []
+
+    def invalid(self, body, headers, reason, book, tag, lane, now, echo=True):
+        self.invalid_calls.append((reason, tag, echo))
+
+
+def _engine():
+    from mta.config import Config
+    from mta.engine import Engine
+
+    engine = Engine(Config())
+    engine.settler = _Settler()
+    routed = []
+    engine._admit = lambda job, book, tag, redelivered: routed.append((job, tag))
+    return engine, routed
+
+
+def test_a_big_body_decoded_after_its_session_ended_is_left_to_the_broker() -> None:
+    engine, routed = _engine()
+    book = _Book(closed=True)
+    engine._decoded(object(), b"{}", None, "bulk", book, 7, False, 0.0)
+    assert routed == [] and book.requeue == [] and engine.settler.invalid_calls == []
+
+
+def test_a_big_body_decoded_during_shutdown_goes_back_unstarted() -> None:
+    engine, routed = _engine()
+    engine.stopping = True
+    book = _Book()
+    engine._decoded(object(), b"{}", None, "bulk", book, 7, False, 0.0)
+    assert routed == [] and book.requeue == [7]
+
+
+def test_a_big_body_that_broke_the_decoder_goes_back_for_the_delivery_limit() -> None:
+    engine, routed = _engine()
+    book = _Book()
+    engine._decoded(RecursionError("deep"), b"{}", None, "bulk", book, 7, False, 0.0)
+    assert routed == [] and book.requeue == [7]
+
+
+def test_a_body_refused_unread_is_not_read_for_its_result() -> None:
+    engine, routed = _engine()
+    book = _Book()
+    engine._decoded(BodyTooLarge("too large"), b"{}", None, "bulk", book, 7, False, 0.0)
+    assert engine.settler.invalid_calls == [("too large", 7, False)]
+    engine._decoded(mta.message.InvalidMessage("bad"), b"{}", None, "bulk", book, 8, False, 0.0)
+    assert engine.settler.invalid_calls[-1] == ("bad", 8, True)
