@@ -89,7 +89,7 @@ class LaneWindow:
         self.count = 0  # the prefetch count of the running consumer; 0: none
         self.consumer_tag: str | None = None
         self.closed = False
-        self.most_taken = 0  # the highest `taken` seen (tests, `mta status`)
+        self.most_taken = 0  # the highest `taken` seen, logged at shutdown
         self._steering: asyncio.Future | None = None
         self._draining = False
 
@@ -180,8 +180,8 @@ class LaneWindow:
         try:
             while True:
                 want = self._wanted()
-                if want == self.count:
-                    return
+                if want == self.count and (want > 0) == (self.consumer_tag is not None):
+                    return  # (a consumer started while a shutdown stopped the window is cancelled)
                 if self.consumer_tag is not None:
                     tag, self.consumer_tag, self.count = self.consumer_tag, None, 0
                     await self.channel.basic_cancel(tag)

@@ -327,3 +327,27 @@ def test_a_body_refused_unread_is_not_read_for_its_result() -> None:
     assert engine.settler.invalid_calls == [("too large", 7, False)]
     engine._decoded(mta.message.InvalidMessage("bad"), b"{}", None, "bulk", book, 8, False, 0.0)
     assert engine.settler.invalid_calls[-1] == ("bad", 8, True)
+
+
+def test_a_consumer_that_starts_during_shutdown_is_cancelled() -> None:
+    async def run():
+        window, channel, taken = _window(limit=64 * 1024 * 1024, prefetch=1000)
+        await window.start()
+        gate = asyncio.Event()
+        consume = channel.basic_consume
+
+        async def slow_consume(queue, callback):
+            await gate.wait()
+            return await consume(queue, callback)
+
+        channel.basic_consume = slow_consume
+        await window.on_delivery(Message(1, 1000))  # asks for a larger consumer
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await window.cancel()  # SIGTERM while the new consumer is being started
+        gate.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not channel.consumers
+
+    asyncio.run(run())
