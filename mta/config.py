@@ -36,6 +36,10 @@ class Broker(msgspec.Struct, frozen=True):
     # small enough that a crash redelivers (and may duplicate) only this many.
     prefetch: int = 1000
     single_prefetch: int = 100
+    # Octets of unsettled deliveries a lane takes into memory (0: no bound but the counts):
+    # 1,000 messages of 20 MB would otherwise be 20 GB. 64 MiB keeps 1,000 of 64 KB in
+    # flight, more than a busy lane of small mail ever needs.
+    prefetch_bytes: int = 64 * 1024 * 1024
     # A message redelivered this many times (it crashed the process each time) is quarantined.
     delivery_limit: int = 10
     publish_timeout: float = 30.0
@@ -348,6 +352,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "queue_type": _choice("quorum", "classic"),
             "prefetch": _int(1, 65535),
             "single_prefetch": _int(1, 65535),
+            "prefetch_bytes": _int(0),
             "delivery_limit": _int(1, 1000),
             "publish_timeout": _positive_duration,
         },

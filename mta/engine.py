@@ -27,7 +27,8 @@ from mta import control, fault, status
 from mta.budget import Budget
 from mta.config import Config, ConfigError, load_config
 from mta.delivery import Destination
-from mta.message import InvalidMessage, Job, decode
+from mta.intake import OFF_LOOP_BYTES, LaneWindow, OffLoop
+from mta.message import BodyTooLarge, InvalidMessage, Job, decode
 from mta.metrics import Metrics
 from mta.mx import DnsFailure, MxAnswer, MxResolver
 from mta.routes import RouteTable
@@ -78,6 +79,7 @@ class Engine:
         self.routes = self.router.routes = RouteTable(config.routes, self.rules, self.pauses, clock)
         self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self._not_signed) if config.dkim else None
         self.settler: Settler | None = None
+        self.off_loop = OffLoop()  # big bodies' decode
         self.ready = asyncio.Event()
         self.stopping = False
         self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
@@ -154,17 +156,10 @@ class Engine:
             for lane in LANES:
                 channel = await consume_conn.channel()
                 channel.close_callbacks.add(lambda *_: lost.set())
-                prefetch = self.config.broker.single_prefetch if lane == "single" else self.config.broker.prefetch
-                await channel.set_qos(prefetch_count=prefetch)
-                queue = await channel.get_queue(lane_queue(lane), ensure=False)
-                book = AckBook(channel.channel)
                 # The broker cancels a consumer when its queue is deleted or fails over:
                 # without a consumer the process would idle forever, so start a new session.
                 channel.channel.on_consumer_cancel_callbacks.add(self._cancelled(lane, lost))
-                # Straight on the aiormq channel: aio-pika's IncomingMessage and its second
-                # task per delivery cost about a tenth of the CPU per message and add nothing here.
-                tag = (await channel.channel.basic_consume(lane_queue(lane), self._consumer(lane, book))).consumer_tag
-                consumers.append((queue, tag))
+                consumers.append(await self._consume(channel, lane))
             control_ch = await consume_conn.channel()
             control_ch.close_callbacks.add(lambda *_: lost.set())
             control_queue = await control_ch.declare_queue(exclusive=True, auto_delete=True)
@@ -235,29 +230,84 @@ class Engine:
 
         return on_cancel
 
-    def _consumer(self, lane: str, book: AckBook):
-        accept = self.accept
+    async def _consume(self, channel, lane: str) -> tuple:
+        """Start consuming a lane; (what to cancel at shutdown, consumer tag)."""
+        prefetch = self.config.broker.single_prefetch if lane == "single" else self.config.broker.prefetch
+        limit = self.config.broker.prefetch_bytes
+        # Straight on the aiormq channel: aio-pika's IncomingMessage and its second
+        # task per delivery cost about a tenth of the CPU per message and add nothing here.
+        if limit:  # held to prefetch_bytes as well as to the count (mta.intake)
+            window = LaneWindow(channel.channel, lane_queue(lane), prefetch, limit, None)
+            window.take = self._taker(lane, window.book)
+            await window.start()
+            return window, None
+        await channel.set_qos(prefetch_count=prefetch)
+        book = AckBook(channel.channel)
+        take = self._taker(lane, book)
 
         async def on_message(message: DeliveredMessage) -> None:
-            delivery = message.delivery
-            accept(message.body, message.header.properties.headers, lane, book, delivery.delivery_tag,
-                   delivery.redelivered)
+            book.received(message.delivery.delivery_tag)
+            take(message)
 
-        return on_message
+        tag = (await channel.channel.basic_consume(lane_queue(lane), on_message)).consumer_tag
+        return await channel.get_queue(lane_queue(lane), ensure=False), tag
+
+    def _taker(self, lane: str, book: AckBook):
+        accept = self.accept
+
+        def take(message: DeliveredMessage) -> None:
+            delivery = message.delivery
+            properties = message.header.properties
+            accept(message.body, properties.headers, lane, book, delivery.delivery_tag, delivery.redelivered,
+                   properties.message_id)
+
+        return take
 
     # ---- the path of one message
 
     def accept(self, body: bytes, headers: dict | None, lane: str, book: AckBook, tag: int,
-               redelivered: bool = False) -> None:
+               redelivered: bool = False, message_id: str | None = None) -> None:
+        """One delivery, entered in `book` already: decoded, then routed or refused."""
         now = self.clock()
-        book.received(tag)
         self.counts["consumed"] += 1
-        try:
-            job = decode(body, headers or {}, lane, now)
-        except InvalidMessage as exc:
-            self.counts["invalid"] += 1
-            self.settler.invalid(body, headers or {}, str(exc), book, tag, lane, now)
+        max_size = self.config.smtp.max_message_size
+        if len(body) > OFF_LOOP_BYTES:  # a big body's decode would hold up every other message
+            self.off_loop.run(decode, (body, headers or {}, lane, now, message_id, max_size),
+                              lambda outcome: self._decoded(outcome, body, headers, lane, book, tag, redelivered, now))
             return
+        try:
+            job = decode(body, headers or {}, lane, now, message_id, max_size)
+        except InvalidMessage as exc:
+            self._refuse(body, headers, exc, lane, book, tag, now)
+            return
+        self._admit(job, book, tag, redelivered)
+
+    def _decoded(self, outcome, body: bytes, headers: dict | None, lane: str, book: AckBook, tag: int,
+                 redelivered: bool, now: float) -> None:
+        """A big body decoded in the thread, back on the loop."""
+        if book.channel.is_closed:
+            return  # the session ended meanwhile: the broker redelivers it
+        if self.stopping:
+            book.requeue.append(tag)  # SIGTERM meanwhile: back to the broker, not started
+            return
+        if isinstance(outcome, InvalidMessage):
+            self._refuse(body, headers, outcome, lane, book, tag, now)
+        elif isinstance(outcome, BaseException):
+            log.error("decoding a message of %d octets failed unexpectedly (%r); it goes back to the broker, "
+                      "which parks it in mta.quarantine after %d deliveries", len(body), outcome,
+                      self.config.broker.delivery_limit)
+            book.requeue.append(tag)
+        else:
+            self._admit(outcome, book, tag, redelivered)
+
+    def _refuse(self, body: bytes, headers: dict | None, exc: InvalidMessage, lane: str, book: AckBook, tag: int,
+                now: float) -> None:
+        self.counts["invalid"] += 1
+        # a body refused unread (BodyTooLarge) is not parsed for its fields either
+        self.settler.invalid(body, headers or {}, str(exc), book, tag, lane, now,
+                             echo=not isinstance(exc, BodyTooLarge))
+
+    def _admit(self, job: Job, book: AckBook, tag: int, redelivered: bool) -> None:
         job.delivery = (book, tag)
         if fault.ARMED: fault.hit("consumed")  # test-only: MTA_FAULT (mta/fault.py)
         if redelivered and self.settler.replay_final(job, book, tag):

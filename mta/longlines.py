@@ -44,6 +44,12 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 MAX_LINE = 998  # octets between line ends
+# Entities nested deeper are refused: each level costs a pass over what it holds, and no
+# mail program writes more than a handful (a forwarded message in an alternative in a mixed).
+MAX_DEPTH = 50
+# The longest piece one C call (quoted-printable encoding) gets: `shorten` runs in a thread
+# for big messages, and the event loop gets the GIL back only between such calls.
+QP_PIECE = 256 * 1024
 QP_LINE = 76  # RFC 2045 §6.7: encoded lines of quoted-printable and base64
 FOLD_LINE = 78  # RFC 5322 §2.1.1: the line length a folded header field aims at
 
@@ -94,7 +100,7 @@ def _what(seven: bool) -> str:
 def shorten(mime: bytes) -> bytes:
     """`mime` (LF-only) with no line over 998 octets and the same meaning; or Unsendable."""
     try:
-        out = _entity(mime, top=True, default="text/plain")
+        out = _entity(mime, top=True, default="text/plain", depth=0)
     except Unsendable:
         raise
     except Exception as exc:  # producer's bytes in the email package: a reason, never a stopped consumer
@@ -126,10 +132,12 @@ def _split(entity: bytes) -> tuple[bytes, bytes, bytes]:
     return entity, b"", b""
 
 
-def _entity(entity: bytes, top: bool, default: str, seven: bool = False) -> bytes:
+def _entity(entity: bytes, top: bool, default: str, depth: int = 0, seven: bool = False) -> bytes:
     """``entity`` with its long lines (``seven``: and its 8-bit octets) re-encoded."""
     if not _needs_work(entity, seven):
         return entity
+    if depth > MAX_DEPTH:
+        raise Unsendable(f"{_what(seven)} in MIME parts nested more than {MAX_DEPTH} levels deep")
     head, sep, body = _split(entity)
     if seven and not head.isascii():
         raise Unsendable("8-bit octets in a header field (RFC 6532): only SMTPUTF8 can carry them")
@@ -150,9 +158,9 @@ def _entity(entity: bytes, top: bool, default: str, seven: bool = False) -> byte
         raise Unsendable(f"{_what(seven)} in a part with Content-Transfer-Encoding "
                          f"{cte[:40]!r}, which cannot be re-encoded safely")
     if ctype.startswith("multipart/"):
-        return head + sep + _multipart(body, fields, ctype, seven)
+        return head + sep + _multipart(body, fields, ctype, depth, seven)
     if ctype in ("message/rfc822", "message/global"):
-        return head + sep + _entity(body, top=True, default="text/plain", seven=seven)
+        return head + sep + _entity(body, top=True, default="text/plain", depth=depth + 1, seven=seven)
     if ctype.startswith("message/"):
         raise Unsendable(f"{_what(seven)} in a {ctype!r} part, which must not be re-encoded")
     # the blank line always: an encoded first line could look like a header field where the
@@ -180,8 +188,31 @@ def _quoted_printable(head: bytes, fields: Message, top: bool) -> bytes:
 
 
 def _encode_qp(body: bytes) -> bytes:
+    """Quoted-printable in pieces of at most QP_PIECE octets: cut after a line end the
+    encoding is the same; inside a longer line, a soft line break joins the pieces."""
     # istext: line ends stay hard line breaks (decoded as CRLF, as they would have been sent)
-    return binascii.b2a_qp(body, quotetabs=False, istext=True, header=False)
+    out, pos, end = [], 0, len(body)
+    while pos < end:
+        cut = min(pos + QP_PIECE, end)
+        if cut < end:
+            lf = body.rfind(b"\n", pos, cut)
+            cut = lf + 1 if lf >= 0 else cut
+        piece = binascii.b2a_qp(body[pos:cut], quotetabs=False, istext=True, header=False)
+        if cut < end and body[cut - 1] != 10:  # the line goes on in the next piece
+            piece = _soft_break(piece)
+        out.append(piece)
+        pos = cut
+    return b"".join(out)
+
+
+def _soft_break(encoded: bytes) -> bytes:
+    """`encoded` ending inside a line, with a soft line break, its last line kept to 76 with the "="."""
+    start = encoded.rfind(b"\n") + 1
+    if len(encoded) - start < QP_LINE:
+        return encoded + b"=\n"
+    # never between "=" and its two hex digits
+    cut = next(c for c in range(len(encoded) - 3, start, -1) if b"=" not in encoded[c - 2:c])
+    return encoded[:cut] + b"=\n" + encoded[cut:] + b"=\n"
 
 
 def _rewrap_base64(body: bytes) -> bytes:
@@ -207,28 +238,52 @@ def _soft_breaks(body: bytes) -> bytes:
 # ---------------------------------------------------------------- multipart
 
 
-def _multipart(body: bytes, fields: Message, ctype: str, seven: bool = False) -> bytes:
+def _multipart(body: bytes, fields: Message, ctype: str, depth: int, seven: bool = False) -> bytes:
     boundary = fields.get_boundary()
     if not boundary:
         raise Unsendable(f"{_what(seven)} in a {ctype!r} without a boundary")
-    delimiter = re.compile(rb"^--" + re.escape(boundary.encode("utf-8", "surrogateescape")) + rb"(--)?[ \t]*$", re.M)
+    marker = b"--" + boundary.encode("utf-8", "surrogateescape")
+    delimiter = re.compile(rb"^" + re.escape(marker) + rb"(--)?[ \t]*$", re.M)
     child = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
     out, pos, parts = [], 0, 0
-    for match in delimiter.finditer(body):
+    for start_at, end_at, closing in _delimiters(body, marker):
         # the LF before a delimiter line belongs to the delimiter (RFC 2046 §5.1.1)
-        start = max(match.start() - 1, pos) if match.start() > 0 else 0
+        start = max(start_at - 1, pos) if start_at > 0 else 0
         segment = body[pos:start]
-        out.append(_entity(segment, top=False, default=child, seven=seven) if parts else _preamble(segment, delimiter))
+        out.append(_entity(segment, top=False, default=child, depth=depth + 1, seven=seven) if parts
+                   else _preamble(segment, delimiter))
         parts += 1
-        pos = match.end() + 1 if body[match.end():match.end() + 1] == b"\n" else match.end()
+        pos = end_at + 1 if body[end_at:end_at + 1] == b"\n" else end_at
         out.append(body[start:pos])
-        if match.group(1):  # the close delimiter: the rest is the epilogue
+        if closing:  # the close delimiter: the rest is the epilogue
             out.append(_preamble(body[pos:], delimiter))
             return b"".join(out)
     if not parts:
         raise Unsendable(f"{_what(seven)} in a {ctype!r} whose boundary never occurs")
-    out.append(_entity(body[pos:], top=False, default=child, seven=seven))  # unterminated: the last part runs to the end
+    # unterminated: the last part runs to the end
+    out.append(_entity(body[pos:], top=False, default=child, depth=depth + 1, seven=seven))
     return b"".join(out)
+
+
+_DELIMITER_END = re.compile(rb"(--)?[ \t]*(?=\n|\Z)")
+
+
+def _delimiters(body: bytes, marker: bytes):
+    """(start, end, closing) of each delimiter line, as `^--boundary(--)?[ \\t]*$` in
+    multi-line mode finds them, but by `bytes.find`: a regular expression scans a 20 MB
+    part in one C call that keeps the GIL (100 ms), `find` in a few milliseconds."""
+    pos = 0
+    while True:
+        at = body.find(marker, pos)
+        if at < 0:
+            return
+        if at == 0 or body[at - 1] == 10:
+            end = _DELIMITER_END.match(body, at + len(marker))
+            if end is not None:
+                yield at, end.end(), end.group(1) is not None
+                pos = end.end()
+                continue
+        pos = at + 1
 
 
 def _preamble(text: bytes, delimiter: re.Pattern) -> bytes:

@@ -35,6 +35,7 @@ from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import orjson
 
 from mta import fault
@@ -154,7 +155,8 @@ class Settler:
     def result(self, job: Job, status: str, *, bounce: str | None = None) -> bytes:
         doc = job.doc
         out: dict[str, Any] = {k: v for k, v in doc.items() if k != "mime" and k != "mime_b64"}
-        out["id"] = job.id
+        if "id" not in out:  # the producer's id goes back as given: 9007199254740993 stays a number
+            out["id"] = job.id
         out["status"] = status
         out["final"] = status != "deferred"
         out["attempts"] = job.attempts
@@ -167,7 +169,10 @@ class Settler:
         out["results"] = history
         if bounce is not None:
             out["bounce"] = bounce
-        return orjson.dumps(out)
+        try:
+            return orjson.dumps(out)
+        except orjson.JSONEncodeError:  # a producer's integer beyond 64 bits, which msgspec writes as given
+            return msgspec.json.encode(out)
 
     def final(self, job: Job, book: AckBook, tag: int, status: str, bounce: str | None = None) -> None:
         body = self.result(job, status, bounce=bounce)
@@ -195,10 +200,12 @@ class Settler:
         """Not tried: the copy comes back after `delay` with what it carried, and no result."""
         self.add(Settlement(book, tag, [("delay", (job.lane, delay), job.body, _carried(job))], job=job))
 
-    def invalid(self, body: bytes, headers: dict, reason: str, book: AckBook, tag: int, lane: str, now: float) -> None:
+    def invalid(self, body: bytes, headers: dict, reason: str, book: AckBook, tag: int, lane: str, now: float,
+                echo: bool = True) -> None:
+        """`echo=False`: the body is not read for fields to echo (refused for its size, unread)."""
         doc: dict[str, Any] = {}
         try:
-            parsed = orjson.loads(body)
+            parsed = orjson.loads(body) if echo else None
             if isinstance(parsed, dict):
                 doc = {k: v for k, v in parsed.items() if k not in ("mime", "mime_b64")}
         except orjson.JSONDecodeError:

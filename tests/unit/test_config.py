@@ -407,6 +407,8 @@ SINGLE_PROBLEMS = [
     ({"default": []}, "default", "expected a mapping"),
     ({"broker": {"queue_type": "stream"}}, "broker.queue_type", "expected one of"),
     ({"broker": {"prefetch": 0}}, "broker.prefetch", "out of range"),
+    ({"broker": {"prefetch_bytes": -1}}, "broker.prefetch_bytes", "out of range"),
+    ({"broker": {"prefetch_bytes": "64MiB"}}, "broker.prefetch_bytes", "whole number"),
     ({"broker": {"url": ""}}, "broker.url", "non-empty string"),
     ({"broker": "amqp://x"}, "broker", "expected a mapping"),
     ({"dns": {"port": 70000}}, "dns.port", "out of range"),

@@ -97,6 +97,13 @@ def test_plain_message_fields() -> None:
         ('"a\\"b"@example.com', "example.com", '"a\\"b"@example.com'),
         ("user@[192.0.2.1]", "[192.0.2.1]", "user@[192.0.2.1]"),
         ("user@[IPv6:2001:db8::1]", "[IPv6:2001:db8::1]", "user@[IPv6:2001:db8::1]"),
+        ("user@[IPv6:::ffff:192.0.2.1]", "[IPv6:::ffff:192.0.2.1]", "user@[IPv6:::ffff:192.0.2.1]"),
+        ("user@[0.0.0.0]", "[0.0.0.0]", "user@[0.0.0.0]"),
+        ("user@[255.255.255.255]", "[255.255.255.255]", "user@[255.255.255.255]"),
+        # IDNA 2008 / UTS #46 non-transitional: ß and ς are letters of their own, not ss and σ
+        ("user@faß.de", "xn--fa-hia.de", "user@xn--fa-hia.de"),
+        ("user@FAß.de", "xn--fa-hia.de", "user@xn--fa-hia.de"),
+        ("user@βόλος.com", "xn--nxasmm1c.com", "user@xn--nxasmm1c.com"),
         ("user@1-2.example", "1-2.example", "user@1-2.example"),
     ],
 )
@@ -107,6 +114,17 @@ def test_recipient_domain_forms(recipient: str, ascii_domain: str, wire: str) ->
     assert job.recipient.utf8 is False  # an IDN domain alone does not need SMTPUTF8
     assert job.recipient.text == wire
     assert job.recipient.text.isascii()  # goes out in a plain ASCII RCPT TO
+
+
+def test_large_integers_are_kept_exactly() -> None:
+    # Beyond 2**53 a double cannot hold them; beyond 2**64 orjson would make them floats.
+    raw = b'{"recipient": "user@example.com", "envelope": "", "mime": "x", "id": 9007199254740993, ' \
+          b'"big": 123456789012345678901234567890, "nested": {"n": [-18446744073709551617]}}'
+    job = ok(raw)
+    assert job.id == "9007199254740993"
+    assert job.doc["id"] == 9007199254740993
+    assert job.doc["big"] == 123456789012345678901234567890
+    assert job.doc["nested"]["n"] == [-18446744073709551617]
 
 
 def test_idn_sender_domain_is_ascii_on_the_wire() -> None:
@@ -154,15 +172,21 @@ def test_id_is_echoed(given, expected: str) -> None:
     assert ok(body(id=given)).id == expected
 
 
-def test_id_is_generated_when_absent() -> None:
-    first, second = ok(body()), ok(body())
-    assert uuid.UUID(first.id).version == 4
-    assert first.id != second.id
+def test_id_is_derived_from_the_body_when_absent() -> None:
+    first, again = ok(body()), ok(body())
+    assert uuid.UUID(first.id).version == 5  # name-based: the same body, the same id
+    assert first.id == again.id  # a redelivered copy is recognised by its id
+    assert ok(body(tags=["other"])).id != first.id
+
+
+def test_id_from_the_amqp_message_id_property() -> None:
+    assert decode(body(), {}, "bulk", NOW, message_id="amqp-17").id == "amqp-17"
+    assert decode(body(id="mine"), {}, "bulk", NOW, message_id="amqp-17").id == "mine"
 
 
 @pytest.mark.parametrize("carried", ["7d0c6a1e-0000-4000-8000-000000000001", b"7d0c6a1e-0000-4000-8000-000000000001"])
 def test_generated_id_is_carried_by_header_on_retries(carried) -> None:
-    job = ok(body(), {H_ID: carried})
+    job = decode(body(), {H_ID: carried}, "bulk", NOW, message_id="a-publish-id")
     assert job.id == "7d0c6a1e-0000-4000-8000-000000000001"
 
 
@@ -170,21 +194,62 @@ def test_producer_id_wins_over_header() -> None:
     assert ok(body(id="mine"), {H_ID: "other"}).id == "mine"
 
 
+def death(queue: str = "mta.delay.bulk.600s", reason: str = "expired") -> dict:
+    """The x-death header the broker writes when a delay queue's TTL dead-letters a copy."""
+    return {"x-death": [{"count": 1, "reason": reason, "queue": queue, "exchange": "",
+                         "routing-keys": [queue]}],
+            "x-first-death-queue": queue, "x-first-death-reason": reason, "x-first-death-exchange": ""}
+
+
+HISTORY = [{"time": "2024-01-01T00:00:00Z", "phase": "rcpt", "code": 451, "enhanced": "4.7.1",
+            "description": "try later", "mx": "mx.example.com", "ip": "192.0.2.1", "lane": "bulk"}]
+
+
 def test_retry_headers_are_restored() -> None:
-    history = [{"time": "2024-01-01T00:00:00Z", "phase": "rcpt", "code": 451, "enhanced": "4.7.1",
-                "description": "try later", "mx": "mx.example.com", "ip": "192.0.2.1", "lane": "bulk"}]
-    headers = {H_ID: "carried", H_ATTEMPTS: 3, H_FIRST: 1_699_999_000_123, H_RESULTS: orjson.dumps(history).decode()}
+    headers = {H_ID: "carried", H_ATTEMPTS: 3, H_FIRST: 1_699_999_000_123, H_RESULTS: orjson.dumps(HISTORY).decode(),
+               **death()}
     job = ok(body(), headers)
     assert job.id == "carried"
     assert job.attempts == 3
     assert job.first_seen == pytest.approx(1_699_999_000.123)
-    assert job.history == history
+    assert job.history == HISTORY
 
 
 def test_retry_headers_as_bytes() -> None:
-    headers = {H_ATTEMPTS: b"2", H_FIRST: b"1699999000000", H_RESULTS: b"[]"}
+    headers = {H_ATTEMPTS: b"2", H_FIRST: b"1699999000000", H_RESULTS: b"[]", **death()}
+    headers["x-death"][0]["queue"] = b"mta.delay.bulk.600s"
     job = ok(body(), headers)
     assert (job.attempts, job.first_seen, job.history) == (2, 1_699_999_000.0, [])
+
+
+FORGED = {H_ATTEMPTS: 999, H_FIRST: 1000, H_RESULTS: orjson.dumps(HISTORY).decode()}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        {},  # a producer's publish
+        death(queue="mta.bulk", reason="delivery_limit"),  # quarantined, then replayed with its x-death
+        death(queue="mta.delay.single.600s"),  # another lane's delay queue
+        death(queue="elsewhere.delay.bulk.600s"),  # not ours
+        death(reason="rejected"),
+        {"x-death": "mta.delay.bulk.600s"},
+        {"x-death": []},
+    ],
+)
+def test_producer_set_internal_headers_are_ignored(path: dict) -> None:
+    # x-mta-attempts: 999 and a first acceptance in 1970 must not expire the message at once.
+    job = ok(body(), {**FORGED, **path})
+    assert (job.attempts, job.first_seen, job.history) == (0, NOW, [])
+
+
+def test_first_acceptance_is_never_in_the_future() -> None:
+    job = ok(body(), {H_FIRST: int((NOW + 86400) * 1000), **death()})
+    assert job.first_seen == NOW
+
+
+def test_negative_attempts_count_as_none() -> None:
+    assert ok(body(), {H_ATTEMPTS: -5, **death()}).attempts == 0
 
 
 @pytest.mark.parametrize(
@@ -283,6 +348,16 @@ INVALID: list[tuple[str, bytes, str]] = [
     ("underscore in domain", body(recipient="user@exa_mple.com"), "recipient"),
     ("second at sign", body(recipient="user@exa@mple.com"), "recipient"),
     ("bad IDN", body(recipient="user@\u00ad.example"), "recipient"),
+    ("IDNA 2008 disallowed symbol", body(recipient="user@\u2665.example"), "recipient"),  # IDNA 2003 took it
+    ("IPv4 literal octet over 255", body(recipient="user@[999.1.1.1]"), "recipient"),
+    ("IPv4 literal of three octets", body(recipient="user@[192.0.2]"), "recipient"),
+    ("IPv4 literal of five octets", body(recipient="user@[192.0.2.1.5]"), "recipient"),
+    ("IPv6 literal not an address", body(recipient="user@[IPv6:zzz]"), "recipient"),
+    ("IPv6 literal two double colons", body(recipient="user@[IPv6:2001:db8::1::2]"), "recipient"),
+    ("IPv6 literal too many groups", body(recipient="user@[IPv6:1:2:3:4:5:6:7:8:9]"), "recipient"),
+    ("IPv6 literal without its tag", body(recipient="user@[2001:db8::1]"), "recipient"),
+    ("general address literal", body(recipient="user@[x400:c=us]"), "recipient"),
+    ("unclosed literal", body(recipient="user@[192.0.2.1"), "recipient"),
     ("bad domain in envelope", body(envelope="a@-sender.example"), "envelope"),
     ("mime not a string", body(mime=["Subject: x"]), "mime"),
     ("mime null", body(mime=None), "mime"),
@@ -367,7 +442,7 @@ def test_lone_surrogate_raw_utf8_is_invalid() -> None:
     ],
 )
 def test_malformed_mta_headers_are_invalid_not_a_crash(headers: dict, name: str) -> None:
-    assert name in reason(body(), headers)
+    assert name in reason(body(), {**headers, **death()})
 
 
 def test_decode_reports_the_first_problem_only_and_does_not_mutate_doc() -> None:
@@ -484,9 +559,10 @@ def test_decode_arbitrary_json(doc) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from([H_ID, H_ATTEMPTS, H_FIRST, H_RESULTS, "other"]),
-                       st.one_of(_json_scalars, st.binary(max_size=10), st.lists(_json_scalars, max_size=2)), max_size=5))
-def test_decode_arbitrary_headers(headers: dict) -> None:
-    _check_decode(body(), headers)
+                       st.one_of(_json_scalars, st.binary(max_size=10), st.lists(_json_scalars, max_size=2)), max_size=5),
+       st.booleans())
+def test_decode_arbitrary_headers(headers: dict, from_delay_queue: bool) -> None:
+    _check_decode(body(), {**headers, **death()} if from_delay_queue else headers)
 
 
 # --------------------------------------------------------------------------- canonical_data
@@ -576,3 +652,44 @@ def test_canonical_data_is_idempotent_on_its_line_ends(mime: bytes) -> None:
     data = canonical_data(mime)
     # Normalising line ends again changes nothing (only dot stuffing is not idempotent).
     assert _normalised(data) == data
+
+
+# --------------------------------------------------------------------------- results echo what came in
+
+
+def test_results_echo_large_integers_exactly() -> None:
+    from mta.settle import Settler
+
+    raw = b'{"recipient": "user@example.com", "envelope": "", "mime": "x", "id": 9007199254740993, ' \
+          b'"big": 123456789012345678901234567890, "small": 42}'
+    result = Settler(None, None, 1.0).result(ok(raw), "delivered")
+    assert b'"id":9007199254740993' in result
+    assert b'"big":123456789012345678901234567890' in result
+    assert b'"small":42' in result
+    assert orjson.loads(result)["status"] == "delivered"
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 1000])
+def test_big_base64_decoded_in_pieces_is_the_same(size: int, monkeypatch) -> None:
+    import mta.message
+
+    monkeypatch.setattr(mta.message, "B64_PIECE", 8)
+    payload = bytes(range(256)) * 3 + b"x" * size
+    job = ok(body(mime=DROP, mime_b64=base64.b64encode(payload).decode()))
+    assert job.size == len(payload)
+    assert canonical_data(payload) == job.data
+
+
+def test_padding_inside_big_base64_is_invalid(monkeypatch) -> None:
+    import mta.message
+
+    monkeypatch.setattr(mta.message, "B64_PIECE", 8)
+    text = base64.b64encode(b"abcde").decode() + base64.b64encode(b"Subject: x\n\nhello\n").decode()  # "YWJjZGU=..."
+    assert "base64" in reason(body(mime=DROP, mime_b64=text))
+
+
+@pytest.mark.parametrize("raw", [b"", b"x", b"hello" * 300])
+def test_body_id_is_the_rfc_4122_name_based_uuid(raw: bytes) -> None:
+    from mta.message import _BODY_IDS, body_id
+
+    assert body_id(raw) == str(uuid.uuid5(uuid.UUID(bytes=_BODY_IDS), raw.decode()))

@@ -283,3 +283,60 @@ def test_eight_bit_body_re_encoded_needs_no_8bitmime() -> None:
     assert decode(orjson.dumps(doc), {}, "bulk", 0.0).eight_bit is False
     doc["mime"] = mime.replace("Grüße " * 300, "Grüße")
     assert decode(orjson.dumps(doc), {}, "bulk", 0.0).eight_bit is True
+
+
+# --------------------------------------------------------------------------- big messages: no long C call, no deep recursion
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b" ", b"\t", b"=", b"\n", b"\xff", b"x" * 90, b"y " * 50]), max_size=80).map(b"".join),
+       st.integers(min_value=1, max_value=200))
+def test_quoted_printable_in_pieces_decodes_to_the_same_octets(body: bytes, piece: int) -> None:
+    import binascii
+
+    from mta import longlines
+
+    saved = longlines.QP_PIECE
+    longlines.QP_PIECE = piece
+    try:
+        encoded = longlines._encode_qp(body)
+    finally:
+        longlines.QP_PIECE = saved
+    assert binascii.a2b_qp(encoded) == binascii.a2b_qp(binascii.b2a_qp(body, istext=True))
+    # 76 as RFC 2045 says, or 77 where b2a_qp itself writes "=20" at the end of a full line
+    assert max(len(line) for line in encoded.split(b"\n")) <= 77
+
+
+def test_quoted_printable_after_a_line_end_is_unchanged_by_pieces() -> None:
+    from mta import longlines
+
+    body = (b"x" * 1500 + b" \n") * 2000  # 3 MB: a dozen pieces, each cut after a line end
+    assert longlines._encode_qp(body) == __import__("binascii").b2a_qp(body, quotetabs=False, istext=True)
+
+
+def _nested(depth: int) -> bytes:
+    head = b"From: a@example.com\nMIME-Version: 1.0\n"
+    inner = b"Content-Type: text/plain\n\n" + b"x" * 1200 + b"\n"
+    for level in range(depth):
+        b = f"b{level}".encode()
+        inner = (b"Content-Type: multipart/mixed; boundary=" + b + b"\n\n--" + b + b"\n" + inner
+                 + b"--" + b + b"--\n")
+    return head + inner
+
+
+def test_nesting_within_the_limit_is_repaired() -> None:
+    out = shorten(_nested(50))
+    assert not has_long_line(out)
+    assert parse(crlf(out)).get_payload()  # still a message a reader can walk
+
+
+def test_nesting_beyond_the_limit_is_refused_with_the_reason() -> None:
+    with pytest.raises(InvalidMessage, match="nested more than 50 levels"):
+        decode(orjson.dumps({"recipient": "u@example.com", "envelope": "", "mime": _nested(51).decode()}),
+               {}, "bulk", 0.0)
+
+
+def test_deep_nesting_is_refused_not_a_recursion_error() -> None:
+    with pytest.raises(InvalidMessage, match="nested more than 50 levels"):
+        decode(orjson.dumps({"recipient": "u@example.com", "envelope": "", "mime": _nested(2000).decode()}),
+               {}, "bulk", 0.0)
