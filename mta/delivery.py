@@ -46,6 +46,7 @@ from mta.budget import Budget
 from mta.config import Policy, merge
 from mta.message import Job
 from mta.mx import MxAnswer
+from mta.settle import abandoned
 from mta.smtp import Connector, Reply, Session, SessionFailed, Timeouts
 from shaper.adaptive import AdaptiveRate
 from shaper.allowance import MAX_WAIT, PER_CONNECTION, HeldLedger, allowance, hold_delay, paused_delay, slow_hold
@@ -502,6 +503,10 @@ class Destination:
                     self._release(job)
                     job = None
                     return
+                if abandoned(job):  # its channel closed while it waited: the broker has it again
+                    self._release(job)
+                    job = None
+                    continue
                 reply = await self._begin(session, job, True)
                 while reply is None:  # the receiver waits for job's content
                     follow = self._follow(job, sent, session)
@@ -519,6 +524,11 @@ class Destination:
                         reply = ahead
                     elif not session.usable:  # no reply to the dot: the next one was never begun
                         carried, job = job, None
+                    elif abandoned(job):  # its channel closed meanwhile: the receiver drops it when we hang up
+                        session.usable = False
+                        self._release(job)
+                        job = None
+                        break
                     elif self.state.mode is Mode.PAUSED:  # by the reply to the message before it
                         session.usable = False  # hang up rather than send it: the receiver drops it
                         self._hold_paused(job, self._clock())

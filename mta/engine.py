@@ -4,9 +4,11 @@ One broker session = a consuming connection (one channel and prefetch per lane, 
 bulk window never blocks single mail) and a separate publishing connection with confirms
 (a publisher blocked by broker flow control must not block acknowledgements). When either
 connection or a consuming channel closes, the session ends: jobs not yet on the wire are
-dropped from memory (the broker redelivers them, their channel being gone), transactions on
-the wire finish, and a new session starts with backoff. Destinations, DNS cache and the
-record of recent final outcomes survive sessions.
+dropped from memory (the broker redelivers them, their channel being gone; a worker holding
+one does not send it), transactions on the wire finish without publishing a retry or held
+copy, and a new session starts with backoff. Destinations, DNS cache and the record of
+recent final outcomes survive sessions: a transaction that ends delivered after its channel
+closed is remembered there, and settles its redelivered copy without a second send.
 """
 
 from __future__ import annotations
@@ -180,6 +182,7 @@ class Engine:
             else:
                 log.warning("lost the broker; mail not yet on the wire will be redelivered")
                 self._forget_queued()
+                await self._settled_so_far(publish_ch)
             settler_task.cancel()
         finally:
             self.ready.clear()
@@ -214,6 +217,17 @@ class Engine:
         for book in list(self.settler.books):
             await book.flush()
         log.info("stopped: in-flight mail settled, queued mail returned to the broker")
+
+    async def _settled_so_far(self, publish_ch) -> None:
+        """The consuming side is gone but publishing may still work: let the batch on its way
+        get its confirms, so the results it carried are known to be out and a redelivered
+        copy is acknowledged without publishing its result a second time."""
+        if publish_ch.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.settler.wait_idle(), self.config.broker.publish_timeout)
+        except asyncio.TimeoutError:
+            pass
 
     def _forget_queued(self) -> list[Job]:
         jobs = self.router.drain()
