@@ -37,6 +37,10 @@ class Broker(msgspec.Struct, frozen=True):
     # A message redelivered this many times (it crashed the process each time) is quarantined.
     delivery_limit: int = 10
     publish_timeout: float = 30.0
+    # Final outcomes on disk (mta.journal), so a crash does not send a delivered message
+    # again: "auto" is the rules file's path + ".outcomes" when that can be written,
+    # "" none, anything else a file (relative: to the rules file's directory).
+    journal: str = "auto"
 
 
 class Dns(msgspec.Struct, frozen=True):
@@ -327,6 +331,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "single_prefetch": _int(1, 65535),
             "delivery_limit": _int(1, 1000),
             "publish_timeout": _positive_duration,
+            "journal": _str,
         },
     ),
     "dns": (

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from mta import control, fault, status
 from mta.budget import Budget
 from mta.config import Config, ConfigError, load_config
 from mta.delivery import Destination
+from mta.journal import Journal
 from mta.message import InvalidMessage, Job, decode
 from mta.metrics import Metrics
 from mta.mx import DnsFailure, MxAnswer, MxResolver
@@ -78,6 +80,8 @@ class Engine:
         self.routes = self.router.routes = RouteTable(config.routes, self.rules, self.pauses, clock)
         self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self._not_signed) if config.dkim else None
         self.settler: Settler | None = None
+        self.journal: Journal | None = None
+        self._recorded: dict = {}  # outcomes read back from the journal, until the settler takes them
         self.ready = asyncio.Event()
         self.stopping = False
         self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
@@ -91,6 +95,7 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         if self.config.metrics.port:
             self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
+        self._open_journal()
         forgetting = asyncio.create_task(self._forget_idle_destinations(stop), name="forget idle")
         backoff = 1.0
         while not stop.is_set():
@@ -110,7 +115,28 @@ class Engine:
                 pass
             backoff = min(backoff * 2, 30.0)
         forgetting.cancel()
+        if self.journal is not None:
+            self.journal.close()
         self.metrics.close()
+
+    def _open_journal(self) -> None:
+        """Read back the final outcomes a previous process recorded, and record ours."""
+        setting = self.config.broker.journal
+        if setting == "" or (setting == "auto" and self.config_path is None):
+            return
+        path = self.config_path + ".outcomes" if setting == "auto" else \
+            os.path.join(os.path.dirname(os.path.abspath(self.config_path or ".")), setting)
+        window = self.config.broker.prefetch + self.config.broker.single_prefetch
+        try:
+            self._recorded = Journal.read(path)
+            self.journal = Journal(path, max(1000, 4 * window))
+        except OSError as exc:
+            if setting != "auto":
+                raise ConfigError([f"broker.journal: cannot write {path}: {exc}"]) from exc
+            log.warning("final outcomes are kept in memory only (%s: %s): after a crash, mail "
+                        "delivered just before it may be sent again", path, exc)
+            return
+        log.info("final outcomes recorded in %s (%d read back)", path, len(self._recorded))
 
     async def _forget_idle_destinations(self, stop: asyncio.Event) -> None:
         """Destinations come and go with the mail (10,000 domains a day is common): drop the
@@ -143,6 +169,9 @@ class Engine:
                                        self.metrics.observe_publish_confirm)
                 window = self.config.broker.prefetch + self.config.broker.single_prefetch
                 self.settler.recent_limit = max(self.settler.recent_limit, 20 * window)
+                self.settler.journal = self.journal
+                self.settler.restore(self._recorded)
+                self._recorded = {}
             else:
                 self.settler.attach(publish_ch)
             settler_task = asyncio.create_task(self.settler.run(), name="settler")

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from mta import fault
+from mta.journal import Journal
 from mta.publish import BatchPublisher, Publish
 from mta.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, Job
 from mta.topology import EXCHANGE, INVALID, RESULTS, Topology
@@ -132,6 +133,7 @@ class Settler:
         self.books: set[AckBook] = set()
         self.recent: OrderedDict[str, tuple[bytes | None, str, bool]] = OrderedDict()
         self.recent_limit = RECENT_FINALS
+        self.journal: Journal | None = None  # the record on disk, for the process after a crash
         # Bodies whose retry or held copy was confirmed as their channel closed (too late to
         # acknowledge them): until the copy can come back, a redelivered original is its double.
         self._replaced: OrderedDict[bytes, float] = OrderedDict()
@@ -166,10 +168,14 @@ class Settler:
             # or unsent if a copy got here first and was settled already).
             if key not in self.recent:
                 self._remember(key, body, status, False)
+                if self.journal is not None:
+                    self.journal.final(key, status, body)
             return
         # Remembered before the result is out: a copy redelivered meanwhile (the consuming
-        # channel died) must not be sent again.
+        # channel died, or the process after a crash) must not be sent again.
         self._remember(key, body, status, False)
+        if self.journal is not None:
+            self.journal.final(key, status, body)
         self.add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status)))
 
     def _remember(self, key: str, body: bytes, status: str, published: bool) -> None:
@@ -222,6 +228,13 @@ class Settler:
         publishes = [] if published else [("results", status, body, None)]
         self.add(Settlement(book, tag, publishes, final=None if published else (_recent_key(job), body, status)))
         return True
+
+    def restore(self, known: dict[str, tuple[bytes | None, str, bool]]) -> None:
+        """Outcomes a previous process recorded (mta.journal), oldest first."""
+        for key, entry in known.items():
+            self.recent[key] = entry
+            if len(self.recent) > self.recent_limit:
+                self.recent.popitem(last=False)
 
     def _superseded(self, body: bytes) -> bool:
         until = self._replaced.pop(body, None)
@@ -303,6 +316,8 @@ class Settler:
                 continue
             if s.final is not None:
                 self._remember(*s.final, True)
+                if self.journal is not None:
+                    self.journal.published(s.final[0])
             if s.book.closed:
                 self._replaced_by_copy(s, started)
                 continue
