@@ -60,6 +60,8 @@ class Smtp(msgspec.Struct, frozen=True):
     # Outbound connections of all destinations together; None: what the file-descriptor
     # limit allows (mta.budget). More than the limit allows is clamped at start, with a warning.
     max_connections: int | None = None
+    # Seconds transactions on the wire get to finish after SIGTERM; then they are cut off.
+    shutdown_grace: float = 60.0
 
 
 class Metrics(msgspec.Struct, frozen=True):
@@ -347,7 +349,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "smtp": (
         Smtp,
         {"port": _int(1, 65535), "helo": _opt_str, "bind": _opt_str, "max_message_size": _int(1),
-         "ca_file": _opt_str, "max_connections": _opt_int(1, 1_000_000)},
+         "ca_file": _opt_str, "max_connections": _opt_int(1, 1_000_000), "shutdown_grace": _positive_duration},
     ),
     "metrics": (Metrics, {"port": _int(0, 65535), "address": _str}),
 }

@@ -124,8 +124,10 @@ class AcceptMeter:
 class Destination:
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
                  port: int, done: Done, hold: Callable[[Job, int], None], clock: Callable[[], float],
-                 patterns: Patterns | None = None, budget: Budget | None = None):
+                 patterns: Patterns | None = None, budget: Budget | None = None,
+                 give_back: Callable[[Job], None] | None = None):
         self.key = key
+        self._give_back = give_back  # shutdown: a job that never reached the wire, back to the broker
         self.domain = ""  # one recipient domain it serves (rules are found again by it on reload)
         self.answer = answer
         self._connector = connector
@@ -471,6 +473,7 @@ class Destination:
         job: Job | None = None
         follow: Job | None = None  # the next job, its commands pipelined behind job's content
         carried: Job | None = None  # paced, never begun: its session broke under it
+        sending: Job | None = None  # its content on the wire: the receiver may have it
         try:
             while True:
                 if session is not None and (self.window.excess or self.state.mode is Mode.PAUSED):
@@ -513,7 +516,9 @@ class Destination:
                     ahead = None
                     if follow is not None:
                         ahead = _commands(session, follow)
+                    sending = job
                     reply = await self._finish(session, job, ahead if isinstance(ahead, tuple) else None)
+                    sending = None
                     done, job = job, None
                     self._settle(session, done, reply)
                     sent += 1
@@ -546,8 +551,12 @@ class Destination:
                     session = None
         finally:
             for left in (job, follow, carried):
-                if left is not None:  # cancelled mid-transaction: the outcome is unknown
-                    self._release(left)
+                if left is None:
+                    continue
+                self._release(left)
+                if self.closing and left is not sending and self._give_back is not None:
+                    self._give_back(left)  # cut off at shutdown before its content went out: no attempt
+                else:  # cancelled mid-transaction: the outcome is unknown
                     self._done(left, Reply(None, "delivery interrupted (shutdown)", "message"), None, None, None)
             if session is not None:
                 await self._close(session)

@@ -48,7 +48,6 @@ from shaper.retry import RetrySchedule
 
 log = logging.getLogger("mta.engine")
 
-SHUTDOWN_GRACE = 60.0  # seconds in-flight transactions get to finish on SIGTERM
 FORGET_SWEEP = 60.0  # seconds between looks for idle destinations to forget
 
 
@@ -177,6 +176,7 @@ class Engine:
             settler_task = asyncio.create_task(self.settler.run(), name="settler")
             lost = asyncio.Event()
             consumers = []
+            books: list[AckBook] = []
             for conn in (consume_conn, publish_conn):
                 conn.close_callbacks.add(lambda *_: lost.set())
             publish_ch.close_callbacks.add(lambda *_: lost.set())
@@ -187,6 +187,7 @@ class Engine:
                 await channel.set_qos(prefetch_count=prefetch)
                 queue = await channel.get_queue(lane_queue(lane), ensure=False)
                 book = AckBook(channel.channel)
+                books.append(book)
                 # The broker cancels a consumer when its queue is deleted or fails over:
                 # without a consumer the process would idle forever, so start a new session.
                 channel.channel.on_consumer_cancel_callbacks.add(self._cancelled(lane, lost))
@@ -207,7 +208,7 @@ class Engine:
             stopped.cancel()
             broken.cancel()
             if stop.is_set() and not lost.is_set():
-                await self._shutdown(consumers)
+                await self._shutdown(consumers, books)
             else:
                 log.warning("lost the broker; mail not yet on the wire will be redelivered")
                 self._forget_queued()
@@ -222,7 +223,7 @@ class Engine:
                     except Exception:  # closing a broken connection: nothing left to save
                         pass
 
-    async def _shutdown(self, consumers) -> None:
+    async def _shutdown(self, consumers, books: list[AckBook]) -> None:
         """SIGTERM: stop consuming, give back what is queued, let the wire finish, settle, ack."""
         self.stopping = True
         for queue, tag in consumers:
@@ -231,21 +232,31 @@ class Engine:
             except Exception as exc:
                 log.warning("cancelling consumer %s failed: %s", tag, exc)
         for job in self._forget_queued():
-            job.delivery[0].requeue.append(job.delivery[1])
+            self.give_back(job)
         workers = [t for d in self.destinations.values() for t in d.tasks]
         for d in self.destinations.values():
             d.close_idle()
         if workers:
-            done, pending = await asyncio.wait(workers, timeout=SHUTDOWN_GRACE)
+            done, pending = await asyncio.wait(workers, timeout=self.config.smtp.shutdown_grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=10)
+        # What reached a destination meanwhile (deliveries already on their way when the
+        # consumers were cancelled, DNS answers and signatures that came in) goes back too.
+        for job in self._forget_queued():
+            self.give_back(job)
         self.settler.kick()
         await asyncio.wait_for(self.settler.wait_idle(), self.config.broker.publish_timeout + 5)
-        for book in list(self.settler.books):
+        for book in books:  # every lane's, also one whose deliveries were all given back
             await book.flush()
         log.info("stopped: in-flight mail settled, queued mail returned to the broker")
+
+    def give_back(self, job: Job) -> None:
+        """Shutdown: a job that never reached the wire goes back to the broker as it came
+        (requeued with the acknowledgements), no attempt counted, no result."""
+        book, tag = job.delivery
+        book.requeue.append(tag)
 
     async def _settled_so_far(self, publish_ch) -> None:
         """The consuming side is gone but publishing may still work: let the batch on its way
@@ -412,7 +423,8 @@ class Engine:
         if destination is None:
             destination = Destination(resolved.key, answer, resolved.policy, connector=self._connector_for(resolved.key),
                                       port=self.config.smtp.port, done=self._done, hold=self._hold,
-                                      clock=self.clock, patterns=self.rules.patterns, budget=self.budget)
+                                      clock=self.clock, patterns=self.rules.patterns, budget=self.budget,
+                                      give_back=self.give_back)
             destination.domain = job.domain  # a domain it serves, to find its rules again on reload
             self.destinations[resolved.key] = destination
         else:
