@@ -49,6 +49,7 @@ from shaper.retry import RetrySchedule
 log = logging.getLogger("mta.engine")
 
 FORGET_SWEEP = 60.0  # seconds between looks for idle destinations to forget
+JOURNAL_BYTES = 2048  # room per outcome in the journal, whose files hold 4 prefetch windows each
 
 
 def redact(url: str) -> str:
@@ -128,7 +129,7 @@ class Engine:
         window = self.config.broker.prefetch + self.config.broker.single_prefetch
         try:
             self._recorded = Journal.read(path)
-            self.journal = Journal(path, max(1000, 4 * window))
+            self.journal = Journal(path, max(1 << 20, 4 * window * JOURNAL_BYTES))
         except OSError as exc:
             if setting != "auto":
                 raise ConfigError([f"broker.journal: cannot write {path}: {exc}"]) from exc
