@@ -43,6 +43,10 @@ class Broker(msgspec.Struct, frozen=True):
     # A message redelivered this many times (it crashed the process each time) is quarantined.
     delivery_limit: int = 10
     publish_timeout: float = 30.0
+    # Final outcomes on disk (mta.journal), so a crash does not send a delivered message
+    # again: "auto" is the rules file's path + ".outcomes" when that can be written,
+    # "" none, anything else a file (relative: to the rules file's directory).
+    journal: str = "auto"
 
 
 class Dns(msgspec.Struct, frozen=True):
@@ -71,6 +75,8 @@ class Smtp(msgspec.Struct, frozen=True):
     # dead MX hosts costs one bounded attempt, not twenty connect timeouts.
     max_mx_hosts: int = 5
     max_addresses_per_mx: int = 2
+    # Seconds transactions on the wire get to finish after SIGTERM; then they are cut off.
+    shutdown_grace: float = 60.0
 
 
 class Metrics(msgspec.Struct, frozen=True):
@@ -355,6 +361,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "prefetch_bytes": _int(0),
             "delivery_limit": _int(1, 1000),
             "publish_timeout": _positive_duration,
+            "journal": _str,
         },
     ),
     "dns": (
@@ -372,7 +379,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         {"port": _int(1, 65535), "helo": _opt_str, "bind": _opt_str, "max_message_size": _int(1),
          "ca_file": _opt_str, "max_connections": _opt_int(1, 1_000_000),
          "delivery_deadline": _positive_duration, "max_mx_hosts": _int(1, 100),
-         "max_addresses_per_mx": _int(1, 100)},
+         "max_addresses_per_mx": _int(1, 100), "shutdown_grace": _positive_duration},
     ),
     "metrics": (Metrics, {"port": _int(0, 65535), "address": _str}),
     "control": (Control, {"key_env": _str, "key_file": _str}),

@@ -53,6 +53,7 @@ from mta.budget import Budget
 from mta.config import Policy, Smtp, merge
 from mta.message import Job
 from mta.mx import MxAnswer
+from mta.settle import abandoned
 from mta.smtp import Connector, Reply, Session, SessionFailed, Timeouts
 from shaper.adaptive import AdaptiveRate
 from shaper.allowance import MAX_WAIT, PER_CONNECTION, HeldLedger, allowance, hold_delay, paused_delay, slow_hold
@@ -181,8 +182,9 @@ class Destination:
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
                  port: int, done: Done, hold: Callable[[Job, int], None], clock: Callable[[], float],
                  patterns: Patterns | None = None, budget: Budget | None = None, smtp: Smtp = Smtp(),
-                 share: "Share | None" = None):
+                 share: "Share | None" = None, give_back: Callable[[Job], None] | None = None):
         self.key = key
+        self._give_back = give_back  # shutdown: a job that never reached the wire, back to the broker
         self.domain = ""  # one recipient domain it serves (rules are found again by it on reload)
         self.answer = answer
         self._connector = connector
@@ -562,7 +564,7 @@ class Destination:
         job: Job | None = None
         follow: Job | None = None  # the next job, its commands pipelined behind job's content
         carried: Job | None = None  # paced, never begun: its session broke under it
-        sending: Job | None = None  # its content went out: its outcome is unknown until the reply
+        sending: Job | None = None  # its content on the wire: the receiver may have it
         reconnecting = False  # this worker had a session before
         watchdog = Watchdog()
         loop = asyncio.get_running_loop()
@@ -611,6 +613,10 @@ class Destination:
                     self._release(job)
                     job = None
                     return
+                if abandoned(job):  # its channel closed while it waited: the broker has it again
+                    self._release(job)
+                    job = None
+                    continue
                 reply = await self._begin(session, job, True, watchdog, deadline)
                 while reply is None:  # the receiver waits for job's content
                     follow = self._follow(job, sent, session)
@@ -631,6 +637,11 @@ class Destination:
                         reply = ahead
                     elif not session.usable:  # no reply to the dot: the next one was never begun
                         carried, job = job, None
+                    elif abandoned(job):  # its channel closed meanwhile: the receiver drops it when we hang up
+                        session.usable = False
+                        self._release(job)
+                        job = None
+                        break
                     elif self.state.mode is Mode.PAUSED:  # by the reply to the message before it
                         session.usable = False  # hang up rather than send it: the receiver drops it
                         self._hold_paused(job, self._clock())
@@ -654,7 +665,9 @@ class Destination:
                 self._release(left)
                 if left is sending:  # cancelled after its content went out: the outcome is unknown
                     self._done(left, Reply(None, "delivery interrupted (shutdown)", "message"), None, None, None)
-                else:  # cancelled before its content went out (shutdown): the broker redelivers it, no attempt
+                elif self._give_back is not None:  # cut off before its content went out: no attempt
+                    self._give_back(left)
+                else:  # the same without an engine to hand it to: the broker redelivers it
                     book, tag = left.delivery
                     book.requeue.append(tag)
             if session is not None:

@@ -4,15 +4,18 @@ One broker session = a consuming connection (one channel and prefetch per lane, 
 bulk window never blocks single mail) and a separate publishing connection with confirms
 (a publisher blocked by broker flow control must not block acknowledgements). When either
 connection or a consuming channel closes, the session ends: jobs not yet on the wire are
-dropped from memory (the broker redelivers them, their channel being gone), transactions on
-the wire finish, and a new session starts with backoff. Destinations, DNS cache and the
-record of recent final outcomes survive sessions.
+dropped from memory (the broker redelivers them, their channel being gone; a worker holding
+one does not send it), transactions on the wire finish without publishing a retry or held
+copy, and a new session starts with backoff. Destinations, DNS cache and the record of
+recent final outcomes survive sessions: a transaction that ends delivered after its channel
+closed is remembered there, and settles its redelivered copy without a second send.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -28,6 +31,7 @@ from mta.budget import Budget
 from mta.config import Config, ConfigError, load_config
 from mta.delivery import Destination
 from mta.intake import OFF_LOOP_BYTES, LaneWindow, OffLoop
+from mta.journal import Journal
 from mta.message import BodyTooLarge, InvalidMessage, Job, decode
 from mta.metrics import Metrics
 from mta.mx import DnsFailure, MxAnswer, MxResolver
@@ -45,8 +49,8 @@ from shaper.retry import RetrySchedule
 
 log = logging.getLogger("mta.engine")
 
-SHUTDOWN_GRACE = 60.0  # seconds in-flight transactions get to finish on SIGTERM
 FORGET_SWEEP = 60.0  # seconds between looks for idle destinations to forget
+JOURNAL_BYTES = 2048  # room per outcome in the journal, whose files hold 4 prefetch windows each
 
 
 def redact(url: str) -> str:
@@ -80,6 +84,8 @@ class Engine:
         self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self._not_signed) if config.dkim else None
         self.settler: Settler | None = None
         self.off_loop = OffLoop()  # big bodies' decode
+        self.journal: Journal | None = None
+        self._recorded: dict = {}  # outcomes read back from the journal, until the settler takes them
         self.ready = asyncio.Event()
         self.stopping = False
         self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
@@ -93,6 +99,7 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         if self.config.metrics.port:
             self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
+        self._open_journal()
         forgetting = asyncio.create_task(self._forget_idle_destinations(stop), name="forget idle")
         backoff = 1.0
         while not stop.is_set():
@@ -112,7 +119,28 @@ class Engine:
                 pass
             backoff = min(backoff * 2, 30.0)
         forgetting.cancel()
+        if self.journal is not None:
+            self.journal.close()
         self.metrics.close()
+
+    def _open_journal(self) -> None:
+        """Read back the final outcomes a previous process recorded, and record ours."""
+        setting = self.config.broker.journal
+        if setting == "" or (setting == "auto" and self.config_path is None):
+            return
+        path = self.config_path + ".outcomes" if setting == "auto" else \
+            os.path.join(os.path.dirname(os.path.abspath(self.config_path or ".")), setting)
+        window = self.config.broker.prefetch + self.config.broker.single_prefetch
+        try:
+            self._recorded = Journal.read(path)
+            self.journal = Journal(path, max(1 << 20, 4 * window * JOURNAL_BYTES))
+        except OSError as exc:
+            if setting != "auto":
+                raise ConfigError([f"broker.journal: cannot write {path}: {exc}"]) from exc
+            log.warning("final outcomes are kept in memory only (%s: %s): after a crash, mail "
+                        "delivered just before it may be sent again", path, exc)
+            return
+        log.info("final outcomes recorded in %s (%d read back)", path, len(self._recorded))
 
     async def _forget_idle_destinations(self, stop: asyncio.Event) -> None:
         """Destinations come and go with the mail (10,000 domains a day is common): drop the
@@ -145,11 +173,15 @@ class Engine:
                                        self.metrics.observe_publish_confirm)
                 window = self.config.broker.prefetch + self.config.broker.single_prefetch
                 self.settler.recent_limit = max(self.settler.recent_limit, 20 * window)
+                self.settler.journal = self.journal
+                self.settler.restore(self._recorded)
+                self._recorded = {}
             else:
                 self.settler.attach(publish_ch)
             settler_task = asyncio.create_task(self.settler.run(), name="settler")
             lost = asyncio.Event()
             consumers = []
+            books: list[AckBook] = []
             for conn in (consume_conn, publish_conn):
                 conn.close_callbacks.add(lambda *_: lost.set())
             publish_ch.close_callbacks.add(lambda *_: lost.set())
@@ -159,7 +191,9 @@ class Engine:
                 # The broker cancels a consumer when its queue is deleted or fails over:
                 # without a consumer the process would idle forever, so start a new session.
                 channel.channel.on_consumer_cancel_callbacks.add(self._cancelled(lane, lost))
-                consumers.append(await self._consume(channel, lane))
+                cancel, tag, book = await self._consume(channel, lane)
+                consumers.append((cancel, tag))
+                books.append(book)
             control_ch = await consume_conn.channel()
             control_ch.close_callbacks.add(lambda *_: lost.set())
             control_queue = await control_ch.declare_queue(exclusive=True, auto_delete=True)
@@ -175,10 +209,11 @@ class Engine:
             stopped.cancel()
             broken.cancel()
             if stop.is_set() and not lost.is_set():
-                await self._shutdown(consumers)
+                await self._shutdown(consumers, books)
             else:
                 log.warning("lost the broker; mail not yet on the wire will be redelivered")
                 self._forget_queued()
+                await self._settled_so_far(publish_ch)
             settler_task.cancel()
         finally:
             self.ready.clear()
@@ -189,7 +224,7 @@ class Engine:
                     except Exception:  # closing a broken connection: nothing left to save
                         pass
 
-    async def _shutdown(self, consumers) -> None:
+    async def _shutdown(self, consumers, books: list[AckBook]) -> None:
         """SIGTERM: stop consuming, give back what is queued, let the wire finish, settle, ack."""
         self.stopping = True
         for queue, tag in consumers:
@@ -198,21 +233,42 @@ class Engine:
             except Exception as exc:
                 log.warning("cancelling consumer %s failed: %s", tag, exc)
         for job in self._forget_queued():
-            job.delivery[0].requeue.append(job.delivery[1])
+            self.give_back(job)
         workers = [t for d in self.destinations.values() for t in d.tasks]
         for d in self.destinations.values():
             d.close_idle()
         if workers:
-            done, pending = await asyncio.wait(workers, timeout=SHUTDOWN_GRACE)
+            done, pending = await asyncio.wait(workers, timeout=self.config.smtp.shutdown_grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=10)
+        # What reached a destination meanwhile (deliveries already on their way when the
+        # consumers were cancelled, DNS answers and signatures that came in) goes back too.
+        for job in self._forget_queued():
+            self.give_back(job)
         self.settler.kick()
         await asyncio.wait_for(self.settler.wait_idle(), self.config.broker.publish_timeout + 5)
-        for book in list(self.settler.books):
+        for book in books:  # every lane's, also one whose deliveries were all given back
             await book.flush()
         log.info("stopped: in-flight mail settled, queued mail returned to the broker")
+
+    def give_back(self, job: Job) -> None:
+        """Shutdown: a job that never reached the wire goes back to the broker as it came
+        (requeued with the acknowledgements), no attempt counted, no result."""
+        book, tag = job.delivery
+        book.requeue.append(tag)
+
+    async def _settled_so_far(self, publish_ch) -> None:
+        """The consuming side is gone but publishing may still work: let the batch on its way
+        get its confirms, so the results it carried are known to be out and a redelivered
+        copy is acknowledged without publishing its result a second time."""
+        if publish_ch.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.settler.wait_idle(), self.config.broker.publish_timeout)
+        except asyncio.TimeoutError:
+            pass
 
     def _forget_queued(self) -> list[Job]:
         jobs = self.router.drain()
@@ -231,7 +287,7 @@ class Engine:
         return on_cancel
 
     async def _consume(self, channel, lane: str) -> tuple:
-        """Start consuming a lane; (what to cancel at shutdown, consumer tag)."""
+        """Start consuming a lane; (what to cancel at shutdown, consumer tag, its AckBook)."""
         prefetch = self.config.broker.single_prefetch if lane == "single" else self.config.broker.prefetch
         limit = self.config.broker.prefetch_bytes
         # Straight on the aiormq channel: aio-pika's IncomingMessage and its second
@@ -240,7 +296,7 @@ class Engine:
             window = LaneWindow(channel.channel, lane_queue(lane), prefetch, limit, None)
             window.take = self._taker(lane, window.book)
             await window.start()
-            return window, None
+            return window, None, window.book
         await channel.set_qos(prefetch_count=prefetch)
         book = AckBook(channel.channel)
         take = self._taker(lane, book)
@@ -250,7 +306,7 @@ class Engine:
             take(message)
 
         tag = (await channel.channel.basic_consume(lane_queue(lane), on_message)).consumer_tag
-        return await channel.get_queue(lane_queue(lane), ensure=False), tag
+        return await channel.get_queue(lane_queue(lane), ensure=False), tag, book
 
     def _taker(self, lane: str, book: AckBook):
         accept = self.accept
@@ -434,7 +490,8 @@ class Engine:
             destination = Destination(resolved.key, answer, resolved.policy, connector=self._connector_for(resolved.key),
                                       port=self.config.smtp.port, done=self._done, hold=self._hold,
                                       clock=self.clock, patterns=self.rules.patterns, budget=self.budget,
-                                      smtp=self.config.smtp, share=self.shares.of(resolved))
+                                      smtp=self.config.smtp, share=self.shares.of(resolved),
+                                      give_back=self.give_back)
             destination.domain = job.domain  # a domain it serves, to find its rules again on reload
             self.destinations[resolved.key] = destination
         else:

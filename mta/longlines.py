@@ -200,9 +200,28 @@ def _encode_qp(body: bytes) -> bytes:
         piece = binascii.b2a_qp(body[pos:cut], quotetabs=False, istext=True, header=False)
         if cut < end and body[cut - 1] != 10:  # the line goes on in the next piece
             piece = _soft_break(piece)
-        out.append(piece)
+        out.append(_within_line_limit(piece))
         pos = cut
     return b"".join(out)
+
+
+def _within_line_limit(encoded: bytes) -> bytes:
+    """`encoded` with every line over 76 characters (RFC 2045 §6.7) broken by soft line
+    breaks: b2a_qp writes a line's trailing blank as "=20" past the limit when the line was
+    already full (up to 78 characters)."""
+    lines = encoded.split(b"\n")
+    if max(map(len, lines)) <= QP_LINE:
+        return encoded
+    out = []
+    for line in lines:
+        while len(line) > QP_LINE:
+            cut = QP_LINE - 1
+            escape = line.rfind(b"=", cut - 2, cut)  # never between "=" and its two hex digits
+            cut = escape if escape >= 0 else cut
+            out.append(line[:cut] + b"=")
+            line = line[cut:]
+        out.append(line)
+    return b"\n".join(out)
 
 
 def _soft_break(encoded: bytes) -> bytes:

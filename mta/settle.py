@@ -22,6 +22,11 @@ What a retry copy carries stays well below the broker's frame size (131,072 octe
 default): an attempt keeps at most 512 octets of the reply text, and the copy carries the
 last 10 attempts; `attempts` keeps the true count and a result says in `results_omitted`
 how many earlier attempts it does not list.
+
+Nothing replaces a delivery whose consuming channel closed: the broker gives that message
+to a consumer again, so a retry or held copy published for it would be a second live copy
+of one message. Its final outcome is only remembered, and the redelivered copy publishes
+the result when it comes (`replay_final`); a job not yet begun is not sent (`abandoned`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import msgspec
 import orjson
 
 from mta import fault
+from mta.journal import Journal
 from mta.publish import BatchPublisher, Publish, Unencodable, header_table
 from mta.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, Job
 from mta.topology import EXCHANGE, INVALID, RESULTS, Topology
@@ -92,6 +98,11 @@ class AckBook:
     def open(self) -> int:
         return len(self._order)
 
+    @property
+    def closed(self) -> bool:
+        """The channel is gone, and with it every delivery tag of this book."""
+        return self.channel.is_closed
+
     async def flush(self) -> None:
         channel = self.channel
         if channel.is_closed:
@@ -143,10 +154,16 @@ class Settler:
         self.recent: OrderedDict[str, tuple[bytes | None, str, bool]] = OrderedDict()
         self.recent_limit = RECENT_FINALS
         self._publisher: BatchPublisher | None = None
+        self.journal: Journal | None = None  # the record on disk, for the process after a crash
+        # Bodies whose retry or held copy was confirmed as their channel closed (too late to
+        # acknowledge them): until the copy can come back, a redelivered original is its double.
+        self._replaced: OrderedDict[bytes, float] = OrderedDict()
 
     # ---- outcomes
 
     def add(self, settlement: Settlement) -> None:
+        if settlement.book.closed:
+            return  # redelivered by the broker: what would replace it must not be published
         self.books.add(settlement.book)
         self._pending.append(settlement)
         self._idle.clear()
@@ -177,9 +194,19 @@ class Settler:
     def final(self, job: Job, book: AckBook, tag: int, status: str, bounce: str | None = None) -> None:
         body = self.result(job, status, bounce=bounce)
         key = _recent_key(job)
+        if book.closed:
+            # The broker redelivers the message: its copy is settled with this result (here,
+            # or unsent if a copy got here first and was settled already).
+            if key not in self.recent:
+                self._remember(key, body, status, False)
+                if self.journal is not None:
+                    self.journal.final(key, status, body)
+            return
         # Remembered before the result is out: a copy redelivered meanwhile (the consuming
-        # channel died) must not be sent again.
+        # channel died, or the process after a crash) must not be sent again.
         self._remember(key, body, status, False)
+        if self.journal is not None:
+            self.journal.final(key, status, body)
         self.add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status)))
 
     def _remember(self, key: str, body: bytes, status: str, published: bool) -> None:
@@ -226,11 +253,36 @@ class Settler:
         result if that never got out, and acknowledge; never send it again."""
         known = self.recent.get(_recent_key(job))
         if known is None:
+            if self._replaced and self._superseded(job.body):
+                self.add(Settlement(book, tag, []))  # its copy is in a delay queue: acknowledge only
+                return True
             return False
         body, status, published = known
         publishes = [] if published else [("results", status, body, None)]
         self.add(Settlement(book, tag, publishes, final=None if published else (_recent_key(job), body, status)))
         return True
+
+    def restore(self, known: dict[str, tuple[bytes | None, str, bool]]) -> None:
+        """Outcomes a previous process recorded (mta.journal), oldest first."""
+        for key, entry in known.items():
+            self.recent[key] = entry
+            if len(self.recent) > self.recent_limit:
+                self.recent.popitem(last=False)
+
+    def _superseded(self, body: bytes) -> bool:
+        until = self._replaced.pop(body, None)
+        return until is not None and time.monotonic() < until
+
+    def _replaced_by_copy(self, s: Settlement, written: float) -> None:
+        """``s`` was confirmed but its channel closed before the acknowledgement: the broker
+        redelivers the original while its copy waits in a delay queue. The copy cannot be
+        consumed before its delay is over (counted from before its publish), so until then
+        a redelivered body equal to it is the original."""
+        for exchange, key, body, _ in s.publishes:
+            if exchange == "delay":
+                self._replaced[body] = written + key[1]
+                if len(self._replaced) > self.recent_limit:
+                    self._replaced.popitem(last=False)
 
     def attach(self, channel) -> None:
         """A new broker session: publish through its channel from now on."""
@@ -255,6 +307,8 @@ class Settler:
         await self._idle.wait()
 
     async def _write(self, batch: list[Settlement]) -> None:
+        # A channel that closed since: its deliveries come back, nothing may replace them.
+        batch = [s for s in batch if not s.book.closed]
         channel = self._channel.channel
         publisher = self._publisher
         if publisher is None or publisher.channel is not channel:
@@ -306,6 +360,11 @@ class Settler:
                 continue
             if s.final is not None:
                 self._remember(*s.final, True)
+                if self.journal is not None:
+                    self.journal.published(s.final[0])
+            if s.book.closed:
+                self._replaced_by_copy(s, started)
+                continue
             s.book.settled(s.tag)
         if fault.ARMED: fault.hit("after_result")  # test-only: MTA_FAULT (mta/fault.py)
         for book in list(self.books):
@@ -405,6 +464,13 @@ def _writable(headers: dict) -> dict:
 
 
 _PUBLISHED = {status: (None, status, True) for status in ("delivered", "bounced", "expired", "invalid", "suppressed")}
+
+
+def abandoned(job: Job) -> bool:
+    """The consuming channel of the job's delivery closed: the broker gives the message to a
+    consumer again (maybe this process, maybe already), so this copy must not be sent."""
+    delivery = getattr(job, "delivery", None)  # (book, tag); jobs made outside the engine have none
+    return delivery is not None and delivery[0].closed
 
 
 def _recent_key(job: Job) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import signal
+import time
 
 import pytest
 
@@ -57,3 +58,38 @@ def test_sigterm_mid_run_loses_nothing_sends_nothing_twice(vhost, sinks, start_m
 @pytest.mark.timeout(1800)
 def test_sigterm_mid_run_full(vhost, sinks, start_mta, mta_config):
     _sigterm_run(10, 3000, vhost, sinks, start_mta, mta_config, seed=10)
+
+
+PACED = "d50.test"     # 6 messages a minute: the second waits ~10 s in its worker for its turn
+ON_WIRE = "d51.test"   # the receiver answers the message after 30 s
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_grace_limit_gives_back_what_never_reached_the_wire(vhost, sinks, start_mta, mta_config):
+    """SIGTERM with a 2 s grace: the transaction on the wire is cut off and counts as an
+    interrupted attempt; the message waiting in a worker for its rate slot never reached the
+    wire and goes back to the broker as it came: no attempt, no result, delivered later as
+    if the stop had not happened."""
+    sinks.set_data_delay("127.0.2.52", 30.0)
+    cfg = mta_config(smtp={"shutdown_grace": "2s"}, default={"retry_intervals": ["1s"], "max_age": "120s"},
+                     domains={PACED: {"max_message_rate": "6/min", "connection_limit": 1}})
+    mta = start_mta(cfg)
+    run = run_id()
+    paced = {f"gp-{run}-{i}": f"user{i}-{run}@{PACED}" for i in range(2)}
+    wire = {f"gw-{run}": f"user-{run}@{ON_WIRE}"}
+    publish(vhost, "bulk", [make_message(i, r) for i, r in {**paced, **wire}.items()])
+    assert sinks.wait_accepted(1, timeout=30), "the first paced message was not delivered"
+    time.sleep(1.0)  # the second one waits for its slot; the slow one is in DATA
+    mta.signal(signal.SIGTERM)
+    assert mta.wait(timeout=30) == 0, mta.log_tail()
+    sinks.set_data_delay("127.0.2.52", None)
+    start_mta(cfg)
+    collector = ResultCollector(vhost)
+    collector.collect({**paced, **wire}, timeout=120, settle=1.0)
+    second = list(paced)[1]
+    results = collector.by_id[second]
+    assert [r["status"] for r in results] == ["delivered"], results
+    assert results[0]["attempts"] == 1, results[0]["results"]
+    slow = collector.by_id[list(wire)[0]]
+    assert [r["status"] for r in slow] == ["deferred", "delivered"], slow
+    assert "interrupted" in slow[0]["results"][-1]["description"]

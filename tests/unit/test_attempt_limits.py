@@ -20,7 +20,10 @@ from shaper.units import Rate
 
 
 class Book:
-    """What the engine's acknowledgement book offers a destination: the requeue list."""
+    """What the engine's acknowledgement book offers a destination: the requeue list, and
+    whether its channel is gone."""
+
+    closed = False
 
     def __init__(self) -> None:
         self.requeue: list[int] = []

@@ -1,0 +1,122 @@
+"""Final outcomes on disk, so that a crash does not send a delivered message again.
+
+A delivery is acknowledged only once its result is confirmed by the broker (mta.settle);
+under load that takes tens to hundreds of milliseconds after the receiver's 250 (over a
+second right after a start), and a crash meanwhile (kill -9, out of memory) leaves the
+delivery unacknowledged: the broker gives it out again and it would be sent a second time.
+The settler's record of final outcomes recognises such a copy, but lives in memory. Here
+every final outcome is written to a file the moment it is known, and a confirmed result is
+marked; a process starting on the same file reads both back, so a redelivered copy gets its
+result published if it never got out, and is acknowledged without a send.
+
+The file is mapped into memory: a record costs a copy, not a system call, and the kernel
+keeps what a dying process wrote (no msync: a crash of the machine loses what the broker had
+not confirmed anyway). Its space is allocated up front (a full disk fails the start or a
+rotation, never a write). Only deliveries unacknowledged at a crash come back, the prefetch
+windows, within seconds: when the file is full it becomes `<path>.1` and a new one starts;
+so does a starting process's, after reading both.
+
+Records: ``F <key> <status> <result>`` (a final outcome and its result document) and
+``P <key>`` (its result confirmed), tab-separated lines; the key is JSON (ids may hold
+tabs), the result compact JSON. The unused end of a file is zeros.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+
+import orjson
+
+log = logging.getLogger("mta.journal")
+
+
+class Journal:
+    def __init__(self, path: str, size: int):
+        self.path = path
+        self.size = size  # bytes per file
+        self._map: mmap.mmap | None = None
+        self._pos = 0
+        self._start()
+
+    def _start(self) -> None:
+        """A fresh, zeroed file of `size` bytes, the previous one kept as `.1`."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if os.path.exists(self.path):
+            os.replace(self.path, self.path + ".1")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, self.size)
+            self._map = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        self._pos = 0
+
+    # ---- writing
+
+    def final(self, key: str, status: str, body: bytes) -> None:
+        self._append(b"F\t%b\t%b\t%b\n" % (orjson.dumps(key), status.encode(), body))
+
+    def published(self, key: str) -> None:
+        self._append(b"P\t%b\n" % orjson.dumps(key))
+
+    def _append(self, record: bytes) -> None:
+        end = self._pos + len(record)
+        if end > self.size:
+            if len(record) > self.size // 2:
+                return  # a result too big to keep: after a crash this one message may be sent again
+            try:
+                self._start()
+            except OSError as exc:  # no room on the disk: delivery goes on without the record
+                log.warning("the journal of final outcomes at %s stops (%s): after a crash, mail "
+                            "delivered just before it may be sent again", self.path, exc)
+                self.final = self.published = _nothing  # type: ignore[method-assign]
+                return
+            end = len(record)
+        self._map[self._pos:end] = record
+        self._pos = end
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    # ---- reading back
+
+    @staticmethod
+    def read(path: str) -> dict[str, tuple[bytes | None, str, bool]]:
+        """Outcomes in the files at ``path`` (older first), as the settler's record keeps
+        them: key -> (result, status, confirmed). A torn last record (the crash) is skipped."""
+        known: dict[str, tuple[bytes | None, str, bool]] = {}
+        for name in (path + ".1", path):
+            try:
+                with open(name, "rb") as fh:
+                    data = fh.read()
+            except FileNotFoundError:
+                continue
+            end = data.find(b"\0")
+            for line in (data if end < 0 else data[:end]).split(b"\n")[:-1]:
+                _parse(line, known)
+        return known
+
+
+def _nothing(*args) -> None:
+    return None
+
+
+def _parse(line: bytes, known: dict) -> None:
+    kind, _, rest = line.partition(b"\t")
+    try:
+        if kind == b"F":
+            key, status, body = rest.split(b"\t", 2)
+            known[orjson.loads(key)] = (body, status.decode(), False)
+        elif kind == b"P":
+            key = orjson.loads(rest)
+            entry = known.get(key)
+            if entry is not None:
+                known[key] = (None, entry[1], True)
+    except ValueError:  # not a record this module wrote
+        return
