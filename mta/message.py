@@ -177,7 +177,7 @@ def decode(body: bytes, headers: dict[str, Any], lane: str, now: float, message_
     if max_size is not None and len(body) > max_body(max_size):
         raise BodyTooLarge(f"body of {len(body)} octets is larger than any message of at most "
                            f"{max_size} octets (max_message_size) can be written in JSON")
-    doc = _json(body)
+    doc = parse_json(body)
     if not isinstance(doc, dict):
         raise InvalidMessage(f"body must be a JSON object, got {type(doc).__name__}")
     for required in ("recipient", "envelope"):
@@ -224,7 +224,8 @@ def decode(body: bytes, headers: dict[str, Any], lane: str, now: float, message_
 _DECODER = msgspec.json.Decoder()
 
 
-def _json(body: bytes) -> Any:
+def parse_json(body: bytes) -> Any:
+    """The body as intake reads it (settle echoes an invalid one's fields the same way)."""
     try:
         return _DECODER.decode(body)
     except msgspec.DecodeError:

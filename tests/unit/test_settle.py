@@ -9,6 +9,7 @@ import asyncio
 import struct
 from collections import OrderedDict
 
+import msgspec
 import orjson
 import pytest
 from aiormq.exceptions import DeliveryError
@@ -294,3 +295,45 @@ def test_an_invalid_copy_whose_headers_only_together_exceed_a_frame_keeps_the_re
     copy = next(p for p in broker.published if p["routing_key"] == "mta.invalid")
     assert set(copy["headers"]) == {"x-mta-error", "x-mta-lane"}
     assert copy["headers"]["x-mta-error"].startswith("body must be a JSON object, got list; ")
+
+
+# ---- exact integers and invalid counts
+
+BIG = 123456789012345678901  # beyond 64 bits: orjson would read it as 1.2345678901234568e+20
+
+
+def results_of(broker) -> list[dict]:
+    """The published results as msgspec reads them: integers of any size stay exact."""
+    return [msgspec.json.decode(p["body"]) for p in broker.published if p["exchange"] == "mta.results"]
+
+
+def test_an_invalid_result_echoes_integers_beyond_64_bits_exactly():
+    broker = Broker()
+    body = (b'{"id": 123456789012345678901, "recipient": "no-at-sign", "envelope": "", "mime": "x",'
+            b' "trace": {"span": 123456789012345678901, "small": -3, "ratio": 0.5}}')
+
+    def invalid(settler, book, tag):
+        settler.invalid(body, {}, "recipient: not of the form local@domain", book, tag, "bulk", NOW)
+
+    asyncio.run(settle(broker, [invalid]))
+    [result] = results_of(broker)
+    assert result["status"] == "invalid" and result["error"] == "recipient: not of the form local@domain"
+    assert result["id"] == BIG and isinstance(result["id"], int)
+    assert result["trace"] == {"span": BIG, "small": -3, "ratio": 0.5}
+    assert "mime" not in result
+
+
+def test_a_retry_copy_redirected_to_invalid_echoes_integers_beyond_64_bits_exactly():
+    broker = Broker()
+    body = orjson.dumps({"recipient": "user@example.com", "envelope": "b@sender.example", "mime": MIME})
+    bad = decode(body[:-1] + b', "id": 123456789012345678901, "trace": [123456789012345678901]}', {}, "bulk", NOW)
+    bad.first_seen = 1e27  # a header the encoder refuses
+
+    def defer(settler, book, tag):
+        bad.attempts += 1
+        bad.history.append(attempt_entry(NOW, "rcpt", 451, "4.3.0", "4.3.0 later", "mx", "192.0.2.1", "bulk"))
+        settler.defer(bad, book, tag, 60)
+
+    asyncio.run(settle(broker, [defer]))
+    [result] = results_of(broker)
+    assert result["status"] == "invalid" and result["id"] == BIG and result["trace"] == [BIG]
