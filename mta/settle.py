@@ -15,8 +15,8 @@ A publish AMQP cannot carry (a producer's header of a type field tables do not h
 number beyond 64 bits, a content header larger than the broker's frame) is found when it
 is encoded, before anything of its settlement is written: an invalid message's copy then
 goes out without the headers that cannot be written; a retry or held copy is not sent, the
-original goes to `mta.invalid` and gets an `invalid` result instead. Each delivery still
-ends in one place, and nothing loops.
+original goes to `mta.invalid`, gets an `invalid` result instead and is counted as
+invalid. Each delivery still ends in one place, and nothing loops.
 
 What a retry copy carries stays well below the broker's frame size (131,072 octets by
 default): an attempt keeps at most 512 octets of the reply text, and the copy carries the
@@ -130,8 +130,11 @@ class Settlement:
 
 class Settler:
     def __init__(self, channel, topology: Topology, publish_timeout: float,
-                 observe_confirm: Callable[[float], None] | None = None):
+                 observe_confirm: Callable[[float], None] | None = None, counts: dict[str, int] | None = None):
         self._observe_confirm = observe_confirm  # seconds from a batch's write to its last confirm
+        # The engine's outcome counts: a retry or held copy sent to mta.invalid instead is
+        # counted there as invalid (what `mta_messages_invalid_total` and `mta status` show).
+        self.counts = counts if counts is not None else {}
         self._channel = channel
         self._topology = topology
         self._timeout = publish_timeout
@@ -344,6 +347,7 @@ class Settler:
             job = s.job
             reason = f"the copy for the next attempt could not be republished: {error}"
             log.warning("message %s: %s; it goes to %s instead", job.id, reason, INVALID)
+            self.counts["invalid"] = self.counts.get("invalid", 0) + 1
             doc = self._result_doc(job, "invalid")
             doc["error"] = reason
             body = _dumps(doc)

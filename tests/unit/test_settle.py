@@ -337,3 +337,50 @@ def test_a_retry_copy_redirected_to_invalid_echoes_integers_beyond_64_bits_exact
     asyncio.run(settle(broker, [defer]))
     [result] = results_of(broker)
     assert result["status"] == "invalid" and result["id"] == BIG and result["trace"] == [BIG]
+
+
+def test_a_copy_redirected_to_invalid_is_counted_where_the_metrics_read_it():
+    from prometheus_client import generate_latest
+
+    from mta import control
+    from mta.metrics import Metrics
+
+    class Engine:  # what the metrics read of the engine: its outcome counts
+        counts = {"consumed": 3, "deferred": 1, "held": 1, "invalid": 1}  # one refused at intake
+        destinations: dict = {}
+        pauses = control.Pauses()
+        resolver = type("Resolver", (), {"lookups": 0, "cache_hits": 0})()
+
+    broker = Broker()
+    retried, held = job_of(2), job_of(3)
+    retried.first_seen = held.first_seen = 1e27  # a header the encoder refuses
+
+    def defer(settler, book, tag):
+        retried.attempts += 1
+        retried.history.append(attempt_entry(NOW, "rcpt", 451, "4.3.0", "4.3.0 later", "mx", "192.0.2.1", "bulk"))
+        settler.defer(retried, book, tag, 60)
+
+    def hold(settler, book, tag):
+        settler.hold(held, book, tag, 60)
+
+    def invalid(settler, book, tag):  # refused at intake: the engine counted it already
+        settler.invalid(b"[]", {"x-bad": b"\xff"}, "body must be a JSON object, got list", book, tag, "bulk", NOW)
+
+    async def scenario():
+        settler = Settler(Session(broker), Topology(), publish_timeout=5, counts=Engine.counts)
+        consuming = Consuming()
+        book = AckBook(consuming)
+        for tag, action in enumerate([defer, hold, invalid], 1):
+            book.received(tag)
+            action(settler, book, tag)
+        runner = asyncio.create_task(settler.run())
+        await asyncio.wait_for(settler.wait_idle(), 5)
+        runner.cancel()
+        return consuming
+
+    consuming = asyncio.run(scenario())
+    assert consuming.acked_tags({1, 2, 3}) == {1, 2, 3}
+    assert len([p for p in broker.published if p["routing_key"] == "mta.invalid"]) == 3
+    assert Engine.counts["invalid"] == 3  # the two redirected copies, and the one intake refused
+    text = generate_latest(Metrics(Engine(), clock=lambda: NOW).registry).decode()
+    assert "mta_messages_invalid_total 3.0" in text
