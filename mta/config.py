@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from mta.idn import ascii_domain, ascii_suffix
 from shaper.patterns import nested_quantifier
 from shaper.retry import DELAY_LADDER, ladder_delay
 from shaper.units import Duration, Rate
@@ -314,6 +315,33 @@ def _smtp_code(v: Any) -> int:
     return _int(200, 599)(v)
 
 
+def _domain_name(v: Any) -> str:
+    """A domain name as intake compares it (mta.idn): `faß.de` is `xn--fa-hia.de`."""
+    return _checked_name(_str(v), ascii_domain)
+
+
+def _domain_pattern(v: Any) -> str:
+    """A domain name, or a `*.suffix` of one (or `.suffix`, in `mx_suffix`), in that form."""
+    return _checked_name(v if isinstance(v, str) else str(v), ascii_suffix)
+
+
+def _checked_name(text: str, mapping: Callable[[str], str | None]) -> str:
+    name = mapping(text)
+    if name is None:
+        raise ValueError(f"{text!r} is not a valid domain name (IDNA 2008)")
+    return name
+
+
+def _domain_patterns(v: Any) -> tuple[str, ...]:
+    out = []
+    for i, item in enumerate(_str_list(v)):
+        try:
+            out.append(_domain_pattern(item))
+        except ValueError as exc:
+            raise ValueError(f"[{i}] {exc}") from None
+    return tuple(out)
+
+
 def _nameservers(v: Any) -> tuple[str, ...] | None:
     return None if v is None else _str_list(v)
 
@@ -456,7 +484,7 @@ PATTERN_FIELDS = {
 }
 
 ROUTE_FIELDS = {
-    "sender_domain": _str,
+    "sender_domain": lambda v: _domain_pattern(_str(v)),
     "smarthost": lambda v: _host(v, "smarthost"),
     "username": _str,
     "password_env": _str,
@@ -470,7 +498,7 @@ ROUTE_FIELDS = {
 }
 
 DKIM_FIELDS = {
-    "domain": _str,
+    "domain": _domain_name,
     "selector": _str,
     "key_file": _str,
     "algorithm": _choice("rsa-sha256", "ed25519-sha256"),
@@ -499,16 +527,13 @@ def parse_config(raw: Any) -> Config:
     providers = []
     for name, body in _named_map(c, "providers", raw.get("providers")).items():
         path = f"providers.{name}"
-        policy, own = _policy(c, path, body, {"mx_suffix": _str_list})
+        policy, own = _policy(c, path, body, {"mx_suffix": _domain_patterns})
         if isinstance(body, dict):
             c.required(path, body, "mx_suffix")
         if "mx_suffix" in own:
-            providers.append(Provider(str(name), tuple(s.lower() for s in own["mx_suffix"]), policy))
+            providers.append(Provider(str(name), own["mx_suffix"], policy))
 
-    domains = []
-    for name, body in _named_map(c, "domains", raw.get("domains")).items():
-        policy, own = _policy(c, f"domains.{name}", body, {"mx": _mx_list})
-        domains.append(Domain(str(name).lower().rstrip("."), policy, own.get("mx")))
+    domains, domain_levels = _domains(c, raw.get("domains"))
 
     patterns = []
     for i, body in enumerate(_list(c, "patterns", raw.get("patterns"))):
@@ -553,11 +578,35 @@ def parse_config(raw: Any) -> Config:
             keys.append(DkimKey(**values))
 
     levels = [("default", default_overrides)] + [(f"providers.{p.name}", p.policy) for p in providers]
-    levels += [(f"domains.{d.name}", d.policy) for d in domains] + [(f"routes[{i}]", r.policy) for i, r in enumerate(routes)]
+    levels += domain_levels + [(f"routes[{i}]", r.policy) for i, r in enumerate(routes)]
     _nested_timeouts(c, sections["smtp"].delivery_deadline, levels)
     if c.problems:
         raise ConfigError(c.problems)
     return Config(default=default, providers=tuple(providers), domains=tuple(domains), patterns=tuple(patterns), routes=tuple(routes), dkim=tuple(keys), **sections)
+
+
+def _domains(c: _Collector, raw: Any) -> tuple[list[Domain], list[tuple[str, Policy]]]:
+    """The `domains:` entries under the names mail is matched by, and each one's policy
+    under its key path as written. Two names for one domain (`faß.de`, `xn--fa-hia.de`)
+    are an error: only one of them could ever apply."""
+    domains: list[Domain] = []
+    levels: list[tuple[str, Policy]] = []
+    written: dict[str, str] = {}
+    for name, body in _named_map(c, "domains", raw).items():
+        path = f"domains.{name}"
+        policy, own = _policy(c, path, body, {"mx": _mx_list})
+        try:
+            ascii_name = _domain_pattern(name)
+        except ValueError as exc:
+            c.problem(path, str(exc))
+            continue
+        if ascii_name in written:
+            c.problem(path, f"the same domain as domains.{written[ascii_name]} ({ascii_name}): give its rules once")
+            continue
+        written[ascii_name] = str(name)
+        domains.append(Domain(ascii_name, policy, own.get("mx")))
+        levels.append((path, policy))
+    return domains, levels
 
 
 # What each action does not use: a key it would ignore is an error, never silently accepted.
@@ -593,7 +642,7 @@ def _nested_timeouts(c: _Collector, deadline: float, levels: list[tuple[str, Pol
 
 def _route(c: _Collector, path: str, own: dict[str, Any], policy: Policy, earlier: list[Route]) -> Route:
     """One `routes:` entry; its name (the destination `route:NAME`) must be unique."""
-    sender_domain = own["sender_domain"].lower().rstrip(".")
+    sender_domain = own["sender_domain"]
     name = own.get("name", sender_domain).lower()
     if not re.fullmatch(r"[a-z0-9*][a-z0-9_.*-]*", name):
         c.problem(f"{path}.name", f"invalid route name {name!r}: letters, digits, '.', '-', '_'")

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from mta.idn import ascii_domain
+
 MIN_RSA_BITS = 2048
 MAX_LINE = 998  # octets between CRLFs (RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6)
 
@@ -82,13 +84,10 @@ def public_txt(private) -> str:
 
 
 def normalise_domain(domain: str) -> str:
-    domain = domain.strip().rstrip(".").lower()
-    if not domain.isascii():
-        try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            pass
-    return domain
+    """The A-label form intake gives a sender's domain (IDNA 2008, UTS #46: `faß.de` is
+    `xn--fa-hia.de`), so a key, the From header and the envelope compare equal. A name
+    that is no valid IDN stays as written: it matches no key (the rules file refuses one)."""
+    return ascii_domain(domain) or domain.strip().rstrip(".").lower()
 
 
 # ---------------------------------------------------------------- keys

@@ -170,7 +170,7 @@ class Engine:
             await self.topology.declare(publish_ch)
             if self.settler is None:
                 self.settler = Settler(publish_ch, self.topology, self.config.broker.publish_timeout,
-                                       self.metrics.observe_publish_confirm)
+                                       self.metrics.observe_publish_confirm, counts=self.counts)
                 window = self.config.broker.prefetch + self.config.broker.single_prefetch
                 self.settler.recent_limit = max(self.settler.recent_limit, 20 * window)
                 self.settler.journal = self.journal

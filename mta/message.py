@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import ipaddress
 import re
 import uuid
 from typing import Any
 
-import idna
 import msgspec
 import orjson
 
+from mta.idn import a_labels
 from mta.longlines import Unsendable, has_long_line, shorten
 from mta.topology import delay_queue
 from shaper.retry import MAX_MESSAGE_SECONDS
@@ -109,24 +108,13 @@ def _address_literal(domain: str, field: str, value: str) -> None:
 
 def _ascii_domain(domain: str, field: str, value: str) -> str:
     if not domain.isascii():
-        domain = _a_labels(domain)
+        domain = a_labels(domain)  # IDNA 2008, UTS #46 (mta.idn)
         if domain is None:
             raise InvalidMessage(f"{field}: {value!r} has an invalid international domain")
     labels = domain.split(".")
     if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
         raise InvalidMessage(f"{field}: {value!r} has an invalid domain")
     return domain
-
-
-@functools.lru_cache(maxsize=4096)  # mail to IDN domains repeats a few domains; idna is pure Python
-def _a_labels(domain: str) -> str | None:
-    """IDNA 2008 with UTS #46 mapping, non-transitional: `faß.de` is `xn--fa-hia.de` as
-    browsers and registries have it (Python's own "idna" codec is IDNA 2003: `fass.de`,
-    another domain)."""
-    try:
-        return idna.encode(domain, uts46=True, transitional=False).decode("ascii")
-    except (idna.IDNAError, UnicodeError, ValueError):
-        return None
 
 
 def canonical_data(mime: bytes) -> bytes:
@@ -189,7 +177,7 @@ def decode(body: bytes, headers: dict[str, Any], lane: str, now: float, message_
     if max_size is not None and len(body) > max_body(max_size):
         raise BodyTooLarge(f"body of {len(body)} octets is larger than any message of at most "
                            f"{max_size} octets (max_message_size) can be written in JSON")
-    doc = _json(body)
+    doc = parse_json(body)
     if not isinstance(doc, dict):
         raise InvalidMessage(f"body must be a JSON object, got {type(doc).__name__}")
     for required in ("recipient", "envelope"):
@@ -236,7 +224,8 @@ def decode(body: bytes, headers: dict[str, Any], lane: str, now: float, message_
 _DECODER = msgspec.json.Decoder()
 
 
-def _json(body: bytes) -> Any:
+def parse_json(body: bytes) -> Any:
+    """The body as intake reads it (settle echoes an invalid one's fields the same way)."""
     try:
         return _DECODER.decode(body)
     except msgspec.DecodeError:

@@ -308,7 +308,8 @@ class _Collector:
 
         yield _counter("mta_messages_processed", "Messages consumed from the lanes (every delivery of a "
                        "message by the broker, including held mail coming back).", engine_counts.get("consumed", 0))
-        yield _counter("mta_messages_invalid", "Messages refused at intake (sent to mta.invalid).",
+        yield _counter("mta_messages_invalid", "Messages sent to mta.invalid: refused at intake, or a retry or "
+                       "held copy that could not be republished.",
                        engine_counts.get("invalid", 0))
         attempts: dict[tuple[str, str], int] = {}
         for (lane, label, event), n in counts.items():

@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 
 from mta.config import ConfigError, Route
 from mta.control import Pauses
+from mta.idn import ascii_domain
 from mta.message import Job
 from mta.mx import DnsFailure, MxAnswer, MxHost, MxResolver, parse_static
 from mta.rules import Resolved, Rules
@@ -55,7 +56,8 @@ _FROM = re.compile(rb"^From:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECA
 
 
 def from_domain(data: bytes) -> str | None:
-    """The domain of the first address in the From: header of a message, lower case."""
+    """The domain of the first address in the From: header of a message, in the form
+    intake gives the envelope's (lower case, A-labels: mta.idn), so one route matches both."""
     end = data.find(b"\r\n\r\n")  # the header only: never copy a large body
     m = _FROM.search(data[:end] if end >= 0 else data)
     if m is None:
@@ -63,7 +65,8 @@ def from_domain(data: bytes) -> str | None:
     value = m.group(1).replace(b"\r\n", b"").decode("utf-8", "replace")
     for _, address in email.utils.getaddresses([value]):
         if "@" in address:
-            return address.rpartition("@")[2].strip().rstrip(".").lower() or None
+            domain = address.rpartition("@")[2]
+            return ascii_domain(domain) or domain.strip().rstrip(".").lower() or None
     return None
 
 

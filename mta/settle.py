@@ -15,8 +15,8 @@ A publish AMQP cannot carry (a producer's header of a type field tables do not h
 number beyond 64 bits, a content header larger than the broker's frame) is found when it
 is encoded, before anything of its settlement is written: an invalid message's copy then
 goes out without the headers that cannot be written; a retry or held copy is not sent, the
-original goes to `mta.invalid` and gets an `invalid` result instead. Each delivery still
-ends in one place, and nothing loops.
+original goes to `mta.invalid`, gets an `invalid` result instead and is counted as
+invalid. Each delivery still ends in one place, and nothing loops.
 
 What a retry copy carries stays well below the broker's frame size (131,072 octets by
 default): an attempt keeps at most 512 octets of the reply text, and the copy carries the
@@ -46,7 +46,7 @@ import orjson
 from mta import fault
 from mta.journal import Journal
 from mta.publish import BatchPublisher, Publish, Unencodable, header_table
-from mta.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, Job
+from mta.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, InvalidMessage, Job, parse_json
 from mta.topology import EXCHANGE, INVALID, RESULTS, Topology
 
 log = logging.getLogger("mta.settle")
@@ -141,8 +141,11 @@ class Settlement:
 
 class Settler:
     def __init__(self, channel, topology: Topology, publish_timeout: float,
-                 observe_confirm: Callable[[float], None] | None = None):
+                 observe_confirm: Callable[[float], None] | None = None, counts: dict[str, int] | None = None):
         self._observe_confirm = observe_confirm  # seconds from a batch's write to its last confirm
+        # The engine's outcome counts: a retry or held copy sent to mta.invalid instead is
+        # counted there as invalid (what `mta_messages_invalid_total` and `mta status` show).
+        self.counts = counts if counts is not None else {}
         self._channel = channel
         self._topology = topology
         self._timeout = publish_timeout
@@ -170,6 +173,9 @@ class Settler:
         self._wake.set()
 
     def result(self, job: Job, status: str, *, bounce: str | None = None) -> bytes:
+        return _dumps(self._result_doc(job, status, bounce))
+
+    def _result_doc(self, job: Job, status: str, bounce: str | None = None) -> dict[str, Any]:
         doc = job.doc
         out: dict[str, Any] = {k: v for k, v in doc.items() if k != "mime" and k != "mime_b64"}
         if "id" not in out:  # the producer's id goes back as given: 9007199254740993 stays a number
@@ -186,10 +192,7 @@ class Settler:
         out["results"] = history
         if bounce is not None:
             out["bounce"] = bounce
-        try:
-            return orjson.dumps(out)
-        except orjson.JSONEncodeError:  # a producer's integer beyond 64 bits, which msgspec writes as given
-            return msgspec.json.encode(out)
+        return out
 
     def final(self, job: Job, book: AckBook, tag: int, status: str, bounce: str | None = None) -> None:
         body = self.result(job, status, bounce=bounce)
@@ -231,12 +234,12 @@ class Settler:
                 echo: bool = True) -> None:
         """`echo=False`: the body is not read for fields to echo (refused for its size, unread)."""
         doc: dict[str, Any] = {}
-        try:
-            parsed = orjson.loads(body) if echo else None
-            if isinstance(parsed, dict):
-                doc = {k: v for k, v in parsed.items() if k not in ("mime", "mime_b64")}
-        except orjson.JSONDecodeError:
-            pass
+        try:  # read as intake reads it: an integer beyond 64 bits comes back as given, not as a float
+            parsed = parse_json(body) if echo else None
+        except InvalidMessage:
+            parsed = None
+        if isinstance(parsed, dict):
+            doc = {k: v for k, v in parsed.items() if k not in ("mime", "mime_b64")}
         doc.update(status="invalid", final=True, attempts=0, error=reason,
                    results=[{"time": rfc3339(now), "phase": "intake", "code": None, "enhanced": None,
                              "description": reason, "mx": None, "ip": None, "lane": lane}])
@@ -245,7 +248,7 @@ class Settler:
         keep["x-mta-lane"] = lane
         self.add(Settlement(book, tag, [
             ("default", INVALID, body, keep),
-            ("results", "invalid", orjson.dumps(doc), None),
+            ("results", "invalid", _dumps(doc), None),
         ]))
 
     def replay_final(self, job: Job, book: AckBook, tag: int) -> bool:
@@ -403,9 +406,10 @@ class Settler:
             job = s.job
             reason = f"the copy for the next attempt could not be republished: {error}"
             log.warning("message %s: %s; it goes to %s instead", job.id, reason, INVALID)
-            doc = orjson.loads(self.result(job, "invalid"))
+            self.counts["invalid"] = self.counts.get("invalid", 0) + 1
+            doc = self._result_doc(job, "invalid")
             doc["error"] = reason
-            body = orjson.dumps(doc)
+            body = _dumps(doc)
             key = _recent_key(job)
             self._remember(key, body, "invalid", False)
             s.final, s.job = (key, body, "invalid"), None
@@ -424,6 +428,13 @@ class Settler:
 
 
 EXCHANGE_NAMES = {"results": RESULTS, "default": "", "mta": EXCHANGE}
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(doc)
+    except orjson.JSONEncodeError:  # a producer's integer beyond 64 bits, which msgspec writes as given
+        return msgspec.json.encode(doc)
 
 
 def _carried(job: Job) -> dict:

@@ -222,6 +222,53 @@ def test_values_come_through(raw, check) -> None:
     assert check(parse_config(raw))
 
 
+# Domain names in the rules are compared with what intake makes of an address: lower case,
+# no trailing dot, IDNA 2008 A-labels (UTS #46, non-transitional: faß.de is xn--fa-hia.de,
+# not IDNA 2003's fass.de). A `*.` or `.` prefix is kept.
+IDN_NAMES = [
+    ({"domains": {"faß.de": {}}}, lambda c: c.domains[0].name, "xn--fa-hia.de"),
+    ({"domains": {"FAß.DE.": {}}}, lambda c: c.domains[0].name, "xn--fa-hia.de"),
+    ({"domains": {"faß。de": {}}}, lambda c: c.domains[0].name, "xn--fa-hia.de"),  # ideographic full stop
+    ({"domains": {"xn--fa-hia.de": {}}}, lambda c: c.domains[0].name, "xn--fa-hia.de"),
+    ({"domains": {"*.faß.de": {}}}, lambda c: c.domains[0].name, "*.xn--fa-hia.de"),
+    ({"providers": {"p": {"mx_suffix": [".Bücher.example", "mx.bücher.example"]}}},
+     lambda c: c.providers[0].mx_suffix, (".xn--bcher-kva.example", "mx.xn--bcher-kva.example")),
+    ({"routes": [{"sender_domain": "Faß.de", "smarthost": "s.example"}]},
+     lambda c: (c.routes[0].sender_domain, c.routes[0].name), ("xn--fa-hia.de", "xn--fa-hia.de")),
+    ({"routes": [{"sender_domain": "*.faß.de", "smarthost": "s.example", "name": "fass"}]},
+     lambda c: c.routes[0].sender_domain, "*.xn--fa-hia.de"),
+    ({"dkim": [{"domain": "faß.de.", "selector": "k", "key_file": "/k.pem"}]},
+     lambda c: c.dkim[0].domain, "xn--fa-hia.de"),
+]
+
+
+@pytest.mark.parametrize(("raw", "get", "expected"), IDN_NAMES, ids=[str(r) for r, _, _ in IDN_NAMES])
+def test_domain_names_in_the_rules_are_in_the_form_intake_gives(raw, get, expected) -> None:
+    assert get(parse_config(raw)) == expected
+
+
+JOINED = "a\u200db.example"  # a zero-width joiner outside the context IDNA 2008 allows it in
+IDN_PROBLEMS = [
+    ({"domains": {"☃.example": {}}}, "domains.☃.example", "not a valid domain name"),
+    ({"domains": {"*.-faß.de": {}}}, "domains.*.-faß.de", "not a valid domain name"),
+    ({"domains": {"faß.de": {}, "xn--fa-hia.de": {}}}, "domains.xn--fa-hia.de", "the same domain as domains.faß.de"),
+    ({"providers": {"p": {"mx_suffix": [".p.example", JOINED]}}}, "providers.p.mx_suffix",
+     f"[1] {JOINED!r} is not a valid domain name"),
+    ({"routes": [{"sender_domain": "fa ß.de", "smarthost": "s.example"}]}, "routes[0].sender_domain",
+     "not a valid domain name"),
+    ({"dkim": [{"domain": "☃.example", "selector": "k", "key_file": "/k.pem"}]}, "dkim[0].domain",
+     "not a valid domain name"),
+]
+
+
+@pytest.mark.parametrize(("raw", "path", "fragment"), IDN_PROBLEMS, ids=[p for _, p, _ in IDN_PROBLEMS])
+def test_an_invalid_international_name_in_the_rules_is_an_error_with_its_path(raw, path, fragment) -> None:
+    problems = problems_of(raw)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{path}: "), problems
+    assert fragment in problems[0], problems
+
+
 # --------------------------------------------------------------------------- merge
 
 

@@ -151,6 +151,8 @@ def test_any_message_verifies_with_dkimpy(message):
     (b"From: Shop\r\n <shop@sender.test>", "sender.test"),
     (b"Subject: x\r\nFROM: (comment) shop@sender.test (x)", "sender.test"),
     (b"From: =?utf-8?q?Gr=C3=BC=C3=9Fe?= <a@b\xc3\xbccher.test>", "xn--bcher-kva.test"),
+    (b"From: <news@fa\xc3\x9f.de>", "xn--fa-hia.de"),  # IDNA 2008 as intake maps it, not IDNA 2003's fass.de
+    (b"From: <news@xn--fa-hia.de>", "xn--fa-hia.de"),
     (b"Subject: no from here", None),
     (b"From: undisclosed", None),
     (b"Subject: x\r\nX-From: a@elsewhere.test", None),

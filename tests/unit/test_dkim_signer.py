@@ -40,6 +40,30 @@ def test_keyring_choice(kwargs, chosen):
     assert Keyring(KEYS).choose(job(**kwargs)) == chosen
 
 
+# A key configured for faß.de signs the mail intake maps to xn--fa-hia.de (IDNA 2008,
+# UTS #46 non-transitional), whichever form the From header, the envelope or the
+# message's `dkim` field writes; under IDNA 2003 it would be fass.de, another domain.
+IDN = generate("faß.de", "i1", "ed25519-sha256")
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"sender": "news@xn--fa-hia.de"},
+    {"sender": "news@faß.de"},
+    {"sender": "news@FAß.de"},
+    {"sender": "a@nokey.test", "envelope": "bounces@faß.de"},
+    {"sender": "a@nokey.test", "envelope": "bounces@xn--fa-hia.de"},
+    {"sender": "a@nokey.test", "dkim": {"domain": "faß.de", "selector": "i1"}},
+    {"sender": "a@nokey.test", "dkim": {"domain": "xn--fa-hia.de", "selector": "i1"}},
+])
+def test_keyring_idn_key_matches_the_domain_intake_maps_to(kwargs):
+    assert IDN.domain == "xn--fa-hia.de"
+    assert Keyring([RSA, IDN]).choose(job(**kwargs)) == (1,)
+
+
+def test_keyring_idn_key_is_not_the_idna_2003_domain():
+    assert Keyring([RSA, IDN]).choose(job(sender="news@fass.de", envelope="b@fass.de")) == ()
+
+
 def test_unconfigured_key_asked_for_is_a_bounce():
     reply = Keyring(KEYS).choose(job(dkim={"domain": "shop.test", "selector": "nope"}))
     assert reply.code == 554 and reply.enhanced == "5.7.0" and "not configured" in reply.text
@@ -247,3 +271,14 @@ def test_reload_new_keys_sign_new_batches_and_old_batches_finish():
     assert _verify(first.data) == [True] and _verify(second.data) == [True]
     # retired: the worker that signed the first batch ended once it had answered
     assert all(w.dead and w.proc.poll() is not None for w in old_workers)
+
+
+def test_load_keys_maps_an_idn_key_domain_as_intake_does(tmp_path):
+    from mta.config import DkimKey
+    from mta.signer import load_keys
+
+    good = tmp_path / "good.pem"
+    good.write_bytes(ED.pem())
+    good.chmod(0o600)
+    keys, _ = load_keys([DkimKey("faß.de", "e1", str(good), "ed25519-sha256")])
+    assert keys[0].domain == "xn--fa-hia.de"

@@ -9,6 +9,7 @@ import asyncio
 import struct
 from collections import OrderedDict
 
+import msgspec
 import orjson
 import pytest
 from aiormq.exceptions import DeliveryError
@@ -294,3 +295,92 @@ def test_an_invalid_copy_whose_headers_only_together_exceed_a_frame_keeps_the_re
     copy = next(p for p in broker.published if p["routing_key"] == "mta.invalid")
     assert set(copy["headers"]) == {"x-mta-error", "x-mta-lane"}
     assert copy["headers"]["x-mta-error"].startswith("body must be a JSON object, got list; ")
+
+
+# ---- exact integers and invalid counts
+
+BIG = 123456789012345678901  # beyond 64 bits: orjson would read it as 1.2345678901234568e+20
+
+
+def results_of(broker) -> list[dict]:
+    """The published results as msgspec reads them: integers of any size stay exact."""
+    return [msgspec.json.decode(p["body"]) for p in broker.published if p["exchange"] == "mta.results"]
+
+
+def test_an_invalid_result_echoes_integers_beyond_64_bits_exactly():
+    broker = Broker()
+    body = (b'{"id": 123456789012345678901, "recipient": "no-at-sign", "envelope": "", "mime": "x",'
+            b' "trace": {"span": 123456789012345678901, "small": -3, "ratio": 0.5}}')
+
+    def invalid(settler, book, tag):
+        settler.invalid(body, {}, "recipient: not of the form local@domain", book, tag, "bulk", NOW)
+
+    asyncio.run(settle(broker, [invalid]))
+    [result] = results_of(broker)
+    assert result["status"] == "invalid" and result["error"] == "recipient: not of the form local@domain"
+    assert result["id"] == BIG and isinstance(result["id"], int)
+    assert result["trace"] == {"span": BIG, "small": -3, "ratio": 0.5}
+    assert "mime" not in result
+
+
+def test_a_retry_copy_redirected_to_invalid_echoes_integers_beyond_64_bits_exactly():
+    broker = Broker()
+    body = orjson.dumps({"recipient": "user@example.com", "envelope": "b@sender.example", "mime": MIME})
+    bad = decode(body[:-1] + b', "id": 123456789012345678901, "trace": [123456789012345678901]}', {}, "bulk", NOW)
+    bad.first_seen = 1e27  # a header the encoder refuses
+
+    def defer(settler, book, tag):
+        bad.attempts += 1
+        bad.history.append(attempt_entry(NOW, "rcpt", 451, "4.3.0", "4.3.0 later", "mx", "192.0.2.1", "bulk"))
+        settler.defer(bad, book, tag, 60)
+
+    asyncio.run(settle(broker, [defer]))
+    [result] = results_of(broker)
+    assert result["status"] == "invalid" and result["id"] == BIG and result["trace"] == [BIG]
+
+
+def test_a_copy_redirected_to_invalid_is_counted_where_the_metrics_read_it():
+    from prometheus_client import generate_latest
+
+    from mta import control
+    from mta.metrics import Metrics
+
+    class Engine:  # what the metrics read of the engine: its outcome counts
+        counts = {"consumed": 3, "deferred": 1, "held": 1, "invalid": 1}  # one refused at intake
+        destinations: dict = {}
+        pauses = control.Pauses()
+        resolver = type("Resolver", (), {"lookups": 0, "cache_hits": 0})()
+
+    broker = Broker()
+    retried, held = job_of(2), job_of(3)
+    retried.first_seen = held.first_seen = 1e27  # a header the encoder refuses
+
+    def defer(settler, book, tag):
+        retried.attempts += 1
+        retried.history.append(attempt_entry(NOW, "rcpt", 451, "4.3.0", "4.3.0 later", "mx", "192.0.2.1", "bulk"))
+        settler.defer(retried, book, tag, 60)
+
+    def hold(settler, book, tag):
+        settler.hold(held, book, tag, 60)
+
+    def invalid(settler, book, tag):  # refused at intake: the engine counted it already
+        settler.invalid(b"[]", {"x-bad": b"\xff"}, "body must be a JSON object, got list", book, tag, "bulk", NOW)
+
+    async def scenario():
+        settler = Settler(Session(broker), Topology(), publish_timeout=5, counts=Engine.counts)
+        consuming = Consuming()
+        book = AckBook(consuming)
+        for tag, action in enumerate([defer, hold, invalid], 1):
+            book.received(tag)
+            action(settler, book, tag)
+        runner = asyncio.create_task(settler.run())
+        await asyncio.wait_for(settler.wait_idle(), 5)
+        runner.cancel()
+        return consuming
+
+    consuming = asyncio.run(scenario())
+    assert consuming.acked_tags({1, 2, 3}) == {1, 2, 3}
+    assert len([p for p in broker.published if p["routing_key"] == "mta.invalid"]) == 3
+    assert Engine.counts["invalid"] == 3  # the two redirected copies, and the one intake refused
+    text = generate_latest(Metrics(Engine(), clock=lambda: NOW).registry).decode()
+    assert "mta_messages_invalid_total 3.0" in text
