@@ -277,15 +277,26 @@ def _parse_reply(buffer: bytearray, end: int = -1) -> tuple[int, str] | None:
 _SIGNATURE = re.compile(rb"^(?:dkim-signature|arc-message-signature)[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
+def utf8_header_fields(data: bytes) -> bool:
+    """Whether the header fields of ``data`` (as sent: CRLF) have 8-bit octets: UTF-8 header
+    fields (RFC 6532), which only SMTPUTF8 carries (RFC 6531). Reads the header block only,
+    however large the body."""
+    if data.startswith(b"\r\n"):
+        return False  # no header fields at all: everything is body
+    end = data.find(b"\r\n\r\n")
+    return not (data if end < 0 else data[:end]).isascii()
+
+
 def downgrade(data: bytes) -> bytes | Reply:
     """8-bit ``data`` (as sent: CRLF, dot-stuffed) for a receiver without 8BITMIME: its 8-bit
     parts re-encoded quoted-printable (`mta.longlines.seven_bit`), or the local reply that
     refuses it. 8-bit header fields (RFC 6532) cannot be re-encoded: only SMTPUTF8 carries
-    them (RFC 6531: 5.6.9). A signed message is not re-encoded: its DKIM signature
-    covers the body as it is, and a broken signature is worse than a late message."""
+    them (RFC 6531: 5.6.9; `Session.commands` refuses those before MAIL, this is the net
+    under it). A signed message is not re-encoded: its DKIM signature covers the body as it
+    is, and a broken signature is worse than a late message."""
     end = data.find(b"\r\n\r\n")
     head = data[:end + 2] if end >= 0 else data
-    if not head.isascii():
+    if utf8_header_fields(data):
         return Reply(550, "5.6.9 the message has 8-bit header fields (RFC 6532), which need SMTPUTF8 and "
                           "8BITMIME, and the receiver does not offer 8BITMIME (local decision)", "message")
     if _SIGNATURE.search(head):
@@ -353,7 +364,7 @@ class Session:
 
     async def send(self, sender: str, recipient: str, data: bytes, *, utf8: bool, eight_bit: bool) -> Reply:
         """One transaction; returns the deciding reply. Raises SessionFailed if the connection broke."""
-        commands = self.commands(sender, recipient, len(data), utf8=utf8, eight_bit=eight_bit)
+        commands = self.commands(sender, recipient, data, utf8=utf8, eight_bit=eight_bit)
         if isinstance(commands, Reply):
             return commands
         refusal = await self.begin(commands)
@@ -361,12 +372,23 @@ class Session:
             return refusal
         return await self.finish(data)
 
-    def commands(self, sender: str, recipient: str, size: int, *, utf8: bool,
+    def commands(self, sender: str, recipient: str, data: bytes, *, utf8: bool,
                  eight_bit: bool) -> tuple[bytes, bytes] | Reply:
-        """MAIL FROM and RCPT TO of one transaction as they go on the wire, or the reply
-        that refuses it here, without asking the receiver (no SMTPUTF8, over its SIZE)."""
+        """MAIL FROM and RCPT TO of one transaction of ``data`` as they go on the wire, or
+        the reply that refuses it here, without asking the receiver (no SMTPUTF8, over its
+        SIZE). ``utf8``: an envelope address has a non-ASCII local part; ``eight_bit``:
+        ``data`` has an 8-bit octet somewhere, and then its header block (only) is read to
+        see whether it needs SMTPUTF8 too (RFC 6532 header fields)."""
         if utf8 and not self.smtputf8:
             return Reply(553, "5.6.7 the receiver does not offer SMTPUTF8, needed for this address (local decision)", "mail")
+        if eight_bit and not utf8 and utf8_header_fields(data):
+            # RFC 6531 §3.2: an internationalized message goes only with SMTPUTF8, and its
+            # header fields cannot be downgraded here.
+            if not self.smtputf8:
+                return Reply(550, "5.6.9 the message has 8-bit header fields (RFC 6532), which only SMTPUTF8 "
+                                  "carries, and the receiver does not offer SMTPUTF8 (local decision)", "mail")
+            utf8 = True
+        size = len(data)
         if self.max_size is not None and size > self.max_size:
             return Reply(552, f"5.3.4 message of {size} octets exceeds the receiver's SIZE {self.max_size} (local decision)", "mail")
         options = b""
