@@ -36,8 +36,8 @@ What the destination may do is decided in `shaper` and only carried out here:
   The destinations of one provider also share its connections and message rate
   (mta.share), the same way.
 * One attempt is bounded: at most `smtp.max_mx_hosts` hosts and `smtp.max_addresses_per_mx`
-  addresses each, all within `smtp.delivery_deadline` (opening a session cuts its step
-  timeouts to the time left; the transaction is watched by a `Watchdog`), and a connection
+  addresses each, all within `smtp.delivery_deadline` (opening a session, all its steps
+  together, ends by the time left; the transaction is watched by a `Watchdog`), and a connection
   that `max_connection_rate` allows only in more than `MAX_WAIT` seconds is not waited
   for with the delivery unacknowledged.
 """
@@ -138,7 +138,7 @@ def timeouts_of(policy: Policy) -> Timeouts:
 
 def _commands(session: Session, job: Job) -> tuple[bytes, bytes] | Reply:
     """The job's MAIL FROM and RCPT TO for this session, or the reply refusing it here."""
-    return session.commands(job.sender.text if job.sender else "", job.recipient.text, len(job.data),
+    return session.commands(job.sender.text if job.sender else "", job.recipient.text, job.data,
                             utf8=job.recipient.utf8 or bool(job.sender and job.sender.utf8),
                             eight_bit=job.eight_bit)
 
@@ -866,14 +866,13 @@ class Destination:
         return self._unreachable(job, last, last_host, last_ip)
 
     def _opening_timeouts(self, left: float) -> Timeouts:
-        """The timeouts of opening a session (connect with the banner, EHLO, STARTTLS, AUTH),
-        each cut to the ``left`` seconds of the attempt; the transaction's stay as they are
-        (the watchdog bounds those, and the session keeps them for later messages)."""
+        """The timeouts of opening a session (connect with the banner, EHLO, STARTTLS, AUTH):
+        all of it within the ``left`` seconds of the attempt, each step within its own; the
+        transaction's stay as they are (the watchdog bounds those, and the session keeps
+        them for later messages)."""
         t = self.timeouts
-        if left >= max(t.connect, t.ehlo, t.starttls):
-            return t
         return Timeouts(connect=min(t.connect, left), ehlo=min(t.ehlo, left), starttls=min(t.starttls, left),
-                        mail_from=t.mail_from, rcpt_to=t.rcpt_to, data=t.data, data_dot=t.data_dot)
+                        mail_from=t.mail_from, rcpt_to=t.rcpt_to, data=t.data, data_dot=t.data_dot, opening=left)
 
     async def _connection_slot(self, job: Job) -> bool:
         """Wait for `max_connection_rate` to allow a connection, if that is soon (within

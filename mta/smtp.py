@@ -82,6 +82,9 @@ class Timeouts:
     rcpt_to: float = 60.0
     data: float = 60.0
     data_dot: float = 120.0
+    # Seconds the whole open (connect, banner, EHLO, STARTTLS, AUTH) may take, whatever
+    # each step takes within its own timeout; None: only the steps' own bound it.
+    opening: float | None = None
 
 
 def _text(message: str) -> str:
@@ -277,15 +280,26 @@ def _parse_reply(buffer: bytearray, end: int = -1) -> tuple[int, str] | None:
 _SIGNATURE = re.compile(rb"^(?:dkim-signature|arc-message-signature)[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
+def utf8_header_fields(data: bytes) -> bool:
+    """Whether the header fields of ``data`` (as sent: CRLF) have 8-bit octets: UTF-8 header
+    fields (RFC 6532), which only SMTPUTF8 carries (RFC 6531). Reads the header block only,
+    however large the body."""
+    if data.startswith(b"\r\n"):
+        return False  # no header fields at all: everything is body
+    end = data.find(b"\r\n\r\n")
+    return not (data if end < 0 else data[:end]).isascii()
+
+
 def downgrade(data: bytes) -> bytes | Reply:
     """8-bit ``data`` (as sent: CRLF, dot-stuffed) for a receiver without 8BITMIME: its 8-bit
     parts re-encoded quoted-printable (`mta.longlines.seven_bit`), or the local reply that
     refuses it. 8-bit header fields (RFC 6532) cannot be re-encoded: only SMTPUTF8 carries
-    them (RFC 6531: 5.6.9). A signed message is not re-encoded: its DKIM signature
-    covers the body as it is, and a broken signature is worse than a late message."""
+    them (RFC 6531: 5.6.9; `Session.commands` refuses those before MAIL, this is the net
+    under it). A signed message is not re-encoded: its DKIM signature covers the body as it
+    is, and a broken signature is worse than a late message."""
     end = data.find(b"\r\n\r\n")
     head = data[:end + 2] if end >= 0 else data
-    if not head.isascii():
+    if utf8_header_fields(data):
         return Reply(550, "5.6.9 the message has 8-bit header fields (RFC 6532), which need SMTPUTF8 and "
                           "8BITMIME, and the receiver does not offer 8BITMIME (local decision)", "message")
     if _SIGNATURE.search(head):
@@ -353,7 +367,7 @@ class Session:
 
     async def send(self, sender: str, recipient: str, data: bytes, *, utf8: bool, eight_bit: bool) -> Reply:
         """One transaction; returns the deciding reply. Raises SessionFailed if the connection broke."""
-        commands = self.commands(sender, recipient, len(data), utf8=utf8, eight_bit=eight_bit)
+        commands = self.commands(sender, recipient, data, utf8=utf8, eight_bit=eight_bit)
         if isinstance(commands, Reply):
             return commands
         refusal = await self.begin(commands)
@@ -361,12 +375,23 @@ class Session:
             return refusal
         return await self.finish(data)
 
-    def commands(self, sender: str, recipient: str, size: int, *, utf8: bool,
+    def commands(self, sender: str, recipient: str, data: bytes, *, utf8: bool,
                  eight_bit: bool) -> tuple[bytes, bytes] | Reply:
-        """MAIL FROM and RCPT TO of one transaction as they go on the wire, or the reply
-        that refuses it here, without asking the receiver (no SMTPUTF8, over its SIZE)."""
+        """MAIL FROM and RCPT TO of one transaction of ``data`` as they go on the wire, or
+        the reply that refuses it here, without asking the receiver (no SMTPUTF8, over its
+        SIZE). ``utf8``: an envelope address has a non-ASCII local part; ``eight_bit``:
+        ``data`` has an 8-bit octet somewhere, and then its header block (only) is read to
+        see whether it needs SMTPUTF8 too (RFC 6532 header fields)."""
         if utf8 and not self.smtputf8:
             return Reply(553, "5.6.7 the receiver does not offer SMTPUTF8, needed for this address (local decision)", "mail")
+        if eight_bit and not utf8 and utf8_header_fields(data):
+            # RFC 6531 §3.2: an internationalized message goes only with SMTPUTF8, and its
+            # header fields cannot be downgraded here.
+            if not self.smtputf8:
+                return Reply(550, "5.6.9 the message has 8-bit header fields (RFC 6532), which only SMTPUTF8 "
+                                  "carries, and the receiver does not offer SMTPUTF8 (local decision)", "mail")
+            utf8 = True
+        size = len(data)
         if self.max_size is not None and size > self.max_size:
             return Reply(552, f"5.3.4 message of {size} octets exceeds the receiver's SIZE {self.max_size} (local decision)", "mail")
         options = b""
@@ -510,6 +535,21 @@ class Session:
                 self._io.transport.close()
 
 
+class _Opening:
+    """Where an open is (what its failure names) and the client it holds (what a failure,
+    a timeout or a cancellation closes)."""
+
+    __slots__ = ("phase", "client")
+
+    def __init__(self) -> None:
+        self.phase = "connect"
+        self.client: aiosmtplib.SMTP | None = None
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
 class Connector:
     """Opens sessions: connect (implicit TLS on request), banner, EHLO, STARTTLS per policy,
     AUTH when credentials are given. Remembers hosts whose STARTTLS failed, so that the next
@@ -548,71 +588,85 @@ class Connector:
 
     async def _open(self, mx: str, ip: str, port: int, tls: str, timeouts: Timeouts,
                     auth: Credentials | None, implicit_tls: bool, ca_file: str | None, for_auth: bool) -> Session:
-        verify = tls == "verified"
         # what the TLS failures say: the policy, or why a route's credentials need verified TLS
         policy = (f"the credentials of this route go only over TLS verified for {mx} (tls_verify: false "
                   f"would allow any TLS)") if for_auth else f"TLS is {tls} for {mx}"
-        phase = "connect"
-        client = None
+        opening = _Opening()
+        # One deadline over all the steps: a receiver answering each just inside its own
+        # timeout would otherwise stretch the open to several times the attempt's deadline.
+        deadline = asyncio.timeout(timeouts.opening)
         try:
-            if implicit_tls:
-                # aiosmtplib names the TLS peer after the address it connects to; a socket of
-                # our own lets it name (and verify) the host while connecting to the address.
-                sock = await self._connect_socket(ip, port, timeouts.connect)
-                client = aiosmtplib.SMTP(
-                    hostname=mx, sock=sock, local_hostname=self._helo, timeout=timeouts.connect,
-                    use_tls=True, start_tls=False, tls_context=self._context(verify, ca_file),
-                )
-            else:
-                client = aiosmtplib.SMTP(
-                    hostname=ip, port=port, local_hostname=self._helo,
-                    source_address=(self._bind, 0) if self._bind else None,
-                    timeout=timeouts.connect, start_tls=False, use_tls=False, validate_certs=False,
-                )
-            await client.connect()
-            phase = "ehlo"
-            try:
-                await client.ehlo(timeout=timeouts.ehlo)
-            except SMTPHeloError as exc:
-                if exc.code == 421 or exc.code < 500:
-                    raise
-                await client.helo(timeout=timeouts.ehlo)
-            used_tls = implicit_tls
-            if implicit_tls:
-                pass  # TLS since the first byte
-            elif tls != "disabled" and client.supports_extension("starttls"):
-                if tls == "opportunistic" and self._tls_broken.get(ip, 0) > self._clock():
-                    pass
-                else:
-                    phase = "tls"
-                    await self._starttls(client, mx, ip, tls, timeouts, ca_file)
-                    used_tls = True
-                    phase = "ehlo"
-                    await client.ehlo(timeout=timeouts.ehlo)
-            elif tls in ("required", "verified"):
-                client.close()
-                raise SessionFailed(Reply(None, f"{policy} but the server does not offer STARTTLS", "tls"))
-            if auth is not None:
-                phase = "auth"
-                await self._authenticate(client, mx, auth, used_tls, timeouts)
+            async with deadline:
+                used_tls = await self._steps(opening, mx, ip, port, tls, policy, timeouts, auth, implicit_tls, ca_file)
         except SessionFailed:
-            if client is not None:
-                client.close()
+            opening.close()
             raise
         except SMTPConnectResponseError as exc:
-            client.close()
+            opening.close()
             raise SessionFailed(Reply(exc.code, _text(exc.message), "connect")) from exc
         except (SMTPException, OSError, asyncio.TimeoutError) as exc:
-            if client is not None:
-                client.close()
+            opening.close()
+            phase = opening.phase
+            if deadline.expired():  # cut in the middle of a step: its own reply never came
+                raise SessionFailed(Reply(None, f"timed out ({phase}): the attempt's deadline came before the "
+                                                f"session was open", phase)) from exc
             refused = _certificate_error(exc)
             if refused is not None:
                 raise SessionFailed(Reply(None, f"TLS certificate of {mx} not accepted ({policy}): "
                                                 f"{refused.verify_message or refused.reason}", "tls")) from exc
             raise SessionFailed(_failed(exc, phase)) from exc
+        except asyncio.CancelledError:  # shutdown: nothing of the open stays connected
+            opening.close()
+            raise
+        client = opening.client
         session = Session(client, mx, ip, timeouts, used_tls)
         session.cipher = _cipher_of(client.transport) if used_tls else None
         return session
+
+    async def _steps(self, opening: _Opening, mx: str, ip: str, port: int, tls: str, policy: str, timeouts: Timeouts,
+                     auth: Credentials | None, implicit_tls: bool, ca_file: str | None) -> bool:
+        """Connect, banner, EHLO, STARTTLS per policy, AUTH, noting each step in ``opening``;
+        returns whether TLS is up."""
+        if implicit_tls:
+            # aiosmtplib names the TLS peer after the address it connects to; a socket of
+            # our own lets it name (and verify) the host while connecting to the address.
+            sock = await self._connect_socket(ip, port, timeouts.connect)
+            opening.client = client = aiosmtplib.SMTP(
+                hostname=mx, sock=sock, local_hostname=self._helo, timeout=timeouts.connect,
+                use_tls=True, start_tls=False, tls_context=self._context(tls == "verified", ca_file),
+            )
+        else:
+            opening.client = client = aiosmtplib.SMTP(
+                hostname=ip, port=port, local_hostname=self._helo,
+                source_address=(self._bind, 0) if self._bind else None,
+                timeout=timeouts.connect, start_tls=False, use_tls=False, validate_certs=False,
+            )
+        await client.connect()
+        opening.phase = "ehlo"
+        try:
+            await client.ehlo(timeout=timeouts.ehlo)
+        except SMTPHeloError as exc:
+            if exc.code == 421 or exc.code < 500:
+                raise
+            await client.helo(timeout=timeouts.ehlo)
+        used_tls = implicit_tls
+        if implicit_tls:
+            pass  # TLS since the first byte
+        elif tls != "disabled" and client.supports_extension("starttls"):
+            if tls == "opportunistic" and self._tls_broken.get(ip, 0) > self._clock():
+                pass
+            else:
+                opening.phase = "tls"
+                await self._starttls(client, mx, ip, tls, timeouts, ca_file)
+                used_tls = True
+                opening.phase = "ehlo"
+                await client.ehlo(timeout=timeouts.ehlo)
+        elif tls in ("required", "verified"):
+            raise SessionFailed(Reply(None, f"{policy} but the server does not offer STARTTLS", "tls"))
+        if auth is not None:
+            opening.phase = "auth"
+            await self._authenticate(client, mx, auth, used_tls, timeouts)
+        return used_tls
 
     async def _connect_socket(self, ip: str, port: int, timeout: float) -> socket.socket:
         sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)

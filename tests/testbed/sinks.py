@@ -23,7 +23,8 @@ hang up after the banner (``"hangup"``), answer DATA with "250 2.0.0 Ok" instead
 note every byte it is sent after that lie (``"data250"``, ``after_lie()``), or be slow on
 every reply (``set_reply_delay``).
 ``set_pipelining(sink, False)`` leaves PIPELINING out of the EHLO reply,
-``set_eight_bit_mime(sink, False)`` 8BITMIME (and SMTPUTF8, which needs it). Per sink, the farm
+``set_eight_bit_mime(sink, False)`` 8BITMIME (and SMTPUTF8, which needs it),
+``set_smtputf8(sink, False)`` SMTPUTF8 alone (8BITMIME still offered). Per sink, the farm
 notes each message whose content arrived in one chunk with the next transaction's commands
 (RFC 2920 pipelining across transactions): ``pipelined()``.
 
@@ -185,6 +186,8 @@ class _Handler:
         # advertise it.
         if server.sink in self.farm._no_eight_bit_mime:
             responses = [r for r in responses if "8BITMIME" not in r and "SMTPUTF8" not in r]
+        elif server.sink in self.farm._no_smtputf8:
+            responses = [r for r in responses if "SMTPUTF8" not in r]
         if server.sink in self.farm._no_pipelining:
             return responses
         return responses[:-1] + ["250-PIPELINING"] + responses[-1:]
@@ -245,6 +248,7 @@ class SinkFarm:
         self._reply_delay: Dict[str, float] = {}
         self._no_pipelining: set = set()
         self._no_eight_bit_mime: set = set()
+        self._no_smtputf8: set = set()
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.auth = dict(auth) if auth is not None else None
@@ -394,6 +398,7 @@ class SinkFarm:
             self._manner.clear()
             self._reply_delay.clear()
             self._no_pipelining.clear()
+            self._no_smtputf8.clear()
 
     def set_greeting(self, sink: str, reply: Optional[str]) -> None:
         """Connections to ``sink`` get ``reply`` (e.g. "421 4.7.0 Too many connections")
@@ -449,6 +454,15 @@ class SinkFarm:
                 self._no_eight_bit_mime.discard(sink)
             else:
                 self._no_eight_bit_mime.add(sink)
+
+    def set_smtputf8(self, sink: str, offered: bool) -> None:
+        """Whether ``sink`` offers SMTPUTF8 in its EHLO reply (it does unless told); 8BITMIME
+        stays offered either way."""
+        with self._lock:
+            if offered:
+                self._no_smtputf8.discard(sink)
+            else:
+                self._no_smtputf8.add(sink)
 
     def after_lie(self) -> Dict[str, bytes]:
         """{sink: every byte received after a "data250" sink answered DATA with 250}, for

@@ -241,9 +241,9 @@ def pipelined_pair(peer: Peer) -> tuple[object, object]:
         session = session_with(peer)
         first = second = None
         try:
-            assert await session.begin(session.commands(SENDER, RECIPIENT, len(CONTENT), utf8=False,
+            assert await session.begin(session.commands(SENDER, RECIPIENT, CONTENT, utf8=False,
                                                         eight_bit=False)) is None
-            ahead = session.commands(SENDER, "c@receiver.test", len(NEXT), utf8=False, eight_bit=False)
+            ahead = session.commands(SENDER, "c@receiver.test", NEXT, utf8=False, eight_bit=False)
             first = await session.finish(CONTENT, ahead)
         except SessionFailed as exc:
             first = exc
@@ -376,10 +376,11 @@ def test_a_multipart_message_has_only_its_8bit_part_re_encoded():
 
 
 def test_8bit_header_fields_cannot_be_re_encoded_and_bounce():
-    peer, reply = send_content(eight_bit("From: a@sender.test\nSubject: caf\u00e9\n\nbody\n"), eight_bit_mime=False)
+    # The net under Session.commands, which refuses such a message before MAIL (below).
+    from mta.smtp import downgrade
+    reply = downgrade(eight_bit("From: a@sender.test\nSubject: caf\u00e9\n\nbody\n"))
     assert (reply.code, reply.enhanced, reply.phase) == (550, "5.6.9", "message")
     assert "8-bit header" in reply.text and "SMTPUTF8" in reply.text
-    assert peer.contents == []
 
 
 def test_a_signed_8bit_message_is_deferred_rather_than_its_signature_broken():
@@ -406,8 +407,8 @@ def test_a_pipelined_421_is_the_next_message_s_outcome_and_ends_the_session_then
         peer = Peer({"RCPT": [GOOD["RCPT"], b"421 4.7.0 Rate limited: too many messages, slow down\r\n"],
                      "DATA": [GOOD["DATA"], b"503 5.5.1 no valid recipients\r\n"]})
         session = session_with(peer)
-        await session.begin(session.commands(SENDER, RECIPIENT, len(CONTENT), utf8=False, eight_bit=False))
-        ahead = session.commands(SENDER, "c@receiver.test", len(NEXT), utf8=False, eight_bit=False)
+        await session.begin(session.commands(SENDER, RECIPIENT, CONTENT, utf8=False, eight_bit=False))
+        ahead = session.commands(SENDER, "c@receiver.test", NEXT, utf8=False, eight_bit=False)
         first = await session.finish(CONTENT, ahead)
         usable_between = session.usable
         second = await session.begin(None)
@@ -418,3 +419,88 @@ def test_a_pipelined_421_is_the_next_message_s_outcome_and_ends_the_session_then
     assert usable_between is True
     assert second == Reply(421, "4.7.0 Rate limited: too many messages, slow down", "rcpt")
     assert usable_after is False
+
+
+# ---- SMTPUTF8 when needed and offered (RFC 6531, RFC 6532)
+
+UTF8_HEADERS = eight_bit("From: Andr\u00e9 <a@sender.test>\nSubject: Gr\u00fc\u00dfe\n\nCaf\u00e9\n")
+UTF8_BODY = eight_bit("From: a@sender.test\nSubject: hi\n\nCaf\u00e9\n\nGr\u00fc\u00dfe\n")
+NON_ASCII_RECIPIENT = "j\u00f6rg@receiver.test"
+
+
+def offer(*extensions: str) -> dict:
+    return {"pipelining": ""} | {name: "" for name in extensions}
+
+
+def transaction(data: bytes, ext: dict, *, recipient: str = RECIPIENT) -> tuple[Peer, Reply, Session]:
+    """One transaction of ``data`` to a receiver offering ``ext``, flagged as delivery flags
+    it: 8-bit when any octet is, UTF-8 when an envelope local part is not ASCII."""
+    async def go():
+        peer = Peer()
+        session = Session(SimpleNamespace(esmtp_extensions=ext, transport=peer), "mx.receiver.test", "192.0.2.1",
+                          Timeouts(*(1.0,) * 7), tls=False)
+        reply = await session.send(SENDER, recipient, data, utf8=not recipient.split("@")[0].isascii(),
+                                   eight_bit=not data.isascii())
+        return peer, reply, session
+
+    return asyncio.run(go())
+
+
+def test_8bit_header_fields_go_with_smtputf8_where_it_is_offered():
+    peer, reply, _ = transaction(UTF8_HEADERS, offer("8bitmime", "smtputf8"))
+    assert reply.ok and peer.contents == [UTF8_HEADERS]
+    assert peer.commands[0] == b"MAIL FROM:<a@sender.test> BODY=8BITMIME SMTPUTF8"
+
+
+@pytest.mark.parametrize("ext", [offer("8bitmime"), offer()], ids=["8bitmime", "nothing"])
+def test_8bit_header_fields_bounce_where_smtputf8_is_not_offered(ext: dict):
+    # RFC 6531 §3.2: an internationalized message never goes to a receiver without
+    # SMTPUTF8; header fields cannot be downgraded (5.6.9, RFC 6531 §4.2). Refused before
+    # any command: the session stays good for the next message.
+    peer, reply, session = transaction(UTF8_HEADERS, ext)
+    assert (reply.code, reply.enhanced, reply.phase) == (550, "5.6.9", "mail")
+    assert "8-bit header" in reply.text and "SMTPUTF8" in reply.text
+    assert peer.commands == [] and peer.contents == []
+    assert session.usable and not peer.closed
+
+
+def test_an_8bit_body_alone_goes_with_8bitmime_and_without_smtputf8():
+    peer, reply, _ = transaction(UTF8_BODY, offer("8bitmime", "smtputf8"))
+    assert reply.ok and peer.contents == [UTF8_BODY]
+    assert peer.commands[0] == b"MAIL FROM:<a@sender.test> BODY=8BITMIME"
+
+
+def test_an_8bit_body_alone_is_re_encoded_where_neither_is_offered():
+    peer, reply, _ = transaction(UTF8_BODY, offer())
+    assert reply.ok and peer.contents[0].isascii()
+    assert peer.commands[0] == b"MAIL FROM:<a@sender.test>"
+
+
+def test_a_7bit_message_goes_without_smtputf8_even_where_it_is_offered():
+    peer, reply, _ = transaction(CONTENT, offer("8bitmime", "smtputf8"))
+    assert reply.ok and peer.commands[0] == b"MAIL FROM:<a@sender.test>"
+
+
+def test_a_non_ascii_local_part_goes_with_smtputf8_where_it_is_offered():
+    peer, reply, _ = transaction(CONTENT, offer("8bitmime", "smtputf8"), recipient=NON_ASCII_RECIPIENT)
+    assert reply.ok
+    assert peer.commands[:2] == [b"MAIL FROM:<a@sender.test> SMTPUTF8", f"RCPT TO:<{NON_ASCII_RECIPIENT}>".encode()]
+
+
+@pytest.mark.parametrize("data", [CONTENT, UTF8_HEADERS], ids=["7bit", "8bit-headers"])
+def test_a_non_ascii_local_part_bounces_where_smtputf8_is_not_offered(data: bytes):
+    peer, reply, session = transaction(data, offer("8bitmime"), recipient=NON_ASCII_RECIPIENT)
+    assert (reply.code, reply.enhanced, reply.phase) == (553, "5.6.7", "mail")
+    assert peer.commands == [] and session.usable
+
+
+@pytest.mark.parametrize("data, utf8", [
+    (b"Subject: hi\r\n\r\ncaf\xc3\xa9\r\n", False),
+    (b"Subject: caf\xc3\xa9\r\n\r\nbody\r\n", True),
+    (b"Subject: hi\r\nX-Note: caf\xc3\xa9\r\n", True),  # no body: all of it is header
+    (b"\r\ncaf\xc3\xa9\r\n", False),  # no header fields at all
+    (b"Subject: hi\r\n\r\nbody\r\n\r\nX-Not-A-Header: caf\xc3\xa9\r\n", False),
+])
+def test_utf8_header_fields_are_found_in_the_header_block_only(data: bytes, utf8: bool):
+    from mta.smtp import utf8_header_fields
+    assert utf8_header_fields(data) is utf8
