@@ -10,13 +10,14 @@ import pytest
 from tests.testbed.amqp import ResultCollector, make_message, queue_info, publish
 from tests.testbed.checks import run_id
 from tests.testbed.dns import OK_MX
-from shaper.allowance import HOLD_DELAYS
+from mta.topology import delay_queue
+from shaper.retry import DELAY_LADDER
 
 
 def _held(vhost) -> int:
     held = 0
-    for seconds in HOLD_DELAYS:
-        info = queue_info(vhost, f"mta.delay.bulk.{seconds}s")
+    for seconds in DELAY_LADDER:
+        info = queue_info(vhost, delay_queue("bulk", seconds))
         held += info["messages"] if info else 0
     return held
 
