@@ -39,7 +39,7 @@ from mta.routes import RouteTable
 from mta.routing import Router
 from mta.rules import Resolved, Rules
 from mta.share import Shares
-from mta.settle import AckBook, Settler, attempt_entry
+from mta.settle import AckBook, Settler, attempt_entry, cut_text
 from mta.signer import Signer, load_keys
 from mta.smtp import Connector, Reply
 from mta.topology import LANES, Topology, lane_queue
@@ -50,6 +50,7 @@ from shaper.retry import RetrySchedule
 log = logging.getLogger("mta.engine")
 
 FORGET_SWEEP = 60.0  # seconds between looks for idle destinations to forget
+REASON_MAX = 512  # octets of an unforeseen intake failure's text kept in x-mta-error and the result
 JOURNAL_BYTES = 2048  # room per outcome in the journal, whose files hold 4 prefetch windows each
 
 
@@ -333,7 +334,7 @@ class Engine:
             return
         try:
             job = decode(body, headers or {}, lane, now, message_id, max_size)
-        except InvalidMessage as exc:
+        except Exception as exc:  # InvalidMessage, or what no check foresaw: never left unsettled
             self._refuse(body, headers, exc, lane, book, tag, now)
             return
         self._admit(job, book, tag, redelivered)
@@ -346,21 +347,25 @@ class Engine:
         if self.stopping:
             book.requeue.append(tag)  # SIGTERM meanwhile: back to the broker, not started
             return
-        if isinstance(outcome, InvalidMessage):
+        if isinstance(outcome, BaseException):
             self._refuse(body, headers, outcome, lane, book, tag, now)
-        elif isinstance(outcome, BaseException):
-            log.error("decoding a message of %d octets failed unexpectedly (%r); it goes back to the broker, "
-                      "which parks it in mta.quarantine after %d deliveries", len(body), outcome,
-                      self.config.broker.delivery_limit)
-            book.requeue.append(tag)
         else:
             self._admit(outcome, book, tag, redelivered)
 
-    def _refuse(self, body: bytes, headers: dict | None, exc: InvalidMessage, lane: str, book: AckBook, tag: int,
+    def _refuse(self, body: bytes, headers: dict | None, exc: BaseException, lane: str, book: AckBook, tag: int,
                 now: float) -> None:
         self.counts["invalid"] += 1
+        if isinstance(exc, InvalidMessage):
+            reason = str(exc)
+        else:
+            # A decode that failed unforeseen would fail again on every redelivery: the
+            # message is refused now (with what happened), so it holds no prefetch slot
+            # and no acknowledgement behind it until the broker's consumer_timeout.
+            reason = cut_text(f"intake failed: {type(exc).__name__}: {exc}", REASON_MAX)
+            log.error("decoding a message of %d octets failed unexpectedly (%s); it goes to mta.invalid",
+                      len(body), cut_text(reason, 300))
         # a body refused unread (BodyTooLarge) is not parsed for its fields either
-        self.settler.invalid(body, headers or {}, str(exc), book, tag, lane, now,
+        self.settler.invalid(body, headers or {}, reason, book, tag, lane, now,
                              echo=not isinstance(exc, BodyTooLarge))
 
     def _admit(self, job: Job, book: AckBook, tag: int, redelivered: bool) -> None:
