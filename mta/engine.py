@@ -181,6 +181,7 @@ class Engine:
                 self.settler.attach(publish_ch)
             settler_task = asyncio.create_task(self.settler.run(), name="settler")
             lost = asyncio.Event()
+            settler_task.add_done_callback(self._settler_ended(lost))
             consumers = []
             books: list[AckBook] = []
             for conn in (consume_conn, publish_conn):
@@ -278,6 +279,18 @@ class Engine:
         for destination in self.destinations.values():
             jobs.extend(destination.drain())
         return jobs
+
+    @staticmethod
+    def _settler_ended(lost: asyncio.Event):
+        """Without the settler nothing is published or acknowledged while SMTP goes on: a
+        settler that stopped ends the session, and the broker redelivers what it held."""
+        def on_end(task: asyncio.Task) -> None:
+            if task.cancelled():
+                return  # the session ending
+            log.error("the settler stopped (%r); starting a new broker session", task.exception())
+            lost.set()
+
+        return on_end
 
     @staticmethod
     def _cancelled(lane: str, lost: asyncio.Event):
