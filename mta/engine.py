@@ -198,11 +198,15 @@ class Engine:
                 books.append(book)
             control_ch = await consume_conn.channel()
             control_ch.close_callbacks.add(lambda *_: lost.set())
-            control_queue = await control_ch.declare_queue(exclusive=True, auto_delete=True)
+            # Acknowledged with a prefetch window, in a queue of bounded length: a flood on the
+            # exchange cannot pile up handlers or messages in this process.
+            await control_ch.set_qos(prefetch_count=control.CONTROL_PREFETCH)
+            control_queue = await control_ch.declare_queue(
+                exclusive=True, auto_delete=True, arguments={"x-max-length": control.CONTROL_QUEUE_MAX})
             await control_queue.bind(await control.declare(control_ch))
             # Answers go out on the publishing connection: flow control blocks that one, and
             # the consuming connection must keep acknowledging.
-            await control_queue.consume(lambda message: self._on_control(message, publish_ch.channel), no_ack=True)
+            await control_queue.consume(lambda message: self._on_control(message, publish_ch.channel))
             log.info("consuming %s at %s", ", ".join(lane_queue(l) for l in LANES), redact(url))
             self.ready.set()
             stopped = asyncio.create_task(stop.wait())
@@ -400,6 +404,15 @@ class Engine:
         self._finish(job, reply, None, None, self.rules.resolve(job.domain, None))
 
     async def _on_control(self, message: AbstractIncomingMessage, publish_channel) -> None:
+        try:
+            await self._obey(message, publish_channel)
+        finally:  # whatever became of it: an unacknowledged one would hold the prefetch window
+            try:
+                await message.ack()
+            except Exception as exc:  # the channel closed: the queue went with it
+                log.debug("acknowledging a control message failed: %s", exc)
+
+    async def _obey(self, message: AbstractIncomingMessage, publish_channel) -> None:
         now = self.clock()
         command = self.control_gate.admit(message.body, message.headers, now)  # refused: counted, None
         if command is None:
