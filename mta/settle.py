@@ -346,11 +346,20 @@ class Settler:
         encoded: list[tuple[str, bytes]] = []
         spans: list[tuple[int, int] | None] = []  # per settlement its publishes; None: not sent
         for s in batch:
+            # All of a settlement is encoded before any of it is sent: one that cannot be
+            # is replaced as a whole, and nothing of it is out twice.
             try:
-                mine = await self._prepare(publisher, encode, s)
-            except Exception as exc:  # unforeseen: this settlement alone goes back to the broker
-                log.error("settling message %s failed unexpectedly (%s); it stays unacknowledged and goes back "
-                          "to the broker", _message_of(s), _said(exc), exc_info=exc)
+                mine = []
+                for exchange, key, body, headers in s.publishes:
+                    if exchange == "delay":  # a retry or held copy: its delay queue, declared on first use
+                        lane, seconds = key
+                        exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
+                    mine.append(encode(Publish(EXCHANGE_NAMES[exchange], key, body, headers)))
+            except Unencodable as exc:
+                mine = await self._replacement(publisher, s, exc)
+            except Exception as exc:  # a delay queue could not be declared, or the unforeseen
+                log.warning("preparing the publishes of message %s failed (%s); it stays unacknowledged "
+                            "and will come back", _message_of(s), _said(exc))
                 mine = None
             if mine is None:
                 spans.append(None)
@@ -382,23 +391,13 @@ class Settler:
             if book.channel.is_closed:
                 self.books.discard(book)
 
-    async def _prepare(self, publisher: BatchPublisher, encode, s: Settlement) -> list[tuple[str, bytes]] | None:
-        """A settlement's publishes, encoded; None: nothing is sent (it stays unacknowledged)."""
-        # All of a settlement is encoded before any of it is sent: one that cannot be
-        # is replaced as a whole, and nothing of it is out twice.
+    async def _replacement(self, publisher: BatchPublisher, s: Settlement,
+                           error: Unencodable) -> list[tuple[str, bytes]] | None:
         try:
-            mine = []
-            for exchange, key, body, headers in s.publishes:
-                if exchange == "delay":  # a retry or held copy: its delay queue, declared on first use
-                    lane, seconds = key
-                    exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
-                mine.append(encode(Publish(EXCHANGE_NAMES[exchange], key, body, headers)))
-            return mine
-        except Unencodable as exc:
-            return await self._unencodable(publisher, s, exc)
-        except Exception as exc:  # a delay queue could not be declared
-            log.warning("declaring a delay queue failed (%s); the message stays unacknowledged "
-                        "and will come back", _said(exc))
+            return await self._unencodable(publisher, s, error)
+        except Exception as exc:  # unforeseen: this settlement alone goes back to the broker
+            log.error("settling message %s failed unexpectedly (%s); it stays unacknowledged and goes back "
+                      "to the broker", _message_of(s), _said(exc), exc_info=exc)
             return None
 
     def _confirmed(self, s: Settlement, span: tuple[int, int] | None, outcomes: list, started: float) -> None:
