@@ -165,6 +165,7 @@ class Engine:
         url = self.config.broker.url
         consume_conn = await aio_pika.connect(url, timeout=10, client_properties={"connection_name": "mta consume"})
         publish_conn = None
+        settler_task = None
         try:
             publish_conn = await aio_pika.connect(url, timeout=10, client_properties={"connection_name": "mta publish"})
             publish_ch = await publish_conn.channel(publisher_confirms=True, on_return_raises=True)
@@ -220,8 +221,9 @@ class Engine:
                 log.warning("lost the broker; mail not yet on the wire will be redelivered")
                 self._forget_queued()
                 await self._settled_so_far(publish_ch)
-            settler_task.cancel()
         finally:
+            if settler_task is not None:  # also when the session failed while starting: one settler at a time
+                settler_task.cancel()
             self.ready.clear()
             for conn in (publish_conn, consume_conn):
                 if conn is not None and not conn.is_closed:

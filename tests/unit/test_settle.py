@@ -501,3 +501,50 @@ def test_a_new_session_does_not_write_what_was_pending_for_the_old_channels():
     old.is_closed = True
     settler.attach(Session(Broker()))
     assert [s.book.channel for s in settler._pending] == [new]
+
+
+def test_a_session_that_fails_while_starting_leaves_no_settler_running(monkeypatch):
+    # the next session starts its own: two loops over one settler would write batches twice
+    import aio_pika
+
+    from mta.config import parse_config
+    from mta.engine import Engine
+
+    class Channel:
+        is_closed = False
+        close_callbacks: set = set()
+
+    class Connection:
+        is_closed = False
+
+        def __init__(self, role):
+            self.role = role
+            self.close_callbacks = set()
+
+        async def channel(self, **kwargs):
+            if self.role == "consume":
+                raise OSError("connection reset")
+            return Channel()
+
+        async def close(self):
+            self.is_closed = True
+
+    roles = iter(["consume", "publish"])
+
+    async def connect(url, **kwargs):
+        return Connection(next(roles))
+
+    async def declare(channel):
+        return None
+
+    monkeypatch.setattr(aio_pika, "connect", connect)
+
+    async def scenario():
+        engine = Engine(parse_config({}), clock=lambda: NOW)
+        monkeypatch.setattr(engine.topology, "declare", declare)
+        with pytest.raises(OSError):
+            await engine._session(asyncio.Event())
+        await asyncio.sleep(0)
+        return [t for t in asyncio.all_tasks() if t.get_name() == "settler" and not t.done()]
+
+    assert asyncio.run(scenario()) == []
