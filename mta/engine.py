@@ -438,7 +438,7 @@ class Engine:
         if name is None:
             return False
         until = command.get("until")
-        log.info("%s %s%s", command["command"], name, f" until {until:.0f}" if until else "")
+        log.info("%s %s%s", command["command"], name[:100], f" until {until:.0f}" if until else "")
         if command["command"] == "resume":
             destination = self.destinations.get(name)
             if destination is not None:

@@ -109,3 +109,10 @@ def test_every_control_message_is_acknowledged_whatever_became_of_it():
 
     asyncio.run(run())
     assert [m.acked for m in messages] == [1, 1, 1, 1]
+
+
+def test_a_huge_resume_target_is_not_logged_whole(caplog):
+    caplog.set_level("INFO")
+    engine = Engine(parse_config({}), clock=lambda: NOW)
+    control_round(engine, {"command": "resume", "id": "r1", "target": "x" * 50_000})
+    assert caplog.records and max(len(r.getMessage()) for r in caplog.records) < 1000
