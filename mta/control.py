@@ -57,7 +57,14 @@ FRESH_FOR = 60.0
 MAX_SEEN = 10_000  # command ids remembered against replay
 REPLY_PREFIX = "amq.gen-"  # the broker's names for server-named queues; clients cannot declare them
 REPLY_TIMEOUT = 10.0  # seconds for the broker to confirm an answer
-REFUSALS = ("unsigned", "bad_signature", "stale", "replayed", "malformed", "reply_to")
+REFUSALS = ("unsigned", "bad_signature", "stale", "replayed", "malformed", "reply_to", "too_large")
+# The largest control message read: a command is a few hundred octets; anyone who may publish
+# must not make every MTA hash and parse megabytes (refused before the HMAC and the JSON).
+MAX_COMMAND = 64 * 1024
+# Control messages a process holds unacknowledged (its consumer's prefetch), and waiting in its
+# private queue (x-max-length, oldest dropped): a flood of commands is bounded on both sides.
+CONTROL_PREFETCH = 16
+CONTROL_QUEUE_MAX = 1000
 LOG_EVERY = 60.0  # seconds between log lines about refused commands of one reason
 COMMANDS = ("pause", "resume", "reload", "status")
 
@@ -141,6 +148,13 @@ def pause_problem(target: str, until, now: float) -> str | None:
     return None
 
 
+def _is_time(until) -> bool:
+    """None (no end) or a finite Unix time."""
+    if until is None:
+        return True
+    return not isinstance(until, bool) and isinstance(until, (int, float)) and math.isfinite(until)
+
+
 # ---- keys and signatures
 
 def load_key(settings: Control, environ: Mapping[str, str] | None = None) -> bytes | None:
@@ -212,6 +226,8 @@ class Gate:
 
     def admit(self, body: bytes, headers: Mapping | None, now: float) -> dict | None:
         """The command in a control message, or None (refused: counted and logged)."""
+        if len(body) > MAX_COMMAND:
+            return self.refuse("too_large", now, f"{len(body)} octets, more than {MAX_COMMAND}")
         if self.key is not None:
             signature = (headers or {}).get(SIGNATURE)
             if isinstance(signature, bytes):
@@ -227,6 +243,8 @@ class Gate:
             return self.refuse("malformed", now, "not JSON")
         if not isinstance(command, dict) or command.get("command") not in COMMANDS:
             return self.refuse("malformed", now, f"unknown command {str(command)[:100]!r}")
+        if not _is_time(command.get("until")):  # checked once here: nothing after formats or compares it blindly
+            return self.refuse("malformed", now, f"its end {str(command.get('until'))[:40]!r} is not a time")
         if self.key is not None:
             return self._fresh(command, now)
         return command

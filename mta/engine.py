@@ -39,7 +39,7 @@ from mta.routes import RouteTable
 from mta.routing import Router
 from mta.rules import Resolved, Rules
 from mta.share import Shares
-from mta.settle import AckBook, Settler, attempt_entry
+from mta.settle import AckBook, Settler, attempt_entry, cut_text
 from mta.signer import Signer, load_keys
 from mta.smtp import Connector, Reply
 from mta.topology import LANES, Topology, lane_queue
@@ -50,6 +50,7 @@ from shaper.retry import RetrySchedule
 log = logging.getLogger("mta.engine")
 
 FORGET_SWEEP = 60.0  # seconds between looks for idle destinations to forget
+REASON_MAX = 512  # octets of an unforeseen intake failure's text kept in x-mta-error and the result
 JOURNAL_BYTES = 2048  # room per outcome in the journal, whose files hold 4 prefetch windows each
 
 
@@ -164,6 +165,7 @@ class Engine:
         url = self.config.broker.url
         consume_conn = await aio_pika.connect(url, timeout=10, client_properties={"connection_name": "mta consume"})
         publish_conn = None
+        settler_task = None
         try:
             publish_conn = await aio_pika.connect(url, timeout=10, client_properties={"connection_name": "mta publish"})
             publish_ch = await publish_conn.channel(publisher_confirms=True, on_return_raises=True)
@@ -180,6 +182,7 @@ class Engine:
                 self.settler.attach(publish_ch)
             settler_task = asyncio.create_task(self.settler.run(), name="settler")
             lost = asyncio.Event()
+            settler_task.add_done_callback(self._settler_ended(lost))
             consumers = []
             books: list[AckBook] = []
             for conn in (consume_conn, publish_conn):
@@ -196,11 +199,15 @@ class Engine:
                 books.append(book)
             control_ch = await consume_conn.channel()
             control_ch.close_callbacks.add(lambda *_: lost.set())
-            control_queue = await control_ch.declare_queue(exclusive=True, auto_delete=True)
+            # Acknowledged with a prefetch window, in a queue of bounded length: a flood on the
+            # exchange cannot pile up handlers or messages in this process.
+            await control_ch.set_qos(prefetch_count=control.CONTROL_PREFETCH)
+            control_queue = await control_ch.declare_queue(
+                exclusive=True, auto_delete=True, arguments={"x-max-length": control.CONTROL_QUEUE_MAX})
             await control_queue.bind(await control.declare(control_ch))
             # Answers go out on the publishing connection: flow control blocks that one, and
             # the consuming connection must keep acknowledging.
-            await control_queue.consume(lambda message: self._on_control(message, publish_ch.channel), no_ack=True)
+            await control_queue.consume(lambda message: self._on_control(message, publish_ch.channel))
             log.info("consuming %s at %s", ", ".join(lane_queue(l) for l in LANES), redact(url))
             self.ready.set()
             stopped = asyncio.create_task(stop.wait())
@@ -214,8 +221,9 @@ class Engine:
                 log.warning("lost the broker; mail not yet on the wire will be redelivered")
                 self._forget_queued()
                 await self._settled_so_far(publish_ch)
-            settler_task.cancel()
         finally:
+            if settler_task is not None:  # also when the session failed while starting: one settler at a time
+                settler_task.cancel()
             self.ready.clear()
             for conn in (publish_conn, consume_conn):
                 if conn is not None and not conn.is_closed:
@@ -279,6 +287,18 @@ class Engine:
         return jobs
 
     @staticmethod
+    def _settler_ended(lost: asyncio.Event):
+        """Without the settler nothing is published or acknowledged while SMTP goes on: a
+        settler that stopped ends the session, and the broker redelivers what it held."""
+        def on_end(task: asyncio.Task) -> None:
+            if task.cancelled():
+                return  # the session ending
+            log.error("the settler stopped (%r); starting a new broker session", task.exception())
+            lost.set()
+
+        return on_end
+
+    @staticmethod
     def _cancelled(lane: str, lost: asyncio.Event):
         def on_cancel(frame) -> None:
             log.warning("the broker cancelled the consumer of %s; reconnecting", lane_queue(lane))
@@ -333,7 +353,7 @@ class Engine:
             return
         try:
             job = decode(body, headers or {}, lane, now, message_id, max_size)
-        except InvalidMessage as exc:
+        except Exception as exc:  # InvalidMessage, or what no check foresaw: never left unsettled
             self._refuse(body, headers, exc, lane, book, tag, now)
             return
         self._admit(job, book, tag, redelivered)
@@ -346,21 +366,25 @@ class Engine:
         if self.stopping:
             book.requeue.append(tag)  # SIGTERM meanwhile: back to the broker, not started
             return
-        if isinstance(outcome, InvalidMessage):
+        if isinstance(outcome, BaseException):
             self._refuse(body, headers, outcome, lane, book, tag, now)
-        elif isinstance(outcome, BaseException):
-            log.error("decoding a message of %d octets failed unexpectedly (%r); it goes back to the broker, "
-                      "which parks it in mta.quarantine after %d deliveries", len(body), outcome,
-                      self.config.broker.delivery_limit)
-            book.requeue.append(tag)
         else:
             self._admit(outcome, book, tag, redelivered)
 
-    def _refuse(self, body: bytes, headers: dict | None, exc: InvalidMessage, lane: str, book: AckBook, tag: int,
+    def _refuse(self, body: bytes, headers: dict | None, exc: BaseException, lane: str, book: AckBook, tag: int,
                 now: float) -> None:
         self.counts["invalid"] += 1
+        if isinstance(exc, InvalidMessage):
+            reason = str(exc)
+        else:
+            # A decode that failed unforeseen would fail again on every redelivery: the
+            # message is refused now (with what happened), so it holds no prefetch slot
+            # and no acknowledgement behind it until the broker's consumer_timeout.
+            reason = cut_text(f"intake failed: {type(exc).__name__}: {exc}", REASON_MAX)
+            log.error("decoding a message of %d octets failed unexpectedly (%s); it goes to mta.invalid",
+                      len(body), cut_text(reason, 300))
         # a body refused unread (BodyTooLarge) is not parsed for its fields either
-        self.settler.invalid(body, headers or {}, str(exc), book, tag, lane, now,
+        self.settler.invalid(body, headers or {}, reason, book, tag, lane, now,
                              echo=not isinstance(exc, BodyTooLarge))
 
     def _admit(self, job: Job, book: AckBook, tag: int, redelivered: bool) -> None:
@@ -382,6 +406,15 @@ class Engine:
         self._finish(job, reply, None, None, self.rules.resolve(job.domain, None))
 
     async def _on_control(self, message: AbstractIncomingMessage, publish_channel) -> None:
+        try:
+            await self._obey(message, publish_channel)
+        finally:  # whatever became of it: an unacknowledged one would hold the prefetch window
+            try:
+                await message.ack()
+            except Exception as exc:  # the channel closed: the queue went with it
+                log.debug("acknowledging a control message failed: %s", exc)
+
+    async def _obey(self, message: AbstractIncomingMessage, publish_channel) -> None:
         now = self.clock()
         command = self.control_gate.admit(message.body, message.headers, now)  # refused: counted, None
         if command is None:
@@ -405,7 +438,7 @@ class Engine:
         if name is None:
             return False
         until = command.get("until")
-        log.info("%s %s%s", command["command"], name, f" until {until:.0f}" if until else "")
+        log.info("%s %s%s", command["command"], name[:100], f" until {until:.0f}" if until else "")
         if command["command"] == "resume":
             destination = self.destinations.get(name)
             if destination is not None:

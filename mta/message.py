@@ -32,6 +32,15 @@ H_ATTEMPTS = "x-mta-attempts"
 H_FIRST = "x-mta-first"  # first acceptance, epoch milliseconds
 H_RESULTS = "x-mta-results"
 
+# The longest id accepted: a retry copy carries it in its `x-mta-id` header, and the whole
+# content header must fit one broker frame (131,072 octets by default) beside the history;
+# ids are message references, not payloads. 1,000 characters also keep log lines readable.
+MAX_ID = 1000
+_ID_BEYOND, _ID_LOWEST = 10 ** MAX_ID, -10 ** (MAX_ID - 1)  # integer ids strictly between: at most MAX_ID characters
+# Attempts a carried count may say: far beyond any retry schedule within the longest max_age
+# (one attempt a second for the whole of it), far below what an AMQP integer or a result can carry.
+MAX_CARRIED_ATTEMPTS = 1_000_000
+
 # RFC 5321 dot-string or quoted-string (qtextSMTP / quoted-pairSMTP: printable ASCII, no
 # control characters), with RFC 6531's UTF8-non-ascii allowed where atext and qtext are.
 _LOCAL_ATOM = re.compile(
@@ -349,10 +358,16 @@ def _text(value: Any) -> str:
 
 def _restore(job: Job, headers: dict[str, Any], now: float) -> None:
     """What a retry or held copy carries: attempts so far, first acceptance, attempt history."""
-    job.attempts = max(0, _header_int(headers, H_ATTEMPTS))
+    attempts = _header_int(headers, H_ATTEMPTS)
+    if attempts > MAX_CARRIED_ATTEMPTS:
+        raise InvalidMessage(f"header {H_ATTEMPTS}: more than {MAX_CARRIED_ATTEMPTS} attempts")
+    job.attempts = max(0, attempts)
     first = _header_int(headers, H_FIRST)
-    if first:
-        job.first_seen = min(first / 1000, now)  # never later than now: mail must not outlive max_age
+    # Compared as integers: a forged 400-digit value is no float. One that is no time of
+    # this message (zero, negative, later than now) counts for nothing: it must neither
+    # outlive max_age nor expire the mail at once.
+    if 0 < first <= now * 1000:
+        job.first_seen = first / 1000
     previous = headers.get(H_RESULTS)
     try:
         job.history = orjson.loads(previous) if previous else []
@@ -370,15 +385,23 @@ def _message_id(doc: dict, headers: dict[str, Any], message_id: str | None, body
     if given is not None:
         if isinstance(given, bool) or not isinstance(given, (str, int)) or given == "":
             raise InvalidMessage("id: expected a non-empty string or number")
-        return str(given)
+        if isinstance(given, int) and not _ID_LOWEST < given < _ID_BEYOND:  # (str() of a huge one may raise)
+            raise InvalidMessage(f"id: longer than {MAX_ID} characters")
+        return _bounded_id(str(given), "id")
     carried = headers.get(H_ID) if headers else None
     if isinstance(carried, bytes):
         carried = carried.decode("ascii", "replace")
     if carried:
-        return str(carried)
+        return _bounded_id(str(carried), f"header {H_ID}")
     if message_id:
         return message_id
     return body_id(body)
+
+
+def _bounded_id(text: str, where: str) -> str:
+    if len(text) > MAX_ID:
+        raise InvalidMessage(f"{where}: longer than {MAX_ID} characters ({len(text)})")
+    return text
 
 
 def body_id(body: bytes) -> str:

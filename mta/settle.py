@@ -94,6 +94,13 @@ class AckBook:
     def settled(self, tag: int) -> None:
         self._done.add(tag)
 
+    def give_back(self, tag: int) -> None:
+        """Requeue `tag` with the next flush, unless it is settled or given back already
+        (a tag both acknowledged and rejected would close the channel)."""
+        if tag in self._done or tag in self._acked or tag in self.requeue or tag not in self._order:
+            return
+        self.requeue.append(tag)
+
     @property
     def open(self) -> int:
         return len(self._order)
@@ -288,8 +295,10 @@ class Settler:
                     self._replaced.popitem(last=False)
 
     def attach(self, channel) -> None:
-        """A new broker session: publish through its channel from now on."""
+        """A new broker session: publish through its channel from now on. What was pending
+        for the channels of the old session is not written: the broker redelivers those."""
         self._channel = channel
+        self._pending = [s for s in self._pending if not s.book.closed]
 
     def kick(self) -> None:
         self._wake.set()
@@ -302,9 +311,26 @@ class Settler:
             self._wake.clear()
             batch, self._pending = self._pending, []
             if batch:
-                await self._write(batch)
+                try:
+                    await self._write(batch)
+                except Exception as exc:  # a bug must not end the settling of everything after it
+                    await self._give_back(batch, exc)
             if not self._pending:
                 self._idle.set()
+
+    async def _give_back(self, batch: list[Settlement], error: Exception) -> None:
+        """A batch that failed unforeseen: what of it was not settled goes back to the broker
+        (a message that fails every time ends in mta.quarantine by the delivery limit)."""
+        log.error("settling a batch of %d failed unexpectedly (%s); what of it was not acknowledged goes back "
+                  "to the broker", len(batch), _said(error), exc_info=error)
+        books = {s.book for s in batch}
+        for s in batch:
+            s.book.give_back(s.tag)
+        for book in books:
+            try:
+                await book.flush()
+            except Exception as exc:  # a dead channel: its deliveries are redelivered anyway
+                log.warning("giving back on a closed channel failed (%s); the broker redelivers", _said(exc))
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -330,10 +356,10 @@ class Settler:
                         exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
                     mine.append(encode(Publish(EXCHANGE_NAMES[exchange], key, body, headers)))
             except Unencodable as exc:
-                mine = await self._unencodable(publisher, s, exc)
-            except Exception as exc:  # a delay queue could not be declared
-                log.warning("declaring a delay queue failed (%s); the message stays unacknowledged "
-                            "and will come back", exc)
+                mine = await self._replacement(publisher, s, exc)
+            except Exception as exc:  # a delay queue could not be declared, or the unforeseen
+                log.warning("preparing the publishes of message %s failed (%s); it stays unacknowledged "
+                            "and will come back", _message_of(s), _said(exc))
                 mine = None
             if mine is None:
                 spans.append(None)
@@ -350,25 +376,12 @@ class Settler:
             if self._observe_confirm is not None and encoded:
                 self._observe_confirm(time.monotonic() - started)
         for s, span in zip(batch, spans):
-            failure = None
-            if span is not None:
-                for outcome in outcomes[span[0]:span[1]]:
-                    if outcome is not None:
-                        failure = outcome
-                        break
-            if span is None or failure is not None:
-                if failure is not None:
-                    log.warning("publish failed (%s); the message stays unacknowledged and will come back", failure)
-                s.book.requeue.append(s.tag)
-                continue
-            if s.final is not None:
-                self._remember(*s.final, True)
-                if self.journal is not None:
-                    self.journal.published(s.final[0])
-            if s.book.closed:
-                self._replaced_by_copy(s, started)
-                continue
-            s.book.settled(s.tag)
+            try:
+                self._confirmed(s, span, outcomes, started)
+            except Exception as exc:  # unforeseen: this settlement alone goes back to the broker
+                log.error("settling message %s failed unexpectedly (%s); it goes back to the broker",
+                          _message_of(s), _said(exc), exc_info=exc)
+                s.book.give_back(s.tag)
         if fault.ARMED: fault.hit("after_result")  # test-only: MTA_FAULT (mta/fault.py)
         for book in list(self.books):
             try:
@@ -377,6 +390,37 @@ class Settler:
                 log.warning("acknowledging on a closed channel failed (%s); the broker redelivers", exc)
             if book.channel.is_closed:
                 self.books.discard(book)
+
+    async def _replacement(self, publisher: BatchPublisher, s: Settlement,
+                           error: Unencodable) -> list[tuple[str, bytes]] | None:
+        try:
+            return await self._unencodable(publisher, s, error)
+        except Exception as exc:  # unforeseen: this settlement alone goes back to the broker
+            log.error("settling message %s failed unexpectedly (%s); it stays unacknowledged and goes back "
+                      "to the broker", _message_of(s), _said(exc), exc_info=exc)
+            return None
+
+    def _confirmed(self, s: Settlement, span: tuple[int, int] | None, outcomes: list, started: float) -> None:
+        """A settlement's broker answers: acknowledge it when all were confirmed, else give it back."""
+        failure = None
+        if span is not None:
+            for outcome in outcomes[span[0]:span[1]]:
+                if outcome is not None:
+                    failure = outcome
+                    break
+        if span is None or failure is not None:
+            if failure is not None:
+                log.warning("publish failed (%s); the message stays unacknowledged and will come back", _said(failure))
+            s.book.requeue.append(s.tag)
+            return
+        if s.final is not None:
+            self._remember(*s.final, True)
+            if self.journal is not None:
+                self.journal.published(s.final[0])
+        if s.book.closed:
+            self._replaced_by_copy(s, started)
+            return
+        s.book.settled(s.tag)
 
     async def _publishes(self, publishes: list) -> list[Publish]:
         out = []
@@ -394,7 +438,7 @@ class Settler:
         first = s.publishes[0]
         if first[0] == "default" and first[1] == INVALID:  # a producer's headers on an invalid copy
             log.warning("an invalid message's copy could not carry all its headers (%s); it goes to %s "
-                        "without them", error, INVALID)
+                        "without them", _said(error), INVALID)
             headers = _writable(first[3])
             try:
                 publisher.encode(Publish("", INVALID, first[2], headers))
@@ -404,8 +448,8 @@ class Settler:
             s.publishes = [(first[0], first[1], first[2], headers), *s.publishes[1:]]
         elif s.job is not None:  # a retry or held copy
             job = s.job
-            reason = f"the copy for the next attempt could not be republished: {error}"
-            log.warning("message %s: %s; it goes to %s instead", job.id, reason, INVALID)
+            reason = cut_text(f"the copy for the next attempt could not be republished: {error}", REASON_MAX)
+            log.warning("message %s: %s; it goes to %s instead", _cut_id(job.id), _said(reason), INVALID)
             self.counts["invalid"] = self.counts.get("invalid", 0) + 1
             doc = self._result_doc(job, "invalid")
             doc["error"] = reason
@@ -420,14 +464,34 @@ class Settler:
         try:
             return [publisher.encode(p) for p in await self._publishes(s.publishes)] if s.publishes else None
         except Unencodable as exc:
-            log.error("a publish could not be encoded (%s); the message stays unacknowledged", exc)
+            log.error("a publish could not be encoded (%s); the message stays unacknowledged", _said(exc))
             return None
         except Exception as exc:
-            log.warning("publishing failed (%s); the message stays unacknowledged and will come back", exc)
+            log.warning("publishing failed (%s); the message stays unacknowledged and will come back", _said(exc))
             return None
 
 
 EXCHANGE_NAMES = {"results": RESULTS, "default": "", "mta": EXCHANGE}
+REASON_MAX = 512  # octets of an unencodable copy's reason in x-mta-error and the result
+
+
+def _said(error: object) -> str:
+    """An exception or reason for a log line: bounded, whatever a producer's data put in it."""
+    return cut_text(str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}", 300)
+
+
+def _cut_id(message_id: object) -> str:
+    text = str(message_id)
+    return text if len(text) <= 100 else text[:100] + "…"
+
+
+def _message_of(s: Settlement) -> str:
+    """The message id of a settlement, for a log line."""
+    if s.job is not None:
+        return _cut_id(s.job.id)
+    if s.final is not None:
+        return _cut_id(s.final[0].partition("\0")[0])
+    return f"(delivery {s.tag})"
 
 
 def _dumps(doc: dict[str, Any]) -> bytes:

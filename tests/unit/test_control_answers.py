@@ -25,6 +25,10 @@ class Incoming:
         self.body = orjson.dumps(doc)
         self.headers = headers or {}
         self.channel = ConsumingChannel()
+        self.acked = 0
+
+    async def ack(self):
+        self.acked += 1
 
 
 class PublishingChannel:
@@ -75,3 +79,40 @@ def test_with_a_key_an_unsigned_command_changes_nothing_and_gets_no_answer(monke
     published = control_round(engine, {"command": "pause", "id": "p1", "sent": NOW, "target": "ok2.test",
                                        "reply_to": "amq.gen-abc"})
     assert published == [] and not engine.pauses and engine.control_gate.refused["unsigned"] == 1
+
+
+def test_a_resume_whose_end_is_no_time_is_refused_and_the_pause_stays():
+    engine = Engine(parse_config({}), clock=lambda: NOW)
+    published = control_round(engine,
+                              {"command": "pause", "id": "p1", "target": "ok2.test"},
+                              {"command": "resume", "id": "r1", "target": "ok2.test", "until": "soon",
+                               "reply_to": "amq.gen-abc"})
+    assert published == []
+    assert set(engine.pauses.active(NOW)) == {"ok2.test"}
+    assert engine.control_gate.refused["malformed"] == 1
+    control_round(engine, {"command": "resume", "id": "r2", "target": "ok2.test"})
+    assert not engine.pauses.active(NOW)
+
+
+def test_every_control_message_is_acknowledged_whatever_became_of_it():
+    # the control consumer has a prefetch window: one left unacknowledged would hold it
+    engine = Engine(parse_config({}), clock=lambda: NOW)
+    messages = [Incoming({"command": "pause", "id": "p1", "target": "ok2.test"}),
+                Incoming({"command": "explode"}),
+                Incoming({"command": "resume", "id": "r1", "target": "ok2.test", "until": [1]}),
+                Incoming({"command": "status", "id": "s1", "reply_to": "amq.gen-abc"})]
+    channel = PublishingChannel()
+
+    async def run():
+        for message in messages:
+            await engine._on_control(message, channel)
+
+    asyncio.run(run())
+    assert [m.acked for m in messages] == [1, 1, 1, 1]
+
+
+def test_a_huge_resume_target_is_not_logged_whole(caplog):
+    caplog.set_level("INFO")
+    engine = Engine(parse_config({}), clock=lambda: NOW)
+    control_round(engine, {"command": "resume", "id": "r1", "target": "x" * 50_000})
+    assert caplog.records and max(len(r.getMessage()) for r in caplog.records) < 1000

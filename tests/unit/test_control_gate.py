@@ -156,3 +156,31 @@ def test_refusals_are_a_metric():
     text = generate_latest(engine.metrics.registry).decode()
     assert 'mta_control_refused_total{reason="unsigned"} 1.0' in text
     assert 'mta_control_refused_total{reason="stale"} 0.0' in text
+
+
+@pytest.mark.parametrize("key", [KEY, None])
+def test_a_control_body_over_64_kib_is_refused_unread(key, monkeypatch):
+    body = orjson.dumps(pause(pad="x" * (64 * 1024)))
+    headers = {control.SIGNATURE: control.sign(KEY, body)}
+
+    def unread(*args):
+        raise AssertionError("a body that large was read")
+
+    monkeypatch.setattr(control, "sign", unread)
+    monkeypatch.setattr(control.orjson, "loads", unread)
+    gate = control.Gate(key)
+    assert gate.admit(body, headers, NOW) is None
+    assert gate.refused["too_large"] == 1
+
+
+@pytest.mark.parametrize("command", ["pause", "resume", "reload", "status"])
+@pytest.mark.parametrize("until", ["soon", [1], True, {"at": 1}])
+def test_an_end_that_is_no_time_is_refused_for_every_command(command, until):
+    gate = control.Gate(KEY)
+    assert gate.admit(*signed(pause(command=command, until=until)), NOW) is None
+    assert gate.refused["malformed"] == 1
+
+
+@pytest.mark.parametrize("until", [None, NOW + 60, int(NOW) + 60])
+def test_an_end_that_is_a_time_passes_the_gate(until):
+    assert control.Gate(KEY).admit(*signed(pause(command="resume", until=until)), NOW) is not None

@@ -5,6 +5,7 @@ InvalidMessage naming the field at fault, and the MIME becomes the canonical DAT
 from __future__ import annotations
 
 import base64
+from decimal import Decimal
 import re
 import uuid
 
@@ -693,3 +694,43 @@ def test_body_id_is_the_rfc_4122_name_based_uuid(raw: bytes) -> None:
     from mta.message import _BODY_IDS, body_id
 
     assert body_id(raw) == str(uuid.uuid5(uuid.UUID(bytes=_BODY_IDS), raw.decode()))
+
+
+# --------------------------------------------------------------------------- ids and carried headers in bounds
+
+
+def raw_id(given) -> bytes:
+    """A body whose id is `given`, integers of any size written as such (orjson stops at 64 bits)."""
+    return body(id=DROP)[:-1] + b',"id":' + (str(given).encode() if isinstance(given, int) else orjson.dumps(given)) + b"}"
+
+
+@pytest.mark.parametrize("given", ["x" * 200_000, "x" * 1001, int("9" * 1001), -int("9" * 1001)],
+                         ids=["200k", "1001", "int1001", "negative"])
+def test_an_id_longer_than_any_copy_can_carry_is_invalid(given) -> None:
+    # A retry copy carries the id in its x-mta-id header, inside one broker frame.
+    text = reason(raw_id(given))
+    assert text.startswith("id: longer than 1000 characters"), text[:200]
+    assert len(text) < 200
+
+
+@pytest.mark.parametrize("given", ["x" * 1000, int("9" * 1000)], ids=["str", "int"])
+def test_an_id_of_1000_characters_is_accepted(given) -> None:
+    assert ok(raw_id(given)).id == str(given)
+
+
+def test_a_carried_id_longer_than_any_copy_can_carry_is_invalid() -> None:
+    text = reason(body(), {H_ID: "x" * 200_000, **death()})
+    assert text.startswith(f"header {H_ID}: longer than 1000 characters"), text[:200]
+
+
+@pytest.mark.parametrize("first", ["9" * 400, Decimal("1e400"), 10 ** 400, -1000, 0, "0"],
+                         ids=["str400", "decimal", "int400", "negative", "zero", "zero-str"])
+def test_a_first_acceptance_that_is_no_time_is_ignored(first) -> None:
+    # a forged x-death makes a producer's header count; it must not overflow nor age the mail
+    job = ok(body(), {H_FIRST: first, **death()})
+    assert job.first_seen == NOW
+
+
+@pytest.mark.parametrize("attempts", ["9" * 400, Decimal("1e400"), 10 ** 7], ids=["str400", "decimal", "1e7"])
+def test_carried_attempts_beyond_any_schedule_are_invalid(attempts) -> None:
+    assert reason(body(), {H_ATTEMPTS: attempts, **death()}).startswith(f"header {H_ATTEMPTS}: ")

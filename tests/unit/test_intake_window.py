@@ -313,11 +313,33 @@ def test_a_big_body_decoded_during_shutdown_goes_back_unstarted() -> None:
     assert routed == [] and book.requeue == [7]
 
 
-def test_a_big_body_that_broke_the_decoder_goes_back_for_the_delivery_limit() -> None:
+def test_a_big_body_that_broke_the_decoder_is_invalid_with_the_reason() -> None:
+    # whatever went wrong, the delivery is settled now: it must not hold the lane until
+    # the broker's consumer_timeout, nor loop through redeliveries
     engine, routed = _engine()
     book = _Book()
-    engine._decoded(RecursionError("deep"), b"{}", None, "bulk", book, 7, False, 0.0)
-    assert routed == [] and book.requeue == [7]
+    engine._decoded(RecursionError("deep " + "x" * 100_000), b"{}", None, "bulk", book, 7, False, 0.0)
+    assert routed == [] and book.requeue == []
+    [(reason, tag, echo)] = engine.settler.invalid_calls
+    assert tag == 7 and reason.startswith("intake failed: RecursionError: deep xxx") and len(reason) <= 600
+
+
+def test_a_body_that_broke_the_decoder_on_the_loop_is_invalid_with_the_reason(monkeypatch) -> None:
+    import decimal
+
+    import mta.engine
+
+    def broken(*args):
+        raise OverflowError("integer division result too large for a float")
+
+    engine, routed = _engine()
+    book = _Book()
+    monkeypatch.setattr(mta.engine, "decode", broken)
+    engine.accept(b"{}", {"x-death": [], "x-mta-first": decimal.Decimal("1e400")}, "bulk", book, 7)
+    assert routed == [] and book.requeue == []
+    assert engine.settler.invalid_calls == [
+        ("intake failed: OverflowError: integer division result too large for a float", 7, True)]
+    assert engine.counts["invalid"] == 1
 
 
 def test_a_body_refused_unread_is_not_read_for_its_result() -> None:

@@ -384,3 +384,167 @@ def test_a_copy_redirected_to_invalid_is_counted_where_the_metrics_read_it():
     assert Engine.counts["invalid"] == 3  # the two redirected copies, and the one intake refused
     text = generate_latest(Metrics(Engine(), clock=lambda: NOW).registry).decode()
     assert "mta_messages_invalid_total 3.0" in text
+
+
+# ---- the settler keeps going whatever one settlement does
+
+
+def deferred_job(n: int, first_seen: float | None = None):
+    job = job_of(n)
+    if first_seen is not None:
+        job.first_seen = first_seen
+    job.attempts += 1
+    job.history.append(attempt_entry(NOW, "rcpt", 451, "4.3.0", "4.3.0 later", "mx", "192.0.2.1", "bulk"))
+    return job
+
+
+def test_an_unexpected_error_preparing_one_settlement_gives_back_that_delivery_alone(monkeypatch, caplog):
+    broker = Broker()
+    bad = deferred_job(2, first_seen=1e27)  # its retry copy cannot be encoded: replaced, then the bug
+    plain = Settler._unencodable
+
+    async def broken(self, publisher, s, error):
+        if s.job is bad:
+            raise RuntimeError("unforeseen")
+        return await plain(self, publisher, s, error)
+
+    monkeypatch.setattr(Settler, "_unencodable", broken)
+
+    def defer(settler, book, tag):
+        settler.defer(bad, book, tag, 60)
+
+    consuming = asyncio.run(settle(broker, [delivered(1), defer, delivered(3)]))
+
+    assert consuming.requeued == [2]
+    assert consuming.acked_tags({1, 2, 3}) == {1, 3}
+    assert [r["status"] for r in results_of(broker)] == ["delivered", "delivered"]
+    assert "RuntimeError: unforeseen" in caplog.text and "message m2" in caplog.text
+
+
+def test_a_batch_that_failed_unexpectedly_is_given_back_and_the_settler_goes_on(monkeypatch):
+    broker = Broker()
+    plain = Settler._write
+    failures = []
+
+    async def once_broken(self, batch):
+        if not failures:
+            failures.append(len(batch))
+            raise RuntimeError("unforeseen")
+        return await plain(self, batch)
+
+    monkeypatch.setattr(Settler, "_write", once_broken)
+
+    async def scenario():
+        settler = Settler(Session(broker), Topology(), publish_timeout=5)
+        consuming = Consuming()
+        book = AckBook(consuming)
+        runner = asyncio.create_task(settler.run())
+        for tag in (1, 2):
+            book.received(tag)
+            delivered(tag)(settler, book, tag)
+        await asyncio.wait_for(settler.wait_idle(), 5)
+        book.received(3)
+        delivered(3)(settler, book, 3)  # the next batch: the settler still runs
+        await asyncio.wait_for(settler.wait_idle(), 5)
+        assert not runner.done()
+        runner.cancel()
+        return consuming
+
+    consuming = asyncio.run(scenario())
+    assert failures == [2]
+    assert consuming.requeued == [1, 2]  # (rejected before: the ack of 3 covers only what is still out)
+    assert consuming.acked == [(3, True)]
+
+
+def test_a_huge_id_is_never_logged_whole(caplog):
+    broker = Broker()
+    huge = deferred_job(2)
+    huge.id = "x" * 200_000  # (intake refuses such an id now; one that got in is still settled)
+
+    def defer(settler, book, tag):
+        settler.defer(huge, book, tag, 60)
+
+    consuming = asyncio.run(settle(broker, [defer]))
+
+    assert consuming.acked_tags({1}) == {1}
+    assert [r["status"] for r in results_of(broker)] == ["invalid"]
+    assert caplog.records and max(len(r.getMessage()) for r in caplog.records) < 1000
+
+
+def test_a_settler_that_stopped_ends_the_session():
+    from mta.engine import Engine
+
+    async def scenario():
+        async def dies():
+            raise RuntimeError("unforeseen")
+
+        lost, ended = asyncio.Event(), asyncio.Event()
+        broken = asyncio.create_task(dies())
+        broken.add_done_callback(Engine._settler_ended(lost))
+        stopped = asyncio.create_task(asyncio.sleep(10))  # cancelled by the session's end
+        stopped.add_done_callback(Engine._settler_ended(ended))
+        stopped.cancel()
+        await asyncio.wait([broken, stopped])
+        await asyncio.sleep(0)
+        return lost.is_set(), ended.is_set()
+
+    assert asyncio.run(scenario()) == (True, False)
+
+
+def test_a_new_session_does_not_write_what_was_pending_for_the_old_channels():
+    settler = Settler(Session(Broker()), Topology(), publish_timeout=5)
+    old, new = Consuming(), Consuming()
+    for channel, tag in ((old, 1), (new, 1)):
+        book = AckBook(channel)
+        book.received(tag)
+        delivered(tag)(settler, book, tag)
+    old.is_closed = True
+    settler.attach(Session(Broker()))
+    assert [s.book.channel for s in settler._pending] == [new]
+
+
+def test_a_session_that_fails_while_starting_leaves_no_settler_running(monkeypatch):
+    # the next session starts its own: two loops over one settler would write batches twice
+    import aio_pika
+
+    from mta.config import parse_config
+    from mta.engine import Engine
+
+    class Channel:
+        is_closed = False
+        close_callbacks: set = set()
+
+    class Connection:
+        is_closed = False
+
+        def __init__(self, role):
+            self.role = role
+            self.close_callbacks = set()
+
+        async def channel(self, **kwargs):
+            if self.role == "consume":
+                raise OSError("connection reset")
+            return Channel()
+
+        async def close(self):
+            self.is_closed = True
+
+    roles = iter(["consume", "publish"])
+
+    async def connect(url, **kwargs):
+        return Connection(next(roles))
+
+    async def declare(channel):
+        return None
+
+    monkeypatch.setattr(aio_pika, "connect", connect)
+
+    async def scenario():
+        engine = Engine(parse_config({}), clock=lambda: NOW)
+        monkeypatch.setattr(engine.topology, "declare", declare)
+        with pytest.raises(OSError):
+            await engine._session(asyncio.Event())
+        await asyncio.sleep(0)
+        return [t for t in asyncio.all_tasks() if t.get_name() == "settler" and not t.done()]
+
+    assert asyncio.run(scenario()) == []
