@@ -481,7 +481,8 @@ def _control_families(engine) -> Iterable:
     if gate is None:
         return
     family = CounterMetricFamily("mta_control_refused", "Control messages (mta.control) ignored: unsigned, "
-                                 "bad_signature, stale, replayed, malformed, or an answer refused (reply_to).",
+                                 "bad_signature, stale, replayed, malformed, too_large (over 64 KiB), or an "
+                                 "answer refused (reply_to).",
                                  labels=["reason"])
     for reason, n in dict(gate.refused).items():
         family.add_metric([reason], n)
