@@ -83,9 +83,14 @@ class Watchdog:
     lazily (a deadline per message, a timer only when one runs out), that cancels the
     worker's step in progress when the job's deadline has passed. Armed only around the
     SMTP steps of a transaction; the opening of a session is bounded by cutting its
-    timeouts instead (a session half opened must be closed by whoever opened it)."""
+    timeouts instead (a session half opened must be closed by whoever opened it).
 
-    __slots__ = ("_task", "_loop", "deadline", "_handle", "fired")
+    A message's content may carry the next transaction's commands (RFC 2920): the reply
+    to its end of data, once in (`dot_read`, the session's hook), is its outcome whatever
+    happens after it, and the replies read next are the next message's, under that
+    message's deadline from then on."""
+
+    __slots__ = ("_task", "_loop", "deadline", "_handle", "fired", "dot", "_then", "then")
 
     def __init__(self) -> None:
         self._task = asyncio.current_task()
@@ -93,6 +98,9 @@ class Watchdog:
         self.deadline = float("inf")
         self._handle: asyncio.TimerHandle | None = None
         self.fired = False
+        self.dot: Reply | None = None  # the reply to the end of data of the message being finished
+        self._then: float | None = None  # seconds the transaction pipelined behind it has, from that reply
+        self.then = float("inf")  # its deadline, once that reply is in
 
     def arm(self, deadline: float) -> None:
         self.deadline = deadline
@@ -101,6 +109,22 @@ class Watchdog:
 
     def disarm(self) -> None:
         self.deadline = float("inf")
+
+    def await_dot(self, deadline: float, then: float | None) -> None:
+        """Armed for a message's content: ``deadline`` until the reply to its end of data;
+        ``then``: seconds the transaction pipelined behind it has from that reply on (None:
+        nothing is)."""
+        self.dot = None
+        self._then = then
+        self.then = float("inf")
+        self.arm(deadline)
+
+    def dot_read(self, reply: Reply) -> None:
+        """The reply to the end of data is in: the message's outcome, and from now on the
+        deadline in force is the pipelined transaction's (the timer moves lazily)."""
+        self.dot = reply
+        if self._then is not None and self.deadline != float("inf"):
+            self.then = self.deadline = self._loop.time() + self._then
 
     def _fire(self) -> None:
         self._handle = None
@@ -605,6 +629,7 @@ class Destination:
                         self._release(job)
                         job = None
                         return
+                    session.on_dot = watchdog.dot_read
                     sent = 0
                 if not paced:
                     job = await self._pace(job)
@@ -624,17 +649,19 @@ class Destination:
                     if follow is not None:
                         ahead = _commands(session, follow)
                     sending = job
-                    reply = await self._finish(session, job, ahead if isinstance(ahead, tuple) else None,
-                                               watchdog, deadline)
+                    reply, cut = await self._finish(session, job, ahead if isinstance(ahead, tuple) else None,
+                                                    watchdog, deadline)
                     done, job, sending = job, None, None
                     self._settle(session, done, reply)
                     sent += 1
                     if follow is None:
                         break
                     job, follow = follow, None
-                    deadline = loop.time() + self._deadline
+                    deadline = min(watchdog.then, loop.time() + self._deadline)  # from the reply to the dot
                     if isinstance(ahead, Reply):  # refused here: nothing went out for it
                         reply = ahead
+                    elif cut is not None:  # its replies, read behind the message's, were cut short
+                        reply = cut
                     elif not session.usable:  # no reply to the dot: the next one was never begun
                         carried, job = job, None
                     elif abandoned(job):  # its channel closed meanwhile: the receiver drops it when we hang up
@@ -661,6 +688,9 @@ class Destination:
             watchdog.stop()
             for left in (job, follow, carried):
                 if left is None:
+                    continue
+                if left is sending and watchdog.dot is not None:  # answered before the shutdown cut in
+                    self._settle(session, left, watchdog.dot)
                     continue
                 self._release(left)
                 if left is sending:  # cancelled after its content went out: the outcome is unknown
@@ -692,28 +722,36 @@ class Destination:
             return exc.reply
         except asyncio.CancelledError:
             if not watchdog.expired():
+                session.usable = False  # shutdown cut a step short: no QUIT into replies still due
                 raise
             return self._out_of_time(session, "mail", "before the message was sent")
         except Exception as exc:  # a bug must cost one attempt, not the message
             return self._crashed(session, job, exc)
 
     async def _finish(self, session: Session, job: Job, ahead: tuple[bytes, bytes] | None,
-                      watchdog: Watchdog, deadline: float) -> Reply:
-        """``job``'s content (and ``ahead``, the next transaction's commands); its outcome."""
+                      watchdog: Watchdog, deadline: float) -> tuple[Reply, Reply | None]:
+        """``job``'s content (and ``ahead``, the next transaction's commands); its outcome,
+        and the next transaction's when reading its replies was cut short after the reply
+        to ``job``'s end of data (which stays ``job``'s outcome: the receiver may have
+        accepted it, and it must not be sent again)."""
         try:
-            watchdog.arm(deadline)
+            watchdog.await_dot(deadline, self._deadline if ahead is not None else None)
             try:
-                return await session.finish(job.data, ahead)
+                return await session.finish(job.data, ahead), None
             finally:
                 watchdog.disarm()
         except SessionFailed as exc:
-            return exc.reply
+            return exc.reply, None
         except asyncio.CancelledError:
             if not watchdog.expired():
-                raise
-            return self._out_of_time(session, "message", "waiting for the reply to the message")
+                session.usable = False  # shutdown cut a step short: no QUIT into replies still due
+                raise  # the worker settles job by watchdog.dot if it came
+            if watchdog.dot is not None:  # the next transaction's deadline
+                return watchdog.dot, self._out_of_time(session, "mail", "before the message was sent")
+            return self._out_of_time(session, "message", "waiting for the reply to the message"), None
         except Exception as exc:  # a bug must cost one attempt, not the message
-            return self._crashed(session, job, exc)
+            crashed = self._crashed(session, job, exc)
+            return (watchdog.dot, crashed) if watchdog.dot is not None else (crashed, None)
 
     def _out_of_time(self, session: Session, phase: str, where: str) -> Reply:
         session.usable = False  # a step was cut short: the session's state is unknown
