@@ -635,6 +635,7 @@ class Destination:
         carried: Job | None = None  # paced, never begun: its session broke under it
         sending: Job | None = None  # its content on the wire: the receiver may have it
         reconnecting = False  # this worker had a session before
+        paced = True  # job (if any) has its rate slot booked: it no longer counts as waiting for one
         watchdog = Watchdog()
         loop = asyncio.get_running_loop()
         try:
@@ -680,6 +681,7 @@ class Destination:
                     sent = 0
                 if not paced:
                     pacing = loop.time()
+                    paced = True  # booked by _pace before any wait
                     job = await self._pace(job)
                     if job is None:  # held: the provider's rate is booked too far ahead
                         continue
@@ -737,6 +739,9 @@ class Destination:
                     session = None
         finally:
             watchdog.stop()
+            if job is not None and not paced:  # taken, never paced: no longer waiting here
+                self._unpaced -= 1
+                self._waiting(-1)
             for left in (job, follow, carried):
                 if left is None:
                     continue

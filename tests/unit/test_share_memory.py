@@ -55,14 +55,14 @@ class Ledger:
         self.most_in_memory = max(self.most_in_memory, self.in_memory)
 
 
-def destinations(cfg: dict, n: int, ledger: Ledger, clock, connector, smtp: Smtp = Smtp()):
+def destinations(cfg: dict, n: int, ledger: Ledger, clock, connector, smtp: Smtp = Smtp(), give_back=None):
     rules, shares = Rules(parse_config(cfg)), Shares(clock)
     made = []
     for i in range(n):
         resolved = rules.resolve(f"d{i}.example", BIG)
         made.append(Destination(resolved.key, BIG, resolved.policy, connector=connector, port=25,
                                 done=ledger.on_done, hold=ledger.on_hold, clock=clock, smtp=smtp,
-                                share=shares.of(resolved)))
+                                share=shares.of(resolved), give_back=give_back))
     return made, shares
 
 
@@ -174,6 +174,29 @@ def test_a_provider_slot_beyond_max_wait_is_not_waited_for() -> None:
     assert [reply.code for reply in ledger.done.values()] == [250]  # the one with the slot now
     assert len(ledger.held) == 4  # no attempt for the others: held until about their slot
     assert all(HOLD_DELAYS[0] <= delay for delay in ledger.held.values())
+
+
+def test_jobs_cut_off_before_their_rate_slot_leave_the_share_s_count() -> None:
+    """A shutdown while the sessions open: the jobs taken go back, and the share no longer
+    counts them as waiting in memory (else its allowance would shrink for good)."""
+
+    async def scenario():
+        ledger, connector, given = Ledger(), GatedConnector(), []
+        dests, _ = destinations(config("1/s", 3), 3, ledger, time.time, connector, give_back=given.append)
+        for i, dest in enumerate(dests):
+            for k in range(3):
+                ledger.push(dest, job(f"m{i}-{k}", f"u{k}@d{i}.example"))
+        await until(lambda: len(connector.waiting) == 9)  # each job taken by a worker of its own
+        assert dests[0].share.queued == 9
+        tasks = [t for d in dests for t in d.tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return dests, given
+
+    dests, given = asyncio.run(scenario())
+    assert len(given) == 9  # back to the broker, no attempt
+    assert waiting_counted(dests) and dests[0].share.queued == 0
 
 
 class SlowSession(FakeSession):
