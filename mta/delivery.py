@@ -56,7 +56,8 @@ from mta.mx import MxAnswer
 from mta.settle import abandoned
 from mta.smtp import Connector, Reply, Session, SessionFailed, Timeouts
 from shaper.adaptive import AdaptiveRate
-from shaper.allowance import MAX_WAIT, PER_CONNECTION, HeldLedger, allowance, hold_delay, paused_delay, slow_hold
+from shaper.allowance import (MAX_WAIT, PER_CONNECTION, HeldLedger, allowance, hold_delay, paused_delay, shared_fits,
+                              shared_hold, slow_hold)
 from shaper.budget import UNLIMITED_FDS_BUDGET
 from shaper.fair import FairQueue
 from shaper.limiter import Gcra
@@ -83,9 +84,14 @@ class Watchdog:
     lazily (a deadline per message, a timer only when one runs out), that cancels the
     worker's step in progress when the job's deadline has passed. Armed only around the
     SMTP steps of a transaction; the opening of a session is bounded by cutting its
-    timeouts instead (a session half opened must be closed by whoever opened it)."""
+    timeouts instead (a session half opened must be closed by whoever opened it).
 
-    __slots__ = ("_task", "_loop", "deadline", "_handle", "fired")
+    A message's content may carry the next transaction's commands (RFC 2920): the reply
+    to its end of data, once in (`dot_read`, the session's hook), is its outcome whatever
+    happens after it, and the replies read next are the next message's, under that
+    message's deadline from then on."""
+
+    __slots__ = ("_task", "_loop", "deadline", "_handle", "fired", "dot", "_then", "then")
 
     def __init__(self) -> None:
         self._task = asyncio.current_task()
@@ -93,6 +99,9 @@ class Watchdog:
         self.deadline = float("inf")
         self._handle: asyncio.TimerHandle | None = None
         self.fired = False
+        self.dot: Reply | None = None  # the reply to the end of data of the message being finished
+        self._then: float | None = None  # seconds the transaction pipelined behind it has, from that reply
+        self.then = float("inf")  # its deadline, once that reply is in
 
     def arm(self, deadline: float) -> None:
         self.deadline = deadline
@@ -101,6 +110,22 @@ class Watchdog:
 
     def disarm(self) -> None:
         self.deadline = float("inf")
+
+    def await_dot(self, deadline: float, then: float | None) -> None:
+        """Armed for a message's content: ``deadline`` until the reply to its end of data;
+        ``then``: seconds the transaction pipelined behind it has from that reply on (None:
+        nothing is)."""
+        self.dot = None
+        self._then = then
+        self.then = float("inf")
+        self.arm(deadline)
+
+    def dot_read(self, reply: Reply) -> None:
+        """The reply to the end of data is in: the message's outcome, and from now on the
+        deadline in force is the pipelined transaction's (the timer moves lazily)."""
+        self.dot = reply
+        if self._then is not None and self.deadline != float("inf"):
+            self.then = self.deadline = self._loop.time() + self._then
 
     def _fire(self) -> None:
         self._handle = None
@@ -270,6 +295,7 @@ class Destination:
         for ready in (self.bulk, self.single):
             while len(ready) > limit:
                 job = ready.pop()
+                self._waiting(-1)
                 delay = hold_delay(len(ready) + 1, self._per_second, self.window.allowed, self.held.due_within(now))
                 self.held.note(now, delay)
                 self._hold(job, delay)
@@ -395,12 +421,18 @@ class Destination:
                 self.held.note(now, delay)
                 self._hold(job, delay)
                 return
+        if self.share is not None:  # its provider's rate, over all the provider's destinations
+            delay = self._shared_hold(now, bulk)
+            if delay is not None:
+                self._hold_for_share(job, now, delay)
+                return
         if not bulk or self._bulk_busy < self._bulk_cap():
             while self._idle:
                 _, waiter = self._idle.popleft()
                 if not waiter.done():
                     self._bulk_busy += bulk
                     self._unpaced += 1
+                    self._waiting(1)
                     waiter.set_result(job)
                     return
         limit = allowance(self.per_second, self.window.allowed)
@@ -413,7 +445,43 @@ class Destination:
             self._hold(job, delay)
             return
         ready.append(job)
+        self._waiting(1)
         self._grow()
+
+    def _waiting(self, change: int) -> None:
+        """Messages of this destination in memory without a rate slot (queued, or taken and
+        not paced) changed: its provider's share counts them over all its destinations."""
+        share = self.share
+        if share is not None:
+            share.queued += change
+
+    def _put_back(self, job: Job) -> None:
+        """A job taken from the ready queue goes back to its front, unpaced."""
+        (self.single if job.lane == "single" else self.bulk).appendleft(job)
+        self._waiting(1)
+
+    def _shared_hold(self, now: float, bulk: bool) -> int | None:
+        """None when the provider's rate sends one more message of this destination soon,
+        else how long to hold it: all the provider's destinations drain through that one
+        rate, so the backlog that counts is theirs together (single mail only has its own
+        ahead of it: it takes the next slot). The exact next slot is asked for only when a
+        bound on it (one booked per session, each worker paces one job at a time) does not
+        already settle it."""
+        share = self.share
+        rate = share.per_second
+        queued = share.queued if bulk else len(self.single)
+        booked = (max(share.in_use, share.limit) + 1) / rate if rate > 0 else MAX_WAIT
+        if shared_fits(booked, queued, rate, share.limit):
+            return None
+        next_slot = share.rate.check(now).retry_after
+        if shared_fits(next_slot, queued, rate, share.limit):
+            return None
+        return shared_hold(next_slot, queued, rate, share.held.due_within(now))
+
+    def _hold_for_share(self, job: Job, now: float, delay: int) -> None:
+        self.held.note(now, delay)
+        self.share.held.note(now, delay)
+        self._hold(job, delay)
 
     def _grow(self) -> None:
         """Another worker, if jobs wait that no connecting worker will take, the window
@@ -554,6 +622,7 @@ class Destination:
         jobs = list(self.single) + list(self.bulk)
         self.single.clear()
         self.bulk.clear()
+        self._waiting(-len(jobs))
         return jobs
 
     # ---- a worker
@@ -566,6 +635,7 @@ class Destination:
         carried: Job | None = None  # paced, never begun: its session broke under it
         sending: Job | None = None  # its content on the wire: the receiver may have it
         reconnecting = False  # this worker had a session before
+        paced = True  # job (if any) has its rate slot booked: it no longer counts as waiting for one
         watchdog = Watchdog()
         loop = asyncio.get_running_loop()
         try:
@@ -585,9 +655,10 @@ class Destination:
                 deadline = loop.time() + self._deadline  # the attempt starts: connect + transaction
                 if session is None and reconnecting and self.share is not None and self.share.wanted_by_other(self):
                     # The provider's sessions take turns: this one reconnects after the one in line.
-                    (self.single if job.lane == "single" else self.bulk).appendleft(job)
+                    self._put_back(job)
                     if not paced:
                         self._unpaced -= 1
+                        self._waiting(-1)
                     self._release(job)
                     job = None
                     self.share.wait(self, close_idle=False)
@@ -602,12 +673,19 @@ class Destination:
                     if session is None:
                         if not paced:
                             self._unpaced -= 1
+                            self._waiting(-1)
                         self._release(job)
                         job = None
                         return
+                    session.on_dot = watchdog.dot_read
                     sent = 0
                 if not paced:
+                    pacing = loop.time()
+                    paced = True  # booked by _pace before any wait
                     job = await self._pace(job)
+                    if job is None:  # held: the provider's rate is booked too far ahead
+                        continue
+                    deadline += loop.time() - pacing  # the wait for a rate slot is not the attempt's
                 if self.state.mode is Mode.PAUSED:  # paused while this job waited for its turn
                     self._hold_paused(job, self._clock())
                     self._release(job)
@@ -624,17 +702,19 @@ class Destination:
                     if follow is not None:
                         ahead = _commands(session, follow)
                     sending = job
-                    reply = await self._finish(session, job, ahead if isinstance(ahead, tuple) else None,
-                                               watchdog, deadline)
+                    reply, cut = await self._finish(session, job, ahead if isinstance(ahead, tuple) else None,
+                                                    watchdog, deadline)
                     done, job, sending = job, None, None
                     self._settle(session, done, reply)
                     sent += 1
                     if follow is None:
                         break
                     job, follow = follow, None
-                    deadline = loop.time() + self._deadline
+                    deadline = min(watchdog.then, loop.time() + self._deadline)  # from the reply to the dot
                     if isinstance(ahead, Reply):  # refused here: nothing went out for it
                         reply = ahead
+                    elif cut is not None:  # its replies, read behind the message's, were cut short
+                        reply = cut
                     elif not session.usable:  # no reply to the dot: the next one was never begun
                         carried, job = job, None
                     elif abandoned(job):  # its channel closed meanwhile: the receiver drops it when we hang up
@@ -659,8 +739,14 @@ class Destination:
                     session = None
         finally:
             watchdog.stop()
+            if job is not None and not paced:  # taken, never paced: no longer waiting here
+                self._unpaced -= 1
+                self._waiting(-1)
             for left in (job, follow, carried):
                 if left is None:
+                    continue
+                if left is sending and watchdog.dot is not None:  # answered before the shutdown cut in
+                    self._settle(session, left, watchdog.dot)
                     continue
                 self._release(left)
                 if left is sending:  # cancelled after its content went out: the outcome is unknown
@@ -692,28 +778,36 @@ class Destination:
             return exc.reply
         except asyncio.CancelledError:
             if not watchdog.expired():
+                session.usable = False  # shutdown cut a step short: no QUIT into replies still due
                 raise
             return self._out_of_time(session, "mail", "before the message was sent")
         except Exception as exc:  # a bug must cost one attempt, not the message
             return self._crashed(session, job, exc)
 
     async def _finish(self, session: Session, job: Job, ahead: tuple[bytes, bytes] | None,
-                      watchdog: Watchdog, deadline: float) -> Reply:
-        """``job``'s content (and ``ahead``, the next transaction's commands); its outcome."""
+                      watchdog: Watchdog, deadline: float) -> tuple[Reply, Reply | None]:
+        """``job``'s content (and ``ahead``, the next transaction's commands); its outcome,
+        and the next transaction's when reading its replies was cut short after the reply
+        to ``job``'s end of data (which stays ``job``'s outcome: the receiver may have
+        accepted it, and it must not be sent again)."""
         try:
-            watchdog.arm(deadline)
+            watchdog.await_dot(deadline, self._deadline if ahead is not None else None)
             try:
-                return await session.finish(job.data, ahead)
+                return await session.finish(job.data, ahead), None
             finally:
                 watchdog.disarm()
         except SessionFailed as exc:
-            return exc.reply
+            return exc.reply, None
         except asyncio.CancelledError:
             if not watchdog.expired():
-                raise
-            return self._out_of_time(session, "message", "waiting for the reply to the message")
+                session.usable = False  # shutdown cut a step short: no QUIT into replies still due
+                raise  # the worker settles job by watchdog.dot if it came
+            if watchdog.dot is not None:  # the next transaction's deadline
+                return watchdog.dot, self._out_of_time(session, "mail", "before the message was sent")
+            return self._out_of_time(session, "message", "waiting for the reply to the message"), None
         except Exception as exc:  # a bug must cost one attempt, not the message
-            return self._crashed(session, job, exc)
+            crashed = self._crashed(session, job, exc)
+            return (watchdog.dot, crashed) if watchdog.dot is not None else (crashed, None)
 
     def _out_of_time(self, session: Session, phase: str, where: str) -> Reply:
         session.usable = False  # a step was cut short: the session's state is unknown
@@ -750,6 +844,7 @@ class Destination:
             self.refresh(now)
         if ((self.message_rate.take(now).allowed or (job.lane == "single" and self.single_rate.take(now).allowed))
                 and (self.share is None or self.share.rate.take(now).allowed)):
+            self._waiting(-1)
             return job
         if job.lane == "single":  # its turn is later: back to the front, as if never taken
             self.single.appendleft(job)
@@ -793,13 +888,25 @@ class Destination:
         else:
             self.back_off(now, now + rule.duration, rule.payload, reason)
 
-    async def _pace(self, job: Job) -> Job:
+    async def _pace(self, job: Job) -> Job | None:
         """Wait for the job's turn in the message rate; returns the job to send, which is a
-        single-lane job that arrived meanwhile rather than the bulk job it waited with."""
+        single-lane job that arrived meanwhile rather than the bulk job it waited with, or
+        None when the provider's rate has no slot within `MAX_WAIT` (the job is held: it
+        does not wait that long unacknowledged, and nothing was tried)."""
         now = self._clock()
         self._unpaced -= 1  # booked below, before any wait
+        self._waiting(-1)
         if self.adaptive.adapting:
             self.refresh(now)  # the adapted rate climbs back in steps
+        shared = 0.0
+        if self.share is not None:  # the provider's rate over all its destinations, first
+            shared = self.share.rate.reserve(now)
+            if shared > MAX_WAIT:  # booked far ahead by the provider's other destinations (or a slower rate)
+                self.share.rate.unreserve()
+                self._hold_for_share(job, now, shared_hold(shared, self.share.queued, self.share.per_second,
+                                                           self.share.held.due_within(now)))
+                self._release(job)
+                return None
         if job.lane == "single":
             # Bulk's share when it has room (bulk is idle), else the single lane's own.
             if self.message_rate.check(now).allowed:
@@ -807,14 +914,11 @@ class Destination:
                 wait = 0.0
             else:
                 wait = self.single_rate.reserve(now)
-            if self.share is not None:  # and the provider's rate over all its destinations
-                wait = max(wait, self.share.rate.reserve(now))
+            wait = max(wait, shared)
             if wait > 0:
                 await asyncio.sleep(wait)
             return job
-        wait = self.message_rate.reserve(now)
-        if self.share is not None:
-            wait = max(wait, self.share.rate.reserve(now))
+        wait = max(self.message_rate.reserve(now), shared)
         if wait > 0:
             await asyncio.sleep(wait)
         if self.single:
@@ -836,7 +940,7 @@ class Destination:
         if self._budget.should_yield(self.key):
             # Single mail or a destination without any connection waits for a budget slot:
             # this reconnect gives its slot up; the job goes back to the front of the queue.
-            (self.single if job.lane == "single" else self.bulk).appendleft(job)
+            self._put_back(job)
             return None
         if not await self._connection_slot(job):
             return None
@@ -889,7 +993,7 @@ class Destination:
                 await asyncio.sleep(wait)
                 continue
             if self.connected > 0:
-                (self.single if job.lane == "single" else self.bulk).appendleft(job)
+                self._put_back(job)
                 return False
             log.info("%s: next connection allowed by max_connection_rate in %.0fs; %d message(s) held "
                      "until then", self.key, wait, 1 + self.queued)
@@ -907,10 +1011,7 @@ class Destination:
             return None
         if verdict is not True and self.connected > 0 and slow_down(last.code, last.text) == "connections":
             # The receiver is busy, not gone, and never saw the message: the open sessions take it.
-            if job.lane == "single":
-                self.single.appendleft(job)
-            else:
-                self.bulk.appendleft(job)
+            self._put_back(job)
             return None
         self._done(job, last, host, ip, verdict)
         if last.phase == "auth":  # the host answered but refused our credentials: not dead

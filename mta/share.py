@@ -13,7 +13,10 @@ make room, as the process's connection budget does (mta.budget). A destination w
 several sessions gives one up (after its current message) while another waits with
 none, and a destination's worker that reconnects lets the one in line go first: a
 backlog in one domain cannot starve another of the provider. Each message books a slot
-in its destination's rate and in the share's, and goes at the later of the two.
+in its destination's rate and in the share's, and goes at the later of the two. As they
+all drain through the share's rate, what they keep in memory together is bounded by it
+(shaper.allowance.shared_fits), and a slot of the share's more than `MAX_WAIT` ahead is
+not waited for: the message is held instead.
 
 Shares live as long as the process (one per provider that has mail, so their number is
 bounded by the rules file) and outlive reloads, which only change their limits.
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from mta.config import Policy
 from mta.delivery import message_burst
+from shaper.allowance import HeldLedger
 from shaper.limiter import Gcra
 from shaper.units import Rate
 
@@ -39,20 +43,27 @@ UNBOUNDED = Policy(connection_limit=1 << 30, max_message_rate=Rate(1e9, 1.0))  #
 
 
 class Share:
-    __slots__ = ("key", "limit", "in_use", "rate", "_waiting", "members", "__weakref__")
+    __slots__ = ("key", "limit", "in_use", "rate", "per_second", "queued", "held", "_waiting", "members",
+                 "__weakref__")
 
     def __init__(self, key: str, policy: Policy):
         self.key = key  # the provider's destination key, "provider:NAME"
         self.limit = policy.connection_limit
         self.in_use = 0  # sessions open or opening in all destinations of the provider
-        per_second = policy.max_message_rate.per_second
+        self.per_second = per_second = policy.max_message_rate.per_second
         self.rate = Gcra(policy.max_message_rate, burst=message_burst(per_second))  # all their messages
+        # Messages all its destinations keep in memory without a slot in ``rate`` yet (their
+        # ready queues, and jobs taken but not paced), and those held for the share: what
+        # bounds their memory together (shaper.allowance.shared_fits).
+        self.queued = 0
+        self.held = HeldLedger()
         self._waiting: deque[Destination] = deque()
         self.members: weakref.WeakSet[Destination] = weakref.WeakSet()
 
     def apply(self, policy: Policy, now: float) -> None:
         self.limit = policy.connection_limit
         rate = policy.max_message_rate
+        self.per_second = rate.per_second
         self.rate.set_rate(rate, now, burst=message_burst(rate.per_second))
 
     @property

@@ -360,6 +360,7 @@ class Session:
         self.max_size = int(size) if size.isdigit() and int(size) > 0 else None
         self.usable = True
         self._ahead = _NOTHING
+        self.on_dot = None  # told the reply to the end of data before the pipelined replies behind it are read
         transport = client.transport
         self._io = _ReplyReader(asyncio.get_running_loop())
         self._io.transport = transport
@@ -488,6 +489,8 @@ class Session:
             self.usable = False
             raise SessionFailed(_failed(exc, "message")) from exc
         reply = Reply(*dot, "message")
+        if self.on_dot is not None:
+            self.on_dot(reply)
         if ahead is not None:
             try:
                 outcome = await self.begin(None)

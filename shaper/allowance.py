@@ -13,6 +13,11 @@ most once or twice. That backlog includes what was held before it and has not co
 yet (`HeldLedger`), so a long backlog is spread over the delays instead of coming back in
 one wave and being held again.
 
+The destinations of one provider drain through its one shared rate (mta.share): what they
+keep in memory together is bounded by that rate (`shared_fits`: the share's allowance, and
+sent within `MAX_WAIT` after the slots already booked), else N domains of a provider would
+keep N times what it sends soon; the rest is held by the share's backlog (`shared_hold`).
+
 A paused destination holds everything: until its pause ends when the end is known (never
 earlier), and then spread by the same backlog estimate; an open-ended (operator's) pause is looked at
 again after a quarter of the time it has lasted so far (at least `PAUSED_MIN`), so a pause
@@ -42,6 +47,40 @@ def slow_hold(next_slot: float, queued: int, per_second: float) -> int | None:
     if expected <= MAX_WAIT:
         return None
     return _at_most(expected - RETURN_MARGIN)
+
+
+def shared_fits(next_slot: float, queued: int, per_second: float, connections: int) -> bool:
+    """Under a provider's share, whose one rate all its destinations drain through: one more
+    message fits in memory while the destinations together keep less than the share's
+    allowance (``queued``: all of theirs without a rate slot yet) and it goes out within
+    `MAX_WAIT` (after ``next_slot`` seconds of slots booked already)."""
+    if per_second <= 0:
+        return False
+    return queued < allowance(per_second, connections) and next_slot + queued / per_second <= MAX_WAIT
+
+
+def shared_hold(next_slot: float, queued: int, per_second: float,
+                held: int | Callable[[float], int] = 0) -> int:
+    """The hold for a message that does not fit under its share: the longest delay within
+    the time the backlog ahead of it needs at the share's rate (the slots booked, the
+    ``queued`` messages, and those held earlier that come back before it, as in
+    `hold_delay`), so that it is back while there is still work queued."""
+    if per_second <= 0:
+        return HOLD_DELAYS[-1]
+    ahead = held if callable(held) else (lambda _delay: held)
+    return _drained(lambda delay: next_slot + (queued + ahead(delay)) / per_second)
+
+
+def _drained(backlog: Callable[[float], float]) -> int:
+    """The longest delay that ends at least `RETURN_MARGIN` before the ``backlog(delay)``
+    seconds ahead of a message held that long have passed (the shortest delay if none)."""
+    best = HOLD_DELAYS[0]
+    for delay in HOLD_DELAYS:
+        if delay <= backlog(delay) - RETURN_MARGIN:
+            best = delay
+        else:
+            break
+    return best
 
 
 def allowance(per_second: float, connections: int) -> int:
@@ -78,13 +117,7 @@ def hold_delay(queued: int, per_second: float, connections: int,
     if per_second <= 0:
         return HOLD_DELAYS[-1]
     ahead = held if callable(held) else (lambda _delay: held)
-    best = HOLD_DELAYS[0]
-    for delay in HOLD_DELAYS:
-        if delay <= (queued + ahead(delay)) / per_second - RETURN_MARGIN:
-            best = delay
-        else:
-            break
-    return best
+    return _drained(lambda delay: (queued + ahead(delay)) / per_second)
 
 
 def within_age(delay: int, remaining: float) -> int:

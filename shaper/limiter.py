@@ -141,6 +141,13 @@ class Gcra:
             return 0.0
         return _wait_until(now, allow_at)
 
+    def unreserve(self) -> None:
+        """Give back the slot the last `reserve` booked, right after it (nothing booked or
+        admitted since), for a caller that will not wait that long after all: the slot
+        goes to the next caller, as if never booked."""
+        if self._tat is not None:
+            self._tat -= self._interval
+
     def is_idle(self, now: float) -> bool:
         """True when the full burst is available: the state may be dropped."""
         return self._tat is None or self._tat <= _ns(now)[0]

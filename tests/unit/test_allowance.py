@@ -92,3 +92,32 @@ def test_held_mail_comes_back_when_its_age_ends_if_that_is_sooner():
             got = within_age(delay, remaining)
             assert got in HOLD_DELAYS and got <= delay
             assert got >= min(delay, remaining) or got == HOLD_DELAYS[-1]
+
+
+@pytest.mark.parametrize("next_slot, queued, per_second, connections, fits", [
+    (0.0, 0, 1.0, 10, True),
+    (0.0, 14, 1.0, 10, True),       # the provider's allowance at 1/s: 15, all sent within 15 s
+    (0.0, 15, 1.0, 10, False),      # what 20 domains of their own would keep is not the share's
+    (10.0, 5, 1.0, 10, True),       # 10 s of slots booked, then 5: sent within MAX_WAIT
+    (10.0, 6, 1.0, 10, False),
+    (0.2, 499, 50.0, 10, True),     # 10 s of 50/s
+    (0.2, 500, 50.0, 10, False),
+    (20.0, 0, 1.0, 10, False),      # booked beyond MAX_WAIT already
+    (0.0, 0, 0.0, 10, False),       # no rate: nothing waits in memory for it
+])
+def test_shared_fits(next_slot, queued, per_second, connections, fits):
+    from shaper.allowance import shared_fits
+    assert shared_fits(next_slot, queued, per_second, connections) is fits
+
+
+@pytest.mark.parametrize("next_slot, queued, per_second, held, expected", [
+    (0.0, 15, 1.0, 0, 5),       # 15 s of backlog: back before it has drained
+    (10.0, 15, 1.0, 0, 15),     # 25 s
+    (0.0, 300, 1.0, 0, 120),    # 5 min
+    (0.0, 300, 1.0, 1000, 1200),
+    (60.0, 0, 1 / 60, 0, 30),   # a slot a minute away
+    (0.0, 10, 0.0, 0, 1200),    # no rate: the longest delay
+])
+def test_shared_hold(next_slot, queued, per_second, held, expected):
+    from shaper.allowance import shared_hold
+    assert shared_hold(next_slot, queued, per_second, held) == expected

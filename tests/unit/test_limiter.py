@@ -263,3 +263,13 @@ def test_the_bound_holds_below_a_nanosecond(
     slots.sort()
     window = Fraction(period) - 4 * Fraction(math.ulp(float(max(slots, default=0.0))))
     assert _max_in_window(slots, window) <= count + burst - 1
+
+
+def test_unreserve_gives_the_slot_to_the_next_caller() -> None:
+    limiter = Gcra(Rate.parse("1/min"))
+    assert limiter.reserve(T0) == 0.0
+    far = limiter.reserve(T0)
+    assert far == pytest.approx(60.0)
+    limiter.unreserve()  # not waited for after all
+    assert limiter.check(T0).retry_after == pytest.approx(60.0)  # as if only the first was booked
+    assert limiter.reserve(T0) == far
