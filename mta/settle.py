@@ -174,6 +174,10 @@ class Settler:
     def add(self, settlement: Settlement) -> None:
         if settlement.book.closed:
             return  # redelivered by the broker: what would replace it must not be published
+        self._add(settlement)
+
+    def _add(self, settlement: Settlement) -> None:
+        """`add` for a settlement whose channel was just seen open."""
         self.books.add(settlement.book)
         self._pending.append(settlement)
         self._idle.clear()
@@ -183,8 +187,9 @@ class Settler:
         return _dumps(self._result_doc(job, status, bounce))
 
     def _result_doc(self, job: Job, status: str, bounce: str | None = None) -> dict[str, Any]:
-        doc = job.doc
-        out: dict[str, Any] = {k: v for k, v in doc.items() if k != "mime" and k != "mime_b64"}
+        out: dict[str, Any] = dict(job.doc)  # a copy and two pops: no comprehension per result
+        out.pop("mime", None)
+        out.pop("mime_b64", None)
         if "id" not in out:  # the producer's id goes back as given: 9007199254740993 stays a number
             out["id"] = job.id
         out["status"] = status
@@ -202,8 +207,8 @@ class Settler:
         return out
 
     def final(self, job: Job, book: AckBook, tag: int, status: str, bounce: str | None = None) -> None:
-        body = self.result(job, status, bounce=bounce)
-        key = _recent_key(job)
+        body = _dumps(self._result_doc(job, status, bounce))
+        key = f"{job.id}\0{job.recipient.text}\0{len(job.body)}"  # _recent_key
         if book.closed:
             # The broker redelivers the message: its copy is settled with this result (here,
             # or unsent if a copy got here first and was settled already).
@@ -217,7 +222,7 @@ class Settler:
         self._remember(key, body, status, False)
         if self.journal is not None:
             self.journal.final(key, status, body)
-        self.add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status)))
+        self._add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status)))
 
     def _remember(self, key: str, body: bytes, status: str, published: bool) -> None:
         # Once the result is out only the status matters: a shared tuple instead of the body
