@@ -342,7 +342,7 @@ class Settler:
 
     async def _write(self, batch: list[Settlement]) -> None:
         # A channel that closed since: its deliveries come back, nothing may replace them.
-        batch = [s for s in batch if not s.book.closed]
+        batch = _on_open_channels(batch)
         channel = self._channel.channel
         publisher = self._publisher
         if publisher is None or publisher.channel is not channel:
@@ -380,9 +380,14 @@ class Settler:
         else:
             if self._observe_confirm is not None and encoded:
                 self._observe_confirm(time.monotonic() - started)
+        # Whether a channel closed is asked once per run of one book's settlements: nothing
+        # in this loop awaits, so no channel closes between the question and the answer's use.
+        book, gone = None, False
         for s, span in zip(batch, spans):
+            if s.book is not book:
+                book, gone = s.book, s.book.closed
             try:
-                self._confirmed(s, span, outcomes, started)
+                self._confirmed(s, span, outcomes, started, gone)
             except Exception as exc:  # unforeseen: this settlement alone goes back to the broker
                 log.error("settling message %s failed unexpectedly (%s); it goes back to the broker",
                           _message_of(s), _said(exc), exc_info=exc)
@@ -405,8 +410,10 @@ class Settler:
                       "to the broker", _message_of(s), _said(exc), exc_info=exc)
             return None
 
-    def _confirmed(self, s: Settlement, span: tuple[int, int] | None, outcomes: list, started: float) -> None:
-        """A settlement's broker answers: acknowledge it when all were confirmed, else give it back."""
+    def _confirmed(self, s: Settlement, span: tuple[int, int] | None, outcomes: list, started: float,
+                   gone: bool) -> None:
+        """A settlement's broker answers: acknowledge it when all were confirmed, else give it
+        back. ``gone``: its channel closed (``s.book.closed``, asked by the caller)."""
         failure = None
         if span is not None:
             for outcome in outcomes[span[0]:span[1]]:
@@ -422,7 +429,7 @@ class Settler:
             self._remember(*s.final, True)
             if self.journal is not None:
                 self.journal.published(s.final[0])
-        if s.book.closed:
+        if gone:
             self._replaced_by_copy(s, started)
             return
         s.book.settled(s.tag)
@@ -478,6 +485,19 @@ class Settler:
 
 EXCHANGE_NAMES = {"results": RESULTS, "default": "", "mta": EXCHANGE}
 REASON_MAX = 512  # octets of an unencodable copy's reason in x-mta-error and the result
+
+
+def _on_open_channels(batch: list[Settlement]) -> list[Settlement]:
+    """The settlements of ``batch`` whose channel is open, asking once per run of one book's
+    (a batch is mostly one lane's) rather than once per settlement."""
+    kept = []
+    book, gone = None, False
+    for s in batch:
+        if s.book is not book:
+            book, gone = s.book, s.book.closed
+        if not gone:
+            kept.append(s)
+    return kept
 
 
 def _said(error: object) -> str:
