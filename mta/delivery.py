@@ -79,6 +79,9 @@ FORGET_AFTER = 900.0  # seconds idle after which a destination with nothing to r
 PROBE_FIRST, PROBE_MAX = 30.0, 300.0  # seconds a dead destination rests before a probe
 
 
+NEVER = float("inf")  # a watchdog's deadline while disarmed
+
+
 class Watchdog:
     """A delivery attempt's deadline over its transaction: one timer per worker, moved
     lazily (a deadline per message, a timer only when one runs out), that cancels the
@@ -96,12 +99,12 @@ class Watchdog:
     def __init__(self) -> None:
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
-        self.deadline = float("inf")
+        self.deadline = NEVER
         self._handle: asyncio.TimerHandle | None = None
         self.fired = False
         self.dot: Reply | None = None  # the reply to the end of data of the message being finished
         self._then: float | None = None  # seconds the transaction pipelined behind it has, from that reply
-        self.then = float("inf")  # its deadline, once that reply is in
+        self.then = NEVER  # its deadline, once that reply is in
 
     def arm(self, deadline: float) -> None:
         self.deadline = deadline
@@ -109,7 +112,7 @@ class Watchdog:
             self._handle = self._loop.call_at(deadline, self._fire)
 
     def disarm(self) -> None:
-        self.deadline = float("inf")
+        self.deadline = NEVER
 
     def await_dot(self, deadline: float, then: float | None) -> None:
         """Armed for a message's content: ``deadline`` until the reply to its end of data;
@@ -117,20 +120,22 @@ class Watchdog:
         nothing is)."""
         self.dot = None
         self._then = then
-        self.then = float("inf")
-        self.arm(deadline)
+        self.then = NEVER
+        self.deadline = deadline  # arm, inline: once per message
+        if self._handle is None:
+            self._handle = self._loop.call_at(deadline, self._fire)
 
     def dot_read(self, reply: Reply) -> None:
         """The reply to the end of data is in: the message's outcome, and from now on the
         deadline in force is the pipelined transaction's (the timer moves lazily)."""
         self.dot = reply
-        if self._then is not None and self.deadline != float("inf"):
+        if self._then is not None and self.deadline != NEVER:
             self.then = self.deadline = self._loop.time() + self._then
 
     def _fire(self) -> None:
         self._handle = None
         deadline = self.deadline
-        if deadline == float("inf"):
+        if deadline == NEVER:
             return
         if deadline > self._loop.time():  # a later job's deadline by now
             self._handle = self._loop.call_at(deadline, self._fire)
@@ -773,7 +778,7 @@ class Destination:
             try:
                 return await session.begin(commands)
             finally:
-                watchdog.disarm()
+                watchdog.deadline = NEVER  # disarm, inline: this runs twice per message
         except SessionFailed as exc:
             return exc.reply
         except asyncio.CancelledError:
@@ -795,7 +800,7 @@ class Destination:
             try:
                 return await session.finish(job.data, ahead), None
             finally:
-                watchdog.disarm()
+                watchdog.deadline = NEVER  # disarm, inline: this runs twice per message
         except SessionFailed as exc:
             return exc.reply, None
         except asyncio.CancelledError:

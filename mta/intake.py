@@ -62,7 +62,7 @@ class WindowBook(AckBook):
         self.window = window
 
     def settled(self, tag: int) -> None:
-        super().settled(tag)
+        self._done.add(tag)  # AckBook.settled, inline: once per message
         self.window.release(tag)
 
     async def flush(self) -> None:
@@ -97,30 +97,38 @@ class LaneWindow:
         await self._consume(1)
 
     async def on_delivery(self, message: DeliveredMessage) -> None:
+        # Once per message: the book entry, the counting and the take are inline, and the
+        # consumer is looked at only off the common case: the whole count prefetch and
+        # within the bound, nothing waiting.
         tag = message.delivery.delivery_tag
         size = len(message.body)
-        self.book.received(tag)
+        self.book._order.append(tag)  # AckBook.received
         self.sizes[tag] = size
-        self.unsettled += size
+        unsettled = self.unsettled = self.unsettled + size
         kept = self.estimate * FORGET
         self.estimate = size if size > kept else kept
         if self.waiting or self.taken > self.limit or self.closed:
             self.waiting.append(message)
         else:
-            self._take(message, size)
-        if self._may_change() and self._wanted() != self.count:
+            taken = self.taken = self.taken + size  # _take
+            if taken > self.most_taken:
+                self.most_taken = taken
+            self.take(message)
+        if (self.count != self.prefetch or unsettled > self.limit or self.waiting or self.closed) \
+                and self._wanted() != self.count:
             self._steer_soon()
 
     def release(self, tag: int) -> None:
         size = self.sizes.pop(tag, None)
         if size is None:
             return
-        self.unsettled -= size
+        unsettled = self.unsettled = self.unsettled - size
         self.taken -= size
         if self.waiting and not self._draining:
             self._draining = True
             asyncio.get_running_loop().call_soon(self._drain)  # not inside the settler's loop
-        elif self._may_change() and self._wanted() != self.count:
+        elif (self.count != self.prefetch or unsettled > self.limit or self.waiting or self.closed) \
+                and self._wanted() != self.count:  # (off the common case, as above)
             self._steer_soon()
 
     async def cancel(self, _tag: str | None = None) -> None:
@@ -151,10 +159,6 @@ class LaneWindow:
             self._take(message, len(message.body))
         if self._wanted() != self.count:
             self._steer_soon()
-
-    def _may_change(self) -> bool:
-        """False in the common case, cheaply: the whole count prefetch and within the bound."""
-        return self.count != self.prefetch or self.unsettled > self.limit or bool(self.waiting) or self.closed
 
     def _wanted(self) -> int:
         """The prefetch count the consumer should have now; 0: no consumer."""

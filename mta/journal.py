@@ -57,11 +57,28 @@ class Journal:
 
     # ---- writing
 
+    # final and published copy a record in place themselves, twice per message: only a full
+    # file takes the call to _append.
+
     def final(self, key: str, status: str, body: bytes) -> None:
-        self._append(b"F\t%b\t%b\t%b\n" % (orjson.dumps(key), status.encode(), body))
+        record = b"F\t%b\t%b\t%b\n" % (orjson.dumps(key), status.encode(), body)
+        start = self._pos
+        end = start + len(record)
+        if end > self.size:
+            self._append(record)
+            return
+        self._map[start:end] = record
+        self._pos = end
 
     def published(self, key: str) -> None:
-        self._append(b"P\t%b\n" % orjson.dumps(key))
+        record = b"P\t%b\n" % orjson.dumps(key)
+        start = self._pos
+        end = start + len(record)
+        if end > self.size:
+            self._append(record)
+            return
+        self._map[start:end] = record
+        self._pos = end
 
     def _append(self, record: bytes) -> None:
         end = self._pos + len(record)

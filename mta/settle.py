@@ -174,6 +174,10 @@ class Settler:
     def add(self, settlement: Settlement) -> None:
         if settlement.book.closed:
             return  # redelivered by the broker: what would replace it must not be published
+        self._add(settlement)
+
+    def _add(self, settlement: Settlement) -> None:
+        """`add` for a settlement whose channel was just seen open."""
         self.books.add(settlement.book)
         self._pending.append(settlement)
         self._idle.clear()
@@ -183,8 +187,9 @@ class Settler:
         return _dumps(self._result_doc(job, status, bounce))
 
     def _result_doc(self, job: Job, status: str, bounce: str | None = None) -> dict[str, Any]:
-        doc = job.doc
-        out: dict[str, Any] = {k: v for k, v in doc.items() if k != "mime" and k != "mime_b64"}
+        out: dict[str, Any] = dict(job.doc)  # a copy and two pops: no comprehension per result
+        out.pop("mime", None)
+        out.pop("mime_b64", None)
         if "id" not in out:  # the producer's id goes back as given: 9007199254740993 stays a number
             out["id"] = job.id
         out["status"] = status
@@ -202,8 +207,8 @@ class Settler:
         return out
 
     def final(self, job: Job, book: AckBook, tag: int, status: str, bounce: str | None = None) -> None:
-        body = self.result(job, status, bounce=bounce)
-        key = _recent_key(job)
+        body = _dumps(self._result_doc(job, status, bounce))
+        key = f"{job.id}\0{job.recipient.text}\0{len(job.body)}"  # _recent_key
         if book.closed:
             # The broker redelivers the message: its copy is settled with this result (here,
             # or unsent if a copy got here first and was settled already).
@@ -217,7 +222,7 @@ class Settler:
         self._remember(key, body, status, False)
         if self.journal is not None:
             self.journal.final(key, status, body)
-        self.add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status)))
+        self._add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status)))
 
     def _remember(self, key: str, body: bytes, status: str, published: bool) -> None:
         # Once the result is out only the status matters: a shared tuple instead of the body
@@ -337,7 +342,7 @@ class Settler:
 
     async def _write(self, batch: list[Settlement]) -> None:
         # A channel that closed since: its deliveries come back, nothing may replace them.
-        batch = [s for s in batch if not s.book.closed]
+        batch = _on_open_channels(batch)
         channel = self._channel.channel
         publisher = self._publisher
         if publisher is None or publisher.channel is not channel:
@@ -375,9 +380,14 @@ class Settler:
         else:
             if self._observe_confirm is not None and encoded:
                 self._observe_confirm(time.monotonic() - started)
+        # Whether a channel closed is asked once per run of one book's settlements: nothing
+        # in this loop awaits, so no channel closes between the question and the answer's use.
+        book, gone = None, False
         for s, span in zip(batch, spans):
+            if s.book is not book:
+                book, gone = s.book, s.book.closed
             try:
-                self._confirmed(s, span, outcomes, started)
+                self._confirmed(s, span, outcomes, started, gone)
             except Exception as exc:  # unforeseen: this settlement alone goes back to the broker
                 log.error("settling message %s failed unexpectedly (%s); it goes back to the broker",
                           _message_of(s), _said(exc), exc_info=exc)
@@ -400,8 +410,10 @@ class Settler:
                       "to the broker", _message_of(s), _said(exc), exc_info=exc)
             return None
 
-    def _confirmed(self, s: Settlement, span: tuple[int, int] | None, outcomes: list, started: float) -> None:
-        """A settlement's broker answers: acknowledge it when all were confirmed, else give it back."""
+    def _confirmed(self, s: Settlement, span: tuple[int, int] | None, outcomes: list, started: float,
+                   gone: bool) -> None:
+        """A settlement's broker answers: acknowledge it when all were confirmed, else give it
+        back. ``gone``: its channel closed (``s.book.closed``, asked by the caller)."""
         failure = None
         if span is not None:
             for outcome in outcomes[span[0]:span[1]]:
@@ -417,7 +429,7 @@ class Settler:
             self._remember(*s.final, True)
             if self.journal is not None:
                 self.journal.published(s.final[0])
-        if s.book.closed:
+        if gone:
             self._replaced_by_copy(s, started)
             return
         s.book.settled(s.tag)
@@ -473,6 +485,19 @@ class Settler:
 
 EXCHANGE_NAMES = {"results": RESULTS, "default": "", "mta": EXCHANGE}
 REASON_MAX = 512  # octets of an unencodable copy's reason in x-mta-error and the result
+
+
+def _on_open_channels(batch: list[Settlement]) -> list[Settlement]:
+    """The settlements of ``batch`` whose channel is open, asking once per run of one book's
+    (a batch is mostly one lane's) rather than once per settlement."""
+    kept = []
+    book, gone = None, False
+    for s in batch:
+        if s.book is not book:
+            book, gone = s.book, s.book.closed
+        if not gone:
+            kept.append(s)
+    return kept
 
 
 def _said(error: object) -> str:
