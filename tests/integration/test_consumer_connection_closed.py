@@ -37,8 +37,7 @@ def _consuming_connection(rabbit, vhost_url: str) -> str:
     raise AssertionError(f"no consuming connection of the MTA in {vhost}: {out}")
 
 
-@pytest.mark.timeout(240)
-def test_closed_consuming_connection_leaves_one_live_copy(rabbit, vhost, sinks, start_mta, mta_config):
+def _close_mid_run(n_msgs, rabbit, vhost, sinks, start_mta, mta_config):
     for addr in SLOW_SINKS:
         sinks.set_data_delay(addr, 0.5)
     for addr in TEMP_SINKS:
@@ -50,7 +49,7 @@ def test_closed_consuming_connection_leaves_one_live_copy(rabbit, vhost, sinks, 
     mta = start_mta(cfg)
     run = run_id()
     msgs = {}
-    for i in range(240):
+    for i in range(n_msgs):
         kind = i % 4
         if kind < 2:
             msgs[f"cl-{run}-{i}"] = f"user{i}-{run}@{SLOW[i % len(SLOW)]}"
@@ -74,3 +73,14 @@ def test_closed_consuming_connection_leaves_one_live_copy(rabbit, vhost, sinks, 
     figures = ledger.check(collector.by_id, sinks.count_by_id(), sink_duplicates_allowed=open_at_close)
     print(f"closed consuming connection: sink duplicates {figures.sink_duplicates}, "
           f"sessions open at the close {open_at_close}")
+
+
+@pytest.mark.timeout(240)
+def test_closed_consuming_connection_leaves_one_live_copy(rabbit, vhost, sinks, start_mta, mta_config):
+    _close_mid_run(120, rabbit, vhost, sinks, start_mta, mta_config)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_closed_consuming_connection_leaves_one_live_copy_full(rabbit, vhost, sinks, start_mta, mta_config):
+    _close_mid_run(240, rabbit, vhost, sinks, start_mta, mta_config)

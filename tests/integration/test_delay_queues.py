@@ -120,9 +120,9 @@ async def _publish_for(url: str, seconds: float, every: float, lease: float) -> 
 
 @pytest.mark.timeout(90)
 def test_a_classic_delay_queue_in_use_outlives_its_expiry_and_loses_nothing(vhost, rabbit):
-    """Published into for three times its expiry (TTL 1 s + lease 2 s): redeclared in
+    """Published into for three times its expiry (TTL 1 s + lease 1 s): redeclared in
     time, every copy comes back to the lane; and once unused, the queue goes away."""
-    sent = asyncio.run(_publish_for(vhost, seconds=9.0, every=0.25, lease=2.0))
+    sent = asyncio.run(_publish_for(vhost, seconds=6.0, every=0.25, lease=1.0))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (queue_info(vhost, "mta.bulk") or {}).get("messages", 0) < sent:
         time.sleep(0.2)

@@ -16,8 +16,9 @@ from tests.testbed.rawheaders import RawLongStr, publish_raw
 
 
 @pytest.mark.timeout(180)
-def test_unwritable_producer_headers_fail_alone(vhost, sinks, start_mta):
-    mta = start_mta()
+def test_unwritable_producer_headers_fail_alone(vhost, sinks, mta_config, start_mta):
+    # a short life: the deferred message's retries end (expired) within seconds, not 30 s
+    mta = start_mta(mta_config(default={"retry_intervals": ["1s", "2s"], "max_age": "6s"}))
     run = run_id()
     first_wave = {f"ph-{run}-a{i}": f"user-{run}-a{i}@ok{1 + i % 3}.test" for i in range(20)}
     second_wave = {f"ph-{run}-b{i}": f"user-{run}-b{i}@ok{1 + i % 3}.test" for i in range(20)}

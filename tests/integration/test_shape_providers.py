@@ -36,7 +36,7 @@ def _run(vhost, sinks, tmp_path, start_mta, dns, ip, names, **rules):
     sinks.set_data_delay(ip, 0.1)  # slow enough that every destination wants all its connections
     start_mta(write_config(str(tmp_path / "mta.yaml"), vhost, dns.port, sinks.port, **rules))
     run = run_id()
-    msgs = {f"pv-{run}-{d}-{i}": f"user{i}-{run}@{d}" for d in names for i in range(60)}
+    msgs = {f"pv-{run}-{d}-{i}": f"user{i}-{run}@{d}" for d in names for i in range(30)}
     publish(vhost, "bulk", [make_message(i, r) for i, r in msgs.items()])
     results = collect_results(vhost, msgs, timeout=90, settle=0.5)
     assert_each_final(results, msgs, "delivered")
