@@ -218,6 +218,13 @@ def _bool(v: Any) -> bool:
     return v
 
 
+def _text(v: Any) -> str:
+    """A string that may be empty (`broker.journal: ""` turns the journal off)."""
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {v!r}")
+    return v
+
+
 def _opt_str(v: Any) -> str | None:
     return None if v is None else _str(v)
 
@@ -389,7 +396,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "prefetch_bytes": _int(0),
             "delivery_limit": _int(1, 1000),
             "publish_timeout": _positive_duration,
-            "journal": _str,
+            "journal": _text,
         },
     ),
     "dns": (

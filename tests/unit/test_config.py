@@ -149,6 +149,18 @@ def test_shipped_example_loads() -> None:
     load_config(REPO / "config" / "example.yaml")
 
 
+@pytest.mark.parametrize("value, expected", [("", ""), ("auto", "auto"), ("state/outcomes", "state/outcomes")])
+def test_journal_takes_off_auto_or_a_path(tmp_path: Path, value: str, expected: str) -> None:
+    text = f"broker:\n  journal: {value!r}\n"
+    assert load_config(write(tmp_path, text)).broker.journal == expected
+
+
+def test_journal_is_a_string(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "broker:\n  journal: 5\n"))
+    assert "broker.journal" in str(err.value)
+
+
 # --------------------------------------------------------------------------- defaults
 
 
