@@ -57,21 +57,14 @@ class Journal:
 
     # ---- writing
 
-    # final and published copy a record in place themselves, twice per message: only a full
-    # file takes the call to _append.
-
     def final(self, key: str, status: str, body: bytes) -> None:
-        record = b"F\t%b\t%b\t%b\n" % (orjson.dumps(key), status.encode(), body)
-        start = self._pos
-        end = start + len(record)
-        if end > self.size:
-            self._append(record)
-            return
-        self._map[start:end] = record
-        self._pos = end
+        self._write(b"F\t%b\t%b\t%b\n" % (orjson.dumps(key), status.encode(), body))
 
     def published(self, key: str) -> None:
-        record = b"P\t%b\n" % orjson.dumps(key)
+        self._write(b"P\t%b\n" % orjson.dumps(key))
+
+    def _write(self, record: bytes) -> None:
+        """A copy into the mapped file; only a full file takes the call to _append."""
         start = self._pos
         end = start + len(record)
         if end > self.size:
