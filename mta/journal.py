@@ -16,9 +16,11 @@ rotation, never a write). Only deliveries unacknowledged at a crash come back, t
 windows, within seconds: when the file is full it becomes `<path>.1` and a new one starts;
 so does a starting process's, after reading both.
 
-Records: ``F <key> <status> <result>`` (a final outcome and its result document) and
-``P <key>`` (its result confirmed), tab-separated lines; the key is JSON (ids may hold
-tabs), the result compact JSON. The unused end of a file is zeros.
+Records: ``F <key> <status> <result>``, tab-separated lines: a final outcome and its result
+document; the key is JSON (ids may hold tabs), the result compact JSON. Once the result is
+confirmed, the record's first octet becomes ``P``: one octet written in place, not a second
+record (``P <key>`` lines, written when the record is not at hand, mean the same). The
+unused end of a file is zeros.
 """
 
 from __future__ import annotations
@@ -37,14 +39,16 @@ class Journal:
         self.path = path
         self.size = size  # bytes per file
         self._map: mmap.mmap | None = None
+        self._previous: mmap.mmap | None = None  # the file before, now `.1`: its records can still be marked
+        self._base = 0  # the mark of this file's first octet: marks count octets over all files
         self._pos = 0
         self._start()
 
     def _start(self) -> None:
         """A fresh, zeroed file of `size` bytes, the previous one kept as `.1`."""
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        if self._previous is not None:
+            self._previous.close()
+        self._previous, self._map = self._map, None
         if os.path.exists(self.path):
             os.replace(self.path, self.path + ".1")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -53,46 +57,59 @@ class Journal:
             self._map = mmap.mmap(fd, self.size)
         finally:
             os.close(fd)
+        if self._previous is not None:
+            self._base += self.size
         self._pos = 0
 
     # ---- writing
 
-    def final(self, key: str, status: str, body: bytes) -> None:
-        self._write(b"F\t%b\t%b\t%b\n" % (orjson.dumps(key), status.encode(), body))
-
-    def published(self, key: str) -> None:
-        self._write(b"P\t%b\n" % orjson.dumps(key))
-
-    def _write(self, record: bytes) -> None:
-        """A copy into the mapped file; only a full file takes the call to _append."""
+    def final(self, key: str, status: str, body: bytes) -> int | None:
+        """Record a final outcome: a copy into the mapped file. Returns the record's mark for
+        `published` (None: not recorded)."""
+        record = b"F\t%b\t%b\t%b\n" % (orjson.dumps(key), status.encode(), body)
         start = self._pos
         end = start + len(record)
         if end > self.size:
-            self._append(record)
-            return
+            return self._append(record)
         self._map[start:end] = record
         self._pos = end
+        return self._base + start
 
-    def _append(self, record: bytes) -> None:
+    def published(self, key: str, mark: int | None = None) -> None:
+        """The result of the outcome recorded at `mark` (or under `key`) is confirmed."""
+        if mark is not None:
+            at = mark - self._base
+            if at >= 0:
+                self._map[at] = 80  # b"P"
+                return
+            if at >= -self.size and self._previous is not None:
+                self._previous[at + self.size] = 80
+            return  # (a file older than `.1` is gone, and its records with it)
+        self._append(b"P\t%b\n" % orjson.dumps(key))
+
+    def _append(self, record: bytes) -> int | None:
         end = self._pos + len(record)
         if end > self.size:
             if len(record) > self.size // 2:
-                return  # a result too big to keep: after a crash this one message may be sent again
+                return None  # a result too big to keep: after a crash this one message may be sent again
             try:
                 self._start()
             except OSError as exc:  # no room on the disk: delivery goes on without the record
                 log.warning("the journal of final outcomes at %s stops (%s): after a crash, mail "
                             "delivered just before it may be sent again", self.path, exc)
                 self.final = self.published = _nothing  # type: ignore[method-assign]
-                return
+                return None
             end = len(record)
-        self._map[self._pos:end] = record
+        start = self._pos
+        self._map[start:end] = record
         self._pos = end
+        return self._base + start
 
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        for mapped in (self._map, self._previous):
+            if mapped is not None:
+                mapped.close()
+        self._map = self._previous = None
 
     # ---- reading back
 
@@ -124,6 +141,10 @@ def _parse(line: bytes, known: dict) -> None:
             key, status, body = rest.split(b"\t", 2)
             known[orjson.loads(key)] = (body, status.decode(), False)
         elif kind == b"P":
+            key, tab, status = rest.partition(b"\t")
+            if tab:  # a record marked in place
+                known[orjson.loads(key)] = (None, status.partition(b"\t")[0].decode(), True)
+                return
             key = orjson.loads(rest)
             entry = known.get(key)
             if entry is not None:

@@ -142,7 +142,7 @@ class Settlement:
         self.book = book
         self.tag = tag
         self.publishes = publishes  # (exchange key, routing key, body, headers)
-        self.final = final
+        self.final = final  # a final outcome: (recent key, result, status, journal mark or None)
         self.job = job  # for a retry or held copy: what to settle instead if it cannot be encoded
 
 
@@ -220,9 +220,8 @@ class Settler:
         # Remembered before the result is out: a copy redelivered meanwhile (the consuming
         # channel died, or the process after a crash) must not be sent again.
         self._remember(key, body, status, False)
-        if self.journal is not None:
-            self.journal.final(key, status, body)
-        self._add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status)))
+        mark = None if self.journal is None else self.journal.final(key, status, body)
+        self._add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status, mark)))
 
     def _remember(self, key: str, body: bytes, status: str, published: bool) -> None:
         # Once the result is out only the status matters: a shared tuple instead of the body
@@ -274,7 +273,7 @@ class Settler:
             return False
         body, status, published = known
         publishes = [] if published else [("results", status, body, None)]
-        self.add(Settlement(book, tag, publishes, final=None if published else (_recent_key(job), body, status)))
+        self.add(Settlement(book, tag, publishes, final=None if published else (_recent_key(job), body, status, None)))
         return True
 
     def restore(self, known: dict[str, tuple[bytes | None, str, bool]]) -> None:
@@ -426,9 +425,10 @@ class Settler:
             s.book.requeue.append(s.tag)
             return
         if s.final is not None:
-            self._remember(*s.final, True)
+            key, body, status, mark = s.final
+            self._remember(key, body, status, True)
             if self.journal is not None:
-                self.journal.published(s.final[0])
+                self.journal.published(key, mark)
         if gone:
             self._replaced_by_copy(s, started)
             return
@@ -468,7 +468,7 @@ class Settler:
             body = _dumps(doc)
             key = _recent_key(job)
             self._remember(key, body, "invalid", False)
-            s.final, s.job = (key, body, "invalid"), None
+            s.final, s.job = (key, body, "invalid", None), None
             s.publishes = [("default", INVALID, job.body, {"x-mta-error": reason, "x-mta-lane": job.lane}),
                            ("results", "invalid", body, None)]
         else:

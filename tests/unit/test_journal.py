@@ -59,3 +59,28 @@ def test_a_torn_last_record_and_foreign_lines_are_skipped(tmp_path):
 
 def test_nothing_to_read_back_at_first_start(tmp_path):
     assert Journal.read(str(tmp_path / "none")) == {}
+
+
+def test_a_confirmed_result_is_marked_in_its_record(tmp_path):
+    path = str(tmp_path / "outcomes")
+    journal = Journal(path, 4096)
+    first = journal.final("k1", "delivered", b"{}")
+    journal.final("k2", "bounced", b"{}")
+    journal.published("k1", first)
+    size = os.path.getsize(path)
+    assert Journal.read(path) == {"k1": (None, "delivered", True), "k2": (b"{}", "bounced", False)}
+    assert size == 4096  # marked in place: no record added
+    with open(path, "rb") as fh:
+        assert fh.read().count(b"\n") == 2
+
+
+def test_a_record_in_the_previous_file_is_still_marked(tmp_path):
+    path = str(tmp_path / "outcomes")
+    journal = Journal(path, 100)
+    record = b'{"status":"delivered"}'  # 40 octets a record: two per file
+    marks = [journal.final(f"k{i}", "delivered", record) for i in range(5)]  # k4 starts a third file
+    journal.published("k3", marks[3])  # in `.1`
+    journal.published("k0", marks[0])  # its file is gone: nothing to mark, nothing breaks
+    journal.published("k4", marks[4])
+    assert Journal.read(path) == {"k2": (record, "delivered", False), "k3": (None, "delivered", True),
+                                  "k4": (None, "delivered", True)}
