@@ -43,8 +43,7 @@ from mta.settle import AckBook, Settler, attempt_entry, cut_text
 from mta.signer import Signer, load_keys
 from mta.smtp import Connector, Reply
 from mta.topology import LANES, Topology, lane_queue
-from shaper.replies import classify
-from shaper.allowance import within_age
+from shaper.disposition import DELIVERED, Bounced, Deferred, Expired, after_attempt, after_hold
 from shaper.retry import RetrySchedule
 
 log = logging.getLogger("mta.engine")
@@ -538,22 +537,20 @@ class Engine:
         alive forever behind a destination that never comes back."""
         now = self.clock()
         policy = job.destination.policy if job.destination is not None else self.config.default
-        expires = job.first_seen + (job.max_age or policy.max_age)
-        if now >= expires:
+        disposition = after_hold(delay, expires=job.first_seen + (job.max_age or policy.max_age), now=now)
+        book, tag = job.delivery
+        if isinstance(disposition, Expired):
             destination = self.destinations.get(job.destination.key) if job.destination is not None else None
             why = destination.state.reason if destination is not None and destination.state.reason else "held"
             job.history.append(attempt_entry(now, "queue", None, None, f"expired while held, not tried: {why}",
                                              None, None, job.lane))
             self.counts["expired"] += 1
             self.metrics.outcome(job, "expired", "soft", now, tried=False)
-            book, tag = job.delivery
             self.settler.final(job, book, tag, "expired", "soft")
             return
-        delay = within_age(delay, expires - now)
         self.counts["held"] += 1
-        self.metrics.not_tried(job, self.clock())
-        book, tag = job.delivery
-        self.settler.hold(job, book, tag, delay)
+        self.metrics.not_tried(job, now)
+        self.settler.hold(job, book, tag, disposition.delay)
 
     def _unroutable(self, job: Job, failure: DnsFailure, resolved: Resolved) -> None:
         job.destination = resolved
@@ -579,34 +576,24 @@ class Engine:
         job.history.append(attempt_entry(now, reply.phase, reply.code, reply.enhanced, reply.text, mx, ip, job.lane))
         job.history[-1]["tls"] = reply.tls is not None  # whether the session was encrypted, and how
         job.history[-1]["cipher"] = reply.tls
+        policy = resolved.policy
+        disposition = after_attempt(
+            reply.code, reply.enhanced, reply.text, accepted=reply.ok,
+            schedule=RetrySchedule(job.retries or policy.retry_intervals, job.max_age or policy.max_age),
+            attempts=job.attempts, first_seen=job.first_seen, now=now, max_attempts=job.max_attempts,
+            permanent=permanent, verdict=verdict)
         settler = self.settler
-        if reply.ok:
+        if disposition is DELIVERED:
             if fault.ARMED: fault.hit("after_250")  # test-only: MTA_FAULT (mta/fault.py)
             self.counts["delivered"] += 1
             self.metrics.outcome(job, "delivered", None, now)
             settler.final(job, book, tag, "delivered")
-            return
-        if permanent is None:
-            classified = classify(reply.code, reply.enhanced, reply.text)
-            permanent, bounce = classified.permanent, classified.bounce
-            if verdict is not None:  # an operator's pattern overrides the reply code
-                permanent = verdict
-                bounce = (bounce or "soft") if verdict else None
-        else:
-            bounce = "hard" if permanent else None
-        if permanent:
-            self.counts["bounced"] += 1
-            self.metrics.outcome(job, "bounced", bounce or "soft", now)
-            settler.final(job, book, tag, "bounced", bounce or "soft")
-            return
-        policy = resolved.policy
-        schedule = RetrySchedule(job.retries or policy.retry_intervals, job.max_age or policy.max_age)
-        decision = schedule.decide(job.attempts, job.first_seen, now, max_attempts=job.max_attempts)
-        if decision.retry:
+        elif isinstance(disposition, Deferred):
             self.counts["deferred"] += 1
             self.metrics.outcome(job, "deferred", None, now)
-            settler.defer(job, book, tag, decision.delay)
-        else:
-            self.counts["expired"] += 1
-            self.metrics.outcome(job, "expired", "soft", now)
-            settler.final(job, book, tag, "expired", "soft")
+            settler.defer(job, book, tag, disposition.delay)
+        else:  # bounced or expired
+            status = "bounced" if isinstance(disposition, Bounced) else "expired"
+            self.counts[status] += 1
+            self.metrics.outcome(job, status, disposition.kind, now)
+            settler.final(job, book, tag, status, disposition.kind)
