@@ -42,14 +42,12 @@ from aiormq import spec
 
 from mta.config import ConfigError, Control
 from mta.topology import lane_queue
+from shaper.pauses import MAX_PAUSE, MAX_PAUSES, MAX_TARGET, Pauses, is_time, pause_problem  # noqa: F401 (re-exported)
 
 log = logging.getLogger("mta.control")
 
 CONTROL = "mta.control"
 PAUSED_HOLD = 15  # seconds between looks at a paused destination's mail
-MAX_PAUSES = 10_000  # operator pauses kept at once; far more targets than anyone pauses by hand
-MAX_PAUSE = 30 * 86400.0  # seconds: a pause ends at most this far ahead (`mta resume` or a new pause extends)
-MAX_TARGET = 1000  # characters of a pause target (domains are at most 253; destination keys list MX hosts)
 SIGNATURE = "x-mta-signature"
 # Seconds a signed command stays valid: broker delay plus clock skew between the operator's
 # machine and the MTAs (NTP keeps it far below). Its id is remembered twice as long.
@@ -67,92 +65,6 @@ CONTROL_PREFETCH = 16
 CONTROL_QUEUE_MAX = 1000
 LOG_EVERY = 60.0  # seconds between log lines about refused commands of one reason
 COMMANDS = ("pause", "resume", "reload", "status")
-
-
-class Pauses:
-    """Which domains or destinations are paused, until when (None: until resumed)."""
-
-    def __init__(self) -> None:
-        self._until: dict[str, float | None] = {}
-
-    def apply(self, command: dict, now: float) -> str | None:
-        """Apply a control message; returns the name it changed, or None if it was not ours
-        or was refused (`refusal` says why; logged)."""
-        name = _target(command)
-        if not name:
-            return None
-        if command.get("command") == "pause":
-            problem = self.refusal(command, now)
-            if problem is not None:
-                log.warning("pause %s refused: %s; nothing changed", name[:100], problem)
-                return None
-            until = command.get("until")
-            self._until[name] = float(until) if until is not None else None
-            return name
-        if command.get("command") == "resume":
-            self._until.pop(name, None)
-            return name
-        return None
-
-    def refusal(self, command: dict, now: float) -> str | None:
-        """Why this pause command would be refused (None: it would be applied)."""
-        name = _target(command)
-        if not name:
-            return "no target"
-        problem = pause_problem(name, command.get("until"), now)
-        if problem is None and name not in self._until and len(self._until) >= MAX_PAUSES:
-            self._forget_ended(now)
-            if len(self._until) >= MAX_PAUSES:
-                problem = f"{MAX_PAUSES} pauses are in force already; resume some first"
-        return problem
-
-    def _forget_ended(self, now: float) -> None:
-        for name, until in list(self._until.items()):
-            if until is not None and until <= now:
-                del self._until[name]
-
-    def paused(self, now: float, *names: str) -> bool:
-        for name in names:
-            if name in self._until:
-                until = self._until[name]
-                if until is None or until > now:
-                    return True
-                del self._until[name]
-        return False
-
-    def __bool__(self) -> bool:
-        return bool(self._until)
-
-    def __len__(self) -> int:
-        return len(self._until)
-
-    def active(self, now: float) -> dict[str, float | None]:
-        """Pauses in force: target -> until (None: until resumed)."""
-        return {name: until for name, until in list(self._until.items()) if until is None or until > now}
-
-
-def _target(command: dict) -> str:
-    return str(command.get("target", "")).lower().rstrip(".")
-
-
-def pause_problem(target: str, until, now: float) -> str | None:
-    """Why a pause of `target` until `until` (Unix time, None: until resumed) is refused."""
-    if len(target) > MAX_TARGET:
-        return f"the target is longer than {MAX_TARGET} characters"
-    if until is None:
-        return None
-    if isinstance(until, bool) or not isinstance(until, (int, float)) or not math.isfinite(until):
-        return f"its end {until!r} is not a time"
-    if until - now > MAX_PAUSE:
-        return f"it would end {(until - now) / 86400:.0f} days from now, more than {MAX_PAUSE / 86400:.0f}"
-    return None
-
-
-def _is_time(until) -> bool:
-    """None (no end) or a finite Unix time."""
-    if until is None:
-        return True
-    return not isinstance(until, bool) and isinstance(until, (int, float)) and math.isfinite(until)
 
 
 # ---- keys and signatures
@@ -243,7 +155,7 @@ class Gate:
             return self.refuse("malformed", now, "not JSON")
         if not isinstance(command, dict) or command.get("command") not in COMMANDS:
             return self.refuse("malformed", now, f"unknown command {str(command)[:100]!r}")
-        if not _is_time(command.get("until")):  # checked once here: nothing after formats or compares it blindly
+        if not is_time(command.get("until")):  # checked once here: nothing after formats or compares it blindly
             return self.refuse("malformed", now, f"its end {str(command.get('until'))[:40]!r} is not a time")
         if self.key is not None:
             return self._fresh(command, now)

@@ -435,6 +435,9 @@ class Engine:
     def _pause_or_resume(self, command: dict, now: float) -> bool:
         name = self.pauses.apply(command, now)
         if name is None:
+            if command["command"] == "pause":
+                log.warning("pause %s refused: %s; nothing changed", str(command.get("target", ""))[:100],
+                            self.pauses.refusal(command, now))
             return False
         until = command.get("until")
         log.info("%s %s%s", command["command"], name[:100], f" until {until:.0f}" if until else "")

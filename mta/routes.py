@@ -39,7 +39,7 @@ import re
 from collections.abc import Callable, Mapping
 
 from mta.config import ConfigError, Route
-from mta.control import Pauses
+from shaper.pauses import Pauses
 from mta.idn import ascii_domain
 from mta.message import Job
 from mta.mx import DnsFailure, MxAnswer, MxHost, MxResolver, parse_static
@@ -238,7 +238,9 @@ class RouteTable:
             user = entry.route.username if entry is not None else "?"
             self.faults[key] = f"authentication as {user} refused: {reply}"
             self._next_check[key] = now + CREDENTIAL_CHECK
-            self._pauses.apply({"command": "pause", "target": key}, now)
+            if self._pauses.apply({"command": "pause", "target": key}, now) is None:
+                log.warning("%s: the route could not be paused: %s", key,
+                            self._pauses.refusal({"command": "pause", "target": key}, now))
             log.warning("%s: the smarthost %s refused the credentials of %s (%s); the route is paused "
                         "and its mail held (not bounced) until its password changes or `mta resume %s`",
                         key, entry.smarthost if entry else "?", user, reply, key)

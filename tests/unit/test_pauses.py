@@ -1,4 +1,4 @@
-from mta.control import Pauses
+from shaper.pauses import Pauses
 
 
 def test_pause_until_resumed():
@@ -24,13 +24,14 @@ def test_unknown_or_empty_commands_change_nothing():
     assert not p
 
 
-def test_the_10001st_pause_is_refused_with_a_log_line(caplog):
+def test_the_10001st_pause_is_refused_and_says_why():
     p = Pauses()
     for i in range(10_000):
         assert p.apply({"command": "pause", "target": f"d{i}.example"}, now=0) == f"d{i}.example"
     assert p.apply({"command": "pause", "target": "one-more.example"}, now=0) is None
     assert not p.paused(1, "one-more.example") and len(p.active(1)) == 10_000
-    assert "pause one-more.example refused: 10000 pauses are in force already" in caplog.text
+    assert p.refusal({"command": "pause", "target": "one-more.example"}, now=0) == \
+        "10000 pauses are in force already; resume some first"
     # a pause already in force may still change its end; a resume makes room
     assert p.apply({"command": "pause", "target": "d7.example", "until": 50.0}, now=0) == "d7.example"
     p.apply({"command": "resume", "target": "d8.example"}, now=0)
@@ -46,7 +47,7 @@ def test_pauses_that_ended_make_room_for_new_ones():
     assert list(p.active(100.0)) == ["later.example"]
 
 
-def test_the_end_of_a_pause_is_at_most_30_days_ahead(caplog):
+def test_the_end_of_a_pause_is_at_most_30_days_ahead():
     p = Pauses()
     now = 1_800_000_000.0
     month = 30 * 86400
@@ -54,8 +55,9 @@ def test_the_end_of_a_pause_is_at_most_30_days_ahead(caplog):
     for until in (now + month + 1, 1e300, float("inf"), float("nan"), "soon", True, [1]):
         assert p.apply({"command": "pause", "target": "b.example", "until": until}, now) is None, until
     assert not p.paused(now, "b.example")
-    assert "pause b.example refused: it would end 30 days from now, more than 30" in caplog.text
-    assert "its end 'soon' is not a time" in caplog.text
+    assert p.refusal({"command": "pause", "target": "b.example", "until": now + month + 1}, now) == \
+        "it would end 30 days from now, more than 30"
+    assert p.refusal({"command": "pause", "target": "b.example", "until": "soon"}, now) == "its end 'soon' is not a time"
 
 
 def test_a_target_longer_than_a_thousand_characters_is_refused():
