@@ -18,7 +18,7 @@ import yaml
 
 from mta.idn import ascii_domain, ascii_suffix
 from shaper.patterns import nested_quantifier
-from shaper.retry import DELAY_LADDER, ladder_delay
+from shaper.retry import DEFAULT_INTERVALS, DEFAULT_MAX_AGE, DELAY_LADDER, ladder_delay
 from shaper.units import Duration, Rate
 
 
@@ -120,8 +120,8 @@ DEFAULT_POLICY = Policy(
     max_connection_rate=Rate.parse("100/min"),
     max_deliveries_per_connection=100,
     idle_timeout=60.0,
-    retry_intervals=(600.0, 600.0, 1800.0, 1800.0, 3600.0, 3600.0, 7200.0),
-    max_age=86400.0,
+    retry_intervals=DEFAULT_INTERVALS,
+    max_age=DEFAULT_MAX_AGE,
     tls="opportunistic",
     connect_timeout=30.0,
     ehlo_timeout=60.0,

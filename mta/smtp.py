@@ -75,13 +75,15 @@ class ProtocolViolation(OSError):
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    connect: float = 30.0
-    ehlo: float = 60.0
-    starttls: float = 60.0
-    mail_from: float = 60.0
-    rcpt_to: float = 60.0
-    data: float = 60.0
-    data_dot: float = 120.0
+    """Seconds each step may take (the defaults are the rules', mta.config.DEFAULT_POLICY)."""
+
+    connect: float
+    ehlo: float
+    starttls: float
+    mail_from: float
+    rcpt_to: float
+    data: float
+    data_dot: float
     # Seconds the whole open (connect, banner, EHLO, STARTTLS, AUTH) may take, whatever
     # each step takes within its own timeout; None: only the steps' own bound it.
     opening: float | None = None
