@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from mta.idn import ascii_domain, ascii_suffix
+from mta.intake.idn import ascii_domain, ascii_suffix
 from shaper.patterns import nested_quantifier
 from shaper.retry import DEFAULT_INTERVALS, DEFAULT_MAX_AGE, DELAY_LADDER, ladder_delay
 from shaper.units import Duration, Rate

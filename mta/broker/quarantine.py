@@ -11,7 +11,7 @@ from __future__ import annotations
 import aio_pika
 
 from mta.config import Config
-from mta.topology import QUARANTINE, Topology
+from mta.broker.topology import QUARANTINE, Topology
 
 
 def origin_lane(headers: dict) -> str:

@@ -49,12 +49,12 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from mta.budget import Budget
+from mta.destinations.budget import Budget
 from mta.config import Policy, Smtp, merge
-from mta.message import Job
-from mta.mx import MxAnswer
-from mta.settle import abandoned
-from mta.smtp import Connector, Reply, Session, SessionFailed, Timeouts
+from mta.intake.message import Job
+from mta.routing.mx import MxAnswer
+from mta.settle.settler import abandoned
+from mta.smtp.client import Connector, Reply, Session, SessionFailed, Timeouts
 from shaper.adaptive import AdaptiveRate
 from shaper.allowance import (MAX_WAIT, PER_CONNECTION, HeldLedger, allowance, hold_delay, paused_delay, shared_fits,
                               shared_hold, slow_hold)

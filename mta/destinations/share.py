@@ -30,14 +30,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mta.config import Policy
-from mta.delivery import message_burst
+from mta.destinations.delivery import message_burst
 from shaper.allowance import HeldLedger
 from shaper.limiter import Gcra
 from shaper.units import Rate
 
 if TYPE_CHECKING:
-    from mta.delivery import Destination
-    from mta.rules import Resolved, Rules
+    from mta.destinations.delivery import Destination
+    from mta.routing.rules import Resolved, Rules
 
 UNBOUNDED = Policy(connection_limit=1 << 30, max_message_rate=Rate(1e9, 1.0))  # a provider that is gone
 

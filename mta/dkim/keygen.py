@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from mta.dkim import KeyProblem, generate
+from mta.dkim.signature import KeyProblem, generate
 
 
 def txt_strings(text: str, size: int = 255) -> list[str]:

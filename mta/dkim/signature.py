@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from mta.idn import ascii_domain
+from mta.intake.idn import ascii_domain
 
 MIN_RSA_BITS = 2048
 MAX_LINE = 998  # octets between CRLFs (RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6)

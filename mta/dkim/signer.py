@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from mta.config import ConfigError, DkimKey
-from mta.dkim import KeyProblem, SigningKey, load_key, normalise_domain, sender_domain
-from mta.signpool import SignPool
-from mta.message import Job
-from mta.smtp import Reply
+from mta.dkim.signature import KeyProblem, SigningKey, load_key, normalise_domain, sender_domain
+from mta.dkim.signpool import SignPool
+from mta.intake.message import Job
+from mta.smtp.client import Reply
 
 log = logging.getLogger("mta.signer")
 

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import mta
-from mta.dkimworker import HEADER, frame
+from mta.dkim.worker import HEADER, frame
 
 log = logging.getLogger("mta.signer")
 
@@ -35,7 +35,7 @@ class _Worker:
         parent, child = socket.socketpair()
         root = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        self.proc = subprocess.Popen([sys.executable, "-m", "mta.dkimworker", str(child.fileno())],
+        self.proc = subprocess.Popen([sys.executable, "-m", "mta.dkim.worker", str(child.fileno())],
                                      pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
         child.close()
         parent.setblocking(False)

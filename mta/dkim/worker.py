@@ -14,7 +14,7 @@ import socket
 import struct
 import sys
 
-from mta import dkim
+from mta.dkim import signature
 
 HEADER = struct.Struct(">Q")
 
@@ -51,13 +51,13 @@ def main(fd: int) -> int:
     exported = _receive(sock)
     if exported is None:
         return 0
-    dkim.init_keys(exported)
+    signature.init_keys(exported)
     while True:
         request = _receive(sock)
         if request is None:
             return 0
         number, now, items = request
-        sock.sendall(frame((number, dkim.sign_batch(items, now))))
+        sock.sendall(frame((number, signature.sign_batch(items, now))))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ from typing import Any
 import msgspec
 import orjson
 
-from mta.idn import a_labels
-from mta.longlines import Unsendable, has_long_line, shorten
-from mta.topology import delay_queue
+from mta.intake.idn import a_labels
+from mta.intake.longlines import Unsendable, has_long_line, shorten
+from mta.broker.topology import delay_queue
 from shaper.retry import MAX_MESSAGE_SECONDS
 
 # Our own headers on copies the MTA republishes (retries, held mail). The body stays the

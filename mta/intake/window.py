@@ -37,7 +37,7 @@ from typing import Any
 
 from aiormq.abc import DeliveredMessage
 
-from mta.settle import AckBook
+from mta.settle.settler import AckBook
 
 log = logging.getLogger("mta.intake")
 

@@ -41,7 +41,7 @@ import orjson
 from aiormq import spec
 
 from mta.config import ConfigError, Control
-from mta.topology import lane_queue
+from mta.broker.topology import lane_queue
 from shaper.pauses import MAX_PAUSE, MAX_PAUSES, MAX_TARGET, Pauses, is_time, pause_problem  # noqa: F401 (re-exported)
 
 log = logging.getLogger("mta.control")

@@ -13,8 +13,8 @@ import asyncio
 import time
 
 from mta.config import Config, Policy, Route
-from mta.mx import DnsFailure, MxAnswer, MxHost, MxResolver
-from mta.rules import CAPPED_BY_PROVIDER, Resolved, Rules
+from mta.routing.mx import DnsFailure, MxAnswer, MxHost, MxResolver
+from mta.routing.rules import CAPPED_BY_PROVIDER, Resolved, Rules
 from shaper.units import Duration
 
 

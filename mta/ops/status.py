@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 
 import aio_pika
 
-from mta import control
-from mta.metrics import is_attempt
-from mta.topology import LANES, lane_queue
+from mta.ops import control
+from mta.ops.metrics import is_attempt
+from mta.broker.topology import LANES, lane_queue
 
 EXTRA_QUEUES = ("mta.results", "mta.invalid", "mta.quarantine")
 MAX_ROWS = 500  # destinations per answer, non-normal and busiest first

@@ -40,11 +40,11 @@ from collections.abc import Callable, Mapping
 
 from mta.config import ConfigError, Route
 from shaper.pauses import Pauses
-from mta.idn import ascii_domain
-from mta.message import Job
-from mta.mx import DnsFailure, MxAnswer, MxHost, MxResolver, parse_static
-from mta.rules import Resolved, Rules
-from mta.smtp import Connector, Credentials, Reply, Session, Timeouts
+from mta.intake.idn import ascii_domain
+from mta.intake.message import Job
+from mta.routing.mx import DnsFailure, MxAnswer, MxHost, MxResolver, parse_static
+from mta.routing.rules import Resolved, Rules
+from mta.smtp.client import Connector, Credentials, Reply, Session, Timeouts
 
 log = logging.getLogger("mta.routes")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import msgspec
 
 from mta.config import Config, Domain, Policy, Provider, Route, merge
-from mta.mx import MxAnswer
+from mta.routing.mx import MxAnswer
 from shaper.patterns import Patterns
 
 

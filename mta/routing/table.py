@@ -15,10 +15,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from mta.message import Job
-from mta.mx import FAILURE_TTL, DnsFailure, MxAnswer, MxResolver
-from mta.routes import SMARTHOST_TTL, RouteEntry, RouteTable, resolve_smarthost
-from mta.rules import Resolved, Rules
+from mta.intake.message import Job
+from mta.routing.mx import FAILURE_TTL, DnsFailure, MxAnswer, MxResolver
+from mta.routing.routes import SMARTHOST_TTL, RouteEntry, RouteTable, resolve_smarthost
+from mta.routing.rules import Resolved, Rules
 
 log = logging.getLogger("mta.routing")
 

@@ -44,10 +44,10 @@ import msgspec
 import orjson
 
 from mta import fault
-from mta.journal import Journal
-from mta.publish import BatchPublisher, Publish, Unencodable, header_table
-from mta.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, InvalidMessage, Job, parse_json
-from mta.topology import EXCHANGE, INVALID, RESULTS, Topology
+from mta.settle.journal import Journal
+from mta.broker.publish import BatchPublisher, Publish, Unencodable, header_table
+from mta.intake.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, InvalidMessage, Job, parse_json
+from mta.broker.topology import EXCHANGE, INVALID, RESULTS, Topology
 
 log = logging.getLogger("mta.settle")
 

@@ -32,8 +32,8 @@ from aiosmtplib.errors import (
 )
 
 from mta import fault
-from mta.longlines import Unsendable, seven_bit
-from mta.message import InvalidMessage, canonical_data
+from mta.intake.longlines import Unsendable, seven_bit
+from mta.intake.message import InvalidMessage, canonical_data
 from shaper.replies import parse_enhanced
 
 

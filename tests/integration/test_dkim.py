@@ -10,7 +10,7 @@ import signal
 import dkim
 import pytest
 
-from mta.dkim import generate
+from mta.dkim.signature import generate
 from tests.testbed.amqp import collect_results, make_message, make_mime, publish
 from tests.testbed.checks import assert_each_final, run_id
 from tests.testbed.dns import Dnsmasq, query_txt, standard_zone, txt_record

@@ -12,10 +12,10 @@ import time
 import orjson
 
 from mta.config import DEFAULT_POLICY, Policy, Smtp, merge
-from mta.delivery import Destination
-from mta.message import decode
-from mta.mx import MxAnswer, MxHost
-from mta.smtp import Reply, SessionFailed
+from mta.destinations.delivery import Destination
+from mta.intake.message import decode
+from mta.routing.mx import MxAnswer, MxHost
+from mta.smtp.client import Reply, SessionFailed
 from shaper.units import Rate
 
 

@@ -45,7 +45,7 @@ def test_single_reserve(limit: int, reserve: int) -> None:
 
 
 def test_min_fd_reserve_covers_the_dns_queries() -> None:
-    from mta.mx import MAX_QUERIES
+    from mta.routing.mx import MAX_QUERIES
 
     assert FD_RESERVE_MIN >= MAX_QUERIES + 32
 
@@ -249,7 +249,7 @@ def test_start_raises_the_soft_fd_limit_and_clamps_an_impossible_budget(caplog) 
     import os
     import resource
 
-    from mta.budget import Budget
+    from mta.destinations.budget import Budget
 
     with caplog.at_level(logging.INFO, logger="mta.budget"):
         budget = Budget.from_config(10_000_000)

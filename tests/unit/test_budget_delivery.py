@@ -9,12 +9,12 @@ import time
 
 import orjson
 
-from mta.budget import Budget
+from mta.destinations.budget import Budget
 from mta.config import DEFAULT_POLICY, Policy, merge
-from mta.delivery import Destination
-from mta.message import decode
-from mta.mx import MxAnswer, MxHost
-from mta.smtp import Reply
+from mta.destinations.delivery import Destination
+from mta.intake.message import decode
+from mta.routing.mx import MxAnswer, MxHost
+from mta.smtp.client import Reply
 from shaper.units import Rate
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import orjson
 
-from mta import control
+from mta.ops import control
 from mta.config import parse_config
 from mta.engine import Engine
 

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from prometheus_client import generate_latest
 
-from mta import control
+from mta.ops import control
 from mta.config import ConfigError, Control, parse_config
 
 NOW = 1_800_000_000.0
@@ -147,7 +147,7 @@ def test_secret_files_readable_by_group_or_others_are_named_with_their_mode(tmp_
 
 def test_refusals_are_a_metric():
     from tests.unit.test_status_snapshot import FakeEngine
-    from mta.metrics import Metrics
+    from mta.ops.metrics import Metrics
 
     engine = FakeEngine(parse_config({}))
     engine.control_gate = control.Gate(KEY)

@@ -8,9 +8,9 @@ import re
 
 import yaml
 
-from mta import control
-from mta.budget import Budget
-from mta.metrics import Metrics
+from mta.ops import control
+from mta.destinations.budget import Budget
+from mta.ops.metrics import Metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GRAFANA = os.path.join(ROOT, "grafana")

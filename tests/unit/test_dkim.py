@@ -8,7 +8,7 @@ from dkim.canonicalization import Relaxed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mta.dkim import (
+from mta.dkim.signature import (
     KeyProblem,
     generate,
     header_list,
@@ -20,7 +20,7 @@ from mta.dkim import (
     split_message,
     unstuff,
 )
-from mta.message import canonical_data
+from mta.intake.message import canonical_data
 
 RSA = generate("sender.test", "r1")
 ED = generate("sender.test", "e1", "ed25519-sha256")

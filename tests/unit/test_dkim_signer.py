@@ -8,9 +8,9 @@ import dkim
 import orjson
 import pytest
 
-from mta.dkim import generate, unstuff
-from mta.message import decode
-from mta.signer import Keyring, Signer
+from mta.dkim.signature import generate, unstuff
+from mta.intake.message import decode
+from mta.dkim.signer import Keyring, Signer
 
 RSA = generate("shop.test", "r1")
 ED = generate("shop.test", "e1", "ed25519-sha256")
@@ -174,9 +174,9 @@ def test_over_long_line_bounces_and_a_dead_worker_loses_nothing():
 ORPHAN_SCRIPT = """
 import asyncio, base64, os, signal
 import orjson
-from mta.dkim import generate
-from mta.message import decode
-from mta.signer import Signer
+from mta.dkim.signature import generate
+from mta.intake.message import decode
+from mta.dkim.signer import Signer
 
 mime = b"From: <a@a.test>\\r\\nSubject: x\\r\\n\\r\\nbody\\r\\n"
 job = decode(orjson.dumps({"recipient": "u@x.test", "envelope": "", "mime_b64": base64.b64encode(mime).decode()}),
@@ -225,7 +225,7 @@ def test_workers_end_when_the_mta_is_killed(tmp_path):
 
 def test_load_keys_lists_every_problem(tmp_path):
     from mta.config import ConfigError, DkimKey
-    from mta.signer import load_keys
+    from mta.dkim.signer import load_keys
 
     good = tmp_path / "good.pem"
     good.write_bytes(ED.pem())
@@ -275,7 +275,7 @@ def test_reload_new_keys_sign_new_batches_and_old_batches_finish():
 
 def test_load_keys_maps_an_idn_key_domain_as_intake_does(tmp_path):
     from mta.config import DkimKey
-    from mta.signer import load_keys
+    from mta.dkim.signer import load_keys
 
     good = tmp_path / "good.pem"
     good.write_bytes(ED.pem())

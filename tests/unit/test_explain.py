@@ -7,7 +7,7 @@ import os
 import pytest
 
 from mta.config import parse_config
-from mta.explain import explain
+from mta.ops.explain import explain
 
 RULES = {
     "default": {"connection_limit": 8},

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from mta.config import parse_config
-from mta.delivery import FORGET_AFTER, Destination
-from mta.mx import MxAnswer, MxHost
-from mta.rules import Rules
+from mta.destinations.delivery import FORGET_AFTER, Destination
+from mta.routing.mx import MxAnswer, MxHost
+from mta.routing.rules import Rules
 
 
 class Clock:

@@ -3,7 +3,7 @@ bounded when destinations come and go: counts of forgotten destinations are drop
 
 from types import SimpleNamespace
 
-from mta.metrics import HELD_KEYS, Metrics
+from mta.ops.metrics import HELD_KEYS, Metrics
 
 
 def held_job(key: str):

@@ -9,11 +9,11 @@ import orjson
 import pytest
 
 from mta.config import parse_config
-from mta.control import Pauses
-from mta.message import decode
-from mta.mx import MxAnswer, MxHost
-from mta.routes import RouteTable, from_domain
-from mta.rules import Rules
+from mta.ops.control import Pauses
+from mta.intake.message import decode
+from mta.routing.mx import MxAnswer, MxHost
+from mta.routing.routes import RouteTable, from_domain
+from mta.routing.rules import Rules
 
 
 def job(recipient: str, envelope: str = "news@sender.example", from_header: str = "<news@sender.example>"):

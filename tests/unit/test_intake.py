@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mta.message import (
+from mta.intake.message import (
     H_ATTEMPTS,
     H_FIRST,
     H_ID,
@@ -659,7 +659,7 @@ def test_canonical_data_is_idempotent_on_its_line_ends(mime: bytes) -> None:
 
 
 def test_results_echo_large_integers_exactly() -> None:
-    from mta.settle import Settler
+    from mta.settle.settler import Settler
 
     raw = b'{"recipient": "user@example.com", "envelope": "", "mime": "x", "id": 9007199254740993, ' \
           b'"big": 123456789012345678901234567890, "small": 42}'
@@ -672,9 +672,9 @@ def test_results_echo_large_integers_exactly() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 2, 3, 1000])
 def test_big_base64_decoded_in_pieces_is_the_same(size: int, monkeypatch) -> None:
-    import mta.message
+    import mta.intake.message
 
-    monkeypatch.setattr(mta.message, "B64_PIECE", 8)
+    monkeypatch.setattr(mta.intake.message, "B64_PIECE", 8)
     payload = bytes(range(256)) * 3 + b"x" * size
     job = ok(body(mime=DROP, mime_b64=base64.b64encode(payload).decode()))
     assert job.size == len(payload)
@@ -682,16 +682,16 @@ def test_big_base64_decoded_in_pieces_is_the_same(size: int, monkeypatch) -> Non
 
 
 def test_padding_inside_big_base64_is_invalid(monkeypatch) -> None:
-    import mta.message
+    import mta.intake.message
 
-    monkeypatch.setattr(mta.message, "B64_PIECE", 8)
+    monkeypatch.setattr(mta.intake.message, "B64_PIECE", 8)
     text = base64.b64encode(b"abcde").decode() + base64.b64encode(b"Subject: x\n\nhello\n").decode()  # "YWJjZGU=..."
     assert "base64" in reason(body(mime=DROP, mime_b64=text))
 
 
 @pytest.mark.parametrize("raw", [b"", b"x", b"hello" * 300])
 def test_body_id_is_the_rfc_4122_name_based_uuid(raw: bytes) -> None:
-    from mta.message import _BODY_IDS, body_id
+    from mta.intake.message import _BODY_IDS, body_id
 
     assert body_id(raw) == str(uuid.uuid5(uuid.UUID(bytes=_BODY_IDS), raw.decode()))
 

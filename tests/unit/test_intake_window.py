@@ -11,9 +11,9 @@ import threading
 import orjson
 import pytest
 
-import mta.message
-from mta.intake import LaneWindow, OffLoop, window_count
-from mta.message import BodyTooLarge, decode, max_body
+import mta.intake.message
+from mta.intake.window import LaneWindow, OffLoop, window_count
+from mta.intake.message import BodyTooLarge, decode, max_body
 
 
 class Delivery:
@@ -233,8 +233,8 @@ def _doc(**fields) -> bytes:
 def test_oversize_base64_is_measured_not_decoded(monkeypatch) -> None:
     payload = b"Subject: big\n\n" + b"x" * 3000
     raw = _doc(mime_b64=base64.b64encode(payload).decode())
-    monkeypatch.setattr(mta.message.base64, "b64decode", lambda *a, **k: pytest.fail("decoded"))
-    monkeypatch.setattr(mta.message, "canonical_data", lambda *a: pytest.fail("converted"))
+    monkeypatch.setattr(mta.intake.message.base64, "b64decode", lambda *a, **k: pytest.fail("decoded"))
+    monkeypatch.setattr(mta.intake.message, "canonical_data", lambda *a: pytest.fail("converted"))
     job = decode(raw, {}, "bulk", 0.0, max_size=1000)
     assert job.size == len(payload)
     assert job.data == b""
@@ -249,15 +249,15 @@ def test_base64_size_is_exact(padding: int) -> None:
 
 def test_oversize_mime_is_not_converted(monkeypatch) -> None:
     mime = "Subject: big\n\n" + ("word " * 400 + "\n") * 10  # long lines: shorten would run
-    monkeypatch.setattr(mta.message, "canonical_data", lambda *a: pytest.fail("converted"))
+    monkeypatch.setattr(mta.intake.message, "canonical_data", lambda *a: pytest.fail("converted"))
     job = decode(_doc(mime=mime), {}, "bulk", 0.0, max_size=1000)
     assert job.size == len(mime.encode())
 
 
 def test_a_body_too_large_for_any_acceptable_message_is_refused_unread(monkeypatch) -> None:
     raw = _doc(mime="x" * 20_000)
-    monkeypatch.setattr(mta.message, "_DECODER", None)  # any parse would fail on this
-    monkeypatch.setattr(mta.message, "OTHER_FIELDS", 100)
+    monkeypatch.setattr(mta.intake.message, "_DECODER", None)  # any parse would fail on this
+    monkeypatch.setattr(mta.intake.message, "OTHER_FIELDS", 100)
     with pytest.raises(BodyTooLarge, match="max_message_size"):
         decode(raw, {}, "bulk", 0.0, max_size=1000)
 
@@ -347,7 +347,7 @@ def test_a_body_refused_unread_is_not_read_for_its_result() -> None:
     book = _Book()
     engine._decoded(BodyTooLarge("too large"), b"{}", None, "bulk", book, 7, False, 0.0)
     assert engine.settler.invalid_calls == [("too large", 7, False)]
-    engine._decoded(mta.message.InvalidMessage("bad"), b"{}", None, "bulk", book, 8, False, 0.0)
+    engine._decoded(mta.intake.message.InvalidMessage("bad"), b"{}", None, "bulk", book, 8, False, 0.0)
     assert engine.settler.invalid_calls[-1] == ("bad", 8, True)
 
 

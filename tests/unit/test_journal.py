@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from mta.journal import Journal
+from mta.settle.journal import Journal
 
 
 def write(path: str, size: int, steps) -> None:

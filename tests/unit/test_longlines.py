@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mta.dkim import generate, sign_message, unstuff
-from mta.longlines import has_long_line, shorten
-from mta.message import InvalidMessage, canonical_data, decode
+from mta.dkim.signature import generate, sign_message, unstuff
+from mta.intake.longlines import has_long_line, shorten
+from mta.intake.message import InvalidMessage, canonical_data, decode
 
 LONG = "word " * 600  # one line of 3,000 octets
 RAW_LONG = ("x" * 1500).encode()  # no whitespace at all
@@ -294,7 +294,7 @@ def test_eight_bit_body_re_encoded_needs_no_8bitmime() -> None:
 def test_quoted_printable_in_pieces_decodes_to_the_same_octets(body: bytes, piece: int) -> None:
     import binascii
 
-    from mta import longlines
+    from mta.intake import longlines
 
     saved = longlines.QP_PIECE
     longlines.QP_PIECE = piece
@@ -308,7 +308,7 @@ def test_quoted_printable_in_pieces_decodes_to_the_same_octets(body: bytes, piec
 
 
 def test_quoted_printable_after_a_line_end_is_unchanged_by_pieces() -> None:
-    from mta import longlines
+    from mta.intake import longlines
 
     body = (b"x" * 1500 + b" \n") * 2000  # 3 MB: a dozen pieces, each cut after a line end
     pieces = longlines._encode_qp(body)

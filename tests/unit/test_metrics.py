@@ -1,8 +1,8 @@
 """The cheap per-outcome bookkeeping behind the metrics: histograms, bounded destination
 labels, the last minute's counts. No event loop, no HTTP."""
 
-from mta import control
-from mta.metrics import OTHER, DestinationLabels, Histogram, Metrics, RecentCounts
+from mta.ops import control
+from mta.ops.metrics import OTHER, DestinationLabels, Histogram, Metrics, RecentCounts
 
 
 def test_histogram_buckets_are_cumulative_with_inf():

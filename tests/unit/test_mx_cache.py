@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import dns.resolver
 
-from mta.mx import FAILURE_TTL, DnsFailure, MxAnswer, MxResolver
+from mta.routing.mx import FAILURE_TTL, DnsFailure, MxAnswer, MxResolver
 
 
 class Clock:

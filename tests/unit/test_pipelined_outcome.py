@@ -10,9 +10,9 @@ import asyncio
 import time
 
 from mta.config import Policy, Smtp, merge
-from mta.delivery import Destination
-from mta.mx import MxAnswer, MxHost
-from mta.smtp import Connector, Reply
+from mta.destinations.delivery import Destination
+from mta.routing.mx import MxAnswer, MxHost
+from mta.smtp.client import Connector, Reply
 from tests.unit.test_attempt_limits import FAST, Book, job, until
 
 

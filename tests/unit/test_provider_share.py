@@ -8,10 +8,10 @@ import asyncio
 import time
 
 from mta.config import parse_config
-from mta.delivery import Destination
-from mta.mx import MxAnswer, MxHost
-from mta.rules import Rules
-from mta.share import Shares
+from mta.destinations.delivery import Destination
+from mta.routing.mx import MxAnswer, MxHost
+from mta.routing.rules import Rules
+from mta.destinations.share import Shares
 from tests.unit.test_budget_delivery import FakeConnector, job, until
 
 CONFIG = {

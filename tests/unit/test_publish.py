@@ -10,7 +10,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from mta.publish import BatchPublisher, Publish, marshal
+from mta.broker.publish import BatchPublisher, Publish, marshal
 
 
 def reference(channel: int, p: Publish, message_id: str, max_body_frame: int) -> bytes:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mta.control import PAUSED_HOLD
+from mta.ops.control import PAUSED_HOLD
 from shaper.allowance import HOLD_DELAYS
 from shaper.retry import (
     DEFAULT_INTERVALS,

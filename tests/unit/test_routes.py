@@ -8,12 +8,12 @@ import orjson
 import pytest
 
 from mta.config import ConfigError, parse_config
-from mta.control import Pauses
-from mta.message import decode
-from mta.mx import DnsFailure, MxAnswer, MxHost
-from mta.routes import RouteTable, from_domain, resolve_smarthost
-from mta.rules import Rules
-from mta.smtp import Credentials, Reply
+from mta.ops.control import Pauses
+from mta.intake.message import decode
+from mta.routing.mx import DnsFailure, MxAnswer, MxHost
+from mta.routing.routes import RouteTable, from_domain, resolve_smarthost
+from mta.routing.rules import Rules
+from mta.smtp.client import Credentials, Reply
 
 
 class Clock:

@@ -6,12 +6,12 @@ import asyncio
 import time
 
 from mta.config import parse_config
-from mta.mx import MxResolver
-from mta.routing import Router
-from mta.rules import Rules
+from mta.routing.mx import MxResolver
+from mta.routing.table import Router
+from mta.routing.rules import Rules
 import orjson
 
-from mta.message import decode
+from mta.intake.message import decode
 
 
 def test_a_wildcard_static_route_is_kept_once_for_all_its_subdomains() -> None:

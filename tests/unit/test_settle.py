@@ -16,9 +16,9 @@ from aiormq.exceptions import DeliveryError
 from pamqp import commands as spec
 from pamqp.decode import field_table as decode_table
 
-from mta.message import H_ATTEMPTS, H_FIRST, H_RESULTS, decode
-from mta.topology import delay_queue
-from mta.settle import (
+from mta.intake.message import H_ATTEMPTS, H_FIRST, H_RESULTS, decode
+from mta.broker.topology import delay_queue
+from mta.settle.settler import (
     DESCRIPTION_MAX,
     HISTORY_KEPT,
     AckBook,
@@ -342,8 +342,8 @@ def test_a_retry_copy_redirected_to_invalid_echoes_integers_beyond_64_bits_exact
 def test_a_copy_redirected_to_invalid_is_counted_where_the_metrics_read_it():
     from prometheus_client import generate_latest
 
-    from mta import control
-    from mta.metrics import Metrics
+    from mta.ops import control
+    from mta.ops.metrics import Metrics
 
     class Engine:  # what the metrics read of the engine: its outcome counts
         counts = {"consumed": 3, "deferred": 1, "held": 1, "invalid": 1}  # one refused at intake

@@ -11,10 +11,10 @@ import time
 import orjson
 import pytest
 
-from mta import settle
-from mta.message import decode
-from mta.settle import AckBook, Settler, abandoned
-from mta.topology import delay_queue
+from mta.settle import settler
+from mta.intake.message import decode
+from mta.settle.settler import AckBook, Settler, abandoned
+from mta.broker.topology import delay_queue
 
 
 class FakeConsumeChannel:
@@ -60,7 +60,7 @@ class FakePublishChannel:
 @pytest.fixture(autouse=True)
 def fake_publisher(monkeypatch):
     FakePublisher.published = []
-    monkeypatch.setattr(settle, "BatchPublisher", FakePublisher)
+    monkeypatch.setattr(settler, "BatchPublisher", FakePublisher)
 
 
 def job(i: str, book: AckBook, tag: int):
@@ -179,7 +179,7 @@ def test_abandoned_follows_the_consuming_channel():
 
 
 def test_a_worker_does_not_send_a_job_whose_channel_closed_while_it_waited():
-    from mta.budget import Budget
+    from mta.destinations.budget import Budget
     from tests.unit.test_budget_delivery import FakeConnector, destinations
 
     class SlowConnector(FakeConnector):
@@ -223,7 +223,7 @@ class ClosingPublisher(FakePublisher):
 
 
 def test_a_retry_copy_confirmed_as_the_channel_closed_settles_the_redelivered_original(monkeypatch):
-    monkeypatch.setattr(settle, "BatchPublisher", ClosingPublisher)
+    monkeypatch.setattr(settler, "BatchPublisher", ClosingPublisher)
 
     async def scenario(settler):
         old = ClosingPublisher.closing = FakeConsumeChannel()

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mta.longlines import Unsendable, has_long_line, seven_bit
-from mta.message import canonical_data
-from mta.smtp import Reply, downgrade
+from mta.intake.longlines import Unsendable, has_long_line, seven_bit
+from mta.intake.message import canonical_data
+from mta.smtp.client import Reply, downgrade
 
 
 def leaves(mime: bytes) -> list[bytes]:

@@ -11,11 +11,11 @@ import heapq
 import time
 
 from mta.config import Smtp, parse_config
-from mta.delivery import Destination
-from mta.mx import MxAnswer, MxHost
-from mta.rules import Rules
-from mta.share import Shares
-from mta.smtp import Reply
+from mta.destinations.delivery import Destination
+from mta.routing.mx import MxAnswer, MxHost
+from mta.routing.rules import Rules
+from mta.destinations.share import Shares
+from mta.smtp.client import Reply
 from shaper.allowance import HOLD_DELAYS, MAX_WAIT, allowance
 from tests.unit.test_budget_delivery import FakeConnector, FakeSession, job, until
 
@@ -109,7 +109,7 @@ class VirtualTime:
 
 def test_twenty_domains_under_a_slow_provider_keep_what_it_sends_within_max_wait(monkeypatch) -> None:
     virtual = VirtualTime()
-    monkeypatch.setattr("mta.delivery.asyncio", virtual)
+    monkeypatch.setattr("mta.destinations.delivery.asyncio", virtual)
 
     async def scenario():
         ledger, connector = Ledger(), FakeConnector()

@@ -18,9 +18,9 @@ import time
 import pytest
 
 from mta.config import Policy, Smtp, merge
-from mta.delivery import Destination
-from mta.mx import MxAnswer, MxHost
-from mta.smtp import Connector, SessionFailed, Timeouts
+from mta.destinations.delivery import Destination
+from mta.routing.mx import MxAnswer, MxHost
+from mta.smtp.client import Connector, SessionFailed, Timeouts
 from tests.unit.test_attempt_limits import FAST, job
 
 STEP = 0.5  # each step's timeout: connect (with the banner), EHLO, STARTTLS

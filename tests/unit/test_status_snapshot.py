@@ -6,10 +6,10 @@ from collections import deque
 
 from prometheus_client import generate_latest
 
-from mta import control, status
+from mta.ops import control, status
 from mta.config import parse_config
-from mta.metrics import Metrics
-from mta.rules import Rules
+from mta.ops.metrics import Metrics
+from mta.routing.rules import Rules
 from shaper.state import DestinationState
 from shaper.window import ConnectionWindow
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from mta.topology import LEASE, Topology, delay_queue
+from mta.broker.topology import LEASE, Topology, delay_queue
 from shaper.retry import DELAY_LADDER, MAX_MESSAGE_SECONDS
 
 MAX_TTL_MS = 2**32 - 1
