@@ -13,7 +13,7 @@ from mta.config import Policy, Smtp, merge
 from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
 from mta.smtp.client import Connector, Reply
-from tests.unit.test_attempt_limits import FAST, Book, job, until
+from tests.mta.test_attempt_limits import FAST, Book, job, until
 
 
 class Receiver:

@@ -12,7 +12,7 @@ from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
 from mta.routing.rules import Rules
 from mta.destinations.share import Shares
-from tests.unit.test_budget_delivery import FakeConnector, job, until
+from tests.mta.test_budget_delivery import FakeConnector, job, until
 
 CONFIG = {
     "default": {"max_connection_rate": "10000/s"},

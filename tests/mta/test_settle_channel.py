@@ -180,7 +180,7 @@ def test_abandoned_follows_the_consuming_channel():
 
 def test_a_worker_does_not_send_a_job_whose_channel_closed_while_it_waited():
     from mta.destinations.budget import Budget
-    from tests.unit.test_budget_delivery import FakeConnector, destinations
+    from tests.mta.test_budget_delivery import FakeConnector, destinations
 
     class SlowConnector(FakeConnector):
         """Connecting takes until `connected` is set."""

@@ -17,7 +17,7 @@ from mta.routing.rules import Rules
 from mta.destinations.share import Shares
 from mta.smtp.client import Reply
 from shaper.allowance import HOLD_DELAYS, MAX_WAIT, allowance
-from tests.unit.test_budget_delivery import FakeConnector, FakeSession, job, until
+from tests.mta.test_budget_delivery import FakeConnector, FakeSession, job, until
 
 BIG = MxAnswer((MxHost("mx.big.example", 10, ("127.0.0.1",)),))
 

@@ -21,7 +21,7 @@ from mta.config import Policy, Smtp, merge
 from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
 from mta.smtp.client import Connector, SessionFailed, Timeouts
-from tests.unit.test_attempt_limits import FAST, job
+from tests.mta.test_attempt_limits import FAST, job
 
 STEP = 0.5  # each step's timeout: connect (with the banner), EHLO, STARTTLS
 SLOW = 0.9  # of its timeout, when the tarpit answers each step
