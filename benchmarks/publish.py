@@ -1,4 +1,4 @@
-"""Micro-benchmark: CPU per publish of mta.publish.BatchPublisher (marshalling, delivery
+"""Micro-benchmark: CPU per publish of mta.broker.publish.BatchPublisher (marshalling, delivery
 tags, confirmation slots), against an in-memory channel that confirms each batch at once.
 
     .venv/bin/python -m benchmarks.publish [rounds]

@@ -312,7 +312,7 @@ class Engine:
         limit = self.config.broker.prefetch_bytes
         # Straight on the aiormq channel: aio-pika's IncomingMessage and its second
         # task per delivery cost about a tenth of the CPU per message and add nothing here.
-        if limit:  # held to prefetch_bytes as well as to the count (mta.intake)
+        if limit:  # held to prefetch_bytes as well as to the count (mta.intake.window)
             window = LaneWindow(channel.channel, lane_queue(lane), prefetch, limit, None)
             window.take = self._taker(lane, window.book)
             await window.start()

@@ -55,7 +55,7 @@ class Budget:
     @classmethod
     def from_config(cls, max_connections: int | None) -> Budget:
         nofile = raise_fd_limit()
-        dkim_workers = max(1, os.cpu_count() or 1)  # mta.signer's pool size, should DKIM be (re)loaded
+        dkim_workers = max(1, os.cpu_count() or 1)  # mta.dkim.signer's pool size, should DKIM be (re)loaded
         limit, warning = budget_limit(nofile, max_connections, dkim_workers)
         if warning:
             log.warning("%s", warning)

@@ -31,10 +31,10 @@ What the destination may do is decided in `shaper` and only carried out here:
   probes it, and success opens it up again (Postfix's dead destination, without failing
   every queued message).
 * Connections of all destinations together stay within the process's budget
-  (mta.budget): a worker starts only with a slot, a destination without one waits in
+  (mta.destinations.budget): a worker starts only with a slot, a destination without one waits in
   line, and an idle session may be closed to give its slot to a waiting destination.
   The destinations of one provider also share its connections and message rate
-  (mta.share), the same way.
+  (mta.destinations.share), the same way.
 * One attempt is bounded: at most `smtp.max_mx_hosts` hosts and `smtp.max_addresses_per_mx`
   addresses each, all within `smtp.delivery_deadline` (opening a session, all its steps
   together, ends by the time left; the transaction is watched by a `Watchdog`), and a connection
@@ -226,7 +226,7 @@ class Destination:
         self._deadline = smtp.delivery_deadline  # seconds one attempt may take, connecting included
         self._mx_hosts = smtp.max_mx_hosts
         self._mx_addresses = smtp.max_addresses_per_mx
-        self.share = share  # a provider's connection limit over all its destinations (mta.share)
+        self.share = share  # a provider's connection limit over all its destinations (mta.destinations.share)
         if share is not None:
             share.members.add(self)
         self._budget = budget if budget is not None else Budget(UNLIMITED_FDS_BUDGET)  # the process's connection slots

@@ -3,13 +3,13 @@
 A domain with its own `domains:` entry gets a destination of its own (`domain:NAME`: its
 own limits, pause, feedback and connections), also when its MX hosts belong to a
 `providers:` group. The provider's limits still bound all of the provider's mail
-together: the domain's own limits are capped by the provider's (mta.rules), and the
+together: the domain's own limits are capped by the provider's (mta.routing.rules), and the
 sessions of the provider's destination and of all its domains' destinations together
 never exceed the provider's `connection_limit`, and their messages together its
 `max_message_rate`. That shared count is a `Share`: a destination starts a session only
 while its share has room; one that finds it full waits in line (first come, first
 served), and an idle session of another destination of the same provider is closed to
-make room, as the process's connection budget does (mta.budget). A destination with
+make room, as the process's connection budget does (mta.destinations.budget). A destination with
 several sessions gives one up (after its current message) while another waits with
 none, and a destination's worker that reconnects lets the one in line go first: a
 backlog in one domain cannot starve another of the provider. Each message books a slot

@@ -1,6 +1,6 @@
 """DKIM (RFC 6376, RFC 8463 for Ed25519): keys, canonicalisation and the signature itself.
 
-Pure functions of bytes, no I/O beyond reading key files: `mta.signer` runs `sign_message`
+Pure functions of bytes, no I/O beyond reading key files: `mta.dkim.signer` runs `sign_message`
 in worker processes, tests call it directly and check the result with dkimpy's verifier.
 
 Why not `dkim.sign()`: dkimpy does the RSA private-key operation in pure Python (about
@@ -150,7 +150,7 @@ def generate(domain: str, selector: str, algorithm: str = "rsa-sha256", bits: in
 
 
 def unstuff(data: bytes) -> bytes:
-    """The message from canonical DATA bytes (`mta.message.canonical_data` doubled leading dots)."""
+    """The message from canonical DATA bytes (`mta.intake.message.canonical_data` doubled leading dots)."""
     if data.startswith(b".."):
         data = data[1:]
     return data.replace(b"\r\n..", b"\r\n.")
@@ -283,7 +283,7 @@ def sign_message(message: bytes, keys: Sequence[SigningKey], now: int) -> bytes:
     return b"".join(signature_header(key, fields, body_hash, now, names) for key in keys)
 
 
-# ---------------------------------------------------------------- worker processes (mta.dkimworker)
+# ---------------------------------------------------------------- worker processes (mta.dkim.worker)
 # Keys arrive once, when a worker starts, over its private socket; batches carry only the
 # DATA bytes and key indexes.
 

@@ -4,7 +4,7 @@ Theory of operation. `accept` hands every decoded job to `Signer.submit`. The ke
 decides from the message alone (the per-message `dkim` field, else the From domain, else
 the envelope domain) which keys sign it; a job with none goes on at once. The others wait
 in a pending batch that is sent to a worker process at the end of the current loop
-iteration, or as soon as it holds `BATCH_BYTES`, to an idle worker process (`mta.signpool`);
+iteration, or as soon as it holds `BATCH_BYTES`, to an idle worker process (`mta.dkim.signpool`);
 while every worker is busy the batch grows instead of the messages queueing one by one.
 The private-key operation holds the GIL inside `cryptography`, so threads would serialise
 it with the event loop: processes are what lets signing use the other cores.

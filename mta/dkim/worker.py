@@ -1,8 +1,8 @@
-"""A DKIM signing process: `python -m mta.dkimworker FD`, started by `mta.signpool`.
+"""A DKIM signing process: `python -m mta.dkim.worker FD`, started by `mta.dkim.signpool`.
 
 It reads frames (8-byte length, then a pickle) from the socket FD: first the keys, then
 batches `(number, now, items)`; it answers each batch with `(number, results)` from
-`mta.dkim.sign_batch`. It ends when the socket closes, which the kernel does when the MTA
+`mta.dkim.signature.sign_batch`. It ends when the socket closes, which the kernel does when the MTA
 exits in any way, kill -9 included.
 """
 

@@ -31,7 +31,7 @@ The same walk makes a message 7-bit for a receiver without 8BITMIME (RFC 6152):
 octets in a header field (RFC 6532, which only SMTPUTF8 may carry) or where re-encoding is
 not allowed make it `Unsendable`.
 
-Everything here works on LF-only bytes, before dot-stuffing and CRLF (mta.message).
+Everything here works on LF-only bytes, before dot-stuffing and CRLF (mta.intake.message).
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def _address_literal(domain: str, field: str, value: str) -> None:
 
 def _ascii_domain(domain: str, field: str, value: str) -> str:
     if not domain.isascii():
-        domain = a_labels(domain)  # IDNA 2008, UTS #46 (mta.idn)
+        domain = a_labels(domain)  # IDNA 2008, UTS #46 (mta.intake.idn)
         if domain is None:
             raise InvalidMessage(f"{field}: {value!r} has an invalid international domain")
     labels = domain.split(".")
@@ -131,7 +131,7 @@ def canonical_data(mime: bytes) -> bytes:
 
     Bare CR and bare LF both become CRLF, so what is signed is what arrives (a receiver
     that normalises differently cannot break a signature or be smuggled a second message).
-    A line over 998 octets is shortened without changing the content (`mta.longlines`:
+    A line over 998 octets is shortened without changing the content (`mta.intake.longlines`:
     quoted-printable, folding); InvalidMessage if that cannot be done safely.
     """
     if b"\r" in mime:

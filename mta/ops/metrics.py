@@ -457,7 +457,7 @@ def _destination_families(m: Metrics, engine, now: float) -> Iterable:
 
 
 def _budget_families(engine) -> Iterable:
-    """The process-wide connection budget (mta.budget): its size, use, and who waited."""
+    """The process-wide connection budget (mta.destinations.budget): its size, use, and who waited."""
     budget = getattr(engine, "budget", None)
     if budget is None:
         return
@@ -476,7 +476,7 @@ def _budget_families(engine) -> Iterable:
 
 
 def _control_families(engine) -> Iterable:
-    """Control commands refused by mta.control.Gate, by reason (unsigned, bad_signature, ...)."""
+    """Control commands refused by mta.ops.control.Gate, by reason (unsigned, bad_signature, ...)."""
     gate = getattr(engine, "control_gate", None)
     if gate is None:
         return

@@ -28,7 +28,7 @@ import dns.resolver
 # lookups from every queued message, short enough to notice a fixed zone soon.
 FAILURE_TTL = 10.0
 # DNS queries in flight at once, each a socket: thousands of new domains arriving together
-# must not take the descriptors the SMTP connection budget counts on (mta.budget).
+# must not take the descriptors the SMTP connection budget counts on (mta.destinations.budget).
 MAX_QUERIES = 64
 # Domains whose answer is cached: a day of mail to 10,000 domains fits many times over, and
 # at about 1 KB an answer it stays within tens of MB whatever the stream of new domains.

@@ -57,7 +57,7 @@ _FROM = re.compile(rb"^From:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECA
 
 def from_domain(data: bytes) -> str | None:
     """The domain of the first address in the From: header of a message, in the form
-    intake gives the envelope's (lower case, A-labels: mta.idn), so one route matches both."""
+    intake gives the envelope's (lower case, A-labels: mta.intake.idn), so one route matches both."""
     end = data.find(b"\r\n\r\n")  # the header only: never copy a large body
     m = _FROM.search(data[:end] if end >= 0 else data)
     if m is None:

@@ -12,7 +12,7 @@ domains hosted together share connections and limits.
 A provider's limits bound all of its domains together: a domain entry under a provider
 can lower its rates and connection limit, never raise them above the provider's, and its
 destination stays in the provider's group (`Resolved.group`), whose sessions together
-stay within the provider's `connection_limit` (mta.share).
+stay within the provider's `connection_limit` (mta.destinations.share).
 
 The operators' response patterns are compiled here too (`Rules.patterns`), once per
 rules file.

@@ -4,7 +4,7 @@ destination that will carry it.
 A cached answer routes the job at once (the common case: no await, no task). A domain
 without a fresh answer gets one lookup task, however many jobs wait for it; they wait in a
 list for that domain and are all routed when the answer comes. Mail of a sender with a
-route (mta.routes) skips the recipient's MX: it waits, the same way, for its smarthost's
+route (mta.routing.routes) skips the recipient's MX: it waits, the same way, for its smarthost's
 addresses, and joins the route's destination.
 """
 

@@ -294,7 +294,7 @@ def utf8_header_fields(data: bytes) -> bool:
 
 def downgrade(data: bytes) -> bytes | Reply:
     """8-bit ``data`` (as sent: CRLF, dot-stuffed) for a receiver without 8BITMIME: its 8-bit
-    parts re-encoded quoted-printable (`mta.longlines.seven_bit`), or the local reply that
+    parts re-encoded quoted-printable (`mta.intake.longlines.seven_bit`), or the local reply that
     refuses it. 8-bit header fields (RFC 6532) cannot be re-encoded: only SMTPUTF8 carries
     them (RFC 6531: 5.6.9; `Session.commands` refuses those before MAIL, this is the net
     under it). A signed message is not re-encoded: its DKIM signature covers the body as it

@@ -106,7 +106,7 @@ def test_signed_messages_verify_at_the_receiver(vhost, sinks, dns, keys, mta_con
         "rsa": [("rsa.test", "s1")], "ed": [("ed.test", "e1")], "dual": [("dual.test", "r1"), ("dual.test", "e1")],
         "bare": [("rsa.test", "s1")], "8bit": [("rsa.test", "s1")], "big": [("dual.test", "r1"), ("dual.test", "e1")],
         "nokey": [], "off": [], "pick": [("dual.test", "e1")], "envelope": [("ed.test", "e1")],
-        "long": [("rsa.test", "s1")],  # re-encoded at intake (mta.longlines), then signed
+        "long": [("rsa.test", "s1")],  # re-encoded at intake (mta.intake.longlines), then signed
     }
     publish(vhost, "bulk", list(bodies.values()))
     results = collect_results(vhost, [mid(c) for c in bodies], timeout=180, settle=0.5)

@@ -1,4 +1,4 @@
-"""Batched confirmed publishes (mta/publish.py) against the real broker: confirmed ones
+"""Batched confirmed publishes (mta/broker/publish.py) against the real broker: confirmed ones
 arrive intact, an unroutable one is reported per publish, a closed channel fails them all."""
 
 import asyncio

@@ -1,4 +1,4 @@
-"""One delivery attempt is bounded (mta.delivery over a fake connector): at most
+"""One delivery attempt is bounded (mta.destinations.delivery over a fake connector): at most
 `max_mx_hosts` hosts and `max_addresses_per_mx` addresses each, a deadline over connecting
 and the transaction, no long wait for `max_connection_rate` with the delivery
 unacknowledged, and a job cancelled at shutdown before its content went out is given back

@@ -1,6 +1,7 @@
-"""The connection budget carried out by destinations (mta.budget with mta.delivery), over a
-fake connector: never more sessions open than the budget, idle ones closed to make room,
-waiting is not an attempt, single mail is not stuck behind bulk."""
+"""The connection budget carried out by destinations (mta.destinations.budget with
+mta.destinations.delivery), over a fake connector: never more sessions open than the budget,
+idle ones closed to make room, waiting is not an attempt, single mail is not stuck behind
+bulk."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The control exchange's gate (mta.control.Gate): with a key only fresh, unseen commands
+"""The control exchange's gate (mta.ops.control.Gate): with a key only fresh, unseen commands
 carrying the key's HMAC are obeyed, the rest counted by reason; answers go only to
 server-named queues; the key comes from the variable or file the config names."""
 

@@ -1,4 +1,4 @@
-"""mta.dkim against dkimpy: the same canonical forms, and signatures that dkimpy's verifier accepts."""
+"""mta.dkim.signature against dkimpy: the same canonical forms, and signatures that dkimpy's verifier accepts."""
 
 import time
 

@@ -142,7 +142,7 @@ def test_over_long_line_bounces_and_a_dead_worker_loses_nothing():
                 await asyncio.sleep(0.02)
 
         try:
-            long = job(n=1)  # intake shortens long lines (mta.longlines): this checks the signer's own guard
+            long = job(n=1)  # intake shortens long lines (mta.intake.longlines): this checks the signer's own guard
             long.data += b"y" * 999 + b"\r\n"
             signer.submit(long)
             signer.submit(job(n=2, body=b"y" * 998 + b"\r\n"))

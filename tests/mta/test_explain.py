@@ -1,4 +1,4 @@
-"""`mta check CONFIG --explain DOMAIN` (mta.explain), with the MX given (no DNS): the
+"""`mta check CONFIG --explain DOMAIN` (mta.ops.explain), with the MX given (no DNS): the
 destination, the rules applied, each limit with the level it comes from, a provider's
 ceilings over a domain entry, and the routes a sender domain's mail leaves by."""
 

@@ -1,4 +1,4 @@
-"""The per-destination count of held mail (mta.metrics, read by `mta status`) stays
+"""The per-destination count of held mail (mta.ops.metrics, read by `mta status`) stays
 bounded when destinations come and go: counts of forgotten destinations are dropped."""
 
 from types import SimpleNamespace

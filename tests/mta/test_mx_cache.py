@@ -1,4 +1,4 @@
-"""The MX cache (mta.mx): answers kept for their TTL between the floor and the ceiling,
+"""The MX cache (mta.routing.mx): answers kept for their TTL between the floor and the ceiling,
 failures briefly, and a bounded size whatever the stream of new domains. A fake resolver
 answers with dnspython's shapes; a fake clock moves time."""
 

@@ -1,5 +1,5 @@
 """A message's reply to its end of data is its outcome, whatever happens after it on the
-session (mta.delivery with the real SMTP session, against a local receiver over TCP): with
+session (mta.destinations.delivery with the real SMTP session, against a local receiver over TCP): with
 the next transaction's MAIL, RCPT and DATA pipelined behind the content (RFC 2920), their
 replies are read under the next message's deadline, and a deadline or a shutdown that cuts
 them short is the next message's fate, never a redelivery of one the receiver accepted."""

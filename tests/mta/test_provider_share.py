@@ -1,6 +1,7 @@
-"""A provider's limits bound all its domains together (mta.rules, mta.share, mta.delivery
-over a fake connector): a domain entry under a provider lowers its limits, never raises
-them, and its sessions count against the provider's connection_limit."""
+"""A provider's limits bound all its domains together (mta.routing.rules,
+mta.destinations.share, mta.destinations.delivery over a fake connector): a domain entry
+under a provider lowers its limits, never raises them, and its sessions count against the
+provider's connection_limit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Static `mx:` routes (mta.routing): the answer is kept once per `domains:` rule, so a
+"""Static `mx:` routes (mta.routing.table): the answer is kept once per `domains:` rule, so a
 `*.suffix` rule serving any number of subdomains holds one entry, and every subdomain's
 mail is routed from it without another lookup."""
 

@@ -1,6 +1,6 @@
-"""`mta.longlines.seven_bit`: a message made 7-bit for a receiver without 8BITMIME (RFC 6152)
+"""`mta.intake.longlines.seven_bit`: a message made 7-bit for a receiver without 8BITMIME (RFC 6152)
 reads the same; what cannot be re-encoded is refused with a reason, never sent 8-bit.
-`mta.smtp.downgrade` applies it to a message as sent (CRLF, dot-stuffed)."""
+`mta.smtp.client.downgrade` applies it to a message as sent (CRLF, dot-stuffed)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The destinations of one provider drain through its one shared message rate, so what they
 keep in memory unacknowledged is bounded by that rate together, not by each one's own
-(mta.delivery with mta.share over a fake connector): N domains under a slow provider keep
-what it sends within `MAX_WAIT`, the rest is held; no job waits for the shared rate beyond
-`MAX_WAIT`; and waiting for a rate slot is never counted as (part of) a delivery attempt."""
+(mta.destinations.delivery with mta.destinations.share over a fake connector): N domains
+under a slow provider keep what it sends within `MAX_WAIT`, the rest is held; no job waits
+for the shared rate beyond `MAX_WAIT`; and waiting for a rate slot is never counted as
+(part of) a delivery attempt."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def waiting_counted(dests: list[Destination]) -> bool:
 
 class VirtualTime:
     """A clock that moves only when every task waits for it (trio's autojump clock): the
-    destinations' rate waits (`asyncio.sleep` in mta.delivery) sleep on it, so minutes of
+    destinations' rate waits (`asyncio.sleep` in mta.destinations.delivery) sleep on it, so minutes of
     pacing run in milliseconds, and each wait asked for is recorded."""
 
     def __init__(self) -> None:
@@ -86,7 +87,7 @@ class VirtualTime:
     def __call__(self) -> float:
         return self.now
 
-    def __getattr__(self, name):  # stands in for the asyncio module in mta.delivery
+    def __getattr__(self, name):  # stands in for the asyncio module in mta.destinations.delivery
         return getattr(asyncio, name)
 
     async def sleep(self, seconds: float) -> None:

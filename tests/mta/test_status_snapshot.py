@@ -30,7 +30,7 @@ class FakeJob:
 
 
 class FakeDestination:
-    """The attributes of mta.delivery.Destination that status and metrics read."""
+    """The attributes of mta.destinations.delivery.Destination that status and metrics read."""
 
     def __init__(self, key, policy, *, state=None, window=None, queued=0, workers=0, connected=0):
         self.key = key
