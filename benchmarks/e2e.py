@@ -98,7 +98,7 @@ async def prepublish(url: str, n: int, size: int, domains: int) -> None:
 async def declare(url: str, config_path: str) -> None:
     """The MTA's own topology, so that messages can be queued before it starts."""
     from mta.config import load_config
-    from mta.topology import Topology
+    from mta.broker.topology import Topology
 
     config = load_config(config_path)
     connection = await aio_pika.connect(url)

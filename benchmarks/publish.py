@@ -1,4 +1,4 @@
-"""Micro-benchmark: CPU per publish of mta.publish.BatchPublisher (marshalling, delivery
+"""Micro-benchmark: CPU per publish of mta.broker.publish.BatchPublisher (marshalling, delivery
 tags, confirmation slots), against an in-memory channel that confirms each batch at once.
 
     .venv/bin/python -m benchmarks.publish [rounds]
@@ -17,9 +17,9 @@ from collections import OrderedDict
 
 from pamqp import commands as spec
 
-from mta.message import decode
-from mta.publish import BatchPublisher, Publish
-from mta.settle import AckBook, Settler, attempt_entry
+from mta.intake.message import decode
+from mta.broker.publish import BatchPublisher, Publish
+from mta.settle.settler import AckBook, Settler, attempt_entry
 
 BATCH = 100
 

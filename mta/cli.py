@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("pause", "resume", "reload"):
         return _control(args)
     if args.command == "dkim-keygen":
-        from mta.dkimkeygen import keygen as run_keygen
+        from mta.dkim.keygen import keygen as run_keygen
 
         return run_keygen(args.domain, args.selector, args.algorithm, args.bits, args.key_file)
     try:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     if config.dkim and args.command in ("check", "run"):
-        from mta.signer import load_keys
+        from mta.dkim.signer import load_keys
 
         try:
             _, warnings = load_keys(config.dkim)
@@ -101,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         for warning in warnings:
             print(f"{args.config}: warning: {warning}", file=sys.stderr)
     if args.command in ("check", "run"):
-        from mta.control import secret_file_warnings
+        from mta.ops.control import secret_file_warnings
 
         for warning in secret_file_warnings(config):
             print(f"{args.config}: warning: {warning}", file=sys.stderr)
     if args.command == "check" and args.explain:
-        from mta.explain import explain
+        from mta.ops.explain import explain
 
         print(explain(config, args.explain, args.mx))
         return 0
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(config.patterns)} patterns, {len(config.routes)} routes, {len(config.dkim)} DKIM keys)")
         return 0
     if args.command == "replay-parked":
-        from mta.quarantine import replay_quarantined
+        from mta.broker.quarantine import replay_quarantined
 
         moved = asyncio.run(replay_quarantined(config, args.limit))
         print(f"moved {moved} message(s) from mta.quarantine back to their lanes")
@@ -158,7 +158,7 @@ def _run(config, path: str) -> int:
 
 
 def _control(args) -> int:
-    from mta import control
+    from mta.ops import control
     from shaper.units import Duration
 
     broker = _broker(args)
@@ -223,7 +223,7 @@ def _broker(args) -> tuple[str, bytes | None] | None:
     problem was printed."""
     import os
 
-    from mta import control
+    from mta.ops import control
 
     if not args.config:
         return os.environ.get("MTA_BROKER_URL", "amqp://guest:guest@localhost:5672/"), None
@@ -238,7 +238,7 @@ def _broker(args) -> tuple[str, bytes | None] | None:
 def _status(args) -> int:
     import orjson
 
-    from mta import status
+    from mta.ops import status
 
     broker = _broker(args)
     if broker is None:

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from mta.idn import ascii_domain, ascii_suffix
+from mta.intake.idn import ascii_domain, ascii_suffix
 from shaper.patterns import nested_quantifier
 from shaper.retry import DEFAULT_INTERVALS, DEFAULT_MAX_AGE, DELAY_LADDER, ladder_delay
 from shaper.units import Duration, Rate
@@ -44,7 +44,7 @@ class Broker(msgspec.Struct, frozen=True):
     # A message redelivered this many times (it crashed the process each time) is quarantined.
     delivery_limit: int = 10
     publish_timeout: float = 30.0
-    # Final outcomes on disk (mta.journal), so a crash does not send a delivered message
+    # Final outcomes on disk (mta.settle.journal), so a crash does not send a delivered message
     # again: "auto" is the rules file's path + ".outcomes" when that can be written,
     # "" none, anything else a file (relative: to the rules file's directory).
     journal: str = "auto"
@@ -65,7 +65,7 @@ class Smtp(msgspec.Struct, frozen=True):
     max_message_size: int = 50 * 1024 * 1024
     ca_file: str | None = None  # CA bundle for `tls: verified`; None: the system's
     # Outbound connections of all destinations together; None: what the file-descriptor
-    # limit allows (mta.budget). More than the limit allows is clamped at start, with a warning.
+    # limit allows (mta.destinations.budget). More than the limit allows is clamped at start, with a warning.
     max_connections: int | None = None
     # One delivery attempt (connecting through the MX hosts, then the transaction) ends by
     # this deadline: far below RabbitMQ's consumer_timeout (30 min by default), which
@@ -323,7 +323,7 @@ def _smtp_code(v: Any) -> int:
 
 
 def _domain_name(v: Any) -> str:
-    """A domain name as intake compares it (mta.idn): `faß.de` is `xn--fa-hia.de`."""
+    """A domain name as intake compares it (mta.intake.idn): `faß.de` is `xn--fa-hia.de`."""
     return _checked_name(_str(v), ascii_domain)
 
 
@@ -617,7 +617,7 @@ def _domains(c: _Collector, raw: Any) -> tuple[list[Domain], list[tuple[str, Pol
 
 
 # What each action does not use: a key it would ignore is an error, never silently accepted.
-# A throttle's limits replace the destination's sending limits (mta.delivery); when a
+# A throttle's limits replace the destination's sending limits (mta.destinations.delivery); when a
 # message is retried and when it expires stay the destination's rules.
 _PATTERN_IGNORES = {
     "suspend": (tuple(POLICY_FIELDS), "a suspension sends nothing for `duration`; limits belong to action throttle"),

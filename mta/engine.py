@@ -25,24 +25,25 @@ import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
 
-from mta import control, fault, status
+from mta import fault
+from mta.ops import control, status
 
-from mta.budget import Budget
+from mta.destinations.budget import Budget
 from mta.config import Config, ConfigError, load_config
-from mta.delivery import Destination
-from mta.intake import OFF_LOOP_BYTES, LaneWindow, OffLoop
-from mta.journal import Journal
-from mta.message import BodyTooLarge, InvalidMessage, Job, decode
-from mta.metrics import Metrics
-from mta.mx import DnsFailure, MxAnswer, MxResolver
-from mta.routes import RouteTable
-from mta.routing import Router
-from mta.rules import Resolved, Rules
-from mta.share import Shares
-from mta.settle import AckBook, Settler, attempt_entry, cut_text
-from mta.signer import Signer, load_keys
-from mta.smtp import Connector, Reply
-from mta.topology import LANES, Topology, lane_queue
+from mta.destinations.delivery import Destination
+from mta.intake.window import OFF_LOOP_BYTES, LaneWindow, OffLoop
+from mta.settle.journal import Journal
+from mta.intake.message import BodyTooLarge, InvalidMessage, Job, decode
+from mta.ops.metrics import Metrics
+from mta.routing.mx import DnsFailure, MxAnswer, MxResolver
+from mta.routing.routes import RouteTable
+from mta.routing.table import Router
+from mta.routing.rules import Resolved, Rules
+from mta.destinations.share import Shares
+from mta.settle.settler import AckBook, Settler, attempt_entry, cut_text
+from mta.dkim.signer import Signer, load_keys
+from mta.smtp.client import Connector, Reply
+from mta.broker.topology import LANES, Topology, lane_queue
 from shaper.disposition import DELIVERED, Bounced, Deferred, Expired, after_attempt, after_hold
 from shaper.retry import RetrySchedule
 
@@ -311,7 +312,7 @@ class Engine:
         limit = self.config.broker.prefetch_bytes
         # Straight on the aiormq channel: aio-pika's IncomingMessage and its second
         # task per delivery cost about a tenth of the CPU per message and add nothing here.
-        if limit:  # held to prefetch_bytes as well as to the count (mta.intake)
+        if limit:  # held to prefetch_bytes as well as to the count (mta.intake.window)
             window = LaneWindow(channel.channel, lane_queue(lane), prefetch, limit, None)
             window.take = self._taker(lane, window.book)
             await window.start()

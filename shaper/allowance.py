@@ -13,10 +13,11 @@ most once or twice. That backlog includes what was held before it and has not co
 yet (`HeldLedger`), so a long backlog is spread over the delays instead of coming back in
 one wave and being held again.
 
-The destinations of one provider drain through its one shared rate (mta.share): what they
-keep in memory together is bounded by that rate (`shared_fits`: the share's allowance, and
-sent within `MAX_WAIT` after the slots already booked), else N domains of a provider would
-keep N times what it sends soon; the rest is held by the share's backlog (`shared_hold`).
+The destinations of one provider drain through its one shared rate
+(mta.destinations.share): what they keep in memory together is bounded by that rate
+(`shared_fits`: the share's allowance, and sent within `MAX_WAIT` after the slots already
+booked), else N domains of a provider would keep N times what it sends soon; the rest is
+held by the share's backlog (`shared_hold`).
 
 A paused destination holds everything: until its pause ends when the end is known (never
 earlier), and then spread by the same backlog estimate; an open-ended (operator's) pause is looked at

@@ -36,8 +36,9 @@ __all__ = ["ConnectionBudget", "budget_limit", "fd_reserve", "single_reserve",
            "FD_RESERVE_MIN", "UNLIMITED_FDS_BUDGET"]
 
 # Descriptors kept for everything but SMTP connections, at least: up to 64 DNS queries in
-# flight (mta.mx.MAX_QUERIES), the two broker connections, metrics scrapes, log files, the
-# event loop's and Python's own (the DKIM signing pool's sockets come on top: fd_reserve).
+# flight (mta.routing.mx.MAX_QUERIES), the two broker connections, metrics scrapes, log
+# files, the event loop's and Python's own (the DKIM signing pool's sockets come on top:
+# fd_reserve).
 FD_RESERVE_MIN = 128
 UNLIMITED_FDS_BUDGET = 100_000  # connections when the process has no descriptor limit
 

@@ -19,7 +19,7 @@ import aio_pika
 import orjson
 import pytest
 
-from mta import control
+from mta.ops import control
 from tests.testbed.amqp import ResultCollector, make_message, publish, queue_info
 from tests.testbed.checks import assert_each_final, run_id
 from tests.testbed.util import free_port, wait_for

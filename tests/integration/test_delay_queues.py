@@ -12,7 +12,7 @@ import time
 import aio_pika
 import pytest
 
-from mta.topology import LANES, Topology, delay_queue
+from mta.broker.topology import LANES, Topology, delay_queue
 from shaper.retry import DELAY_LADDER
 from tests.testbed.amqp import ResultCollector, make_message, publish, queue_info
 from tests.testbed.checks import assert_each_final, run_id

@@ -10,7 +10,7 @@ import signal
 import dkim
 import pytest
 
-from mta.dkim import generate
+from mta.dkim.signature import generate
 from tests.testbed.amqp import collect_results, make_message, make_mime, publish
 from tests.testbed.checks import assert_each_final, run_id
 from tests.testbed.dns import Dnsmasq, query_txt, standard_zone, txt_record
@@ -106,7 +106,7 @@ def test_signed_messages_verify_at_the_receiver(vhost, sinks, dns, keys, mta_con
         "rsa": [("rsa.test", "s1")], "ed": [("ed.test", "e1")], "dual": [("dual.test", "r1"), ("dual.test", "e1")],
         "bare": [("rsa.test", "s1")], "8bit": [("rsa.test", "s1")], "big": [("dual.test", "r1"), ("dual.test", "e1")],
         "nokey": [], "off": [], "pick": [("dual.test", "e1")], "envelope": [("ed.test", "e1")],
-        "long": [("rsa.test", "s1")],  # re-encoded at intake (mta.longlines), then signed
+        "long": [("rsa.test", "s1")],  # re-encoded at intake (mta.intake.longlines), then signed
     }
     publish(vhost, "bulk", list(bodies.values()))
     results = collect_results(vhost, [mid(c) for c in bodies], timeout=180, settle=0.5)

@@ -38,7 +38,7 @@ def test_keygen_writes_a_key_whose_record_verifies(tmp_path, algorithm):
     check = mta("check", str(config))
     assert check.returncode == 0 and check.stderr == "", (check.stdout, check.stderr)
 
-    from mta.dkim import load_key, sign_message
+    from mta.dkim.signature import load_key, sign_message
 
     key, warnings = load_key("example.com", "s2026", str(key_file), algorithm)
     assert warnings == []

@@ -5,7 +5,7 @@ on. Many destinations, each keeping a connection open, stay under the process's
 file-descriptor budget: the MTA runs with a small RLIMIT_NOFILE, more connections are
 wanted than it allows, and still every message ends delivered and the process lives.
 
-The MTA derives its connection budget from the descriptor limit (mta.budget): on 2 CPUs,
+The MTA derives its connection budget from the descriptor limit (mta.destinations.budget): on 2 CPUs,
 at 256 descriptors it holds at most 128 connections, at 512 at most 380; destinations
 beyond that wait for a slot, and idle connections of others are closed to make room.
 

@@ -78,7 +78,7 @@ def test_kill9_repeatedly(vhost, sinks, start_mta, mta_config):
 
 # A receiver's 250 reaches the MTA within milliseconds on loopback; one sent this long
 # before a kill was read, and its message must not be sent again (the journal of final
-# outcomes, mta/journal.py, records it before the acknowledgement that may not make it).
+# outcomes, mta/settle/journal.py, records it before the acknowledgement that may not make it).
 SETTLED_BY_MS = 200
 FINISHED_AFTER_MS = 500  # a receiver may still accept a dead process's message (data delay 100 ms)
 WIRE_DOMAINS = [f"d{n}.test" for n in range(20, 32)]

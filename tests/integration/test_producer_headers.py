@@ -6,7 +6,7 @@ for nothing (only our own delay queues' copies carry it), so that message gets a
 first attempt and its retry copy goes out. Every good message, before and after them, gets
 exactly its own result, and every delivery is acknowledged: the client's count of publishes
 stays the broker's, so each confirm settles the publish it belongs to. (A retry copy that
-cannot be encoded is covered by tests/unit/test_settle.py: no producer can cause one now.)"""
+cannot be encoded is covered by tests/mta/test_settle.py: no producer can cause one now.)"""
 
 import pytest
 

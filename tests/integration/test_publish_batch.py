@@ -1,4 +1,4 @@
-"""Batched confirmed publishes (mta/publish.py) against the real broker: confirmed ones
+"""Batched confirmed publishes (mta/broker/publish.py) against the real broker: confirmed ones
 arrive intact, an unroutable one is reported per publish, a closed channel fails them all."""
 
 import asyncio
@@ -8,7 +8,7 @@ import aio_pika
 import pytest
 from aiormq.exceptions import PublishError
 
-from mta.publish import BatchPublisher, Publish
+from mta.broker.publish import BatchPublisher, Publish
 from tests.testbed.rawheaders import RawLongStr, apublish_raw
 
 
@@ -85,9 +85,9 @@ async def _settle_with_a_nack(url: str, messages: list[tuple[bytes, dict]], boun
     """The settler on real channels: `messages` are fetched from queue `src` (basic.get,
     unacknowledged), each settled (invalid, or delivered; `bounce` bounced), then what is
     left in `src` is read back."""
-    from mta.message import InvalidMessage, decode
-    from mta.settle import AckBook, Settler
-    from mta.topology import Topology
+    from mta.intake.message import InvalidMessage, decode
+    from mta.settle.settler import AckBook, Settler
+    from mta.broker.topology import Topology
 
     connection = await aio_pika.connect(url)
     async with connection:

@@ -10,7 +10,7 @@ import pytest
 from tests.testbed.amqp import ResultCollector, make_message, queue_info, publish
 from tests.testbed.checks import run_id
 from tests.testbed.dns import OK_MX
-from mta.topology import delay_queue
+from mta.broker.topology import delay_queue
 from shaper.retry import DELAY_LADDER
 
 

@@ -26,7 +26,7 @@ def test_message_rate_holds_at_the_sink(vhost, sinks, mta_config, start_mta):
     assert all(r["attempts"] == 1 for r in by_id.values())
     times = sorted(a.time for a in sinks.accepted() if a.sink == OK_MX[2])
     assert len(times) == N
-    # The limiter is exact at the sender (tests/unit/test_limiter.py); what the sink sees
+    # The limiter is exact at the sender (tests/shaper/test_limiter.py); what the sink sees
     # also carries the scheduling jitter of both event loops and of each transaction's
     # latency, up to a few hundred ms on a busy machine, which moves messages between
     # windows. So a window of W seconds may hold what the rate allows in W + JITTER.

@@ -1,0 +1,242 @@
+"""`mta status`: what every MTA on the broker is doing, and why.
+
+The CLI declares a private reply queue, publishes `{"command": "status", "reply_to": ...}`
+on the control fanout exchange (`mta.control`, signed when there is a control key), and
+collects the JSON snapshots that the running MTAs send back on their publishing
+connections, until as many have answered as there are consumers on the bulk lane (one per
+MTA) or `wait` seconds have passed. Lane depths and consumer counts come
+from passive queue declarations, so they are the broker's own numbers.
+
+A snapshot lists each active destination (anything queued, connected, held, or not in
+normal mode): its mode and why (the pattern that matched, since when, until when), the
+limits in force, in-flight and queued mail, how much was held (parked in a delay queue),
+and the last error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import aio_pika
+
+from mta.ops import control
+from mta.ops.metrics import is_attempt
+from mta.broker.topology import LANES, lane_queue
+
+EXTRA_QUEUES = ("mta.results", "mta.invalid", "mta.quarantine")
+MAX_ROWS = 500  # destinations per answer, non-normal and busiest first
+KINDS = (("attempts", "attempt"), ("delivered", "delivered"), ("deferred", "deferred"), ("bounced", "bounced"),
+         ("expired", "expired"), ("not tried", "not_tried"))
+
+
+# ---- the MTA's side
+
+def snapshot(engine) -> dict:
+    now = engine.clock()
+    metrics = engine.metrics
+    pauses = engine.pauses.active(now)
+    destinations = []
+    for d in list(engine.destinations.values()):
+        row = _destination(engine, d, now, pauses)
+        if row is not None:
+            destinations.append(row)
+    shown = {row["destination"] for row in destinations}
+    for target, until in pauses.items():
+        if target not in shown:  # a paused domain: its mail is held before it reaches a destination
+            destinations.append({"destination": target, "state": "paused", "reason": _pause_reason(engine, target),
+                                 "since": None, "until": until, "limits": None, "in_flight": 0, "queued": 0,
+                                 "connections": 0, "held": 0, "last_error": None, "rules": []})
+    destinations.sort(key=lambda r: (r["state"] == "normal", -(r["queued"] + r["in_flight"]), r["destination"]))
+    return {
+        "destinations_active": len(destinations),
+        "instance": metrics.instance,
+        "started": metrics.started,
+        "now": now,
+        "counts": dict(engine.counts),
+        "last_minute": metrics.last_minute(now),
+        "lanes": _lanes(metrics),
+        "destinations": destinations[:MAX_ROWS],
+        "budget": _budget(engine),
+    }
+
+
+def _budget(engine) -> dict | None:
+    budget = getattr(engine, "budget", None)
+    if budget is None:
+        return None
+    return {"limit": budget.limit, "in_use": budget.in_use, "waiting": budget.waiting}
+
+
+def _lanes(metrics) -> dict:
+    lanes = {lane: {} for lane in LANES}
+    for (lane, _label, event), n in list(metrics.counts.items()):
+        _add(lanes.setdefault(lane, {}), event, n)
+    return lanes
+
+
+def _add(row: dict, event: str, n: int) -> None:
+    kind = event.partition(":")[0]
+    row[kind] = row.get(kind, 0) + n
+    if is_attempt(event):
+        row["attempt"] = row.get("attempt", 0) + n
+
+
+def _pause_reason(engine, target: str) -> str:
+    """Why a target is in the operator's pause list: a route whose smarthost refused its
+    credentials says so (never the credentials), anything else was `mta pause`."""
+    routes = getattr(engine, "routes", None)
+    fault = routes.faults.get(target) if routes is not None else None
+    return fault or "paused by operator (mta pause)"
+
+
+def _destination(engine, d, now: float, pauses: dict) -> dict | None:
+    state = getattr(d, "state", None)
+    held = engine.metrics.held_by_destination.get(d.key, 0)
+    if d.key in pauses and (state is None or str(state.mode) != "paused"):
+        mode, reason, since, until = "paused", _pause_reason(engine, d.key), None, pauses[d.key]
+    elif state is not None:
+        mode, reason, since, until = str(state.mode), state.reason, state.since, state.until
+    else:
+        mode, reason, since, until = "normal", "", None, None
+    waiting = getattr(d, "idle_workers", 0)
+    in_flight = max(0, d.workers - waiting)
+    if mode == "normal" and not (d.queued or d.workers or d.connected or held):
+        return None
+    policy = d.policy
+    window = getattr(d, "window", None)
+    limits = {
+        "connection_limit": policy.connection_limit,
+        "connections_allowed": window.allowed if window is not None else policy.connection_limit,
+        "max_message_rate": str(policy.max_message_rate),
+        "message_rate_now": getattr(d, "per_second", None) or policy.max_message_rate.per_second,
+        "max_connection_rate": str(policy.max_connection_rate),
+        "max_deliveries_per_connection": policy.max_deliveries_per_connection,
+    }
+    return {"destination": d.key, "state": mode, "reason": reason, "since": since, "until": until,
+            "limits": limits, "in_flight": in_flight, "queued": d.queued, "connections": d.connected,
+            "held": held, "last_error": d.last_error, "rules": _rules_of(engine, d)}
+
+
+def _rules_of(engine, d) -> list[str]:
+    """Which rule levels gave this destination its limits (default, providers.X, domains.Y)."""
+    domain = getattr(d, "domain", "") or next(_domains_of(d), None)  # a domain it serves
+    return list(engine.rules.resolve(domain, d.answer).why) if domain else []
+
+
+def _domains_of(d):
+    for queue in (d.single, d.bulk):
+        for job in queue:
+            yield job.domain
+            return
+    key = d.key
+    if key.startswith("domain:"):
+        yield key[len("domain:"):]
+
+
+async def answer(engine, command: dict, channel, reply_to: str) -> None:
+    """Answer a status request on its reply queue (the publishing connection's `channel`)."""
+    await control.answer(channel, reply_to, {"request": command.get("id"), **snapshot(engine)})
+
+
+# ---- the CLI's side
+
+async def collect(url: str, wait: float = 3.0, key: bytes | None = None) -> dict:
+    """Lane depths and consumers from the broker, and one snapshot per MTA that answers
+    (the request signed with `key`, when the MTAs require it)."""
+    try:
+        connection = await aio_pika.connect(url, timeout=10)
+    except (aio_pika.exceptions.AMQPException, OSError, asyncio.TimeoutError) as exc:
+        raise BrokerUnreachable(f"cannot reach the broker at {_redact(url)}: "
+                                f"{exc or exc.__class__.__name__}") from exc
+    async with connection:
+        queues = {}
+        for name in [lane_queue(lane) for lane in LANES] + list(EXTRA_QUEUES):
+            queues[name] = await control.queue_numbers(connection, name)
+        expected = (queues.get(lane_queue("bulk")) or {}).get("consumers", 0)
+        answers = await control.ask(connection, control.command_body("status"), key, expected, wait)
+    answers.sort(key=lambda a: a.get("instance", ""))
+    return {"queues": queues, "mtas": answers}
+
+
+class BrokerUnreachable(Exception):
+    """The broker did not take a connection; the message says where and why."""
+
+
+def _redact(url: str) -> str:
+    from mta.engine import redact
+
+    return redact(url)
+
+
+def render(report: dict) -> str:
+    lines = ["queue                 depth  consumers"]
+    for name, numbers in report["queues"].items():
+        if numbers is None:
+            lines.append(f"  {name:<18} (not declared)")
+        else:
+            lines.append(f"  {name:<18} {numbers['depth']:>6}  {numbers['consumers']:>9}")
+    if not report["mtas"]:
+        lines.append("\nno MTA answered (none running on this broker, or they require signed commands and "
+                     "--config does not name the control key?)")
+    elif len(report["mtas"]) > 1:
+        lines.append(f"\n{len(report['mtas'])} MTAs, together in the last 60 s:")
+        for lane in ("all", *LANES):
+            row = {kind: sum(m["last_minute"].get(lane, {}).get(kind, 0) for m in report["mtas"]) for _, kind in KINDS}
+            lines.append(f"  {'all lanes' if lane == 'all' else 'lane ' + lane:<11} " + ", ".join(
+                f"{name} {row[kind]}" for name, kind in KINDS))
+    for mta in report["mtas"]:
+        lines.append("")
+        lines.extend(_render_mta(mta))
+    return "\n".join(lines)
+
+
+def _render_mta(mta: dict) -> list[str]:
+    now = mta["now"]
+    up = _duration(now - mta["started"])
+    lines = [f"MTA {mta['instance']}  up {up}"]
+    lines.append("  since start: " + ", ".join(f"{name} {n}" for name, n in mta["counts"].items()))
+    last = mta["last_minute"]
+    for lane in ("all", *mta["lanes"]):
+        row = last.get(lane, {})
+        lines.append(f"  {'all lanes' if lane == 'all' else 'lane ' + lane:<11} last 60 s: " + ", ".join(
+            f"{name} {row.get(kind, 0)}" for name, kind in KINDS))
+    budget = mta.get("budget")
+    if budget:
+        lines.append(f"  connections: {budget['in_use']} of {budget['limit']} (process budget), "
+                     f"{budget['waiting']} destination(s) waiting for a slot")
+    if not mta["destinations"]:
+        lines.append("  no active destinations")
+    elif mta["destinations_active"] > len(mta["destinations"]):
+        lines.append(f"  {mta['destinations_active']} active destinations, the first {len(mta['destinations'])} shown")
+    for d in mta["destinations"]:
+        head = f"  {d['destination']}  {d['state']}"
+        if d["state"] != "normal":
+            head += f": {d['reason']}" if d["reason"] else ""
+            if d["since"]:
+                head += f", since {_clock(d['since'])}"
+            head += f", until {_clock(d['until'])} (in {_duration(d['until'] - now)})" if d["until"] else ", until resumed"
+        lines.append(head)
+        limits = d["limits"]
+        if limits:
+            lines.append(f"      limits: {limits['connections_allowed']}/{limits['connection_limit']} connections, "
+                         f"{limits['max_message_rate']} messages (now {limits['message_rate_now']:.3g}/s), "
+                         f"{limits['max_connection_rate']} connects, "
+                         f"{limits['max_deliveries_per_connection']} per connection"
+                         + (f" ({' + '.join(d['rules'])})" if d["rules"] else ""))
+        lines.append(f"      in flight {d['in_flight']}, queued {d['queued']}, connections {d['connections']}, "
+                     f"held {d['held']}" + (f", last error: {d['last_error']}" if d["last_error"] else ""))
+    return lines
+
+
+def _clock(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%H:%M:%SZ")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -1,0 +1,594 @@
+"""Settle: turn an outcome into broker writes, and acknowledge only once they are durable.
+
+For each consumed delivery the settler publishes what replaces it (a result; for a deferral
+also the retry copy into a delay queue; for bad input the original into `mta.invalid`),
+waits for the broker's confirms, and only then acknowledges the delivery. Writes are
+batched: everything settled while the previous batch was in flight goes out together, and
+acknowledgements go out as one `multiple=True` ack per contiguous run of delivery tags.
+
+A publish that fails (nack, timeout, lost connection) leaves its delivery unacknowledged;
+it is requeued, or redelivered when the channel closes. Final outcomes are remembered for a
+while by message, so a redelivered copy of a message that was already delivered gets its
+result published again instead of being sent twice.
+
+A publish AMQP cannot carry (a producer's header of a type field tables do not have, a
+number beyond 64 bits, a content header larger than the broker's frame) is found when it
+is encoded, before anything of its settlement is written: an invalid message's copy then
+goes out without the headers that cannot be written; a retry or held copy is not sent, the
+original goes to `mta.invalid`, gets an `invalid` result instead and is counted as
+invalid. Each delivery still ends in one place, and nothing loops.
+
+What a retry copy carries stays well below the broker's frame size (131,072 octets by
+default): an attempt keeps at most 512 octets of the reply text, and the copy carries the
+last 10 attempts; `attempts` keeps the true count and a result says in `results_omitted`
+how many earlier attempts it does not list.
+
+Nothing replaces a delivery whose consuming channel closed: the broker gives that message
+to a consumer again, so a retry or held copy published for it would be a second live copy
+of one message. Its final outcome is only remembered, and the redelivered copy publishes
+the result when it comes (`replay_final`); a job not yet begun is not sent (`abandoned`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from collections import OrderedDict, deque
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+import orjson
+
+from mta import fault
+from mta.settle.journal import Journal
+from mta.broker.publish import BatchPublisher, Publish, Unencodable, header_table
+from mta.intake.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, InvalidMessage, Job, parse_json
+from mta.broker.topology import EXCHANGE, INVALID, RESULTS, Topology
+
+log = logging.getLogger("mta.settle")
+
+# Outcomes remembered against redelivery, about 200 bytes each. Only deliveries that were
+# unacknowledged when a channel died come back (the prefetch windows, 1,100 by default),
+# and they come back within seconds; the engine raises this to 20 windows if they are larger.
+RECENT_FINALS = 50_000
+
+# Per attempt, the octets of reply text kept (a receiver may answer with 64 KB), and the
+# attempts a retry copy carries: 10 entries of at most ~4 KB of JSON each (text, MX name,
+# escapes) keep its header far below the broker's 128 KB frame, whatever the receivers said.
+DESCRIPTION_MAX = 512
+HISTORY_KEPT = 10
+
+
+_second: list = [None, ""]  # the last whole second formatted: one datetime per second, not per result
+
+
+def rfc3339(t: float) -> str:
+    """UTC with milliseconds (truncated, as isoformat does): 2026-11-23T12:00:00.123Z"""
+    seconds = math.floor(t)
+    micros = round((t - seconds) * 1e6)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, 0
+    if _second[0] != seconds:
+        _second[0] = seconds
+        _second[1] = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_second[1]}.{micros // 1000:03d}Z"
+
+
+class AckBook:
+    """Acknowledgements for one consuming channel, in delivery-tag order."""
+
+    def __init__(self, channel):
+        self.channel = channel  # the aiormq channel the deliveries came on
+        self._order: deque[int] = deque()
+        self._done: set[int] = set()
+        self._acked: set[int] = set()
+        self.requeue: list[int] = []
+
+    def received(self, tag: int) -> None:
+        self._order.append(tag)
+
+    def settled(self, tag: int) -> None:
+        self._done.add(tag)
+
+    def give_back(self, tag: int) -> None:
+        """Requeue `tag` with the next flush, unless it is settled or given back already
+        (a tag both acknowledged and rejected would close the channel)."""
+        if tag in self._done or tag in self._acked or tag in self.requeue or tag not in self._order:
+            return
+        self.requeue.append(tag)
+
+    @property
+    def open(self) -> int:
+        return len(self._order)
+
+    @property
+    def closed(self) -> bool:
+        """The channel is gone, and with it every delivery tag of this book."""
+        return self.channel.is_closed
+
+    async def flush(self) -> None:
+        channel = self.channel
+        if channel.is_closed:
+            return  # tags died with the channel; the broker redelivers those messages
+        top = None
+        order, done, acked = self._order, self._done, self._acked
+        while order and (order[0] in done or order[0] in acked):
+            tag = order.popleft()
+            if tag in done:
+                done.discard(tag)
+                top = tag
+            else:
+                acked.discard(tag)
+        if top is not None:
+            await channel.basic_ack(top, multiple=True, wait=False)
+        for tag in done:  # settled out of order: ack alone rather than hold the prefetch window
+            await channel.basic_ack(tag, wait=False)
+            acked.add(tag)
+        done.clear()
+        requeue, self.requeue = self.requeue, []
+        for tag in requeue:
+            await channel.basic_nack(tag, requeue=True, wait=False)
+            acked.add(tag)
+
+
+class Settlement:
+    __slots__ = ("book", "tag", "publishes", "final", "job")
+
+    def __init__(self, book: AckBook, tag: int, publishes: list, final: tuple | None = None, job: Job | None = None):
+        self.book = book
+        self.tag = tag
+        self.publishes = publishes  # (exchange key, routing key, body, headers)
+        self.final = final  # a final outcome: (recent key, result, status, journal mark or None)
+        self.job = job  # for a retry or held copy: what to settle instead if it cannot be encoded
+
+
+class Settler:
+    def __init__(self, channel, topology: Topology, publish_timeout: float,
+                 observe_confirm: Callable[[float], None] | None = None, counts: dict[str, int] | None = None):
+        self._observe_confirm = observe_confirm  # seconds from a batch's write to its last confirm
+        # The engine's outcome counts: a retry or held copy sent to mta.invalid instead is
+        # counted there as invalid (what `mta_messages_invalid_total` and `mta status` show).
+        self.counts = counts if counts is not None else {}
+        self._channel = channel
+        self._topology = topology
+        self._timeout = publish_timeout
+        self._pending: list[Settlement] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.books: set[AckBook] = set()
+        self.recent: OrderedDict[str, tuple[bytes | None, str, bool]] = OrderedDict()
+        self.recent_limit = RECENT_FINALS
+        self._publisher: BatchPublisher | None = None
+        self.journal: Journal | None = None  # the record on disk, for the process after a crash
+        # Bodies whose retry or held copy was confirmed as their channel closed (too late to
+        # acknowledge them): until the copy can come back, a redelivered original is its double.
+        self._replaced: OrderedDict[bytes, float] = OrderedDict()
+
+    # ---- outcomes
+
+    def add(self, settlement: Settlement) -> None:
+        if settlement.book.closed:
+            return  # redelivered by the broker: what would replace it must not be published
+        self._add(settlement)
+
+    def _add(self, settlement: Settlement) -> None:
+        """`add` for a settlement whose channel was just seen open."""
+        self.books.add(settlement.book)
+        self._pending.append(settlement)
+        self._idle.clear()
+        self._wake.set()
+
+    def result(self, job: Job, status: str, *, bounce: str | None = None) -> bytes:
+        return _dumps(self._result_doc(job, status, bounce))
+
+    def _result_doc(self, job: Job, status: str, bounce: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = dict(job.doc)  # a copy and two pops: no comprehension per result
+        out.pop("mime", None)
+        out.pop("mime_b64", None)
+        if "id" not in out:  # the producer's id goes back as given: 9007199254740993 stays a number
+            out["id"] = job.id
+        out["status"] = status
+        out["final"] = status != "deferred"
+        out["attempts"] = job.attempts
+        history = job.history
+        if len(history) > HISTORY_KEPT or job.attempts > len(history):  # earlier attempts not carried
+            history = history[-HISTORY_KEPT:]
+            omitted = job.attempts - sum(1 for entry in history if not _not_tried(entry))
+            if omitted > 0:
+                out["results_omitted"] = omitted
+        out["results"] = history
+        if bounce is not None:
+            out["bounce"] = bounce
+        return out
+
+    def final(self, job: Job, book: AckBook, tag: int, status: str, bounce: str | None = None) -> None:
+        body = _dumps(self._result_doc(job, status, bounce))
+        key = f"{job.id}\0{job.recipient.text}\0{len(job.body)}"  # _recent_key
+        if book.closed:
+            # The broker redelivers the message: its copy is settled with this result (here,
+            # or unsent if a copy got here first and was settled already).
+            if key not in self.recent:
+                self._remember(key, body, status, False)
+                if self.journal is not None:
+                    self.journal.final(key, status, body)
+            return
+        # Remembered before the result is out: a copy redelivered meanwhile (the consuming
+        # channel died, or the process after a crash) must not be sent again.
+        self._remember(key, body, status, False)
+        mark = None if self.journal is None else self.journal.final(key, status, body)
+        self._add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status, mark)))
+
+    def _remember(self, key: str, body: bytes, status: str, published: bool) -> None:
+        # Once the result is out only the status matters: a shared tuple instead of the body
+        # keeps the record at a couple of hundred bytes per message.
+        self.recent[key] = (_PUBLISHED.get(status) or (None, status, True)) if published else (body, status, False)
+        if len(self.recent) > self.recent_limit:
+            self.recent.popitem(last=False)
+
+    def defer(self, job: Job, book: AckBook, tag: int, delay: float) -> None:
+        """A failed attempt to retry: the retry copy and a `deferred` result."""
+        self.add(Settlement(book, tag, [
+            ("delay", (job.lane, delay), job.body, _carried(job)),  # topology rounds it up to a rung
+            ("results", "deferred", self.result(job, "deferred"), None),
+        ], job=job))
+
+    def hold(self, job: Job, book: AckBook, tag: int, delay: int) -> None:
+        """Not tried: the copy comes back after `delay` with what it carried, and no result."""
+        self.add(Settlement(book, tag, [("delay", (job.lane, delay), job.body, _carried(job))], job=job))
+
+    def invalid(self, body: bytes, headers: dict, reason: str, book: AckBook, tag: int, lane: str, now: float,
+                echo: bool = True) -> None:
+        """`echo=False`: the body is not read for fields to echo (refused for its size, unread)."""
+        doc: dict[str, Any] = {}
+        try:  # read as intake reads it: an integer beyond 64 bits comes back as given, not as a float
+            parsed = parse_json(body) if echo else None
+        except InvalidMessage:
+            parsed = None
+        if isinstance(parsed, dict):
+            doc = {k: v for k, v in parsed.items() if k not in ("mime", "mime_b64")}
+        doc.update(status="invalid", final=True, attempts=0, error=reason,
+                   results=[{"time": rfc3339(now), "phase": "intake", "code": None, "enhanced": None,
+                             "description": reason, "mx": None, "ip": None, "lane": lane}])
+        keep = {k: v for k, v in (headers or {}).items() if not k.startswith("x-mta-")}
+        keep["x-mta-error"] = reason
+        keep["x-mta-lane"] = lane
+        self.add(Settlement(book, tag, [
+            ("default", INVALID, body, keep),
+            ("results", "invalid", _dumps(doc), None),
+        ]))
+
+    def replay_final(self, job: Job, book: AckBook, tag: int) -> bool:
+        """Settle a redelivered copy of a message whose final outcome is known: publish its
+        result if that never got out, and acknowledge; never send it again."""
+        known = self.recent.get(_recent_key(job))
+        if known is None:
+            if self._replaced and self._superseded(job.body):
+                self.add(Settlement(book, tag, []))  # its copy is in a delay queue: acknowledge only
+                return True
+            return False
+        body, status, published = known
+        publishes = [] if published else [("results", status, body, None)]
+        self.add(Settlement(book, tag, publishes, final=None if published else (_recent_key(job), body, status, None)))
+        return True
+
+    def restore(self, known: dict[str, tuple[bytes | None, str, bool]]) -> None:
+        """Outcomes a previous process recorded (mta.journal), oldest first."""
+        for key, entry in known.items():
+            self.recent[key] = entry
+            if len(self.recent) > self.recent_limit:
+                self.recent.popitem(last=False)
+
+    def _superseded(self, body: bytes) -> bool:
+        until = self._replaced.pop(body, None)
+        return until is not None and time.monotonic() < until
+
+    def _replaced_by_copy(self, s: Settlement, written: float) -> None:
+        """``s`` was confirmed but its channel closed before the acknowledgement: the broker
+        redelivers the original while its copy waits in a delay queue. The copy cannot be
+        consumed before its delay is over (counted from before its publish), so until then
+        a redelivered body equal to it is the original."""
+        for exchange, key, body, _ in s.publishes:
+            if exchange == "delay":
+                self._replaced[body] = written + key[1]
+                if len(self._replaced) > self.recent_limit:
+                    self._replaced.popitem(last=False)
+
+    def attach(self, channel) -> None:
+        """A new broker session: publish through its channel from now on. What was pending
+        for the channels of the old session is not written: the broker redelivers those."""
+        self._channel = channel
+        self._pending = [s for s in self._pending if not s.book.closed]
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    # ---- the loop
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                try:
+                    await self._write(batch)
+                except Exception as exc:  # a bug must not end the settling of everything after it
+                    await self._give_back(batch, exc)
+            if not self._pending:
+                self._idle.set()
+
+    async def _give_back(self, batch: list[Settlement], error: Exception) -> None:
+        """A batch that failed unforeseen: what of it was not settled goes back to the broker
+        (a message that fails every time ends in mta.quarantine by the delivery limit)."""
+        log.error("settling a batch of %d failed unexpectedly (%s); what of it was not acknowledged goes back "
+                  "to the broker", len(batch), _said(error), exc_info=error)
+        books = {s.book for s in batch}
+        for s in batch:
+            s.book.give_back(s.tag)
+        for book in books:
+            try:
+                await book.flush()
+            except Exception as exc:  # a dead channel: its deliveries are redelivered anyway
+                log.warning("giving back on a closed channel failed (%s); the broker redelivers", _said(exc))
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def _write(self, batch: list[Settlement]) -> None:
+        # A channel that closed since: its deliveries come back, nothing may replace them.
+        batch = _on_open_channels(batch)
+        channel = self._channel.channel
+        publisher = self._publisher
+        if publisher is None or publisher.channel is not channel:
+            publisher = self._publisher = BatchPublisher(channel)
+        encode = publisher.encode
+        encoded: list[tuple[str, bytes]] = []
+        spans: list[tuple[int, int] | None] = []  # per settlement its publishes; None: not sent
+        for s in batch:
+            # All of a settlement is encoded before any of it is sent: one that cannot be
+            # is replaced as a whole, and nothing of it is out twice.
+            try:
+                mine = []
+                for exchange, key, body, headers in s.publishes:
+                    if exchange == "delay":  # a retry or held copy: its delay queue, declared on first use
+                        lane, seconds = key
+                        exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
+                    mine.append(encode(Publish(EXCHANGE_NAMES[exchange], key, body, headers)))
+            except Unencodable as exc:
+                mine = await self._replacement(publisher, s, exc)
+            except Exception as exc:  # a delay queue could not be declared, or the unforeseen
+                log.warning("preparing the publishes of message %s failed (%s); it stays unacknowledged "
+                            "and will come back", _message_of(s), _said(exc))
+                mine = None
+            if mine is None:
+                spans.append(None)
+                continue
+            spans.append((len(encoded), len(encoded) + len(mine)))
+            encoded += mine
+        # One write and one wait for the whole batch: the broker confirms them together.
+        started = time.monotonic()
+        try:
+            outcomes = await publisher.send(encoded, self._timeout)
+        except Exception as exc:  # the channel is gone: every delivery of the batch comes back
+            outcomes = [exc] * len(encoded)
+        else:
+            if self._observe_confirm is not None and encoded:
+                self._observe_confirm(time.monotonic() - started)
+        # Whether a channel closed is asked once per run of one book's settlements: nothing
+        # in this loop awaits, so no channel closes between the question and the answer's use.
+        book, gone = None, False
+        for s, span in zip(batch, spans):
+            if s.book is not book:
+                book, gone = s.book, s.book.closed
+            try:
+                self._confirmed(s, span, outcomes, started, gone)
+            except Exception as exc:  # unforeseen: this settlement alone goes back to the broker
+                log.error("settling message %s failed unexpectedly (%s); it goes back to the broker",
+                          _message_of(s), _said(exc), exc_info=exc)
+                s.book.give_back(s.tag)
+        if fault.ARMED: fault.hit("after_result")  # test-only: MTA_FAULT (mta/fault.py)
+        for book in list(self.books):
+            try:
+                await book.flush()
+            except Exception as exc:  # a dead channel: its deliveries are redelivered anyway
+                log.warning("acknowledging on a closed channel failed (%s); the broker redelivers", exc)
+            if book.channel.is_closed:
+                self.books.discard(book)
+
+    async def _replacement(self, publisher: BatchPublisher, s: Settlement,
+                           error: Unencodable) -> list[tuple[str, bytes]] | None:
+        try:
+            return await self._unencodable(publisher, s, error)
+        except Exception as exc:  # unforeseen: this settlement alone goes back to the broker
+            log.error("settling message %s failed unexpectedly (%s); it stays unacknowledged and goes back "
+                      "to the broker", _message_of(s), _said(exc), exc_info=exc)
+            return None
+
+    def _confirmed(self, s: Settlement, span: tuple[int, int] | None, outcomes: list, started: float,
+                   gone: bool) -> None:
+        """A settlement's broker answers: acknowledge it when all were confirmed, else give it
+        back. ``gone``: its channel closed (``s.book.closed``, asked by the caller)."""
+        failure = None
+        if span is not None:
+            for outcome in outcomes[span[0]:span[1]]:
+                if outcome is not None:
+                    failure = outcome
+                    break
+        if span is None or failure is not None:
+            if failure is not None:
+                log.warning("publish failed (%s); the message stays unacknowledged and will come back", _said(failure))
+            s.book.requeue.append(s.tag)
+            return
+        if s.final is not None:
+            key, body, status, mark = s.final
+            self._remember(key, body, status, True)
+            if self.journal is not None:
+                self.journal.published(key, mark)
+        if gone:
+            self._replaced_by_copy(s, started)
+            return
+        s.book.settled(s.tag)
+
+    async def _publishes(self, publishes: list) -> list[Publish]:
+        out = []
+        for exchange, key, body, headers in publishes:
+            if exchange == "delay":  # a retry or held copy: its delay queue, declared on first use
+                lane, seconds = key
+                exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
+            out.append(Publish(EXCHANGE_NAMES[exchange], key, body, headers))
+        return out
+
+    async def _unencodable(self, publisher: BatchPublisher, s: Settlement,
+                           error: Unencodable) -> list[tuple[str, bytes]] | None:
+        """What to publish instead of a settlement AMQP cannot carry; None: nothing (the
+        delivery stays unacknowledged)."""
+        first = s.publishes[0]
+        if first[0] == "default" and first[1] == INVALID:  # a producer's headers on an invalid copy
+            log.warning("an invalid message's copy could not carry all its headers (%s); it goes to %s "
+                        "without them", _said(error), INVALID)
+            headers = _writable(first[3])
+            try:
+                publisher.encode(Publish("", INVALID, first[2], headers))
+            except Unencodable:  # each one fits, all together they do not
+                headers = {"x-mta-error": f"{first[3].get('x-mta-error')}; the producer's headers were "
+                                          f"too large to keep", "x-mta-lane": first[3].get("x-mta-lane")}
+            s.publishes = [(first[0], first[1], first[2], headers), *s.publishes[1:]]
+        elif s.job is not None:  # a retry or held copy
+            job = s.job
+            reason = cut_text(f"the copy for the next attempt could not be republished: {error}", REASON_MAX)
+            log.warning("message %s: %s; it goes to %s instead", _cut_id(job.id), _said(reason), INVALID)
+            self.counts["invalid"] = self.counts.get("invalid", 0) + 1
+            doc = self._result_doc(job, "invalid")
+            doc["error"] = reason
+            body = _dumps(doc)
+            key = _recent_key(job)
+            self._remember(key, body, "invalid", False)
+            s.final, s.job = (key, body, "invalid", None), None
+            s.publishes = [("default", INVALID, job.body, {"x-mta-error": reason, "x-mta-lane": job.lane}),
+                           ("results", "invalid", body, None)]
+        else:
+            s.publishes = None
+        try:
+            return [publisher.encode(p) for p in await self._publishes(s.publishes)] if s.publishes else None
+        except Unencodable as exc:
+            log.error("a publish could not be encoded (%s); the message stays unacknowledged", _said(exc))
+            return None
+        except Exception as exc:
+            log.warning("publishing failed (%s); the message stays unacknowledged and will come back", _said(exc))
+            return None
+
+
+EXCHANGE_NAMES = {"results": RESULTS, "default": "", "mta": EXCHANGE}
+REASON_MAX = 512  # octets of an unencodable copy's reason in x-mta-error and the result
+
+
+def _on_open_channels(batch: list[Settlement]) -> list[Settlement]:
+    """The settlements of ``batch`` whose channel is open, asking once per run of one book's
+    (a batch is mostly one lane's) rather than once per settlement."""
+    kept = []
+    book, gone = None, False
+    for s in batch:
+        if s.book is not book:
+            book, gone = s.book, s.book.closed
+        if not gone:
+            kept.append(s)
+    return kept
+
+
+def _said(error: object) -> str:
+    """An exception or reason for a log line: bounded, whatever a producer's data put in it."""
+    return cut_text(str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}", 300)
+
+
+def _cut_id(message_id: object) -> str:
+    text = str(message_id)
+    return text if len(text) <= 100 else text[:100] + "…"
+
+
+def _message_of(s: Settlement) -> str:
+    """The message id of a settlement, for a log line."""
+    if s.job is not None:
+        return _cut_id(s.job.id)
+    if s.final is not None:
+        return _cut_id(s.final[0].partition("\0")[0])
+    return f"(delivery {s.tag})"
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(doc)
+    except orjson.JSONEncodeError:  # a producer's integer beyond 64 bits, which msgspec writes as given
+        return msgspec.json.encode(doc)
+
+
+def _carried(job: Job) -> dict:
+    """What a republished copy carries beside the producer's body."""
+    history = job.history
+    if len(history) > HISTORY_KEPT:
+        history = history[-HISTORY_KEPT:]
+    return {
+        H_ID: job.id,
+        H_ATTEMPTS: job.attempts,
+        H_FIRST: int(job.first_seen * 1000),  # ms: AMQP floats may be 32-bit
+        H_RESULTS: orjson.dumps(history).decode(),
+    }
+
+
+def _not_tried(entry) -> bool:
+    """A history entry that is no attempt (mail expired while held)."""
+    return isinstance(entry, dict) and entry.get("phase") == "queue"
+
+
+def _writable(headers: dict) -> dict:
+    """An invalid copy's headers without those AMQP cannot carry (a producer's bytes that are
+    not UTF-8 come back from the broker as bytes), named in `x-mta-error`."""
+    kept: dict = {}
+    dropped: list[str] = []
+    for name, value in headers.items():
+        try:
+            header_table({name: value})
+        except Unencodable:
+            dropped.append(name)
+            continue
+        kept[name] = value
+    if dropped:
+        names = ", ".join(name[:40] for name in dropped[:5])
+        more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+        kept["x-mta-error"] = f"{headers.get('x-mta-error')}; headers AMQP cannot carry were left out: {names}{more}"
+    return kept
+
+
+_PUBLISHED = {status: (None, status, True) for status in ("delivered", "bounced", "expired", "invalid", "suppressed")}
+
+
+def abandoned(job: Job) -> bool:
+    """The consuming channel of the job's delivery closed: the broker gives the message to a
+    consumer again (maybe this process, maybe already), so this copy must not be sent."""
+    delivery = getattr(job, "delivery", None)  # (book, tag); jobs made outside the engine have none
+    return delivery is not None and delivery[0].closed
+
+
+def _recent_key(job: Job) -> str:
+    return f"{job.id}\0{job.recipient.text}\0{len(job.body)}"
+
+
+def attempt_entry(now: float, phase: str, code: int | None, enhanced: str | None, description: str,
+                  mx: str | None, ip: str | None, lane: str) -> dict:
+    if len(description) > DESCRIPTION_MAX // 4:  # up to 4 octets a character: shorter ones always fit
+        description = cut_text(description, DESCRIPTION_MAX)
+    return {"time": rfc3339(now), "phase": phase, "code": code, "enhanced": enhanced,
+            "description": description, "mx": mx, "ip": ip, "lane": lane}
+
+
+def cut_text(text: str, limit: int) -> str:
+    """`text` in at most `limit` UTF-8 octets, cut on a character boundary and marked "…"."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return text
+    # "ignore" drops the partial character the cut may leave at the end
+    return raw[:limit - 3].decode("utf-8", "ignore") + "…"

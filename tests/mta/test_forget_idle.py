@@ -1,0 +1,60 @@
+"""Idle destinations are forgotten, unless they still have something to remember."""
+
+from __future__ import annotations
+
+from mta.config import parse_config
+from mta.destinations.delivery import FORGET_AFTER, Destination
+from mta.routing.mx import MxAnswer, MxHost
+from mta.routing.rules import Rules
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def destination(clock: Clock) -> Destination:
+    policy = Rules(parse_config({})).resolve("example.test", None).policy
+    answer = MxAnswer((MxHost("mx.example.test", 10, ("192.0.2.1",)),))
+    return Destination("mx.example.test", answer, policy, connector=None, port=25,
+                       done=lambda *a: None, hold=lambda *a: None, clock=clock)
+
+
+def test_a_destination_idle_long_enough_is_forgettable():
+    clock = Clock()
+    d = destination(clock)
+    clock.now += FORGET_AFTER - 1
+    assert not d.forgettable(clock.now)
+    clock.now += 1
+    assert d.forgettable(clock.now)
+
+
+def test_a_paused_destination_is_kept_until_its_pause_ends():
+    clock = Clock()
+    d = destination(clock)
+    d.suspend(clock.now, clock.now + 2 * FORGET_AFTER, "test")
+    clock.now += FORGET_AFTER
+    assert not d.forgettable(clock.now)
+    clock.now += FORGET_AFTER
+    assert d.forgettable(clock.now)
+
+
+def test_an_open_ended_pause_is_never_forgotten():
+    clock = Clock()
+    d = destination(clock)
+    d.suspend(clock.now, None, "operator")
+    clock.now += 10 * FORGET_AFTER
+    assert not d.forgettable(clock.now)
+
+
+def test_held_mail_due_back_keeps_it():
+    clock = Clock()
+    d = destination(clock)
+    d.held.note(clock.now, 1200)
+    clock.now += FORGET_AFTER
+    assert not d.forgettable(clock.now)
+    clock.now += 1200
+    assert d.forgettable(clock.now)

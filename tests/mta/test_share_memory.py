@@ -1,0 +1,236 @@
+"""The destinations of one provider drain through its one shared message rate, so what they
+keep in memory unacknowledged is bounded by that rate together, not by each one's own
+(mta.destinations.delivery with mta.destinations.share over a fake connector): N domains
+under a slow provider keep what it sends within `MAX_WAIT`, the rest is held; no job waits
+for the shared rate beyond `MAX_WAIT`; and waiting for a rate slot is never counted as
+(part of) a delivery attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+
+from mta.config import Smtp, parse_config
+from mta.destinations.delivery import Destination
+from mta.routing.mx import MxAnswer, MxHost
+from mta.routing.rules import Rules
+from mta.destinations.share import Shares
+from mta.smtp.client import Reply
+from shaper.allowance import HOLD_DELAYS, MAX_WAIT, allowance
+from tests.mta.test_budget_delivery import FakeConnector, FakeSession, job, until
+
+BIG = MxAnswer((MxHost("mx.big.example", 10, ("127.0.0.1",)),))
+
+
+def config(rate: str, domains: int, connections: int = 10) -> dict:
+    return {"default": {"max_connection_rate": "10000/s"},
+            "providers": {"big": {"mx_suffix": [".big.example"], "connection_limit": connections,
+                                  "max_message_rate": rate}},
+            "domains": {f"d{i}.example": {} for i in range(domains)}}
+
+
+class Ledger:
+    """Every job's fate: pushed, held (no attempt) or settled (an attempt, with its reply)."""
+
+    def __init__(self) -> None:
+        self.pushed = 0
+        self.held: dict[str, int] = {}
+        self.done: dict[str, Reply] = {}
+        self.most_in_memory = 0
+
+    def on_done(self, j, reply, *rest) -> None:
+        assert j.id not in self.done, f"{j.id} settled twice"
+        self.done[j.id] = reply
+
+    def on_hold(self, j, delay) -> None:
+        self.held[j.id] = delay
+
+    @property
+    def in_memory(self) -> int:
+        return self.pushed - len(self.held) - len(self.done)
+
+    def push(self, dest: Destination, j) -> None:
+        self.pushed += 1
+        dest.push(j)
+        self.most_in_memory = max(self.most_in_memory, self.in_memory)
+
+
+def destinations(cfg: dict, n: int, ledger: Ledger, clock, connector, smtp: Smtp = Smtp(), give_back=None):
+    rules, shares = Rules(parse_config(cfg)), Shares(clock)
+    made = []
+    for i in range(n):
+        resolved = rules.resolve(f"d{i}.example", BIG)
+        made.append(Destination(resolved.key, BIG, resolved.policy, connector=connector, port=25,
+                                done=ledger.on_done, hold=ledger.on_hold, clock=clock, smtp=smtp,
+                                share=shares.of(resolved), give_back=give_back))
+    return made, shares
+
+
+def waiting_counted(dests: list[Destination]) -> bool:
+    """The share's count of messages without a rate slot is its destinations' own."""
+    share = dests[0].share
+    return share.queued == sum(d.queued + d._unpaced for d in dests)
+
+
+class VirtualTime:
+    """A clock that moves only when every task waits for it (trio's autojump clock): the
+    destinations' rate waits (`asyncio.sleep` in mta.destinations.delivery) sleep on it, so minutes of
+    pacing run in milliseconds, and each wait asked for is recorded."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+        self.waits: list[float] = []
+        self._sleepers: list[tuple[float, int, asyncio.Future]] = []
+        self._seq = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def __getattr__(self, name):  # stands in for the asyncio module in mta.destinations.delivery
+        return getattr(asyncio, name)
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        future = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._sleepers, (self.now + seconds, self._seq, future))
+        await future
+
+    async def run(self, until_) -> None:
+        """Move the clock to the next sleeper's time whenever everything else has settled."""
+        while not until_():
+            await asyncio.sleep(0.001)  # the woken worker sends and paces its next job meanwhile
+            if self._sleepers:
+                at, _, future = heapq.heappop(self._sleepers)
+                self.now = max(self.now, at)
+                if not future.done():
+                    future.set_result(None)
+
+
+def test_twenty_domains_under_a_slow_provider_keep_what_it_sends_within_max_wait(monkeypatch) -> None:
+    virtual = VirtualTime()
+    monkeypatch.setattr("mta.destinations.delivery.asyncio", virtual)
+
+    async def scenario():
+        ledger, connector = Ledger(), FakeConnector()
+        dests, _ = destinations(config("1/s", 20), 20, ledger, virtual, connector)
+        for k in range(50):
+            for i, dest in enumerate(dests):
+                ledger.push(dest, job(f"m{i}-{k}", f"u{k}@d{i}.example"))
+        assert waiting_counted(dests)
+        await asyncio.wait_for(virtual.run(lambda: ledger.in_memory == 0), 10)
+        assert waiting_counted(dests) and dests[0].share.queued == 0
+        for dest in dests:
+            dest.close_idle()
+        await asyncio.gather(*(t for d in dests for t in d.tasks))
+        return ledger
+
+    ledger = asyncio.run(scenario())
+    # 1,000 pushed at once; the provider sends one a second: 15 s of it in memory (its
+    # allowance), not 15 per domain (300, the last of them 5 min after it came).
+    assert ledger.most_in_memory <= allowance(1.0, 10) + 1, ledger.most_in_memory
+    assert len(ledger.held) + len(ledger.done) == 1000
+    assert max(virtual.waits) <= MAX_WAIT, max(virtual.waits)
+    assert all(reply.code == 250 for reply in ledger.done.values())
+    assert set(ledger.held.values()) <= set(HOLD_DELAYS)
+    # held by the backlog ahead of them: spread over the delays, not all back at once
+    assert len(set(ledger.held.values())) > 2, sorted(set(ledger.held.values()))
+
+
+class GatedConnector(FakeConnector):
+    """Sessions open only once ``opening`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opening = asyncio.Event()
+        self.waiting: list[str] = []
+
+    async def open(self, mx, ip, port, *, tls, timeouts, **kw) -> FakeSession:
+        self.waiting.append(mx)
+        await self.opening.wait()
+        return await super().open(mx, ip, port, tls=tls, timeouts=timeouts)
+
+
+def test_a_provider_slot_beyond_max_wait_is_not_waited_for() -> None:
+    """The provider's rate drops (a reload) while jobs of its domains are taken: the ones
+    whose slot is now minutes away are held, not kept waiting unacknowledged."""
+
+    async def scenario():
+        ledger, connector = Ledger(), GatedConnector()
+        dests, shares = destinations(config("1/s", 5), 5, ledger, time.time, connector)
+        for i, dest in enumerate(dests):
+            ledger.push(dest, job(f"m{i}", f"u@d{i}.example"))
+        await until(lambda: len(connector.waiting) == 5)  # each domain's job taken, its session opening
+        shares.reload(Rules(parse_config(config("1/min", 5))))
+        connector.opening.set()
+        await asyncio.wait_for(until(lambda: ledger.in_memory == 0), 3)
+        assert waiting_counted(dests) and dests[0].share.queued == 0
+        for dest in dests:
+            dest.close_idle()
+        await asyncio.gather(*(t for d in dests for t in d.tasks))
+        return ledger
+
+    ledger = asyncio.run(scenario())
+    assert [reply.code for reply in ledger.done.values()] == [250]  # the one with the slot now
+    assert len(ledger.held) == 4  # no attempt for the others: held until about their slot
+    assert all(HOLD_DELAYS[0] <= delay for delay in ledger.held.values())
+
+
+def test_jobs_cut_off_before_their_rate_slot_leave_the_share_s_count() -> None:
+    """A shutdown while the sessions open: the jobs taken go back, and the share no longer
+    counts them as waiting in memory (else its allowance would shrink for good)."""
+
+    async def scenario():
+        ledger, connector, given = Ledger(), GatedConnector(), []
+        dests, _ = destinations(config("1/s", 3), 3, ledger, time.time, connector, give_back=given.append)
+        for i, dest in enumerate(dests):
+            for k in range(3):
+                ledger.push(dest, job(f"m{i}-{k}", f"u{k}@d{i}.example"))
+        await until(lambda: len(connector.waiting) == 9)  # each job taken by a worker of its own
+        assert dests[0].share.queued == 9
+        tasks = [t for d in dests for t in d.tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return dests, given
+
+    dests, given = asyncio.run(scenario())
+    assert len(given) == 9  # back to the broker, no attempt
+    assert waiting_counted(dests) and dests[0].share.queued == 0
+
+
+class SlowSession(FakeSession):
+    """A receiver that takes a moment to answer MAIL, RCPT and DATA."""
+
+    async def begin(self, commands) -> Reply | None:
+        await asyncio.sleep(0.01)
+        return None
+
+
+class SlowConnector(FakeConnector):
+    async def open(self, mx, ip, port, *, tls, timeouts, **kw) -> FakeSession:
+        await super().open(mx, ip, port, tls=tls, timeouts=timeouts)
+        return SlowSession(self, mx, ip)
+
+
+def test_waiting_for_the_provider_rate_is_not_part_of_the_attempt() -> None:
+    """Three domains at a provider's 5/s: their messages wait 0, 0.2 and 0.4 s for their
+    slots, longer than the 150 ms an attempt may take; each attempt's deadline starts after."""
+
+    async def scenario():
+        ledger, connector = Ledger(), SlowConnector()
+        dests, _ = destinations(config("5/s", 3, connections=3), 3, ledger, time.time, connector,
+                                Smtp(delivery_deadline=0.15))
+        for i, dest in enumerate(dests):
+            ledger.push(dest, job(f"m{i}", f"u@d{i}.example"))
+        await asyncio.wait_for(until(lambda: ledger.in_memory == 0), 3)
+        for dest in dests:
+            dest.close_idle()
+        await asyncio.gather(*(t for d in dests for t in d.tasks))
+        return ledger
+
+    ledger = asyncio.run(scenario())
+    assert {i: (r.code, r.text) for i, r in ledger.done.items()} == {
+        f"m{i}": (250, "2.0.0 accepted") for i in range(3)}
+    assert ledger.held == {}
