@@ -17,8 +17,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
-from collections.abc import Callable
 
 import aio_pika
 import msgspec
@@ -29,6 +27,7 @@ from mta import fault
 from mta.ops import control, status
 
 from mta.destinations.budget import Budget
+from mta.clock import SYSTEM, Clock
 from mta.config import Config, ConfigError, load_config
 from mta.destinations.delivery import Destination
 from mta.intake.window import OFF_LOOP_BYTES, LaneWindow, OffLoop
@@ -65,14 +64,15 @@ def redact(url: str) -> str:
 
 
 class Engine:
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time, config_path: str | None = None):
+    def __init__(self, config: Config, *, clock: Clock = SYSTEM, config_path: str | None = None):
         self.config = config
         self.config_path = config_path
-        self.clock = clock
+        self.time = clock  # the one clock: timers, sleeps, monotonic time
+        self.clock = clock = clock.wall  # the wall time: results, ages, limits
         self.rules = Rules(config)
         dns = config.dns
         self.resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, clock)
-        self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, clock, config.smtp.ca_file)
+        self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, self.time, config.smtp.ca_file)
         self.router = Router(self.resolver, self.rules, self._deliver, self._unroutable, clock=clock)
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
@@ -82,7 +82,8 @@ class Engine:
         self.control_gate = control.gate_for(config.control)  # ConfigError when its key is missing
         # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
         self.routes = self.router.routes = RouteTable(config.routes, self.rules, self.pauses, clock)
-        self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self._not_signed) if config.dkim else None
+        self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self._not_signed,
+                             clock=self.time) if config.dkim else None
         self.settler: Settler | None = None
         self.off_loop = OffLoop()  # big bodies' decode
         self.journal: Journal | None = None
@@ -172,7 +173,7 @@ class Engine:
             await self.topology.declare(publish_ch)
             if self.settler is None:
                 self.settler = Settler(publish_ch, self.topology, self.config.broker.publish_timeout,
-                                       self.metrics.observe_publish_confirm, counts=self.counts)
+                                       self.metrics.observe_publish_confirm, counts=self.counts, clock=self.time)
                 window = self.config.broker.prefetch + self.config.broker.single_prefetch
                 self.settler.recent_limit = max(self.settler.recent_limit, 20 * window)
                 self.settler.journal = self.journal
@@ -525,7 +526,7 @@ class Engine:
         if destination is None:
             destination = Destination(resolved.key, answer, resolved.policy, connector=self._connector_for(resolved.key),
                                       port=self.config.smtp.port, done=self._done, hold=self._hold,
-                                      clock=self.clock, patterns=self.rules.patterns, budget=self.budget,
+                                      clock=self.time, patterns=self.rules.patterns, budget=self.budget,
                                       smtp=self.config.smtp, share=self.shares.of(resolved),
                                       give_back=self.give_back)
             destination.domain = job.domain  # a domain it serves, to find its rules again on reload

@@ -26,12 +26,12 @@ deleted once empty.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
+from mta.clock import SYSTEM
 from shaper.retry import DELAY_LADDER, ladder_delay
 from shaper.units import Duration
 
@@ -75,7 +75,7 @@ def _dead_letter_args(queue_type: str) -> dict:
 
 class Topology:
     def __init__(self, queue_type: str, delivery_limit: int, *,
-                 clock: Callable[[], float] = time.monotonic, lease: float = LEASE):
+                 clock: Callable[[], float] = SYSTEM.now, lease: float = LEASE):
         self.queue_type = queue_type
         self.delivery_limit = delivery_limit
         self._clock = clock

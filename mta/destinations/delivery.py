@@ -49,6 +49,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+from mta.clock import Clock
 from mta.destinations.budget import Budget
 from mta.config import Policy, Smtp, merge
 from mta.intake.message import Job
@@ -94,11 +95,11 @@ class Watchdog:
     happens after it, and the replies read next are the next message's, under that
     message's deadline from then on."""
 
-    __slots__ = ("_task", "_loop", "deadline", "_handle", "fired", "dot", "_then", "then")
+    __slots__ = ("_task", "_clock", "deadline", "_handle", "fired", "dot", "_then", "then")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
         self._task = asyncio.current_task()
-        self._loop = asyncio.get_running_loop()
+        self._clock = clock
         self.deadline = NEVER
         self._handle: asyncio.TimerHandle | None = None
         self.fired = False
@@ -109,7 +110,7 @@ class Watchdog:
     def arm(self, deadline: float) -> None:
         self.deadline = deadline
         if self._handle is None:
-            self._handle = self._loop.call_at(deadline, self._fire)
+            self._handle = self._clock.call_at(deadline, self._fire)
 
     def disarm(self) -> None:
         self.deadline = NEVER
@@ -123,22 +124,22 @@ class Watchdog:
         self.then = NEVER
         self.deadline = deadline  # arm, inline: once per message
         if self._handle is None:
-            self._handle = self._loop.call_at(deadline, self._fire)
+            self._handle = self._clock.call_at(deadline, self._fire)
 
     def dot_read(self, reply: Reply) -> None:
         """The reply to the end of data is in: the message's outcome, and from now on the
         deadline in force is the pipelined transaction's (the timer moves lazily)."""
         self.dot = reply
         if self._then is not None and self.deadline != NEVER:
-            self.then = self.deadline = self._loop.time() + self._then
+            self.then = self.deadline = self._clock.now() + self._then
 
     def _fire(self) -> None:
         self._handle = None
         deadline = self.deadline
         if deadline == NEVER:
             return
-        if deadline > self._loop.time():  # a later job's deadline by now
-            self._handle = self._loop.call_at(deadline, self._fire)
+        if deadline > self._clock.now():  # a later job's deadline by now
+            self._handle = self._clock.call_at(deadline, self._fire)
             return
         self.fired = True
         self._task.cancel()
@@ -210,7 +211,7 @@ class AcceptMeter:
 
 class Destination:
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
-                 port: int, done: Done, hold: Callable[[Job, int], None], clock: Callable[[], float],
+                 port: int, done: Done, hold: Callable[[Job, int], None], clock: Clock,
                  patterns: Patterns | None = None, budget: Budget | None = None, smtp: Smtp = Smtp(),
                  share: "Share | None" = None, give_back: Callable[[Job], None] | None = None):
         self.key = key
@@ -221,7 +222,8 @@ class Destination:
         self._port = port
         self._done = done
         self._hold = hold
-        self._clock = clock
+        self._time = clock  # timers, sleeps, monotonic time
+        self._clock = clock.wall  # the wall time: limits, ages
         self.patterns = patterns or Patterns()
         self._deadline = smtp.delivery_deadline  # seconds one attempt may take, connecting included
         self._mx_hosts = smtp.max_mx_hosts
@@ -247,7 +249,7 @@ class Destination:
         self.probe = PROBE_FIRST
         self.held = HeldLedger()
         self.accepted = AcceptMeter()
-        now = clock()
+        now = clock.wall()
         self.last_push = now
         self.state = DestinationState(now)
         self.throttle: Policy | None = None  # reduced limits while in backoff
@@ -586,18 +588,17 @@ class Destination:
             return job
         if self.share is not None and self.share.wanted_by_other(self):
             return None  # another destination of the provider waits for this session's slot
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
+        waiter = asyncio.get_running_loop().create_future()
         # No wait_for nor timer per wait: the waiter and its deadline join the idle list,
         # push() serves it from there (skipping done ones), and one timer per destination
         # gives None to those whose idle_timeout ran out.
-        deadline = loop.time() + timeout
+        deadline = self._time.now() + timeout
         self._idle.append((deadline, waiter))
         if self._idle_timer is None or self._idle_at > deadline:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
             self._idle_at = deadline
-            self._idle_timer = loop.call_at(deadline, self._idle_expired)
+            self._idle_timer = self._time.call_at(deadline, self._idle_expired)
         self._budget.idle(waiter, self.key)  # a full budget closes the least recently used idle session
         try:
             return await waiter
@@ -607,8 +608,7 @@ class Destination:
     def _idle_expired(self) -> None:
         """Idle workers whose time ran out get None (and give their connection up)."""
         self._idle_timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._time.now()
         left: deque[tuple[float, asyncio.Future]] = deque()  # at most one per worker
         for deadline, waiter in self._idle:
             if waiter.done():
@@ -620,7 +620,7 @@ class Destination:
         self._idle = left
         if left:
             self._idle_at = min(deadline for deadline, _ in left)
-            self._idle_timer = loop.call_at(self._idle_at, self._idle_expired)
+            self._idle_timer = self._time.call_at(self._idle_at, self._idle_expired)
 
     def drain(self) -> list[Job]:
         """Everything not yet on the wire (shutdown, lost broker, pause)."""
@@ -641,8 +641,8 @@ class Destination:
         sending: Job | None = None  # its content on the wire: the receiver may have it
         reconnecting = False  # this worker had a session before
         paced = True  # job (if any) has its rate slot booked: it no longer counts as waiting for one
-        watchdog = Watchdog()
-        loop = asyncio.get_running_loop()
+        watchdog = Watchdog(self._time)
+        clock = self._time
         try:
             while True:
                 if session is not None and (self.window.excess or self.state.mode is Mode.PAUSED
@@ -657,7 +657,7 @@ class Destination:
                     if job is None:
                         return
                     paced = False
-                deadline = loop.time() + self._deadline  # the attempt starts: connect + transaction
+                deadline = clock.now() + self._deadline  # the attempt starts: connect + transaction
                 if session is None and reconnecting and self.share is not None and self.share.wanted_by_other(self):
                     # The provider's sessions take turns: this one reconnects after the one in line.
                     self._put_back(job)
@@ -685,12 +685,12 @@ class Destination:
                     session.on_dot = watchdog.dot_read
                     sent = 0
                 if not paced:
-                    pacing = loop.time()
+                    pacing = clock.now()
                     paced = True  # booked by _pace before any wait
                     job = await self._pace(job)
                     if job is None:  # held: the provider's rate is booked too far ahead
                         continue
-                    deadline += loop.time() - pacing  # the wait for a rate slot is not the attempt's
+                    deadline += clock.now() - pacing  # the wait for a rate slot is not the attempt's
                 if self.state.mode is Mode.PAUSED:  # paused while this job waited for its turn
                     self._hold_paused(job, self._clock())
                     self._release(job)
@@ -715,7 +715,7 @@ class Destination:
                     if follow is None:
                         break
                     job, follow = follow, None
-                    deadline = min(watchdog.then, loop.time() + self._deadline)  # from the reply to the dot
+                    deadline = min(watchdog.then, clock.now() + self._deadline)  # from the reply to the dot
                     if isinstance(ahead, Reply):  # refused here: nothing went out for it
                         reply = ahead
                     elif cut is not None:  # its replies, read behind the message's, were cut short
@@ -921,11 +921,11 @@ class Destination:
                 wait = self.single_rate.reserve(now)
             wait = max(wait, shared)
             if wait > 0:
-                await asyncio.sleep(wait)
+                await self._time.sleep(wait)
             return job
         wait = max(self.message_rate.reserve(now), shared)
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self._time.sleep(wait)
         if self.single:
             self.bulk.appendleft(job)
             self._release(job)
@@ -952,10 +952,9 @@ class Destination:
         last = Reply(None, "no MX host to try", "connect")
         last_host = last_ip = None
         tls = self.policy.tls
-        loop = asyncio.get_running_loop()
         for host in self.answer.hosts[:self._mx_hosts]:
             for ip in host.addresses[:self._mx_addresses]:
-                left = deadline - loop.time()
+                left = deadline - self._time.now()
                 if left <= 0:
                     last = Reply(last.code, f"{last.text} (delivery deadline of {Duration(self._deadline)} "
                                             f"reached before the other MX hosts were tried)", last.phase)
@@ -995,7 +994,7 @@ class Destination:
                 return True
             wait = decision.retry_after
             if wait <= MAX_WAIT:
-                await asyncio.sleep(wait)
+                await self._time.sleep(wait)
                 continue
             if self.connected > 0:
                 self._put_back(job)

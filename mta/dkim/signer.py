@@ -20,9 +20,9 @@ import asyncio
 import logging
 import os
 import re
-import time
 from collections.abc import Callable, Sequence
 
+from mta.clock import SYSTEM, Clock
 from mta.config import ConfigError, DkimKey
 from mta.dkim.signature import KeyProblem, SigningKey, load_key, normalise_domain, sender_domain
 from mta.dkim.signpool import SignPool
@@ -95,7 +95,7 @@ class Keyring:
 class Signer:
     def __init__(self, keys: Sequence[SigningKey], ready: Callable[[Job], None],
                  failed: Callable[[Job, Reply], None], *, workers: int | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Clock = SYSTEM):
         self.keyring = Keyring(keys)
         self.ready = ready
         self.failed = failed
@@ -149,15 +149,15 @@ class Signer:
             self._batch_no += 1
             number = self._batch_no
             self._in_flight[number] = [job for job, _ in batch]
-            self._sent_at[number] = time.monotonic()
-            self.pool.send(number, int(self.clock()), [(job.data, keys) for job, keys in batch],
+            self._sent_at[number] = self.clock.now()
+            self.pool.send(number, int(self.clock.wall()), [(job.data, keys) for job, keys in batch],
                            lambda results, error, number=number: self._signed(number, results, error))
 
     def _signed(self, number: int, results: list | None, error: str | None) -> None:
         jobs = self._in_flight.pop(number, None)
         sent_at = self._sent_at.pop(number, None)
         if jobs is not None and results is not None and sent_at is not None and self.observe is not None:
-            self.observe(time.monotonic() - sent_at, len(jobs))
+            self.observe(self.clock.now() - sent_at, len(jobs))
         if jobs is not None:  # None: drained meanwhile, the broker has them back
             if results is None:
                 log.error("DKIM signing of %d message(s) failed (%s); they will be retried", len(jobs), error)

@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import stat
-import time
 import uuid
 from collections.abc import Mapping
 
@@ -40,6 +39,7 @@ import aio_pika
 import orjson
 from aiormq import spec
 
+from mta.clock import SYSTEM
 from mta.config import ConfigError, Control
 from mta.broker.topology import lane_queue
 from shaper.pauses import MAX_PAUSE, MAX_PAUSES, MAX_TARGET, Pauses, is_time, pause_problem  # noqa: F401 (re-exported)
@@ -116,7 +116,7 @@ def sign(key: bytes, body: bytes) -> str:
 
 def command_body(command: str, **fields) -> dict:
     """A new command: a fresh id and the time it was sent, both covered by the signature."""
-    return {"command": command, "id": uuid.uuid4().hex, "sent": time.time(),
+    return {"command": command, "id": uuid.uuid4().hex, "sent": SYSTEM.wall(),
             **{k: v for k, v in fields.items() if v is not None}}
 
 
@@ -281,7 +281,7 @@ async def send(url: str, command: str, target: str | None = None, seconds: float
                key: bytes | None = None, wait: float = 3.0) -> tuple[list[dict], int]:
     """Publish one control command for every running MTA; (their acknowledgements, the MTAs
     expected to answer: consumers on the bulk lane)."""
-    until = time.time() + seconds if seconds is not None else None
+    until = SYSTEM.wall() + seconds if seconds is not None else None
     body = command_body(command, target=target.lower() if target else None, until=until)
     connection = await aio_pika.connect(url, timeout=10)
     async with connection:

@@ -10,8 +10,8 @@ its mail may leave by is shown too: the smarthost, the route's destination and i
 from __future__ import annotations
 
 import asyncio
-import time
 
+from mta.clock import SYSTEM
 from mta.config import Config, Policy, Route
 from mta.routing.mx import DnsFailure, MxAnswer, MxHost, MxResolver
 from mta.routing.rules import CAPPED_BY_PROVIDER, Resolved, Rules
@@ -42,7 +42,7 @@ def _levels(config: Config, rules: Rules, domain: str, answer: MxAnswer | None) 
 
 async def _lookup(config: Config, domain: str) -> MxAnswer | DnsFailure:
     dns = config.dns
-    resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, time.time)
+    resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, SYSTEM.wall)
     rules = Rules(config)
     entry = rules.domain_entry(domain)
     if entry is not None and entry.mx:

@@ -28,7 +28,6 @@ import bisect
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Iterable
 
 from prometheus_client.core import (
@@ -37,6 +36,8 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
+
+from mta.clock import SYSTEM
 
 log = logging.getLogger("mta.metrics")
 
@@ -150,7 +151,7 @@ class Metrics:
       observe_publish_confirm(seconds)   a batch of publishes until the broker's last confirm
     """
 
-    def __init__(self, engine, *, clock: Callable[[], float] = time.time,
+    def __init__(self, engine, *, clock: Callable[[], float] = SYSTEM.wall,
                  top: int = TOP_DESTINATIONS, promote_after: int = PROMOTE_AFTER):
         self.engine = engine
         self.clock = clock

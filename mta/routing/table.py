@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
+from mta.clock import SYSTEM
 from mta.intake.message import Job
 from mta.routing.mx import FAILURE_TTL, DnsFailure, MxAnswer, MxResolver
 from mta.routing.routes import SMARTHOST_TTL, RouteEntry, RouteTable, resolve_smarthost
@@ -27,7 +27,7 @@ class Router:
     def __init__(self, resolver: MxResolver, rules: Rules,
                  deliver: Callable[[Job, MxAnswer, Resolved], None],
                  unroutable: Callable[[Job, DnsFailure, Resolved], None], *,
-                 routes: RouteTable | None = None, clock: Callable[[], float] = time.time):
+                 routes: RouteTable | None = None, clock: Callable[[], float] = SYSTEM.wall):
         self._resolver = resolver
         self.routes = routes
         self._clock = clock

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Callable
 from collections import OrderedDict, deque
 from datetime import datetime, timezone
@@ -47,6 +46,7 @@ from mta import fault
 from mta.settle.journal import Journal
 from mta.broker.publish import BatchPublisher, Publish, Unencodable, header_table
 from mta.intake.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, InvalidMessage, Job, parse_json
+from mta.clock import SYSTEM, Clock
 from mta.broker.topology import EXCHANGE, INVALID, RESULTS, Topology
 
 log = logging.getLogger("mta.settle")
@@ -148,7 +148,9 @@ class Settlement:
 
 class Settler:
     def __init__(self, channel, topology: Topology, publish_timeout: float,
-                 observe_confirm: Callable[[float], None] | None = None, counts: dict[str, int] | None = None):
+                 observe_confirm: Callable[[float], None] | None = None, counts: dict[str, int] | None = None,
+                 clock: Clock = SYSTEM):
+        self._clock = clock  # monotonic time: confirm latencies, how long a copy supersedes
         self._observe_confirm = observe_confirm  # seconds from a batch's write to its last confirm
         # The engine's outcome counts: a retry or held copy sent to mta.invalid instead is
         # counted there as invalid (what `mta_messages_invalid_total` and `mta status` show).
@@ -285,7 +287,7 @@ class Settler:
 
     def _superseded(self, body: bytes) -> bool:
         until = self._replaced.pop(body, None)
-        return until is not None and time.monotonic() < until
+        return until is not None and self._clock.now() < until
 
     def _replaced_by_copy(self, s: Settlement, written: float) -> None:
         """``s`` was confirmed but its channel closed before the acknowledgement: the broker
@@ -371,14 +373,14 @@ class Settler:
             spans.append((len(encoded), len(encoded) + len(mine)))
             encoded += mine
         # One write and one wait for the whole batch: the broker confirms them together.
-        started = time.monotonic()
+        started = self._clock.now()
         try:
             outcomes = await publisher.send(encoded, self._timeout)
         except Exception as exc:  # the channel is gone: every delivery of the batch comes back
             outcomes = [exc] * len(encoded)
         else:
             if self._observe_confirm is not None and encoded:
-                self._observe_confirm(time.monotonic() - started)
+                self._observe_confirm(self._clock.now() - started)
         # Whether a channel closed is asked once per run of one book's settlements: nothing
         # in this loop awaits, so no channel closes between the question and the answer's use.
         book, gone = None, False

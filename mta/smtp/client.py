@@ -31,6 +31,7 @@ from aiosmtplib.errors import (
     SMTPTimeoutError,
 )
 
+from mta.clock import SYSTEM, Clock
 from mta import fault
 from mta.intake.longlines import Unsendable, seven_bit
 from mta.intake.message import InvalidMessage, canonical_data
@@ -114,8 +115,8 @@ class _ReplyReader(asyncio.Protocol):
     outstanding, and a flood of lines costs at most one reply's worth of buffer
     (`MAX_REPLY`)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
+    def __init__(self, clock: Clock = SYSTEM):
+        self._clock = clock
         self._buffer = bytearray()
         self._scan = 0  # where the first line of the buffer not yet looked at starts
         self._replies: deque[tuple[int, str]] = deque()
@@ -198,14 +199,14 @@ class _ReplyReader(asyncio.Protocol):
         if not self._replies:
             if self._error is not None:
                 raise self._error
-            loop = self._loop
-            self._waiter = waiter = loop.create_future()
-            self._deadline = deadline = loop.time() + timeout
+            clock = self._clock
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            self._deadline = deadline = clock.now() + timeout
             if self._timer is None or self._timer_at > deadline:
                 if self._timer is not None:
                     self._timer.cancel()
                 self._timer_at = deadline
-                self._timer = loop.call_at(deadline, self._expire)
+                self._timer = clock.call_at(deadline, self._expire)
             try:
                 await waiter
             finally:
@@ -219,11 +220,11 @@ class _ReplyReader(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return  # no read pending: the next one sets the timer again
-        if self._loop.time() >= self._deadline:
+        if self._clock.now() >= self._deadline:
             waiter.set_exception(asyncio.TimeoutError())
         else:
             self._timer_at = self._deadline
-            self._timer = self._loop.call_at(self._deadline, self._expire)
+            self._timer = self._clock.call_at(self._deadline, self._expire)
 
     def write(self, data: bytes, replies: int = 1) -> None:
         """``data`` holds ``replies`` commands, each to be answered by one reply."""
@@ -347,7 +348,8 @@ def _answers(reply: tuple[int, str], accepted, command: str) -> bool:
 class Session:
     """One open SMTP connection to one host."""
 
-    def __init__(self, client: aiosmtplib.SMTP, mx: str, ip: str, timeouts: Timeouts, tls: bool):
+    def __init__(self, client: aiosmtplib.SMTP, mx: str, ip: str, timeouts: Timeouts, tls: bool,
+                 clock: Clock = SYSTEM):
         ext = client.esmtp_extensions
         self.mx = mx
         self.ip = ip
@@ -364,7 +366,7 @@ class Session:
         self._ahead = _NOTHING
         self.on_dot = None  # told the reply to the end of data before the pipelined replies behind it are read
         transport = client.transport
-        self._io = _ReplyReader(asyncio.get_running_loop())
+        self._io = _ReplyReader(clock)
         self._io.transport = transport
         transport.set_protocol(self._io)
 
@@ -570,7 +572,7 @@ class Connector:
     unless ``auth_verified`` is False (a route's `tls_verify: false`): then any TLS will do.
     """
 
-    def __init__(self, helo: str, bind: str | None, clock, ca_file: str | None = None):
+    def __init__(self, helo: str, bind: str | None, clock: Clock = SYSTEM, ca_file: str | None = None):
         self._helo = helo
         self._bind = bind
         self._clock = clock
@@ -626,7 +628,7 @@ class Connector:
             opening.close()
             raise
         client = opening.client
-        session = Session(client, mx, ip, timeouts, used_tls)
+        session = Session(client, mx, ip, timeouts, used_tls, self._clock)
         session.cipher = _cipher_of(client.transport) if used_tls else None
         return session
 
@@ -660,7 +662,7 @@ class Connector:
         if implicit_tls:
             pass  # TLS since the first byte
         elif tls != "disabled" and client.supports_extension("starttls"):
-            if tls == "opportunistic" and self._tls_broken.get(ip, 0) > self._clock():
+            if tls == "opportunistic" and self._tls_broken.get(ip, -1.0) > self._clock.now():
                 pass
             else:
                 opening.phase = "tls"
@@ -708,7 +710,7 @@ class Connector:
         except (SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             if tls == "opportunistic":
                 # Next time this host gets plaintext: a broken TLS stack must not block mail.
-                self._tls_broken[ip] = self._clock() + 3600
+                self._tls_broken[ip] = self._clock.now() + 3600
             raise
 
     async def _authenticate(self, client: aiosmtplib.SMTP, mx: str, auth: Credentials, used_tls: bool,

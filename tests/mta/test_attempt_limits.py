@@ -11,6 +11,7 @@ import time
 
 import orjson
 
+from mta.clock import SYSTEM
 from mta.config import DEFAULT_POLICY, Policy, Smtp, merge
 from mta.destinations.delivery import Destination
 from mta.intake.message import decode
@@ -97,7 +98,7 @@ def destination(connector: Connector, outcomes: list, policy: Policy = FAST, smt
     return Destination("mx:ten", answer, policy, connector=connector, port=25,
                        done=lambda j, reply, *rest: outcomes.append((j.id, reply)),
                        hold=lambda j, delay: outcomes.append((j.id, f"held {delay}s")),
-                       clock=time.time, smtp=smtp)
+                       clock=SYSTEM, smtp=smtp)
 
 
 async def until(predicate, timeout: float = 10.0) -> None:

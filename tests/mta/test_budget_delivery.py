@@ -10,6 +10,7 @@ import time
 
 import orjson
 
+from mta.clock import SYSTEM
 from mta.destinations.budget import Budget
 from mta.config import DEFAULT_POLICY, Policy, merge
 from mta.destinations.delivery import Destination
@@ -83,7 +84,7 @@ def destinations(n: int, budget: Budget, connector: FakeConnector, outcomes: lis
         made.append(Destination(f"mx:mx.d{d}.test", answer, POLICY, connector=connector, port=25,
                                 done=lambda j, reply, *rest: outcomes.append((j.id, reply.code)),
                                 hold=lambda j, delay: outcomes.append((j.id, "held")),
-                                clock=time.time, budget=budget))
+                                clock=SYSTEM, budget=budget))
     return made
 
 

@@ -6,6 +6,7 @@ import asyncio
 
 import orjson
 
+from mta.clock import Clock
 from mta.ops import control
 from mta.config import parse_config
 from mta.engine import Engine
@@ -51,7 +52,7 @@ def control_round(engine: Engine, *docs: dict) -> list[tuple[str, dict]]:
 
 
 def test_answers_go_out_on_the_publishing_channel_and_only_to_server_named_queues():
-    engine = Engine(parse_config({}), clock=lambda: NOW)
+    engine = Engine(parse_config({}), clock=Clock(lambda: NOW))
     published = control_round(engine,
                               {"command": "status", "id": "s1", "reply_to": "amq.gen-abc"},
                               {"command": "status", "id": "s2", "reply_to": "mta.single"},
@@ -75,14 +76,14 @@ def test_answers_go_out_on_the_publishing_channel_and_only_to_server_named_queue
 
 def test_with_a_key_an_unsigned_command_changes_nothing_and_gets_no_answer(monkeypatch):
     monkeypatch.setenv("MTA_CONTROL_KEY", "k")
-    engine = Engine(parse_config({"control": {"key_env": "MTA_CONTROL_KEY"}}), clock=lambda: NOW)
+    engine = Engine(parse_config({"control": {"key_env": "MTA_CONTROL_KEY"}}), clock=Clock(lambda: NOW))
     published = control_round(engine, {"command": "pause", "id": "p1", "sent": NOW, "target": "ok2.test",
                                        "reply_to": "amq.gen-abc"})
     assert published == [] and not engine.pauses and engine.control_gate.refused["unsigned"] == 1
 
 
 def test_a_resume_whose_end_is_no_time_is_refused_and_the_pause_stays():
-    engine = Engine(parse_config({}), clock=lambda: NOW)
+    engine = Engine(parse_config({}), clock=Clock(lambda: NOW))
     published = control_round(engine,
                               {"command": "pause", "id": "p1", "target": "ok2.test"},
                               {"command": "resume", "id": "r1", "target": "ok2.test", "until": "soon",
@@ -96,7 +97,7 @@ def test_a_resume_whose_end_is_no_time_is_refused_and_the_pause_stays():
 
 def test_every_control_message_is_acknowledged_whatever_became_of_it():
     # the control consumer has a prefetch window: one left unacknowledged would hold it
-    engine = Engine(parse_config({}), clock=lambda: NOW)
+    engine = Engine(parse_config({}), clock=Clock(lambda: NOW))
     messages = [Incoming({"command": "pause", "id": "p1", "target": "ok2.test"}),
                 Incoming({"command": "explode"}),
                 Incoming({"command": "resume", "id": "r1", "target": "ok2.test", "until": [1]}),
@@ -113,6 +114,6 @@ def test_every_control_message_is_acknowledged_whatever_became_of_it():
 
 def test_a_huge_resume_target_is_not_logged_whole(caplog):
     caplog.set_level("INFO")
-    engine = Engine(parse_config({}), clock=lambda: NOW)
+    engine = Engine(parse_config({}), clock=Clock(lambda: NOW))
     control_round(engine, {"command": "resume", "id": "r1", "target": "x" * 50_000})
     assert caplog.records and max(len(r.getMessage()) for r in caplog.records) < 1000

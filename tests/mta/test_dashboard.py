@@ -8,6 +8,7 @@ import re
 
 import yaml
 
+from mta.clock import Clock
 from mta.ops import control
 from mta.destinations.budget import Budget
 from mta.ops.metrics import Metrics

@@ -79,7 +79,7 @@ def _verify(data: bytes) -> list[bool]:
 def test_pool_signs_in_batches_and_routes_when_ready():
     async def scenario():
         ready, failed = [], []
-        signer = Signer(KEYS, ready.append, lambda j, r: failed.append((j, r)), workers=1, clock=time.time)
+        signer = Signer(KEYS, ready.append, lambda j, r: failed.append((j, r)), workers=1)
         try:
             jobs = [job(n=i, body=b".dot first\r\nline\r\n" * (i + 1)) for i in range(40)]
             unsigned = job(n=99, dkim=False)

@@ -6,17 +6,10 @@ from mta.config import parse_config
 from mta.destinations.delivery import FORGET_AFTER, Destination
 from mta.routing.mx import MxAnswer, MxHost
 from mta.routing.rules import Rules
+from tests.fakes import FakeClock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def destination(clock: Clock) -> Destination:
+def destination(clock: FakeClock) -> Destination:
     policy = Rules(parse_config({})).resolve("example.test", None).policy
     answer = MxAnswer((MxHost("mx.example.test", 10, ("192.0.2.1",)),))
     return Destination("mx.example.test", answer, policy, connector=None, port=25,
@@ -24,37 +17,37 @@ def destination(clock: Clock) -> Destination:
 
 
 def test_a_destination_idle_long_enough_is_forgettable():
-    clock = Clock()
+    clock = FakeClock(1000.0)
     d = destination(clock)
-    clock.now += FORGET_AFTER - 1
-    assert not d.forgettable(clock.now)
-    clock.now += 1
-    assert d.forgettable(clock.now)
+    clock.advance(FORGET_AFTER - 1)
+    assert not d.forgettable(clock.t)
+    clock.advance(1)
+    assert d.forgettable(clock.t)
 
 
 def test_a_paused_destination_is_kept_until_its_pause_ends():
-    clock = Clock()
+    clock = FakeClock(1000.0)
     d = destination(clock)
-    d.suspend(clock.now, clock.now + 2 * FORGET_AFTER, "test")
-    clock.now += FORGET_AFTER
-    assert not d.forgettable(clock.now)
-    clock.now += FORGET_AFTER
-    assert d.forgettable(clock.now)
+    d.suspend(clock.t, clock.t + 2 * FORGET_AFTER, "test")
+    clock.advance(FORGET_AFTER)
+    assert not d.forgettable(clock.t)
+    clock.advance(FORGET_AFTER)
+    assert d.forgettable(clock.t)
 
 
 def test_an_open_ended_pause_is_never_forgotten():
-    clock = Clock()
+    clock = FakeClock(1000.0)
     d = destination(clock)
-    d.suspend(clock.now, None, "operator")
-    clock.now += 10 * FORGET_AFTER
-    assert not d.forgettable(clock.now)
+    d.suspend(clock.t, None, "operator")
+    clock.advance(10 * FORGET_AFTER)
+    assert not d.forgettable(clock.t)
 
 
 def test_held_mail_due_back_keeps_it():
-    clock = Clock()
+    clock = FakeClock(1000.0)
     d = destination(clock)
-    d.held.note(clock.now, 1200)
-    clock.now += FORGET_AFTER
-    assert not d.forgettable(clock.now)
-    clock.now += 1200
-    assert d.forgettable(clock.now)
+    d.held.note(clock.t, 1200)
+    clock.advance(FORGET_AFTER)
+    assert not d.forgettable(clock.t)
+    clock.advance(1200)
+    assert d.forgettable(clock.t)

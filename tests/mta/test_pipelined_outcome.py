@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from mta.clock import SYSTEM
 from mta.config import Policy, Smtp, merge
 from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
@@ -83,10 +84,10 @@ async def two_pipelined(receiver: Receiver, deadline: float, book: Book, outcome
     port = await receiver.start()
     answer = MxAnswer((MxHost("mx.receiver.test", 10, ("127.0.0.1",), port),))
     dest = Destination("mx:receiver", answer, merge(FAST, Policy(connection_limit=1, tls="disabled")),
-                       connector=Connector("me.test", None, time.time), port=port,
+                       connector=Connector("me.test", None), port=port,
                        done=lambda j, reply, *rest: outcomes.append((j.id, reply, time.monotonic())),
                        hold=lambda j, delay: outcomes.append((j.id, f"held {delay}s", time.monotonic())),
-                       clock=time.time, smtp=Smtp(delivery_deadline=deadline))
+                       clock=SYSTEM, smtp=Smtp(delivery_deadline=deadline))
     dest.push(job(1, book))
     dest.push(job(2, book))
     return dest

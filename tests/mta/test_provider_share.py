@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from mta.clock import SYSTEM
 from mta.config import parse_config
 from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
@@ -50,7 +51,7 @@ def destinations(rules: Rules, shares: Shares, connector: FakeConnector, outcome
         made[domain] = Destination(resolved.key, BIG, resolved.policy, connector=connector, port=25,
                                    done=lambda j, reply, *rest: outcomes.append((j.id, reply.code)),
                                    hold=lambda j, delay: outcomes.append((j.id, "held")),
-                                   clock=time.time, share=shares.of(resolved))
+                                   clock=SYSTEM, share=shares.of(resolved))
     return made
 
 

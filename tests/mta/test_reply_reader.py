@@ -54,7 +54,7 @@ class _Wire:
 
 def _reader(commands: int) -> _ReplyReader:
     """A reader whose session has sent ``commands`` commands (replies to more are unsolicited)."""
-    reader = _ReplyReader(asyncio.get_running_loop())
+    reader = _ReplyReader()
     reader.transport = _Wire()
     reader.write(b"", commands)
     return reader

@@ -16,6 +16,7 @@ from aiormq.exceptions import DeliveryError
 from pamqp import commands as spec
 from pamqp.decode import field_table as decode_table
 
+from mta.clock import Clock
 from mta.intake.message import H_ATTEMPTS, H_FIRST, H_RESULTS, decode
 from mta.broker.topology import delay_queue
 from mta.settle.settler import (
@@ -540,7 +541,7 @@ def test_a_session_that_fails_while_starting_leaves_no_settler_running(monkeypat
     monkeypatch.setattr(aio_pika, "connect", connect)
 
     async def scenario():
-        engine = Engine(parse_config({}), clock=lambda: NOW)
+        engine = Engine(parse_config({}), clock=Clock(lambda: NOW))
         monkeypatch.setattr(engine.topology, "declare", declare)
         with pytest.raises(OSError):
             await engine._session(asyncio.Event())

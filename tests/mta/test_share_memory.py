@@ -8,9 +8,8 @@ for the shared rate beyond `MAX_WAIT`; and waiting for a rate slot is never coun
 from __future__ import annotations
 
 import asyncio
-import heapq
-import time
 
+from mta.clock import SYSTEM
 from mta.config import Smtp, parse_config
 from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
@@ -18,6 +17,7 @@ from mta.routing.rules import Rules
 from mta.destinations.share import Shares
 from mta.smtp.client import Reply
 from shaper.allowance import HOLD_DELAYS, MAX_WAIT, allowance
+from tests.fakes import FakeClock
 from tests.mta.test_budget_delivery import FakeConnector, FakeSession, job, until
 
 BIG = MxAnswer((MxHost("mx.big.example", 10, ("127.0.0.1",)),))
@@ -57,7 +57,7 @@ class Ledger:
 
 
 def destinations(cfg: dict, n: int, ledger: Ledger, clock, connector, smtp: Smtp = Smtp(), give_back=None):
-    rules, shares = Rules(parse_config(cfg)), Shares(clock)
+    rules, shares = Rules(parse_config(cfg)), Shares(clock.wall)
     made = []
     for i in range(n):
         resolved = rules.resolve(f"d{i}.example", BIG)
@@ -73,44 +73,9 @@ def waiting_counted(dests: list[Destination]) -> bool:
     return share.queued == sum(d.queued + d._unpaced for d in dests)
 
 
-class VirtualTime:
-    """A clock that moves only when every task waits for it (trio's autojump clock): the
-    destinations' rate waits (`asyncio.sleep` in mta.destinations.delivery) sleep on it, so minutes of
-    pacing run in milliseconds, and each wait asked for is recorded."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-        self.waits: list[float] = []
-        self._sleepers: list[tuple[float, int, asyncio.Future]] = []
-        self._seq = 0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def __getattr__(self, name):  # stands in for the asyncio module in mta.destinations.delivery
-        return getattr(asyncio, name)
-
-    async def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        future = asyncio.get_running_loop().create_future()
-        self._seq += 1
-        heapq.heappush(self._sleepers, (self.now + seconds, self._seq, future))
-        await future
-
-    async def run(self, until_) -> None:
-        """Move the clock to the next sleeper's time whenever everything else has settled."""
-        while not until_():
-            await asyncio.sleep(0.001)  # the woken worker sends and paces its next job meanwhile
-            if self._sleepers:
-                at, _, future = heapq.heappop(self._sleepers)
-                self.now = max(self.now, at)
-                if not future.done():
-                    future.set_result(None)
-
-
-def test_twenty_domains_under_a_slow_provider_keep_what_it_sends_within_max_wait(monkeypatch) -> None:
-    virtual = VirtualTime()
-    monkeypatch.setattr("mta.destinations.delivery.asyncio", virtual)
+def test_twenty_domains_under_a_slow_provider_keep_what_it_sends_within_max_wait() -> None:
+    # On virtual time (tests.fakes.FakeClock): minutes of pacing in milliseconds.
+    virtual = FakeClock()
 
     async def scenario():
         ledger, connector = Ledger(), FakeConnector()
@@ -131,7 +96,7 @@ def test_twenty_domains_under_a_slow_provider_keep_what_it_sends_within_max_wait
     # allowance), not 15 per domain (300, the last of them 5 min after it came).
     assert ledger.most_in_memory <= allowance(1.0, 10) + 1, ledger.most_in_memory
     assert len(ledger.held) + len(ledger.done) == 1000
-    assert max(virtual.waits) <= MAX_WAIT, max(virtual.waits)
+    assert max(virtual.sleeps) <= MAX_WAIT, max(virtual.sleeps)
     assert all(reply.code == 250 for reply in ledger.done.values())
     assert set(ledger.held.values()) <= set(HOLD_DELAYS)
     # held by the backlog ahead of them: spread over the delays, not all back at once
@@ -158,7 +123,7 @@ def test_a_provider_slot_beyond_max_wait_is_not_waited_for() -> None:
 
     async def scenario():
         ledger, connector = Ledger(), GatedConnector()
-        dests, shares = destinations(config("1/s", 5), 5, ledger, time.time, connector)
+        dests, shares = destinations(config("1/s", 5), 5, ledger, SYSTEM, connector)
         for i, dest in enumerate(dests):
             ledger.push(dest, job(f"m{i}", f"u@d{i}.example"))
         await until(lambda: len(connector.waiting) == 5)  # each domain's job taken, its session opening
@@ -183,7 +148,7 @@ def test_jobs_cut_off_before_their_rate_slot_leave_the_share_s_count() -> None:
 
     async def scenario():
         ledger, connector, given = Ledger(), GatedConnector(), []
-        dests, _ = destinations(config("1/s", 3), 3, ledger, time.time, connector, give_back=given.append)
+        dests, _ = destinations(config("1/s", 3), 3, ledger, SYSTEM, connector, give_back=given.append)
         for i, dest in enumerate(dests):
             for k in range(3):
                 ledger.push(dest, job(f"m{i}-{k}", f"u{k}@d{i}.example"))
@@ -220,7 +185,7 @@ def test_waiting_for_the_provider_rate_is_not_part_of_the_attempt() -> None:
 
     async def scenario():
         ledger, connector = Ledger(), SlowConnector()
-        dests, _ = destinations(config("5/s", 3, connections=3), 3, ledger, time.time, connector,
+        dests, _ = destinations(config("5/s", 3, connections=3), 3, ledger, SYSTEM, connector,
                                 Smtp(delivery_deadline=0.15))
         for i, dest in enumerate(dests):
             ledger.push(dest, job(f"m{i}", f"u@d{i}.example"))

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from mta.clock import SYSTEM
 from mta.config import Policy, Smtp, merge
 from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
@@ -116,10 +117,10 @@ def test_an_open_answered_slowly_at_every_step_ends_by_the_attempt_s_deadline(tl
         policy = merge(FAST, Policy(connect_timeout=STEP, ehlo_timeout=STEP, starttls_timeout=STEP,
                                     tls="opportunistic"))
         dest = Destination("mx:tarpit", MxAnswer((MxHost("mx.tarpit.test", 10, ("127.0.0.1",), tarpit.port),)),
-                           policy, connector=Connector("mta.test", None, time.time), port=25,
+                           policy, connector=Connector("mta.test", None), port=25,
                            done=lambda j, reply, *rest: outcomes.append((j.id, reply)),
                            hold=lambda j, delay: outcomes.append((j.id, f"held {delay}s")),
-                           clock=time.time, smtp=Smtp(delivery_deadline=1.0))
+                           clock=SYSTEM, smtp=Smtp(delivery_deadline=1.0))
         started = time.monotonic()
         dest.push(job(1))
         while not outcomes and time.monotonic() - started < 5:
@@ -147,7 +148,7 @@ def test_an_open_cancelled_midway_closes_its_connection(tls_context) -> None:
     async def scenario():
         baseline = open_fds()
         tarpit = await Tarpit(tls_context).start()
-        connector = Connector("mta.test", None, time.time)
+        connector = Connector("mta.test", None)
         opening = asyncio.ensure_future(connector.open("mx.tarpit.test", "127.0.0.1", tarpit.port, tls="opportunistic",
                                                        timeouts=Timeouts(STEP, STEP, STEP, 1, 1, 1, 1)))
         while tarpit.answered != ["banner"]:
@@ -168,7 +169,7 @@ def test_a_step_timeout_is_still_its_own_reply(tls_context) -> None:
     # Within the deadline, a step that times out says so as before.
     async def scenario():
         tarpit = await Tarpit(tls_context).start()
-        connector = Connector("mta.test", None, time.time)
+        connector = Connector("mta.test", None)
         try:
             with pytest.raises(SessionFailed) as failed:
                 await connector.open("mx.tarpit.test", "127.0.0.1", tarpit.port, tls="opportunistic",
