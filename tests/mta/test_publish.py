@@ -10,6 +10,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+from mta.broker.errors import PublishRefused
 from mta.broker.publish import BatchPublisher, Publish, marshal
 
 
@@ -143,7 +144,7 @@ def test_nack_is_credited_to_its_own_publish_after_an_unencodable_one():
     channel, first, second = _run(scenario())
     assert first[0] is None and isinstance(first[1], ValueError) and first[2] is None
     assert second[0] is None and second[2] is None and second[3] is None
-    assert isinstance(second[1], DeliveryError)
+    assert isinstance(second[1], PublishRefused) and isinstance(second[1].__cause__, DeliveryError)
     assert [key for _, key in channel.received] == [b"a", b"c", b"q0", b"q1", b"q2", b"q3"]
 
 
