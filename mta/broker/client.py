@@ -12,7 +12,6 @@ exceptions (`mta.broker.errors`). What lives here, and why:
 - close and consumer-cancel callbacks: aio-pika calls a close callback with the closed
   object and the reason, aiormq a cancel callback with the frame; the callers here only
   want to know that it happened.
-- control messages: acknowledged whatever became of them, on a channel that may be gone.
 - `queue_numbers`: a passive declare of a missing queue closes its channel.
 """
 
@@ -20,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import aio_pika
@@ -51,6 +51,16 @@ async def connect(url: str, name: str | None = None) -> Any:
         return await aio_pika.connect(url, timeout=CONNECT_TIMEOUT, client_properties=properties)
     except (aio_pika.exceptions.AMQPException, OSError) as exc:  # TimeoutError is an OSError
         raise BrokerUnreachable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+
+
+@asynccontextmanager
+async def connected(url: str, name: str | None = None) -> AsyncIterator[Any]:
+    """A connection for the length of a `with`, closed (or given up on) at its end."""
+    connection = await connect(url, name)
+    try:
+        yield connection
+    finally:
+        await close(connection)
 
 
 async def close(connection) -> None:
@@ -140,27 +150,21 @@ async def declare_fanout(channel, name: str) -> Any:
 
 
 async def consume_control(channel, exchange: str, prefetch: int, max_length: int,
-                          handle: Callable[[bytes, dict | None], Awaitable[None]]) -> None:
+                          on_message: Callable[[Any], Awaitable[None]]) -> None:
     """Consume `exchange` with a private queue of at most `max_length` messages, `prefetch`
-    at a time; each is acknowledged once `handle(body, headers)` is done, whatever became of
-    it: an unacknowledged one would hold the prefetch window."""
+    unacknowledged at a time; `on_message` gets aio-pika's messages (body, headers) and
+    acknowledges each with `acknowledge`."""
     with mapped("consuming control commands"):
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True, arguments={"x-max-length": max_length})
         await queue.bind(await declare_fanout(channel, exchange))
-
-    async def on_message(message) -> None:
-        try:
-            await handle(message.body, message.headers)
-        finally:
-            try:
-                with mapped("acknowledging a control message"):
-                    await message.ack()
-            except BrokerLost as exc:  # the channel closed: the queue went with it
-                log.debug("%s", exc)
-
-    with mapped("consuming control commands"):
         await queue.consume(on_message)
+
+
+async def acknowledge(message) -> None:
+    """Acknowledge an aio-pika message; BrokerLost when its channel is gone."""
+    with mapped("acknowledging a control message"):
+        await message.ack()
 
 
 async def publish_json(channel, routing_key: str, body: bytes, timeout: float) -> None:

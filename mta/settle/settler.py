@@ -88,7 +88,7 @@ class AckBook:
     """Acknowledgements for one consuming channel, in delivery-tag order."""
 
     def __init__(self, channel):
-        self.channel = channel  # the aiormq channel the deliveries came on
+        self.channel = channel  # the lane's channel the deliveries came on (mta.broker.client.Consuming)
         self._order: deque[int] = deque()
         self._done: set[int] = set()
         self._acked: set[int] = set()
