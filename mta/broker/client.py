@@ -94,10 +94,6 @@ def on_consumer_cancel(channel, callback: Callable[[], None]) -> None:
     channel.channel.on_consumer_cancel_callbacks.add(lambda *_: callback())
 
 
-def is_closed(channel) -> bool:
-    return channel.is_closed
-
-
 class Consuming:
     """A consuming lane's aiormq channel; every call raises BrokerLost once it is gone.
     The method names and arguments are AMQP's (and aiormq's), as the fakes in tests have them."""

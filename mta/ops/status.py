@@ -15,7 +15,6 @@ and the last error.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timezone
 
 from mta.broker import client
