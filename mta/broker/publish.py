@@ -217,15 +217,16 @@ class BatchPublisher:
                 ids[message_id] = tag
                 slots.append(slot)
             channel.delivery_tag = tag
-        try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for returns the result, and drops the
+        # cancel, when the task is cancelled just as the future completes (a session ending
+        # as the confirms arrive would then wait for its settler forever). A cancel always
+        # propagates here; the future is left to aiormq.
+        done, _ = await asyncio.wait((future,), timeout=timeout)
+        if not done:
             for slot in slots:
                 slot.set_exception(PublishTimeout(f"no confirm from the broker within {timeout:.0f}s"))
-        except BaseException as exc:  # the channel closed under the batch
-            if isinstance(exc, asyncio.CancelledError) and not future.done():
-                raise
-            error = exc if isinstance(exc, Exception) else BrokerLost("publishing: the channel closed")
+        elif future.cancelled() or future.exception() is not None:  # the channel closed under the batch
+            error = BrokerLost("publishing: the channel closed") if future.cancelled() else future.exception()
             for slot in slots:
                 slot.set_exception(error)
         return pending.outcomes

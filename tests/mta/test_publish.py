@@ -166,3 +166,25 @@ def test_a_write_cancelled_while_the_queue_is_full_takes_no_delivery_tag():
     channel = _run(scenario())
     assert channel.delivery_tag == 0
     assert not channel.confirmations and not channel.message_id_delivery_tag
+
+
+def test_a_send_cancelled_as_its_confirms_arrive_is_cancelled():
+    # The session ends (its settler cancelled) at the moment the last confirm comes in: the
+    # cancel must not be lost, or the session would wait for its settler forever.
+    import asyncio
+
+    async def scenario():
+        channel = FakeChannel()
+        publisher = BatchPublisher(channel)
+        task = asyncio.create_task(publisher.send([publisher.encode(Publish("", "a", b"{}"))], timeout=5))
+        await asyncio.sleep(0)  # written, waiting for its confirm
+        channel.drain()
+        channel.answer(1)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "returned"
+
+    assert _run(scenario()) == "cancelled"
