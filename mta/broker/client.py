@@ -10,8 +10,8 @@ exceptions (`mta.broker.errors`). What lives here, and why:
 - `Consuming`: a lane's aiormq channel, used below aio-pika (its IncomingMessage and its
   task per delivery cost a tenth of the CPU per message). Its calls raise `BrokerLost`.
 - close and consumer-cancel callbacks: aio-pika calls a close callback with the closed
-  object and the reason, aiormq a cancel callback with the frame; the callers here only
-  want to know that it happened.
+  object and the reason, aiormq a cancel callback with the frame; the MTA only
+  wants to know that it happened.
 - `queue_numbers`: a passive declare of a missing queue closes its channel.
 """
 
