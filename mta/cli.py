@@ -161,6 +161,7 @@ def _run(config, path: str) -> int:
 
 
 def _control(args) -> int:
+    from mta.broker.errors import BrokerError
     from mta.ops import control
     from shaper.units import Duration
 
@@ -183,9 +184,8 @@ def _control(args) -> int:
     what = f"{args.command} {target}".rstrip() + (f" for {args.duration}" if seconds else "")
     try:
         acks, expected = asyncio.run(control.send(url, args.command, target, seconds, key=key, wait=args.wait))
-    except (OSError, asyncio.TimeoutError, _amqp_errors()) as exc:
-        print(f"mta {args.command}: cannot reach the broker at {_redact(url)}: {exc or exc.__class__.__name__}",
-              file=sys.stderr)
+    except BrokerError as exc:  # unreachable, or lost midway
+        print(f"mta {args.command}: cannot reach the broker at {_redact(url)}: {exc}", file=sys.stderr)
         return 1
     return _report_acks(what, acks, expected, args.wait, signed=key is not None)
 
@@ -207,12 +207,6 @@ def _report_acks(what: str, acks: list[dict], expected: int, wait: float, *, sig
         print(f"  {expected - len(acks)} MTA(s) consuming the lanes did not answer within {wait:g} s",
               file=sys.stderr)
     return 0 if not refused and len(acks) >= expected else 1
-
-
-def _amqp_errors():
-    import aio_pika
-
-    return aio_pika.exceptions.AMQPException
 
 
 def _redact(url: str) -> str:
@@ -241,6 +235,7 @@ def _broker(args) -> tuple[str, bytes | None] | None:
 def _status(args) -> int:
     import orjson
 
+    from mta.broker.errors import BrokerError
     from mta.ops import status
 
     broker = _broker(args)
@@ -249,7 +244,7 @@ def _status(args) -> int:
     url, key = broker
     try:
         report = asyncio.run(status.collect(url, args.wait, key))
-    except status.BrokerUnreachable as exc:
+    except BrokerError as exc:  # unreachable (the message says where), or lost midway
         print(f"mta status: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -9,6 +9,13 @@ one does not send it), transactions on the wire finish without publishing a retr
 copy, and a new session starts with backoff. Destinations, DNS cache and the record of
 recent final outcomes survive sessions: a transaction that ends delivered after its channel
 closed is remembered there, and settles its redelivered copy without a second send.
+
+A session's tasks (the settler, the sweep for idle destinations, the waits for SIGTERM and
+for a lost broker) run under one `asyncio.TaskGroup`: whichever of them crashes ends the
+session the same way a lost broker does, and is logged with its traceback and counted
+(`mta_task_crashes_total`); then a new session starts. Without the settler nothing would be
+published or acknowledged while SMTP went on, so a settler that stopped must never go
+unnoticed.
 """
 
 from __future__ import annotations
@@ -18,12 +25,12 @@ import logging
 import os
 import socket
 
-import aio_pika
 import msgspec
-from aio_pika.abc import AbstractIncomingMessage
-from aiormq.abc import DeliveredMessage
 
 from mta import fault
+from mta.broker import client
+from mta.broker.client import Delivery
+from mta.broker.errors import BrokerLost
 from mta.ops import control, status
 
 from mta.destinations.budget import Budget
@@ -92,6 +99,7 @@ class Engine:
         self.stopping = False
         self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
                        "held": 0}
+        self.crashes: dict[str, int] = {}  # bugs that ended a session, by the task they crashed
         self.metrics = Metrics(self, clock=clock)
         if self.signer is not None:
             self.signer.observe = self.metrics.observe_dkim_signing
@@ -102,15 +110,14 @@ class Engine:
         if self.config.metrics.port:
             self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
         self._open_journal()
-        forgetting = asyncio.create_task(self._forget_idle_destinations(stop), name="forget idle")
         backoff = 1.0
         while not stop.is_set():
             started = self.clock()
             try:
                 await self._session(stop)
-            except (aio_pika.exceptions.AMQPException, OSError, asyncio.TimeoutError) as exc:
+            except BrokerLost as exc:
                 log.warning("broker session at %s ended: %s; reconnecting in %.0fs",
-                            redact(self.config.broker.url), exc or exc.__class__.__name__, backoff)
+                            redact(self.config.broker.url), exc, backoff)
             if stop.is_set():
                 break
             if self.clock() - started > 30:
@@ -120,7 +127,6 @@ class Engine:
             except asyncio.TimeoutError:
                 pass
             backoff = min(backoff * 2, 30.0)
-        forgetting.cancel()
         if self.journal is not None:
             self.journal.close()
         self.metrics.close()
@@ -144,14 +150,12 @@ class Engine:
             return
         log.info("final outcomes recorded in %s (%d read back)", path, len(self._recorded))
 
-    async def _forget_idle_destinations(self, stop: asyncio.Event) -> None:
+    async def _forget_idle_destinations(self) -> None:
         """Destinations come and go with the mail (10,000 domains a day is common): drop the
-        ones with nothing to remember, so memory and a metrics scrape follow the live ones."""
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), FORGET_SWEEP)
-            except asyncio.TimeoutError:
-                pass
+        ones with nothing to remember, so memory and a metrics scrape follow the live ones.
+        Runs until the session ends."""
+        while True:
+            await self.time.sleep(FORGET_SWEEP)
             self.forget_idle(self.clock())
 
     def forget_idle(self, now: float) -> int:
@@ -164,12 +168,11 @@ class Engine:
 
     async def _session(self, stop: asyncio.Event) -> None:
         url = self.config.broker.url
-        consume_conn = await aio_pika.connect(url, timeout=10, client_properties={"connection_name": "mta consume"})
+        consume_conn = await client.connect(url, "mta consume")
         publish_conn = None
-        settler_task = None
         try:
-            publish_conn = await aio_pika.connect(url, timeout=10, client_properties={"connection_name": "mta publish"})
-            publish_ch = await publish_conn.channel(publisher_confirms=True, on_return_raises=True)
+            publish_conn = await client.connect(url, "mta publish")
+            publish_ch = await client.channel(publish_conn, confirms=True)
             await self.topology.declare(publish_ch)
             if self.settler is None:
                 self.settler = Settler(publish_ch, self.topology, self.config.broker.publish_timeout,
@@ -181,65 +184,80 @@ class Engine:
                 self._recorded = {}
             else:
                 self.settler.attach(publish_ch)
-            settler_task = asyncio.create_task(self.settler.run(), name="settler")
             lost = asyncio.Event()
-            settler_task.add_done_callback(self._settler_ended(lost))
             consumers = []
             books: list[AckBook] = []
-            for conn in (consume_conn, publish_conn):
-                conn.close_callbacks.add(lambda *_: lost.set())
-            publish_ch.close_callbacks.add(lambda *_: lost.set())
+            for thing in (consume_conn, publish_conn, publish_ch):
+                client.on_close(thing, lost.set)
             for lane in LANES:
-                channel = await consume_conn.channel()
-                channel.close_callbacks.add(lambda *_: lost.set())
+                channel = await client.channel(consume_conn)
+                client.on_close(channel, lost.set)
                 # The broker cancels a consumer when its queue is deleted or fails over:
                 # without a consumer the process would idle forever, so start a new session.
-                channel.channel.on_consumer_cancel_callbacks.add(self._cancelled(lane, lost))
+                client.on_consumer_cancel(channel, self._cancelled(lane, lost))
                 cancel, tag, book = await self._consume(channel, lane)
                 consumers.append((cancel, tag))
                 books.append(book)
-            control_ch = await consume_conn.channel()
-            control_ch.close_callbacks.add(lambda *_: lost.set())
-            # Acknowledged with a prefetch window, in a queue of bounded length: a flood on the
-            # exchange cannot pile up handlers or messages in this process.
-            await control_ch.set_qos(prefetch_count=control.CONTROL_PREFETCH)
-            control_queue = await control_ch.declare_queue(
-                exclusive=True, auto_delete=True, arguments={"x-max-length": control.CONTROL_QUEUE_MAX})
-            await control_queue.bind(await control.declare(control_ch))
+            control_ch = await client.channel(consume_conn)
+            client.on_close(control_ch, lost.set)
             # Answers go out on the publishing connection: flow control blocks that one, and
-            # the consuming connection must keep acknowledging.
-            await control_queue.consume(lambda message: self._on_control(message, publish_ch.channel))
+            # the consuming connection must keep acknowledging. The control queue has a
+            # prefetch window and a bounded length: a flood on the exchange cannot pile up
+            # handlers or messages in this process.
+            answers = client.publishing(publish_ch)
+            await client.consume_control(control_ch, control.CONTROL, control.CONTROL_PREFETCH,
+                                         control.CONTROL_QUEUE_MAX, lambda message: self._on_control(message, answers))
             log.info("consuming %s at %s", ", ".join(lane_queue(l) for l in LANES), redact(url))
             self.ready.set()
-            stopped = asyncio.create_task(stop.wait())
-            broken = asyncio.create_task(lost.wait())
-            await asyncio.wait([stopped, broken], return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            broken.cancel()
-            if stop.is_set() and not lost.is_set():
-                await self._shutdown(consumers, books)
-            else:
-                log.warning("lost the broker; mail not yet on the wire will be redelivered")
-                self._forget_queued()
-                await self._settled_so_far(publish_ch)
+            await self._supervised(stop, lost, consumers, books, publish_ch)
         finally:
-            if settler_task is not None:  # also when the session failed while starting: one settler at a time
-                settler_task.cancel()
             self.ready.clear()
             for conn in (publish_conn, consume_conn):
-                if conn is not None and not conn.is_closed:
-                    try:
-                        await asyncio.wait_for(conn.close(), 5)
-                    except Exception:  # closing a broken connection: nothing left to save
-                        pass
+                await client.close(conn)  # a broken one: nothing left to save
+
+    async def _supervised(self, stop: asyncio.Event, lost: asyncio.Event, consumers, books: list[AckBook],
+                          publish_ch) -> None:
+        """Run the session's tasks until SIGTERM (drain, settle, return), a lost broker or a
+        crash of any of them (the session ends; the broker redelivers what it held)."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(_endless("settler", self.settler.run()), name="settler"),
+                         group.create_task(_endless("forget idle", self._forget_idle_destinations()),
+                                           name="forget idle")]
+                stopped = group.create_task(stop.wait(), name="stop")
+                broken = group.create_task(lost.wait(), name="broker lost")
+                await asyncio.wait([stopped, broken], return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set() and not lost.is_set():
+                    await self._shutdown(consumers, books)
+                else:
+                    log.warning("lost the broker; mail not yet on the wire will be redelivered")
+                    self._forget_queued()
+                    await self._settled_so_far(publish_ch)
+                for task in (*tasks, stopped, broken):
+                    task.cancel()
+        except* BrokerLost as group:
+            log.warning("lost the broker (%s); mail not yet on the wire will be redelivered", group.exceptions[0])
+            self._forget_queued()
+        except* Exception as group:  # bugs: seen, counted, and the session ends
+            for crash in _leaves(group):
+                self._crashed(crash)
+            self._forget_queued()
+
+    def _crashed(self, crash: BaseException) -> None:
+        task = crash.task if isinstance(crash, TaskCrashed) else "session"
+        self.crashes[task] = self.crashes.get(task, 0) + 1
+        error = crash.__cause__ if isinstance(crash, TaskCrashed) and crash.__cause__ is not None else crash
+        log.error("%s crashed (%s: %s); ending the broker session: what it held comes back from the broker, "
+                  "and a new session starts", task, type(error).__name__, error,
+                  exc_info=(type(error), error, error.__traceback__))
 
     async def _shutdown(self, consumers, books: list[AckBook]) -> None:
         """SIGTERM: stop consuming, give back what is queued, let the wire finish, settle, ack."""
         self.stopping = True
-        for queue, tag in consumers:
+        for lane, tag in consumers:
             try:
-                await queue.cancel(tag)
-            except Exception as exc:
+                await lane.cancel(tag)
+            except BrokerLost as exc:
                 log.warning("cancelling consumer %s failed: %s", tag, exc)
         for job in self._forget_queued():
             self.give_back(job)
@@ -257,7 +275,12 @@ class Engine:
         for job in self._forget_queued():
             self.give_back(job)
         self.settler.kick()
-        await asyncio.wait_for(self.settler.wait_idle(), self.config.broker.publish_timeout + 5)
+        try:
+            await asyncio.wait_for(self.settler.wait_idle(), self.config.broker.publish_timeout + 5)
+        except asyncio.TimeoutError:
+            log.warning("stopping: the broker did not confirm the last results in time; what is not "
+                        "acknowledged will be redelivered")
+            return
         for book in books:  # every lane's, also one whose deliveries were all given back
             await book.flush()
         log.info("stopped: in-flight mail settled, queued mail returned to the broker")
@@ -288,20 +311,8 @@ class Engine:
         return jobs
 
     @staticmethod
-    def _settler_ended(lost: asyncio.Event):
-        """Without the settler nothing is published or acknowledged while SMTP goes on: a
-        settler that stopped ends the session, and the broker redelivers what it held."""
-        def on_end(task: asyncio.Task) -> None:
-            if task.cancelled():
-                return  # the session ending
-            log.error("the settler stopped (%r); starting a new broker session", task.exception())
-            lost.set()
-
-        return on_end
-
-    @staticmethod
     def _cancelled(lane: str, lost: asyncio.Event):
-        def on_cancel(frame) -> None:
+        def on_cancel() -> None:
             log.warning("the broker cancelled the consumer of %s; reconnecting", lane_queue(lane))
             lost.set()
 
@@ -311,28 +322,27 @@ class Engine:
         """Start consuming a lane; (what to cancel at shutdown, consumer tag, its AckBook)."""
         prefetch = self.config.broker.single_prefetch if lane == "single" else self.config.broker.prefetch
         limit = self.config.broker.prefetch_bytes
-        # Straight on the aiormq channel: aio-pika's IncomingMessage and its second
-        # task per delivery cost about a tenth of the CPU per message and add nothing here.
+        lane_channel = client.Consuming.of(channel)  # below aio-pika's messages (mta.broker.client)
         if limit:  # held to prefetch_bytes as well as to the count (mta.intake.window)
-            window = LaneWindow(channel.channel, lane_queue(lane), prefetch, limit, None)
+            window = LaneWindow(lane_channel, lane_queue(lane), prefetch, limit, None)
             window.take = self._taker(lane, window.book)
             await window.start()
             return window, None, window.book
-        await channel.set_qos(prefetch_count=prefetch)
-        book = AckBook(channel.channel)
+        await lane_channel.basic_qos(prefetch_count=prefetch)
+        book = AckBook(lane_channel)
         take = self._taker(lane, book)
 
-        async def on_message(message: DeliveredMessage) -> None:
+        async def on_message(message: Delivery) -> None:
             book.received(message.delivery.delivery_tag)
             take(message)
 
-        tag = (await channel.channel.basic_consume(lane_queue(lane), on_message)).consumer_tag
-        return await channel.get_queue(lane_queue(lane), ensure=False), tag, book
+        tag = (await lane_channel.basic_consume(lane_queue(lane), on_message)).consumer_tag
+        return lane_channel, tag, book
 
     def _taker(self, lane: str, book: AckBook):
         accept = self.accept
 
-        def take(message: DeliveredMessage) -> None:
+        def take(message: Delivery) -> None:
             delivery = message.delivery
             properties = message.header.properties
             accept(message.body, properties.headers, lane, book, delivery.delivery_tag, delivery.redelivered,
@@ -406,16 +416,17 @@ class Engine:
     def _not_signed(self, job: Job, reply: Reply) -> None:
         self._finish(job, reply, None, None, self.rules.resolve(job.domain, None))
 
-    async def _on_control(self, message: AbstractIncomingMessage, publish_channel) -> None:
+    async def _on_control(self, message, publish_channel) -> None:
+        """One control message (aio-pika's: body, headers, ack)."""
         try:
             await self._obey(message, publish_channel)
         finally:  # whatever became of it: an unacknowledged one would hold the prefetch window
             try:
-                await message.ack()
-            except Exception as exc:  # the channel closed: the queue went with it
+                await client.acknowledge(message)
+            except BrokerLost as exc:  # the channel closed: the queue went with it
                 log.debug("acknowledging a control message failed: %s", exc)
 
-    async def _obey(self, message: AbstractIncomingMessage, publish_channel) -> None:
+    async def _obey(self, message, publish_channel) -> None:
         now = self.clock()
         command = self.control_gate.admit(message.body, message.headers, now)  # refused: counted, None
         if command is None:
@@ -602,3 +613,31 @@ class Engine:
             self.counts[status] += 1
             self.metrics.outcome(job, status, disposition.kind, now)
             settler.final(job, book, tag, status, disposition.kind)
+
+
+class TaskCrashed(Exception):
+    """A session's task raised (its error is the cause), or returned though it must run
+    until the session ends."""
+
+    def __init__(self, task: str):
+        super().__init__(f"{task} ended")
+        self.task = task
+
+
+async def _endless(task: str, work) -> None:
+    """Await `work`, which runs until cancelled: anything else ends the session, as a
+    TaskCrashed naming the task, except a lost broker, which is no crash."""
+    try:
+        await work
+    except BrokerLost:
+        raise
+    except Exception as exc:
+        raise TaskCrashed(task) from exc
+    raise TaskCrashed(task)
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

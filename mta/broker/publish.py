@@ -8,8 +8,9 @@ aiormq's own reader settles it on Ack, Nack or Return), and the caller waits onc
 whole batch.
 
 Same guarantees as `basic_publish` with confirms, `mandatory` and `on_return_raises`: a
-publish counts as done only on the broker's Ack; a Nack, a Return (no queue took it), a
-timeout or a closed channel is reported per publish as an exception.
+publish counts as done only on the broker's Ack; a Nack or a Return (no queue took it:
+`PublishRefused`), a timeout (`PublishTimeout`) or a closed channel (`BrokerLost`) is
+reported per publish as an exception (mta.broker.errors).
 
 The broker numbers the publishes of a channel in the order they arrive, and its Acks and
 Nacks name those numbers; the channel's `delivery_tag` counter must stay equal to the
@@ -27,9 +28,11 @@ import struct
 from collections.abc import Sequence
 
 from aiormq.abc import ChannelFrame
-from aiormq.exceptions import ChannelInvalidStateError, DeliveryError
+from aiormq.exceptions import DeliveryError
 from pamqp import commands as spec
 from pamqp.encode import field_table
+
+from mta.broker.errors import BrokerLost, PublishTimeout, Unencodable, mapped, translate
 
 _FRAME_END = b"\xce"
 _HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
@@ -55,12 +58,6 @@ class Publish:
         self.routing_key = routing_key
         self.body = body
         self.headers = headers
-
-
-class Unencodable(ValueError):
-    """A publish that AMQP cannot carry: a header value of a type field tables do not have
-    (bytes that are not UTF-8 come back from the broker as such), an integer beyond 64 bits,
-    a short string over 255 octets, or a content header larger than the broker's frame."""
 
 
 def _shortstr(value: str) -> bytes:
@@ -146,10 +143,10 @@ class _Slot:
         return False
 
     def set_result(self, frame) -> None:
-        self._settle(None if isinstance(frame, spec.Basic.Ack) else DeliveryError(None, frame))
+        self._settle(None if isinstance(frame, spec.Basic.Ack) else translate(DeliveryError(None, frame)))
 
     def set_exception(self, exc: BaseException) -> None:
-        self._settle(exc)
+        self._settle(translate(exc))  # aiormq's Nack, Return or closed channel, in our words
 
     def _settle(self, error: BaseException | None) -> None:
         if self.settled:
@@ -200,8 +197,9 @@ class BatchPublisher:
             return []
         channel = self.channel
         if channel.is_closed:
-            raise ChannelInvalidStateError(f"{channel!r} is closed")
-        future = channel.create_future()  # rejected by aiormq if the channel closes
+            raise BrokerLost(f"publishing: {channel!r} is closed")
+        with mapped("publishing"):
+            future = channel.create_future()  # rejected by aiormq if the channel closes
         pending = _Batch(len(encoded), future)
         slots = []
         payload = b"".join([frames for _, frames in encoded])
@@ -219,15 +217,16 @@ class BatchPublisher:
                 ids[message_id] = tag
                 slots.append(slot)
             channel.delivery_tag = tag
-        try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for returns the result, and drops the
+        # cancel, when the task is cancelled just as the future completes (a session ending
+        # as the confirms arrive would then wait for its settler forever). A cancel always
+        # propagates here; the future is left to aiormq.
+        done, _ = await asyncio.wait((future,), timeout=timeout)
+        if not done:
             for slot in slots:
-                slot.set_exception(asyncio.TimeoutError(f"no confirm from the broker within {timeout:.0f}s"))
-        except BaseException as exc:  # the channel closed under the batch
-            if isinstance(exc, asyncio.CancelledError) and not future.done():
-                raise
-            error = exc if isinstance(exc, Exception) else ChannelInvalidStateError("channel closed")
+                slot.set_exception(PublishTimeout(f"no confirm from the broker within {timeout:.0f}s"))
+        elif future.cancelled() or future.exception() is not None:  # the channel closed under the batch
+            error = BrokerLost("publishing: the channel closed") if future.cancelled() else future.exception()
             for slot in slots:
                 slot.set_exception(error)
         return pending.outcomes

@@ -32,6 +32,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
 from mta.clock import SYSTEM
+from mta.broker.errors import mapped
 from shaper.retry import DELAY_LADDER, ladder_delay
 from shaper.units import Duration
 
@@ -83,6 +84,11 @@ class Topology:
         self._delays: dict[str, float] = {}  # delay queue -> when this process last declared it
 
     async def declare(self, channel: AbstractChannel) -> dict[str, AbstractExchange]:
+        """Every exchange and queue; BrokerLost if the broker refuses one (the channel closes)."""
+        with mapped("declaring the topology"):
+            return await self._declare(channel)
+
+    async def _declare(self, channel: AbstractChannel) -> dict[str, AbstractExchange]:
         qt = self.queue_type
         mta = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
         results = await channel.declare_exchange(RESULTS, aio_pika.ExchangeType.TOPIC, durable=True)
@@ -124,6 +130,7 @@ class Topology:
             )
             if self.queue_type == "classic":  # see above: a quorum queue's expiry is not renewed
                 args["x-expires"] = int((rung + lease) * 1000)
-            await channel.declare_queue(name, durable=True, arguments=args)
+            with mapped(f"declaring {name}"):  # refused: the channel closes, BrokerLost
+                await channel.declare_queue(name, durable=True, arguments=args)
             self._delays[name] = now
         return name

@@ -35,8 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aiormq.abc import DeliveredMessage
-
+from mta.broker.client import Delivery
 from mta.settle.settler import AckBook
 
 log = logging.getLogger("mta.intake")
@@ -74,8 +73,8 @@ class WindowBook(AckBook):
 class LaneWindow:
     """One lane's consumer, held to `prefetch` deliveries and about `limit` octets."""
 
-    def __init__(self, channel, queue: str, prefetch: int, limit: int, take: Callable[[DeliveredMessage], None]):
-        self.channel = channel  # the aiormq channel
+    def __init__(self, channel, queue: str, prefetch: int, limit: int, take: Callable[[Delivery], None]):
+        self.channel = channel  # the lane's channel (mta.broker.client.Consuming)
         self.queue = queue
         self.prefetch = prefetch
         self.limit = limit
@@ -84,7 +83,7 @@ class LaneWindow:
         self.sizes: dict[int, int] = {}  # delivery tag -> octets, for every unsettled delivery
         self.unsettled = 0  # octets in memory: taken or waiting
         self.taken = 0  # octets taken and not settled
-        self.waiting: deque[DeliveredMessage] = deque()
+        self.waiting: deque[Delivery] = deque()
         self.estimate = 0.0
         self.count = 0  # the prefetch count of the running consumer; 0: none
         self.consumer_tag: str | None = None
@@ -96,7 +95,7 @@ class LaneWindow:
     async def start(self) -> None:
         await self._consume(1)
 
-    async def on_delivery(self, message: DeliveredMessage) -> None:
+    async def on_delivery(self, message: Delivery) -> None:
         # Once per message: the book entry, the counting and the take are inline, and the
         # consumer is looked at only off the common case: the whole count prefetch and
         # within the bound, nothing waiting.
@@ -146,7 +145,7 @@ class LaneWindow:
 
     # ---- inside
 
-    def _take(self, message: DeliveredMessage, size: int) -> None:
+    def _take(self, message: Delivery, size: int) -> None:
         self.taken += size
         if self.taken > self.most_taken:
             self.most_taken = self.taken

@@ -35,10 +35,10 @@ import stat
 import uuid
 from collections.abc import Mapping
 
-import aio_pika
 import orjson
-from aiormq import spec
 
+from mta.broker import client
+from mta.broker.errors import BrokerError
 from mta.clock import SYSTEM
 from mta.config import ConfigError, Control
 from mta.broker.topology import lane_queue
@@ -120,10 +120,10 @@ def command_body(command: str, **fields) -> dict:
             **{k: v for k, v in fields.items() if v is not None}}
 
 
-def message(body: dict, key: bytes | None) -> aio_pika.Message:
+def message(body: dict, key: bytes | None) -> tuple[bytes, dict | None]:
+    """A command's body and headers, signed when there is a key."""
     raw = orjson.dumps(body)
-    headers = {SIGNATURE: sign(key, raw)} if key else None
-    return aio_pika.Message(raw, content_type="application/json", headers=headers)
+    return raw, ({SIGNATURE: sign(key, raw)} if key else None)
 
 
 class Gate:
@@ -220,46 +220,31 @@ async def answer(channel, reply_to: str, doc: dict) -> None:
     """Publish an answer on the publishing connection's channel (confirmed, best effort:
     a requester that left simply misses it; the broker drops it with its queue)."""
     try:
-        await channel.basic_publish(orjson.dumps(doc), exchange="", routing_key=reply_to,
-                                    properties=spec.Basic.Properties(content_type="application/json"),
-                                    timeout=REPLY_TIMEOUT)
-    except (aio_pika.exceptions.AMQPException, asyncio.TimeoutError) as exc:
+        await client.publish_json(channel, reply_to, orjson.dumps(doc), REPLY_TIMEOUT)
+    except BrokerError as exc:  # lost, refused (the requester's queue is gone) or not confirmed in time
         log.warning("could not answer a control command on %s: %s; the requester will not count this MTA",
-                    reply_to, exc or exc.__class__.__name__)
+                    reply_to, exc)
 
 
 # ---- the CLI's side
 
-async def declare(channel) -> aio_pika.abc.AbstractExchange:
-    return await channel.declare_exchange(CONTROL, aio_pika.ExchangeType.FANOUT, durable=True)
+async def declare(channel):
+    """The control exchange (an aio-pika channel's)."""
+    return await client.declare_fanout(channel, CONTROL)
 
 
-async def queue_numbers(connection, name: str) -> dict | None:
-    """Depth and consumers of a queue, the broker's own numbers (None: not declared)."""
-    # A passive declare of a missing queue closes the channel: one channel per queue.
-    channel = await connection.channel()
-    try:
-        queue = await channel.declare_queue(name, passive=True)
-    except aio_pika.exceptions.ChannelClosed:
-        return None
-    result = queue.declaration_result
-    numbers = {"depth": result.message_count, "consumers": result.consumer_count}
-    if not channel.is_closed:
-        await channel.close()
-    return numbers
+queue_numbers = client.queue_numbers  # depth and consumers of a queue (None: not declared)
 
 
 async def ask(connection, body: dict, key: bytes | None, expected: int, wait: float) -> list[dict]:
     """Publish a command (signed when there is a key) with a private server-named reply
     queue, and collect the answers until `expected` came (0: unknown) or `wait` s passed."""
-    channel = await connection.channel(publisher_confirms=True)
-    replies = await channel.declare_queue(exclusive=True, auto_delete=True)  # named amq.gen-... by the broker
     answers: list[dict] = []
     got_all = asyncio.Event()
 
-    async def on_reply(msg) -> None:
+    def on_reply(raw: bytes) -> None:
         try:
-            doc = orjson.loads(msg.body)
+            doc = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return
         if isinstance(doc, dict) and doc.get("request") == body["id"]:
@@ -267,9 +252,9 @@ async def ask(connection, body: dict, key: bytes | None, expected: int, wait: fl
             if expected and len(answers) >= expected:
                 got_all.set()
 
-    await replies.consume(on_reply, no_ack=True)
-    exchange = await declare(channel)
-    await exchange.publish(message({**body, "reply_to": replies.name}, key), routing_key="", timeout=30)
+    channel, reply_to = await client.reply_queue(connection, on_reply)  # named amq.gen-... by the broker
+    raw, headers = message({**body, "reply_to": reply_to}, key)
+    await client.publish_fanout(channel, CONTROL, raw, headers, timeout=30)
     try:
         await asyncio.wait_for(got_all.wait(), wait)
     except asyncio.TimeoutError:
@@ -283,7 +268,6 @@ async def send(url: str, command: str, target: str | None = None, seconds: float
     expected to answer: consumers on the bulk lane)."""
     until = SYSTEM.wall() + seconds if seconds is not None else None
     body = command_body(command, target=target.lower() if target else None, until=until)
-    connection = await aio_pika.connect(url, timeout=10)
-    async with connection:
+    async with client.connected(url) as connection:
         expected = ((await queue_numbers(connection, lane_queue("bulk"))) or {}).get("consumers", 0)
         return await ask(connection, body, key, expected, wait), expected

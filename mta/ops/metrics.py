@@ -368,6 +368,13 @@ class _Collector:
         yield from _destination_families(m, engine, now)
         yield from _budget_families(engine)
         yield from _control_families(engine)
+        crashes = CounterMetricFamily("mta_task_crashes", "Bugs that ended a broker session, by the task they "
+                                      "crashed (settler, forget idle, session): each logged with its traceback; "
+                                      "what the session held came back from the broker and a new one started.",
+                                      labels=["task"])
+        for task, n in sorted(engine.crashes.items()):
+            crashes.add_metric([task], n)
+        yield crashes
         yield GaugeMetricFamily("mta_start_time_seconds", "When this process started (Unix time).",
                                 value=m.started)
 

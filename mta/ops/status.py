@@ -15,11 +15,10 @@ and the last error.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timezone
 
-import aio_pika
-
+from mta.broker import client
+from mta.broker.errors import BrokerUnreachable
 from mta.ops import control
 from mta.ops.metrics import is_attempt
 from mta.broker.topology import LANES, lane_queue
@@ -145,22 +144,19 @@ async def collect(url: str, wait: float = 3.0, key: bytes | None = None) -> dict
     """Lane depths and consumers from the broker, and one snapshot per MTA that answers
     (the request signed with `key`, when the MTAs require it)."""
     try:
-        connection = await aio_pika.connect(url, timeout=10)
-    except (aio_pika.exceptions.AMQPException, OSError, asyncio.TimeoutError) as exc:
-        raise BrokerUnreachable(f"cannot reach the broker at {_redact(url)}: "
-                                f"{exc or exc.__class__.__name__}") from exc
-    async with connection:
+        connection = await client.connect(url)
+    except BrokerUnreachable as exc:
+        raise BrokerUnreachable(f"cannot reach the broker at {_redact(url)}: {exc}") from exc
+    try:
         queues = {}
         for name in [lane_queue(lane) for lane in LANES] + list(EXTRA_QUEUES):
             queues[name] = await control.queue_numbers(connection, name)
         expected = (queues.get(lane_queue("bulk")) or {}).get("consumers", 0)
         answers = await control.ask(connection, control.command_body("status"), key, expected, wait)
+    finally:
+        await client.close(connection)
     answers.sort(key=lambda a: a.get("instance", ""))
     return {"queues": queues, "mtas": answers}
-
-
-class BrokerUnreachable(Exception):
-    """The broker did not take a connection; the message says where and why."""
 
 
 def _redact(url: str) -> str:

@@ -6,8 +6,12 @@ waits for the broker's confirms, and only then acknowledges the delivery. Writes
 batched: everything settled while the previous batch was in flight goes out together, and
 acknowledgements go out as one `multiple=True` ack per contiguous run of delivery tags.
 
-A publish that fails (nack, timeout, lost connection) leaves its delivery unacknowledged;
-it is requeued, or redelivered when the channel closes. Final outcomes are remembered for a
+A publish that fails (nack, timeout, lost connection: mta.broker.errors) leaves its delivery
+unacknowledged; it is requeued, or redelivered when the channel closes. Anything else that
+goes wrong is a bug, and is not caught here: it ends `run`, the engine's supervision logs
+and counts it and ends the broker session (every unacknowledged delivery comes back), and
+the next session's `run` settles what comes after. What a batch had settled before the bug
+is acknowledged first, so a confirmed retry copy never lives beside its redelivered original. Final outcomes are remembered for a
 while by message, so a redelivered copy of a message that was already delivered gets its
 result published again instead of being sent twice.
 
@@ -44,6 +48,8 @@ import orjson
 
 from mta import fault
 from mta.settle.journal import Journal
+from mta.broker.client import publishing
+from mta.broker.errors import BrokerLost
 from mta.broker.publish import BatchPublisher, Publish, Unencodable, header_table
 from mta.intake.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, InvalidMessage, Job, parse_json
 from mta.clock import SYSTEM, Clock
@@ -82,7 +88,7 @@ class AckBook:
     """Acknowledgements for one consuming channel, in delivery-tag order."""
 
     def __init__(self, channel):
-        self.channel = channel  # the aiormq channel the deliveries came on
+        self.channel = channel  # the lane's channel the deliveries came on (mta.broker.client.Consuming)
         self._order: deque[int] = deque()
         self._done: set[int] = set()
         self._acked: set[int] = set()
@@ -305,6 +311,10 @@ class Settler:
         for the channels of the old session is not written: the broker redelivers those."""
         self._channel = channel
         self._pending = [s for s in self._pending if not s.book.closed]
+        if self._pending:  # a run that ended midway left them: the next run starts with them
+            self._wake.set()
+        else:
+            self._idle.set()
 
     def kick(self) -> None:
         self._wake.set()
@@ -312,31 +322,17 @@ class Settler:
     # ---- the loop
 
     async def run(self) -> None:
+        """Settle until cancelled. A bug raises out of here (see the module's comment): the
+        session ends and its deliveries come back; a message that fails every time ends in
+        mta.quarantine by the delivery limit."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, []
             if batch:
-                try:
-                    await self._write(batch)
-                except Exception as exc:  # a bug must not end the settling of everything after it
-                    await self._give_back(batch, exc)
+                await self._write(batch)
             if not self._pending:
                 self._idle.set()
-
-    async def _give_back(self, batch: list[Settlement], error: Exception) -> None:
-        """A batch that failed unforeseen: what of it was not settled goes back to the broker
-        (a message that fails every time ends in mta.quarantine by the delivery limit)."""
-        log.error("settling a batch of %d failed unexpectedly (%s); what of it was not acknowledged goes back "
-                  "to the broker", len(batch), _said(error), exc_info=error)
-        books = {s.book for s in batch}
-        for s in batch:
-            s.book.give_back(s.tag)
-        for book in books:
-            try:
-                await book.flush()
-            except Exception as exc:  # a dead channel: its deliveries are redelivered anyway
-                log.warning("giving back on a closed channel failed (%s); the broker redelivers", _said(exc))
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -344,7 +340,7 @@ class Settler:
     async def _write(self, batch: list[Settlement]) -> None:
         # A channel that closed since: its deliveries come back, nothing may replace them.
         batch = _on_open_channels(batch)
-        channel = self._channel.channel
+        channel = publishing(self._channel)  # BrokerLost once closed: the session is over
         publisher = self._publisher
         if publisher is None or publisher.channel is not channel:
             publisher = self._publisher = BatchPublisher(channel)
@@ -362,8 +358,8 @@ class Settler:
                         exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
                     mine.append(encode(Publish(EXCHANGE_NAMES[exchange], key, body, headers)))
             except Unencodable as exc:
-                mine = await self._replacement(publisher, s, exc)
-            except Exception as exc:  # a delay queue could not be declared, or the unforeseen
+                mine = await self._unencodable(publisher, s, exc)
+            except BrokerLost as exc:  # a delay queue could not be declared: the channel is gone
                 log.warning("preparing the publishes of message %s failed (%s); it stays unacknowledged "
                             "and will come back", _message_of(s), _said(exc))
                 mine = None
@@ -376,7 +372,7 @@ class Settler:
         started = self._clock.now()
         try:
             outcomes = await publisher.send(encoded, self._timeout)
-        except Exception as exc:  # the channel is gone: every delivery of the batch comes back
+        except BrokerLost as exc:  # the channel is gone: every delivery of the batch comes back
             outcomes = [exc] * len(encoded)
         else:
             if self._observe_confirm is not None and encoded:
@@ -384,32 +380,23 @@ class Settler:
         # Whether a channel closed is asked once per run of one book's settlements: nothing
         # in this loop awaits, so no channel closes between the question and the answer's use.
         book, gone = None, False
-        for s, span in zip(batch, spans):
-            if s.book is not book:
-                book, gone = s.book, s.book.closed
-            try:
+        try:
+            for s, span in zip(batch, spans):
+                if s.book is not book:
+                    book, gone = s.book, s.book.closed
                 self._confirmed(s, span, outcomes, started, gone)
-            except Exception as exc:  # unforeseen: this settlement alone goes back to the broker
-                log.error("settling message %s failed unexpectedly (%s); it goes back to the broker",
-                          _message_of(s), _said(exc), exc_info=exc)
-                s.book.give_back(s.tag)
-        if fault.ARMED: fault.hit("after_result")  # test-only: MTA_FAULT (mta/fault.py)
+            if fault.ARMED: fault.hit("after_result")  # test-only: MTA_FAULT (mta/fault.py)
+        finally:  # also after a bug midway: what was settled and confirmed is acknowledged
+            await self._flush()
+
+    async def _flush(self) -> None:
         for book in list(self.books):
             try:
                 await book.flush()
-            except Exception as exc:  # a dead channel: its deliveries are redelivered anyway
+            except BrokerLost as exc:  # a dead channel: its deliveries are redelivered anyway
                 log.warning("acknowledging on a closed channel failed (%s); the broker redelivers", exc)
             if book.channel.is_closed:
                 self.books.discard(book)
-
-    async def _replacement(self, publisher: BatchPublisher, s: Settlement,
-                           error: Unencodable) -> list[tuple[str, bytes]] | None:
-        try:
-            return await self._unencodable(publisher, s, error)
-        except Exception as exc:  # unforeseen: this settlement alone goes back to the broker
-            log.error("settling message %s failed unexpectedly (%s); it stays unacknowledged and goes back "
-                      "to the broker", _message_of(s), _said(exc), exc_info=exc)
-            return None
 
     def _confirmed(self, s: Settlement, span: tuple[int, int] | None, outcomes: list, started: float,
                    gone: bool) -> None:
@@ -480,7 +467,7 @@ class Settler:
         except Unencodable as exc:
             log.error("a publish could not be encoded (%s); the message stays unacknowledged", _said(exc))
             return None
-        except Exception as exc:
+        except BrokerLost as exc:  # a delay queue could not be declared: the channel is gone
             log.warning("publishing failed (%s); the message stays unacknowledged and will come back", _said(exc))
             return None
 

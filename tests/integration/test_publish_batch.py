@@ -8,6 +8,7 @@ import aio_pika
 import pytest
 from aiormq.exceptions import PublishError
 
+from mta.broker.errors import PublishRefused
 from mta.broker.publish import BatchPublisher, Publish
 from tests.testbed.rawheaders import RawLongStr, apublish_raw
 
@@ -36,7 +37,8 @@ async def _run(url: str):
 def test_batch_confirms_returns_and_bodies(vhost):
     outcomes, second, got = asyncio.run(_run(vhost))
     assert [o is None for o in outcomes] == [True] * 25 + [False] + [True] * 26
-    assert isinstance(outcomes[25], PublishError)  # returned: no queue took it
+    assert isinstance(outcomes[25], PublishRefused)  # returned: no queue took it
+    assert isinstance(outcomes[25].__cause__, PublishError)
     assert second == [None]
     bodies = [g[0] for g in got]
     assert bodies == [f"m{i}".encode() for i in range(50)] + [b"x" * 300_000, b"again"]
@@ -76,7 +78,8 @@ async def _desync(url: str):
 def test_unencodable_publishes_fail_alone_and_nacks_reach_their_own_publish(vhost):
     first, second, got, closed = asyncio.run(_desync(vhost))
     assert [type(o).__name__ for o in first] == ["NoneType", "Unencodable", "NoneType", "Unencodable", "NoneType"]
-    assert [type(o).__name__ for o in second] == ["NoneType", "DeliveryError", "NoneType", "DeliveryError", "NoneType"]
+    assert [type(o).__name__ for o in second] == ["NoneType", "PublishRefused", "NoneType", "PublishRefused", "NoneType"]
+    assert [type(o.__cause__).__name__ for o in second if o is not None] == ["DeliveryError", "DeliveryError"]
     assert got == [b"m0", b"m1", b"m2", b"m3", b"m4", b"m5"]
     assert not closed  # the too-large header never reached the broker
 

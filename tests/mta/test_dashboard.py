@@ -25,6 +25,7 @@ class FakeResolver:
 class FakeEngine:
     def __init__(self):
         self.counts = {"consumed": 0, "invalid": 0}
+        self.crashes = {"settler": 1}
         self.resolver = FakeResolver()
         self.destinations = {}
         self.pauses = control.Pauses()

@@ -39,6 +39,7 @@ def test_recent_counts_keep_exactly_the_last_sixty_seconds():
 
 class _Engine:
     counts: dict = {}
+    crashes: dict = {}
     destinations: dict = {}
     pauses = control.Pauses()
 

@@ -10,6 +10,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+from mta.broker.errors import PublishRefused
 from mta.broker.publish import BatchPublisher, Publish, marshal
 
 
@@ -143,7 +144,7 @@ def test_nack_is_credited_to_its_own_publish_after_an_unencodable_one():
     channel, first, second = _run(scenario())
     assert first[0] is None and isinstance(first[1], ValueError) and first[2] is None
     assert second[0] is None and second[2] is None and second[3] is None
-    assert isinstance(second[1], DeliveryError)
+    assert isinstance(second[1], PublishRefused) and isinstance(second[1].__cause__, DeliveryError)
     assert [key for _, key in channel.received] == [b"a", b"c", b"q0", b"q1", b"q2", b"q3"]
 
 
@@ -165,3 +166,25 @@ def test_a_write_cancelled_while_the_queue_is_full_takes_no_delivery_tag():
     channel = _run(scenario())
     assert channel.delivery_tag == 0
     assert not channel.confirmations and not channel.message_id_delivery_tag
+
+
+def test_a_send_cancelled_as_its_confirms_arrive_is_cancelled():
+    # The session ends (its settler cancelled) at the moment the last confirm comes in: the
+    # cancel must not be lost, or the session would wait for its settler forever.
+    import asyncio
+
+    async def scenario():
+        channel = FakeChannel()
+        publisher = BatchPublisher(channel)
+        task = asyncio.create_task(publisher.send([publisher.encode(Publish("", "a", b"{}"))], timeout=5))
+        await asyncio.sleep(0)  # written, waiting for its confirm
+        channel.drain()
+        channel.answer(1)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "returned"
+
+    assert _run(scenario()) == "cancelled"

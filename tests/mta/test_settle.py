@@ -16,6 +16,7 @@ from aiormq.exceptions import DeliveryError
 from pamqp import commands as spec
 from pamqp.decode import field_table as decode_table
 
+from mta.broker.errors import BrokerLost
 from mta.clock import Clock
 from mta.intake.message import H_ATTEMPTS, H_FIRST, H_RESULTS, decode
 from mta.broker.topology import delay_queue
@@ -348,6 +349,7 @@ def test_a_copy_redirected_to_invalid_is_counted_where_the_metrics_read_it():
 
     class Engine:  # what the metrics read of the engine: its outcome counts
         counts = {"consumed": 3, "deferred": 1, "held": 1, "invalid": 1}  # one refused at intake
+        crashes: dict = {}
         destinations: dict = {}
         pauses = control.Pauses()
         resolver = type("Resolver", (), {"lookups": 0, "cache_hits": 0})()
@@ -399,7 +401,8 @@ def deferred_job(n: int, first_seen: float | None = None):
     return job
 
 
-def test_an_unexpected_error_preparing_one_settlement_gives_back_that_delivery_alone(monkeypatch, caplog):
+def test_a_bug_preparing_a_settlement_ends_the_run_with_nothing_of_its_batch_written(monkeypatch):
+    # the supervisor (the engine) sees the bug and ends the session: every delivery comes back
     broker = Broker()
     bad = deferred_job(2, first_seen=1e27)  # its retry copy cannot be encoded: replaced, then the bug
     plain = Settler._unencodable
@@ -411,50 +414,54 @@ def test_an_unexpected_error_preparing_one_settlement_gives_back_that_delivery_a
 
     monkeypatch.setattr(Settler, "_unencodable", broken)
 
-    def defer(settler, book, tag):
-        settler.defer(bad, book, tag, 60)
-
-    consuming = asyncio.run(settle(broker, [delivered(1), defer, delivered(3)]))
-
-    assert consuming.requeued == [2]
-    assert consuming.acked_tags({1, 2, 3}) == {1, 3}
-    assert [r["status"] for r in results_of(broker)] == ["delivered", "delivered"]
-    assert "RuntimeError: unforeseen" in caplog.text and "message m2" in caplog.text
-
-
-def test_a_batch_that_failed_unexpectedly_is_given_back_and_the_settler_goes_on(monkeypatch):
-    broker = Broker()
-    plain = Settler._write
-    failures = []
-
-    async def once_broken(self, batch):
-        if not failures:
-            failures.append(len(batch))
-            raise RuntimeError("unforeseen")
-        return await plain(self, batch)
-
-    monkeypatch.setattr(Settler, "_write", once_broken)
-
     async def scenario():
         settler = Settler(Session(broker), Topology(), publish_timeout=5)
         consuming = Consuming()
         book = AckBook(consuming)
-        runner = asyncio.create_task(settler.run())
-        for tag in (1, 2):
+        for tag, action in enumerate([delivered(1), lambda st, b, t: st.defer(bad, b, t, 60), delivered(3)], 1):
             book.received(tag)
-            delivered(tag)(settler, book, tag)
-        await asyncio.wait_for(settler.wait_idle(), 5)
-        book.received(3)
-        delivered(3)(settler, book, 3)  # the next batch: the settler still runs
-        await asyncio.wait_for(settler.wait_idle(), 5)
-        assert not runner.done()
-        runner.cancel()
+            action(settler, book, tag)
+        with pytest.raises(RuntimeError, match="unforeseen"):
+            await asyncio.wait_for(settler.run(), 5)
         return consuming
 
     consuming = asyncio.run(scenario())
-    assert failures == [2]
-    assert consuming.requeued == [1, 2]  # (rejected before: the ack of 3 covers only what is still out)
-    assert consuming.acked == [(3, True)]
+    assert broker.published == []
+    assert consuming.acked == [] and consuming.requeued == []
+
+
+def test_a_bug_settling_a_batch_acknowledges_what_was_settled_and_the_next_run_goes_on(monkeypatch):
+    broker = Broker()
+    plain = Settler._confirmed
+
+    def broken(self, s, span, outcomes, started, gone):
+        if s.tag == 2 and s.book.channel is first:
+            raise RuntimeError("unforeseen")
+        return plain(self, s, span, outcomes, started, gone)
+
+    monkeypatch.setattr(Settler, "_confirmed", broken)
+    first, second = Consuming(), Consuming()
+
+    async def scenario():
+        settler = Settler(Session(broker), Topology(), publish_timeout=5)
+        book = AckBook(first)
+        for tag in (1, 2, 3):
+            book.received(tag)
+            delivered(tag)(settler, book, tag)
+        with pytest.raises(RuntimeError, match="unforeseen"):
+            await asyncio.wait_for(settler.run(), 5)
+        first.is_closed = True  # the session ends: the broker redelivers 2 and 3
+        settler.attach(Session(Broker()))
+        book = AckBook(second)
+        book.received(1)
+        delivered(3)(settler, book, 1)  # the redelivered copy of 3, in the next session
+        runner = asyncio.create_task(settler.run())
+        await asyncio.wait_for(settler.wait_idle(), 5)
+        runner.cancel()
+
+    asyncio.run(scenario())
+    assert first.acked == [(1, True)]  # settled before the bug: its result is out, so it is acknowledged
+    assert second.acked == [(1, True)]
 
 
 def test_a_huge_id_is_never_logged_whole(caplog):
@@ -470,26 +477,6 @@ def test_a_huge_id_is_never_logged_whole(caplog):
     assert consuming.acked_tags({1}) == {1}
     assert [r["status"] for r in results_of(broker)] == ["invalid"]
     assert caplog.records and max(len(r.getMessage()) for r in caplog.records) < 1000
-
-
-def test_a_settler_that_stopped_ends_the_session():
-    from mta.engine import Engine
-
-    async def scenario():
-        async def dies():
-            raise RuntimeError("unforeseen")
-
-        lost, ended = asyncio.Event(), asyncio.Event()
-        broken = asyncio.create_task(dies())
-        broken.add_done_callback(Engine._settler_ended(lost))
-        stopped = asyncio.create_task(asyncio.sleep(10))  # cancelled by the session's end
-        stopped.add_done_callback(Engine._settler_ended(ended))
-        stopped.cancel()
-        await asyncio.wait([broken, stopped])
-        await asyncio.sleep(0)
-        return lost.is_set(), ended.is_set()
-
-    assert asyncio.run(scenario()) == (True, False)
 
 
 def test_a_new_session_does_not_write_what_was_pending_for_the_old_channels():
@@ -543,7 +530,7 @@ def test_a_session_that_fails_while_starting_leaves_no_settler_running(monkeypat
     async def scenario():
         engine = Engine(parse_config({}), clock=Clock(lambda: NOW))
         monkeypatch.setattr(engine.topology, "declare", declare)
-        with pytest.raises(OSError):
+        with pytest.raises(BrokerLost):  # the OSError, in our words (mta.broker.errors)
             await engine._session(asyncio.Event())
         await asyncio.sleep(0)
         return [t for t in asyncio.all_tasks() if t.get_name() == "settler" and not t.done()]

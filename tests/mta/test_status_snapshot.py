@@ -57,6 +57,7 @@ class FakeEngine:
         self.rules = Rules(config)
         self.clock = lambda: NOW
         self.counts = {"consumed": 12, "delivered": 5, "invalid": 1}
+        self.crashes = {"settler": 1}
         self.resolver = FakeResolver()
         self.destinations = {}
         self.pauses = control.Pauses()

@@ -1,0 +1,219 @@
+"""The broker calls the rest of the MTA makes, and aio-pika's and aiormq's quirks with them.
+
+Everything outside `mta/broker/` talks to RabbitMQ through this module (or `publish`,
+`topology`, `quarantine`): it never imports aio-pika or aiormq, and it catches only our
+exceptions (`mta.broker.errors`). What lives here, and why:
+
+- connections: `aio_pika.connect`, not `connect_robust`: a robust connection's `publish`
+  waits for the reconnection without a timeout, and delivery tags do not survive it; the
+  engine starts a new session instead (RELIABILITY.md).
+- `Consuming`: a lane's aiormq channel, used below aio-pika (its IncomingMessage and its
+  task per delivery cost a tenth of the CPU per message). Its calls raise `BrokerLost`.
+- close and consumer-cancel callbacks: aio-pika calls a close callback with the closed
+  object and the reason, aiormq a cancel callback with the frame; the MTA only
+  wants to know that it happened.
+- `queue_numbers`: a passive declare of a missing queue closes its channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import aio_pika
+from pamqp import commands as spec
+
+from mta.broker.errors import BrokerLost, BrokerUnreachable, mapped
+
+log = logging.getLogger("mta.broker")
+
+CONNECT_TIMEOUT = 10.0  # seconds for the broker to take a connection
+CLOSE_TIMEOUT = 5.0  # seconds to close a connection politely before giving up on it
+
+
+class Delivery(Protocol):
+    """What the MTA reads of a delivery (aiormq's DeliveredMessage): the body, the
+    `delivery` frame (`delivery_tag`, `redelivered`) and `header.properties`
+    (`headers`, `message_id`)."""
+
+    body: bytes
+    delivery: Any
+    header: Any
+
+
+async def connect(url: str, name: str | None = None) -> Any:
+    """A new connection; BrokerUnreachable (a BrokerLost) when the broker does not take it."""
+    properties = {"connection_name": name} if name else None
+    try:
+        return await aio_pika.connect(url, timeout=CONNECT_TIMEOUT, client_properties=properties)
+    except (aio_pika.exceptions.AMQPException, OSError) as exc:  # TimeoutError is an OSError
+        raise BrokerUnreachable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+
+
+@asynccontextmanager
+async def connected(url: str, name: str | None = None) -> AsyncIterator[Any]:
+    """A connection for the length of a `with`, closed (or given up on) at its end."""
+    connection = await connect(url, name)
+    try:
+        yield connection
+    finally:
+        await close(connection)
+
+
+async def close(connection) -> None:
+    """Close a connection that may be broken already: nothing left to save on it."""
+    if connection is None or connection.is_closed:
+        return
+    try:
+        with mapped("closing"):
+            await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT)
+    except BrokerLost as exc:
+        log.debug("closing a broker connection failed (%s); it is gone anyway", exc)
+
+
+async def channel(connection, *, confirms: bool = False) -> Any:
+    """A channel (aio-pika's). `confirms`: publisher confirms, and a publish no queue takes
+    raises (`on_return_raises`: without it a mandatory publish that is returned succeeds)."""
+    with mapped("opening a channel"):
+        if confirms:
+            return await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return await connection.channel()
+
+
+def on_close(thing, callback: Callable[[], None]) -> None:
+    """`callback()` once a connection or channel (aio-pika's) closes, whatever the reason."""
+    thing.close_callbacks.add(lambda *_: callback())
+
+
+def on_consumer_cancel(channel, callback: Callable[[], None]) -> None:
+    """`callback()` when the broker cancels a consumer of this channel (its queue deleted or
+    failed over): the channel stays open, so no close callback says it."""
+    channel.channel.on_consumer_cancel_callbacks.add(lambda *_: callback())
+
+
+class Consuming:
+    """A consuming lane's aiormq channel; every call raises BrokerLost once it is gone.
+    The method names and arguments are AMQP's (and aiormq's), as the fakes in tests have them."""
+
+    __slots__ = ("channel",)
+
+    def __init__(self, channel):
+        self.channel = channel  # aiormq's
+
+    @classmethod
+    def of(cls, channel) -> "Consuming":
+        """The lane over an aio-pika channel."""
+        return cls(channel.channel)
+
+    @property
+    def is_closed(self) -> bool:
+        return self.channel.is_closed
+
+    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = False) -> None:
+        with mapped("acknowledging"):
+            await self.channel.basic_ack(tag, multiple=multiple, wait=wait)
+
+    async def basic_nack(self, tag: int, requeue: bool = True, wait: bool = False) -> None:
+        with mapped("giving back"):
+            await self.channel.basic_nack(tag, requeue=requeue, wait=wait)
+
+    async def basic_qos(self, prefetch_count: int) -> None:
+        with mapped("setting the prefetch"):
+            await self.channel.basic_qos(prefetch_count=prefetch_count)
+
+    async def basic_consume(self, queue: str, callback: Callable[[Delivery], Awaitable[None]]) -> Any:
+        """Start a consumer; the broker's ConsumeOk (its `consumer_tag`)."""
+        with mapped(f"consuming {queue}"):
+            return await self.channel.basic_consume(queue, callback)
+
+    async def basic_cancel(self, tag: str) -> None:
+        with mapped("cancelling a consumer"):
+            await self.channel.basic_cancel(tag)
+
+    async def cancel(self, tag: str) -> None:
+        """Stop the consumer `tag` (SIGTERM)."""
+        await self.basic_cancel(tag)
+
+
+# ---- control messages (mta.ops.control)
+
+async def declare_fanout(channel, name: str) -> Any:
+    with mapped(f"declaring {name}"):
+        return await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
+
+
+async def consume_control(channel, exchange: str, prefetch: int, max_length: int,
+                          on_message: Callable[[Any], Awaitable[None]]) -> None:
+    """Consume `exchange` with a private queue of at most `max_length` messages, `prefetch`
+    unacknowledged at a time; `on_message` gets aio-pika's messages (body, headers) and
+    acknowledges each with `acknowledge`."""
+    with mapped("consuming control commands"):
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True, arguments={"x-max-length": max_length})
+        await queue.bind(await declare_fanout(channel, exchange))
+        await queue.consume(on_message)
+
+
+async def acknowledge(message) -> None:
+    """Acknowledge an aio-pika message; BrokerLost when its channel is gone."""
+    with mapped("acknowledging a control message"):
+        await message.ack()
+
+
+async def publish_json(channel, routing_key: str, body: bytes, timeout: float) -> None:
+    """Publish `body` (JSON) to a queue by name on an aiormq channel with confirms and
+    wait for the confirm: BrokerLost, PublishRefused (nacked, or no such queue), or
+    BrokerLost from a TimeoutError when the broker did not confirm in time."""
+    with mapped(f"publishing to {routing_key}"):
+        await channel.basic_publish(body, exchange="", routing_key=routing_key,
+                                    properties=spec.Basic.Properties(content_type="application/json"),
+                                    timeout=timeout)
+
+
+def publishing(channel) -> Any:
+    """The aiormq channel below an aio-pika one, for `publish_json` and `BatchPublisher`."""
+    with mapped("publishing channel"):
+        return channel.channel
+
+
+# ---- the CLI's side (mta status, mta pause/resume/reload)
+
+async def queue_numbers(connection, name: str) -> dict | None:
+    """Depth and consumers of a queue, the broker's own numbers (None: not declared)."""
+    # A passive declare of a missing queue closes the channel: one channel per queue.
+    with mapped(f"looking at {name}"):
+        ch = await connection.channel()
+        try:
+            queue = await ch.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelClosed:  # not found (404), or not ours to see
+            return None
+        result = queue.declaration_result
+        numbers = {"depth": result.message_count, "consumers": result.consumer_count}
+        if not ch.is_closed:
+            await ch.close()
+    return numbers
+
+
+async def reply_queue(connection, on_body: Callable[[bytes], None]) -> tuple[Any, str]:
+    """A channel with confirms and a private queue the broker names (`amq.gen-...`), whose
+    messages go to `on_body` unacknowledged (the queue dies with the connection)."""
+    with mapped("declaring a reply queue"):
+        ch = await connection.channel(publisher_confirms=True)
+        replies = await ch.declare_queue(exclusive=True, auto_delete=True)
+
+        async def on_reply(message) -> None:
+            on_body(message.body)
+
+        await replies.consume(on_reply, no_ack=True)
+    return ch, replies.name
+
+
+async def publish_fanout(channel, exchange: str, body: bytes, headers: dict, timeout: float) -> None:
+    """Publish a JSON body on a fanout exchange (declared here) and wait for its confirm."""
+    with mapped(f"publishing on {exchange}"):
+        target = await declare_fanout(channel, exchange)
+        await target.publish(aio_pika.Message(body, content_type="application/json", headers=headers),
+                             routing_key="", timeout=timeout)
