@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 
 from mta.clock import Clock
@@ -58,8 +57,7 @@ from mta.settle.settler import abandoned
 from mta.smtp.client import Connector, Reply, Session, SessionFailed, Timeouts
 from shaper.allowance import MAX_WAIT, HeldLedger
 from shaper.budget import UNLIMITED_FDS_BUDGET
-from shaper.destination import (FORGET_AFTER, HAND, PROBE_FIRST, QUEUE, DestinationCore, Hold,  # noqa: F401
-                                message_burst)
+from shaper.destination import FORGET_AFTER, HAND, PROBE_FIRST, QUEUE, DestinationCore, Hold  # noqa: F401
 from shaper.lanes import IdleWorkers
 from shaper.limiter import Gcra
 from shaper.patterns import Patterns
