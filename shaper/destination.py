@@ -7,10 +7,8 @@ queues for a known delay (shaper.allowance), so no delivery stays unacknowledged
 `DestinationCore` holds its decisions and the state they rest on; the shell (mta.destinations)
 only carries them out with sockets, timers and sleeps, and tells it the time as ``now``.
 
-* Admission (`admit`): a message is held while the destination is paused, when it would
-  wait longer than `MAX_WAIT` for its rate slot, when its provider's rate is booked too
-  far ahead, or past the ready queue's allowance; else an idle worker takes it (`HAND`)
-  or it joins its lane (`QUEUE`). A `Hold` says for how long and why.
+* Admission (`admit`, shaper.admission): held (a `Hold` says for how long and why),
+  handed to an idle worker (`HAND`), or queued in its lane (`QUEUE`).
 * Limits: the rules, reduced by a throttle while in backoff (shaper.state), the message
   rate further by what receivers accepted (shaper.adaptive); the connection window grows
   with successes (shaper.window). While single mail is about, bulk leaves
@@ -35,79 +33,28 @@ of which only ``lane``, and a reply's ``ok``, ``code``, ``text`` and ``phase``, 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from typing import Any
 
-from shaper.adaptive import AdaptiveRate
-from shaper.allowance import (MAX_WAIT, PER_CONNECTION, HeldLedger, allowance, hold_delay, paused_delay,
-                              shared_fits, shared_hold, slow_hold)
+from shaper.adaptive import AcceptMeter, AdaptiveRate
+from shaper.admission import HAND, QUEUE, Admission, Hand, Hold, Queue
+from shaper.allowance import MAX_WAIT, HeldLedger, allowance, hold_delay, paused_delay, shared_hold
 from shaper.lanes import Lanes
-from shaper.limiter import Gcra
+from shaper.limiter import Gcra, message_burst
 from shaper.patterns import PatternRule, Patterns
 from shaper.replies import parse_enhanced, slow_down
 from shaper.state import DestinationState, Mode, Transition
 from shaper.units import Rate
 from shaper.window import ConnectionWindow
 
-__all__ = ["FORGET_AFTER", "HAND", "PROBE_FIRST", "PROBE_MAX", "QUEUE", "START_CONNECTIONS", "AcceptMeter",
-           "DestinationCore", "Hand", "Hold", "Queue", "message_burst"]
+__all__ = ["FORGET_AFTER", "HAND", "PROBE_FIRST", "PROBE_MAX", "QUEUE", "START_CONNECTIONS", "DestinationCore",
+           "Hand", "Hold", "Queue"]
 
 START_CONNECTIONS = 3  # a new destination earns the rest of its connection_limit
 FORGET_AFTER = 900.0  # seconds idle after which a destination with nothing to remember is dropped
 PROBE_FIRST, PROBE_MAX = 30.0, 300.0  # seconds a dead destination rests before a probe
 
 
-class Hand:
-    """Admitted: an idle worker takes it now (if none is idle any more: `queue` it)."""
-    __slots__ = ()
-
-
-class Queue:
-    """Admitted: it joined its lane's ready queue."""
-    __slots__ = ()
-
-
-HAND, QUEUE = Hand(), Queue()  # one of each: admitting a message allocates nothing
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """Not kept: into a delay queue for ``delay`` seconds (``reason``: why)."""
-    delay: int
-    reason: str
-
-
-def message_burst(per_second: float) -> int:
-    """50 ms worth back to back: enough to absorb timer jitter, too little to show as a
-    burst at the receiver (20/s keeps a burst of 1: at most 20 in any second)."""
-    return max(1, int(per_second / 20))
-
-
-class AcceptMeter:
-    """Messages the receiver accepted per second, over the last second or two."""
-
-    __slots__ = ("_second", "_count", "_previous")
-
-    def __init__(self) -> None:
-        self._second = 0
-        self._count = 0
-        self._previous = 0
-
-    def note(self, now: float) -> None:
-        second = int(now)
-        if second != self._second:
-            self._previous = self._count if second == self._second + 1 else 0
-            self._second, self._count = second, 0
-        self._count += 1
-
-    def rate(self, now: float) -> float:
-        second = int(now)
-        if second == self._second:
-            return (self._previous + self._count) / (1.0 + now - second)
-        return self._count / (1.0 + now - second) if second == self._second + 1 else 0.0
-
-
-class DestinationCore:
+class DestinationCore(Admission):
     """The decisions of one destination. ``policy`` is the rules' limits (duck-typed:
     the fields of mta.config.Policy), ``merge(policy, throttle)`` puts a throttle's on
     top, ``campaign(job)`` names a bulk job's campaign, ``share`` is its provider's
@@ -241,88 +188,6 @@ class DestinationCore:
             return False
         self.refresh(now)  # a pause or throttle whose time is over ends now
         return self.state.mode is Mode.NORMAL and not self.held.ahead(now)
-
-    # ---- admission
-
-    def admit(self, job: Any, now: float) -> Hand | Queue | Hold:
-        """A message routed here (after `refresh`): held, handed to an idle worker, or
-        queued. A `Hold` is noted in the ledgers; the shell holds the job."""
-        self.last_push = now
-        lanes = self.lanes
-        bulk = job.lane != "single"
-        if lanes.single_about(now, not bulk):
-            self._rate(now)
-        if self.state.mode is Mode.PAUSED:
-            state = self.state
-            remaining = state.until - now if state.until is not None else None
-            return self._noted(now, paused_delay(remaining, now - state.since, self.per_second, self.held.ahead(now)),
-                               "paused")
-        per_second = self.per_second
-        # Slow: mind each message's wait, also when an idle worker would take it at once (it
-        # would wait for its slot holding the delivery unacknowledged).
-        if per_second * MAX_WAIT < 2 * PER_CONNECTION:
-            next_slot = self.message_rate.check(now).retry_after
-            if not bulk:  # single mail may also take its own share
-                next_slot = min(next_slot, self.single_rate.check(now).retry_after)
-            delay = slow_hold(next_slot, len(lanes.bulk if bulk else lanes.single) + lanes.unpaced, per_second)
-            if delay is not None:
-                return self._noted(now, delay, "rate")
-        if self.share is not None:  # its provider's rate, over all the provider's destinations
-            delay = self._shared_hold(now, bulk)
-            if delay is not None:
-                return self.held_for_share(now, delay)
-        if not bulk or lanes.bulk_busy < lanes.bulk_cap(self.window.allowed, self.policy.single_connections):
-            return HAND
-        return self.queue(job, now)
-
-    def handed(self, job: Any) -> None:
-        """An idle worker took ``job`` (`HAND`): it holds it, unpaced."""
-        lanes = self.lanes
-        lanes.bulk_busy += job.lane != "single"
-        lanes.unpaced += 1
-        self.waiting(1)
-
-    def queue(self, job: Any, now: float) -> Queue | Hold:
-        """Into its lane's ready queue, if within the allowance; else held."""
-        lanes = self.lanes
-        bulk = job.lane != "single"
-        ready = lanes.bulk if bulk else lanes.single
-        limit = allowance(self.per_second, self.window.allowed)
-        # Each bulk campaign gets its own allowance (within twice the destination's), so a
-        # big campaign in memory does not push a small one out to the delay queues.
-        queued = ready.count(self._campaign(job)) if bulk and len(ready) < 2 * limit else len(ready)
-        if queued >= limit:
-            return self._noted(now, hold_delay(queued, self.per_second, self.window.allowed,
-                                               self.held.due_within(now)), "allowance")
-        ready.append(job)
-        self.waiting(1)
-        return QUEUE
-
-    def _noted(self, now: float, delay: int, reason: str) -> Hold:
-        self.held.note(now, delay)
-        return Hold(delay, reason)
-
-    def held_for_share(self, now: float, delay: int) -> Hold:
-        self.share.held.note(now, delay)
-        return self._noted(now, delay, "provider")
-
-    def _shared_hold(self, now: float, bulk: bool) -> int | None:
-        """None when the provider's rate sends one more message of this destination soon,
-        else how long to hold it: all the provider's destinations drain through that one
-        rate, so the backlog that counts is theirs together (single mail only has its own
-        ahead of it: it takes the next slot). The exact next slot is asked for only when a
-        bound on it (one booked per session, each worker paces one job at a time) does not
-        already settle it."""
-        share = self.share
-        rate = share.per_second
-        queued = share.queued if bulk else len(self.lanes.single)
-        booked = (max(share.in_use, share.limit) + 1) / rate if rate > 0 else MAX_WAIT
-        if shared_fits(booked, queued, rate, share.limit):
-            return None
-        next_slot = share.rate.check(now).retry_after
-        if shared_fits(next_slot, queued, rate, share.limit):
-            return None
-        return shared_hold(next_slot, queued, rate, share.held.due_within(now))
 
     def waiting(self, change: int) -> None:
         """Messages of this destination in memory without a rate slot (queued, or taken and
