@@ -21,6 +21,7 @@ only carries them out with sockets, timers and sleeps, and tells it the time as 
 * Feedback: a success grows the window and may end a backoff; a refusal is matched against
   the operator's patterns (suspend, throttle, bounce) and the receiver's "too many
   connections" and "too fast" signals (shaper.replies).
+* `statistics`: a snapshot that says why mail waits (shaper.statistics).
 * Dead destinations: when no host accepts a connection and none is open, the destination
   rests for `probe` seconds (`PROBE_FIRST` doubling to `PROBE_MAX`), its mail held, then
   one connection probes it; a connection resets the probe (Postfix's dead destination).
@@ -43,6 +44,7 @@ from shaper.limiter import Gcra, message_burst
 from shaper.patterns import PatternRule, Patterns
 from shaper.replies import parse_enhanced, slow_down
 from shaper.state import DestinationState, Mode, Transition
+from shaper.statistics import Statistics, statistics
 from shaper.units import Rate
 from shaper.window import ConnectionWindow
 
@@ -178,6 +180,10 @@ class DestinationCore(Admission):
         delay = paused_delay(remaining, now - state.since, self.per_second, self.held.ahead(now))
         self.held.note(now, delay)
         self._hold(job, delay)
+
+    def statistics(self, now: float) -> Statistics:
+        """A snapshot, and why mail waits (shaper.statistics)."""
+        return statistics(self, now)
 
     def forgettable(self, now: float, busy: bool) -> bool:
         """Nothing here that a new destination would not start with: no mail, no worker

@@ -60,6 +60,7 @@ from shaper.limiter import Gcra
 from shaper.patterns import Patterns
 from shaper.replies import slow_down
 from shaper.state import DestinationState, IllegalTransition, Mode, Transition
+from shaper.statistics import Statistics
 from shaper.window import ConnectionWindow
 
 log = logging.getLogger("mta.delivery")
@@ -158,6 +159,10 @@ class Destination:
     def idle_workers(self) -> int:
         """Workers waiting for mail on an open session."""
         return self._idle.waiting()
+
+    def statistics(self) -> Statistics:
+        """A snapshot of the destination now, and why its mail waits (shaper.statistics)."""
+        return self.core.statistics(self._clock())
 
     # ---- limits and state
 
