@@ -69,12 +69,16 @@ log = logging.getLogger("mta.delivery")
 # before any was tried; permanent is a pattern's verdict (True bounce, False retry) or None.
 Done = Callable[[Job, Reply, "str | None", "str | None", "bool | None"], None]
 
+
 def campaign(job: Job) -> str:
     """Which bulk campaign a message belongs to: its first tag."""
     return job.tags[0] if job.tags else ""
 
 
 class Destination:
+    """One destination: its workers, their idle line and timer, its budget slots and provider
+    share; `core` decides, this class carries out."""
+
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
                  port: int, done: Done, hold: Callable[[Job, int], None], clock: Clock,
                  patterns: Patterns | None = None, budget: Budget | None = None, smtp: Smtp = Smtp(),
@@ -106,7 +110,7 @@ class Destination:
         # What the destination decides (shaper.destination); this class carries it out.
         self.core = DestinationCore(policy, clock.wall(), hold=hold, moved=self._log_moved, merge=merge,
                                     campaign=campaign, patterns=patterns, share=share)
-        self.single = self.core.lanes.single
+        self.single = self.core.lanes.single  # the lanes' ready queues (status reads them)
         self.bulk = self.core.lanes.bulk
 
     # ---- what the core decides, as the engine, ops and tests read it
