@@ -8,7 +8,8 @@ the bulk lane, then starts the MTA and measures until every message has a final 
 
 - delivered msg/s: from the first to the last SMTP acceptance (the `time` of the 250 in the
   results), and from MTA start to the last result (includes start-up);
-- CPU per message: the MTA process's user+system time divided by the messages;
+- CPU per message: the MTA process's user+system time divided by the messages; and once
+  running: the same from the moment a tenth of the results are in (start-up left out);
 - peak RSS of the MTA process (VmHWM).
 
 No limit binds (rates and connections are set high), so this measures the engine.
@@ -106,16 +107,21 @@ async def declare(url: str, config_path: str) -> None:
         await Topology(config.broker.queue_type, config.broker.delivery_limit).declare(await connection.channel())
 
 
-async def wait_published(url: str, n: int, timeout: float) -> None:
+async def wait_published(url: str, n: int, timeout: float, mark=None) -> None:
     """Until `mta.results` holds n messages. Nobody consumes them meanwhile: reading the
-    results during the run would cost the shared cores about as much as the broker does."""
+    results during the run would cost the shared cores about as much as the broker does.
+    `mark(count)` is called once, when a tenth of them are in."""
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             queue = await channel.declare_queue("mta.results", passive=True)
-            if queue.declaration_result.message_count >= n:
+            count = queue.declaration_result.message_count
+            if mark is not None and count >= n // 10:
+                mark(count)
+                mark = None
+            if count >= n:
                 return
             await asyncio.sleep(0.05)
     raise TimeoutError(f"fewer than {n} results after {timeout:.0f}s")
@@ -258,7 +264,9 @@ def main() -> int:
             spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "-p", str(mta.pid),
                                     "-o", args.profile, "-f", fmt, "-r", "200", "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        asyncio.run(wait_published(url, args.messages, args.timeout))
+        marked: list[tuple[int, float]] = []  # (results in, MTA CPU seconds) once a tenth is in
+        asyncio.run(wait_published(url, args.messages, args.timeout,
+                                   lambda count: marked.append((count, sum(proc_stats(mta.pid)[:2])))))
         wall = time.monotonic() - started
         others_cpu = {k: cpu_of(v) - others_cpu0[k] for k, v in others.items()}
         user, system, peak = proc_stats(mta.pid)
@@ -290,6 +298,10 @@ def main() -> int:
         print("meanwhile, CPU per message of " + ", ".join(
             f"the {k} {v / args.messages * 1e6:,.0f} us" for k, v in others_cpu.items())
             + f" (the run took {wall:.1f}s, the machine has {os.cpu_count()} cores)")
+        if marked and marked[0][0] < args.messages:
+            count, cpu_then = marked[0]
+            print(f"MTA CPU per message once running (start-up and the first {count} results left out): "
+                  f"{(cpu - cpu_then) / (args.messages - count) * 1e6:,.0f} us")
         mta_rate = delivered / span
         if raw is not None:
             print(f"smtp-source -> smtp-sink alone (20 sessions, one sink): {raw:,.0f} msg/s   "

@@ -20,7 +20,9 @@ commands:
   check CONFIG           validate a rules file; lists every problem with its key path, exit 1
          [--explain DOMAIN [--mx HOST]]
                          ... and show which destination and limits apply to DOMAIN, and why
-  replay-parked CONFIG   move messages quarantined after repeated crashes back to their lane
+  replay-quarantined CONFIG [--limit N]
+                         move messages quarantined after repeated crashes back to their lane
+                         (`replay-parked`: its former name, still understood)
   status [--json]        lanes, then every MTA on the broker: each active destination's mode
                          and why, limits in force, in-flight, held, last error (broker as below)
   pause TARGET [--for D] hold mail for a domain (or destination key such as provider:google)
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("config")
     check.add_argument("--explain", metavar="DOMAIN", help="show which destination and limits apply to DOMAIN and why")
     check.add_argument("--mx", metavar="HOST", help="with --explain: take this MX host instead of looking it up")
-    replay = sub.add_parser("replay-parked", help="return quarantined messages to their lanes")
+    replay = sub.add_parser("replay-quarantined", aliases=["replay-parked"],
+                            help="return quarantined messages to their lanes")
     replay.add_argument("config")
     replay.add_argument("--limit", type=int, default=0, help="move at most this many (0: all)")
     status_cmd = sub.add_parser("status", help="what every MTA on the broker is doing")
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: OK ({len(config.domains)} domain rules, {len(config.providers)} providers, "
               f"{len(config.patterns)} patterns, {len(config.routes)} routes, {len(config.dkim)} DKIM keys)")
         return 0
-    if args.command == "replay-parked":
+    if args.command in ("replay-quarantined", "replay-parked"):
         from mta.broker.quarantine import replay_quarantined
 
         moved = asyncio.run(replay_quarantined(config, args.limit))

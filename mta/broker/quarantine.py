@@ -2,7 +2,7 @@
 
 A message that crashed the MTA `broker.delivery_limit` times in a row lands in
 `mta.quarantine` (the lanes' quorum `x-delivery-limit`), where it stops hurting the
-process. `mta replay-parked` puts each one back on the lane it came from, once the cause
+process. `mta replay-quarantined` puts each one back on the lane it came from, once the cause
 is fixed. Moves are publish-confirmed before the quarantined copy is acknowledged.
 """
 

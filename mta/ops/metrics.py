@@ -159,7 +159,7 @@ class Metrics:
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self.labels = DestinationLabels(top, promote_after)
         # (lane, destination label, event) -> count; event: delivered, deferred, expired,
-        # expired:untried, bounced:hard|soft, not_tried:paused|throttled|parked
+        # expired:untried, bounced:hard|soft, not_tried:paused|throttled|backlog
         self.counts: dict[tuple[str, str, str], int] = {}
         self.held_by_destination: dict[str, int] = {}  # destination key -> messages held
         self.delivery_latency = {lane: Histogram(LATENCY_BUCKETS) for lane in LANES}
@@ -206,7 +206,7 @@ class Metrics:
         histogram.observe(waited)
 
     def not_tried(self, job, now: float) -> None:
-        """Mail held back without an attempt: paused, throttled (backoff) or parked
+        """Mail held back without an attempt: paused, throttled (backoff) or backlog
         (more than the destination can send soon)."""
         key = job.destination.key if job.destination is not None else None
         destination = self.engine.destinations.get(key) if key is not None else None
@@ -217,7 +217,7 @@ class Metrics:
         elif mode == "backoff":
             reason = "throttled"
         else:
-            reason = "parked"
+            reason = "backlog"
         if key is not None:
             held = self.held_by_destination
             held[key] = held.get(key, 0) + 1
@@ -330,7 +330,7 @@ class _Collector:
                                       "unknown user or domain; soft: everything else).",
                                       labels=["lane", "destination", "bounce"])
         not_tried = CounterMetricFamily("mta_not_tried", "Mail held back without an attempt: paused (operator or "
-                                        "suspend pattern), throttled (destination in backoff), parked (more than "
+                                        "suspend pattern), throttled (destination in backoff), backlog (more than "
                                         "the destination can send soon).", labels=["lane", "destination", "reason"])
         for (lane, label, event), n in counts.items():
             kind, _, detail = event.partition(":")

@@ -60,8 +60,15 @@ def _bad_config(path, broker_url: str = "amqp://guest:guest@127.0.0.1:1/") -> st
 def test_help():
     proc = mta("--help")
     assert proc.returncode == 0, proc.stderr
-    for command in ("run", "check", "replay-parked"):
+    for command in ("run", "check", "replay-quarantined"):
         assert command in proc.stdout, (command, proc.stdout)
+
+
+def test_replay_parked_is_still_understood():
+    """`replay-quarantined`'s former name, kept for the scripts that use it."""
+    proc = mta("replay-parked", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "--limit" in proc.stdout
 
 
 def test_console_script_help():
@@ -74,7 +81,7 @@ def test_console_script_help():
     proc = subprocess.run([script, "--help"], cwd=REPO_ROOT, env=_env(), capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
-    assert "replay-parked" in proc.stdout
+    assert "replay-quarantined" in proc.stdout
 
 
 def test_no_command_is_a_usage_error():

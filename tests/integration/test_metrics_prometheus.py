@@ -109,7 +109,7 @@ def test_prometheus_scrapes_counts_that_match_the_sinks(vhost, sinks, mta_config
         held = prom.value("sum(mta_not_tried_total)")
         assert prom.value("sum(mta_messages_processed_total)") >= len(final_ids) + len(paused) + 2
         assert prom.value('sum(mta_not_tried_total{reason="paused"})') >= len(paused)
-        assert prom.value('sum(mta_not_tried_total{reason="parked"})') >= len(parked) - 20
+        assert prom.value('sum(mta_not_tried_total{reason="backlog"})') >= len(parked) - 20
         assert held >= len(paused) + len(parked) - 20
         # bounded labels: busy destinations by name, none by recipient
         labels = {r["metric"]["destination"] for r in prom.query("mta_delivered_total")}

@@ -1,5 +1,5 @@
 """Poison messages: a message rejected with requeue more than `broker.delivery_limit` times
-is dead-lettered by the quorum lane into `mta.quarantine`; `mta replay-parked` puts it back
+is dead-lettered by the quorum lane into `mta.quarantine`; `mta replay-quarantined` puts it back
 on its lane, and the MTA then delivers it."""
 
 from __future__ import annotations
@@ -60,10 +60,10 @@ async def _reject_until_dead_lettered(url: str, queue_name: str, timeout: float 
     return rejected
 
 
-def _replay_parked(config: str) -> subprocess.CompletedProcess:
+def _replay_quarantined(config: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable, "-m", "mta", "replay-parked", config],
+    return subprocess.run([sys.executable, "-m", "mta", "replay-quarantined", config],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -105,7 +105,7 @@ def test_poison_message_quarantined_and_replayed(vhost, sinks, mta_config, start
              what="the poison message back in mta.quarantine after peeking")
 
     # the operator fixed the cause: put it back on its lane
-    proc = _replay_parked(cfg)
+    proc = _replay_quarantined(cfg)
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     assert "moved 1" in proc.stdout, proc.stdout
     wait_for(lambda: (queue_info(vhost, QUARANTINE) or {}).get("messages") == 0, timeout=10,
