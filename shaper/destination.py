@@ -130,9 +130,6 @@ class DestinationCore(Admission):
                 self.held.note(now, delay)
                 self._hold(job, delay)
 
-    def bulk_cap(self) -> int:
-        return self.lanes.bulk_cap(self.window.allowed, self.policy.single_connections)
-
     # ---- state
 
     def refresh(self, now: float) -> None:
@@ -218,7 +215,7 @@ class DestinationCore(Admission):
     def take(self) -> Any | None:
         """The next job for a worker (single first, bulk within its cap); None: nothing
         for it now. It counts as unpaced until `slot` books its rate slot."""
-        return self.lanes.take(self.bulk_cap())
+        return self.lanes.take(self.window.allowed, self.policy.single_connections)
 
     def slot(self, job: Any, now: float) -> float | Hold:
         """Book ``job``'s rate slot: the seconds to wait for it, or a `Hold` when its
@@ -269,7 +266,8 @@ class DestinationCore(Admission):
         lanes = self.lanes
         if lanes.single:
             job = lanes.single.popleft()
-        elif lanes.bulk and lanes.bulk_busy - (current.lane != "single") < self.bulk_cap():
+        elif (lanes.bulk and lanes.bulk_busy - (current.lane != "single")
+              < lanes.bulk_cap(self.window.allowed, self.policy.single_connections)):
             lanes.bulk_busy += 1  # this worker holds two bulk jobs until current is settled
             job = lanes.bulk.popleft()
         else:
@@ -286,17 +284,21 @@ class DestinationCore(Admission):
 
     # ---- connections
 
-    def wants_connection(self, opening: int, connected: int, now: float) -> bool:
+    def wants_connection(self, opening: int) -> bool:
         """Whether another worker would carry mail: jobs wait that the ``opening`` ones will
-        not take, the window has room (for bulk: outside the single lane's reserve), and,
-        with sessions up, `max_connection_rate` allows one soon."""
-        if self.lanes.queued <= opening or self.state.mode is Mode.PAUSED:
+        not take, and the window has room (for bulk: outside the single lane's reserve).
+        With sessions up, ask `connection_soon` too."""
+        lanes = self.lanes
+        if lanes.queued <= opening or self.state.mode is Mode.PAUSED:
             return False
-        if not self.lanes.single and self.window.in_use >= self.bulk_cap():
+        if not lanes.single and self.window.in_use >= lanes.bulk_cap(self.window.allowed, self.policy.single_connections):
             return False
-        if self.window.available <= 0:
-            return False
-        return not connected or self.connection_rate.check(now).retry_after <= MAX_WAIT
+        return self.window.available > 0
+
+    def connection_soon(self, now: float) -> bool:
+        """`max_connection_rate` allows another connection within `MAX_WAIT` (else the open
+        sessions carry the mail until it does)."""
+        return self.connection_rate.check(now).retry_after <= MAX_WAIT
 
     def connection_wait(self, now: float) -> float | None:
         """Take a connection from `max_connection_rate`: None when it allows one now, else

@@ -69,13 +69,13 @@ class Lanes:
             return True
         return False
 
-    def take(self, bulk_cap: int) -> Any | None:
-        """The next job for a worker, single first; bulk only within ``bulk_cap``. It
-        counts as unpaced until its rate slot is booked. None: nothing for this worker."""
+    def take(self, allowed: int, single_connections: int) -> Any | None:
+        """The next job for a worker, single first; bulk only within its cap (`bulk_cap`).
+        It counts as unpaced until its rate slot is booked. None: nothing for this worker."""
         if self.single:
             self.unpaced += 1
             return self.single.popleft()
-        if self.bulk and self.bulk_busy < bulk_cap:
+        if self.bulk and self.bulk_busy < self.bulk_cap(allowed, single_connections):
             self.bulk_busy += 1
             self.unpaced += 1
             return self.bulk.popleft()

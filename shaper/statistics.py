@@ -62,7 +62,8 @@ def _waits(core: Any, held: int) -> str:
     if core.state.mode is Mode.PAUSED:
         return "unreachable" if core.unreachable_since is not None else "paused"
     if lanes.queued:
-        if window.available <= 0 or (not lanes.single and window.in_use >= core.bulk_cap()):
+        cap = lanes.bulk_cap(window.allowed, core.policy.single_connections)
+        if window.available <= 0 or (not lanes.single and window.in_use >= cap):
             return "connections"
         return "rate"
     return "held" if held else ""

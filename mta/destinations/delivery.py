@@ -237,8 +237,10 @@ class Destination:
                 self._budget.release(self.key)
 
     def _wants_worker(self) -> bool:
-        if self.closing or not self.core.wants_connection(self._opening, self.connected, self._clock()):
+        if self.closing or not self.core.wants_connection(self._opening):
             return False
+        if self.connected and not self.core.connection_soon(self._clock()):
+            return False  # the open sessions carry the mail until max_connection_rate allows another
         if self.share is not None and self.share.full:
             self.share.wait(self)  # the provider's sessions are all in use: in line for one
             return False

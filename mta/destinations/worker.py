@@ -154,7 +154,9 @@ class Worker:
         dest, session, watchdog = self.dest, self.session, self.watchdog
         reply = await self._begin(session, job, True, deadline)
         while reply is None:  # the receiver waits for job's content
-            follow = self.follow = self._follow(job)
+            # The next job, its commands in one write with job's content (RFC 2920), while not closing.
+            follow = self.follow = (self.core.follow(job, self.sent, dest._clock())
+                                    if session.pipelining and not dest.closing else None)
             ahead = None if follow is None else _commands(session, follow)
             self.sending = job
             reply, cut = await self._finish(session, job, ahead if isinstance(ahead, tuple) else None, deadline)
@@ -277,14 +279,6 @@ class Worker:
         log.exception("%s: delivery of %s failed unexpectedly; it is retried", self.dest.key, job.id)
         session.usable = False
         return Reply(None, f"internal error: {exc.__class__.__name__}", "message")
-
-    def _follow(self, current: Job) -> Job | None:
-        """The job to pipeline behind ``current``'s content (RFC 2920), one write for both
-        (shaper.destination.DestinationCore.follow), only while not closing and on a
-        session that pipelines. None: ``current`` goes alone."""
-        if not self.session.pipelining or self.dest.closing:
-            return None
-        return self.core.follow(current, self.sent, self.dest._clock())
 
     async def _pace(self, job: Job) -> Job | None:
         """Wait for the job's turn in the message rate; returns the job to send, which is a

@@ -238,3 +238,35 @@ def test_a_throttle_pattern_puts_its_limits_in_force_until_it_ends():
     assert (made.core.state.mode, made.core.per_second, made.core.policy.connection_limit) == (Mode.BACKOFF, 1.0, 2)
     made.core.refresh(T0 + 600)
     assert (made.core.state.mode, made.core.per_second, made.core.policy.connection_limit) == (Mode.NORMAL, 100.0, 10)
+
+
+@pytest.mark.parametrize("bulk, single, opening, in_use, single_about, wants", [
+    (0, 0, 0, 0, False, False),  # nothing to carry
+    (2, 0, 2, 0, False, False),  # the two opening take them
+    (2, 0, 1, 0, False, True),
+    (2, 0, 0, 3, False, False),  # the window's 3 are in use
+    (2, 0, 0, 2, True, False),  # bulk beside the single lane's reserve: 2 of 3
+    (2, 1, 0, 2, True, True),  # single mail may take the reserve
+])
+def test_another_worker_is_wanted(bulk, single, opening, in_use, single_about, wants):
+    made = Made()
+    core = made.core
+    if single_about:
+        core.lanes.single_about(T0, True)
+    for job in jobs("bulk", bulk) + jobs("single", single):
+        core.queue(job, T0)
+    for _ in range(in_use):
+        core.window.try_open()
+    assert core.wants_connection(opening) is wants
+
+
+def test_no_worker_while_paused_nor_a_connection_max_connection_rate_allows_only_later():
+    made = Made(max_connection_rate=Rate.parse("1/min"), connection_limit=1)
+    core = made.core
+    core.queue(Job("b"), T0)
+    assert core.connection_soon(T0) and core.connection_wait(T0) is None  # the burst's one
+    assert not core.connection_soon(T0)  # the next in a minute: the open session carries the mail
+    assert core.connection_wait(T0 + 1) == pytest.approx(59)
+    core.suspend(T0, T0 + 60, "operator")
+    core.queue(Job("c"), T0)  # queued while paused (a reply in flight paused it)
+    assert core.lanes.queued == 1 and not core.wants_connection(0)

@@ -56,11 +56,11 @@ def test_a_worker_takes_single_mail_first_and_bulk_only_within_its_cap():
     for name in ("b1", "b2", "b3"):
         lanes.bulk.append(Job(name))
     lanes.single.append(Job("s1", "single"))
-    taken = [lanes.take(bulk_cap=2) for _ in range(4)]
+    taken = [lanes.take(allowed=2, single_connections=1) for _ in range(4)]
     assert [job.name if job else None for job in taken] == ["s1", "b1", "b2", None]
     assert (lanes.bulk_busy, lanes.unpaced, lanes.queued) == (2, 3, 1)
     lanes.release(taken[1])  # b1 sent: room for one more bulk job
-    assert lanes.take(bulk_cap=2).name == "b3"
+    assert lanes.take(allowed=2, single_connections=1).name == "b3"
     lanes.release(taken[0])  # single mail never counted against bulk's cap
     assert lanes.bulk_busy == 2
 
@@ -70,12 +70,12 @@ def test_a_job_put_back_goes_first_again_and_drain_empties_the_lanes():
     lanes.bulk.append(Job("a1", tags=("a",)))
     lanes.bulk.append(Job("b1", tags=("b",)))
     lanes.single.append(Job("s1", "single"))
-    single = lanes.take(bulk_cap=5)
-    bulk = lanes.take(bulk_cap=5)
+    single = lanes.take(allowed=5, single_connections=1)
+    bulk = lanes.take(allowed=5, single_connections=1)
     lanes.put_back(bulk)
     lanes.put_back(single)
     lanes.release(bulk)
-    assert [lanes.take(bulk_cap=5).name for _ in range(2)] == ["s1", "a1"]
+    assert [lanes.take(allowed=5, single_connections=1).name for _ in range(2)] == ["s1", "a1"]
     assert [job.name for job in lanes.drain()] == ["b1"]
     assert lanes.queued == 0
 
