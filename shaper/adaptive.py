@@ -16,12 +16,14 @@ until it is back at the ceiling and the adaptation is dropped. A receiver with
 limit R is thus held on a slow sawtooth between about 0.8 R and R, and is told
 "too fast" once per climb, not on every message.
 
-``now`` and the observed rate come in as arguments; nothing here reads a clock.
+The observed rate comes from an ``AcceptMeter``: what receivers accepted per second
+over the last second or two. ``now`` and the observed rate come in as arguments; nothing
+here reads a clock.
 """
 
 from __future__ import annotations
 
-__all__ = ["AdaptiveRate"]
+__all__ = ["AcceptMeter", "AdaptiveRate"]
 
 DECREASE = 0.8  # factor applied to the accepted rate on a rate reply
 MIN_FACTOR = 0.25  # one signal cuts the rate to no less than this share of it
@@ -91,3 +93,27 @@ def _positive(value: float) -> float:
     if not value > 0:
         raise ValueError(f"a rate must be positive, got {value!r}")
     return float(value)
+
+
+class AcceptMeter:
+    """Messages the receiver accepted per second, over the last second or two."""
+
+    __slots__ = ("_second", "_count", "_previous")
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._count = 0
+        self._previous = 0
+
+    def note(self, now: float) -> None:
+        second = int(now)
+        if second != self._second:
+            self._previous = self._count if second == self._second + 1 else 0
+            self._second, self._count = second, 0
+        self._count += 1
+
+    def rate(self, now: float) -> float:
+        second = int(now)
+        if second == self._second:
+            return (self._previous + self._count) / (1.0 + now - second)
+        return self._count / (1.0 + now - second) if second == self._second + 1 else 0.0

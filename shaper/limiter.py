@@ -33,7 +33,7 @@ from fractions import Fraction
 
 from shaper.units import Rate
 
-__all__ = ["Decision", "Gcra"]
+__all__ = ["Decision", "Gcra", "message_burst"]
 
 _NS = 1_000_000_000
 
@@ -176,3 +176,9 @@ class Gcra:
     def __repr__(self) -> str:
         tat = None if self._tat is None else self._tat / _NS
         return f"Gcra(rate={self._rate}, burst={self._burst}, tat={tat})"
+
+
+def message_burst(per_second: float) -> int:
+    """50 ms worth back to back: enough to absorb timer jitter, too little to show as a
+    burst at the receiver (20/s keeps a burst of 1: at most 20 in any second)."""
+    return max(1, int(per_second / 20))

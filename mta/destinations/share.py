@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mta.config import Policy
-from mta.destinations.delivery import message_burst
+from shaper.limiter import message_burst
 from shaper.allowance import HeldLedger
 from shaper.limiter import Gcra
 from shaper.units import Rate
