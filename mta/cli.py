@@ -40,6 +40,11 @@ acknowledged them and exit 1 unless every MTA consuming the lanes did.
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return _COMMANDS[args.command](args)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mta", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -76,57 +81,79 @@ def main(argv: list[str] | None = None) -> int:
     keygen.add_argument("--algorithm", default="rsa-sha256", choices=["rsa-sha256", "ed25519-sha256"])
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (2048 at least)")
     keygen.add_argument("--key-file", help="where to write the key (default DOMAIN.SELECTOR.pem); never overwritten")
-    args = parser.parse_args(argv)
-    if args.command == "status":
-        return _status(args)
+    return parser
 
-    if args.command in ("pause", "resume", "reload"):
-        return _control(args)
-    if args.command == "dkim-keygen":
-        from mta.dkim.keygen import keygen as run_keygen
 
-        return run_keygen(args.domain, args.selector, args.algorithm, args.bits, args.key_file)
+def _keygen(args) -> int:
+    from mta.dkim.keygen import keygen as run_keygen
+
+    return run_keygen(args.domain, args.selector, args.algorithm, args.bits, args.key_file)
+
+
+def _load(path: str):
+    """The rules file, or None after printing every problem in it."""
     try:
-        config = load_config(args.config)
+        return load_config(path)
     except ConfigError as exc:
-        print(f"{args.config}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
-        return 1
-    if config.dkim and args.command in ("check", "run"):
+        return None
+
+
+def _preflight(config, path: str) -> bool:
+    """What `check` and `run` look at beyond the rules: the DKIM keys load (False: they do
+    not, the problems printed), the secret files' warnings."""
+    if config.dkim:
         from mta.dkim.signer import load_keys
 
         try:
             _, warnings = load_keys(config.dkim)
         except ConfigError as exc:
-            print(f"{args.config}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
-            return 1
+            print(f"{path}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
+            return False
         for warning in warnings:
-            print(f"{args.config}: warning: {warning}", file=sys.stderr)
-    if args.command in ("check", "run"):
-        from mta.ops.control import secret_file_warnings
+            print(f"{path}: warning: {warning}", file=sys.stderr)
+    from mta.ops.control import secret_file_warnings
 
-        for warning in secret_file_warnings(config):
-            print(f"{args.config}: warning: {warning}", file=sys.stderr)
-    if args.command == "check" and args.explain:
+    for warning in secret_file_warnings(config):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
+    return True
+
+
+def _check(args) -> int:
+    config = _load(args.config)
+    if config is None or not _preflight(config, args.config):
+        return 1
+    if args.explain:
         from mta.ops.explain import explain
 
         print(explain(config, args.explain, args.mx))
         return 0
-    if args.command == "check":
-        from mta.config import retry_notes
+    from mta.config import retry_notes
 
-        for note in retry_notes(config):
-            print(f"{args.config}: note: {note}", file=sys.stderr)
-        print(f"{args.config}: OK ({len(config.domains)} domain rules, {len(config.providers)} providers, "
-              f"{len(config.patterns)} patterns, {len(config.routes)} routes, {len(config.dkim)} DKIM keys)")
-        return 0
-    if args.command in ("replay-quarantined", "replay-parked"):
-        from mta.broker.quarantine import replay_quarantined
+    for note in retry_notes(config):
+        print(f"{args.config}: note: {note}", file=sys.stderr)
+    print(f"{args.config}: OK ({len(config.domains)} domain rules, {len(config.providers)} providers, "
+          f"{len(config.patterns)} patterns, {len(config.routes)} routes, {len(config.dkim)} DKIM keys)")
+    return 0
 
-        moved = asyncio.run(replay_quarantined(config, args.limit))
-        print(f"moved {moved} message(s) from mta.quarantine back to their lanes")
-        return 0
+
+def _replay(args) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from mta.broker.quarantine import replay_quarantined
+
+    moved = asyncio.run(replay_quarantined(config, args.limit))
+    print(f"moved {moved} message(s) from mta.quarantine back to their lanes")
+    return 0
+
+
+def _start(args) -> int:
+    config = _load(args.config)
+    if config is None or not _preflight(config, args.config):
+        return 1
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     return _run(config, args.config)
@@ -252,3 +279,10 @@ def _status(args) -> int:
     else:
         print(status.render(report))
     return 0
+
+
+# One function per command (`replay-parked`: the former name of `replay-quarantined`).
+_COMMANDS = {
+    "run": _start, "check": _check, "replay-quarantined": _replay, "replay-parked": _replay,
+    "status": _status, "pause": _control, "resume": _control, "reload": _control, "dkim-keygen": _keygen,
+}

@@ -48,7 +48,8 @@ from mta.routing.rules import Resolved, Rules
 from mta.destinations.share import Shares
 from mta.settle.settler import AckBook, Settler, attempt_entry, cut_text
 from mta.dkim.signer import Signer, load_keys
-from mta.smtp.client import Connector, Reply
+from mta.smtp.client import Reply
+from mta.smtp.connector import Connector
 from mta.broker.topology import LANES, Topology, lane_queue
 from shaper.disposition import DELIVERED, Bounced, Deferred, Expired, after_attempt, after_hold
 from shaper.retry import RetrySchedule

@@ -51,7 +51,9 @@ from mta.config import Policy, Smtp, merge
 from mta.intake.message import Job
 from mta.routing.mx import MxAnswer
 from mta.destinations.worker import Worker
-from mta.smtp.client import Connector, Reply, Session
+from mta.smtp.client import Reply
+from mta.smtp.connector import Connector
+from mta.smtp.session import Session
 from shaper.allowance import HeldLedger
 from shaper.budget import UNLIMITED_FDS_BUDGET
 from shaper.destination import FORGET_AFTER, HAND, PROBE_FIRST, QUEUE, DestinationCore  # noqa: F401  (FORGET_AFTER: the engine's)

@@ -30,7 +30,8 @@ from mta.config import Policy
 from mta.destinations.watchdog import NEVER, Watchdog
 from mta.intake.message import Job
 from mta.settle.settler import abandoned
-from mta.smtp.client import Reply, Session, SessionFailed, Timeouts
+from mta.smtp.client import Reply, SessionFailed, Timeouts
+from mta.smtp.session import Session
 from shaper.allowance import MAX_WAIT
 from shaper.destination import Hold
 from shaper.state import Mode

@@ -1,10 +1,10 @@
 """Intake: turn a consumed AMQP body into a validated `Job`, or say exactly why not.
 
 Everything that could put a command on the wire is checked here, before any network I/O:
-the addresses (RFC 5321 syntax and lengths, no CR/LF/NUL, no whitespace or brackets), the
-choice of `mime` xor `mime_b64`, and the per-message overrides. The MIME is converted to
-canonical SMTP form once (CRLF line ends, dot-stuffed), so signing and sending both see the
-bytes that go out.
+the addresses (`mta.intake.address`: RFC 5321 syntax and lengths, no CR/LF/NUL, no
+whitespace or brackets), the choice of `mime` xor `mime_b64`, and the per-message
+overrides. The MIME is converted to canonical SMTP form once (CRLF line ends,
+dot-stuffed), so signing and sending both see the bytes that go out.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import ipaddress
 import re
 import uuid
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from mta.intake.idn import a_labels
+from mta.intake.address import Address, InvalidMessage, parse_address
 from mta.intake.longlines import Unsendable, has_long_line, shorten
 from mta.broker.topology import delay_queue
 from shaper.retry import MAX_MESSAGE_SECONDS
@@ -41,90 +40,9 @@ _ID_BEYOND, _ID_LOWEST = 10 ** MAX_ID, -10 ** (MAX_ID - 1)  # integer ids strict
 # (one attempt a second for the whole of it), far below what an AMQP integer or a result can carry.
 MAX_CARRIED_ATTEMPTS = 1_000_000
 
-# RFC 5321 dot-string or quoted-string (qtextSMTP / quoted-pairSMTP: printable ASCII, no
-# control characters), with RFC 6531's UTF8-non-ascii allowed where atext and qtext are.
-_LOCAL_ATOM = re.compile(
-    r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]|[^\x00-\x7f])+"
-    r"|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|[^\x00-\x7f]|\\[\x20-\x7e])*\""
-)
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-_ADDRESS_LITERAL = re.compile(r"\[(?:IPv6:([0-9A-Fa-f:.]+)|([0-9]{1,3}(?:\.[0-9]{1,3}){3}))\]")
-
-
-class InvalidMessage(Exception):
-    """The body cannot be accepted; the text is the reason put in `x-mta-error`."""
-
 
 class BodyTooLarge(InvalidMessage):
     """Refused before it was read: nothing of it (not even its id) can be echoed."""
-
-
-class Address:
-    """A checked mailbox: the form for the wire, the ASCII domain for DNS, whether it needs SMTPUTF8."""
-
-    __slots__ = ("text", "local", "domain", "ascii_domain", "utf8")
-
-    def __init__(self, text: str, local: str, domain: str, ascii_domain: str, utf8: bool):
-        self.text = text
-        self.local = local
-        self.domain = domain
-        self.ascii_domain = ascii_domain
-        self.utf8 = utf8
-
-
-def parse_address(value: Any, field: str) -> Address:
-    if not isinstance(value, str):
-        raise InvalidMessage(f"{field}: expected a string address, got {type(value).__name__}")
-    if "\r" in value or "\n" in value or "\x00" in value:
-        raise InvalidMessage(f"{field}: CR, LF or NUL in address")
-    if len(value.encode("utf-8", "surrogatepass")) > 254:
-        raise InvalidMessage(f"{field}: address longer than 254 octets")
-    local, at, domain = value.rpartition("@")
-    if not at or not local or not domain:
-        raise InvalidMessage(f"{field}: {value!r} is not of the form local@domain")
-    if len(local.encode("utf-8", "surrogatepass")) > 64:
-        raise InvalidMessage(f"{field}: local part longer than 64 octets")
-    utf8 = not local.isascii()
-    if utf8 and not local.isprintable():
-        raise InvalidMessage(f"{field}: {value!r} has characters not allowed in a local part")
-    if _LOCAL_ATOM.fullmatch(local) is None or local.startswith(".") or local.endswith(".") or ".." in local:
-        raise InvalidMessage(f"{field}: {value!r} has an invalid local part")
-    if domain.startswith("["):
-        _address_literal(domain, field, value)
-        return Address(value, local, domain, domain, utf8)
-    ascii_domain = _ascii_domain(domain.rstrip(".").lower(), field, value)
-    if len(local.encode("utf-8")) + 1 + len(ascii_domain) > 254:
-        raise InvalidMessage(f"{field}: address longer than 254 octets once the domain is in ASCII form")
-    # The wire form carries the A-label domain: without SMTPUTF8 the command must be ASCII.
-    return Address(f"{local}@{ascii_domain}", local, domain, ascii_domain, utf8)
-
-
-def _address_literal(domain: str, field: str, value: str) -> None:
-    """RFC 5321 §4.1.3: `[192.0.2.1]` (each Snum 0-255) or `[IPv6:2001:db8::1]`; nothing else
-    can be delivered to (a General-address-literal names no address we could connect to)."""
-    match = _ADDRESS_LITERAL.fullmatch(domain)
-    valid = match is not None
-    if valid and match.group(1) is not None:
-        try:
-            ipaddress.IPv6Address(match.group(1))
-        except ValueError:
-            valid = False
-    elif valid:
-        valid = all(int(snum) <= 255 for snum in match.group(2).split("."))
-    if not valid:
-        raise InvalidMessage(f"{field}: {value!r} has an invalid address literal")
-
-
-def _ascii_domain(domain: str, field: str, value: str) -> str:
-    if not domain.isascii():
-        domain = a_labels(domain)  # IDNA 2008, UTS #46 (mta.intake.idn)
-        if domain is None:
-            raise InvalidMessage(f"{field}: {value!r} has an invalid international domain")
-    labels = domain.split(".")
-    if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
-        raise InvalidMessage(f"{field}: {value!r} has an invalid domain")
-    return domain
-
 
 def canonical_data(mime: bytes) -> bytes:
     """CRLF line ends only, leading dots doubled, ending in CRLF: the DATA payload without the final dot.
@@ -212,13 +130,8 @@ def decode(body: bytes, headers: dict[str, Any], lane: str, now: float, message_
     job.tags = _tags(doc)
     job.retries = _retries(doc)
     job.max_age = _positive_number(doc, "maxdelivertime")
-    max_attempts = doc.get("maxattempts", 0)
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 0:
-        raise InvalidMessage("maxattempts: expected a whole number >= 0")
-    job.max_attempts = max_attempts
-    dkim = doc.get("dkim")
-    if dkim is not None and dkim is not False and not (isinstance(dkim, dict) and isinstance(dkim.get("domain"), str) and isinstance(dkim.get("selector"), str)):
-        raise InvalidMessage("dkim: expected false or {domain, selector}")
+    job.max_attempts = _max_attempts(doc)
+    _check_dkim(doc)
     job.doc = doc
     job.body = body
     job.lane = lane
@@ -444,3 +357,17 @@ def _positive_number(doc: dict, field: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_MESSAGE_SECONDS:
         raise InvalidMessage(f"{field}: expected a positive number of seconds, at most {MAX_MESSAGE_SECONDS:g}")
     return float(value)
+
+
+def _max_attempts(doc: dict) -> int:
+    max_attempts = doc.get("maxattempts", 0)
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 0:
+        raise InvalidMessage("maxattempts: expected a whole number >= 0")
+    return max_attempts
+
+
+def _check_dkim(doc: dict) -> None:
+    """`dkim` is read when the message is signed; a malformed one is refused here, at intake."""
+    dkim = doc.get("dkim")
+    if dkim is not None and dkim is not False and not (isinstance(dkim, dict) and isinstance(dkim.get("domain"), str) and isinstance(dkim.get("selector"), str)):
+        raise InvalidMessage("dkim: expected false or {domain, selector}")

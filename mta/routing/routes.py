@@ -44,7 +44,9 @@ from mta.intake.idn import ascii_domain
 from mta.intake.message import Job
 from mta.routing.mx import DnsFailure, MxAnswer, MxHost, MxResolver, parse_static
 from mta.routing.rules import Resolved, Rules
-from mta.smtp.client import Connector, Credentials, Reply, Session, Timeouts
+from mta.smtp.client import Credentials, Reply, Timeouts
+from mta.smtp.connector import Connector
+from mta.smtp.session import Session
 
 log = logging.getLogger("mta.routes")
 

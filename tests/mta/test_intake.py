@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mta.intake.address import parse_address
 from mta.intake.message import (
     H_ATTEMPTS,
     H_FIRST,
@@ -23,7 +24,6 @@ from mta.intake.message import (
     Job,
     canonical_data,
     decode,
-    parse_address,
 )
 
 NOW = 1_700_000_000.0

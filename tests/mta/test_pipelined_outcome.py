@@ -13,7 +13,8 @@ from mta.clock import SYSTEM
 from mta.config import Policy, Smtp, merge
 from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
-from mta.smtp.client import Connector, Reply
+from mta.smtp.client import Reply
+from mta.smtp.connector import Connector
 from tests.mta.test_attempt_limits import FAST, Book, job, until
 
 

@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from mta.smtp.client import MAX_REPLY, ProtocolViolation, _parse_reply, _ReplyReader
+from mta.smtp.client import ProtocolViolation
+from mta.smtp.replies import MAX_REPLY, _parse_reply, _ReplyReader
 
 # The replies to one message's end of data and to the next transaction pipelined behind it.
 PIPELINED = (b"250 2.0.0 OK queued as A1\r\n"
@@ -238,7 +239,7 @@ def test_continuation_lines_arriving_one_by_one_are_scanned_once() -> None:
     # Each chunk looks at its own bytes only: a long multi-line reply in small chunks is
     # read in linear time (counted: calls of _parse_reply, once per complete reply).
     async def run() -> tuple[tuple[int, str], int]:
-        import mta.smtp.client as smtp
+        import mta.smtp.replies as smtp
         calls = 0
         original = smtp._parse_reply
 

@@ -1,6 +1,6 @@
 """`mta.intake.longlines.seven_bit`: a message made 7-bit for a receiver without 8BITMIME (RFC 6152)
 reads the same; what cannot be re-encoded is refused with a reason, never sent 8-bit.
-`mta.smtp.client.downgrade` applies it to a message as sent (CRLF, dot-stuffed)."""
+`mta.smtp.session.downgrade` applies it to a message as sent (CRLF, dot-stuffed)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from mta.intake.longlines import Unsendable, has_long_line, seven_bit
 from mta.intake.message import canonical_data
-from mta.smtp.client import Reply, downgrade
+from mta.smtp.client import Reply
+from mta.smtp.session import downgrade
 
 
 def leaves(mime: bytes) -> list[bytes]:

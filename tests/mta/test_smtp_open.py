@@ -21,7 +21,8 @@ from mta.clock import SYSTEM
 from mta.config import Policy, Smtp, merge
 from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
-from mta.smtp.client import Connector, SessionFailed, Timeouts
+from mta.smtp.client import SessionFailed, Timeouts
+from mta.smtp.connector import Connector
 from tests.mta.test_attempt_limits import FAST, job
 
 STEP = 0.5  # each step's timeout: connect (with the banner), EHLO, STARTTLS

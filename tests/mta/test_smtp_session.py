@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from mta.smtp.client import Reply, Session, SessionFailed, Timeouts
+from mta.smtp.client import Reply, SessionFailed, Timeouts
+from mta.smtp.session import Session
 
 SENDER, RECIPIENT = "a@sender.test", "b@receiver.test"
 CONTENT = b"Subject: hi\r\n\r\nthe body\r\n"
@@ -377,7 +378,7 @@ def test_a_multipart_message_has_only_its_8bit_part_re_encoded():
 
 def test_8bit_header_fields_cannot_be_re_encoded_and_bounce():
     # The net under Session.commands, which refuses such a message before MAIL (below).
-    from mta.smtp.client import downgrade
+    from mta.smtp.session import downgrade
     reply = downgrade(eight_bit("From: a@sender.test\nSubject: caf\u00e9\n\nbody\n"))
     assert (reply.code, reply.enhanced, reply.phase) == (550, "5.6.9", "message")
     assert "8-bit header" in reply.text and "SMTPUTF8" in reply.text
@@ -502,5 +503,5 @@ def test_a_non_ascii_local_part_bounces_where_smtputf8_is_not_offered(data: byte
     (b"Subject: hi\r\n\r\nbody\r\n\r\nX-Not-A-Header: caf\xc3\xa9\r\n", False),
 ])
 def test_utf8_header_fields_are_found_in_the_header_block_only(data: bytes, utf8: bool):
-    from mta.smtp.client import utf8_header_fields
+    from mta.smtp.session import utf8_header_fields
     assert utf8_header_fields(data) is utf8
