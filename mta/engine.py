@@ -46,7 +46,9 @@ from mta.routing.routes import RouteTable
 from mta.routing.table import Router
 from mta.routing.rules import Resolved, Rules
 from mta.destinations.share import Shares
-from mta.settle.settler import AckBook, Settler, attempt_entry, cut_text
+from mta.settle.acks import AckBook
+from mta.settle.results import attempt_entry, cut_text
+from mta.settle.settler import Settler
 from mta.dkim.signer import Signer, load_keys
 from mta.smtp.client import Connector, Reply
 from mta.broker.topology import LANES, Topology, lane_queue
