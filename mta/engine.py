@@ -27,7 +27,6 @@ import socket
 
 import msgspec
 
-from mta import fault
 from mta.broker import client
 from mta.broker.client import Delivery
 from mta.broker.errors import BrokerLost
@@ -37,28 +36,26 @@ from mta.destinations.budget import Budget
 from mta.clock import SYSTEM, Clock
 from mta.config import Config, ConfigError, load_config
 from mta.destinations.delivery import Destination
-from mta.intake.window import OFF_LOOP_BYTES, LaneWindow, OffLoop
+from mta.intake.accept import Intake
+from mta.intake.window import LaneWindow, OffLoop
 from mta.settle.journal import Journal
-from mta.intake.message import BodyTooLarge, InvalidMessage, Job, decode
+from mta.intake.message import Job
 from mta.ops.metrics import Metrics
-from mta.routing.mx import DnsFailure, MxAnswer, MxResolver
+from mta.routing.mx import MxAnswer, MxResolver
 from mta.routing.routes import RouteTable
 from mta.routing.table import Router
 from mta.routing.rules import Resolved, Rules
 from mta.destinations.share import Shares
 from mta.settle.acks import AckBook
-from mta.settle.results import attempt_entry, cut_text
+from mta.settle.outcomes import Outcomes
 from mta.settle.settler import Settler
 from mta.dkim.signer import Signer, load_keys
-from mta.smtp.client import Connector, Reply
+from mta.smtp.client import Connector
 from mta.broker.topology import LANES, Topology, lane_queue
-from shaper.disposition import DELIVERED, Bounced, Deferred, Expired, after_attempt, after_hold
-from shaper.retry import RetrySchedule
 
 log = logging.getLogger("mta.engine")
 
 FORGET_SWEEP = 60.0  # seconds between looks for idle destinations to forget
-REASON_MAX = 512  # octets of an unforeseen intake failure's text kept in x-mta-error and the result
 JOURNAL_BYTES = 2048  # room per outcome in the journal, whose files hold 4 prefetch windows each
 
 
@@ -82,29 +79,62 @@ class Engine:
         dns = config.dns
         self.resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, clock)
         self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, self.time, config.smtp.ca_file)
-        self.router = Router(self.resolver, self.rules, self._deliver, self._unroutable, clock=clock)
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
         self.budget = Budget.from_config(config.smtp.max_connections)  # SMTP connections of all destinations
         self.shares = Shares(clock)  # each provider's limits over all its destinations
         self.pauses = control.Pauses()
         self.control_gate = control.gate_for(config.control)  # ConfigError when its key is missing
-        # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
-        self.routes = self.router.routes = RouteTable(config.routes, self.rules, self.pauses, clock)
-        self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self._not_signed,
-                             clock=self.time) if config.dkim else None
-        self.settler: Settler | None = None
-        self.off_loop = OffLoop()  # big bodies' decode
-        self.journal: Journal | None = None
-        self._recorded: dict = {}  # outcomes read back from the journal, until the settler takes them
-        self.ready = asyncio.Event()
-        self.stopping = False
         self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
                        "held": 0}
         self.crashes: dict[str, int] = {}  # bugs that ended a session, by the task they crashed
         self.metrics = Metrics(self, clock=clock)
+        # What an attempt, a hold or a failed lookup means for a message; bound once for every destination.
+        self.outcomes = Outcomes(clock, self.counts, self.metrics, self.destinations, self.rules, config.default)
+        self._done, self._hold = self.outcomes.done, self.outcomes.hold
+        self.router = Router(self.resolver, self.rules, self._deliver, self.outcomes.unroutable, clock=clock)
+        # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
+        self.routes = self.router.routes = self.outcomes.routes = RouteTable(config.routes, self.rules,
+                                                                             self.pauses, clock)
+        self.off_loop = OffLoop()  # big bodies' decode
+        self.intake = Intake(clock, self.counts, config.smtp.max_message_size, self.off_loop, self.router,
+                             self.outcomes)
+        self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self.outcomes.not_signed,
+                             clock=self.time) if config.dkim else None
+        self.settler = None
+        self.journal: Journal | None = None
+        self._recorded: dict = {}  # outcomes read back from the journal, until the settler takes them
+        self.ready = asyncio.Event()
+        self.stopping = False
         if self.signer is not None:
             self.signer.observe = self.metrics.observe_dkim_signing
+
+    # The intake and the outcomes hold the settler, the signer and the shutdown flag
+    # themselves (read once per message); these keep them in step with the engine's.
+
+    @property
+    def settler(self) -> Settler | None:
+        return self._settler
+
+    @settler.setter
+    def settler(self, settler: Settler | None) -> None:
+        self._settler = self.intake.settler = self.outcomes.settler = settler
+
+    @property
+    def signer(self) -> Signer | None:
+        return self._signer
+
+    @signer.setter
+    def signer(self, signer: Signer | None) -> None:
+        self._signer = self.intake.signer = signer
+
+    @property
+    def stopping(self) -> bool:
+        return self.intake.stopping
+
+    @stopping.setter
+    def stopping(self, stopping: bool) -> None:
+        self.intake.stopping = stopping
 
     # ---- broker sessions
 
@@ -327,12 +357,12 @@ class Engine:
         lane_channel = client.Consuming.of(channel)  # below aio-pika's messages (mta.broker.client)
         if limit:  # held to prefetch_bytes as well as to the count (mta.intake.window)
             window = LaneWindow(lane_channel, lane_queue(lane), prefetch, limit, None)
-            window.take = self._taker(lane, window.book)
+            window.take = self.intake.taker(lane, window.book)
             await window.start()
             return window, None, window.book
         await lane_channel.basic_qos(prefetch_count=prefetch)
         book = AckBook(lane_channel)
-        take = self._taker(lane, book)
+        take = self.intake.taker(lane, book)
 
         async def on_message(message: Delivery) -> None:
             book.received(message.delivery.delivery_tag)
@@ -340,83 +370,6 @@ class Engine:
 
         tag = (await lane_channel.basic_consume(lane_queue(lane), on_message)).consumer_tag
         return lane_channel, tag, book
-
-    def _taker(self, lane: str, book: AckBook):
-        accept = self.accept
-
-        def take(message: Delivery) -> None:
-            delivery = message.delivery
-            properties = message.header.properties
-            accept(message.body, properties.headers, lane, book, delivery.delivery_tag, delivery.redelivered,
-                   properties.message_id)
-
-        return take
-
-    # ---- the path of one message
-
-    def accept(self, body: bytes, headers: dict | None, lane: str, book: AckBook, tag: int,
-               redelivered: bool = False, message_id: str | None = None) -> None:
-        """One delivery, entered in `book` already: decoded, then routed or refused."""
-        now = self.clock()
-        self.counts["consumed"] += 1
-        max_size = self.config.smtp.max_message_size
-        if len(body) > OFF_LOOP_BYTES:  # a big body's decode would hold up every other message
-            self.off_loop.run(decode, (body, headers or {}, lane, now, message_id, max_size),
-                              lambda outcome: self._decoded(outcome, body, headers, lane, book, tag, redelivered, now))
-            return
-        try:
-            job = decode(body, headers or {}, lane, now, message_id, max_size)
-        except Exception as exc:  # InvalidMessage, or what no check foresaw: never left unsettled
-            self._refuse(body, headers, exc, lane, book, tag, now)
-            return
-        self._admit(job, book, tag, redelivered)
-
-    def _decoded(self, outcome, body: bytes, headers: dict | None, lane: str, book: AckBook, tag: int,
-                 redelivered: bool, now: float) -> None:
-        """A big body decoded in the thread, back on the loop."""
-        if book.channel.is_closed:
-            return  # the session ended meanwhile: the broker redelivers it
-        if self.stopping:
-            book.requeue.append(tag)  # SIGTERM meanwhile: back to the broker, not started
-            return
-        if isinstance(outcome, BaseException):
-            self._refuse(body, headers, outcome, lane, book, tag, now)
-        else:
-            self._admit(outcome, book, tag, redelivered)
-
-    def _refuse(self, body: bytes, headers: dict | None, exc: BaseException, lane: str, book: AckBook, tag: int,
-                now: float) -> None:
-        self.counts["invalid"] += 1
-        if isinstance(exc, InvalidMessage):
-            reason = str(exc)
-        else:
-            # A decode that failed unforeseen would fail again on every redelivery: the
-            # message is refused now (with what happened), so it holds no prefetch slot
-            # and no acknowledgement behind it until the broker's consumer_timeout.
-            reason = cut_text(f"intake failed: {type(exc).__name__}: {exc}", REASON_MAX)
-            log.error("decoding a message of %d octets failed unexpectedly (%s); it goes to mta.invalid",
-                      len(body), cut_text(reason, 300))
-        # a body refused unread (BodyTooLarge) is not parsed for its fields either
-        self.settler.invalid(body, headers or {}, reason, book, tag, lane, now,
-                             echo=not isinstance(exc, BodyTooLarge))
-
-    def _admit(self, job: Job, book: AckBook, tag: int, redelivered: bool) -> None:
-        job.delivery = (book, tag)
-        if fault.ARMED: fault.hit("consumed")  # test-only: MTA_FAULT (mta/fault.py)
-        if redelivered and self.settler.replay_final(job, book, tag):
-            return
-        if job.size > self.config.smtp.max_message_size:
-            self._finish(job, Reply(552, f"5.3.4 message of {job.size} octets exceeds the maximum size "
-                                         f"{self.config.smtp.max_message_size} (local decision)", "message"),
-                         None, None, self.rules.resolve(job.domain, None))
-            return
-        if self.signer is not None:  # DKIM: routed once its signature is ready
-            self.signer.submit(job)
-            return
-        self.router.route(job)
-
-    def _not_signed(self, job: Job, reply: Reply) -> None:
-        self._finish(job, reply, None, None, self.rules.resolve(job.domain, None))
 
     async def _on_control(self, message, publish_channel) -> None:
         """One control message (aio-pika's: body, headers, ack)."""
@@ -480,11 +433,30 @@ class Engine:
             log.warning("reload asked for, but the rules did not come from a file; nothing changed")
             return False
         try:
-            config = load_config(self.config_path)
+            config, rules, keys = self._reread()
         except ConfigError as exc:
             log.error("reload of %s refused, the old rules stay in force: %s", self.config_path,
                       "; ".join(exc.problems))
             return False
+        self.config, self.rules = config, rules
+        self.outcomes.rules, self.outcomes.default = rules, config.default
+        self.router.reload(self.rules)
+        self.shares.reload(self.rules)
+        if keys is not None:
+            if self.signer is None:
+                self.signer = Signer(keys, self.router.route, self.outcomes.not_signed)
+                self.signer.observe = self.metrics.observe_dkim_signing
+            else:
+                self.signer.reload(keys)
+        self._reapply(self.clock())
+        log.info("reloaded %s: %d domain rules, %d providers, %d patterns", self.config_path,
+                 len(self.config.domains), len(self.config.providers), len(self.config.patterns))
+        return True
+
+    def _reread(self) -> tuple[Config, Rules, list | None]:
+        """The rules file read again, its rules, and its DKIM keys if they changed; the routes
+        take their new entries. ConfigError, all or nothing, when anything is wrong."""
+        config = load_config(self.config_path)
         for section in ("broker", "dns", "smtp", "metrics", "control"):
             if getattr(config, section) != getattr(self.config, section):
                 log.warning("reload: section %s changed; it takes effect only after a restart", section)
@@ -494,28 +466,12 @@ class Engine:
         rules = Rules(config)
         keys = None
         if config.dkim != self.config.dkim:
-            try:
-                keys, _ = load_keys(config.dkim)  # all or nothing, like the rest of the file
-            except ConfigError as exc:
-                log.error("reload of %s refused, the old rules stay in force: %s", self.config_path,
-                          "; ".join(exc.problems))
-                return False
-        try:
-            self.routes.reload(config.routes, rules)
-        except ConfigError as exc:
-            log.error("reload of %s refused, the old rules stay in force: %s", self.config_path,
-                      "; ".join(exc.problems))
-            return False
-        self.config, self.rules = config, rules
-        self.router.reload(self.rules)
-        self.shares.reload(self.rules)
-        if keys is not None:
-            if self.signer is None:
-                self.signer = Signer(keys, self.router.route, self._not_signed)
-                self.signer.observe = self.metrics.observe_dkim_signing
-            else:
-                self.signer.reload(keys)
-        now = self.clock()
+            keys, _ = load_keys(config.dkim)  # all or nothing, like the rest of the file
+        self.routes.reload(config.routes, rules)
+        return config, rules, keys
+
+    def _reapply(self, now: float) -> None:
+        """The reloaded rules, on every live destination."""
         for destination in self.destinations.values():
             destination.patterns = self.rules.patterns
             if destination.key.startswith("route:"):
@@ -526,9 +482,6 @@ class Engine:
             if resolved is not None and resolved.key == destination.key:
                 destination.apply(resolved.policy)
             destination.refresh(now)
-        log.info("reloaded %s: %d domain rules, %d providers, %d patterns", self.config_path,
-                 len(self.config.domains), len(self.config.providers), len(self.config.patterns))
-        return True
 
     def _deliver(self, job: Job, answer: MxAnswer, resolved: Resolved) -> None:
         job.destination = resolved
@@ -548,73 +501,9 @@ class Engine:
             destination.answer = answer
         destination.push(job)
 
-    def _hold(self, job: Job, delay: int) -> None:
-        """More than the destination can send soon: back to the broker for `delay` seconds,
-        acknowledged now; no attempt is counted and the retry schedule is untouched. A message
-        past its maximum age is not held again but expires: holding must not keep mail
-        alive forever behind a destination that never comes back."""
-        now = self.clock()
-        policy = job.destination.policy if job.destination is not None else self.config.default
-        disposition = after_hold(delay, expires=job.first_seen + (job.max_age or policy.max_age), now=now)
-        book, tag = job.delivery
-        if isinstance(disposition, Expired):
-            destination = self.destinations.get(job.destination.key) if job.destination is not None else None
-            why = destination.state.reason if destination is not None and destination.state.reason else "held"
-            job.history.append(attempt_entry(now, "queue", None, None, f"expired while held, not tried: {why}",
-                                             None, None, job.lane))
-            self.counts["expired"] += 1
-            self.metrics.outcome(job, "expired", "soft", now, tried=False)
-            self.settler.final(job, book, tag, "expired", "soft")
-            return
-        self.counts["held"] += 1
-        self.metrics.not_tried(job, now)
-        self.settler.hold(job, book, tag, disposition.delay)
-
-    def _unroutable(self, job: Job, failure: DnsFailure, resolved: Resolved) -> None:
-        job.destination = resolved
-        self._finish(job, Reply(None, f"{failure.enhanced} {failure.description}", "dns"), None, None,
-                     resolved, permanent=failure.permanent)
-
     def _connector_for(self, key: str):
         """A route's destination connects with the route's credentials and TLS mode."""
         return self.routes.connector(key, self.connector) if key.startswith("route:") else self.connector
-
-    def _done(self, job: Job, reply: Reply, mx: str | None, ip: str | None, verdict: bool | None) -> None:
-        if reply.phase == "auth" and reply.code is not None and reply.code >= 500 and job.destination.key.startswith("route:"):
-            # The smarthost refused the route's credentials: pause the route, defer (not bounce).
-            self._finish(job, self.routes.auth_failed(job.destination.key, reply), mx, ip, job.destination, permanent=False)
-            return
-        self._finish(job, reply, mx, ip, job.destination, verdict=verdict)
-
-    def _finish(self, job: Job, reply: Reply, mx: str | None, ip: str | None, resolved: Resolved,
-                *, permanent: bool | None = None, verdict: bool | None = None) -> None:
-        now = self.clock()
-        book, tag = job.delivery
-        job.attempts += 1
-        job.history.append(attempt_entry(now, reply.phase, reply.code, reply.enhanced, reply.text, mx, ip, job.lane))
-        job.history[-1]["tls"] = reply.tls is not None  # whether the session was encrypted, and how
-        job.history[-1]["cipher"] = reply.tls
-        policy = resolved.policy
-        disposition = after_attempt(
-            reply.code, reply.enhanced, reply.text, accepted=reply.ok,
-            schedule=RetrySchedule(job.retries or policy.retry_intervals, job.max_age or policy.max_age),
-            attempts=job.attempts, first_seen=job.first_seen, now=now, max_attempts=job.max_attempts,
-            permanent=permanent, verdict=verdict)
-        settler = self.settler
-        if disposition is DELIVERED:
-            if fault.ARMED: fault.hit("after_250")  # test-only: MTA_FAULT (mta/fault.py)
-            self.counts["delivered"] += 1
-            self.metrics.outcome(job, "delivered", None, now)
-            settler.final(job, book, tag, "delivered")
-        elif isinstance(disposition, Deferred):
-            self.counts["deferred"] += 1
-            self.metrics.outcome(job, "deferred", None, now)
-            settler.defer(job, book, tag, disposition.delay)
-        else:  # bounced or expired
-            status = "bounced" if isinstance(disposition, Bounced) else "expired"
-            self.counts[status] += 1
-            self.metrics.outcome(job, status, disposition.kind, now)
-            settler.final(job, book, tag, status, disposition.kind)
 
 
 class TaskCrashed(Exception):

@@ -137,8 +137,8 @@ class Metrics:
     """The engine's metrics. Created by the engine; `serve()` starts the endpoint.
 
     Hooks for other stages (each one cheap, callable from the event loop):
-      outcome(job, status, bounce, now)  an attempt's result (the engine's `_finish`)
-      not_tried(job, now)                mail held without an attempt (the engine's `_hold`)
+      outcome(job, status, bounce, now)  an attempt's result (mta.settle.outcomes)
+      not_tried(job, now)                mail held without an attempt (mta.settle.outcomes)
       observe_dkim_signing(seconds, messages=1)  time spent signing (a batch: its size)
       observe_publish_confirm(seconds)   a batch of publishes until the broker's last confirm
     """
