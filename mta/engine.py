@@ -22,23 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
-
-import msgspec
 
 from mta.broker import client
 from mta.broker.client import Delivery
 from mta.broker.errors import BrokerLost
-from mta.ops import control, status
+from mta.ops import commands, control
+from mta.ops import reload as reloading
 
 from mta.destinations.budget import Budget
 from mta.clock import SYSTEM, Clock
-from mta.config import Config, ConfigError, load_config
+from mta.config import Config
 from mta.destinations.delivery import Destination
 from mta.intake.accept import Intake
 from mta.intake.window import LaneWindow, OffLoop
-from mta.settle.journal import Journal
+from mta.settle.journal import Journal, open_journal
 from mta.intake.message import Job
 from mta.ops.metrics import Metrics
 from mta.routing.mx import MxAnswer, MxResolver
@@ -49,6 +47,7 @@ from mta.destinations.share import Shares
 from mta.settle.acks import AckBook
 from mta.settle.outcomes import Outcomes
 from mta.settle.settler import Settler
+from mta.supervision import TaskCrashed, endless, leaves
 from mta.dkim.signer import Signer, load_keys
 from mta.smtp.client import Connector
 from mta.broker.topology import LANES, Topology, lane_queue
@@ -56,7 +55,6 @@ from mta.broker.topology import LANES, Topology, lane_queue
 log = logging.getLogger("mta.engine")
 
 FORGET_SWEEP = 60.0  # seconds between looks for idle destinations to forget
-JOURNAL_BYTES = 2048  # room per outcome in the journal, whose files hold 4 prefetch windows each
 
 
 def redact(url: str) -> str:
@@ -141,7 +139,8 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         if self.config.metrics.port:
             self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
-        self._open_journal()
+        window = self.config.broker.prefetch + self.config.broker.single_prefetch
+        self.journal, self._recorded = open_journal(self.config.broker.journal, self.config_path, window)
         backoff = 1.0
         while not stop.is_set():
             started = self.clock()
@@ -162,25 +161,6 @@ class Engine:
         if self.journal is not None:
             self.journal.close()
         self.metrics.close()
-
-    def _open_journal(self) -> None:
-        """Read back the final outcomes a previous process recorded, and record ours."""
-        setting = self.config.broker.journal
-        if setting == "" or (setting == "auto" and self.config_path is None):
-            return
-        path = self.config_path + ".outcomes" if setting == "auto" else \
-            os.path.join(os.path.dirname(os.path.abspath(self.config_path or ".")), setting)
-        window = self.config.broker.prefetch + self.config.broker.single_prefetch
-        try:
-            self._recorded = Journal.read(path)
-            self.journal = Journal(path, max(1 << 20, 4 * window * JOURNAL_BYTES))
-        except OSError as exc:
-            if setting != "auto":
-                raise ConfigError([f"broker.journal: cannot write {path}: {exc}"]) from exc
-            log.warning("final outcomes are kept in memory only (%s: %s): after a crash, mail "
-                        "delivered just before it may be sent again", path, exc)
-            return
-        log.info("final outcomes recorded in %s (%d read back)", path, len(self._recorded))
 
     async def _forget_idle_destinations(self) -> None:
         """Destinations come and go with the mail (10,000 domains a day is common): drop the
@@ -253,8 +233,8 @@ class Engine:
         crash of any of them (the session ends; the broker redelivers what it held)."""
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(_endless("settler", self.settler.run()), name="settler"),
-                         group.create_task(_endless("forget idle", self._forget_idle_destinations()),
+                tasks = [group.create_task(endless("settler", self.settler.run()), name="settler"),
+                         group.create_task(endless("forget idle", self._forget_idle_destinations()),
                                            name="forget idle")]
                 stopped = group.create_task(stop.wait(), name="stop")
                 broken = group.create_task(lost.wait(), name="broker lost")
@@ -271,7 +251,7 @@ class Engine:
             log.warning("lost the broker (%s); mail not yet on the wire will be redelivered", group.exceptions[0])
             self._forget_queued()
         except* Exception as group:  # bugs: seen, counted, and the session ends
-            for crash in _leaves(group):
+            for crash in leaves(group):
                 self._crashed(crash)
             self._forget_queued()
 
@@ -372,116 +352,11 @@ class Engine:
         return lane_channel, tag, book
 
     async def _on_control(self, message, publish_channel) -> None:
-        """One control message (aio-pika's: body, headers, ack)."""
-        try:
-            await self._obey(message, publish_channel)
-        finally:  # whatever became of it: an unacknowledged one would hold the prefetch window
-            try:
-                await client.acknowledge(message)
-            except BrokerLost as exc:  # the channel closed: the queue went with it
-                log.debug("acknowledging a control message failed: %s", exc)
-
-    async def _obey(self, message, publish_channel) -> None:
-        now = self.clock()
-        command = self.control_gate.admit(message.body, message.headers, now)  # refused: counted, None
-        if command is None:
-            return
-        reply_to = self.control_gate.reply_queue(command, now)
-        if command["command"] == "status":  # `mta status` asking
-            if reply_to:
-                await status.answer(self, command, publish_channel, reply_to)
-            return
-        if command["command"] == "reload":
-            ok, error = self.reload(), "the rules file was refused (see the MTA's log)"
-        else:
-            ok = self._pause_or_resume(command, now)
-            error = None if ok else self.pauses.refusal(command, now)
-        if reply_to:
-            await control.answer(publish_channel, reply_to,
-                                 control.acknowledgement(command, self.metrics.instance, ok, None if ok else error))
-
-    def _pause_or_resume(self, command: dict, now: float) -> bool:
-        name = self.pauses.apply(command, now)
-        if name is None:
-            if command["command"] == "pause":
-                log.warning("pause %s refused: %s; nothing changed", str(command.get("target", ""))[:100],
-                            self.pauses.refusal(command, now))
-            return False
-        until = command.get("until")
-        log.info("%s %s%s", command["command"], name[:100], f" until {until:.0f}" if until else "")
-        if command["command"] == "resume":
-            destination = self.destinations.get(name)
-            if destination is not None:
-                destination.resume(now, "operator: mta resume")
-            return True
-        for destination in self.destinations.values():
-            if destination.key == name:
-                if until is None or until > now:
-                    destination.suspend(now, until, "operator: mta pause")
-                continue
-            for job in destination.drain():
-                if self.pauses.paused(now, job.domain, destination.key):
-                    self._hold(job, control.PAUSED_HOLD)
-                else:
-                    destination.push(job)
-        return True
+        await commands.on_control(self, message, publish_channel)
 
     def reload(self) -> bool:
-        """Re-read the rules file (SIGHUP, `mta reload`): new limits and patterns apply to
-        live destinations at once, sessions on the wire finish; a bad file changes nothing."""
-        if self.config_path is None:
-            log.warning("reload asked for, but the rules did not come from a file; nothing changed")
-            return False
-        try:
-            config, rules, keys = self._reread()
-        except ConfigError as exc:
-            log.error("reload of %s refused, the old rules stay in force: %s", self.config_path,
-                      "; ".join(exc.problems))
-            return False
-        self.config, self.rules = config, rules
-        self.outcomes.rules, self.outcomes.default = rules, config.default
-        self.router.reload(self.rules)
-        self.shares.reload(self.rules)
-        if keys is not None:
-            if self.signer is None:
-                self.signer = Signer(keys, self.router.route, self.outcomes.not_signed)
-                self.signer.observe = self.metrics.observe_dkim_signing
-            else:
-                self.signer.reload(keys)
-        self._reapply(self.clock())
-        log.info("reloaded %s: %d domain rules, %d providers, %d patterns", self.config_path,
-                 len(self.config.domains), len(self.config.providers), len(self.config.patterns))
-        return True
-
-    def _reread(self) -> tuple[Config, Rules, list | None]:
-        """The rules file read again, its rules, and its DKIM keys if they changed; the routes
-        take their new entries. ConfigError, all or nothing, when anything is wrong."""
-        config = load_config(self.config_path)
-        for section in ("broker", "dns", "smtp", "metrics", "control"):
-            if getattr(config, section) != getattr(self.config, section):
-                log.warning("reload: section %s changed; it takes effect only after a restart", section)
-        config = msgspec.structs.replace(config, broker=self.config.broker, dns=self.config.dns,
-                                         smtp=self.config.smtp, metrics=self.config.metrics,
-                                         control=self.config.control)
-        rules = Rules(config)
-        keys = None
-        if config.dkim != self.config.dkim:
-            keys, _ = load_keys(config.dkim)  # all or nothing, like the rest of the file
-        self.routes.reload(config.routes, rules)
-        return config, rules, keys
-
-    def _reapply(self, now: float) -> None:
-        """The reloaded rules, on every live destination."""
-        for destination in self.destinations.values():
-            destination.patterns = self.rules.patterns
-            if destination.key.startswith("route:"):
-                entry = self.routes.entry(destination.key)
-                resolved = entry.resolved if entry is not None else None
-            else:
-                resolved = self.rules.resolve(destination.domain, destination.answer)
-            if resolved is not None and resolved.key == destination.key:
-                destination.apply(resolved.policy)
-            destination.refresh(now)
+        """Re-read the rules file (SIGHUP, `mta reload`, mta.ops.reload)."""
+        return reloading.reload(self)
 
     def _deliver(self, job: Job, answer: MxAnswer, resolved: Resolved) -> None:
         job.destination = resolved
@@ -504,31 +379,3 @@ class Engine:
     def _connector_for(self, key: str):
         """A route's destination connects with the route's credentials and TLS mode."""
         return self.routes.connector(key, self.connector) if key.startswith("route:") else self.connector
-
-
-class TaskCrashed(Exception):
-    """A session's task raised (its error is the cause), or returned though it must run
-    until the session ends."""
-
-    def __init__(self, task: str):
-        super().__init__(f"{task} ended")
-        self.task = task
-
-
-async def _endless(task: str, work) -> None:
-    """Await `work`, which runs until cancelled: anything else ends the session, as a
-    TaskCrashed naming the task, except a lost broker, which is no crash."""
-    try:
-        await work
-    except BrokerLost:
-        raise
-    except Exception as exc:
-        raise TaskCrashed(task) from exc
-    raise TaskCrashed(task)
-
-
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
