@@ -19,7 +19,9 @@ from pamqp import commands as spec
 
 from mta.intake.message import decode
 from mta.broker.publish import BatchPublisher, Publish
-from mta.settle.settler import AckBook, Settler, attempt_entry
+from mta.settle.acks import AckBook
+from mta.settle.results import attempt_entry
+from mta.settle.settler import Settler
 
 BATCH = 100
 

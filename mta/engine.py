@@ -22,43 +22,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 
-import msgspec
-
-from mta import fault
 from mta.broker import client
 from mta.broker.client import Delivery
 from mta.broker.errors import BrokerLost
-from mta.ops import control, status
+from mta.ops import commands, control
+from mta.ops import reload as reloading
 
 from mta.destinations.budget import Budget
 from mta.clock import SYSTEM, Clock
-from mta.config import Config, ConfigError, load_config
+from mta.config import Config
 from mta.destinations.delivery import Destination
-from mta.intake.window import OFF_LOOP_BYTES, LaneWindow, OffLoop
-from mta.settle.journal import Journal
-from mta.intake.message import BodyTooLarge, InvalidMessage, Job, decode
+from mta.intake.accept import Intake
+from mta.intake.window import LaneWindow, OffLoop
+from mta.settle.journal import Journal, open_journal
+from mta.intake.message import Job
 from mta.ops.metrics import Metrics
-from mta.routing.mx import DnsFailure, MxAnswer, MxResolver
+from mta.routing.mx import MxAnswer, MxResolver
 from mta.routing.routes import RouteTable
 from mta.routing.table import Router
 from mta.routing.rules import Resolved, Rules
 from mta.destinations.share import Shares
-from mta.settle.settler import AckBook, Settler, attempt_entry, cut_text
+from mta.settle.acks import AckBook
+from mta.settle.outcomes import Outcomes
+from mta.settle.settler import Settler
+from mta.supervision import TaskCrashed, endless, leaves
 from mta.dkim.signer import Signer, load_keys
-from mta.smtp.client import Reply
 from mta.smtp.connector import Connector
 from mta.broker.topology import LANES, Topology, lane_queue
-from shaper.disposition import DELIVERED, Bounced, Deferred, Expired, after_attempt, after_hold
-from shaper.retry import RetrySchedule
 
 log = logging.getLogger("mta.engine")
 
 FORGET_SWEEP = 60.0  # seconds between looks for idle destinations to forget
-REASON_MAX = 512  # octets of an unforeseen intake failure's text kept in x-mta-error and the result
-JOURNAL_BYTES = 2048  # room per outcome in the journal, whose files hold 4 prefetch windows each
 
 
 def redact(url: str) -> str:
@@ -81,36 +77,70 @@ class Engine:
         dns = config.dns
         self.resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, clock)
         self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, self.time, config.smtp.ca_file)
-        self.router = Router(self.resolver, self.rules, self._deliver, self._unroutable, clock=clock)
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
         self.budget = Budget.from_config(config.smtp.max_connections)  # SMTP connections of all destinations
         self.shares = Shares(clock)  # each provider's limits over all its destinations
         self.pauses = control.Pauses()
         self.control_gate = control.gate_for(config.control)  # ConfigError when its key is missing
-        # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
-        self.routes = self.router.routes = RouteTable(config.routes, self.rules, self.pauses, clock)
-        self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self._not_signed,
-                             clock=self.time) if config.dkim else None
-        self.settler: Settler | None = None
-        self.off_loop = OffLoop()  # big bodies' decode
-        self.journal: Journal | None = None
-        self._recorded: dict = {}  # outcomes read back from the journal, until the settler takes them
-        self.ready = asyncio.Event()
-        self.stopping = False
         self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
                        "held": 0}
         self.crashes: dict[str, int] = {}  # bugs that ended a session, by the task they crashed
         self.metrics = Metrics(self, clock=clock)
+        # What an attempt, a hold or a failed lookup means for a message; bound once for every destination.
+        self.outcomes = Outcomes(clock, self.counts, self.metrics, self.destinations, self.rules, config.default)
+        self._done, self._hold = self.outcomes.done, self.outcomes.hold
+        self.router = Router(self.resolver, self.rules, self._deliver, self.outcomes.unroutable, clock=clock)
+        # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
+        self.routes = self.router.routes = self.outcomes.routes = RouteTable(config.routes, self.rules,
+                                                                             self.pauses, clock)
+        self.off_loop = OffLoop()  # big bodies' decode
+        self.intake = Intake(clock, self.counts, config.smtp.max_message_size, self.off_loop, self.router,
+                             self.outcomes)
+        self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self.outcomes.not_signed,
+                             clock=self.time) if config.dkim else None
+        self.settler = None
+        self.journal: Journal | None = None
+        self._recorded: dict = {}  # outcomes read back from the journal, until the settler takes them
+        self.ready = asyncio.Event()
+        self.stopping = False
         if self.signer is not None:
             self.signer.observe = self.metrics.observe_dkim_signing
+
+    # The intake and the outcomes hold the settler, the signer and the shutdown flag
+    # themselves (read once per message); these keep them in step with the engine's.
+
+    @property
+    def settler(self) -> Settler | None:
+        return self._settler
+
+    @settler.setter
+    def settler(self, settler: Settler | None) -> None:
+        self._settler = self.intake.settler = self.outcomes.settler = settler
+
+    @property
+    def signer(self) -> Signer | None:
+        return self._signer
+
+    @signer.setter
+    def signer(self, signer: Signer | None) -> None:
+        self._signer = self.intake.signer = signer
+
+    @property
+    def stopping(self) -> bool:
+        return self.intake.stopping
+
+    @stopping.setter
+    def stopping(self, stopping: bool) -> None:
+        self.intake.stopping = stopping
 
     # ---- broker sessions
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.config.metrics.port:
             self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
-        self._open_journal()
+        window = self.config.broker.prefetch + self.config.broker.single_prefetch
+        self.journal, self._recorded = open_journal(self.config.broker.journal, self.config_path, window)
         backoff = 1.0
         while not stop.is_set():
             started = self.clock()
@@ -131,25 +161,6 @@ class Engine:
         if self.journal is not None:
             self.journal.close()
         self.metrics.close()
-
-    def _open_journal(self) -> None:
-        """Read back the final outcomes a previous process recorded, and record ours."""
-        setting = self.config.broker.journal
-        if setting == "" or (setting == "auto" and self.config_path is None):
-            return
-        path = self.config_path + ".outcomes" if setting == "auto" else \
-            os.path.join(os.path.dirname(os.path.abspath(self.config_path or ".")), setting)
-        window = self.config.broker.prefetch + self.config.broker.single_prefetch
-        try:
-            self._recorded = Journal.read(path)
-            self.journal = Journal(path, max(1 << 20, 4 * window * JOURNAL_BYTES))
-        except OSError as exc:
-            if setting != "auto":
-                raise ConfigError([f"broker.journal: cannot write {path}: {exc}"]) from exc
-            log.warning("final outcomes are kept in memory only (%s: %s): after a crash, mail "
-                        "delivered just before it may be sent again", path, exc)
-            return
-        log.info("final outcomes recorded in %s (%d read back)", path, len(self._recorded))
 
     async def _forget_idle_destinations(self) -> None:
         """Destinations come and go with the mail (10,000 domains a day is common): drop the
@@ -222,8 +233,8 @@ class Engine:
         crash of any of them (the session ends; the broker redelivers what it held)."""
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(_endless("settler", self.settler.run()), name="settler"),
-                         group.create_task(_endless("forget idle", self._forget_idle_destinations()),
+                tasks = [group.create_task(endless("settler", self.settler.run()), name="settler"),
+                         group.create_task(endless("forget idle", self._forget_idle_destinations()),
                                            name="forget idle")]
                 stopped = group.create_task(stop.wait(), name="stop")
                 broken = group.create_task(lost.wait(), name="broker lost")
@@ -240,7 +251,7 @@ class Engine:
             log.warning("lost the broker (%s); mail not yet on the wire will be redelivered", group.exceptions[0])
             self._forget_queued()
         except* Exception as group:  # bugs: seen, counted, and the session ends
-            for crash in _leaves(group):
+            for crash in leaves(group):
                 self._crashed(crash)
             self._forget_queued()
 
@@ -326,12 +337,12 @@ class Engine:
         lane_channel = client.Consuming.of(channel)  # below aio-pika's messages (mta.broker.client)
         if limit:  # held to prefetch_bytes as well as to the count (mta.intake.window)
             window = LaneWindow(lane_channel, lane_queue(lane), prefetch, limit, None)
-            window.take = self._taker(lane, window.book)
+            window.take = self.intake.taker(lane, window.book)
             await window.start()
             return window, None, window.book
         await lane_channel.basic_qos(prefetch_count=prefetch)
         book = AckBook(lane_channel)
-        take = self._taker(lane, book)
+        take = self.intake.taker(lane, book)
 
         async def on_message(message: Delivery) -> None:
             book.received(message.delivery.delivery_tag)
@@ -340,194 +351,12 @@ class Engine:
         tag = (await lane_channel.basic_consume(lane_queue(lane), on_message)).consumer_tag
         return lane_channel, tag, book
 
-    def _taker(self, lane: str, book: AckBook):
-        accept = self.accept
-
-        def take(message: Delivery) -> None:
-            delivery = message.delivery
-            properties = message.header.properties
-            accept(message.body, properties.headers, lane, book, delivery.delivery_tag, delivery.redelivered,
-                   properties.message_id)
-
-        return take
-
-    # ---- the path of one message
-
-    def accept(self, body: bytes, headers: dict | None, lane: str, book: AckBook, tag: int,
-               redelivered: bool = False, message_id: str | None = None) -> None:
-        """One delivery, entered in `book` already: decoded, then routed or refused."""
-        now = self.clock()
-        self.counts["consumed"] += 1
-        max_size = self.config.smtp.max_message_size
-        if len(body) > OFF_LOOP_BYTES:  # a big body's decode would hold up every other message
-            self.off_loop.run(decode, (body, headers or {}, lane, now, message_id, max_size),
-                              lambda outcome: self._decoded(outcome, body, headers, lane, book, tag, redelivered, now))
-            return
-        try:
-            job = decode(body, headers or {}, lane, now, message_id, max_size)
-        except Exception as exc:  # InvalidMessage, or what no check foresaw: never left unsettled
-            self._refuse(body, headers, exc, lane, book, tag, now)
-            return
-        self._admit(job, book, tag, redelivered)
-
-    def _decoded(self, outcome, body: bytes, headers: dict | None, lane: str, book: AckBook, tag: int,
-                 redelivered: bool, now: float) -> None:
-        """A big body decoded in the thread, back on the loop."""
-        if book.channel.is_closed:
-            return  # the session ended meanwhile: the broker redelivers it
-        if self.stopping:
-            book.requeue.append(tag)  # SIGTERM meanwhile: back to the broker, not started
-            return
-        if isinstance(outcome, BaseException):
-            self._refuse(body, headers, outcome, lane, book, tag, now)
-        else:
-            self._admit(outcome, book, tag, redelivered)
-
-    def _refuse(self, body: bytes, headers: dict | None, exc: BaseException, lane: str, book: AckBook, tag: int,
-                now: float) -> None:
-        self.counts["invalid"] += 1
-        if isinstance(exc, InvalidMessage):
-            reason = str(exc)
-        else:
-            # A decode that failed unforeseen would fail again on every redelivery: the
-            # message is refused now (with what happened), so it holds no prefetch slot
-            # and no acknowledgement behind it until the broker's consumer_timeout.
-            reason = cut_text(f"intake failed: {type(exc).__name__}: {exc}", REASON_MAX)
-            log.error("decoding a message of %d octets failed unexpectedly (%s); it goes to mta.invalid",
-                      len(body), cut_text(reason, 300))
-        # a body refused unread (BodyTooLarge) is not parsed for its fields either
-        self.settler.invalid(body, headers or {}, reason, book, tag, lane, now,
-                             echo=not isinstance(exc, BodyTooLarge))
-
-    def _admit(self, job: Job, book: AckBook, tag: int, redelivered: bool) -> None:
-        job.delivery = (book, tag)
-        if fault.ARMED: fault.hit("consumed")  # test-only: MTA_FAULT (mta/fault.py)
-        if redelivered and self.settler.replay_final(job, book, tag):
-            return
-        if job.size > self.config.smtp.max_message_size:
-            self._finish(job, Reply(552, f"5.3.4 message of {job.size} octets exceeds the maximum size "
-                                         f"{self.config.smtp.max_message_size} (local decision)", "message"),
-                         None, None, self.rules.resolve(job.domain, None))
-            return
-        if self.signer is not None:  # DKIM: routed once its signature is ready
-            self.signer.submit(job)
-            return
-        self.router.route(job)
-
-    def _not_signed(self, job: Job, reply: Reply) -> None:
-        self._finish(job, reply, None, None, self.rules.resolve(job.domain, None))
-
     async def _on_control(self, message, publish_channel) -> None:
-        """One control message (aio-pika's: body, headers, ack)."""
-        try:
-            await self._obey(message, publish_channel)
-        finally:  # whatever became of it: an unacknowledged one would hold the prefetch window
-            try:
-                await client.acknowledge(message)
-            except BrokerLost as exc:  # the channel closed: the queue went with it
-                log.debug("acknowledging a control message failed: %s", exc)
-
-    async def _obey(self, message, publish_channel) -> None:
-        now = self.clock()
-        command = self.control_gate.admit(message.body, message.headers, now)  # refused: counted, None
-        if command is None:
-            return
-        reply_to = self.control_gate.reply_queue(command, now)
-        if command["command"] == "status":  # `mta status` asking
-            if reply_to:
-                await status.answer(self, command, publish_channel, reply_to)
-            return
-        if command["command"] == "reload":
-            ok, error = self.reload(), "the rules file was refused (see the MTA's log)"
-        else:
-            ok = self._pause_or_resume(command, now)
-            error = None if ok else self.pauses.refusal(command, now)
-        if reply_to:
-            await control.answer(publish_channel, reply_to,
-                                 control.acknowledgement(command, self.metrics.instance, ok, None if ok else error))
-
-    def _pause_or_resume(self, command: dict, now: float) -> bool:
-        name = self.pauses.apply(command, now)
-        if name is None:
-            if command["command"] == "pause":
-                log.warning("pause %s refused: %s; nothing changed", str(command.get("target", ""))[:100],
-                            self.pauses.refusal(command, now))
-            return False
-        until = command.get("until")
-        log.info("%s %s%s", command["command"], name[:100], f" until {until:.0f}" if until else "")
-        if command["command"] == "resume":
-            destination = self.destinations.get(name)
-            if destination is not None:
-                destination.resume(now, "operator: mta resume")
-            return True
-        for destination in self.destinations.values():
-            if destination.key == name:
-                if until is None or until > now:
-                    destination.suspend(now, until, "operator: mta pause")
-                continue
-            for job in destination.drain():
-                if self.pauses.paused(now, job.domain, destination.key):
-                    self._hold(job, control.PAUSED_HOLD)
-                else:
-                    destination.push(job)
-        return True
+        await commands.on_control(self, message, publish_channel)
 
     def reload(self) -> bool:
-        """Re-read the rules file (SIGHUP, `mta reload`): new limits and patterns apply to
-        live destinations at once, sessions on the wire finish; a bad file changes nothing."""
-        if self.config_path is None:
-            log.warning("reload asked for, but the rules did not come from a file; nothing changed")
-            return False
-        try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            log.error("reload of %s refused, the old rules stay in force: %s", self.config_path,
-                      "; ".join(exc.problems))
-            return False
-        for section in ("broker", "dns", "smtp", "metrics", "control"):
-            if getattr(config, section) != getattr(self.config, section):
-                log.warning("reload: section %s changed; it takes effect only after a restart", section)
-        config = msgspec.structs.replace(config, broker=self.config.broker, dns=self.config.dns,
-                                         smtp=self.config.smtp, metrics=self.config.metrics,
-                                         control=self.config.control)
-        rules = Rules(config)
-        keys = None
-        if config.dkim != self.config.dkim:
-            try:
-                keys, _ = load_keys(config.dkim)  # all or nothing, like the rest of the file
-            except ConfigError as exc:
-                log.error("reload of %s refused, the old rules stay in force: %s", self.config_path,
-                          "; ".join(exc.problems))
-                return False
-        try:
-            self.routes.reload(config.routes, rules)
-        except ConfigError as exc:
-            log.error("reload of %s refused, the old rules stay in force: %s", self.config_path,
-                      "; ".join(exc.problems))
-            return False
-        self.config, self.rules = config, rules
-        self.router.reload(self.rules)
-        self.shares.reload(self.rules)
-        if keys is not None:
-            if self.signer is None:
-                self.signer = Signer(keys, self.router.route, self._not_signed)
-                self.signer.observe = self.metrics.observe_dkim_signing
-            else:
-                self.signer.reload(keys)
-        now = self.clock()
-        for destination in self.destinations.values():
-            destination.patterns = self.rules.patterns
-            if destination.key.startswith("route:"):
-                entry = self.routes.entry(destination.key)
-                resolved = entry.resolved if entry is not None else None
-            else:
-                resolved = self.rules.resolve(destination.domain, destination.answer)
-            if resolved is not None and resolved.key == destination.key:
-                destination.apply(resolved.policy)
-            destination.refresh(now)
-        log.info("reloaded %s: %d domain rules, %d providers, %d patterns", self.config_path,
-                 len(self.config.domains), len(self.config.providers), len(self.config.patterns))
-        return True
+        """Re-read the rules file (SIGHUP, `mta reload`, mta.ops.reload)."""
+        return reloading.reload(self)
 
     def _deliver(self, job: Job, answer: MxAnswer, resolved: Resolved) -> None:
         job.destination = resolved
@@ -547,98 +376,6 @@ class Engine:
             destination.answer = answer
         destination.push(job)
 
-    def _hold(self, job: Job, delay: int) -> None:
-        """More than the destination can send soon: back to the broker for `delay` seconds,
-        acknowledged now; no attempt is counted and the retry schedule is untouched. A message
-        past its maximum age is not held again but expires: holding must not keep mail
-        alive forever behind a destination that never comes back."""
-        now = self.clock()
-        policy = job.destination.policy if job.destination is not None else self.config.default
-        disposition = after_hold(delay, expires=job.first_seen + (job.max_age or policy.max_age), now=now)
-        book, tag = job.delivery
-        if isinstance(disposition, Expired):
-            destination = self.destinations.get(job.destination.key) if job.destination is not None else None
-            why = destination.state.reason if destination is not None and destination.state.reason else "held"
-            job.history.append(attempt_entry(now, "queue", None, None, f"expired while held, not tried: {why}",
-                                             None, None, job.lane))
-            self.counts["expired"] += 1
-            self.metrics.outcome(job, "expired", "soft", now, tried=False)
-            self.settler.final(job, book, tag, "expired", "soft")
-            return
-        self.counts["held"] += 1
-        self.metrics.not_tried(job, now)
-        self.settler.hold(job, book, tag, disposition.delay)
-
-    def _unroutable(self, job: Job, failure: DnsFailure, resolved: Resolved) -> None:
-        job.destination = resolved
-        self._finish(job, Reply(None, f"{failure.enhanced} {failure.description}", "dns"), None, None,
-                     resolved, permanent=failure.permanent)
-
     def _connector_for(self, key: str):
         """A route's destination connects with the route's credentials and TLS mode."""
         return self.routes.connector(key, self.connector) if key.startswith("route:") else self.connector
-
-    def _done(self, job: Job, reply: Reply, mx: str | None, ip: str | None, verdict: bool | None) -> None:
-        if reply.phase == "auth" and reply.code is not None and reply.code >= 500 and job.destination.key.startswith("route:"):
-            # The smarthost refused the route's credentials: pause the route, defer (not bounce).
-            self._finish(job, self.routes.auth_failed(job.destination.key, reply), mx, ip, job.destination, permanent=False)
-            return
-        self._finish(job, reply, mx, ip, job.destination, verdict=verdict)
-
-    def _finish(self, job: Job, reply: Reply, mx: str | None, ip: str | None, resolved: Resolved,
-                *, permanent: bool | None = None, verdict: bool | None = None) -> None:
-        now = self.clock()
-        book, tag = job.delivery
-        job.attempts += 1
-        job.history.append(attempt_entry(now, reply.phase, reply.code, reply.enhanced, reply.text, mx, ip, job.lane))
-        job.history[-1]["tls"] = reply.tls is not None  # whether the session was encrypted, and how
-        job.history[-1]["cipher"] = reply.tls
-        policy = resolved.policy
-        disposition = after_attempt(
-            reply.code, reply.enhanced, reply.text, accepted=reply.ok,
-            schedule=RetrySchedule(job.retries or policy.retry_intervals, job.max_age or policy.max_age),
-            attempts=job.attempts, first_seen=job.first_seen, now=now, max_attempts=job.max_attempts,
-            permanent=permanent, verdict=verdict)
-        settler = self.settler
-        if disposition is DELIVERED:
-            if fault.ARMED: fault.hit("after_250")  # test-only: MTA_FAULT (mta/fault.py)
-            self.counts["delivered"] += 1
-            self.metrics.outcome(job, "delivered", None, now)
-            settler.final(job, book, tag, "delivered")
-        elif isinstance(disposition, Deferred):
-            self.counts["deferred"] += 1
-            self.metrics.outcome(job, "deferred", None, now)
-            settler.defer(job, book, tag, disposition.delay)
-        else:  # bounced or expired
-            status = "bounced" if isinstance(disposition, Bounced) else "expired"
-            self.counts[status] += 1
-            self.metrics.outcome(job, status, disposition.kind, now)
-            settler.final(job, book, tag, status, disposition.kind)
-
-
-class TaskCrashed(Exception):
-    """A session's task raised (its error is the cause), or returned though it must run
-    until the session ends."""
-
-    def __init__(self, task: str):
-        super().__init__(f"{task} ended")
-        self.task = task
-
-
-async def _endless(task: str, work) -> None:
-    """Await `work`, which runs until cancelled: anything else ends the session, as a
-    TaskCrashed naming the task, except a lost broker, which is no crash."""
-    try:
-        await work
-    except BrokerLost:
-        raise
-    except Exception as exc:
-        raise TaskCrashed(task) from exc
-    raise TaskCrashed(task)
-
-
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from mta.config import Policy
 from mta.destinations.watchdog import NEVER, Watchdog
 from mta.intake.message import Job
-from mta.settle.settler import abandoned
+from mta.settle.acks import abandoned
 from mta.smtp.client import Reply, SessionFailed, Timeouts
 from mta.smtp.session import Session
 from shaper.allowance import MAX_WAIT

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mta.broker.client import Delivery
-from mta.settle.settler import AckBook
+from mta.settle.acks import AckBook
 
 log = logging.getLogger("mta.intake")
 

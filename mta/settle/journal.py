@@ -31,6 +31,8 @@ import os
 
 import orjson
 
+from mta.config import ConfigError
+
 log = logging.getLogger("mta.journal")
 
 
@@ -151,3 +153,26 @@ def _parse(line: bytes, known: dict) -> None:
                 known[key] = (None, entry[1], True)
     except ValueError:  # not a record this module wrote
         return
+
+
+JOURNAL_BYTES = 2048  # room per outcome in the journal, whose files hold 4 prefetch windows each
+
+
+def open_journal(setting: str, config_path: str | None, window: int) -> tuple[Journal | None, dict]:
+    """The journal `broker.journal` asks for, and the final outcomes a previous process
+    recorded in it; (None, {}) for none. `window`: the prefetch windows of both lanes."""
+    if setting == "" or (setting == "auto" and config_path is None):
+        return None, {}
+    path = config_path + ".outcomes" if setting == "auto" else \
+        os.path.join(os.path.dirname(os.path.abspath(config_path or ".")), setting)
+    try:
+        recorded = Journal.read(path)
+        journal = Journal(path, max(1 << 20, 4 * window * JOURNAL_BYTES))
+    except OSError as exc:
+        if setting != "auto":
+            raise ConfigError([f"broker.journal: cannot write {path}: {exc}"]) from exc
+        log.warning("final outcomes are kept in memory only (%s: %s): after a crash, mail "
+                    "delivered just before it may be sent again", path, exc)
+        return None, {}
+    log.info("final outcomes recorded in %s (%d read back)", path, len(recorded))
+    return journal, recorded

@@ -21,11 +21,8 @@ is encoded, before anything of its settlement is written: an invalid message's c
 goes out without the headers that cannot be written; a retry or held copy is not sent, the
 original goes to `mta.invalid`, gets an `invalid` result instead and is counted as
 invalid. Each delivery still ends in one place, and nothing loops.
-
-What a retry copy carries stays well below the broker's frame size (131,072 octets by
-default): an attempt keeps at most 512 octets of the reply text, and the copy carries the
-last 10 attempts; `attempts` keeps the true count and a result says in `results_omitted`
-how many earlier attempts it does not list.
+(What a result and a retry copy carry: mta.settle.results; the acknowledgements:
+mta.settle.acks.)
 
 Nothing replaces a delivery whose consuming channel closed: the broker gives that message
 to a consumer again, so a retry or held copy published for it would be a second live copy
@@ -37,21 +34,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable
-from collections import OrderedDict, deque
-from datetime import datetime, timezone
-from typing import Any
-
-import msgspec
-import orjson
+from collections import OrderedDict
 
 from mta import fault
+from mta.settle.acks import AckBook, Settlement
 from mta.settle.journal import Journal
+from mta.settle.results import (carried, cut_id, cut_text, dumps, invalid_doc, recent_key, result_doc, said,
+                                writable)
 from mta.broker.client import publishing
 from mta.broker.errors import BrokerLost
-from mta.broker.publish import BatchPublisher, Publish, Unencodable, header_table
-from mta.intake.message import H_ATTEMPTS, H_FIRST, H_ID, H_RESULTS, InvalidMessage, Job, parse_json
+from mta.broker.publish import BatchPublisher, Publish, Unencodable
+from mta.intake.message import Job
 from mta.clock import SYSTEM, Clock
 from mta.broker.topology import EXCHANGE, INVALID, RESULTS, Topology
 
@@ -61,95 +55,6 @@ log = logging.getLogger("mta.settle")
 # unacknowledged when a channel died come back (the prefetch windows, 1,100 by default),
 # and they come back within seconds; the engine raises this to 20 windows if they are larger.
 RECENT_FINALS = 50_000
-
-# Per attempt, the octets of reply text kept (a receiver may answer with 64 KB), and the
-# attempts a retry copy carries: 10 entries of at most ~4 KB of JSON each (text, MX name,
-# escapes) keep its header far below the broker's 128 KB frame, whatever the receivers said.
-DESCRIPTION_MAX = 512
-HISTORY_KEPT = 10
-
-
-_second: list = [None, ""]  # the last whole second formatted: one datetime per second, not per result
-
-
-def rfc3339(t: float) -> str:
-    """UTC with milliseconds (truncated, as isoformat does): 2026-11-23T12:00:00.123Z"""
-    seconds = math.floor(t)
-    micros = round((t - seconds) * 1e6)
-    if micros >= 1_000_000:
-        seconds, micros = seconds + 1, 0
-    if _second[0] != seconds:
-        _second[0] = seconds
-        _second[1] = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_second[1]}.{micros // 1000:03d}Z"
-
-
-class AckBook:
-    """Acknowledgements for one consuming channel, in delivery-tag order."""
-
-    def __init__(self, channel):
-        self.channel = channel  # the lane's channel the deliveries came on (mta.broker.client.Consuming)
-        self._order: deque[int] = deque()
-        self._done: set[int] = set()
-        self._acked: set[int] = set()
-        self.requeue: list[int] = []
-
-    def received(self, tag: int) -> None:
-        self._order.append(tag)
-
-    def settled(self, tag: int) -> None:
-        self._done.add(tag)
-
-    def give_back(self, tag: int) -> None:
-        """Requeue `tag` with the next flush, unless it is settled or given back already
-        (a tag both acknowledged and rejected would close the channel)."""
-        if tag in self._done or tag in self._acked or tag in self.requeue or tag not in self._order:
-            return
-        self.requeue.append(tag)
-
-    @property
-    def open(self) -> int:
-        return len(self._order)
-
-    @property
-    def closed(self) -> bool:
-        """The channel is gone, and with it every delivery tag of this book."""
-        return self.channel.is_closed
-
-    async def flush(self) -> None:
-        channel = self.channel
-        if channel.is_closed:
-            return  # tags died with the channel; the broker redelivers those messages
-        top = None
-        order, done, acked = self._order, self._done, self._acked
-        while order and (order[0] in done or order[0] in acked):
-            tag = order.popleft()
-            if tag in done:
-                done.discard(tag)
-                top = tag
-            else:
-                acked.discard(tag)
-        if top is not None:
-            await channel.basic_ack(top, multiple=True, wait=False)
-        for tag in done:  # settled out of order: ack alone rather than hold the prefetch window
-            await channel.basic_ack(tag, wait=False)
-            acked.add(tag)
-        done.clear()
-        requeue, self.requeue = self.requeue, []
-        for tag in requeue:
-            await channel.basic_nack(tag, requeue=True, wait=False)
-            acked.add(tag)
-
-
-class Settlement:
-    __slots__ = ("book", "tag", "publishes", "final", "job")
-
-    def __init__(self, book: AckBook, tag: int, publishes: list, final: tuple | None = None, job: Job | None = None):
-        self.book = book
-        self.tag = tag
-        self.publishes = publishes  # (exchange key, routing key, body, headers)
-        self.final = final  # a final outcome: (recent key, result, status, journal mark or None)
-        self.job = job  # for a retry or held copy: what to settle instead if it cannot be encoded
 
 
 class Settler:
@@ -191,32 +96,13 @@ class Settler:
         self._idle.clear()
         self._wake.set()
 
-    def result(self, job: Job, status: str, *, bounce: str | None = None) -> bytes:
-        return _dumps(self._result_doc(job, status, bounce))
 
-    def _result_doc(self, job: Job, status: str, bounce: str | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = dict(job.doc)  # a copy and two pops: no comprehension per result
-        out.pop("mime", None)
-        out.pop("mime_b64", None)
-        if "id" not in out:  # the producer's id goes back as given: 9007199254740993 stays a number
-            out["id"] = job.id
-        out["status"] = status
-        out["final"] = status != "deferred"
-        out["attempts"] = job.attempts
-        history = job.history
-        if len(history) > HISTORY_KEPT or job.attempts > len(history):  # earlier attempts not carried
-            history = history[-HISTORY_KEPT:]
-            omitted = job.attempts - sum(1 for entry in history if not _not_tried(entry))
-            if omitted > 0:
-                out["results_omitted"] = omitted
-        out["results"] = history
-        if bounce is not None:
-            out["bounce"] = bounce
-        return out
+    def result(self, job: Job, status: str, *, bounce: str | None = None) -> bytes:
+        return dumps(result_doc(job, status, bounce))
 
     def final(self, job: Job, book: AckBook, tag: int, status: str, bounce: str | None = None) -> None:
-        body = _dumps(self._result_doc(job, status, bounce))
-        key = f"{job.id}\0{job.recipient.text}\0{len(job.body)}"  # _recent_key
+        body = dumps(result_doc(job, status, bounce))
+        key = f"{job.id}\0{job.recipient.text}\0{len(job.body)}"  # recent_key, inline
         if book.closed:
             # The broker redelivers the message: its copy is settled with this result (here,
             # or unsent if a copy got here first and was settled already).
@@ -241,39 +127,29 @@ class Settler:
     def defer(self, job: Job, book: AckBook, tag: int, delay: float) -> None:
         """A failed attempt to retry: the retry copy and a `deferred` result."""
         self.add(Settlement(book, tag, [
-            ("delay", (job.lane, delay), job.body, _carried(job)),  # topology rounds it up to a rung
+            ("delay", (job.lane, delay), job.body, carried(job)),  # topology rounds it up to a rung
             ("results", "deferred", self.result(job, "deferred"), None),
         ], job=job))
 
     def hold(self, job: Job, book: AckBook, tag: int, delay: int) -> None:
         """Not tried: the copy comes back after `delay` with what it carried, and no result."""
-        self.add(Settlement(book, tag, [("delay", (job.lane, delay), job.body, _carried(job))], job=job))
+        self.add(Settlement(book, tag, [("delay", (job.lane, delay), job.body, carried(job))], job=job))
 
     def invalid(self, body: bytes, headers: dict, reason: str, book: AckBook, tag: int, lane: str, now: float,
                 echo: bool = True) -> None:
         """`echo=False`: the body is not read for fields to echo (refused for its size, unread)."""
-        doc: dict[str, Any] = {}
-        try:  # read as intake reads it: an integer beyond 64 bits comes back as given, not as a float
-            parsed = parse_json(body) if echo else None
-        except InvalidMessage:
-            parsed = None
-        if isinstance(parsed, dict):
-            doc = {k: v for k, v in parsed.items() if k not in ("mime", "mime_b64")}
-        doc.update(status="invalid", final=True, attempts=0, error=reason,
-                   results=[{"time": rfc3339(now), "phase": "intake", "code": None, "enhanced": None,
-                             "description": reason, "mx": None, "ip": None, "lane": lane}])
         keep = {k: v for k, v in (headers or {}).items() if not k.startswith("x-mta-")}
         keep["x-mta-error"] = reason
         keep["x-mta-lane"] = lane
         self.add(Settlement(book, tag, [
             ("default", INVALID, body, keep),
-            ("results", "invalid", _dumps(doc), None),
+            ("results", "invalid", dumps(invalid_doc(body, reason, lane, now, echo)), None),
         ]))
 
     def replay_final(self, job: Job, book: AckBook, tag: int) -> bool:
         """Settle a redelivered copy of a message whose final outcome is known: publish its
         result if that never got out, and acknowledge; never send it again."""
-        known = self.recent.get(_recent_key(job))
+        known = self.recent.get(recent_key(job))
         if known is None:
             if self._replaced and self._superseded(job.body):
                 self.add(Settlement(book, tag, []))  # its copy is in a delay queue: acknowledge only
@@ -281,7 +157,7 @@ class Settler:
             return False
         body, status, published = known
         publishes = [] if published else [("results", status, body, None)]
-        self.add(Settlement(book, tag, publishes, final=None if published else (_recent_key(job), body, status, None)))
+        self.add(Settlement(book, tag, publishes, final=None if published else (recent_key(job), body, status, None)))
         return True
 
     def restore(self, known: dict[str, tuple[bytes | None, str, bool]]) -> None:
@@ -344,30 +220,7 @@ class Settler:
         publisher = self._publisher
         if publisher is None or publisher.channel is not channel:
             publisher = self._publisher = BatchPublisher(channel)
-        encode = publisher.encode
-        encoded: list[tuple[str, bytes]] = []
-        spans: list[tuple[int, int] | None] = []  # per settlement its publishes; None: not sent
-        for s in batch:
-            # All of a settlement is encoded before any of it is sent: one that cannot be
-            # is replaced as a whole, and nothing of it is out twice.
-            try:
-                mine = []
-                for exchange, key, body, headers in s.publishes:
-                    if exchange == "delay":  # a retry or held copy: its delay queue, declared on first use
-                        lane, seconds = key
-                        exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
-                    mine.append(encode(Publish(EXCHANGE_NAMES[exchange], key, body, headers)))
-            except Unencodable as exc:
-                mine = await self._unencodable(publisher, s, exc)
-            except BrokerLost as exc:  # a delay queue could not be declared: the channel is gone
-                log.warning("preparing the publishes of message %s failed (%s); it stays unacknowledged "
-                            "and will come back", _message_of(s), _said(exc))
-                mine = None
-            if mine is None:
-                spans.append(None)
-                continue
-            spans.append((len(encoded), len(encoded) + len(mine)))
-            encoded += mine
+        encoded, spans = await self._encode(batch, publisher)
         # One write and one wait for the whole batch: the broker confirms them together.
         started = self._clock.now()
         try:
@@ -388,6 +241,35 @@ class Settler:
             if fault.ARMED: fault.hit("after_result")  # test-only: MTA_FAULT (mta/fault.py)
         finally:  # also after a bug midway: what was settled and confirmed is acknowledged
             await self._flush()
+
+    async def _encode(self, batch: list[Settlement],
+                      publisher: BatchPublisher) -> tuple[list[tuple[str, bytes]], list[tuple[int, int] | None]]:
+        """The frames of a batch, and per settlement the span of them that is its publishes."""
+        encode = publisher.encode
+        encoded: list[tuple[str, bytes]] = []
+        spans: list[tuple[int, int] | None] = []  # per settlement its publishes; None: not sent
+        for s in batch:
+            # All of a settlement is encoded before any of it is sent: one that cannot be
+            # is replaced as a whole, and nothing of it is out twice.
+            try:
+                mine = []
+                for exchange, key, body, headers in s.publishes:
+                    if exchange == "delay":  # a retry or held copy: its delay queue, declared on first use
+                        lane, seconds = key
+                        exchange, key = "default", await self._topology.ensure_delay(self._channel, lane, seconds)
+                    mine.append(encode(Publish(EXCHANGE_NAMES[exchange], key, body, headers)))
+            except Unencodable as exc:
+                mine = await self._unencodable(publisher, s, exc)
+            except BrokerLost as exc:  # a delay queue could not be declared: the channel is gone
+                log.warning("preparing the publishes of message %s failed (%s); it stays unacknowledged "
+                            "and will come back", _message_of(s), said(exc))
+                mine = None
+            if mine is None:
+                spans.append(None)
+                continue
+            spans.append((len(encoded), len(encoded) + len(mine)))
+            encoded += mine
+        return encoded, spans
 
     async def _flush(self) -> None:
         for book in list(self.books):
@@ -410,7 +292,7 @@ class Settler:
                     break
         if span is None or failure is not None:
             if failure is not None:
-                log.warning("publish failed (%s); the message stays unacknowledged and will come back", _said(failure))
+                log.warning("publish failed (%s); the message stays unacknowledged and will come back", said(failure))
             s.book.requeue.append(s.tag)
             return
         if s.final is not None:
@@ -439,8 +321,8 @@ class Settler:
         first = s.publishes[0]
         if first[0] == "default" and first[1] == INVALID:  # a producer's headers on an invalid copy
             log.warning("an invalid message's copy could not carry all its headers (%s); it goes to %s "
-                        "without them", _said(error), INVALID)
-            headers = _writable(first[3])
+                        "without them", said(error), INVALID)
+            headers = writable(first[3])
             try:
                 publisher.encode(Publish("", INVALID, first[2], headers))
             except Unencodable:  # each one fits, all together they do not
@@ -450,12 +332,12 @@ class Settler:
         elif s.job is not None:  # a retry or held copy
             job = s.job
             reason = cut_text(f"the copy for the next attempt could not be republished: {error}", REASON_MAX)
-            log.warning("message %s: %s; it goes to %s instead", _cut_id(job.id), _said(reason), INVALID)
+            log.warning("message %s: %s; it goes to %s instead", cut_id(job.id), said(reason), INVALID)
             self.counts["invalid"] = self.counts.get("invalid", 0) + 1
-            doc = self._result_doc(job, "invalid")
+            doc = result_doc(job, "invalid")
             doc["error"] = reason
-            body = _dumps(doc)
-            key = _recent_key(job)
+            body = dumps(doc)
+            key = recent_key(job)
             self._remember(key, body, "invalid", False)
             s.final, s.job = (key, body, "invalid", None), None
             s.publishes = [("default", INVALID, job.body, {"x-mta-error": reason, "x-mta-lane": job.lane}),
@@ -465,10 +347,10 @@ class Settler:
         try:
             return [publisher.encode(p) for p in await self._publishes(s.publishes)] if s.publishes else None
         except Unencodable as exc:
-            log.error("a publish could not be encoded (%s); the message stays unacknowledged", _said(exc))
+            log.error("a publish could not be encoded (%s); the message stays unacknowledged", said(exc))
             return None
         except BrokerLost as exc:  # a delay queue could not be declared: the channel is gone
-            log.warning("publishing failed (%s); the message stays unacknowledged and will come back", _said(exc))
+            log.warning("publishing failed (%s); the message stays unacknowledged and will come back", said(exc))
             return None
 
 
@@ -489,95 +371,13 @@ def _on_open_channels(batch: list[Settlement]) -> list[Settlement]:
     return kept
 
 
-def _said(error: object) -> str:
-    """An exception or reason for a log line: bounded, whatever a producer's data put in it."""
-    return cut_text(str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}", 300)
-
-
-def _cut_id(message_id: object) -> str:
-    text = str(message_id)
-    return text if len(text) <= 100 else text[:100] + "…"
-
-
 def _message_of(s: Settlement) -> str:
     """The message id of a settlement, for a log line."""
     if s.job is not None:
-        return _cut_id(s.job.id)
+        return cut_id(s.job.id)
     if s.final is not None:
-        return _cut_id(s.final[0].partition("\0")[0])
+        return cut_id(s.final[0].partition("\0")[0])
     return f"(delivery {s.tag})"
 
 
-def _dumps(doc: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(doc)
-    except orjson.JSONEncodeError:  # a producer's integer beyond 64 bits, which msgspec writes as given
-        return msgspec.json.encode(doc)
-
-
-def _carried(job: Job) -> dict:
-    """What a republished copy carries beside the producer's body."""
-    history = job.history
-    if len(history) > HISTORY_KEPT:
-        history = history[-HISTORY_KEPT:]
-    return {
-        H_ID: job.id,
-        H_ATTEMPTS: job.attempts,
-        H_FIRST: int(job.first_seen * 1000),  # ms: AMQP floats may be 32-bit
-        H_RESULTS: orjson.dumps(history).decode(),
-    }
-
-
-def _not_tried(entry) -> bool:
-    """A history entry that is no attempt (mail expired while held)."""
-    return isinstance(entry, dict) and entry.get("phase") == "queue"
-
-
-def _writable(headers: dict) -> dict:
-    """An invalid copy's headers without those AMQP cannot carry (a producer's bytes that are
-    not UTF-8 come back from the broker as bytes), named in `x-mta-error`."""
-    kept: dict = {}
-    dropped: list[str] = []
-    for name, value in headers.items():
-        try:
-            header_table({name: value})
-        except Unencodable:
-            dropped.append(name)
-            continue
-        kept[name] = value
-    if dropped:
-        names = ", ".join(name[:40] for name in dropped[:5])
-        more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
-        kept["x-mta-error"] = f"{headers.get('x-mta-error')}; headers AMQP cannot carry were left out: {names}{more}"
-    return kept
-
-
 _PUBLISHED = {status: (None, status, True) for status in ("delivered", "bounced", "expired", "invalid", "suppressed")}
-
-
-def abandoned(job: Job) -> bool:
-    """The consuming channel of the job's delivery closed: the broker gives the message to a
-    consumer again (maybe this process, maybe already), so this copy must not be sent."""
-    delivery = getattr(job, "delivery", None)  # (book, tag); jobs made outside the engine have none
-    return delivery is not None and delivery[0].closed
-
-
-def _recent_key(job: Job) -> str:
-    return f"{job.id}\0{job.recipient.text}\0{len(job.body)}"
-
-
-def attempt_entry(now: float, phase: str, code: int | None, enhanced: str | None, description: str,
-                  mx: str | None, ip: str | None, lane: str) -> dict:
-    if len(description) > DESCRIPTION_MAX // 4:  # up to 4 octets a character: shorter ones always fit
-        description = cut_text(description, DESCRIPTION_MAX)
-    return {"time": rfc3339(now), "phase": phase, "code": code, "enhanced": enhanced,
-            "description": description, "mx": mx, "ip": ip, "lane": lane}
-
-
-def cut_text(text: str, limit: int) -> str:
-    """`text` in at most `limit` UTF-8 octets, cut on a character boundary and marked "…"."""
-    raw = text.encode("utf-8", "surrogatepass")
-    if len(raw) <= limit:
-        return text
-    # "ignore" drops the partial character the cut may leave at the end
-    return raw[:limit - 3].decode("utf-8", "ignore") + "…"

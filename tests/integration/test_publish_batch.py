@@ -89,7 +89,8 @@ async def _settle_with_a_nack(url: str, messages: list[tuple[bytes, dict]], boun
     unacknowledged), each settled (invalid, or delivered; `bounce` bounced), then what is
     left in `src` is read back."""
     from mta.intake.message import InvalidMessage, decode
-    from mta.settle.settler import AckBook, Settler
+    from mta.settle.acks import AckBook
+    from mta.settle.settler import Settler
     from mta.broker.topology import Topology
 
     connection = await aio_pika.connect(url)

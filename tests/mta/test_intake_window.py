@@ -294,14 +294,14 @@ def _engine():
     engine = Engine(Config())
     engine.settler = _Settler()
     routed = []
-    engine._admit = lambda job, book, tag, redelivered: routed.append((job, tag))
+    engine.intake._admit = lambda job, book, tag, redelivered: routed.append((job, tag))
     return engine, routed
 
 
 def test_a_big_body_decoded_after_its_session_ended_is_left_to_the_broker() -> None:
     engine, routed = _engine()
     book = _Book(closed=True)
-    engine._decoded(object(), b"{}", None, "bulk", book, 7, False, 0.0)
+    engine.intake._decoded(object(), b"{}", None, "bulk", book, 7, False, 0.0)
     assert routed == [] and book.requeue == [] and engine.settler.invalid_calls == []
 
 
@@ -309,7 +309,7 @@ def test_a_big_body_decoded_during_shutdown_goes_back_unstarted() -> None:
     engine, routed = _engine()
     engine.stopping = True
     book = _Book()
-    engine._decoded(object(), b"{}", None, "bulk", book, 7, False, 0.0)
+    engine.intake._decoded(object(), b"{}", None, "bulk", book, 7, False, 0.0)
     assert routed == [] and book.requeue == [7]
 
 
@@ -318,7 +318,7 @@ def test_a_big_body_that_broke_the_decoder_is_invalid_with_the_reason() -> None:
     # the broker's consumer_timeout, nor loop through redeliveries
     engine, routed = _engine()
     book = _Book()
-    engine._decoded(RecursionError("deep " + "x" * 100_000), b"{}", None, "bulk", book, 7, False, 0.0)
+    engine.intake._decoded(RecursionError("deep " + "x" * 100_000), b"{}", None, "bulk", book, 7, False, 0.0)
     assert routed == [] and book.requeue == []
     [(reason, tag, echo)] = engine.settler.invalid_calls
     assert tag == 7 and reason.startswith("intake failed: RecursionError: deep xxx") and len(reason) <= 600
@@ -327,15 +327,15 @@ def test_a_big_body_that_broke_the_decoder_is_invalid_with_the_reason() -> None:
 def test_a_body_that_broke_the_decoder_on_the_loop_is_invalid_with_the_reason(monkeypatch) -> None:
     import decimal
 
-    import mta.engine
+    import mta.intake.accept
 
     def broken(*args):
         raise OverflowError("integer division result too large for a float")
 
     engine, routed = _engine()
     book = _Book()
-    monkeypatch.setattr(mta.engine, "decode", broken)
-    engine.accept(b"{}", {"x-death": [], "x-mta-first": decimal.Decimal("1e400")}, "bulk", book, 7)
+    monkeypatch.setattr(mta.intake.accept, "decode", broken)
+    engine.intake.accept(b"{}", {"x-death": [], "x-mta-first": decimal.Decimal("1e400")}, "bulk", book, 7)
     assert routed == [] and book.requeue == []
     assert engine.settler.invalid_calls == [
         ("intake failed: OverflowError: integer division result too large for a float", 7, True)]
@@ -345,9 +345,9 @@ def test_a_body_that_broke_the_decoder_on_the_loop_is_invalid_with_the_reason(mo
 def test_a_body_refused_unread_is_not_read_for_its_result() -> None:
     engine, routed = _engine()
     book = _Book()
-    engine._decoded(BodyTooLarge("too large"), b"{}", None, "bulk", book, 7, False, 0.0)
+    engine.intake._decoded(BodyTooLarge("too large"), b"{}", None, "bulk", book, 7, False, 0.0)
     assert engine.settler.invalid_calls == [("too large", 7, False)]
-    engine._decoded(mta.intake.message.InvalidMessage("bad"), b"{}", None, "bulk", book, 8, False, 0.0)
+    engine.intake._decoded(mta.intake.message.InvalidMessage("bad"), b"{}", None, "bulk", book, 8, False, 0.0)
     assert engine.settler.invalid_calls[-1] == ("bad", 8, True)
 
 

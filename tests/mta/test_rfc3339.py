@@ -2,7 +2,7 @@
 
 from datetime import datetime, timezone
 
-from mta.settle.settler import rfc3339
+from mta.settle.results import rfc3339
 
 
 def test_rfc3339_matches_isoformat():

@@ -20,14 +20,9 @@ from mta.broker.errors import BrokerLost
 from mta.clock import Clock
 from mta.intake.message import H_ATTEMPTS, H_FIRST, H_RESULTS, decode
 from mta.broker.topology import delay_queue
-from mta.settle.settler import (
-    DESCRIPTION_MAX,
-    HISTORY_KEPT,
-    AckBook,
-    Settler,
-    _carried,
-    attempt_entry,
-)
+from mta.settle.acks import AckBook
+from mta.settle.results import DESCRIPTION_MAX, HISTORY_KEPT, attempt_entry, carried as carried_by
+from mta.settle.settler import Settler
 
 NOW = 1_800_000_000.0
 MIME = "From: a@sender.example\nTo: b@example.com\nSubject: hi\n\nHello\n"
@@ -262,9 +257,9 @@ def test_fifty_attempts_carry_a_bounded_history_and_the_true_count():
         job.history[-1]["tls"] = True
         job.history[-1]["cipher"] = "TLSv1.3 TLS_AES_256_GCM_SHA384"
         # what the next attempt decodes from the retry copy, as our delay queue gives it back
-        carried = {**_carried(job), "x-death": [{"reason": "expired", "queue": delay_queue("bulk", 60)}]}
+        carried = {**carried_by(job), "x-death": [{"reason": "expired", "queue": delay_queue("bulk", 60)}]}
         job = decode(job.body, carried, "bulk", NOW + n)
-    carried = _carried(job)
+    carried = carried_by(job)
     assert len(carried[H_RESULTS].encode()) < 40_000
     assert len(orjson.loads(carried[H_RESULTS])) == HISTORY_KEPT == 10
     assert carried[H_ATTEMPTS] == 50

@@ -13,7 +13,8 @@ import pytest
 
 from mta.settle import settler
 from mta.intake.message import decode
-from mta.settle.settler import AckBook, Settler, abandoned
+from mta.settle.acks import AckBook, abandoned
+from mta.settle.settler import Settler
 from mta.broker.topology import delay_queue
 
 

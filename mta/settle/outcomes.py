@@ -1,0 +1,111 @@
+"""Outcomes: what an attempt's reply, a hold or a failed lookup means for a message, counted
+and handed to the settler.
+
+`shaper.disposition` decides (delivered, deferred, bounced, expired; held or expired while
+held); this module records the attempt in the message's history, counts the outcome (the
+engine's counts, which `mta status` and the metrics read) and tells the settler what to
+publish. The engine binds `done` and `hold` once and gives them to every destination.
+"""
+
+from __future__ import annotations
+
+from mta import fault
+from mta.intake.message import Job
+from mta.ops.metrics import Metrics
+from mta.routing.mx import DnsFailure
+from mta.routing.routes import RouteTable
+from mta.routing.rules import Resolved, Rules
+from mta.settle.results import attempt_entry
+from mta.settle.settler import Settler
+from mta.smtp.client import Reply
+from shaper.disposition import DELIVERED, Bounced, Deferred, Expired, after_attempt, after_hold
+from shaper.retry import RetrySchedule
+
+
+class Outcomes:
+    """The engine sets `settler` when its first broker session starts, and `rules` and
+    `default` (the default policy) on a reload."""
+
+    def __init__(self, clock, counts: dict[str, int], metrics: Metrics, destinations: dict, rules: Rules,
+                 default, routes: RouteTable | None = None):
+        self.clock = clock  # the wall time
+        self.counts = counts
+        self.metrics = metrics
+        self.destinations = destinations
+        self.rules = rules
+        self.default = default
+        self.routes = routes
+        self.settler: Settler | None = None
+
+    def done(self, job: Job, reply: Reply, mx: str | None, ip: str | None, verdict: bool | None) -> None:
+        """A destination's attempt ended with `reply`."""
+        if reply.phase == "auth" and reply.code is not None and reply.code >= 500 and job.destination.key.startswith("route:"):
+            # The smarthost refused the route's credentials: pause the route, defer (not bounce).
+            self.finish(job, self.routes.auth_failed(job.destination.key, reply), mx, ip, job.destination, permanent=False)
+            return
+        self.finish(job, reply, mx, ip, job.destination, verdict=verdict)
+
+    def unroutable(self, job: Job, failure: DnsFailure, resolved: Resolved) -> None:
+        job.destination = resolved
+        self.finish(job, Reply(None, f"{failure.enhanced} {failure.description}", "dns"), None, None,
+                    resolved, permanent=failure.permanent)
+
+    def not_signed(self, job: Job, reply: Reply) -> None:
+        self.finish(job, reply, None, None, self.rules.resolve(job.domain, None))
+
+    def too_large(self, job: Job, limit: int) -> None:
+        self.finish(job, Reply(552, f"5.3.4 message of {job.size} octets exceeds the maximum size "
+                                    f"{limit} (local decision)", "message"),
+                    None, None, self.rules.resolve(job.domain, None))
+
+    def hold(self, job: Job, delay: int) -> None:
+        """More than the destination can send soon: back to the broker for `delay` seconds,
+        acknowledged now; no attempt is counted and the retry schedule is untouched. A message
+        past its maximum age is not held again but expires: holding must not keep mail
+        alive forever behind a destination that never comes back."""
+        now = self.clock()
+        policy = job.destination.policy if job.destination is not None else self.default
+        disposition = after_hold(delay, expires=job.first_seen + (job.max_age or policy.max_age), now=now)
+        book, tag = job.delivery
+        if isinstance(disposition, Expired):
+            destination = self.destinations.get(job.destination.key) if job.destination is not None else None
+            why = destination.state.reason if destination is not None and destination.state.reason else "held"
+            job.history.append(attempt_entry(now, "queue", None, None, f"expired while held, not tried: {why}",
+                                             None, None, job.lane))
+            self.counts["expired"] += 1
+            self.metrics.outcome(job, "expired", "soft", now, tried=False)
+            self.settler.final(job, book, tag, "expired", "soft")
+            return
+        self.counts["held"] += 1
+        self.metrics.not_tried(job, now)
+        self.settler.hold(job, book, tag, disposition.delay)
+
+    def finish(self, job: Job, reply: Reply, mx: str | None, ip: str | None, resolved: Resolved,
+               *, permanent: bool | None = None, verdict: bool | None = None) -> None:
+        now = self.clock()
+        book, tag = job.delivery
+        job.attempts += 1
+        job.history.append(attempt_entry(now, reply.phase, reply.code, reply.enhanced, reply.text, mx, ip, job.lane))
+        job.history[-1]["tls"] = reply.tls is not None  # whether the session was encrypted, and how
+        job.history[-1]["cipher"] = reply.tls
+        policy = resolved.policy
+        disposition = after_attempt(
+            reply.code, reply.enhanced, reply.text, accepted=reply.ok,
+            schedule=RetrySchedule(job.retries or policy.retry_intervals, job.max_age or policy.max_age),
+            attempts=job.attempts, first_seen=job.first_seen, now=now, max_attempts=job.max_attempts,
+            permanent=permanent, verdict=verdict)
+        settler = self.settler
+        if disposition is DELIVERED:
+            if fault.ARMED: fault.hit("after_250")  # test-only: MTA_FAULT (mta/fault.py)
+            self.counts["delivered"] += 1
+            self.metrics.outcome(job, "delivered", None, now)
+            settler.final(job, book, tag, "delivered")
+        elif isinstance(disposition, Deferred):
+            self.counts["deferred"] += 1
+            self.metrics.outcome(job, "deferred", None, now)
+            settler.defer(job, book, tag, disposition.delay)
+        else:  # bounced or expired
+            status = "bounced" if isinstance(disposition, Bounced) else "expired"
+            self.counts[status] += 1
+            self.metrics.outcome(job, status, disposition.kind, now)
+            settler.final(job, book, tag, status, disposition.kind)
