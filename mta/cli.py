@@ -188,6 +188,7 @@ def _run(config, path: str) -> int:
 
 
 def _control(args) -> int:
+    from mta.broker.client import redact
     from mta.broker.errors import BrokerError
     from mta.ops import control
     from shaper.units import Duration
@@ -212,7 +213,7 @@ def _control(args) -> int:
     try:
         acks, expected = asyncio.run(control.send(url, args.command, target, seconds, key=key, wait=args.wait))
     except BrokerError as exc:  # unreachable, or lost midway
-        print(f"mta {args.command}: cannot reach the broker at {_redact(url)}: {exc}", file=sys.stderr)
+        print(f"mta {args.command}: cannot reach the broker at {redact(url)}: {exc}", file=sys.stderr)
         return 1
     return _report_acks(what, acks, expected, args.wait, signed=key is not None)
 
@@ -234,12 +235,6 @@ def _report_acks(what: str, acks: list[dict], expected: int, wait: float, *, sig
         print(f"  {expected - len(acks)} MTA(s) consuming the lanes did not answer within {wait:g} s",
               file=sys.stderr)
     return 0 if not refused and len(acks) >= expected else 1
-
-
-def _redact(url: str) -> str:
-    from mta.engine import redact
-
-    return redact(url)
 
 
 def _broker(args) -> tuple[str, bytes | None] | None:

@@ -25,7 +25,7 @@ import logging
 import socket
 
 from mta.broker import client
-from mta.broker.client import Delivery
+from mta.broker.client import Delivery, redact
 from mta.broker.errors import BrokerLost
 from mta.ops import commands, control
 from mta.ops import reload as reloading
@@ -55,16 +55,6 @@ from mta.broker.topology import LANES, Topology, lane_queue
 log = logging.getLogger("mta.engine")
 
 FORGET_SWEEP = 60.0  # seconds between looks for idle destinations to forget
-
-
-def redact(url: str) -> str:
-    """A broker URL without its password, for logs."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"
 
 
 class Engine:

@@ -217,3 +217,13 @@ async def publish_fanout(channel, exchange: str, body: bytes, headers: dict, tim
         target = await declare_fanout(channel, exchange)
         await target.publish(aio_pika.Message(body, content_type="application/json", headers=headers),
                              routing_key="", timeout=timeout)
+
+
+def redact(url: str) -> str:
+    """A broker URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

@@ -146,7 +146,7 @@ async def collect(url: str, wait: float = 3.0, key: bytes | None = None) -> dict
     try:
         connection = await client.connect(url)
     except BrokerUnreachable as exc:
-        raise BrokerUnreachable(f"cannot reach the broker at {_redact(url)}: {exc}") from exc
+        raise BrokerUnreachable(f"cannot reach the broker at {client.redact(url)}: {exc}") from exc
     try:
         queues = {}
         for name in [lane_queue(lane) for lane in LANES] + list(EXTRA_QUEUES):
@@ -157,12 +157,6 @@ async def collect(url: str, wait: float = 3.0, key: bytes | None = None) -> dict
         await client.close(connection)
     answers.sort(key=lambda a: a.get("instance", ""))
     return {"queues": queues, "mtas": answers}
-
-
-def _redact(url: str) -> str:
-    from mta.engine import redact
-
-    return redact(url)
 
 
 def render(report: dict) -> str:

@@ -107,16 +107,6 @@ class Session:
         self._io.transport = transport
         transport.set_protocol(self._io)
 
-    async def send(self, sender: str, recipient: str, data: bytes, *, utf8: bool, eight_bit: bool) -> Reply:
-        """One transaction; returns the deciding reply. Raises SessionFailed if the connection broke."""
-        commands = self.commands(sender, recipient, data, utf8=utf8, eight_bit=eight_bit)
-        if isinstance(commands, Reply):
-            return commands
-        refusal = await self.begin(commands)
-        if refusal is not None:
-            return refusal
-        return await self.finish(data)
-
     def commands(self, sender: str, recipient: str, data: bytes, *, utf8: bool,
                  eight_bit: bool) -> tuple[bytes, bytes] | Reply:
         """MAIL FROM and RCPT TO of one transaction of ``data`` as they go on the wire, or

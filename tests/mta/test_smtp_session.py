@@ -22,6 +22,18 @@ GOOD = {"MAIL": b"250 2.1.0 Ok\r\n", "RCPT": b"250 2.1.5 Ok\r\n", "DATA": b"354 
         ".": b"250 2.0.0 Ok: queued\r\n", "RSET": b"250 2.0.0 Ok\r\n", "QUIT": b"221 2.0.0 Bye\r\n"}
 
 
+async def send(session: Session, sender: str, recipient: str, data: bytes, *, utf8: bool, eight_bit: bool) -> Reply:
+    """One transaction as a worker runs it, unpipelined: the commands, then the content;
+    the deciding reply. Raises SessionFailed if the connection broke."""
+    commands = session.commands(sender, recipient, data, utf8=utf8, eight_bit=eight_bit)
+    if isinstance(commands, Reply):
+        return commands
+    refusal = await session.begin(commands)
+    if refusal is not None:
+        return refusal
+    return await session.finish(data)
+
+
 class Late(bytes):
     """A reply the peer sends a moment later: after the session acted on those before it."""
 
@@ -105,15 +117,15 @@ def session_with(peer: Peer, *, pipelining: bool = True) -> Session:
     return Session(client, "mx.receiver.test", "192.0.2.1", Timeouts(*(1.0,) * 7), tls=False)
 
 
-async def send(session: Session) -> Reply:
-    return await session.send(SENDER, RECIPIENT, CONTENT, utf8=False, eight_bit=False)
+async def send_one(session: Session) -> Reply:
+    return await send(session, SENDER, RECIPIENT, CONTENT, utf8=False, eight_bit=False)
 
 
 def run_send(peer: Peer, *, pipelining: bool = True) -> Reply | SessionFailed:
     async def go():
         session = session_with(peer, pipelining=pipelining)
         try:
-            return await send(session)
+            return await send_one(session)
         except SessionFailed as exc:
             assert not session.usable
             return exc
@@ -191,7 +203,7 @@ def test_an_extra_reply_before_the_first_command_is_never_taken_as_its_answer() 
         peer.push(b"250 2.0.0 unsolicited\r\n")  # before MAIL went out
         await asyncio.sleep(0)
         try:
-            return peer, await send(session)
+            return peer, await send_one(session)
         except SessionFailed as exc:
             return peer, exc
 
@@ -330,7 +342,7 @@ def send_content(data: bytes, *, eight_bit_mime: bool) -> tuple[Peer, Reply]:
         ext = {"pipelining": ""} | ({"8bitmime": ""} if eight_bit_mime else {})
         session = Session(SimpleNamespace(esmtp_extensions=ext, transport=peer), "mx.receiver.test", "192.0.2.1",
                           Timeouts(*(1.0,) * 7), tls=False)
-        reply = await session.send(SENDER, RECIPIENT, data, utf8=False, eight_bit=True)
+        reply = await send(session, SENDER, RECIPIENT, data, utf8=False, eight_bit=True)
         return peer, reply, session
 
     peer, reply, session = asyncio.run(go())
@@ -440,7 +452,7 @@ def transaction(data: bytes, ext: dict, *, recipient: str = RECIPIENT) -> tuple[
         peer = Peer()
         session = Session(SimpleNamespace(esmtp_extensions=ext, transport=peer), "mx.receiver.test", "192.0.2.1",
                           Timeouts(*(1.0,) * 7), tls=False)
-        reply = await session.send(SENDER, recipient, data, utf8=not recipient.split("@")[0].isascii(),
+        reply = await send(session, SENDER, recipient, data, utf8=not recipient.split("@")[0].isascii(),
                                    eight_bit=not data.isascii())
         return peer, reply, session
 
