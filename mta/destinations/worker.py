@@ -202,11 +202,13 @@ class Worker:
         job, sending = self.job, self.sending
         if job is not None and not self.paced:  # taken, never paced: no longer waiting here
             self.core.unpaced(job)
+        # Answered before the shutdown cut in: read by the session, or arrived and not yet read.
+        dot = watchdog.dot or (session.unread_dot() if sending is not None and session is not None else None)
         for left in (job, self.follow, self.carried):
             if left is None:
                 continue
-            if left is sending and watchdog.dot is not None:  # answered before the shutdown cut in
-                dest._settle(session, left, watchdog.dot)
+            if left is sending and dot is not None:
+                dest._settle(session, left, dot)
                 continue
             self.core.lanes.release(left)
             if left is sending:  # cancelled after its content went out: the outcome is unknown

@@ -103,6 +103,10 @@ class _ReplyReader(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def peek(self) -> tuple[int, str] | None:
+        """The next reply if it has arrived, without reading it (None: not yet)."""
+        return self._replies[0] if self._replies else None
+
     async def read(self, timeout: float) -> tuple[int, str]:
         if not self._replies:
             if self._error is not None:

@@ -264,6 +264,16 @@ class Session:
             self.usable = False
         return reply
 
+    def unread_dot(self) -> Reply | None:
+        """The reply to the end of data when it has arrived but was not read: a shutdown
+        that cancels the worker between the two must still take it as the message's
+        outcome (the receiver has the message). Meaningful only while this message's
+        content is out and its reply unread, as it is then the next reply queued."""
+        reply = self._io.peek()
+        if reply is None or not 200 <= reply[0] < 600 or 300 <= reply[0] < 400:
+            return None
+        return Reply(*reply, "message")
+
     def stamp(self, reply: Reply) -> Reply:
         """The reply, marked with this session's TLS for the attempt's result."""
         return reply if self.cipher is None else Reply(reply.code, reply.text, reply.phase, self.cipher)

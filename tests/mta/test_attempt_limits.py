@@ -59,6 +59,10 @@ class Session:
     def stamp(self, reply):
         return reply
 
+    def unread_dot(self):
+        # with `dot_unread`, the receiver's reply to the dot has arrived and waits to be read
+        return Reply(250, "2.0.0 ok", "message") if self.connector.dot_unread else None
+
     async def close(self):
         self.closed = True
 
@@ -67,9 +71,10 @@ class Connector:
     """``mode`` "refuse": every connection fails at once; "blackhole": each takes its whole
     connect timeout; "ok": sessions that work. Records every (host, address) tried."""
 
-    def __init__(self, mode: str = "ok", hang_data: bool = False) -> None:
+    def __init__(self, mode: str = "ok", hang_data: bool = False, dot_unread: bool = False) -> None:
         self.mode = mode
         self.hang_data = hang_data
+        self.dot_unread = dot_unread
         self.tried: list[tuple[str, str]] = []
         self.sessions: list[Session] = []
         self.gate: asyncio.Event | None = None
@@ -260,4 +265,22 @@ def test_shutdown_counts_an_attempt_whose_content_went_out() -> None:
 
     outcomes, book = asyncio.run(scenario())
     assert [(i, r.text) for i, r in outcomes] == [("m7", "delivery interrupted (shutdown)")]
+    assert book.requeue == []
+
+
+def test_a_shutdown_after_the_reply_to_the_dot_arrived_unread_keeps_it_as_the_outcome() -> None:
+    async def scenario():
+        connector, outcomes = Connector("ok", hang_data=True, dot_unread=True), []
+        dest = destination(connector, outcomes)
+        book = Book()
+        dest.push(job(7, book))
+        await until(lambda: connector.sessions)
+        await asyncio.sleep(0.01)
+        for task in dest.tasks:  # cancelled before the worker got to read the reply
+            task.cancel()
+        await asyncio.gather(*dest.tasks, return_exceptions=True)
+        return outcomes, book
+
+    outcomes, book = asyncio.run(scenario())
+    assert [(i, r.code, r.text) for i, r in outcomes] == [("m7", 250, "2.0.0 ok")]
     assert book.requeue == []

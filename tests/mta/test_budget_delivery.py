@@ -44,6 +44,9 @@ class FakeSession:
     def stamp(self, reply: Reply) -> Reply:
         return reply
 
+    def unread_dot(self) -> Reply | None:
+        return None  # its content is answered at once
+
     async def close(self) -> None:
         await asyncio.sleep(0)
         self.connector.open_now -= 1

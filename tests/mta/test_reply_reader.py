@@ -261,3 +261,17 @@ def test_continuation_lines_arriving_one_by_one_are_scanned_once() -> None:
     reply, calls = asyncio.run(run())
     assert reply[0] == 250 and reply[1].startswith("line 0 line 1 ") and reply[1].endswith("line 499 last")
     assert calls == 1
+
+
+def test_a_reply_arrived_and_not_yet_read_can_be_peeked_at_without_reading_it():
+    async def scenario():
+        reader = _ReplyReader()
+        reader.transport = None
+        reader._outstanding = 1  # the end of data, written
+        assert reader.peek() is None
+        reader.data_received(b"250 2.0.0 queued as 1\r\n")
+        peeked = reader.peek()
+        return peeked, await reader.read(1.0)
+
+    peeked, read = asyncio.run(scenario())
+    assert peeked == read == (250, "2.0.0 queued as 1")
