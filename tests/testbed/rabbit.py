@@ -106,6 +106,7 @@ class RabbitNode:
         self.dist_port = dist_port
         self.epmd_port = epmd_port
         self.nodename = nodename
+        self.ctl_ports = (dist_port + 3000, dist_port + 3020)
         self.consumer_timeout_ms = consumer_timeout_ms
         self.extra_conf = dict(extra_conf or {})
         self.boot_timeout = boot_timeout
@@ -154,6 +155,11 @@ class RabbitNode:
             "ERL_CRASH_DUMP": os.path.join(self.log_dir, "erl_crash.dump"),
             "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
+            # Each rabbitmqctl run listens on a distribution port of this range while it
+            # runs; the default range (35672-35682) is shared by every node on the host,
+            # which parallel test sessions could use up.
+            "RABBITMQ_CTL_DIST_PORT_MIN": str(self.ctl_ports[0]),
+            "RABBITMQ_CTL_DIST_PORT_MAX": str(self.ctl_ports[1]),
         })
         env.pop("RABBITMQ_ERLANG_COOKIE", None)
         return env
