@@ -180,9 +180,13 @@ class RabbitNode:
         with open(self.conf_base + ".conf", "w") as fh:
             fh.writelines(f"{k} = {v}\n" for k, v in conf.items())
         # Queue statistics (rabbitmqctl list_queues) refresh every 5 s by default; tests
-        # poll queue depths, so refresh them twice a second.
+        # poll queue depths, so refresh them twice a second. A channel checks its
+        # consumers' acknowledgement timeout (consumer_timeout) on its tick, once a minute
+        # by default: tick every second, so that a test of that timeout sees the broker
+        # enforce it about when it is due rather than up to a minute later.
         with open(os.path.join(self.basedir, "advanced.config"), "w") as fh:
-            fh.write("[{rabbit, [{quorum_tick_interval, 500}]}].\n")
+            fh.write("[{rabbit, [{quorum_tick_interval, 500},\n"
+                     "            {channel_tick_interval, 1000}]}].\n")
         with open(self.plugins_file, "w") as fh:
             fh.write("[].\n")
         with open(self.env_file, "w") as fh:
