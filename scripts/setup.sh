@@ -175,7 +175,7 @@ STAMP=.venv/.setup-stamp
 need_pip=""
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     need_pip=1
-elif ! .venv/bin/python -c "import aio_pika, aiosmtpd, dns.resolver, pytest, pytest_timeout, hypothesis, yaml, mta" >/dev/null 2>&1; then
+elif ! .venv/bin/python -c "import aio_pika, aiosmtpd, dns.resolver, pytest, pytest_timeout, xdist, hypothesis, yaml, mta" >/dev/null 2>&1; then
     need_pip=1
 fi
 if [ -n "$need_pip" ]; then

@@ -3,9 +3,15 @@ a fresh vhost per test, and factories for MTA configs and processes.
 
 Session fixtures start lazily: unit tests that use none of them start nothing.
 
+Under pytest-xdist every worker process is a session of its own: it starts its own node
+(own name, ports and directory), dnsmasq and sink farm, on ports picked free at start.
+
 Environment knobs:
-  MTA_TEST_AMQP_PORT  AMQP port of the test node (default 5680; dist port +20000)
+  MTA_TEST_AMQP_PORT  AMQP port of the test node (default 5680; dist port +20000); worker
+                      N of a parallel run uses this port + N
   MTA_TEST_KEEP=1     keep the node / dnsmasq directories after the session
+  MTA_TEST_DURATIONS  write each test's duration to this file (the table of
+                      tests/testbed/schedule.py) at the end of the run
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import pytest
 from tests.testbed.config import write_config
 from tests.testbed.dns import Dnsmasq, standard_sink_addresses, standard_zone
 from tests.testbed.mtaproc import MtaProcess
-from tests.testbed.rabbit import DEFAULT_NODENAME, DEFAULT_PORT, RabbitNode, _find
+from tests.testbed.rabbit import (DEFAULT_DIST_PORT, DEFAULT_NODENAME, DEFAULT_PORT, RabbitError,
+                                  RabbitNode, _find)
+from tests.testbed.schedule import DurationRecorder, load_durations, order
 from tests.testbed.sinks import SinkFarm
 from tests.testbed.util import free_port, port_is_free
 
@@ -44,13 +52,35 @@ def _keep() -> bool:
     return os.environ.get("MTA_TEST_KEEP") == "1"
 
 
+def _xdist_worker():
+    """The worker's name ("gw0", "gw1", ...) in a pytest-xdist worker process, else None."""
+    return os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def _requested_ports(worker: int):
+    """The ports asked for through MTA_TEST_*_PORT, shifted by the worker's number so
+    that the workers of a parallel run do not share them."""
+    port = int(os.environ["MTA_TEST_AMQP_PORT"])
+    env_dist = os.environ.get("MTA_TEST_DIST_PORT")
+    dist = int(env_dist) if env_dist else (DEFAULT_DIST_PORT if port == DEFAULT_PORT
+                                           else port + 20000)
+    env_epmd = os.environ.get("MTA_TEST_EPMD_PORT")
+    epmd = int(env_epmd) if env_epmd else dist + 1000
+    return port + worker, dist + worker, epmd + worker
+
+
 def _pick_rabbit_ports():
-    """(port, dist_port, epmd_port, nodename): the defaults, or free ones when the
-    defaults are taken by another session and no port was requested explicitly."""
+    """(port, dist_port, epmd_port, nodename): the requested ones, else the defaults, or
+    free ones when the defaults are taken by another session. The workers of a parallel
+    run never take the defaults: they would all see them free at once."""
+    worker = _xdist_worker()
     if os.environ.get("MTA_TEST_AMQP_PORT"):
-        return int(os.environ["MTA_TEST_AMQP_PORT"]), None, None, DEFAULT_NODENAME
+        if worker is None:
+            return int(os.environ["MTA_TEST_AMQP_PORT"]), None, None, DEFAULT_NODENAME
+        port, dist, epmd = _requested_ports(int(worker.lstrip("gw") or 0))
+        return port, dist, epmd, f"mtatest{port}@localhost"
     port = DEFAULT_PORT
-    if all(port_is_free(p) for p in (port, port + 20000, port + 21000)):
+    if worker is None and all(port_is_free(p) for p in (port, port + 20000, port + 21000)):
         return port, None, None, DEFAULT_NODENAME
     for _ in range(50):
         port = free_port(lo=20000, hi=32000)
@@ -65,11 +95,25 @@ def rabbit():
     if not _find("rabbitmq-server") or not _find("rabbitmqctl"):
         pytest.fail("rabbitmq-server is not installed: run `bash scripts/setup.sh` "
                     "(apt-get install rabbitmq-server) first", pytrace=False)
-    port, dist, epmd, nodename = _pick_rabbit_ports()
-    basedir = tempfile.mkdtemp(prefix="mta-rabbit-", dir="/tmp")
-    node = RabbitNode(basedir, port=port, dist_port=dist, nodename=nodename, epmd_port=epmd)
+    for attempt in range(3):
+        port, dist, epmd, nodename = _pick_rabbit_ports()
+        basedir = tempfile.mkdtemp(prefix="mta-rabbit-", dir="/tmp")
+        node = RabbitNode(basedir, port=port, dist_port=dist, nodename=nodename, epmd_port=epmd)
+        try:
+            node.start()
+            break
+        except BaseException as exc:
+            node.stop()
+            if not _keep():
+                shutil.rmtree(basedir, ignore_errors=True)
+            # Free ports are picked before the node binds them: a node of another session
+            # or worker may have bound one in between. Only then try other ports.
+            lost_race = (isinstance(exc, RabbitError) and attempt < 2
+                         and not os.environ.get("MTA_TEST_AMQP_PORT")
+                         and not all(port_is_free(p) for p in (node.port, node.dist_port)))
+            if not lost_race:
+                raise
     try:
-        node.start()
         yield node
     finally:
         try:
@@ -130,14 +174,20 @@ def _vhost_name(request) -> str:
 
 @pytest.fixture
 def vhost(rabbit, request):
-    """A fresh vhost for this test; the value is its AMQP URL (guest has full rights)."""
+    """A fresh vhost for this test; the value is its AMQP URL (guest has full rights).
+
+    The vhost of the previous test is deleted as this one is created, in the same
+    rabbitmqctl run (RabbitNode.replace_vhosts), not at the end of its own test: by then
+    that test's MTAs are gone, and one run of the CLI is about a second less per test."""
     name = _vhost_name(request)
-    url = rabbit.add_vhost(name)
+    retire = _retired_vhosts.setdefault(rabbit, [])
+    url = rabbit.replace_vhosts(name, retire)
+    retire.clear()
     yield url
-    try:
-        rabbit.delete_vhost(name)
-    except Exception:
-        pass
+    retire.append(name)
+
+
+_retired_vhosts: dict = {}   # {RabbitNode: names of vhosts whose tests are over}
 
 
 @pytest.fixture
@@ -183,10 +233,35 @@ def start_mta(request, vhost, mta_config):
         proc.terminate(timeout=30)
 
 
+def _parallel(config) -> bool:
+    """True in every process of a pytest-xdist run (controller and workers)."""
+    return _xdist_worker() is not None or bool(getattr(config.option, "numprocesses", None))
+
+
 def pytest_collection_modifyitems(session, config, items):
-    # the test bed's own checks first: when the infrastructure is broken, say so early
-    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/integration/test_testbed.py")
-               else 1)
+    # The test bed's own checks first: when the infrastructure is broken, say so early.
+    # In a parallel run, then the longest tests first (tests/testbed/schedule.py); serially
+    # file by file, so that module fixtures are set up once.
+    if _parallel(config):
+        ranked = order([item.nodeid for item in items], load_durations())
+        items[:] = [items[i] for i in ranked]
+    else:
+        items.sort(key=lambda item: 0 if item.nodeid.startswith(
+            "tests/integration/test_testbed.py") else 1)
+
+
+_durations = DurationRecorder()
+
+
+def pytest_runtest_logreport(report):
+    if os.environ.get("MTA_TEST_DURATIONS") and _xdist_worker() is None:
+        _durations.add(report.nodeid, report.duration)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("MTA_TEST_DURATIONS")
+    if path and _xdist_worker() is None and _durations.seconds:
+        _durations.write(path)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -241,7 +241,7 @@ def test_sink_addresses_and_concurrency(sinks):
 
 
 def test_sink_throughput(sinks):
-    """About 2,000 msg/s is the design point; require a conservative 500/s here."""
+    """About 2,000 msg/s is the design point; require a conservative 500 per CPU second."""
     import aiosmtplib
     n_per, addrs = 100, standard_sink_addresses()[6:26]
     body = b"Message-ID: <tp-%d@test>\r\n\r\n" + (b"x" * 76 + b"\r\n") * 12
@@ -256,12 +256,15 @@ def test_sink_throughput(sinks):
     async def main():
         await asyncio.gather(*(worker(a, k) for k, a in enumerate(addrs)))
 
-    t0 = time.monotonic()
+    # Client and sinks both run in this process: its CPU time is what the messages cost,
+    # whatever share of the machine other processes (parallel test workers) take.
+    t0, c0 = time.monotonic(), time.process_time()
     asyncio.run(main())
-    dt = time.monotonic() - t0
+    dt, cpu = time.monotonic() - t0, time.process_time() - c0
     assert sinks.accepted_count() == n_per * len(addrs)
     assert len(sinks.count_by_id()) == n_per * len(addrs)
-    assert (n_per * len(addrs)) / dt > 500, f"{n_per * len(addrs) / dt:.0f} msg/s"
+    assert (n_per * len(addrs)) / cpu > 500, \
+        f"{n_per * len(addrs) / cpu:.0f} msg per CPU second ({n_per * len(addrs) / dt:.0f} msg/s)"
 
 
 # ---------------------------------------------------------------------- helpers

@@ -16,7 +16,7 @@ import tempfile
 import time
 from typing import Iterable, List, Optional
 
-from .util import free_port, tail
+from .util import free_port, port_is_free, tail
 
 # Addresses of the standard zone (the sink farm listens on all of these but DEAD_MX).
 OK_MX = {1: "127.0.1.1", 2: "127.0.1.2", 3: "127.0.1.3"}
@@ -87,6 +87,7 @@ class DnsError(RuntimeError):
 class Dnsmasq:
     def __init__(self, port: Optional[int] = None, records: Iterable[str] = (),
                  workdir: Optional[str] = None, log_queries: bool = True):
+        self._auto_port = port is None
         self.port = port if port is not None else free_port(udp=True)
         self.records = list(records)
         self._own_workdir = workdir is None
@@ -97,6 +98,7 @@ class Dnsmasq:
         self.log_queries = log_queries
         self._proc: Optional[subprocess.Popen] = None
         self._atexit = False
+        self._started = False
 
     @property
     def pid(self) -> Optional[int]:
@@ -123,6 +125,20 @@ class Dnsmasq:
         return cmd
 
     def start(self, timeout: float = 15.0) -> "Dnsmasq":
+        """Start and wait until it answers. A port picked free here can be taken by another
+        process before dnsmasq binds it (parallel test runs): then, on the first start
+        only (later ones keep the port the configs name), pick another."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except DnsError:
+                if not self._auto_port or self._started or attempt == 2 \
+                        or port_is_free(self.port, udp=True):
+                    raise
+                self.port = free_port(udp=True)
+        return self
+
+    def _start(self, timeout: float) -> "Dnsmasq":
         if self._proc is not None and self._proc.poll() is None:
             return self
         self._write_conf()
@@ -141,6 +157,7 @@ class Dnsmasq:
                 raise DnsError(f"dnsmasq exited with {self._proc.returncode}:\n"
                                f"{tail(self.out_file)}\n{tail(self.log_file)}")
             if self.answers():
+                self._started = True
                 return self
             if time.monotonic() > deadline:
                 self.stop()

@@ -28,7 +28,7 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Optional
+from typing import Iterable, Optional
 from urllib.parse import quote, unquote, urlparse
 
 from .util import port_is_free, tail
@@ -77,6 +77,13 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+def _erl_safe(name: str) -> str:
+    """``name`` for an Erlang binary literal; refuses what would need escaping."""
+    if not name or any(c in name for c in '"\\'):
+        raise ValueError(f"vhost name {name!r} cannot go into an Erlang expression")
+    return name
+
+
 def vhost_of(url_or_name: str) -> str:
     """The vhost name of an AMQP URL (or the argument itself when it is not a URL)."""
     if "://" not in url_or_name:
@@ -106,6 +113,7 @@ class RabbitNode:
         self.dist_port = dist_port
         self.epmd_port = epmd_port
         self.nodename = nodename
+        self.ctl_ports = (dist_port + 3000, dist_port + 3020)
         self.consumer_timeout_ms = consumer_timeout_ms
         self.extra_conf = dict(extra_conf or {})
         self.boot_timeout = boot_timeout
@@ -154,6 +162,11 @@ class RabbitNode:
             "ERL_CRASH_DUMP": os.path.join(self.log_dir, "erl_crash.dump"),
             "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
+            # Each rabbitmqctl run listens on a distribution port of this range while it
+            # runs; the default range (35672-35682) is shared by every node on the host,
+            # which parallel test sessions could use up.
+            "RABBITMQ_CTL_DIST_PORT_MIN": str(self.ctl_ports[0]),
+            "RABBITMQ_CTL_DIST_PORT_MAX": str(self.ctl_ports[1]),
         })
         env.pop("RABBITMQ_ERLANG_COOKIE", None)
         return env
@@ -174,9 +187,13 @@ class RabbitNode:
         with open(self.conf_base + ".conf", "w") as fh:
             fh.writelines(f"{k} = {v}\n" for k, v in conf.items())
         # Queue statistics (rabbitmqctl list_queues) refresh every 5 s by default; tests
-        # poll queue depths, so refresh them twice a second.
+        # poll queue depths, so refresh them twice a second. A channel checks its
+        # consumers' acknowledgement timeout (consumer_timeout) on its tick, once a minute
+        # by default: tick every second, so that a test of that timeout sees the broker
+        # enforce it about when it is due rather than up to a minute later.
         with open(os.path.join(self.basedir, "advanced.config"), "w") as fh:
-            fh.write("[{rabbit, [{quorum_tick_interval, 500}]}].\n")
+            fh.write("[{rabbit, [{quorum_tick_interval, 500},\n"
+                     "            {channel_tick_interval, 1000}]}].\n")
         with open(self.plugins_file, "w") as fh:
             fh.write("[].\n")
         with open(self.env_file, "w") as fh:
@@ -375,6 +392,28 @@ class RabbitNode:
 
     def delete_vhost(self, name_or_url: str) -> None:
         self.ctl("delete_vhost", vhost_of(name_or_url), check=False)
+
+    def replace_vhosts(self, name: str, retire: Iterable[str] = ()) -> str:
+        """Delete the vhosts ``retire`` (names or URLs; those already gone are ignored),
+        then create ``name`` with full permissions for guest; returns its AMQP URL.
+
+        One rabbitmqctl run instead of one per step: each run starts an Erlang VM, about
+        a second of CPU, which tests pay before and after every scenario otherwise. Falls
+        back to the separate commands if the broker's functions differ from 3.10's."""
+        retired = ", ".join(f"<<\"{_erl_safe(vhost_of(v))}\">>" for v in retire)
+        vhost = f"<<\"{_erl_safe(name)}\">>"
+        cp = self.ctl("eval",
+                      f"[catch rabbit_vhost:delete(V, <<\"guest\">>) || V <- [{retired}]], "
+                      f"{{rabbit_vhost:add({vhost}, <<\"guest\">>), "
+                      f"rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, {vhost}, "
+                      f"<<\".*\">>, <<\".*\">>, <<\".*\">>, <<\"guest\">>)}}.",
+                      check=False)
+        if cp.returncode != 0 or cp.stdout.strip() != "{ok,ok}":
+            for v in retire:
+                self.delete_vhost(v)
+            self.ctl("add_vhost", name, check=False)      # may exist from the eval
+            self.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        return self.url(name)
 
     def queues(self, vhost: str) -> dict:
         """{queue name: messages (ready + unacknowledged)} of a vhost (name or URL)."""
