@@ -202,8 +202,7 @@ class Worker:
         job, sending = self.job, self.sending
         if job is not None and not self.paced:  # taken, never paced: no longer waiting here
             self.core.unpaced(job)
-        # Answered before the shutdown cut in: read by the session, or arrived and not yet read.
-        dot = watchdog.dot or (session.unread_dot() if sending is not None and session is not None else None)
+        dot = _answered(watchdog, session) if sending is not None and session is not None else None
         for left in (job, self.follow, self.carried):
             if left is None:
                 continue
@@ -267,8 +266,9 @@ class Worker:
             if not watchdog.expired():
                 session.usable = False  # shutdown cut a step short: no QUIT into replies still due
                 raise  # the worker settles job by watchdog.dot if it came
-            if watchdog.dot is not None:  # the next transaction's deadline
-                return watchdog.dot, self._out_of_time(session, "mail", "before the message was sent")
+            dot = _answered(watchdog, session)
+            if dot is not None:  # the next transaction's deadline
+                return dot, self._out_of_time(session, "mail", "before the message was sent")
             return self._out_of_time(session, "message", "waiting for the reply to the message"), None
         except Exception as exc:  # a bug must cost one attempt, not the message
             crashed = self._crashed(session, job, exc)
@@ -369,3 +369,10 @@ class Worker:
                      "until then", dest.key, wait, 1 + dest.queued)
             core.hold_for_connection([job] + core.drain(), wait, dest._clock())
             return False
+
+
+def _answered(watchdog: Watchdog, session: Session) -> Reply | None:
+    """The reply to the end of data of the message whose content is out, when a deadline or
+    a shutdown cut in: read by the session, or arrived and not yet read. It is the message's
+    outcome either way: the receiver has the message."""
+    return watchdog.dot or session.unread_dot()

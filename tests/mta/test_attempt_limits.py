@@ -177,6 +177,19 @@ def test_a_receiver_that_never_answers_the_content_ends_by_the_deadline() -> Non
     assert connector.sessions[0].closed and not connector.sessions[0].usable
 
 
+def test_a_deadline_that_cuts_in_after_the_reply_to_the_dot_arrived_unread_keeps_it() -> None:
+    async def scenario():
+        connector, outcomes = Connector("ok", hang_data=True, dot_unread=True), []
+        dest = destination(connector, outcomes, smtp=Smtp(delivery_deadline=0.3))
+        dest.push(job(1))
+        await until(lambda: outcomes)
+        await until(lambda: not dest.tasks)
+        return outcomes
+
+    (i, reply), = asyncio.run(scenario())
+    assert (reply.code, reply.text) == (250, "2.0.0 ok")  # the receiver has it: not to be sent again
+
+
 def test_the_deadline_is_per_message_on_a_reused_session() -> None:
     async def scenario():
         connector, outcomes = Connector("ok"), []
