@@ -1,3 +1,4 @@
+"""`mta status` with several nodes: the nodes seen and the totals per destination."""
 
 
 def test_render_lists_the_nodes_and_each_destinations_totals() -> None:
