@@ -141,3 +141,37 @@ def test_store_down_falls_back_to_a_share_and_rejoins():
         run(main())
     finally:
         server.remove()
+
+
+def test_what_one_node_learns_reaches_the_others(redis_url):
+    from mta.cluster.shared import SharedState
+    import time as _time
+
+    async def main():
+        heard_b: list = []
+        heard_c: list = []
+        a = SharedState(Cluster(redis_url, "a").store, "a", lambda *f: None, _time.time, asyncio.sleep)
+        b = SharedState(Cluster(redis_url, "b").store, "b", lambda *f: heard_b.append(f), _time.time, asyncio.sleep)
+        tasks = [asyncio.create_task(x.run()) for x in (a, b)]
+        await asyncio.sleep(0.3)  # b subscribed
+        until = _time.time() + 60
+        a.tell("domain:x.test", "pause", {"until": until, "reason": "dead"})
+        a.tell("domain:y.test", "window", {"until": until, "connections": 2})
+        a.tell("domain:z.test", "pause", {"until": _time.time() - 1, "reason": "over"})
+        deadline = _time.monotonic() + 2
+        while len(heard_b) < 2 and _time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert heard_b == [("domain:x.test", "pause", {"until": until, "reason": "dead"}),
+                           ("domain:y.test", "window", {"until": until, "connections": 2})]
+        # a node that starts later reads what is in force, not what ended
+        c = SharedState(Cluster(redis_url, "c").store, "c", lambda *f: heard_c.append(f), _time.time, asyncio.sleep)
+        await c.load()
+        assert sorted(heard_c) == sorted(heard_b)
+        a.tell("domain:x.test", "pause", None)  # it ended
+        deadline = _time.monotonic() + 2
+        while len(heard_b) < 3 and _time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert heard_b[2] == ("domain:x.test", "pause", None)
+        for t in tasks:
+            t.cancel()
+    run(main())
