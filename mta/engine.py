@@ -431,7 +431,7 @@ class Engine:
                                       port=self.config.smtp.port, done=self._done, hold=self._hold,
                                       clock=self.time, patterns=self.rules.patterns, budget=self.budget,
                                       smtp=self.config.smtp, share=self.shares.of(resolved),
-                                      give_back=self.give_back)
+                                      give_back=self.give_back, cluster=self.cluster)
             destination.domain = job.domain  # a domain it serves, to find its rules again on reload
             self.destinations[resolved.key] = destination
         else:

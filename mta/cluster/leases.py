@@ -16,6 +16,7 @@ store answers, so the count there is right after a restart of the store too.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections import Counter
@@ -44,6 +45,7 @@ class Leases:
         self._members = (f"{node}#{n}" for n in itertools.count(1))
         self._held: dict[str, tuple[str, ...]] = {}  # member -> the keys it holds
         self.open: Counter[str] = Counter()  # connections of this node per key
+        self._removing: set[asyncio.Task] = set()
         if store is not None:
             for name in ("ACQUIRE", "RENEW", "RELEASE"):
                 store.script(name, getattr(scripts, name))
@@ -72,7 +74,9 @@ class Leases:
             self.open[k] += 1
         return member
 
-    async def release(self, member: str) -> None:
+    def release(self, member: str) -> None:
+        """The connection closed: its lease goes at once here, and from the store in the
+        background (a cancelled worker releases too; one the store never heard of expires)."""
         keys = self._held.pop(member, None)
         if keys is None:
             return
@@ -82,10 +86,20 @@ class Leases:
                 del self.open[k]
         store = self._store
         if store is not None and store.up:
-            try:
-                await store.run("RELEASE", [PREFIX + "lease:" + k for k in keys], [member])
-            except StoreDown:
-                pass  # it expires by itself
+            task = asyncio.get_running_loop().create_task(self._remove(keys, member))
+            self._removing.add(task)
+            task.add_done_callback(self._removing.discard)
+
+    async def _remove(self, keys: tuple[str, ...], member: str) -> None:
+        try:
+            await self._store.run("RELEASE", [PREFIX + "lease:" + k for k in keys], [member])
+        except StoreDown:
+            pass  # it expires by itself
+
+    async def released(self) -> None:
+        """Wait until the store heard of every release so far."""
+        if self._removing:
+            await asyncio.gather(*self._removing)
 
     async def renew(self) -> None:
         """Write every lease again (raises StoreDown)."""

@@ -51,6 +51,22 @@ class Rates:
         if store is not None:
             store.script("GCRA", scripts.GCRA)
 
+    def due(self, key: str) -> bool:
+        """Take a slot of the batch in hand if it is due now (for a message pipelined
+        behind another, which cannot wait); False: none, nothing taken."""
+        batch = self._batches.get(key)
+        if batch is None:
+            return False
+        now = self._clock.now()
+        while batch.left and batch.first < now - STALE:
+            batch.first += batch.interval
+            batch.left -= 1
+        if batch.left and batch.first <= now:
+            batch.first += batch.interval
+            batch.left -= 1
+            return True
+        return False
+
     async def slot(self, key: str, rate: Rate, burst: int = 1) -> float:
         """The monotonic time at which one more event under `rate` may go (booked)."""
         while True:

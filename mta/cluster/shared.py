@@ -38,6 +38,7 @@ class SharedState:
         self._apply = apply  # (destination key, kind, fact) of another node
         self._wall = wall
         self._pending: list[tuple[str, str, dict | None]] = []
+        self.listening = asyncio.Event()  # subscribed, and what was in force is read
         self._wake = asyncio.Event()
 
     def tell(self, key: str, kind: str, fact: dict | None) -> None:
@@ -104,11 +105,13 @@ class SharedState:
             try:
                 await pubsub.subscribe(STATE)
                 await self.load()
+                self.listening.set()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._heard(message["data"])
             except (StoreDown, RedisError, OSError) as exc:
+                self.listening.clear()
                 log.debug("listening for shared state stopped (%s); again in 1 s", exc)
             finally:
                 try:

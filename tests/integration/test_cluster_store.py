@@ -42,7 +42,8 @@ def test_leases_hold_a_limit_across_nodes_and_come_back_on_release(redis_url):
         granted = [(n, l) for n, l in held if l is not None]
         assert len(granted) == 5 and [l for _, l in held[5:]] == [None, None]
         node, lease = granted[0]
-        await node.leases.release(lease)
+        node.leases.release(lease)
+        await node.leases.released()
         assert await c.leases.acquire([("domain:x.test", 5)]) is not None
         assert await a.leases.acquire([("domain:x.test", 5)]) is None
         await _close((a, b, c))
@@ -153,7 +154,7 @@ def test_what_one_node_learns_reaches_the_others(redis_url):
         a = SharedState(Cluster(redis_url, "a").store, "a", lambda *f: None, _time.time, asyncio.sleep)
         b = SharedState(Cluster(redis_url, "b").store, "b", lambda *f: heard_b.append(f), _time.time, asyncio.sleep)
         tasks = [asyncio.create_task(x.run()) for x in (a, b)]
-        await asyncio.sleep(0.3)  # b subscribed
+        await b.listening.wait()
         until = _time.time() + 60
         a.tell("domain:x.test", "pause", {"until": until, "reason": "dead"})
         a.tell("domain:y.test", "window", {"until": until, "connections": 2})
