@@ -51,6 +51,7 @@ from mta.supervision import TaskCrashed, endless, leaves
 from mta.dkim.signer import Signer, load_keys
 from mta.smtp.connector import Connector
 from mta.broker.topology import LANES, Topology, lane_queue
+from shaper.handoffs import Held
 
 log = logging.getLogger("mta.engine")
 
@@ -351,7 +352,7 @@ class Engine:
     def _deliver(self, job: Job, answer: MxAnswer, resolved: Resolved) -> None:
         job.destination = resolved
         if self.pauses and self.pauses.paused(self.clock(), job.domain, resolved.key):
-            self._hold(job, control.PAUSED_HOLD)
+            self._hold(Held(job, control.PAUSED_HOLD, "paused"))
             return
         destination = self.destinations.get(resolved.key)
         if destination is None:

@@ -56,7 +56,8 @@ from mta.smtp.connector import Connector
 from mta.smtp.session import Session
 from shaper.allowance import HeldLedger
 from shaper.budget import UNLIMITED_FDS_BUDGET
-from shaper.destination import FORGET_AFTER, HAND, PROBE_FIRST, QUEUE, DestinationCore  # noqa: F401  (FORGET_AFTER: the engine's)
+from shaper.destination import FORGET_AFTER, HAND, IDLE, PROBE_FIRST, QUEUE, DestinationCore  # noqa: F401  (FORGET_AFTER: the engine's)
+from shaper.handoffs import Attempt, Held, Wait
 from shaper.lanes import IdleWorkers
 from shaper.limiter import Gcra
 from shaper.patterns import Patterns
@@ -67,9 +68,8 @@ from shaper.window import ConnectionWindow
 
 log = logging.getLogger("mta.delivery")
 
-# Outcome callback: (job, reply, MX host name, IP address, permanent); the host is None
-# before any was tried; permanent is a pattern's verdict (True bounce, False retry) or None.
-Done = Callable[[Job, Reply, "str | None", "str | None", "bool | None"], None]
+# Where attempts and holds go (the engine's outcomes): one typed value each (shaper.handoffs).
+Done = Callable[[Attempt], None]
 
 
 def campaign(job: Job) -> str:
@@ -82,7 +82,7 @@ class Destination:
     share; `core` decides, this class carries out."""
 
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
-                 port: int, done: Done, hold: Callable[[Job, int], None], clock: Clock,
+                 port: int, done: Done, hold: Callable[[Held], None], clock: Clock,
                  patterns: Patterns | None = None, budget: Budget | None = None, smtp: Smtp = Smtp(),
                  share: "Share | None" = None, give_back: Callable[[Job], None] | None = None):
         self.key = key
@@ -227,7 +227,7 @@ class Destination:
         if decision is QUEUE:
             self._grow()
         else:
-            self._hold(job, decision.delay)
+            self._hold(Held(job, decision.delay, decision.reason))
 
     def _grow(self) -> None:
         """Another worker, if jobs wait that no connecting worker will take, the window
@@ -297,10 +297,23 @@ class Destination:
         for waiter in self._idle.clear():
             waiter.set_result(None)
 
-    async def _next(self, timeout: float) -> Job | None:
-        job = self.core.take()
-        if job is not None or timeout <= 0 or self.closing:
-            return job
+    async def _next(self, timeout: float) -> Job | Wait | None:
+        """What a worker does next (shaper.destination.DestinationCore.next_job): a job to
+        send now, a `Wait` for its booked rate slot, or None: none came within ``timeout``
+        (or the session's slot is wanted elsewhere), the worker ends."""
+        handed = None
+        while True:
+            step = self.core.next_job(self._time.now(), handed)
+            if step is not IDLE:
+                return step
+            handed = await self._idle_wait(timeout)
+            if handed is None:
+                return None
+
+    async def _idle_wait(self, timeout: float) -> Job | None:
+        """Wait on the open session for mail (`push` hands it over) for ``timeout`` seconds."""
+        if timeout <= 0 or self.closing:
+            return None
         if self.share is not None and self.share.wanted_by_other(self):
             return None  # another destination of the provider waits for this session's slot
         waiter = asyncio.get_running_loop().create_future()
@@ -339,7 +352,7 @@ class Destination:
             verdict = None
         else:
             verdict = self._refused(reply, now)
-        self._done(job, reply, session.mx, session.ip, verdict)
+        self._done(Attempt(job, reply, session.mx, session.ip, verdict))
 
     def _refused(self, reply: Reply, now: float) -> bool | None:
         """What a refusal teaches the destination; returns a pattern's verdict."""
@@ -360,7 +373,7 @@ class Destination:
             # The receiver is busy, not gone, and never saw the message: the open sessions take it.
             core.put_back(job)
             return None
-        self._done(job, last, host, ip, verdict)
+        self._done(Attempt(job, last, host, ip, verdict))
         if last.phase == "auth":  # the host answered but refused our credentials: not dead
             core.suspend(now, now + PROBE_FIRST, f"authentication refused: {last}")
             return None

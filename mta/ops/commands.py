@@ -13,6 +13,7 @@ import logging
 from mta.broker import client
 from mta.broker.errors import BrokerLost
 from mta.ops import control, status
+from shaper.handoffs import Held
 
 log = logging.getLogger("mta.control")
 
@@ -71,7 +72,7 @@ def pause_or_resume(engine, command: dict, now: float) -> bool:
             continue
         for job in destination.drain():
             if engine.pauses.paused(now, job.domain, destination.key):
-                engine._hold(job, control.PAUSED_HOLD)
+                engine._hold(Held(job, control.PAUSED_HOLD, "paused"))
             else:
                 destination.push(job)
     return True

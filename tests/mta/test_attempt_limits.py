@@ -101,8 +101,8 @@ FAST = merge(DEFAULT_POLICY, Policy(max_connection_rate=Rate.parse("10000/s"), m
 def destination(connector: Connector, outcomes: list, policy: Policy = FAST, smtp: Smtp = Smtp(),
                 answer: MxAnswer = TEN_HOSTS) -> Destination:
     return Destination("mx:ten", answer, policy, connector=connector, port=25,
-                       done=lambda j, reply, *rest: outcomes.append((j.id, reply)),
-                       hold=lambda j, delay: outcomes.append((j.id, f"held {delay}s")),
+                       done=lambda a: outcomes.append((a.job.id, a.reply)),
+                       hold=lambda h: outcomes.append((h.job.id, f"held {h.delay}s")),
                        clock=SYSTEM, smtp=smtp)
 
 

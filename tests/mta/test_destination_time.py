@@ -47,8 +47,8 @@ class TimedSession(FakeSession):
 def destination(clock: FakeClock, connector: TimedConnector, outcomes: list, **limits) -> Destination:
     policy = merge(DEFAULT_POLICY, Policy(**limits))
     return Destination("mx:mx.timed.test", ANSWER, policy, connector=connector, port=25,
-                       done=lambda j, reply, *rest: outcomes.append((j.id, reply.code, clock.now())),
-                       hold=lambda j, delay: outcomes.append((j.id, "held", delay)), clock=clock)
+                       done=lambda a: outcomes.append((a.job.id, a.reply.code, clock.now())),
+                       hold=lambda h: outcomes.append((h.job.id, "held", h.delay)), clock=clock)
 
 
 def run(scenario):

@@ -49,8 +49,8 @@ def destinations(rules: Rules, shares: Shares, connector: FakeConnector, outcome
     for domain in domains:
         resolved = rules.resolve(domain, BIG)
         made[domain] = Destination(resolved.key, BIG, resolved.policy, connector=connector, port=25,
-                                   done=lambda j, reply, *rest: outcomes.append((j.id, reply.code)),
-                                   hold=lambda j, delay: outcomes.append((j.id, "held")),
+                                   done=lambda a: outcomes.append((a.job.id, a.reply.code)),
+                                   hold=lambda h: outcomes.append((h.job.id, "held")),
                                    clock=SYSTEM, share=shares.of(resolved))
     return made
 
