@@ -102,7 +102,7 @@ class Worker:
                     deadline += await self._pace(step.until)  # the wait for a rate slot is not the attempt's
                     job = self.job = core.single_first(job)  # single mail that came meanwhile takes the slot
                 if core.state.mode is Mode.PAUSED:  # paused while this job waited for its turn
-                    core.hold_paused(job, dest._clock())
+                    core.hold_paused(job, dest._now())
                     self._drop(job)
                     return
                 if abandoned(job):  # its channel closed while it waited: the broker has it again
@@ -147,7 +147,7 @@ class Worker:
         reply = await self._begin(session, job, True, deadline)
         while reply is None:  # the receiver waits for job's content
             # The next job, its commands in one write with job's content (RFC 2920), while not closing.
-            follow = self.follow = (self.core.follow(job, self.sent, dest._clock())
+            follow = self.follow = (self.core.follow(job, self.sent, dest._now())
                                     if session.pipelining and not dest.closing else None)
             ahead = None if follow is None else _commands(session, follow)
             self.sending = job
@@ -172,7 +172,7 @@ class Worker:
                 break
             elif self.core.state.mode is Mode.PAUSED:  # by the reply to the message before it
                 session.usable = False  # hang up rather than send it: the receiver drops it
-                self.core.hold_paused(job, dest._clock())
+                self.core.hold_paused(job, dest._now())
                 self._drop(job)
                 return False
             else:
@@ -339,7 +339,7 @@ class Worker:
         slot. False: the job was handed on."""
         dest, core = self.dest, self.core
         while True:
-            wait = core.connection_wait(dest._clock())
+            wait = core.connection_wait(dest._now())
             if wait is None:
                 return True
             if wait <= MAX_WAIT:
@@ -350,7 +350,7 @@ class Worker:
                 return False
             log.info("%s: next connection allowed by max_connection_rate in %.0fs; %d message(s) held "
                      "until then", dest.key, wait, 1 + dest.queued)
-            core.hold_for_connection([job] + core.drain(), wait, dest._clock())
+            core.hold_for_connection([job] + core.drain(), wait, dest._now())
             return False
 
 

@@ -63,12 +63,12 @@ def pause_or_resume(engine, command: dict, now: float) -> bool:
     if command["command"] == "resume":
         destination = engine.destinations.get(name)
         if destination is not None:
-            destination.resume(now, "operator: mta resume")
+            destination.resume("operator: mta resume")
         return True
     for destination in engine.destinations.values():
         if destination.key == name:
             if until is None or until > now:
-                destination.suspend(now, until, "operator: mta pause")
+                destination.suspend(until, "operator: mta pause")
             continue
         for job in destination.drain():
             if engine.pauses.paused(now, job.domain, destination.key):

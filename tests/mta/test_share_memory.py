@@ -57,7 +57,7 @@ class Ledger:
 
 
 def destinations(cfg: dict, n: int, ledger: Ledger, clock, connector, smtp: Smtp = Smtp(), give_back=None):
-    rules, shares = Rules(parse_config(cfg)), Shares(clock.wall)
+    rules, shares = Rules(parse_config(cfg)), Shares(clock.now)
     made = []
     for i in range(n):
         resolved = rules.resolve(f"d{i}.example", BIG)
