@@ -63,7 +63,6 @@ from shaper.budget import UNLIMITED_FDS_BUDGET
 from shaper.destination import FORGET_AFTER, HAND, IDLE, PROBE_FIRST, QUEUE, DestinationCore  # noqa: F401  (FORGET_AFTER: the engine's)
 from shaper.handoffs import Attempt, Held, Wait
 from shaper.lanes import IdleWorkers
-from shaper.limiter import Gcra
 from shaper.patterns import Patterns
 from shaper.replies import slow_down
 from shaper.state import IllegalTransition, Mode, Transition
@@ -71,9 +70,6 @@ from shaper.statistics import Statistics
 from shaper.window import ConnectionWindow
 
 log = logging.getLogger("mta.delivery")
-
-# Where attempts and holds go (the engine's outcomes): one typed value each (shaper.handoffs).
-Done = Callable[[Attempt], None]
 
 
 class ShownState(NamedTuple):
@@ -94,7 +90,7 @@ class Destination:
     share; `core` decides, this class carries out."""
 
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
-                 port: int, done: Done, hold: Callable[[Held], None], clock: Clock,
+                 port: int, done: Callable[[Attempt], None], hold: Callable[[Held], None], clock: Clock,
                  patterns: Patterns | None = None, budget: Budget | None = None, smtp: Smtp = Smtp(),
                  share: "Share | None" = None, give_back: Callable[[Job], None] | None = None):
         self.key = key
@@ -103,7 +99,7 @@ class Destination:
         self.answer = answer
         self._connector = connector
         self._port = port
-        self._done = done
+        self._done = done  # attempts and holds go on as typed values (shaper.handoffs), to the engine's outcomes
         self._hold = hold
         self._time = clock  # timers, sleeps
         self._now = clock.now  # monotonic: every limit, timer and pause
@@ -160,10 +156,6 @@ class Destination:
     @property
     def held(self) -> HeldLedger:
         return self.core.held
-
-    @property
-    def connection_rate(self) -> Gcra:
-        return self.core.connection_rate
 
     @property
     def per_second(self) -> float:

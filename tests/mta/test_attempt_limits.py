@@ -233,7 +233,7 @@ def test_with_a_session_up_a_far_connection_slot_leaves_the_mail_to_it() -> None
         policy = merge(FAST, Policy(connection_limit=3, max_connection_rate=Rate.parse("1/min"),
                                     idle_timeout=0.2))
         dest = destination(connector, outcomes, policy)
-        dest.connection_rate.set_rate(Rate.parse("1/min"), time.time(), burst=1)
+        dest.core.connection_rate.set_rate(Rate.parse("1/min"), SYSTEM.now(), burst=1)
         for i in range(20):
             dest.push(job(i))
         await asyncio.wait_for(until(lambda: len(outcomes) == 20), 5)
