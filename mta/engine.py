@@ -51,6 +51,7 @@ from mta.supervision import TaskCrashed, endless, leaves
 from mta.dkim.signer import Signer, load_keys
 from mta.smtp.connector import Connector
 from mta.broker.topology import LANES, Topology, lane_queue
+from shaper.handoffs import Held
 
 log = logging.getLogger("mta.engine")
 
@@ -61,16 +62,17 @@ class Engine:
     def __init__(self, config: Config, *, clock: Clock = SYSTEM, config_path: str | None = None):
         self.config = config
         self.config_path = config_path
-        self.time = clock  # the one clock: timers, sleeps, monotonic time
-        self.clock = clock = clock.wall  # the wall time: results, ages, limits
+        self.time = clock  # the one clock: timers, sleeps, monotonic time for limits and caches
+        now = clock.now  # monotonic: limits, timers, cache lifetimes (setting the system clock moves none)
+        self.clock = clock = clock.wall  # the wall time: results, ages, what people read
         self.rules = Rules(config)
         dns = config.dns
-        self.resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, clock)
+        self.resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, now)
         self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, self.time, config.smtp.ca_file)
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
         self.budget = Budget.from_config(config.smtp.max_connections)  # SMTP connections of all destinations
-        self.shares = Shares(clock)  # each provider's limits over all its destinations
+        self.shares = Shares(now)  # each provider's limits over all its destinations
         self.pauses = control.Pauses()
         self.control_gate = control.gate_for(config.control)  # ConfigError when its key is missing
         self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
@@ -80,7 +82,7 @@ class Engine:
         # What an attempt, a hold or a failed lookup means for a message; bound once for every destination.
         self.outcomes = Outcomes(clock, self.counts, self.metrics, self.destinations, self.rules, config.default)
         self._done, self._hold = self.outcomes.done, self.outcomes.hold
-        self.router = Router(self.resolver, self.rules, self._deliver, self.outcomes.unroutable, clock=clock)
+        self.router = Router(self.resolver, self.rules, self._deliver, self.outcomes.unroutable, clock=now)
         # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
         self.routes = self.router.routes = self.outcomes.routes = RouteTable(config.routes, self.rules,
                                                                              self.pauses, clock)
@@ -133,7 +135,7 @@ class Engine:
         self.journal, self._recorded = open_journal(self.config.broker.journal, self.config_path, window)
         backoff = 1.0
         while not stop.is_set():
-            started = self.clock()
+            started = self.time.now()
             try:
                 await self._session(stop)
             except BrokerLost as exc:
@@ -141,7 +143,7 @@ class Engine:
                             redact(self.config.broker.url), exc, backoff)
             if stop.is_set():
                 break
-            if self.clock() - started > 30:
+            if self.time.now() - started > 30:
                 backoff = 1.0
             try:
                 await asyncio.wait_for(stop.wait(), backoff)
@@ -158,10 +160,10 @@ class Engine:
         Runs until the session ends."""
         while True:
             await self.time.sleep(FORGET_SWEEP)
-            self.forget_idle(self.clock())
+            self.forget_idle()
 
-    def forget_idle(self, now: float) -> int:
-        idle = [key for key, d in self.destinations.items() if d.forgettable(now)]
+    def forget_idle(self) -> int:
+        idle = [key for key, d in self.destinations.items() if d.forgettable()]
         for key in idle:
             del self.destinations[key]
         if idle:
@@ -351,7 +353,7 @@ class Engine:
     def _deliver(self, job: Job, answer: MxAnswer, resolved: Resolved) -> None:
         job.destination = resolved
         if self.pauses and self.pauses.paused(self.clock(), job.domain, resolved.key):
-            self._hold(job, control.PAUSED_HOLD)
+            self._hold(Held(job, control.PAUSED_HOLD, "paused"))
             return
         destination = self.destinations.get(resolved.key)
         if destination is None:

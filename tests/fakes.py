@@ -1,10 +1,12 @@
 """Fakes shared by the shell's unit tests, each standing in for one real interface.
 
-`FakeClock` is mta.clock.Clock on virtual time: the wall and the monotonic time are one
-number that moves only when a test says so (`advance`), or, with `run`, whenever every task
+`FakeClock` is mta.clock.Clock on virtual time: the monotonic time is a number that moves
+only when a test says so (`advance`), or, with `run`, whenever every task
 is waiting for it (trio's autojump clock). Timers and sleeps fire in time order as it moves:
 minutes of pacing, idle timeouts and probing run in milliseconds, and each sleep asked for
-is recorded in `sleeps`. tests/mta/test_fakes.py holds it to the real clock's interface.
+is recorded in `sleeps`. The wall time moves with it, `wall_offset` apart (``wall`` given:
+that far; else none), and a test sets the system clock by changing `wall_offset`.
+tests/mta/test_fakes.py holds it to the real clock's interface.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ class FakeTimer:
 
 
 class FakeClock:
-    def __init__(self, start: float = 1_000_000.0) -> None:
+    def __init__(self, start: float = 1_000_000.0, wall: float | None = None) -> None:
         self.t = start
+        self.wall_offset = 0.0 if wall is None else wall - start  # wall time less monotonic time
         self.sleeps: list[float] = []
         self._timers: list[tuple[float, int, FakeTimer]] = []
         self._order = itertools.count()
@@ -41,7 +44,7 @@ class FakeClock:
     # ---- mta.clock.Clock
 
     def wall(self) -> float:
-        return self.t
+        return self.t + self.wall_offset
 
     def now(self) -> float:
         return self.t

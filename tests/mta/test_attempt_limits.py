@@ -101,8 +101,8 @@ FAST = merge(DEFAULT_POLICY, Policy(max_connection_rate=Rate.parse("10000/s"), m
 def destination(connector: Connector, outcomes: list, policy: Policy = FAST, smtp: Smtp = Smtp(),
                 answer: MxAnswer = TEN_HOSTS) -> Destination:
     return Destination("mx:ten", answer, policy, connector=connector, port=25,
-                       done=lambda j, reply, *rest: outcomes.append((j.id, reply)),
-                       hold=lambda j, delay: outcomes.append((j.id, f"held {delay}s")),
+                       done=lambda a: outcomes.append((a.job.id, a.reply)),
+                       hold=lambda h: outcomes.append((h.job.id, f"held {h.delay}s")),
                        clock=SYSTEM, smtp=smtp)
 
 
@@ -233,7 +233,7 @@ def test_with_a_session_up_a_far_connection_slot_leaves_the_mail_to_it() -> None
         policy = merge(FAST, Policy(connection_limit=3, max_connection_rate=Rate.parse("1/min"),
                                     idle_timeout=0.2))
         dest = destination(connector, outcomes, policy)
-        dest.connection_rate.set_rate(Rate.parse("1/min"), time.time(), burst=1)
+        dest.core.connection_rate.set_rate(Rate.parse("1/min"), SYSTEM.now(), burst=1)
         for i in range(20):
             dest.push(job(i))
         await asyncio.wait_for(until(lambda: len(outcomes) == 20), 5)

@@ -85,8 +85,8 @@ def destinations(n: int, budget: Budget, connector: FakeConnector, outcomes: lis
     for d in range(n):
         answer = MxAnswer((MxHost(f"mx.d{d}.test", 10, ("127.0.0.1",)),))
         made.append(Destination(f"mx:mx.d{d}.test", answer, POLICY, connector=connector, port=25,
-                                done=lambda j, reply, *rest: outcomes.append((j.id, reply.code)),
-                                hold=lambda j, delay: outcomes.append((j.id, "held")),
+                                done=lambda a: outcomes.append((a.job.id, a.reply.code)),
+                                hold=lambda h: outcomes.append((h.job.id, "held")),
                                 clock=SYSTEM, budget=budget))
     return made
 
