@@ -5,6 +5,11 @@ number that moves only when a test says so (`advance`), or, with `run`, whenever
 is waiting for it (trio's autojump clock). Timers and sleeps fire in time order as it moves:
 minutes of pacing, idle timeouts and probing run in milliseconds, and each sleep asked for
 is recorded in `sleeps`. tests/mta/test_fakes.py holds it to the real clock's interface.
+
+`FakeDestination` is what `mta status` and the metrics read of a destination
+(mta.destinations.delivery.Destination): its name, a domain it serves, its MX answer and
+its snapshot (shaper.statistics), which a test writes as it likes (`snapshot`).
+tests/mta/test_fakes.py holds each method of the other fakes to the real class's.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import heapq
 import itertools
 from collections.abc import Callable
 from typing import Any
+
+from shaper.statistics import Statistics
 
 
 class FakeTimer:
@@ -95,3 +102,25 @@ class FakeClock:
 def _wake(future: asyncio.Future) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def snapshot(**fields: Any) -> Statistics:
+    """A destination's snapshot: an idle one in normal mode, but for ``fields``."""
+    idle = dict(mode="normal", reason="", since=0.0, until=None, single=0, bulk=0, unpaced=0, held=0,
+                per_second=1.0, connection_limit=10, connections_allowed=3, workers=0,
+                unreachable_since=None, waits="")
+    return Statistics(**{**idle, **fields})
+
+
+class FakeDestination:
+    """A destination as `mta status` and the metrics see it; ``stats`` is what its
+    `statistics()` says."""
+
+    def __init__(self, key: str, stats: Statistics | None = None, *, domain: str = "", answer: Any = None) -> None:
+        self.key = key
+        self.domain = domain
+        self.answer = answer
+        self.stats = stats if stats is not None else snapshot()
+
+    def statistics(self) -> Statistics:
+        return self.stats

@@ -62,8 +62,7 @@ from shaper.limiter import Gcra
 from shaper.patterns import Patterns
 from shaper.replies import slow_down
 from shaper.state import DestinationState, IllegalTransition, Mode, Transition
-from shaper.statistics import Statistics
-from shaper.window import ConnectionWindow
+from shaper.statistics import Statistics, statistics
 
 log = logging.getLogger("mta.delivery")
 
@@ -112,10 +111,9 @@ class Destination:
         # What the destination decides (shaper.destination); this class carries it out.
         self.core = DestinationCore(policy, clock.wall(), hold=hold, moved=self._log_moved, merge=merge,
                                     campaign=campaign, patterns=patterns, share=share)
-        self.single = self.core.lanes.single  # the lanes' ready queues (status reads them)
-        self.bulk = self.core.lanes.bulk
+        self.single = self.core.lanes.single  # the single lane's ready queue: single mail waits
 
-    # ---- what the core decides, as the engine, ops and tests read it
+    # ---- what the core decides, as the engine and tests read it (ops read `statistics`)
 
     @property
     def patterns(self) -> Patterns:
@@ -126,16 +124,8 @@ class Destination:
         self.core.patterns = patterns
 
     @property
-    def policy(self) -> Policy:
-        return self.core.policy
-
-    @property
     def state(self) -> DestinationState:
         return self.core.state
-
-    @property
-    def window(self) -> ConnectionWindow:
-        return self.core.window
 
     @property
     def held(self) -> HeldLedger:
@@ -144,10 +134,6 @@ class Destination:
     @property
     def connection_rate(self) -> Gcra:
         return self.core.connection_rate
-
-    @property
-    def per_second(self) -> float:
-        return self.core.per_second
 
     @property
     def queued(self) -> int:
@@ -161,14 +147,11 @@ class Destination:
     def workers(self) -> int:
         return self.core.window.in_use
 
-    @property
-    def idle_workers(self) -> int:
-        """Workers waiting for mail on an open session."""
-        return self._idle.waiting()
-
     def statistics(self) -> Statistics:
-        """A snapshot of the destination now, and why its mail waits (shaper.statistics)."""
-        return self.core.statistics(self._clock())
+        """A snapshot of the destination now, and why its mail waits (shaper.statistics),
+        with its sessions: all that `mta status` and the metrics read of it."""
+        return statistics(self.core, self._clock(), connections=self.connected, idle=self._idle.waiting(),
+                          last_error=self.last_error)
 
     # ---- limits and state
 

@@ -203,7 +203,7 @@ class Metrics:
         (more than the destination can send soon)."""
         key = job.destination.key if job.destination is not None else None
         destination = self.engine.destinations.get(key) if key is not None else None
-        mode = mode_of(destination)
+        mode = destination.statistics().mode if destination is not None else "normal"
         pauses = self.engine.pauses
         if mode == "paused" or (pauses and pauses.paused(now, job.domain, key or job.domain)):
             reason = "paused"
@@ -274,9 +274,3 @@ UNTRIED = "expired:untried"  # expired while held: an outcome, not an attempt
 
 def is_attempt(event: str) -> bool:
     return event.partition(":")[0] in ATTEMPT_OUTCOMES and event != UNTRIED
-
-
-def mode_of(destination) -> str:
-    """normal / backoff / paused from the destination's state machine, when it has one."""
-    state = getattr(destination, "state", None)
-    return str(state.mode) if state is not None else "normal"
