@@ -17,6 +17,8 @@ consuming lane (mta.broker.client.Consuming) was told to acknowledge or give bac
 `FakeDestination` is what `mta status` and the metrics read of a destination
 (mta.destinations.delivery.Destination): its name, a domain it serves, its MX answer and
 its snapshot (shaper.statistics), which a test writes as it likes (`snapshot`).
+`FakeEngine` is what they read of the engine (mta.engine.Engine): its counts, rules,
+pauses, routes, budget, control gate and destinations, without a broker or a loop.
 tests/mta/test_fakes.py holds each method of the other fakes to the real class's.
 """
 
@@ -34,6 +36,12 @@ from aiormq.exceptions import DeliveryError
 from pamqp import commands as spec
 from pamqp.decode import field_table
 
+from mta.config import parse_config
+from mta.destinations.budget import Budget
+from mta.ops import control
+from mta.ops.metrics import Metrics
+from mta.routing.routes import RouteTable
+from mta.routing.rules import Rules
 from mta.smtp.client import Reply, SessionFailed
 from shaper.statistics import Statistics
 
@@ -139,6 +147,34 @@ class FakeDestination:
 
     def statistics(self) -> Statistics:
         return self.stats
+
+
+class FakeResolver:
+    """The MX cache's counters (mta.routing.mx)."""
+
+    lookups = 0
+    cache_hits = 0
+
+
+class FakeEngine:
+    """The engine as `mta status` and the metrics read it, on the rules of ``config`` and
+    the wall time ``clock``; ``promote_after``: outcomes before a destination gets its own
+    label in the metrics."""
+
+    def __init__(self, config: Any = None, *, clock: Callable[[], float] = lambda: 1_800_000_000.0,
+                 promote_after: int = 1) -> None:
+        self.config = config if config is not None else parse_config({})
+        self.rules = Rules(self.config)
+        self.clock = clock
+        self.counts: dict[str, int] = {"consumed": 0, "invalid": 0}
+        self.crashes: dict[str, int] = {}
+        self.resolver = FakeResolver()
+        self.destinations: dict[str, Any] = {}
+        self.pauses = control.Pauses()
+        self.routes = RouteTable(self.config.routes, self.rules, self.pauses, clock, environ={})
+        self.budget = Budget(10)
+        self.control_gate = control.Gate(None)
+        self.metrics = Metrics(self, clock=clock, promote_after=promote_after)
 
 
 # ---- SMTP

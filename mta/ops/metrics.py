@@ -2,9 +2,10 @@
 
 Two kinds of numbers, kept cheap for the delivery path:
 
-* State the engine keeps anyway (its outcome counts, each destination's queue, workers,
-  connections, limits and mode, the MX cache's counters) is read by a custom collector
-  when Prometheus scrapes; the delivery path pays nothing for it.
+* State the engine keeps anyway (its outcome counts, each destination's snapshot of its
+  queue, workers, connections, limits and mode (shaper.statistics), the MX cache's
+  counters) is read by a custom collector when Prometheus scrapes; the delivery path pays
+  nothing for it.
 * What only exists at the moment of an outcome (which lane and destination, how long the
   message took) is recorded by one call per outcome into plain dicts and bucket lists;
   the collector turns them into counters and histograms at scrape time. No

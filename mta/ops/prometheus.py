@@ -223,9 +223,7 @@ def _destination_sums(m: Metrics, destinations: list, by_mode: dict[str, int],
 
 def _budget_families(engine) -> Iterable:
     """The process-wide connection budget (mta.destinations.budget): its size, use, and who waited."""
-    budget = getattr(engine, "budget", None)
-    if budget is None:
-        return
+    budget = engine.budget
     yield GaugeMetricFamily("mta_connections_budget", "Outbound SMTP connections this process may hold "
                             "(smtp.max_connections, or what the file-descriptor limit allows).", value=budget.limit)
     yield GaugeMetricFamily("mta_connections_budget_in_use", "Connection slots held: sessions open or "
@@ -242,9 +240,7 @@ def _budget_families(engine) -> Iterable:
 
 def _control_families(engine) -> Iterable:
     """Control commands refused by mta.ops.control.Gate, by reason (unsigned, bad_signature, ...)."""
-    gate = getattr(engine, "control_gate", None)
-    if gate is None:
-        return
+    gate = engine.control_gate
     family = CounterMetricFamily("mta_control_refused", "Control messages (mta.control) ignored: unsigned, "
                                  "bad_signature, stale, replayed, malformed, too_large (over 64 KiB), or an "
                                  "answer refused (reply_to).",

@@ -60,10 +60,8 @@ def snapshot(engine) -> dict:
     }
 
 
-def _budget(engine) -> dict | None:
-    budget = getattr(engine, "budget", None)
-    if budget is None:
-        return None
+def _budget(engine) -> dict:
+    budget = engine.budget
     return {"limit": budget.limit, "in_use": budget.in_use, "waiting": budget.waiting}
 
 
@@ -84,9 +82,7 @@ def _add(row: dict, event: str, n: int) -> None:
 def _pause_reason(engine, target: str) -> str:
     """Why a target is in the operator's pause list: a route whose smarthost refused its
     credentials says so (never the credentials), anything else was `mta pause`."""
-    routes = getattr(engine, "routes", None)
-    fault = routes.faults.get(target) if routes is not None else None
-    return fault or "paused by operator (mta pause)"
+    return engine.routes.faults.get(target) or "paused by operator (mta pause)"
 
 
 def _destination(engine, d, now: float, pauses: dict) -> dict | None:

@@ -18,8 +18,8 @@ from mta.clock import Clock
 from mta.destinations.delivery import Destination
 from mta.smtp.connector import Connector
 from mta.smtp.session import Session
-from tests.fakes import (FakeClock, FakeConnector, FakeConsumeChannel, FakeDestination, FakePublishChannel, FakeSession,
-                         _AtOnce)
+from tests.fakes import (FakeClock, FakeConnector, FakeConsumeChannel, FakeDestination, FakeEngine, FakePublishChannel,
+                         FakeSession, _AtOnce)
 
 PAIRS = [(FakeClock, Clock)]  # fakes with every method of the real one
 # fake, real, the fake's own methods by which a test drives it
@@ -90,6 +90,19 @@ def test_every_method_of_a_fake_is_the_real_one_s(fake, real, controls) -> None:
         assert inspect.iscoroutinefunction(fake_method) == inspect.iscoroutinefunction(real_method), (
             f"{fake.__name__}.{name}: async on one side only")
         assert not mismatches(fakes[name], reals[name]), (f"{fake.__name__}.{name}", mismatches(fakes[name], reals[name]))
+
+
+def test_what_ops_read_of_the_fake_engine_and_destination_the_real_ones_have() -> None:
+    from mta.config import parse_config
+    from mta.engine import Engine
+    from tests.mta.test_forget_idle import destination
+
+    engine = Engine(parse_config({}))  # no broker yet: nothing opened
+    missing = sorted(name for name in vars(FakeEngine()) if not hasattr(engine, name))
+    assert not missing, f"the engine has no {missing}"
+    real = destination(FakeClock())
+    missing = sorted(name for name in vars(FakeDestination("mx:a")) if name != "stats" and not hasattr(real, name))
+    assert not missing, f"a destination has no {missing}"
 
 
 def test_a_parameter_renamed_moved_or_left_out_is_a_mismatch() -> None:

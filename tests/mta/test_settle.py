@@ -257,16 +257,10 @@ def test_a_retry_copy_redirected_to_invalid_echoes_integers_beyond_64_bits_exact
 def test_a_copy_redirected_to_invalid_is_counted_where_the_metrics_read_it():
     from prometheus_client import generate_latest
 
-    from mta.ops import control
-    from mta.ops.metrics import Metrics
+    from tests.fakes import FakeEngine
 
-    class Engine:  # what the metrics read of the engine: its outcome counts
-        counts = {"consumed": 3, "deferred": 1, "held": 1, "invalid": 1}  # one refused at intake
-        crashes: dict = {}
-        destinations: dict = {}
-        pauses = control.Pauses()
-        resolver = type("Resolver", (), {"lookups": 0, "cache_hits": 0})()
-
+    engine = FakeEngine(clock=lambda: NOW)
+    engine.counts = {"consumed": 3, "deferred": 1, "held": 1, "invalid": 1}  # one refused at intake
     broker = FakePublishChannel()
     retried, held = job_of(2), job_of(3)
     retried.first_seen = held.first_seen = 1e27  # a header the encoder refuses
@@ -283,7 +277,7 @@ def test_a_copy_redirected_to_invalid_is_counted_where_the_metrics_read_it():
         settler.invalid(b"[]", {"x-bad": b"\xff"}, "body must be a JSON object, got list", book, tag, "bulk", NOW)
 
     async def scenario():
-        settler = Settler(Session(broker), Topology(), publish_timeout=5, counts=Engine.counts)
+        settler = Settler(Session(broker), Topology(), publish_timeout=5, counts=engine.counts)
         consuming = FakeConsumeChannel()
         book = AckBook(consuming)
         for tag, action in enumerate([defer, hold, invalid], 1):
@@ -297,8 +291,8 @@ def test_a_copy_redirected_to_invalid_is_counted_where_the_metrics_read_it():
     consuming = asyncio.run(scenario())
     assert consuming.acked_tags({1, 2, 3}) == {1, 2, 3}
     assert len([p for p in broker.published if p["routing_key"] == "mta.invalid"]) == 3
-    assert Engine.counts["invalid"] == 3  # the two redirected copies, and the one intake refused
-    text = generate_latest(Metrics(Engine(), clock=lambda: NOW).registry).decode()
+    assert engine.counts["invalid"] == 3  # the two redirected copies, and the one intake refused
+    text = generate_latest(engine.metrics.registry).decode()
     assert "mta_messages_invalid_total 3.0" in text
 
 

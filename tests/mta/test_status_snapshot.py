@@ -4,18 +4,11 @@ operator's pause of a domain, from an engine made of fakes: no broker, no event 
 
 from prometheus_client import generate_latest
 
-from mta.ops import control, status
+from mta.ops import status
 from mta.config import parse_config
-from mta.ops.metrics import Metrics
-from mta.routing.rules import Rules
-from tests.fakes import FakeDestination, snapshot
+from tests.fakes import FakeDestination, FakeEngine, snapshot
 
 NOW = 1_800_000_000.0
-
-
-class FakeResolver:
-    lookups = 3
-    cache_hits = 7
 
 
 class FakeJob:
@@ -26,23 +19,13 @@ class FakeJob:
         self.first_seen = NOW - 30
 
 
-class FakeEngine:
-    def __init__(self, config):
-        self.config = config
-        self.rules = Rules(config)
-        self.clock = lambda: NOW
-        self.counts = {"consumed": 12, "delivered": 5, "invalid": 1}
-        self.crashes = {"settler": 1}
-        self.resolver = FakeResolver()
-        self.destinations = {}
-        self.pauses = control.Pauses()
-        self.metrics = Metrics(self, clock=self.clock, promote_after=1)
-
-
 def engine_with_a_throttled_and_a_paused_destination():
     config = parse_config({"default": {"connection_limit": 10},
                            "domains": {"slow.example": {"connection_limit": 4, "max_message_rate": "20/min"}}})
-    engine = FakeEngine(config)
+    engine = FakeEngine(config, clock=lambda: NOW)
+    engine.counts = {"consumed": 12, "delivered": 5, "invalid": 1}
+    engine.crashes = {"settler": 1}
+    engine.resolver.lookups, engine.resolver.cache_hits = 3, 7
     policy = engine.rules.resolve("slow.example", None).policy
     throttled = FakeDestination("domain:slow.example", snapshot(
         mode="backoff", reason="pattern '(?i)too many' (421): 421 4.7.0 Too many connections",
@@ -76,6 +59,7 @@ def test_snapshot_shows_mode_reason_times_and_limits_in_force():
     assert paused["state"] == "paused" and paused["until"] == NOW + 600
     assert snap["lanes"]["bulk"] == {"not_tried": 2, "delivered": 1, "attempt": 1}
     assert snap["last_minute"]["all"] == {"not_tried": 2, "delivered": 1, "attempt": 1}
+    assert snap["budget"] == {"limit": 10, "in_use": 0, "waiting": 0}
 
     text = status.render({"queues": {"mta.bulk": {"depth": 4, "consumers": 1}, "mta.single": None},
                           "mtas": [snap]})
@@ -84,6 +68,7 @@ def test_snapshot_shows_mode_reason_times_and_limits_in_force():
     assert "limits: 2/4 connections, 20/min messages" in text
     assert "in flight 1, queued 3, connections 1, held 1, last error: " in text
     assert "paused.example  paused: paused by operator (mta pause)" in text
+    assert "connections: 0 of 10 (process budget), 0 destination(s) waiting for a slot" in text
     assert "mta.single         (not declared)" in text
 
 
