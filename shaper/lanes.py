@@ -134,7 +134,8 @@ class IdleWorkers:
         return None
 
     def waiting(self) -> int:
-        return sum(not waiter.done() for _, waiter in self._line)
+        # A copy first: a metrics scrape counts on its own thread while the loop changes the line.
+        return sum(not waiter.done() for _, waiter in list(self._line))
 
     def clear(self) -> list[Waiter]:
         """All those still waiting; the line is empty after."""

@@ -44,7 +44,6 @@ time, so setting the system clock moves none of them; what people read (`state`,
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable
 from typing import NamedTuple
@@ -66,8 +65,7 @@ from shaper.lanes import IdleWorkers
 from shaper.patterns import Patterns
 from shaper.replies import slow_down
 from shaper.state import IllegalTransition, Mode, Transition
-from shaper.statistics import Statistics
-from shaper.window import ConnectionWindow
+from shaper.statistics import Statistics, statistics
 
 log = logging.getLogger("mta.delivery")
 
@@ -121,10 +119,9 @@ class Destination:
         # What the destination decides (shaper.destination); this class carries it out.
         self.core = DestinationCore(policy, clock.now(), hold=hold, moved=self._log_moved, merge=merge,
                                     campaign=campaign, patterns=patterns, share=share)
-        self.single = self.core.lanes.single  # the lanes' ready queues (status reads them)
-        self.bulk = self.core.lanes.bulk
+        self.single = self.core.lanes.single  # the single lane's ready queue: single mail waits
 
-    # ---- what the core decides, as the engine, ops and tests read it
+    # ---- what the core decides, as the engine and tests read it (ops read `statistics`)
 
     @property
     def patterns(self) -> Patterns:
@@ -150,16 +147,8 @@ class Destination:
         return lambda t: None if t is None else t + offset
 
     @property
-    def window(self) -> ConnectionWindow:
-        return self.core.window
-
-    @property
     def held(self) -> HeldLedger:
         return self.core.held
-
-    @property
-    def per_second(self) -> float:
-        return self.core.per_second
 
     @property
     def queued(self) -> int:
@@ -173,17 +162,16 @@ class Destination:
     def workers(self) -> int:
         return self.core.window.in_use
 
-    @property
-    def idle_workers(self) -> int:
-        """Workers waiting for mail on an open session."""
-        return self._idle.waiting()
-
     def statistics(self) -> Statistics:
-        """A snapshot of the destination now, and why its mail waits (shaper.statistics);
-        its times in wall-clock seconds."""
-        stats, wall = self.core.statistics(self._now()), self._to_wall()
-        return dataclasses.replace(stats, since=wall(stats.since), until=wall(stats.until),
-                                   unreachable_since=wall(stats.unreachable_since))
+        """A snapshot of the destination now, and why its mail waits (shaper.statistics),
+        with its sessions: all that `mta status` and the metrics read of it; its times in
+        wall-clock seconds."""
+        stats = statistics(self.core, self._now(), connections=self.connected, idle=self._idle.waiting(),
+                           last_error=self.last_error)
+        wall = self._to_wall()
+        stats.since, stats.until, stats.unreachable_since = (wall(stats.since), wall(stats.until),
+                                                             wall(stats.unreachable_since))
+        return stats
 
     # ---- limits and state
 

@@ -12,26 +12,10 @@ from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
 from shaper.allowance import HOLD_DELAYS, MAX_WAIT
 from shaper.units import Rate
-from tests.fakes import FakeClock
-from tests.mta.test_budget_delivery import FakeConnector, FakeSession, job
+from tests.fakes import FakeClock, FakeConnector, FakeSession
+from tests.mta.test_budget_delivery import job
 
 ANSWER = MxAnswer((MxHost("mx.timed.test", 10, ("127.0.0.1",)),))
-
-
-class TimedConnector(FakeConnector):
-    """Records the virtual time of every session opened, message sent and session closed."""
-
-    def __init__(self, clock: FakeClock):
-        super().__init__()
-        self.clock = clock
-        self.sent_at: list[float] = []
-        self.opened_at: list[float] = []
-        self.closed_at: list[float] = []
-
-    async def open(self, mx, ip, port, *, tls, timeouts, **kw):
-        self.opened_at.append(self.clock.now())
-        await super().open(mx, ip, port, tls=tls, timeouts=timeouts, **kw)  # counts it open
-        return TimedSession(self, mx, ip)
 
 
 class TimedSession(FakeSession):
@@ -42,6 +26,23 @@ class TimedSession(FakeSession):
     async def close(self) -> None:
         self.connector.closed_at.append(self.connector.clock.now())
         await super().close()
+
+
+class TimedConnector(FakeConnector):
+    """Records the virtual time of every session opened, message sent and session closed."""
+
+    session = TimedSession
+
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock = clock
+        self.sent_at: list[float] = []
+        self.opened_at: list[float] = []
+        self.closed_at: list[float] = []
+
+    async def open(self, mx, ip, port, *, tls, timeouts, **options):
+        self.opened_at.append(self.clock.now())
+        return await super().open(mx, ip, port, tls=tls, timeouts=timeouts, **options)
 
 
 def destination(clock: FakeClock, connector: TimedConnector, outcomes: list, **limits) -> Destination:

@@ -14,7 +14,8 @@ from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
 from mta.routing.rules import Rules
 from mta.destinations.share import Shares
-from tests.mta.test_budget_delivery import FakeConnector, job, until
+from tests.fakes import FakeConnector
+from tests.mta.test_budget_delivery import job, until
 
 CONFIG = {
     "default": {"max_connection_rate": "10000/s"},
@@ -58,7 +59,7 @@ def destinations(rules: Rules, shares: Shares, connector: FakeConnector, outcome
 def test_two_domains_of_2_connections_under_a_provider_of_3_never_open_4() -> None:
     async def scenario():
         rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(SYSTEM.now), FakeConnector(), []
-        connector.gate.clear()  # sessions stay busy until every destination asked for its connections
+        connector.answering.clear()  # sessions stay busy until every destination asked for its connections
         dests = destinations(rules, shares, connector, outcomes, ["a.example", "b.example", "c.example"])
         n = 0
         for domain, dest in dests.items():
@@ -68,7 +69,7 @@ def test_two_domains_of_2_connections_under_a_provider_of_3_never_open_4() -> No
         await until(lambda: connector.open_now == 3)
         await asyncio.sleep(0.05)
         assert connector.open_now == 3
-        connector.gate.set()
+        connector.answering.set()
         await until(lambda: len(outcomes) == n)
         for dest in dests.values():
             dest.close_idle()

@@ -17,8 +17,8 @@ from mta.routing.rules import Rules
 from mta.destinations.share import Shares
 from mta.smtp.client import Reply
 from shaper.allowance import HOLD_DELAYS, MAX_WAIT, allowance
-from tests.fakes import FakeClock
-from tests.mta.test_budget_delivery import FakeConnector, FakeSession, job, until
+from tests.fakes import FakeClock, FakeConnector, FakeSession
+from tests.mta.test_budget_delivery import job, until
 
 BIG = MxAnswer((MxHost("mx.big.example", 10, ("127.0.0.1",)),))
 
@@ -103,18 +103,11 @@ def test_twenty_domains_under_a_slow_provider_keep_what_it_sends_within_max_wait
     assert len(set(ledger.held.values())) > 2, sorted(set(ledger.held.values()))
 
 
-class GatedConnector(FakeConnector):
-    """Sessions open only once ``opening`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.opening = asyncio.Event()
-        self.waiting: list[str] = []
-
-    async def open(self, mx, ip, port, *, tls, timeouts, **kw) -> FakeSession:
-        self.waiting.append(mx)
-        await self.opening.wait()
-        return await super().open(mx, ip, port, tls=tls, timeouts=timeouts)
+def gated() -> FakeConnector:
+    """Sessions open only once ``connecting`` is set."""
+    connector = FakeConnector()
+    connector.connecting.clear()
+    return connector
 
 
 def test_a_provider_slot_beyond_max_wait_is_not_waited_for() -> None:
@@ -148,12 +141,12 @@ def test_jobs_cut_off_before_their_rate_slot_leave_the_share_s_count() -> None:
     worker takes has its rate slot booked at once: the share stops counting it then."""
 
     async def scenario():
-        ledger, connector, given = Ledger(), GatedConnector(), []
+        ledger, connector, given = Ledger(), gated(), []
         dests, _ = destinations(config("1/s", 3), 3, ledger, SYSTEM, connector, give_back=given.append)
         for i, dest in enumerate(dests):
             for k in range(3):
                 ledger.push(dest, job(f"m{i}-{k}", f"u{k}@d{i}.example"))
-        await until(lambda: len(connector.waiting) == 9)  # each job taken by a worker of its own
+        await until(lambda: len(connector.tried) == 9)  # each job taken by a worker of its own
         assert dests[0].share.queued == 0  # each one's slot booked (within MAX_WAIT at 1/s)
         tasks = [t for d in dests for t in d.tasks]
         for task in tasks:
@@ -175,9 +168,7 @@ class SlowSession(FakeSession):
 
 
 class SlowConnector(FakeConnector):
-    async def open(self, mx, ip, port, *, tls, timeouts, **kw) -> FakeSession:
-        await super().open(mx, ip, port, tls=tls, timeouts=timeouts)
-        return SlowSession(self, mx, ip)
+    session = SlowSession
 
 
 def test_waiting_for_the_provider_rate_is_not_part_of_the_attempt() -> None:
@@ -198,5 +189,5 @@ def test_waiting_for_the_provider_rate_is_not_part_of_the_attempt() -> None:
 
     ledger = asyncio.run(scenario())
     assert {i: (r.code, r.text) for i, r in ledger.done.items()} == {
-        f"m{i}": (250, "2.0.0 accepted") for i in range(3)}
+        f"m{i}": (250, "2.0.0 ok") for i in range(3)}
     assert ledger.held == {}
