@@ -13,50 +13,15 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections import OrderedDict
-
-from pamqp import commands as spec
 
 from mta.intake.message import decode
 from mta.broker.publish import BatchPublisher, Publish
 from mta.settle.acks import AckBook
 from mta.settle.results import attempt_entry
 from mta.settle.settler import Settler
+from tests.fakes import FakeConsumeChannel, FakePublishChannel
 
 BATCH = 100
-
-
-class _Channel:
-    """What BatchPublisher uses of an aiormq channel; every write is confirmed at once."""
-
-    def __init__(self, loop):
-        self.loop = loop
-        self.is_closed = False
-        self.lock = asyncio.Lock()
-        self.number = 1
-        self.max_content_size = 131_072 - 8
-        self.confirmations = OrderedDict()
-        self.message_id_delivery_tag = {}
-        self.delivery_tag = 0
-        self.write_queue = self  # put() below
-        self.written = 0
-
-    def create_future(self):
-        return self.loop.create_future()
-
-    async def put(self, frame) -> None:
-        self.written += len(frame.payload)
-        self.loop.call_soon(self._ack_all)
-
-    def put_nowait(self, frame) -> None:
-        self.written += len(frame.payload)
-        self.loop.call_soon(self._ack_all)
-
-    def _ack_all(self) -> None:
-        ack = spec.Basic.Ack(self.delivery_tag, multiple=True)
-        confirmations, self.confirmations = self.confirmations, OrderedDict()
-        for slot in confirmations.values():
-            slot.set_result(ack)
 
 
 def batches():
@@ -71,7 +36,7 @@ def batches():
 
 
 async def run(rounds: int) -> None:
-    channel = _Channel(asyncio.get_running_loop())
+    channel = FakePublishChannel(record=False)
     publisher = BatchPublisher(channel)
     for name, batch in batches().items():
         for _ in range(rounds // 10):  # warm up
@@ -96,16 +61,6 @@ class _Topology:
         return f"mta.delay.{lane}.{seconds}s"
 
 
-class _Consuming:
-    is_closed = False
-
-    async def basic_ack(self, tag, multiple=False, wait=False):
-        pass
-
-    async def basic_nack(self, tag, requeue=True, wait=False):
-        raise AssertionError("nothing should be requeued")
-
-
 def _job(n: int):
     body = (b'{"id":"m%d","recipient":"user%d@example.com","envelope":"b@sender.example","tags":["t"],'
             b'"mime":"From: a@sender.example\\nSubject: hi\\n\\n' % (n, n) + b"x" * 800 + b'"}')
@@ -117,9 +72,10 @@ def _job(n: int):
 
 
 async def run_settler(rounds: int) -> None:
-    channel = _Channel(asyncio.get_running_loop())
+    channel = FakePublishChannel(record=False)
     settler = Settler(_Session(channel), _Topology(), publish_timeout=30)
-    book = AckBook(_Consuming())
+    consuming = FakeConsumeChannel()
+    book = AckBook(consuming)
     jobs = [_job(n) for n in range(BATCH)]
     for name, settle in (("delivered", lambda job, tag: settler.final(job, book, tag, "delivered")),
                          ("deferred", lambda job, tag: settler.defer(job, book, tag, 60))):
@@ -138,6 +94,7 @@ async def run_settler(rounds: int) -> None:
                 best = min(best, time.perf_counter() - started)
             settler.recent.clear()
         print(f"settler {name:9s} {best / (rounds * BATCH) * 1e6:6.2f} µs per message (best of 5, {rounds} batches of {BATCH})")
+    assert not consuming.requeued, "nothing should be given back"
 
 
 if __name__ == "__main__":

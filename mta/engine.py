@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 
 from mta.broker import client
@@ -34,6 +33,7 @@ from mta.ops import reload as reloading
 from mta.destinations.budget import Budget
 from mta.clock import SYSTEM, Clock
 from mta.cluster.cluster import Cluster
+from mta.cluster.member import Member
 from mta.config import Config
 from mta.destinations.delivery import Destination
 from mta.intake.accept import Intake
@@ -48,12 +48,12 @@ from mta.routing.rules import Resolved, Rules
 from mta.destinations.share import Shares
 from mta.settle.acks import AckBook
 from mta.settle.outcomes import Outcomes
-from mta.settle.results import recent_key
 from mta.settle.settler import Settler
 from mta.supervision import TaskCrashed, endless, leaves
 from mta.dkim.signer import Signer, load_keys
 from mta.smtp.connector import Connector
 from mta.broker.topology import LANES, Topology, lane_queue
+from shaper.handoffs import Held
 
 log = logging.getLogger("mta.engine")
 
@@ -64,16 +64,17 @@ class Engine:
     def __init__(self, config: Config, *, clock: Clock = SYSTEM, config_path: str | None = None):
         self.config = config
         self.config_path = config_path
-        self.time = clock_ = clock  # the one clock: timers, sleeps, monotonic time
-        self.clock = clock = clock.wall  # the wall time: results, ages, limits
+        self.time = clock_ = clock  # the one clock: timers, sleeps, monotonic time for limits and caches
+        now = clock.now  # monotonic: limits, timers, cache lifetimes (setting the system clock moves none)
+        self.clock = clock = clock.wall  # the wall time: results, ages, what people read
         self.rules = Rules(config)
         dns = config.dns
-        self.resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, clock)
+        self.resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, now)
         self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, self.time, config.smtp.ca_file)
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
         self.budget = Budget.from_config(config.smtp.max_connections)  # SMTP connections of all destinations
-        self.shares = Shares(clock)  # each provider's limits over all its destinations
+        self.shares = Shares(now)  # each provider's limits over all its destinations
         self.pauses = control.Pauses()
         self.control_gate = control.gate_for(config.control)  # ConfigError when its key is missing
         self.counts = {"consumed": 0, "delivered": 0, "bounced": 0, "deferred": 0, "expired": 0, "invalid": 0,
@@ -83,7 +84,7 @@ class Engine:
         # What an attempt, a hold or a failed lookup means for a message; bound once for every destination.
         self.outcomes = Outcomes(clock, self.counts, self.metrics, self.destinations, self.rules, config.default)
         self._done, self._hold = self.outcomes.done, self.outcomes.hold
-        self.router = Router(self.resolver, self.rules, self._deliver, self.outcomes.unroutable, clock=clock)
+        self.router = Router(self.resolver, self.rules, self._deliver, self.outcomes.unroutable, clock=now)
         # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
         self.routes = self.router.routes = self.outcomes.routes = RouteTable(config.routes, self.rules,
                                                                              self.pauses, clock)
@@ -96,13 +97,13 @@ class Engine:
         self.journal: Journal | None = None
         self._recorded: dict = {}  # outcomes read back from the journal, until the settler takes them
         # Several nodes (SPEC §6): limits, state and the record of outcomes shared in a store.
-        self.cluster = Cluster(config.cluster.store, config.cluster.node, clock=clock_,
-                               describe=self._describe_node) if config.cluster.store else None
-        self.intake.recall = self._recall if self.cluster is not None else None
-        self.kept = kept.KeptPauses(kept.pause_file(config_path),
+        self.cluster = self.member = None
+        if config.cluster.store:
+            self.cluster = Cluster(config.cluster.store, config.cluster.node, clock=clock_)
+            self.member = Member(self, self.cluster)
+            self.cluster.nodes.describe, self.intake.recall = self.member.describe, self.member.recall
+        self.kept = kept.KeptPauses(self, kept.pause_file(config_path),
                                     self.cluster.store if self.cluster is not None else None)
-        self._unsaved: dict[str, tuple[float | None, bool]] = {}  # pauses the store has not taken yet
-        self._recalls: set[asyncio.Task] = set()
         self.ready = asyncio.Event()
         self.stopping = False
         if self.signer is not None:
@@ -142,73 +143,19 @@ class Engine:
             self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
         window = self.config.broker.prefetch + self.config.broker.single_prefetch
         self.journal, self._recorded = open_journal(self.config.broker.journal, self.config_path, window)
-        if self.cluster is None:
-            await self._restore_pauses()
+        if self.member is None:
+            await self.kept.restore()
             await self._sessions(stop)
         else:
-            self.journal = self.cluster.keep_record(self.journal)
-            await self.cluster.start()
-            await self._restore_pauses()
-            cluster = asyncio.create_task(endless("cluster", self._cluster_loops()), name="cluster")
-            try:
-                await self._sessions(stop)
-            finally:
-                cluster.cancel()
-                await self.cluster.close()
+            await self.member.run(lambda: self._sessions(stop))
         if self.journal is not None:
             self.journal.close()
         self.metrics.close()
 
-    # ---- pauses kept across restarts and shared by the nodes (mta.ops.kept)
-
-    async def _restore_pauses(self) -> None:
-        now = self.clock()
-        for target, until in (await self.kept.load()).items():
-            self.pauses.apply({"command": "pause", "target": target, "until": until}, now)
-        if self.pauses:
-            log.info("%d operator pause(s) in force from before: %s", len(self.pauses),
-                     ", ".join(sorted(self.pauses.active(now))[:10]))
-
-    def keep_pause(self, target: str, until: float | None, paused: bool) -> None:
-        """A pause or resume obeyed: on disk at once, and into the store."""
-        self.kept.write_file(self.pauses.active(self.clock()))
-        if self.cluster is not None:
-            self._unsaved[target] = (until, paused)
-            task = asyncio.create_task(self._save_pauses())
-            self._recalls.add(task)
-            task.add_done_callback(self._recalls.discard)
-
-    async def _save_pauses(self) -> None:
-        for target, (until, paused) in list(self._unsaved.items()):
-            if await self.kept.changed(target, until, paused) and self._unsaved.get(target) == (until, paused):
-                del self._unsaved[target]
-
-    async def _cluster_loops(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.cluster.run())
-            tasks.create_task(self._sync_pauses())
-
-    async def _sync_pauses(self) -> None:
-        """Every SYNC_EVERY: what this node failed to write goes to the store, then the
-        store's pauses become this node's (a command missed while the broker was away)."""
-        while True:
-            await self.time.sleep(kept.SYNC_EVERY)
-            await self._save_pauses()
-            shared = await self.kept.read_store()
-            if shared is None or self._unsaved:
-                continue
-            now = self.clock()
-            active = self.pauses.active(now)
-            for target, until in shared.items():
-                if target not in active or active[target] != until:
-                    commands.pause_or_resume(self, {"command": "pause", "target": target, "until": until}, now)
-            for target in active.keys() - shared.keys():
-                commands.pause_or_resume(self, {"command": "resume", "target": target}, now)
-
     async def _sessions(self, stop: asyncio.Event) -> None:
         backoff = 1.0
         while not stop.is_set():
-            started = self.clock()
+            started = self.time.now()
             try:
                 await self._session(stop)
             except BrokerLost as exc:
@@ -216,7 +163,7 @@ class Engine:
                             redact(self.config.broker.url), exc, backoff)
             if stop.is_set():
                 break
-            if self.clock() - started > 30:
+            if self.time.now() - started > 30:
                 backoff = 1.0
             try:
                 await asyncio.wait_for(stop.wait(), backoff)
@@ -230,10 +177,10 @@ class Engine:
         Runs until the session ends."""
         while True:
             await self.time.sleep(FORGET_SWEEP)
-            self.forget_idle(self.clock())
+            self.forget_idle()
 
-    def forget_idle(self, now: float) -> int:
-        idle = [key for key, d in self.destinations.items() if d.forgettable(now)]
+    def forget_idle(self) -> int:
+        idle = [key for key, d in self.destinations.items() if d.forgettable()]
         for key in idle:
             del self.destinations[key]
         if idle:
@@ -423,7 +370,7 @@ class Engine:
     def _deliver(self, job: Job, answer: MxAnswer, resolved: Resolved) -> None:
         job.destination = resolved
         if self.pauses and self.pauses.paused(self.clock(), job.domain, resolved.key):
-            self._hold(job, control.PAUSED_HOLD)
+            self._hold(Held(job, control.PAUSED_HOLD, "paused"))
             return
         destination = self.destinations.get(resolved.key)
         if destination is None:
@@ -438,26 +385,8 @@ class Engine:
             destination.answer = answer
         destination.push(job)
 
-    def _recall(self, job: Job, book: AckBook, tag: int) -> None:
-        """A redelivered copy this node has no outcome for: ask the store whether another
-        node finished it (then its result, never a second delivery), else deliver it."""
-        task = asyncio.create_task(self._recalled(job, book, tag))
-        self._recalls.add(task)
-        task.add_done_callback(self._recalls.discard)
-
-    async def _recalled(self, job: Job, book: AckBook, tag: int) -> None:
-        known = await self.cluster.record.recall(recent_key(job))
-        if known is not None:
-            self.settler.recent[recent_key(job)] = known
-            if self.settler.replay_final(job, book, tag):
-                return
-        if not book.closed:
-            self.intake.admitted(job)
-
-    def _describe_node(self) -> dict:
-        """What this node says about itself in its heartbeat (for `mta status` on any node)."""
-        return {"pid": os.getpid(), "lanes": list(LANES) if self.ready.is_set() else [],
-                "connections": sum(d.connected for d in self.destinations.values())}
+    def keep_pause(self, target: str, until: float | None, paused: bool) -> None:
+        self.kept.keep(target, until, paused)
 
     def _connector_for(self, key: str):
         """A route's destination connects with the route's credentials and TLS mode."""

@@ -173,3 +173,11 @@ class HeldLedger:
         while seconds and seconds[0] <= now:
             self._total -= self._due.pop(heapq.heappop(seconds))
         return self._total
+
+    def counted(self, now: float) -> int:
+        """`ahead` without forgetting anything: a snapshot may be taken on another thread
+        (a metrics scrape) while the destination holds mail, so it only reads."""
+        seconds = self._seconds
+        if not seconds or seconds[0] > now:
+            return self._total
+        return self._total - sum(n for second, n in list(self._due.items()) if second <= now)

@@ -14,10 +14,11 @@ only carries them out with sockets, timers and sleeps, and tells it the time as 
   with successes (shaper.window). While single mail is about, bulk leaves
   ``single_rate_share`` of the rate to the single lane (which may still take bulk's share
   when bulk has room). A rate that drops trims the ready queues to what it sends soon.
-* The next job for a worker: `take` (single first, bulk within its cap; None: idle),
-  then `slot`: seconds until its rate slot, or a `Hold` when its provider's rate has none
-  within `MAX_WAIT`. `follow` gives a job to pipeline behind another, only with its slot
-  due now.
+* The next job for a worker, one value (`next_job`): the job to send now (single first,
+  bulk within its cap, its rate slot due), a `Wait` for the slot booked for it, or `IDLE`.
+  A job whose provider's rate has no slot within `MAX_WAIT` is held instead (it does not
+  wait that long unacknowledged). `follow` gives a job to pipeline behind another, only
+  with its slot due now.
 * Feedback: a success grows the window and may end a backoff; a refusal is matched against
   the operator's patterns (suspend, throttle, bounce) and the receiver's "too many
   connections" and "too fast" signals (shaper.replies).
@@ -26,9 +27,11 @@ only carries them out with sockets, timers and sleeps, and tells it the time as 
   rests for `probe` seconds (`PROBE_FIRST` doubling to `PROBE_MAX`), its mail held, then
   one connection probes it; a connection resets the probe (Postfix's dead destination).
 
-Holds and state changes are handed out through two callables given at construction
-(``hold(job, delay)``, ``moved(transition)``); jobs and replies are the shell's objects,
-of which only ``lane``, and a reply's ``ok``, ``code``, ``text`` and ``phase``, are read.
+Holds and state changes are handed out as typed values to two callables given at
+construction (``hold(Held)``, ``moved(Transition)``; shaper.handoffs, shaper.state); jobs
+and replies are the shell's objects, of which only ``lane``, and a reply's ``ok``,
+``code``, ``text`` and ``phase``, are read. Every time here is monotonic seconds (the
+shell converts what people read to wall time at its edge).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any
 from shaper.adaptive import AcceptMeter, AdaptiveRate
 from shaper.admission import HAND, QUEUE, Admission, Hand, Hold, Queue
 from shaper.allowance import MAX_WAIT, HeldLedger, allowance, hold_delay, paused_delay, shared_hold
+from shaper.handoffs import IDLE, Held, Idle, Wait
 from shaper.lanes import Lanes
 from shaper.limiter import Gcra, message_burst
 from shaper.patterns import PatternRule, Patterns
@@ -48,8 +52,8 @@ from shaper.statistics import Statistics, statistics
 from shaper.units import Rate
 from shaper.window import ConnectionWindow
 
-__all__ = ["FORGET_AFTER", "HAND", "PROBE_FIRST", "PROBE_MAX", "QUEUE", "START_CONNECTIONS", "DestinationCore",
-           "Hand", "Hold", "Queue"]
+__all__ = ["FORGET_AFTER", "HAND", "IDLE", "PROBE_FIRST", "PROBE_MAX", "QUEUE", "START_CONNECTIONS",
+           "DestinationCore", "Hand", "Held", "Hold", "Idle", "Queue", "Wait"]
 
 START_CONNECTIONS = 3  # a new destination earns the rest of its connection_limit
 FORGET_AFTER = 900.0  # seconds idle after which a destination with nothing to remember is dropped
@@ -62,7 +66,7 @@ class DestinationCore(Admission):
     top, ``campaign(job)`` names a bulk job's campaign, ``share`` is its provider's
     (mta.destinations.share: a rate, a ledger and counts over all its destinations)."""
 
-    def __init__(self, policy: Any, now: float, *, hold: Callable[[Any, int], None],
+    def __init__(self, policy: Any, now: float, *, hold: Callable[[Held], None],
                  moved: Callable[[Transition], None], merge: Callable[[Any, Any], Any],
                  campaign: Callable[[Any], Hashable], patterns: Patterns | None = None, share: Any = None):
         self._hold = hold
@@ -128,7 +132,7 @@ class DestinationCore(Admission):
                 self.waiting(-1)
                 delay = hold_delay(len(ready) + 1, self.per_second, self.window.allowed, self.held.due_within(now))
                 self.held.note(now, delay)
-                self._hold(job, delay)
+                self._hold(Held(job, delay, "allowance"))
 
     # ---- state
 
@@ -176,7 +180,7 @@ class DestinationCore(Admission):
         remaining = state.until - now if state.until is not None else None
         delay = paused_delay(remaining, now - state.since, self.per_second, self.held.ahead(now))
         self.held.note(now, delay)
-        self._hold(job, delay)
+        self._hold(Held(job, delay, "paused"))
 
     def statistics(self, now: float) -> Statistics:
         """A snapshot, and why mail waits (shaper.statistics)."""
@@ -212,28 +216,41 @@ class DestinationCore(Admission):
 
     # ---- the next job for a worker
 
-    def take(self) -> Any | None:
-        """The next job for a worker (single first, bulk within its cap); None: nothing
-        for it now. It counts as unpaced until `slot` books its rate slot."""
-        return self.lanes.take(self.window.allowed, self.policy.single_connections)
+    def next_job(self, now: float, handed: Any = None) -> Any:
+        """What a worker does next: the job to send now (single first, bulk within its cap,
+        its rate slot due), a `Wait` for the slot booked for a job it takes, or `IDLE`
+        (nothing for it). ``handed``: the job `HAND` gave the worker, to book first. A job
+        whose provider's rate has no slot within `MAX_WAIT` is held (`Held`, "provider": it
+        does not wait that long unacknowledged) and the next one taken."""
+        lanes = self.lanes
+        while True:
+            job = handed if handed is not None else lanes.take(self.window.allowed, self.policy.single_connections)
+            handed = None
+            if job is None:
+                return IDLE
+            lanes.unpaced -= 1  # booked now: no longer waiting for its slot
+            self.waiting(-1)
+            wait = self._slot(job, now)
+            if wait is None:
+                continue
+            return job if wait <= 0 else Wait(now + wait, job)
 
-    def slot(self, job: Any, now: float) -> float | Hold:
-        """Book ``job``'s rate slot: the seconds to wait for it, or a `Hold` when its
-        provider's rate has no slot within `MAX_WAIT` (it does not wait that long
-        unacknowledged; the worker lets it go)."""
-        self.lanes.unpaced -= 1
-        self.waiting(-1)
+    def _slot(self, job: Any, now: float) -> float | None:
+        """Book ``job``'s rate slot: the seconds to wait for it; None: held, its provider's
+        rate booked beyond `MAX_WAIT` (by the provider's other destinations, or slower)."""
         if self.adaptive.adapting:
             self.refresh(now)  # the adapted rate climbs back in steps
         shared = 0.0
         share = self.share
         if share is not None:  # the provider's rate over all its destinations, first
             shared = share.rate.reserve(now)
-            if shared > MAX_WAIT:  # booked far ahead by the provider's other destinations (or a slower rate)
+            if shared > MAX_WAIT:
                 share.rate.unreserve()
                 self.lanes.release(job)
-                return self.held_for_share(now, shared_hold(shared, share.queued, share.per_second,
+                hold = self.held_for_share(now, shared_hold(shared, share.queued, share.per_second,
                                                             share.held.due_within(now)))
+                self._hold(Held(job, hold.delay, hold.reason))
+                return None
         if job.lane == "single":
             # Bulk's share when it has room (bulk is idle), else the single lane's own.
             if self.message_rate.check(now).allowed:
@@ -241,11 +258,6 @@ class DestinationCore(Admission):
                 return shared
             return max(self.single_rate.reserve(now), shared)
         return max(self.message_rate.reserve(now), shared)
-
-    def unpaced(self, job: Any) -> None:
-        """A job taken and never paced is let go (put back, held, or the worker ended)."""
-        self.lanes.unpaced -= 1
-        self.waiting(-1)
 
     def single_first(self, job: Any) -> Any:
         """After a bulk job's wait for its slot: single mail that arrived meanwhile takes
@@ -312,7 +324,7 @@ class DestinationCore(Admission):
         for job in jobs:
             delay = paused_delay(wait, 0.0, self.per_second, self.held.ahead(now))
             self.held.note(now, delay)
-            self._hold(job, delay)
+            self._hold(Held(job, delay, "connection rate"))
 
     def reachable(self) -> None:
         """A host accepted a connection: the destination is alive, the next probe is short."""

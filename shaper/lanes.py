@@ -9,8 +9,9 @@ workers hold:
   while no single mail is about; from the first single message until `SINGLE_RECENT`
   seconds after the last (``single_seen``), it leaves ``single_connections`` of the window
   to the single lane (`bulk_cap`), so a backlog of bulk never puts single mail behind it.
-* ``unpaced``: workers holding a job that has no rate slot yet; with the ready queues,
-  what waits for the message rate.
+* ``unpaced``: jobs taken without a rate slot yet. A worker's next job has its slot booked
+  as it is taken (shaper.destination.DestinationCore.next_job), so this is 0 between calls:
+  the ready queues alone are what waits for the message rate.
 
 A worker takes single mail first (`take`); a job taken and not sent goes back to the front
 of its lane (`put_back`), and `release` ends a bulk job's hold on the window.
@@ -133,7 +134,8 @@ class IdleWorkers:
         return None
 
     def waiting(self) -> int:
-        return sum(not waiter.done() for _, waiter in self._line)
+        # A copy first: a metrics scrape counts on its own thread while the loop changes the line.
+        return sum(not waiter.done() for _, waiter in list(self._line))
 
     def clear(self) -> list[Waiter]:
         """All those still waiting; the line is empty after."""

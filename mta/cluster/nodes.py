@@ -24,10 +24,10 @@ NODES = PREFIX + "nodes"
 
 
 class Nodes:
-    def __init__(self, store: Store, name: str, describe: Callable[[], dict]) -> None:
+    def __init__(self, store: Store, name: str, describe: Callable[[], dict] = dict) -> None:
         self._store = store
         self.name = name
-        self._describe = describe
+        self.describe = describe  # what this node says about itself (JSON-able)
         self._live = 1
         self.seen: dict[str, dict] = {}  # node -> its last heartbeat (with "ago": seconds)
         store.script("HEARTBEAT", scripts.HEARTBEAT)
@@ -37,7 +37,7 @@ class Nodes:
 
     async def beat(self) -> None:
         """One heartbeat (raises StoreDown); updates `seen` and `live()`."""
-        doc = orjson.dumps(self._describe()).decode()
+        doc = orjson.dumps(self.describe()).decode()
         reply = await self._store.run("HEARTBEAT", [NODES], [self.name, doc, LIVE_FOR])
         now = int(reply[0])
         seen: dict[str, dict] = {}

@@ -9,7 +9,9 @@ timer per destination for their `idle_timeout`.
 
 What the destination may do is decided in `shaper` (shaper.destination: admission, the
 next job and its rate slot, feedback, probing) and only carried out here, with the time
-read from the one clock (mta.clock):
+read from the one clock (mta.clock): every limit, timer and pause runs on its monotonic
+time, so setting the system clock moves none of them; what people read (`state`,
+`statistics`) and what they give (an operator's pause's end) is wall time, converted here:
 
 * `state` (normal, backoff, paused; shaper.state): a `throttle` pattern puts the
   destination on reduced limits for a while, a `suspend` pattern or an operator pauses it;
@@ -44,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 from mta.clock import Clock
 from mta.destinations.budget import Budget
@@ -57,20 +60,23 @@ from mta.smtp.connector import Connector
 from mta.smtp.session import Session
 from shaper.allowance import HeldLedger
 from shaper.budget import UNLIMITED_FDS_BUDGET
-from shaper.destination import FORGET_AFTER, HAND, PROBE_FIRST, QUEUE, DestinationCore  # noqa: F401  (FORGET_AFTER: the engine's)
+from shaper.destination import FORGET_AFTER, HAND, IDLE, PROBE_FIRST, QUEUE, DestinationCore  # noqa: F401  (FORGET_AFTER: the engine's)
+from shaper.handoffs import Attempt, Held, Wait
 from shaper.lanes import IdleWorkers
-from shaper.limiter import Gcra
 from shaper.patterns import Patterns
 from shaper.replies import slow_down
-from shaper.state import DestinationState, IllegalTransition, Mode, Transition
-from shaper.statistics import Statistics
-from shaper.window import ConnectionWindow
+from shaper.state import IllegalTransition, Mode, Transition
+from shaper.statistics import Statistics, statistics
 
 log = logging.getLogger("mta.delivery")
 
-# Outcome callback: (job, reply, MX host name, IP address, permanent); the host is None
-# before any was tried; permanent is a pattern's verdict (True bounce, False retry) or None.
-Done = Callable[[Job, Reply, "str | None", "str | None", "bool | None"], None]
+
+class ShownState(NamedTuple):
+    """A destination's state as people read it: its times in wall-clock seconds."""
+    mode: Mode
+    reason: str
+    since: float
+    until: float | None
 
 
 def campaign(job: Job) -> str:
@@ -83,7 +89,7 @@ class Destination:
     share; `core` decides, this class carries out."""
 
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
-                 port: int, done: Done, hold: Callable[[Job, int], None], clock: Clock,
+                 port: int, done: Callable[[Attempt], None], hold: Callable[[Held], None], clock: Clock,
                  patterns: Patterns | None = None, budget: Budget | None = None, smtp: Smtp = Smtp(),
                  share: "Share | None" = None, give_back: Callable[[Job], None] | None = None,
                  cluster: "Cluster | None" = None):
@@ -93,10 +99,11 @@ class Destination:
         self.answer = answer
         self._connector = connector
         self._port = port
-        self._done = done
+        self._done = done  # attempts and holds go on as typed values (shaper.handoffs), to the engine's outcomes
         self._hold = hold
-        self._time = clock  # timers, sleeps, monotonic time
-        self._clock = clock.wall  # the wall time: limits, ages
+        self._time = clock  # timers, sleeps
+        self._now = clock.now  # monotonic: every limit, timer and pause
+        self._wall = clock.wall  # what people read
         self._deadline = smtp.delivery_deadline  # seconds one attempt may take, connecting included
         self._mx_hosts = smtp.max_mx_hosts
         self._mx_addresses = smtp.max_addresses_per_mx
@@ -112,13 +119,12 @@ class Destination:
         self.last_error: str | None = None
         self.closing = False
         # What the destination decides (shaper.destination); this class carries it out.
-        self.core = DestinationCore(policy, clock.wall(), hold=hold, moved=self._log_moved, merge=merge,
+        self.core = DestinationCore(policy, clock.now(), hold=hold, moved=self._log_moved, merge=merge,
                                     campaign=campaign, patterns=patterns, share=share)
         self.gate = Gate(self, cluster) if cluster is not None else None  # limits across nodes
-        self.single = self.core.lanes.single  # the lanes' ready queues (status reads them)
-        self.bulk = self.core.lanes.bulk
+        self.single = self.core.lanes.single  # the single lane's ready queue: single mail waits
 
-    # ---- what the core decides, as the engine, ops and tests read it
+    # ---- what the core decides, as the engine and tests read it (ops read `statistics`)
 
     @property
     def patterns(self) -> Patterns:
@@ -133,24 +139,19 @@ class Destination:
         return self.core.policy
 
     @property
-    def state(self) -> DestinationState:
-        return self.core.state
+    def state(self) -> ShownState:
+        """The mode, why, since and until when (wall time)."""
+        state, wall = self.core.state, self._to_wall()
+        return ShownState(state.mode, state.reason, wall(state.since), wall(state.until))
 
-    @property
-    def window(self) -> ConnectionWindow:
-        return self.core.window
+    def _to_wall(self) -> Callable[[float | None], float | None]:
+        """Monotonic seconds -> wall-clock seconds, as the two clocks stand now."""
+        offset = self._wall() - self._now()
+        return lambda t: None if t is None else t + offset
 
     @property
     def held(self) -> HeldLedger:
         return self.core.held
-
-    @property
-    def connection_rate(self) -> Gcra:
-        return self.core.connection_rate
-
-    @property
-    def per_second(self) -> float:
-        return self.core.per_second
 
     @property
     def queued(self) -> int:
@@ -164,50 +165,47 @@ class Destination:
     def workers(self) -> int:
         return self.core.window.in_use
 
-    @property
-    def idle_workers(self) -> int:
-        """Workers waiting for mail on an open session."""
-        return self._idle.waiting()
-
     def statistics(self) -> Statistics:
-        """A snapshot of the destination now, and why its mail waits (shaper.statistics)."""
-        return self.core.statistics(self._clock())
+        """A snapshot of the destination now, and why its mail waits (shaper.statistics),
+        with its sessions: all that `mta status` and the metrics read of it; its times in
+        wall-clock seconds."""
+        stats = statistics(self.core, self._now(), connections=self.connected, idle=self._idle.waiting(),
+                           last_error=self.last_error)
+        wall = self._to_wall()
+        stats.since, stats.until, stats.unreachable_since = (wall(stats.since), wall(stats.until),
+                                                             wall(stats.unreachable_since))
+        return stats
 
     # ---- limits and state
 
     def apply(self, policy: Policy) -> None:
         """New rules (start or reload); running sessions finish under them."""
-        self.core.apply(policy, self._clock())
+        self.core.apply(policy, self._now())
 
-    def refresh(self, now: float) -> None:
+    def refresh(self) -> None:
         """Let time act: end a pause or backoff whose time has come, step the rate up."""
-        self.core.refresh(now)
+        self.core.refresh(self._now())
 
     def _log_moved(self, transition: Transition) -> None:
         if transition.source is not transition.target or transition.target is Mode.BACKOFF:
             log.warning("%s: %s -> %s (%s)", self.key, transition.source, transition.target, transition.reason)
 
-    def suspend(self, now: float, until: float | None, reason: str) -> None:
-        """Send nothing until ``until`` (None: until resumed); queued mail is held."""
-        self.core.suspend(now, until, reason)
+    def suspend(self, until: float | None, reason: str) -> None:
+        """Send nothing until ``until`` (wall-clock seconds, as an operator gives it; None:
+        until resumed); queued mail is held. The pause runs on monotonic time from here."""
+        now = self._now()
+        self.core.suspend(now, None if until is None else now + (until - self._wall()), reason)
 
-    def back_off(self, now: float, until: float, limits: Policy, reason: str) -> None:
-        """Reduced limits until ``until``."""
-        self.core.back_off(now, until, limits, reason)
-
-    def resume(self, now: float, reason: str) -> bool:
+    def resume(self, reason: str) -> bool:
         try:
-            self.core.resume(now, reason)
+            self.core.resume(self._now(), reason)
         except IllegalTransition:
             return False
         return True
 
-    def hold_all(self, now: float) -> None:
-        self.core.hold_all(now)
-
-    def forgettable(self, now: float) -> bool:
+    def forgettable(self) -> bool:
         """See shaper.destination.DestinationCore.forgettable."""
-        return self.core.forgettable(now, bool(self.tasks))
+        return self.core.forgettable(self._now(), bool(self.tasks))
 
     def drain(self) -> list[Job]:
         """Everything not yet on the wire (shutdown, lost broker, pause)."""
@@ -216,7 +214,7 @@ class Destination:
     # ---- the ready queue
 
     def push(self, job: Job) -> None:
-        now = self._clock()
+        now = self._now()
         core = self.core
         core.refresh(now)
         decision = core.admit(job, now)
@@ -230,7 +228,7 @@ class Destination:
         if decision is QUEUE:
             self._grow()
         else:
-            self._hold(job, decision.delay)
+            self._hold(Held(job, decision.delay, decision.reason))
 
     def _grow(self) -> None:
         """Another worker, if jobs wait that no connecting worker will take, the window
@@ -244,7 +242,7 @@ class Destination:
     def _wants_worker(self) -> bool:
         if self.closing or not self.core.wants_connection(self._opening):
             return False
-        if self.connected and not self.core.connection_soon(self._clock()):
+        if self.connected and not self.core.connection_soon(self._now()):
             return False  # the open sessions carry the mail until max_connection_rate allows another
         if self.share is not None and self.share.full:
             self.share.wait(self)  # the provider's sessions are all in use: in line for one
@@ -300,17 +298,30 @@ class Destination:
         for waiter in self._idle.clear():
             waiter.set_result(None)
 
-    async def _next(self, timeout: float) -> Job | None:
-        job = self.core.take()
-        if job is not None or timeout <= 0 or self.closing:
-            return job
+    async def _next(self, timeout: float) -> Job | Wait | None:
+        """What a worker does next (shaper.destination.DestinationCore.next_job): a job to
+        send now, a `Wait` for its booked rate slot, or None: none came within ``timeout``
+        (or the session's slot is wanted elsewhere), the worker ends."""
+        handed = None
+        while True:
+            step = self.core.next_job(self._now(), handed)
+            if step is not IDLE:
+                return step
+            handed = await self._idle_wait(timeout)
+            if handed is None:
+                return None
+
+    async def _idle_wait(self, timeout: float) -> Job | None:
+        """Wait on the open session for mail (`push` hands it over) for ``timeout`` seconds."""
+        if timeout <= 0 or self.closing:
+            return None
         if self.share is not None and self.share.wanted_by_other(self):
             return None  # another destination of the provider waits for this session's slot
         waiter = asyncio.get_running_loop().create_future()
         # No wait_for nor timer per wait: the waiter and its deadline join the idle line,
         # push() serves it from there, and one timer per destination gives None to those
         # whose idle_timeout ran out.
-        if self._idle.add(self._time.now() + timeout, waiter):
+        if self._idle.add(self._now() + timeout, waiter):
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
             self._idle_timer = self._time.call_at(self._idle.due, self._idle_expired)
@@ -323,7 +334,7 @@ class Destination:
     def _idle_expired(self) -> None:
         """Idle workers whose time ran out get None (and give their connection up)."""
         self._idle_timer = None
-        for waiter in self._idle.expire(self._time.now()):
+        for waiter in self._idle.expire(self._now()):
             waiter.set_result(None)
         if self._idle.due is not None:
             self._idle_timer = self._time.call_at(self._idle.due, self._idle_expired)
@@ -334,7 +345,7 @@ class Destination:
         core = self.core
         core.lanes.release(job)
         reply = session.stamp(reply)
-        now = self._clock()
+        now = self._now()
         if reply.ok:  # inline: once per message
             core.succeeded(now)
             if core.lanes.queued:
@@ -342,7 +353,7 @@ class Destination:
             verdict = None
         else:
             verdict = self._refused(reply, now)
-        self._done(job, reply, session.mx, session.ip, verdict)
+        self._done(Attempt(job, reply, session.mx, session.ip, verdict))
 
     def _refused(self, reply: Reply, now: float) -> bool | None:
         """What a refusal teaches the destination; returns a pattern's verdict."""
@@ -353,7 +364,7 @@ class Destination:
         return verdict
 
     def _unreachable(self, job: Job, last: Reply, host: str | None, ip: str | None) -> None:
-        now = self._clock()
+        now = self._now()
         core = self.core
         verdict = self._refused(last, now) if last.code is not None else None
         if core.state.mode is Mode.PAUSED:  # a suspend pattern matched the refusal
@@ -363,7 +374,7 @@ class Destination:
             # The receiver is busy, not gone, and never saw the message: the open sessions take it.
             core.put_back(job)
             return None
-        self._done(job, last, host, ip, verdict)
+        self._done(Attempt(job, last, host, ip, verdict))
         if last.phase == "auth":  # the host answered but refused our credentials: not dead
             core.suspend(now, now + PROBE_FIRST, f"authentication refused: {last}")
             return None

@@ -109,7 +109,7 @@ class Shares:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._shares: dict[str, Share] = {}
-        self._clock = clock
+        self._clock = clock  # monotonic (mta.clock.Clock.now): the rates' time
 
     def of(self, resolved: Resolved) -> Share | None:
         """The share a destination of ``resolved`` joins; None outside any provider."""

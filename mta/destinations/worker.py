@@ -1,10 +1,10 @@
 """A destination's connection worker: sockets, timers and sleeps, nothing to decide.
 
-A worker is a task that holds one SMTP session at a time and loops: take the next job
-(shaper.destination decides which: single first), open a session if it has none, wait
-for the job's rate slot, and carry the transaction, with the next job's commands pipelined
+A worker is a task that holds one SMTP session at a time and loops: ask for the next job
+(shaper.destination decides which, single first, and books its rate slot), open a session
+if it has none, wait for the slot if it is later, and carry the transaction, with the next job's commands pipelined
 behind its content when one is ready with its slot due (RFC 2920); hand every outcome to
-the destination (`Destination._settle`). It ends when the queue stays empty for
+the destination (`Destination._settle`, which hands it on as a shaper.handoffs.Attempt). It ends when the queue stays empty for
 `idle_timeout`, the window shrank under it, the destination paused, or another destination
 of its provider waits for its slot; a session is closed after
 `max_deliveries_per_connection` messages or when it is no longer usable.
@@ -33,7 +33,7 @@ from mta.settle.acks import abandoned
 from mta.smtp.client import Reply, SessionFailed, Timeouts
 from mta.smtp.session import Session
 from shaper.allowance import MAX_WAIT
-from shaper.destination import Hold
+from shaper.handoffs import Attempt, Held, Wait
 from shaper.state import Mode
 from shaper.units import Duration
 
@@ -64,7 +64,7 @@ class Worker:
     """One worker of ``dest``; `run` is its task."""
 
     __slots__ = ("dest", "core", "clock", "watchdog", "session", "sent", "job", "follow", "carried", "sending",
-                 "reconnecting", "paced", "lease")
+                 "reconnecting", "lease")
 
     def __init__(self, dest: Destination) -> None:
         self.dest = dest
@@ -78,7 +78,6 @@ class Worker:
         self.carried: Job | None = None  # paced, never begun: its session broke under it
         self.sending: Job | None = None  # its content on the wire: the receiver may have it
         self.reconnecting = False  # this worker had a session before
-        self.paced = True  # job (if any) has its rate slot booked: it no longer counts as waiting for one
         self.lease: str | None = None  # its connection's lease across nodes (mta.destinations.gate)
 
     async def run(self) -> None:
@@ -91,26 +90,27 @@ class Worker:
                                                  or (share is not None and share.yields(dest))):
                     return  # the window shrank, the destination paused or another of the provider
                     # waits with none while this one has several: give the slot back
-                if self.carried is not None:
-                    job, self.carried = self.carried, None
-                    self.job, self.paced = job, True  # its rate slot was booked when it was pipelined
-                else:
-                    job = self.job = await dest._next(core.policy.idle_timeout if self.session is not None else 0)
-                    if job is None:
+                step, self.carried = self.carried, None  # paced when it was pipelined, never begun
+                if step is None:
+                    step = await dest._next(core.policy.idle_timeout if self.session is not None else 0)
+                    if step is None:
                         return
-                    self.paced = False
+                job = self.job = step.job if step.__class__ is Wait else step  # its rate slot booked
                 deadline = clock.now() + dest._deadline  # the attempt starts: connect + transaction
                 if self.session is None and not await self._connect(job, deadline):
                     return
-                if not self.paced:
-                    pacing = clock.now()
-                    self.paced = True  # booked by _pace before any wait
-                    job = self.job = await self._pace(job)
-                    if job is None:  # held: the provider's rate is booked too far ahead
+                if step.__class__ is Wait:
+                    deadline += await self._pace(step.until)  # the wait for a rate slot is not the attempt's
+                    job = self.job = core.single_first(job)  # single mail that came meanwhile takes the slot
+                if dest.gate is not None:  # and the rate across nodes
+                    shared = await dest.gate.message_wait()
+                    if shared > MAX_WAIT:  # the other nodes booked it far ahead: held, not kept waiting
+                        self._drop(job)
+                        dest._hold(Held(job, int(shared) + 1, "shared rate"))
                         continue
-                    deadline += clock.now() - pacing  # the wait for a rate slot is not the attempt's
+                    deadline += await self._pace(clock.now() + shared)
                 if core.state.mode is Mode.PAUSED:  # paused while this job waited for its turn
-                    core.hold_paused(job, dest._clock())
+                    core.hold_paused(job, dest._now())
                     self._drop(job)
                     return
                 if abandoned(job):  # its channel closed while it waited: the broker has it again
@@ -123,8 +123,6 @@ class Worker:
 
     def _drop(self, job: Job) -> None:
         """``job`` is no longer this worker's: held, put back, or gone from the broker."""
-        if not self.paced:
-            self.core.unpaced(job)
         self.core.lanes.release(job)
         self.job = None
 
@@ -157,7 +155,7 @@ class Worker:
         reply = await self._begin(session, job, True, deadline)
         while reply is None:  # the receiver waits for job's content
             # The next job, its commands in one write with job's content (RFC 2920), while not closing.
-            follow = self.follow = (self.core.follow(job, self.sent, dest._clock())
+            follow = self.follow = (self.core.follow(job, self.sent, dest._now())
                                     if session.pipelining and not dest.closing
                                     and (dest.gate is None or dest.gate.message_now()) else None)
             ahead = None if follow is None else _commands(session, follow)
@@ -183,7 +181,7 @@ class Worker:
                 break
             elif self.core.state.mode is Mode.PAUSED:  # by the reply to the message before it
                 session.usable = False  # hang up rather than send it: the receiver drops it
-                self.core.hold_paused(job, dest._clock())
+                self.core.hold_paused(job, dest._now())
                 self._drop(job)
                 return False
             else:
@@ -202,8 +200,6 @@ class Worker:
         dest, watchdog, session = self.dest, self.watchdog, self.session
         watchdog.stop()
         job, sending = self.job, self.sending
-        if job is not None and not self.paced:  # taken, never paced: no longer waiting here
-            self.core.unpaced(job)
         dot = _answered(watchdog, session) if sending is not None and session is not None else None
         for left in (job, self.follow, self.carried):
             if left is None:
@@ -213,7 +209,7 @@ class Worker:
                 continue
             self.core.lanes.release(left)
             if left is sending:  # cancelled after its content went out: the outcome is unknown
-                dest._done(left, Reply(None, "delivery interrupted (shutdown)", "message"), None, None, None)
+                dest._done(Attempt(left, Reply(None, "delivery interrupted (shutdown)", "message"), None, None, None))
             elif dest._give_back is not None:  # cut off before its content went out: no attempt
                 dest._give_back(left)
             else:  # the same without an engine to hand it to: the broker redelivers it
@@ -285,28 +281,13 @@ class Worker:
         session.usable = False
         return Reply(None, f"internal error: {exc.__class__.__name__}", "message")
 
-    async def _pace(self, job: Job) -> Job | None:
-        """Wait for the job's turn in the message rate; returns the job to send, which is a
-        single-lane job that arrived meanwhile rather than the bulk job it waited with, or
-        None when the provider's rate has no slot within `MAX_WAIT` (the job is held: it
-        does not wait that long unacknowledged, and nothing was tried)."""
-        core = self.core
-        wait = core.slot(job, self.dest._clock())
-        if wait.__class__ is Hold:
-            self.dest._hold(job, wait.delay)
-            return None
-        if wait > 0:
-            await self.clock.sleep(wait)
-        gate = self.dest.gate
-        if gate is not None:  # the rate across nodes
-            wait = await gate.message_wait()
-            if wait > MAX_WAIT:
-                core.lanes.release(job)
-                self.dest._hold(job, int(wait) + 1)
-                return None
-            if wait > 0:
-                await self.clock.sleep(wait)
-        return core.single_first(job)
+    async def _pace(self, until: float) -> float:
+        """Wait for the rate slot booked at ``until``; the seconds waited."""
+        waited = until - self.clock.now()
+        if waited <= 0:
+            return 0.0
+        await self.clock.sleep(waited)
+        return waited
 
     # ---- sessions
 
@@ -388,7 +369,7 @@ class Worker:
         slot. False: the job was handed on."""
         dest, core = self.dest, self.core
         while True:
-            wait = core.connection_wait(dest._clock())
+            wait = core.connection_wait(dest._now())
             if wait is None and dest.gate is not None:  # allowed here: and across nodes (booked)
                 wait = await dest.gate.connection_wait()
                 if wait <= MAX_WAIT:
@@ -404,7 +385,7 @@ class Worker:
                 return False
             log.info("%s: next connection allowed by max_connection_rate in %.0fs; %d message(s) held "
                      "until then", dest.key, wait, 1 + dest.queued)
-            core.hold_for_connection([job] + core.drain(), wait, dest._clock())
+            core.hold_for_connection([job] + core.drain(), wait, dest._now())
             return False
 
 

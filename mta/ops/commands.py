@@ -13,6 +13,7 @@ import logging
 from mta.broker import client
 from mta.broker.errors import BrokerLost
 from mta.ops import control, status
+from shaper.handoffs import Held
 
 log = logging.getLogger("mta.control")
 
@@ -63,16 +64,16 @@ def pause_or_resume(engine, command: dict, now: float) -> bool:
     if command["command"] == "resume":
         destination = engine.destinations.get(name)
         if destination is not None:
-            destination.resume(now, "operator: mta resume")
+            destination.resume("operator: mta resume")
         return True
     for destination in engine.destinations.values():
         if destination.key == name:
             if until is None or until > now:
-                destination.suspend(now, until, "operator: mta pause")
+                destination.suspend(until, "operator: mta pause")
             continue
         for job in destination.drain():
             if engine.pauses.paused(now, job.domain, destination.key):
-                engine._hold(job, control.PAUSED_HOLD)
+                engine._hold(Held(job, control.PAUSED_HOLD, "paused"))
             else:
                 destination.push(job)
     return True

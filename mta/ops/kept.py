@@ -11,6 +11,7 @@ store's, for a command it missed while its broker connection was down.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ import os
 import orjson
 
 from mta.cluster.store import PREFIX, Store, StoreDown
+from mta.ops import commands
 
 log = logging.getLogger("mta.control")
 
@@ -37,9 +39,55 @@ def _valid(doc) -> dict[str, float | None]:
 
 
 class KeptPauses:
-    def __init__(self, path: str | None, store: Store | None = None) -> None:
+    """The engine's operator pauses (`engine.pauses`), kept in the file and the store."""
+
+    def __init__(self, engine, path: str | None, store: Store | None = None) -> None:
+        self.engine = engine
         self.path = path
         self.store = store
+        self._unsaved: dict[str, tuple[float | None, bool]] = {}  # what the store has not taken yet
+        self._saving: set[asyncio.Task] = set()
+
+    async def restore(self) -> None:
+        """At start: the pauses in force from before become the engine's."""
+        pauses, now = self.engine.pauses, self.engine.clock()
+        for target, until in (await self.load()).items():
+            pauses.apply({"command": "pause", "target": target, "until": until}, now)
+        if pauses:
+            log.info("%d operator pause(s) in force from before: %s", len(pauses),
+                     ", ".join(sorted(pauses.active(now))[:10]))
+
+    def keep(self, target: str, until: float | None, paused: bool) -> None:
+        """A pause or resume obeyed: on disk at once, and into the store."""
+        self.write_file(self.engine.pauses.active(self.engine.clock()))
+        if self.store is not None:
+            self._unsaved[target] = (until, paused)
+            task = asyncio.get_running_loop().create_task(self._save())
+            self._saving.add(task)
+            task.add_done_callback(self._saving.discard)
+
+    async def _save(self) -> None:
+        for target, (until, paused) in list(self._unsaved.items()):
+            if await self.changed(target, until, paused) and self._unsaved.get(target) == (until, paused):
+                del self._unsaved[target]
+
+    async def sync(self) -> None:
+        """Every SYNC_EVERY: what this node failed to write goes to the store, then the
+        store's pauses become this node's (a command missed while the broker was away)."""
+        engine = self.engine
+        while True:
+            await engine.time.sleep(SYNC_EVERY)
+            await self._save()
+            shared = await self.read_store()
+            if shared is None or self._unsaved:
+                continue
+            now = engine.clock()
+            active = engine.pauses.active(now)
+            for target, until in shared.items():
+                if target not in active or active[target] != until:
+                    commands.pause_or_resume(engine, {"command": "pause", "target": target, "until": until}, now)
+            for target in active.keys() - shared.keys():
+                commands.pause_or_resume(engine, {"command": "resume", "target": target}, now)
 
     def read_file(self) -> dict[str, float | None]:
         if self.path is None:

@@ -2,9 +2,10 @@
 
 Two kinds of numbers, kept cheap for the delivery path:
 
-* State the engine keeps anyway (its outcome counts, each destination's queue, workers,
-  connections, limits and mode, the MX cache's counters) is read by a custom collector
-  when Prometheus scrapes; the delivery path pays nothing for it.
+* State the engine keeps anyway (its outcome counts, each destination's snapshot of its
+  queue, workers, connections, limits and mode (shaper.statistics), the MX cache's
+  counters) is read by a custom collector when Prometheus scrapes; the delivery path pays
+  nothing for it.
 * What only exists at the moment of an outcome (which lane and destination, how long the
   message took) is recorded by one call per outcome into plain dicts and bucket lists;
   the collector turns them into counters and histograms at scrape time. No
@@ -203,7 +204,7 @@ class Metrics:
         (more than the destination can send soon)."""
         key = job.destination.key if job.destination is not None else None
         destination = self.engine.destinations.get(key) if key is not None else None
-        mode = mode_of(destination)
+        mode = destination.statistics().mode if destination is not None else "normal"
         pauses = self.engine.pauses
         if mode == "paused" or (pauses and pauses.paused(now, job.domain, key or job.domain)):
             reason = "paused"
@@ -274,9 +275,3 @@ UNTRIED = "expired:untried"  # expired while held: an outcome, not an attempt
 
 def is_attempt(event: str) -> bool:
     return event.partition(":")[0] in ATTEMPT_OUTCOMES and event != UNTRIED
-
-
-def mode_of(destination) -> str:
-    """normal / backoff / paused from the destination's state machine, when it has one."""
-    state = getattr(destination, "state", None)
-    return str(state.mode) if state is not None else "normal"

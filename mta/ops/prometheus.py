@@ -17,7 +17,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from mta.ops.metrics import MODES, OTHER, Metrics, is_attempt, mode_of
+from mta.ops.metrics import MODES, OTHER, Metrics, is_attempt
 
 MAX_STATE_SERIES = 100  # destinations in backoff/paused shown individually, at most
 
@@ -71,7 +71,7 @@ class Collector:
 
 def _cluster_families(engine) -> Iterable:
     """Several nodes (mta.cluster): whether the shared store answers, and the nodes seen."""
-    cluster = getattr(engine, "cluster", None)
+    cluster = engine.cluster
     if cluster is None:
         return
     yield GaugeMetricFamily("mta_cluster_store_up", "1 while the shared store answers; 0 while this node "
@@ -190,9 +190,9 @@ def _destination_families(m: Metrics, engine, now: float) -> Iterable:
         if label != OTHER:
             for each in MODES:
                 gauges["state"].add_metric([label, each], 1 if each == mode else 0)
-    # Operator pauses that no destination carries (a paused domain, or a destination
-    # without a state machine): shown under the target's name.
-    pauses = engine.pauses.active(now) if hasattr(engine.pauses, "active") else {}
+    # Operator pauses that no destination carries (a paused domain): shown under the
+    # target's name.
+    pauses = engine.pauses.active(now)
     for target, until in pauses.items():
         if target in sums and target != OTHER:
             continue
@@ -207,31 +207,28 @@ def _destination_families(m: Metrics, engine, now: float) -> Iterable:
 
 def _destination_sums(m: Metrics, destinations: list, by_mode: dict[str, int],
                       reason: GaugeMetricFamily) -> dict[str, list]:
-    """Per destination label: [queued, connected, busy, connection limit, rate, mode, may open].
-    Counts `by_mode`, and adds the reason of each destination in backoff or paused (up to
-    MAX_STATE_SERIES of them, each under its own label) to `reason`."""
+    """Per destination label: [queued, connected, busy, connection limit, rate, mode, may open],
+    from each destination's snapshot (shaper.statistics). Counts `by_mode`, and adds the
+    reason of each destination in backoff or paused (up to MAX_STATE_SERIES of them, each
+    under its own label) to `reason`."""
     sums: dict[str, list] = {}
     shown = 0
     for d in destinations:
-        mode = mode_of(d)
+        stats = d.statistics()
+        mode = stats.mode
         by_mode[mode] = by_mode.get(mode, 0) + 1
         label = m.labels.current(d.key)
         if mode != "normal" and shown < MAX_STATE_SERIES:
             label = d.key
             shown += 1
-            st = d.state
-            reason.add_metric([d.key, mode, _short(st.reason)], st.until or 0)
-        window = getattr(d, "window", None)
-        limit = d.policy.connection_limit
-        may_open = window.allowed if window is not None else limit
-        waiting = getattr(d, "idle_workers", 0)
+            reason.add_metric([d.key, mode, _short(stats.reason)], stats.until or 0)
         row = sums.setdefault(label, [0, 0, 0, 0, 0.0, mode, 0])
-        row[0] += d.queued
-        row[1] += d.connected
-        row[2] += max(0, d.workers - waiting)
-        row[3] += limit
-        row[4] += getattr(d, "per_second", None) or d.policy.max_message_rate.per_second
-        row[6] += may_open
+        row[0] += stats.queued
+        row[1] += stats.connections
+        row[2] += stats.in_flight
+        row[3] += stats.connection_limit
+        row[4] += stats.per_second
+        row[6] += stats.connections_allowed
         if label != OTHER:
             row[5] = mode
     return sums
@@ -239,9 +236,7 @@ def _destination_sums(m: Metrics, destinations: list, by_mode: dict[str, int],
 
 def _budget_families(engine) -> Iterable:
     """The process-wide connection budget (mta.destinations.budget): its size, use, and who waited."""
-    budget = getattr(engine, "budget", None)
-    if budget is None:
-        return
+    budget = engine.budget
     yield GaugeMetricFamily("mta_connections_budget", "Outbound SMTP connections this process may hold "
                             "(smtp.max_connections, or what the file-descriptor limit allows).", value=budget.limit)
     yield GaugeMetricFamily("mta_connections_budget_in_use", "Connection slots held: sessions open or "
@@ -258,9 +253,7 @@ def _budget_families(engine) -> Iterable:
 
 def _control_families(engine) -> Iterable:
     """Control commands refused by mta.ops.control.Gate, by reason (unsigned, bad_signature, ...)."""
-    gate = getattr(engine, "control_gate", None)
-    if gate is None:
-        return
+    gate = engine.control_gate
     family = CounterMetricFamily("mta_control_refused", "Control messages (mta.control) ignored: unsigned, "
                                  "bad_signature, stale, replayed, malformed, too_large (over 64 KiB), or an "
                                  "answer refused (reply_to).",

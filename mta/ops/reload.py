@@ -39,7 +39,7 @@ def reload(engine) -> bool:
             engine.signer.observe = engine.metrics.observe_dkim_signing
         else:
             engine.signer.reload(keys)
-    _reapply(engine, engine.clock())
+    _reapply(engine)
     log.info("reloaded %s: %d domain rules, %d providers, %d patterns", engine.config_path,
              len(engine.config.domains), len(engine.config.providers), len(engine.config.patterns))
     return True
@@ -63,7 +63,7 @@ def _reread(engine) -> tuple[Config, Rules, list | None]:
     return config, rules, keys
 
 
-def _reapply(engine, now: float) -> None:
+def _reapply(engine) -> None:
     """The reloaded rules, on every live destination."""
     for destination in engine.destinations.values():
         destination.patterns = engine.rules.patterns
@@ -74,4 +74,4 @@ def _reapply(engine, now: float) -> None:
             resolved = engine.rules.resolve(destination.domain, destination.answer)
         if resolved is not None and resolved.key == destination.key:
             destination.apply(resolved.policy)
-        destination.refresh(now)
+        destination.refresh()

@@ -63,17 +63,15 @@ def snapshot(engine) -> dict:
 
 def _cluster(engine) -> dict | None:
     """This node's view of the cluster (mta.cluster): the store, and every node's heartbeat."""
-    cluster = getattr(engine, "cluster", None)
+    cluster = engine.cluster
     if cluster is None:
         return None
     return {"node": cluster.name, "store": "up" if cluster.up else "down", "live": cluster.nodes.live(),
             "nodes": cluster.nodes.seen}
 
 
-def _budget(engine) -> dict | None:
-    budget = getattr(engine, "budget", None)
-    if budget is None:
-        return None
+def _budget(engine) -> dict:
+    budget = engine.budget
     return {"limit": budget.limit, "in_use": budget.in_use, "waiting": budget.waiting}
 
 
@@ -94,53 +92,39 @@ def _add(row: dict, event: str, n: int) -> None:
 def _pause_reason(engine, target: str) -> str:
     """Why a target is in the operator's pause list: a route whose smarthost refused its
     credentials says so (never the credentials), anything else was `mta pause`."""
-    routes = getattr(engine, "routes", None)
-    fault = routes.faults.get(target) if routes is not None else None
-    return fault or "paused by operator (mta pause)"
+    return engine.routes.faults.get(target) or "paused by operator (mta pause)"
 
 
 def _destination(engine, d, now: float, pauses: dict) -> dict | None:
-    state = getattr(d, "state", None)
+    """A destination's row, from its snapshot (shaper.statistics) and the operator's pauses."""
+    stats = d.statistics()
     held = engine.metrics.held_by_destination.get(d.key, 0)
-    if d.key in pauses and (state is None or str(state.mode) != "paused"):
+    if d.key in pauses and stats.mode != "paused":
         mode, reason, since, until = "paused", _pause_reason(engine, d.key), None, pauses[d.key]
-    elif state is not None:
-        mode, reason, since, until = str(state.mode), state.reason, state.since, state.until
     else:
-        mode, reason, since, until = "normal", "", None, None
-    waiting = getattr(d, "idle_workers", 0)
-    in_flight = max(0, d.workers - waiting)
-    if mode == "normal" and not (d.queued or d.workers or d.connected or held):
+        mode, reason, since, until = stats.mode, stats.reason, stats.since, stats.until
+    if mode == "normal" and not (stats.active or held):
         return None
-    policy = d.policy
-    window = getattr(d, "window", None)
     limits = {
-        "connection_limit": policy.connection_limit,
-        "connections_allowed": window.allowed if window is not None else policy.connection_limit,
-        "max_message_rate": str(policy.max_message_rate),
-        "message_rate_now": getattr(d, "per_second", None) or policy.max_message_rate.per_second,
-        "max_connection_rate": str(policy.max_connection_rate),
-        "max_deliveries_per_connection": policy.max_deliveries_per_connection,
+        "connection_limit": stats.connection_limit,
+        "connections_allowed": stats.connections_allowed,
+        "max_message_rate": str(stats.message_rate),
+        "message_rate_now": stats.per_second,
+        "max_connection_rate": str(stats.connection_rate),
+        "max_deliveries_per_connection": stats.deliveries_per_connection,
     }
     return {"destination": d.key, "state": mode, "reason": reason, "since": since, "until": until,
-            "limits": limits, "in_flight": in_flight, "queued": d.queued, "connections": d.connected,
-            "held": held, "last_error": d.last_error, "rules": _rules_of(engine, d)}
+            "limits": limits, "in_flight": stats.in_flight, "queued": stats.queued,
+            "connections": stats.connections, "held": held, "last_error": stats.last_error,
+            "rules": _rules_of(engine, d)}
 
 
 def _rules_of(engine, d) -> list[str]:
-    """Which rule levels gave this destination its limits (default, providers.X, domains.Y)."""
-    domain = getattr(d, "domain", "") or next(_domains_of(d), None)  # a domain it serves
-    return list(engine.rules.resolve(domain, d.answer).why) if domain else []
-
-
-def _domains_of(d):
-    for queue in (d.single, d.bulk):
-        for job in queue:
-            yield job.domain
-            return
+    """Which rule levels gave this destination its limits (default, providers.X, domains.Y),
+    found again by a domain it serves."""
     key = d.key
-    if key.startswith("domain:"):
-        yield key[len("domain:"):]
+    domain = d.domain or (key[len("domain:"):] if key.startswith("domain:") else "")
+    return list(engine.rules.resolve(domain, d.answer).why) if domain else []
 
 
 async def answer(engine, command: dict, channel, reply_to: str) -> None:

@@ -27,7 +27,7 @@ class Router:
     def __init__(self, resolver: MxResolver, rules: Rules,
                  deliver: Callable[[Job, MxAnswer, Resolved], None],
                  unroutable: Callable[[Job, DnsFailure, Resolved], None], *,
-                 routes: RouteTable | None = None, clock: Callable[[], float] = SYSTEM.wall):
+                 routes: RouteTable | None = None, clock: Callable[[], float] = SYSTEM.now):
         self._resolver = resolver
         self.routes = routes
         self._clock = clock

@@ -4,7 +4,8 @@ and handed to the settler.
 `shaper.disposition` decides (delivered, deferred, bounced, expired; held or expired while
 held); this module records the attempt in the message's history, counts the outcome (the
 engine's counts, which `mta status` and the metrics read) and tells the settler what to
-publish. The engine binds `done` and `hold` once and gives them to every destination.
+publish. The engine binds `done` and `hold` once and gives them to every destination, which
+hands them one typed value each (shaper.handoffs: `Attempt`, `Held`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mta.settle.results import attempt_entry
 from mta.settle.settler import Settler
 from mta.smtp.client import Reply
 from shaper.disposition import DELIVERED, Bounced, Deferred, Expired, after_attempt, after_hold
+from shaper.handoffs import Attempt, Held
 from shaper.retry import RetrySchedule
 
 
@@ -37,13 +39,14 @@ class Outcomes:
         self.routes = routes
         self.settler: Settler | None = None
 
-    def done(self, job: Job, reply: Reply, mx: str | None, ip: str | None, verdict: bool | None) -> None:
-        """A destination's attempt ended with `reply`."""
+    def done(self, attempt: Attempt) -> None:
+        """A destination's attempt ended with its reply."""
+        job, reply, mx, ip = attempt.job, attempt.reply, attempt.mx, attempt.ip
         if reply.phase == "auth" and reply.code is not None and reply.code >= 500 and job.destination.key.startswith("route:"):
             # The smarthost refused the route's credentials: pause the route, defer (not bounce).
             self.finish(job, self.routes.auth_failed(job.destination.key, reply), mx, ip, job.destination, permanent=False)
             return
-        self.finish(job, reply, mx, ip, job.destination, verdict=verdict)
+        self.finish(job, reply, mx, ip, job.destination, verdict=attempt.override)
 
     def unroutable(self, job: Job, failure: DnsFailure, resolved: Resolved) -> None:
         job.destination = resolved
@@ -58,14 +61,14 @@ class Outcomes:
                                     f"{limit} (local decision)", "message"),
                     None, None, self.rules.resolve(job.domain, None))
 
-    def hold(self, job: Job, delay: int) -> None:
-        """More than the destination can send soon: back to the broker for `delay` seconds,
+    def hold(self, held: Held) -> None:
+        """More than the destination can send soon: back to the broker for its delay,
         acknowledged now; no attempt is counted and the retry schedule is untouched. A message
         past its maximum age is not held again but expires: holding must not keep mail
         alive forever behind a destination that never comes back."""
-        now = self.clock()
+        job, now = held.job, self.clock()
         policy = job.destination.policy if job.destination is not None else self.default
-        disposition = after_hold(delay, expires=job.first_seen + (job.max_age or policy.max_age), now=now)
+        disposition = after_hold(held.delay, expires=job.first_seen + (job.max_age or policy.max_age), now=now)
         book, tag = job.delivery
         if isinstance(disposition, Expired):
             destination = self.destinations.get(job.destination.key) if job.destination is not None else None

@@ -16,8 +16,9 @@ from mta.config import DEFAULT_POLICY, Policy, Smtp, merge
 from mta.destinations.delivery import Destination
 from mta.intake.message import decode
 from mta.routing.mx import MxAnswer, MxHost
-from mta.smtp.client import Reply, SessionFailed
+from mta.smtp.client import Reply
 from shaper.units import Rate
+from tests.fakes import FakeConnector
 
 
 class Book:
@@ -38,71 +39,16 @@ def job(i: int, book: Book | None = None, lane: str = "bulk"):
     return made
 
 
-class Session:
-    def __init__(self, connector: "Connector", mx: str, ip: str):
-        self.connector, self.mx, self.ip = connector, mx, ip
-        self.usable = True
-        self.pipelining = False
-        self.closed = False
-
-    def commands(self, sender, recipient, size, **kw):
-        return b"MAIL\r\n", b"RCPT\r\n"
-
-    async def begin(self, commands):
-        return None
-
-    async def finish(self, data, ahead=None):
-        if self.connector.hang_data:
-            await asyncio.Event().wait()  # the receiver never answers the dot
-        return Reply(250, "2.0.0 ok", "message")
-
-    def stamp(self, reply):
-        return reply
-
-    def unread_dot(self):
-        # with `dot_unread`, the receiver's reply to the dot has arrived and waits to be read
-        return Reply(250, "2.0.0 ok", "message") if self.connector.dot_unread else None
-
-    async def close(self):
-        self.closed = True
-
-
-class Connector:
-    """``mode`` "refuse": every connection fails at once; "blackhole": each takes its whole
-    connect timeout; "ok": sessions that work. Records every (host, address) tried."""
-
-    def __init__(self, mode: str = "ok", hang_data: bool = False, dot_unread: bool = False) -> None:
-        self.mode = mode
-        self.hang_data = hang_data
-        self.dot_unread = dot_unread
-        self.tried: list[tuple[str, str]] = []
-        self.sessions: list[Session] = []
-        self.gate: asyncio.Event | None = None
-
-    async def open(self, mx, ip, port, *, tls, timeouts, **kw):
-        self.tried.append((mx, ip))
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.mode == "refuse":
-            raise SessionFailed(Reply(None, "connection refused", "connect"))
-        if self.mode == "blackhole":
-            await asyncio.sleep(timeouts.connect)
-            raise SessionFailed(Reply(None, "timed out", "connect"))
-        session = Session(self, mx, ip)
-        self.sessions.append(session)
-        return session
-
-
 TEN_HOSTS = MxAnswer(tuple(MxHost(f"mx{h}.ten.test", h, tuple(f"192.0.2.{10 * h + a}" for a in range(3)))
                            for h in range(10)))
 FAST = merge(DEFAULT_POLICY, Policy(max_connection_rate=Rate.parse("10000/s"), max_message_rate=Rate.parse("10000/s")))
 
 
-def destination(connector: Connector, outcomes: list, policy: Policy = FAST, smtp: Smtp = Smtp(),
+def destination(connector: FakeConnector, outcomes: list, policy: Policy = FAST, smtp: Smtp = Smtp(),
                 answer: MxAnswer = TEN_HOSTS) -> Destination:
     return Destination("mx:ten", answer, policy, connector=connector, port=25,
-                       done=lambda j, reply, *rest: outcomes.append((j.id, reply)),
-                       hold=lambda j, delay: outcomes.append((j.id, f"held {delay}s")),
+                       done=lambda a: outcomes.append((a.job.id, a.reply)),
+                       hold=lambda h: outcomes.append((h.job.id, f"held {h.delay}s")),
                        clock=SYSTEM, smtp=smtp)
 
 
@@ -115,7 +61,7 @@ async def until(predicate, timeout: float = 10.0) -> None:
 
 def test_an_attempt_tries_at_most_5_hosts_and_2_addresses_each() -> None:
     async def scenario():
-        connector, outcomes = Connector("refuse"), []
+        connector, outcomes = FakeConnector("refuse"), []
         dest = destination(connector, outcomes)
         dest.push(job(1))
         await until(lambda: outcomes)
@@ -129,7 +75,7 @@ def test_an_attempt_tries_at_most_5_hosts_and_2_addresses_each() -> None:
 
 def test_host_and_address_limits_come_from_smtp_config() -> None:
     async def scenario():
-        connector, outcomes = Connector("refuse"), []
+        connector, outcomes = FakeConnector("refuse"), []
         dest = destination(connector, outcomes, smtp=Smtp(max_mx_hosts=3, max_addresses_per_mx=1))
         dest.push(job(1))
         await until(lambda: outcomes)
@@ -141,7 +87,7 @@ def test_host_and_address_limits_come_from_smtp_config() -> None:
 
 def test_blackholed_hosts_end_the_attempt_by_its_deadline() -> None:
     async def scenario():
-        connector, outcomes = Connector("blackhole"), []
+        connector, outcomes = FakeConnector("blackhole"), []
         policy = merge(FAST, Policy(connect_timeout=0.2))
         dest = destination(connector, outcomes, policy, Smtp(delivery_deadline=0.5))
         started = time.monotonic()
@@ -160,7 +106,7 @@ def test_blackholed_hosts_end_the_attempt_by_its_deadline() -> None:
 
 def test_a_receiver_that_never_answers_the_content_ends_by_the_deadline() -> None:
     async def scenario():
-        connector, outcomes = Connector("ok", hang_data=True), []
+        connector, outcomes = FakeConnector("ok", hang_data=True), []
         dest = destination(connector, outcomes, smtp=Smtp(delivery_deadline=0.3))
         started = time.monotonic()
         dest.push(job(1))
@@ -179,7 +125,7 @@ def test_a_receiver_that_never_answers_the_content_ends_by_the_deadline() -> Non
 
 def test_a_deadline_that_cuts_in_after_the_reply_to_the_dot_arrived_unread_keeps_it() -> None:
     async def scenario():
-        connector, outcomes = Connector("ok", hang_data=True, dot_unread=True), []
+        connector, outcomes = FakeConnector("ok", hang_data=True, dot_unread=True), []
         dest = destination(connector, outcomes, smtp=Smtp(delivery_deadline=0.3))
         dest.push(job(1))
         await until(lambda: outcomes)
@@ -192,7 +138,7 @@ def test_a_deadline_that_cuts_in_after_the_reply_to_the_dot_arrived_unread_keeps
 
 def test_the_deadline_is_per_message_on_a_reused_session() -> None:
     async def scenario():
-        connector, outcomes = Connector("ok"), []
+        connector, outcomes = FakeConnector("ok"), []
         dest = destination(connector, outcomes, merge(FAST, Policy(connection_limit=1)),
                            Smtp(delivery_deadline=0.2))
         for i in range(3):
@@ -210,7 +156,7 @@ def test_the_deadline_is_per_message_on_a_reused_session() -> None:
 
 def test_a_far_connection_slot_holds_the_mail_instead_of_waiting() -> None:
     async def scenario():
-        connector, outcomes = Connector("ok"), []
+        connector, outcomes = FakeConnector("ok"), []
         policy = merge(FAST, Policy(connection_limit=1, max_deliveries_per_connection=1,
                                     max_connection_rate=Rate.parse("1/min")))
         dest = destination(connector, outcomes, policy)
@@ -229,11 +175,11 @@ def test_a_far_connection_slot_holds_the_mail_instead_of_waiting() -> None:
 
 def test_with_a_session_up_a_far_connection_slot_leaves_the_mail_to_it() -> None:
     async def scenario():
-        connector, outcomes = Connector("ok"), []
+        connector, outcomes = FakeConnector("ok"), []
         policy = merge(FAST, Policy(connection_limit=3, max_connection_rate=Rate.parse("1/min"),
                                     idle_timeout=0.2))
         dest = destination(connector, outcomes, policy)
-        dest.connection_rate.set_rate(Rate.parse("1/min"), time.time(), burst=1)
+        dest.core.connection_rate.set_rate(Rate.parse("1/min"), SYSTEM.now(), burst=1)
         for i in range(20):
             dest.push(job(i))
         await asyncio.wait_for(until(lambda: len(outcomes) == 20), 5)
@@ -247,8 +193,8 @@ def test_with_a_session_up_a_far_connection_slot_leaves_the_mail_to_it() -> None
 
 def test_shutdown_gives_back_a_job_that_never_reached_the_wire() -> None:
     async def scenario():
-        connector, outcomes = Connector("ok"), []
-        connector.gate = asyncio.Event()  # connecting takes forever
+        connector, outcomes = FakeConnector("ok"), []
+        connector.connecting.clear()  # connecting takes forever
         dest = destination(connector, outcomes)
         book = Book()
         dest.push(job(7, book))
@@ -265,7 +211,7 @@ def test_shutdown_gives_back_a_job_that_never_reached_the_wire() -> None:
 
 def test_shutdown_counts_an_attempt_whose_content_went_out() -> None:
     async def scenario():
-        connector, outcomes = Connector("ok", hang_data=True), []
+        connector, outcomes = FakeConnector("ok", hang_data=True), []
         dest = destination(connector, outcomes)
         book = Book()
         dest.push(job(7, book))
@@ -283,7 +229,7 @@ def test_shutdown_counts_an_attempt_whose_content_went_out() -> None:
 
 def test_a_shutdown_after_the_reply_to_the_dot_arrived_unread_keeps_it_as_the_outcome() -> None:
     async def scenario():
-        connector, outcomes = Connector("ok", hang_data=True, dot_unread=True), []
+        connector, outcomes = FakeConnector("ok", hang_data=True, dot_unread=True), []
         dest = destination(connector, outcomes)
         book = Book()
         dest.push(job(7, book))

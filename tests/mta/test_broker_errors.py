@@ -13,7 +13,7 @@ from pamqp import commands as spec
 from mta.broker.errors import BrokerLost, PublishRefused, PublishTimeout, Unencodable, mapped, translate
 from mta.broker.publish import BatchPublisher, Publish
 from mta.broker.client import Consuming
-from tests.mta.test_publish import FakeChannel
+from tests.mta.test_publish import by_hand
 
 
 @pytest.mark.parametrize("raised, ours", [
@@ -45,7 +45,7 @@ def test_an_unencodable_publish_is_a_refused_one():
 
 
 def test_a_batch_on_a_closed_channel_is_broker_lost():
-    channel = FakeChannel()
+    channel = by_hand()
     channel.is_closed = True
     with pytest.raises(BrokerLost):
         asyncio.run(BatchPublisher(channel).send([("id-1", b"")], timeout=5))
@@ -53,7 +53,7 @@ def test_a_batch_on_a_closed_channel_is_broker_lost():
 
 def test_a_nacked_publish_is_refused_and_an_unconfirmed_one_timed_out():
     async def scenario():
-        channel = FakeChannel()
+        channel = by_hand()
         publisher = BatchPublisher(channel)
         task = asyncio.create_task(publisher.publish([Publish("", "a", b"{}"), Publish("", "b", b"{}")], timeout=0.2))
         await asyncio.sleep(0)
@@ -68,7 +68,7 @@ def test_a_nacked_publish_is_refused_and_an_unconfirmed_one_timed_out():
 
 def test_a_batch_whose_channel_closes_under_it_is_lost_per_publish():
     async def scenario():
-        channel = FakeChannel()
+        channel = by_hand()
         task = asyncio.create_task(BatchPublisher(channel).publish([Publish("", "a", b"{}")], timeout=5))
         await asyncio.sleep(0)
         channel.drain()

@@ -16,59 +16,8 @@ from mta.config import DEFAULT_POLICY, Policy, merge
 from mta.destinations.delivery import Destination
 from mta.intake.message import decode
 from mta.routing.mx import MxAnswer, MxHost
-from mta.smtp.client import Reply
 from shaper.units import Rate
-
-
-class FakeSession:
-    def __init__(self, connector: "FakeConnector", mx: str, ip: str):
-        self.connector = connector
-        self.mx, self.ip = mx, ip
-        self.usable = True
-        self.pipelining = False  # one transaction at a time: begin, then finish
-        self._recipient = None
-
-    def commands(self, sender, recipient, size, **kw) -> tuple[bytes, bytes]:
-        self._recipient = recipient
-        return b"MAIL FROM:<%s>\r\n" % sender.encode(), b"RCPT TO:<%s>\r\n" % recipient.encode()
-
-    async def begin(self, commands) -> Reply | None:
-        await self.connector.gate.wait()
-        await asyncio.sleep(0)
-        return None  # the receiver waits for the content
-
-    async def finish(self, data, ahead=None) -> Reply:
-        self.connector.sent.append((self.mx, self._recipient))
-        return Reply(250, "2.0.0 accepted", "message")
-
-    def stamp(self, reply: Reply) -> Reply:
-        return reply
-
-    def unread_dot(self) -> Reply | None:
-        return None  # its content is answered at once
-
-    async def close(self) -> None:
-        await asyncio.sleep(0)
-        self.connector.open_now -= 1
-
-
-class FakeConnector:
-    """Sessions that always work; counts how many are open at once."""
-
-    def __init__(self):
-        self.open_now = 0
-        self.peak = 0
-        self.opened: list[str] = []
-        self.sent: list[tuple[str, str]] = []
-        self.gate = asyncio.Event()
-        self.gate.set()
-
-    async def open(self, mx, ip, port, *, tls, timeouts, **kw) -> FakeSession:
-        await asyncio.sleep(0)
-        self.open_now += 1
-        self.peak = max(self.peak, self.open_now)
-        self.opened.append(mx)
-        return FakeSession(self, mx, ip)
+from tests.fakes import FakeConnector
 
 
 def job(i: str, recipient: str, lane: str = "bulk"):
@@ -85,8 +34,8 @@ def destinations(n: int, budget: Budget, connector: FakeConnector, outcomes: lis
     for d in range(n):
         answer = MxAnswer((MxHost(f"mx.d{d}.test", 10, ("127.0.0.1",)),))
         made.append(Destination(f"mx:mx.d{d}.test", answer, POLICY, connector=connector, port=25,
-                                done=lambda j, reply, *rest: outcomes.append((j.id, reply.code)),
-                                hold=lambda j, delay: outcomes.append((j.id, "held")),
+                                done=lambda a: outcomes.append((a.job.id, a.reply.code)),
+                                hold=lambda h: outcomes.append((h.job.id, "held")),
                                 clock=SYSTEM, budget=budget))
     return made
 
@@ -150,7 +99,7 @@ def test_single_mail_is_not_stuck_behind_bulk_that_fills_the_budget() -> None:
         connector, outcomes = FakeConnector(), []
         budget = Budget(4, reserve=1)
         dests = destinations(5, budget, connector, outcomes)
-        connector.gate.clear()  # bulk sessions hang in DATA: no connection goes idle
+        connector.answering.clear()  # bulk sessions hang in DATA: no connection goes idle
         for d in range(4):
             dests[d].push(job(f"bulk-{d}", f"u@d{d}.test"))
         await until(lambda: len(connector.opened) == 3)
@@ -158,7 +107,7 @@ def test_single_mail_is_not_stuck_behind_bulk_that_fills_the_budget() -> None:
         bulk_open = len(connector.opened)  # bulk stops at 3: the last slot is the single lane's
         dests[4].push(job("single", "u@d4.test", lane="single"))
         await until(lambda: "mx.d4.test" in connector.opened)
-        connector.gate.set()
+        connector.answering.set()
         await until(lambda: len(outcomes) == 5)
         await shutdown(dests)
         return bulk_open, outcomes
@@ -174,14 +123,14 @@ def test_a_busy_destination_yields_at_reconnect_to_one_without_a_connection() ->
         budget = Budget(2, reserve=0)
         busy, other = destinations(2, budget, connector, outcomes)
         busy.apply(merge(POLICY, Policy(max_deliveries_per_connection=1)))
-        connector.gate.clear()  # both of busy's sessions hang in DATA: none goes idle
+        connector.answering.clear()  # both of busy's sessions hang in DATA: none goes idle
         for i in range(10):
             busy.push(job(f"busy-{i}", f"u{i}@d0.test"))
         await until(lambda: busy.connected == 2)
         other.push(job("other", "u@d1.test"))  # waits: the budget is busy's
         await asyncio.sleep(0.01)
         waited = (other.connected, budget.waiting)
-        connector.gate.set()  # busy reconnects after each message: one reconnect gives its slot up
+        connector.answering.set()  # busy reconnects after each message: one reconnect gives its slot up
         await until(lambda: len(outcomes) == 11)
         await shutdown([busy, other])
         return waited, outcomes, budget.yields

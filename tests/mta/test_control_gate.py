@@ -146,7 +146,7 @@ def test_secret_files_readable_by_group_or_others_are_named_with_their_mode(tmp_
 
 
 def test_refusals_are_a_metric():
-    from tests.mta.test_status_snapshot import FakeEngine
+    from tests.fakes import FakeEngine
     from mta.ops.metrics import Metrics
 
     engine = FakeEngine(parse_config({}))

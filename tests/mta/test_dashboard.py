@@ -8,29 +8,11 @@ import re
 
 import yaml
 
-from mta.clock import Clock
-from mta.ops import control
-from mta.destinations.budget import Budget
 from mta.ops.metrics import Metrics
+from tests.fakes import FakeEngine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GRAFANA = os.path.join(ROOT, "grafana")
-
-
-class FakeResolver:
-    lookups = 0
-    cache_hits = 0
-
-
-class FakeEngine:
-    def __init__(self):
-        self.counts = {"consumed": 0, "invalid": 0}
-        self.crashes = {"settler": 1}
-        self.resolver = FakeResolver()
-        self.destinations = {}
-        self.pauses = control.Pauses()
-        self.budget = Budget(10)
-        self.control_gate = control.Gate(None)
 
 
 def exported_names() -> set[str]:

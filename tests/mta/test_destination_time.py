@@ -12,26 +12,10 @@ from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
 from shaper.allowance import HOLD_DELAYS, MAX_WAIT
 from shaper.units import Rate
-from tests.fakes import FakeClock
-from tests.mta.test_budget_delivery import FakeConnector, FakeSession, job
+from tests.fakes import FakeClock, FakeConnector, FakeSession
+from tests.mta.test_budget_delivery import job
 
 ANSWER = MxAnswer((MxHost("mx.timed.test", 10, ("127.0.0.1",)),))
-
-
-class TimedConnector(FakeConnector):
-    """Records the virtual time of every session opened, message sent and session closed."""
-
-    def __init__(self, clock: FakeClock):
-        super().__init__()
-        self.clock = clock
-        self.sent_at: list[float] = []
-        self.opened_at: list[float] = []
-        self.closed_at: list[float] = []
-
-    async def open(self, mx, ip, port, *, tls, timeouts, **kw):
-        self.opened_at.append(self.clock.now())
-        await super().open(mx, ip, port, tls=tls, timeouts=timeouts, **kw)  # counts it open
-        return TimedSession(self, mx, ip)
 
 
 class TimedSession(FakeSession):
@@ -44,11 +28,28 @@ class TimedSession(FakeSession):
         await super().close()
 
 
+class TimedConnector(FakeConnector):
+    """Records the virtual time of every session opened, message sent and session closed."""
+
+    session = TimedSession
+
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock = clock
+        self.sent_at: list[float] = []
+        self.opened_at: list[float] = []
+        self.closed_at: list[float] = []
+
+    async def open(self, mx, ip, port, *, tls, timeouts, **options):
+        self.opened_at.append(self.clock.now())
+        return await super().open(mx, ip, port, tls=tls, timeouts=timeouts, **options)
+
+
 def destination(clock: FakeClock, connector: TimedConnector, outcomes: list, **limits) -> Destination:
     policy = merge(DEFAULT_POLICY, Policy(**limits))
     return Destination("mx:mx.timed.test", ANSWER, policy, connector=connector, port=25,
-                       done=lambda j, reply, *rest: outcomes.append((j.id, reply.code, clock.now())),
-                       hold=lambda j, delay: outcomes.append((j.id, "held", delay)), clock=clock)
+                       done=lambda a: outcomes.append((a.job.id, a.reply.code, clock.now())),
+                       hold=lambda h: outcomes.append((h.job.id, "held", h.delay)), clock=clock)
 
 
 def run(scenario):
@@ -140,3 +141,20 @@ def test_a_connection_rate_spaces_the_sessions() -> None:
 
     connector = run(scenario)
     assert connector.opened_at == [0.0, 10.0, 20.0]
+
+
+def test_setting_the_system_clock_back_does_not_stall_the_message_rate() -> None:
+    async def scenario():
+        clock, outcomes = FakeClock(0.0, wall=1_700_000_000.0), []
+        connector = TimedConnector(clock)
+        d = destination(clock, connector, outcomes, connection_limit=1, max_message_rate=Rate.parse("30/min"),
+                        idle_timeout=600.0)
+        clock.call_at(3.0, lambda: setattr(clock, "wall_offset", clock.wall_offset - 3600))  # an hour back
+        for i in range(5):
+            d.push(job(f"m{i}", f"u{i}@timed.test"))
+        await clock.run(lambda: len(outcomes) == 5)
+        return connector, outcomes
+
+    connector, outcomes = run(scenario)
+    assert [code for _, code, _ in outcomes] == [250] * 5  # none held for an hour's "wait"
+    assert connector.sent_at == [0.0, 2.0, 4.0, 6.0, 8.0]

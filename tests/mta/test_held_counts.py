@@ -4,6 +4,7 @@ bounded when destinations come and go: counts of forgotten destinations are drop
 from types import SimpleNamespace
 
 from mta.ops.metrics import HELD_KEYS, Metrics
+from tests.fakes import FakeDestination
 
 
 def held_job(key: str):
@@ -11,7 +12,7 @@ def held_job(key: str):
 
 
 def test_100000_one_off_destinations_do_not_grow_the_held_counts() -> None:
-    live = {f"mx:live{i}": object() for i in range(10)}
+    live = {f"mx:live{i}": FakeDestination(f"mx:live{i}") for i in range(10)}
     engine = SimpleNamespace(destinations=live, pauses=None)
     metrics = Metrics(engine, clock=lambda: 1000.0)
     peak = 0

@@ -1,8 +1,8 @@
 """The cheap per-outcome bookkeeping behind the metrics: histograms, bounded destination
 labels, the last minute's counts. No event loop, no HTTP."""
 
-from mta.ops import control
 from mta.ops.metrics import OTHER, DestinationLabels, Histogram, Metrics, RecentCounts
+from tests.fakes import FakeEngine
 
 
 def test_histogram_buckets_are_cumulative_with_inf():
@@ -37,15 +37,8 @@ def test_recent_counts_keep_exactly_the_last_sixty_seconds():
     assert recent.total(5000.0) == {"z": 1}
 
 
-class _Engine:
-    counts: dict = {}
-    crashes: dict = {}
-    destinations: dict = {}
-    pauses = control.Pauses()
-
-
 def test_dkim_batches_count_as_their_messages():
-    metrics = Metrics(_Engine())
+    metrics = Metrics(FakeEngine())
     metrics.observe_dkim_signing(0.02, messages=10)  # a batch: 2 ms each
     metrics.observe_dkim_signing(0.5)
     metrics.observe_dkim_signing(0.1, messages=0)  # nothing signed: nothing recorded
@@ -65,10 +58,7 @@ class _Job:
 def test_expiry_while_held_is_an_outcome_but_not_an_attempt():
     from prometheus_client import generate_latest
 
-    engine = _Engine()
-    engine.counts = {}
-    engine.resolver = type("Resolver", (), {"lookups": 0, "cache_hits": 0})()
-    metrics = Metrics(engine, clock=lambda: 100.0, promote_after=1)
+    metrics = Metrics(FakeEngine(), clock=lambda: 100.0, promote_after=1)
     metrics.outcome(_Job("mx:a"), "deferred", None, 100.0)
     metrics.outcome(_Job("mx:a"), "expired", "soft", 100.0)
     metrics.outcome(_Job("mx:a"), "expired", "soft", 100.0, tried=False)

@@ -86,8 +86,8 @@ async def two_pipelined(receiver: Receiver, deadline: float, book: Book, outcome
     answer = MxAnswer((MxHost("mx.receiver.test", 10, ("127.0.0.1",), port),))
     dest = Destination("mx:receiver", answer, merge(FAST, Policy(connection_limit=1, tls="disabled")),
                        connector=Connector("me.test", None), port=port,
-                       done=lambda j, reply, *rest: outcomes.append((j.id, reply, time.monotonic())),
-                       hold=lambda j, delay: outcomes.append((j.id, f"held {delay}s", time.monotonic())),
+                       done=lambda a: outcomes.append((a.job.id, a.reply, time.monotonic())),
+                       hold=lambda h: outcomes.append((h.job.id, f"held {h.delay}s", time.monotonic())),
                        clock=SYSTEM, smtp=Smtp(delivery_deadline=deadline))
     dest.push(job(1, book))
     dest.push(job(2, book))

@@ -14,7 +14,8 @@ from mta.destinations.delivery import Destination
 from mta.routing.mx import MxAnswer, MxHost
 from mta.routing.rules import Rules
 from mta.destinations.share import Shares
-from tests.mta.test_budget_delivery import FakeConnector, job, until
+from tests.fakes import FakeConnector
+from tests.mta.test_budget_delivery import job, until
 
 CONFIG = {
     "default": {"max_connection_rate": "10000/s"},
@@ -49,16 +50,16 @@ def destinations(rules: Rules, shares: Shares, connector: FakeConnector, outcome
     for domain in domains:
         resolved = rules.resolve(domain, BIG)
         made[domain] = Destination(resolved.key, BIG, resolved.policy, connector=connector, port=25,
-                                   done=lambda j, reply, *rest: outcomes.append((j.id, reply.code)),
-                                   hold=lambda j, delay: outcomes.append((j.id, "held")),
+                                   done=lambda a: outcomes.append((a.job.id, a.reply.code)),
+                                   hold=lambda h: outcomes.append((h.job.id, "held")),
                                    clock=SYSTEM, share=shares.of(resolved))
     return made
 
 
 def test_two_domains_of_2_connections_under_a_provider_of_3_never_open_4() -> None:
     async def scenario():
-        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(time.time), FakeConnector(), []
-        connector.gate.clear()  # sessions stay busy until every destination asked for its connections
+        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(SYSTEM.now), FakeConnector(), []
+        connector.answering.clear()  # sessions stay busy until every destination asked for its connections
         dests = destinations(rules, shares, connector, outcomes, ["a.example", "b.example", "c.example"])
         n = 0
         for domain, dest in dests.items():
@@ -68,7 +69,7 @@ def test_two_domains_of_2_connections_under_a_provider_of_3_never_open_4() -> No
         await until(lambda: connector.open_now == 3)
         await asyncio.sleep(0.05)
         assert connector.open_now == 3
-        connector.gate.set()
+        connector.answering.set()
         await until(lambda: len(outcomes) == n)
         for dest in dests.values():
             dest.close_idle()
@@ -84,7 +85,7 @@ def test_two_domains_of_2_connections_under_a_provider_of_3_never_open_4() -> No
 
 def test_an_idle_session_of_one_domain_gives_way_to_another_domain_of_the_provider() -> None:
     async def scenario():
-        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(time.time), FakeConnector(), []
+        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(SYSTEM.now), FakeConnector(), []
         dests = destinations(rules, shares, connector, outcomes, ["a.example", "b.example", "c.example"])
         a, b = dests["a.example"], dests["b.example"]
         for i in range(2):
@@ -106,7 +107,7 @@ def test_an_idle_session_of_one_domain_gives_way_to_another_domain_of_the_provid
 
 
 def test_reload_changes_the_provider_limit() -> None:
-    rules, shares = Rules(parse_config(CONFIG)), Shares(time.time)
+    rules, shares = Rules(parse_config(CONFIG)), Shares(SYSTEM.now)
     share = shares.of(rules.resolve("a.example", BIG))
     assert share.limit == 3
     changed = dict(CONFIG, providers={"big": {"mx_suffix": [".big.example"], "connection_limit": 5}})
@@ -116,7 +117,7 @@ def test_reload_changes_the_provider_limit() -> None:
 
 def test_the_providers_message_rate_bounds_its_destinations_together() -> None:
     async def scenario():
-        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(time.time), FakeConnector(), []
+        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(SYSTEM.now), FakeConnector(), []
         dests = destinations(rules, shares, connector, outcomes, ["a.example", "b.example", "c.example"])
         started = time.monotonic()
         for domain, dest in dests.items():
@@ -140,7 +141,7 @@ def test_a_busy_domain_gives_a_session_to_another_domain_of_the_provider() -> No
     destination) on the third: b.example's message does not wait for those backlogs to drain."""
 
     async def scenario():
-        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(time.time), FakeConnector(), []
+        rules, shares, connector, outcomes = Rules(parse_config(CONFIG)), Shares(SYSTEM.now), FakeConnector(), []
         dests = destinations(rules, shares, connector, outcomes, ["a.example", "b.example", "c.example"])
         for i in range(40):
             dests["a.example"].push(job(f"a-{i}", f"u{i}@a.example"))
@@ -167,7 +168,7 @@ def test_single_sessions_take_turns_at_reconnects() -> None:
                                              "max_message_rate": "100/s", "max_deliveries_per_connection": 5}})
 
     async def scenario():
-        rules, shares, connector, outcomes = Rules(parse_config(config)), Shares(time.time), FakeConnector(), []
+        rules, shares, connector, outcomes = Rules(parse_config(config)), Shares(SYSTEM.now), FakeConnector(), []
         dests = destinations(rules, shares, connector, outcomes, ["a.example", "b.example"])
         for i in range(40):
             dests["a.example"].push(job(f"a-{i}", f"u{i}@a.example"))

@@ -1,7 +1,5 @@
 """The hand-marshalled Basic.Publish frames are byte for byte what pamqp produces."""
 
-import struct
-
 import pamqp.frame
 import pytest
 from aiormq.abc import ChannelFrame
@@ -12,6 +10,7 @@ from pamqp.header import ContentHeader
 
 from mta.broker.errors import PublishRefused
 from mta.broker.publish import BatchPublisher, Publish, marshal
+from tests.fakes import FakePublishChannel
 
 
 def reference(channel: int, p: Publish, message_id: str, max_body_frame: int) -> bytes:
@@ -44,52 +43,9 @@ def test_too_long_routing_key_is_refused():
 # ---- the batch: encode first, then take delivery tags in step with the broker
 
 
-class FakeChannel:
-    """The parts of an aiormq channel BatchPublisher uses. The "broker" numbers publishes
-    as they arrive (1, 2, 3, ...), as RabbitMQ does, and `answer` confirms by that number."""
-
-    def __init__(self, queue_size: int = 0):
-        import asyncio
-        from collections import OrderedDict
-
-        self.is_closed = False
-        self.lock = asyncio.Lock()
-        self.number = 1
-        self.max_content_size = 131_072 - 8
-        self.confirmations = OrderedDict()
-        self.message_id_delivery_tag = {}
-        self.delivery_tag = 0
-        self.write_queue = asyncio.Queue(queue_size)
-        self.received: list[tuple[int, bytes]] = []  # (broker's number, routing key) per publish
-
-    def create_future(self):
-        import asyncio
-
-        return asyncio.get_running_loop().create_future()
-
-    def drain(self) -> None:
-        """The writer: frames reach the broker, which numbers each Basic.Publish."""
-        while not self.write_queue.empty():
-            payload = self.write_queue.get_nowait().payload
-            offset = 0
-            while offset < len(payload):
-                kind, _, size = struct.unpack_from(">BHI", payload, offset)
-                frame = payload[offset + 7:offset + 7 + size]
-                if kind == 1 and frame[:4] == b"\x00\x3c\x00\x28":  # Basic.Publish
-                    exchange_len = frame[6]
-                    key_len = frame[7 + exchange_len]
-                    key = frame[8 + exchange_len:8 + exchange_len + key_len]
-                    self.received.append((len(self.received) + 1, key))
-                offset += 7 + size + 1
-
-    def answer(self, tag: int, ack: bool = True) -> None:
-        """aiormq's reader on a Basic.Ack / Basic.Nack for the broker's number `tag`."""
-        frame = spec.Basic.Ack(tag) if ack else spec.Basic.Nack(tag)
-        slot = self.confirmations.pop(tag)
-        if ack:
-            slot.set_result(frame)
-        else:
-            slot.set_exception(DeliveryError(None, frame))
+def by_hand(**options) -> FakePublishChannel:
+    """Frames wait in the write queue until `drain`; the test confirms by the broker's number."""
+    return FakePublishChannel(by_hand=True, **options)
 
 
 def _run(coro):
@@ -105,13 +61,14 @@ async def _publish_and_answer(channel, batch, nack=()):
     task = asyncio.create_task(publisher.publish(batch, timeout=5))
     await asyncio.sleep(0)
     channel.drain()
-    for tag, _ in channel.received[-(len(channel.confirmations)):]:
-        channel.answer(tag, ack=tag not in nack)
+    written = len(channel.published)
+    for number in range(written - len(channel.confirmations) + 1, written + 1):
+        channel.answer(number, ack=number not in nack)
     return await task
 
 
 def test_unencodable_publish_fails_alone_and_takes_no_delivery_tag():
-    channel = FakeChannel()
+    channel = by_hand()
     batch = [
         Publish("", "good-1", b"{}"),
         Publish("", "mta.invalid", b"x", {"x-producer": b"\xff\xfe"}),  # bytes: no AMQP table type for them
@@ -127,14 +84,14 @@ def test_unencodable_publish_fails_alone_and_takes_no_delivery_tag():
     assert [type(o).__name__ for o in outcomes] == [
         "NoneType", "Unencodable", "NoneType", "Unencodable", "Unencodable", "Unencodable", "NoneType"]
     assert all(isinstance(o, ValueError) for o in outcomes if o is not None)
-    assert channel.delivery_tag == len(channel.received) == 3  # the client's count is the broker's
-    assert [key for _, key in channel.received] == [b"good-1", b"good-2", b"good-5"]
+    assert channel.delivery_tag == len(channel.published) == 3  # the client's count is the broker's
+    assert [p["routing_key"] for p in channel.published] == ["good-1", "good-2", "good-5"]
     assert not channel.confirmations and not channel.message_id_delivery_tag
 
 
 def test_nack_is_credited_to_its_own_publish_after_an_unencodable_one():
     async def scenario():
-        channel = FakeChannel()
+        channel = by_hand()
         first = await _publish_and_answer(channel, [
             Publish("", "a", b"{}"), Publish("", "b", b"{}", {"bad": object()}), Publish("", "c", b"{}")])
         # the broker refuses the second publish of the next batch (numbered 4 by the broker)
@@ -145,14 +102,14 @@ def test_nack_is_credited_to_its_own_publish_after_an_unencodable_one():
     assert first[0] is None and isinstance(first[1], ValueError) and first[2] is None
     assert second[0] is None and second[2] is None and second[3] is None
     assert isinstance(second[1], PublishRefused) and isinstance(second[1].__cause__, DeliveryError)
-    assert [key for _, key in channel.received] == [b"a", b"c", b"q0", b"q1", b"q2", b"q3"]
+    assert [p["routing_key"] for p in channel.published] == ["a", "c", "q0", "q1", "q2", "q3"]
 
 
 def test_a_write_cancelled_while_the_queue_is_full_takes_no_delivery_tag():
     import asyncio
 
     async def scenario():
-        channel = FakeChannel(queue_size=1)
+        channel = by_hand(queue_size=1)
         channel.write_queue.put_nowait(ChannelFrame(payload=b"", should_close=False))  # the writer is behind
         task = asyncio.create_task(BatchPublisher(channel).publish([Publish("", "a", b"{}")] * 3, timeout=5))
         await asyncio.sleep(0.01)
@@ -174,7 +131,7 @@ def test_a_send_cancelled_as_its_confirms_arrive_is_cancelled():
     import asyncio
 
     async def scenario():
-        channel = FakeChannel()
+        channel = by_hand()
         publisher = BatchPublisher(channel)
         task = asyncio.create_task(publisher.send([publisher.encode(Publish("", "a", b"{}"))], timeout=5))
         await asyncio.sleep(0)  # written, waiting for its confirm

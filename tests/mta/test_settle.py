@@ -6,15 +6,10 @@ attempt's reply text and the history carried on retry copies stay bounded."""
 from __future__ import annotations
 
 import asyncio
-import struct
-from collections import OrderedDict
 
 import msgspec
 import orjson
 import pytest
-from aiormq.exceptions import DeliveryError
-from pamqp import commands as spec
-from pamqp.decode import field_table as decode_table
 
 from mta.broker.errors import BrokerLost
 from mta.clock import Clock
@@ -23,65 +18,10 @@ from mta.broker.topology import delay_queue
 from mta.settle.acks import AckBook
 from mta.settle.results import DESCRIPTION_MAX, HISTORY_KEPT, attempt_entry, carried as carried_by
 from mta.settle.settler import Settler
+from tests.fakes import FakeConsumeChannel, FakePublishChannel
 
 NOW = 1_800_000_000.0
 MIME = "From: a@sender.example\nTo: b@example.com\nSubject: hi\n\nHello\n"
-
-
-class Broker:
-    """An aiormq publishing channel whose broker numbers publishes as they arrive and
-    answers each written batch at once: Nack for routing keys in `refuse`, else Ack."""
-
-    def __init__(self, refuse=()):
-        self.is_closed = False
-        self.lock = asyncio.Lock()
-        self.number = 1
-        self.max_content_size = 131_072 - 8
-        self.confirmations = OrderedDict()
-        self.message_id_delivery_tag = {}
-        self.delivery_tag = 0
-        self.write_queue = self
-        self.refuse = set(refuse)
-        self.published: list[dict] = []  # per publish: exchange, routing key, headers, body
-
-    def create_future(self):
-        return asyncio.get_running_loop().create_future()
-
-    async def put(self, frame) -> None:
-        first = len(self.published)
-        self._parse(frame.payload)
-        asyncio.get_running_loop().call_soon(self._answer, first)
-
-    def _answer(self, first: int) -> None:
-        for number in range(first + 1, len(self.published) + 1):
-            slot = self.confirmations.pop(number)
-            if self.published[number - 1]["routing_key"] in self.refuse:
-                slot.set_exception(DeliveryError(None, spec.Basic.Nack(number)))
-            else:
-                slot.set_result(spec.Basic.Ack(number))
-
-    def _parse(self, payload: bytes) -> None:
-        offset = 0
-        while offset < len(payload):
-            kind, _, size = struct.unpack_from(">BHI", payload, offset)
-            frame = payload[offset + 7:offset + 7 + size]
-            offset += 8 + size
-            if kind == 1:
-                n = frame[6]
-                exchange = frame[7:7 + n].decode()
-                k = frame[7 + n]
-                key = frame[8 + n:8 + n + k].decode()
-                self.published.append({"exchange": exchange, "routing_key": key, "headers": None, "body": b""})
-            elif kind == 2:
-                flags = struct.unpack_from(">H", frame, 12)[0]
-                headers = None
-                if flags & (1 << 13):
-                    at = 14 + 1 + frame[14]  # after the content type
-                    headers = decode_table(frame[at:])[1]
-                self.published[-1]["headers"] = headers
-                self.published[-1]["header_size"] = size
-            else:
-                self.published[-1]["body"] += frame
 
 
 class Session:
@@ -94,28 +34,6 @@ class Topology:
         return delay_queue(lane, seconds)
 
 
-class Consuming:
-    """The consuming channel: records acknowledgements."""
-
-    def __init__(self):
-        self.is_closed = False
-        self.acked: list[tuple[int, bool]] = []
-        self.requeued: list[int] = []
-
-    async def basic_ack(self, tag, multiple=False, wait=False):
-        self.acked.append((tag, multiple))
-
-    async def basic_nack(self, tag, requeue=True, wait=False):
-        assert requeue
-        self.requeued.append(tag)
-
-    def acked_tags(self, received) -> set:
-        out = set()
-        for tag, multiple in self.acked:
-            out |= {t for t in received if t <= tag} if multiple else {tag}
-        return out
-
-
 def job_of(n: int, **headers):
     body = orjson.dumps({"id": f"m{n}", "recipient": f"user{n}@example.com", "envelope": "b@sender.example",
                          "mime": MIME})
@@ -125,7 +43,7 @@ def job_of(n: int, **headers):
 async def settle(broker, actions):
     """Run the settler over `actions` (callables taking (settler, book, tag)), tags 1..n."""
     settler = Settler(Session(broker), Topology(), publish_timeout=5)
-    consuming = Consuming()
+    consuming = FakeConsumeChannel()
     book = AckBook(consuming)
     for tag, action in enumerate(actions, 1):
         book.received(tag)
@@ -146,7 +64,7 @@ def delivered(n):
 
 
 def test_an_invalid_copy_goes_out_without_the_headers_amqp_cannot_carry():
-    broker = Broker()
+    broker = FakePublishChannel()
     headers = {"x-producer": b"\xff\xfe", "x-trace": "t-1", "x-mta-attempts": 3}
 
     def invalid(settler, book, tag):
@@ -166,7 +84,7 @@ def test_an_invalid_copy_goes_out_without_the_headers_amqp_cannot_carry():
 
 
 def test_a_retry_copy_that_cannot_be_encoded_ends_in_mta_invalid_with_a_reason():
-    broker = Broker()
+    broker = FakePublishChannel()
     # a first-acceptance time far beyond any AMQP integer once carried as milliseconds
     # (intake no longer lets one in: this stands for any header the encoder refuses)
     bad = job_of(2)
@@ -192,7 +110,7 @@ def test_a_retry_copy_that_cannot_be_encoded_ends_in_mta_invalid_with_a_reason()
 
 
 def test_a_nack_leaves_only_its_own_delivery_unacknowledged():
-    broker = Broker(refuse={"bounced"})
+    broker = FakePublishChannel(refuse={"bounced"})
 
     def bounced(settler, book, tag):
         settler.final(job_of(2), book, tag, "bounced", "hard")
@@ -211,7 +129,7 @@ def test_a_nack_leaves_only_its_own_delivery_unacknowledged():
 
 
 def test_a_nacked_result_of_a_deferral_leaves_it_unacknowledged():
-    broker = Broker(refuse={"deferred"})  # the retry copy is confirmed, its result refused
+    broker = FakePublishChannel(refuse={"deferred"})  # the retry copy is confirmed, its result refused
 
     def deferred(settler, book, tag):
         job = job_of(1)
@@ -264,7 +182,7 @@ def test_fifty_attempts_carry_a_bounded_history_and_the_true_count():
     assert len(orjson.loads(carried[H_RESULTS])) == HISTORY_KEPT == 10
     assert carried[H_ATTEMPTS] == 50
 
-    settler = Settler(Session(Broker()), Topology(), publish_timeout=5)
+    settler = Settler(Session(FakePublishChannel()), Topology(), publish_timeout=5)
     result = orjson.loads(settler.result(job, "deferred"))
     assert result["attempts"] == 50
     assert len(result["results"]) == 10 and result["results_omitted"] == 40
@@ -275,13 +193,13 @@ def test_a_result_without_dropped_attempts_says_nothing_of_omissions():
     job = job_of(1)
     job.attempts = 2
     job.history = [attempt_entry(NOW, "rcpt", 451, None, "later", None, None, "bulk")] * 2
-    settler = Settler(Session(Broker()), Topology(), publish_timeout=5)
+    settler = Settler(Session(FakePublishChannel()), Topology(), publish_timeout=5)
     result = orjson.loads(settler.result(job, "deferred"))
     assert "results_omitted" not in result and len(result["results"]) == 2
 
 
 def test_an_invalid_copy_whose_headers_only_together_exceed_a_frame_keeps_the_reason():
-    broker = Broker()
+    broker = FakePublishChannel()
     headers = {"x-a": "a" * 70_000, "x-b": "b" * 70_000}
 
     def invalid(settler, book, tag):
@@ -305,7 +223,7 @@ def results_of(broker) -> list[dict]:
 
 
 def test_an_invalid_result_echoes_integers_beyond_64_bits_exactly():
-    broker = Broker()
+    broker = FakePublishChannel()
     body = (b'{"id": 123456789012345678901, "recipient": "no-at-sign", "envelope": "", "mime": "x",'
             b' "trace": {"span": 123456789012345678901, "small": -3, "ratio": 0.5}}')
 
@@ -321,7 +239,7 @@ def test_an_invalid_result_echoes_integers_beyond_64_bits_exactly():
 
 
 def test_a_retry_copy_redirected_to_invalid_echoes_integers_beyond_64_bits_exactly():
-    broker = Broker()
+    broker = FakePublishChannel()
     body = orjson.dumps({"recipient": "user@example.com", "envelope": "b@sender.example", "mime": MIME})
     bad = decode(body[:-1] + b', "id": 123456789012345678901, "trace": [123456789012345678901]}', {}, "bulk", NOW)
     bad.first_seen = 1e27  # a header the encoder refuses
@@ -339,17 +257,11 @@ def test_a_retry_copy_redirected_to_invalid_echoes_integers_beyond_64_bits_exact
 def test_a_copy_redirected_to_invalid_is_counted_where_the_metrics_read_it():
     from prometheus_client import generate_latest
 
-    from mta.ops import control
-    from mta.ops.metrics import Metrics
+    from tests.fakes import FakeEngine
 
-    class Engine:  # what the metrics read of the engine: its outcome counts
-        counts = {"consumed": 3, "deferred": 1, "held": 1, "invalid": 1}  # one refused at intake
-        crashes: dict = {}
-        destinations: dict = {}
-        pauses = control.Pauses()
-        resolver = type("Resolver", (), {"lookups": 0, "cache_hits": 0})()
-
-    broker = Broker()
+    engine = FakeEngine(clock=lambda: NOW)
+    engine.counts = {"consumed": 3, "deferred": 1, "held": 1, "invalid": 1}  # one refused at intake
+    broker = FakePublishChannel()
     retried, held = job_of(2), job_of(3)
     retried.first_seen = held.first_seen = 1e27  # a header the encoder refuses
 
@@ -365,8 +277,8 @@ def test_a_copy_redirected_to_invalid_is_counted_where_the_metrics_read_it():
         settler.invalid(b"[]", {"x-bad": b"\xff"}, "body must be a JSON object, got list", book, tag, "bulk", NOW)
 
     async def scenario():
-        settler = Settler(Session(broker), Topology(), publish_timeout=5, counts=Engine.counts)
-        consuming = Consuming()
+        settler = Settler(Session(broker), Topology(), publish_timeout=5, counts=engine.counts)
+        consuming = FakeConsumeChannel()
         book = AckBook(consuming)
         for tag, action in enumerate([defer, hold, invalid], 1):
             book.received(tag)
@@ -379,8 +291,8 @@ def test_a_copy_redirected_to_invalid_is_counted_where_the_metrics_read_it():
     consuming = asyncio.run(scenario())
     assert consuming.acked_tags({1, 2, 3}) == {1, 2, 3}
     assert len([p for p in broker.published if p["routing_key"] == "mta.invalid"]) == 3
-    assert Engine.counts["invalid"] == 3  # the two redirected copies, and the one intake refused
-    text = generate_latest(Metrics(Engine(), clock=lambda: NOW).registry).decode()
+    assert engine.counts["invalid"] == 3  # the two redirected copies, and the one intake refused
+    text = generate_latest(engine.metrics.registry).decode()
     assert "mta_messages_invalid_total 3.0" in text
 
 
@@ -398,7 +310,7 @@ def deferred_job(n: int, first_seen: float | None = None):
 
 def test_a_bug_preparing_a_settlement_ends_the_run_with_nothing_of_its_batch_written(monkeypatch):
     # the supervisor (the engine) sees the bug and ends the session: every delivery comes back
-    broker = Broker()
+    broker = FakePublishChannel()
     bad = deferred_job(2, first_seen=1e27)  # its retry copy cannot be encoded: replaced, then the bug
     plain = Settler._unencodable
 
@@ -411,7 +323,7 @@ def test_a_bug_preparing_a_settlement_ends_the_run_with_nothing_of_its_batch_wri
 
     async def scenario():
         settler = Settler(Session(broker), Topology(), publish_timeout=5)
-        consuming = Consuming()
+        consuming = FakeConsumeChannel()
         book = AckBook(consuming)
         for tag, action in enumerate([delivered(1), lambda st, b, t: st.defer(bad, b, t, 60), delivered(3)], 1):
             book.received(tag)
@@ -426,7 +338,7 @@ def test_a_bug_preparing_a_settlement_ends_the_run_with_nothing_of_its_batch_wri
 
 
 def test_a_bug_settling_a_batch_acknowledges_what_was_settled_and_the_next_run_goes_on(monkeypatch):
-    broker = Broker()
+    broker = FakePublishChannel()
     plain = Settler._confirmed
 
     def broken(self, s, span, outcomes, started, gone):
@@ -435,7 +347,7 @@ def test_a_bug_settling_a_batch_acknowledges_what_was_settled_and_the_next_run_g
         return plain(self, s, span, outcomes, started, gone)
 
     monkeypatch.setattr(Settler, "_confirmed", broken)
-    first, second = Consuming(), Consuming()
+    first, second = FakeConsumeChannel(), FakeConsumeChannel()
 
     async def scenario():
         settler = Settler(Session(broker), Topology(), publish_timeout=5)
@@ -446,7 +358,7 @@ def test_a_bug_settling_a_batch_acknowledges_what_was_settled_and_the_next_run_g
         with pytest.raises(RuntimeError, match="unforeseen"):
             await asyncio.wait_for(settler.run(), 5)
         first.is_closed = True  # the session ends: the broker redelivers 2 and 3
-        settler.attach(Session(Broker()))
+        settler.attach(Session(FakePublishChannel()))
         book = AckBook(second)
         book.received(1)
         delivered(3)(settler, book, 1)  # the redelivered copy of 3, in the next session
@@ -460,7 +372,7 @@ def test_a_bug_settling_a_batch_acknowledges_what_was_settled_and_the_next_run_g
 
 
 def test_a_huge_id_is_never_logged_whole(caplog):
-    broker = Broker()
+    broker = FakePublishChannel()
     huge = deferred_job(2)
     huge.id = "x" * 200_000  # (intake refuses such an id now; one that got in is still settled)
 
@@ -475,14 +387,14 @@ def test_a_huge_id_is_never_logged_whole(caplog):
 
 
 def test_a_new_session_does_not_write_what_was_pending_for_the_old_channels():
-    settler = Settler(Session(Broker()), Topology(), publish_timeout=5)
-    old, new = Consuming(), Consuming()
+    settler = Settler(Session(FakePublishChannel()), Topology(), publish_timeout=5)
+    old, new = FakeConsumeChannel(), FakeConsumeChannel()
     for channel, tag in ((old, 1), (new, 1)):
         book = AckBook(channel)
         book.received(tag)
         delivered(tag)(settler, book, tag)
     old.is_closed = True
-    settler.attach(Session(Broker()))
+    settler.attach(Session(FakePublishChannel()))
     assert [s.book.channel for s in settler._pending] == [new]
 
 

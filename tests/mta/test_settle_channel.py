@@ -16,21 +16,7 @@ from mta.intake.message import decode
 from mta.settle.acks import AckBook, abandoned
 from mta.settle.settler import Settler
 from mta.broker.topology import delay_queue
-
-
-class FakeConsumeChannel:
-    """The aiormq channel of a consuming lane: records acknowledgements."""
-
-    def __init__(self):
-        self.is_closed = False
-        self.acked: list[tuple[int, bool]] = []
-        self.nacked: list[int] = []
-
-    async def basic_ack(self, tag, multiple=False, wait=True):
-        self.acked.append((tag, multiple))
-
-    async def basic_nack(self, tag, requeue=True, wait=True):
-        self.nacked.append(tag)
+from tests.fakes import FakeConsumeChannel
 
 
 class FakePublisher:
@@ -54,7 +40,10 @@ class FakeTopology:
         return delay_queue(lane, seconds)
 
 
-class FakePublishChannel:
+class PublishingSession:
+    """A broker session as the settler sees it: its publishing channel (FakePublisher
+    stands in for what publishes on it)."""
+
     channel = None
 
 
@@ -81,7 +70,7 @@ async def settled(settler: Settler) -> None:
 
 def run(scenario):
     async def main():
-        settler = Settler(FakePublishChannel(), FakeTopology(), 5.0)
+        settler = Settler(PublishingSession(), FakeTopology(), 5.0)
         task = asyncio.create_task(settler.run())
         try:
             return await scenario(settler)
@@ -105,7 +94,7 @@ def test_no_retry_or_held_copy_for_a_delivery_whose_channel_closed():
 
     channel = run(scenario)
     assert FakePublisher.published == []
-    assert channel.acked == [] and channel.nacked == []
+    assert channel.acked == [] and channel.requeued == []
 
 
 def test_a_settlement_whose_channel_closed_before_its_batch_went_out_is_dropped():
@@ -181,21 +170,12 @@ def test_abandoned_follows_the_consuming_channel():
 
 def test_a_worker_does_not_send_a_job_whose_channel_closed_while_it_waited():
     from mta.destinations.budget import Budget
-    from tests.mta.test_budget_delivery import FakeConnector, destinations
-
-    class SlowConnector(FakeConnector):
-        """Connecting takes until `connected` is set."""
-
-        def __init__(self):
-            super().__init__()
-            self.connected = asyncio.Event()
-
-        async def open(self, *args, **kw):
-            await self.connected.wait()
-            return await super().open(*args, **kw)
+    from tests.fakes import FakeConnector
+    from tests.mta.test_budget_delivery import destinations
 
     async def scenario():
-        connector, outcomes = SlowConnector(), []
+        connector, outcomes = FakeConnector(), []
+        connector.connecting.clear()  # connecting takes until it is set
         (dest,) = destinations(1, Budget(4, reserve=0), connector, outcomes)
         channel = FakeConsumeChannel()
         book = AckBook(channel)
@@ -203,7 +183,7 @@ def test_a_worker_does_not_send_a_job_whose_channel_closed_while_it_waited():
         dest.push(job("b", book, 2))
         await asyncio.sleep(0.01)  # workers connecting, each with its job
         channel.is_closed = True  # the broker is lost meanwhile: both are redelivered
-        connector.connected.set()
+        connector.connecting.set()
         await asyncio.sleep(0.05)
         dest.close_idle()
         await asyncio.wait_for(asyncio.gather(*dest.tasks), 5)

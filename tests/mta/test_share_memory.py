@@ -17,8 +17,8 @@ from mta.routing.rules import Rules
 from mta.destinations.share import Shares
 from mta.smtp.client import Reply
 from shaper.allowance import HOLD_DELAYS, MAX_WAIT, allowance
-from tests.fakes import FakeClock
-from tests.mta.test_budget_delivery import FakeConnector, FakeSession, job, until
+from tests.fakes import FakeClock, FakeConnector, FakeSession
+from tests.mta.test_budget_delivery import job, until
 
 BIG = MxAnswer((MxHost("mx.big.example", 10, ("127.0.0.1",)),))
 
@@ -39,12 +39,12 @@ class Ledger:
         self.done: dict[str, Reply] = {}
         self.most_in_memory = 0
 
-    def on_done(self, j, reply, *rest) -> None:
-        assert j.id not in self.done, f"{j.id} settled twice"
-        self.done[j.id] = reply
+    def on_done(self, attempt) -> None:
+        assert attempt.job.id not in self.done, f"{attempt.job.id} settled twice"
+        self.done[attempt.job.id] = attempt.reply
 
-    def on_hold(self, j, delay) -> None:
-        self.held[j.id] = delay
+    def on_hold(self, held) -> None:
+        self.held[held.job.id] = held.delay
 
     @property
     def in_memory(self) -> int:
@@ -57,7 +57,7 @@ class Ledger:
 
 
 def destinations(cfg: dict, n: int, ledger: Ledger, clock, connector, smtp: Smtp = Smtp(), give_back=None):
-    rules, shares = Rules(parse_config(cfg)), Shares(clock.wall)
+    rules, shares = Rules(parse_config(cfg)), Shares(clock.now)
     made = []
     for i in range(n):
         resolved = rules.resolve(f"d{i}.example", BIG)
@@ -103,32 +103,25 @@ def test_twenty_domains_under_a_slow_provider_keep_what_it_sends_within_max_wait
     assert len(set(ledger.held.values())) > 2, sorted(set(ledger.held.values()))
 
 
-class GatedConnector(FakeConnector):
-    """Sessions open only once ``opening`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.opening = asyncio.Event()
-        self.waiting: list[str] = []
-
-    async def open(self, mx, ip, port, *, tls, timeouts, **kw) -> FakeSession:
-        self.waiting.append(mx)
-        await self.opening.wait()
-        return await super().open(mx, ip, port, tls=tls, timeouts=timeouts)
+def gated() -> FakeConnector:
+    """Sessions open only once ``connecting`` is set."""
+    connector = FakeConnector()
+    connector.connecting.clear()
+    return connector
 
 
 def test_a_provider_slot_beyond_max_wait_is_not_waited_for() -> None:
-    """The provider's rate drops (a reload) while jobs of its domains are taken: the ones
-    whose slot is now minutes away are held, not kept waiting unacknowledged."""
+    """The provider's rate drops (a reload) while mail of its domains is queued: a worker
+    asking for a job whose slot is now minutes away gets it held, not kept waiting
+    unacknowledged."""
 
     async def scenario():
-        ledger, connector = Ledger(), GatedConnector()
+        ledger, connector = Ledger(), FakeConnector()
         dests, shares = destinations(config("1/s", 5), 5, ledger, SYSTEM, connector)
         for i, dest in enumerate(dests):
             ledger.push(dest, job(f"m{i}", f"u@d{i}.example"))
-        await until(lambda: len(connector.waiting) == 5)  # each domain's job taken, its session opening
+        assert sum(d.queued for d in dests) == 5  # queued at 1/s; no worker has asked for one yet
         shares.reload(Rules(parse_config(config("1/min", 5))))
-        connector.opening.set()
         await asyncio.wait_for(until(lambda: ledger.in_memory == 0), 3)
         assert waiting_counted(dests) and dests[0].share.queued == 0
         for dest in dests:
@@ -144,16 +137,17 @@ def test_a_provider_slot_beyond_max_wait_is_not_waited_for() -> None:
 
 def test_jobs_cut_off_before_their_rate_slot_leave_the_share_s_count() -> None:
     """A shutdown while the sessions open: the jobs taken go back, and the share no longer
-    counts them as waiting in memory (else its allowance would shrink for good)."""
+    counts them as waiting in memory (else its allowance would shrink for good). A job a
+    worker takes has its rate slot booked at once: the share stops counting it then."""
 
     async def scenario():
-        ledger, connector, given = Ledger(), GatedConnector(), []
+        ledger, connector, given = Ledger(), gated(), []
         dests, _ = destinations(config("1/s", 3), 3, ledger, SYSTEM, connector, give_back=given.append)
         for i, dest in enumerate(dests):
             for k in range(3):
                 ledger.push(dest, job(f"m{i}-{k}", f"u{k}@d{i}.example"))
-        await until(lambda: len(connector.waiting) == 9)  # each job taken by a worker of its own
-        assert dests[0].share.queued == 9
+        await until(lambda: len(connector.tried) == 9)  # each job taken by a worker of its own
+        assert dests[0].share.queued == 0  # each one's slot booked (within MAX_WAIT at 1/s)
         tasks = [t for d in dests for t in d.tasks]
         for task in tasks:
             task.cancel()
@@ -174,9 +168,7 @@ class SlowSession(FakeSession):
 
 
 class SlowConnector(FakeConnector):
-    async def open(self, mx, ip, port, *, tls, timeouts, **kw) -> FakeSession:
-        await super().open(mx, ip, port, tls=tls, timeouts=timeouts)
-        return SlowSession(self, mx, ip)
+    session = SlowSession
 
 
 def test_waiting_for_the_provider_rate_is_not_part_of_the_attempt() -> None:
@@ -197,5 +189,5 @@ def test_waiting_for_the_provider_rate_is_not_part_of_the_attempt() -> None:
 
     ledger = asyncio.run(scenario())
     assert {i: (r.code, r.text) for i, r in ledger.done.items()} == {
-        f"m{i}": (250, "2.0.0 accepted") for i in range(3)}
+        f"m{i}": (250, "2.0.0 ok") for i in range(3)}
     assert ledger.held == {}

@@ -119,8 +119,8 @@ def test_an_open_answered_slowly_at_every_step_ends_by_the_attempt_s_deadline(tl
                                     tls="opportunistic"))
         dest = Destination("mx:tarpit", MxAnswer((MxHost("mx.tarpit.test", 10, ("127.0.0.1",), tarpit.port),)),
                            policy, connector=Connector("mta.test", None), port=25,
-                           done=lambda j, reply, *rest: outcomes.append((j.id, reply)),
-                           hold=lambda j, delay: outcomes.append((j.id, f"held {delay}s")),
+                           done=lambda a: outcomes.append((a.job.id, a.reply)),
+                           hold=lambda h: outcomes.append((h.job.id, f"held {h.delay}s")),
                            clock=SYSTEM, smtp=Smtp(delivery_deadline=1.0))
         started = time.monotonic()
         dest.push(job(1))

@@ -2,23 +2,13 @@
 connection window (backoff with its reason and end, limits in force), and about an
 operator's pause of a domain, from an engine made of fakes: no broker, no event loop."""
 
-from collections import deque
-
 from prometheus_client import generate_latest
 
-from mta.ops import control, status
+from mta.ops import status
 from mta.config import parse_config
-from mta.ops.metrics import Metrics
-from mta.routing.rules import Rules
-from shaper.state import DestinationState
-from shaper.window import ConnectionWindow
+from tests.fakes import FakeDestination, FakeEngine, snapshot
 
 NOW = 1_800_000_000.0
-
-
-class FakeResolver:
-    lookups = 3
-    cache_hits = 7
 
 
 class FakeJob:
@@ -29,52 +19,21 @@ class FakeJob:
         self.first_seen = NOW - 30
 
 
-class FakeDestination:
-    """The attributes of mta.destinations.delivery.Destination that status and metrics read."""
-
-    def __init__(self, key, policy, *, state=None, window=None, queued=0, workers=0, connected=0):
-        self.key = key
-        self.policy = policy
-        self.answer = None
-        self.single, self.bulk = deque(), deque(FakeJob("slow.example") for _ in range(queued))
-        self.workers = workers
-        self.connected = connected
-        self.last_error = "mx.slow.example [192.0.2.1]: 421 4.7.0 Too many connections"
-        self.idle_workers = 0
-        if state is not None:
-            self.state = state
-        if window is not None:
-            self.window = window
-
-    @property
-    def queued(self):
-        return len(self.single) + len(self.bulk)
-
-
-class FakeEngine:
-    def __init__(self, config):
-        self.config = config
-        self.rules = Rules(config)
-        self.clock = lambda: NOW
-        self.counts = {"consumed": 12, "delivered": 5, "invalid": 1}
-        self.crashes = {"settler": 1}
-        self.resolver = FakeResolver()
-        self.destinations = {}
-        self.pauses = control.Pauses()
-        self.metrics = Metrics(self, clock=self.clock, promote_after=1)
-
-
 def engine_with_a_throttled_and_a_paused_destination():
     config = parse_config({"default": {"connection_limit": 10},
                            "domains": {"slow.example": {"connection_limit": 4, "max_message_rate": "20/min"}}})
-    engine = FakeEngine(config)
+    engine = FakeEngine(config, clock=lambda: NOW)
+    engine.counts = {"consumed": 12, "delivered": 5, "invalid": 1}
+    engine.crashes = {"settler": 1}
+    engine.resolver.lookups, engine.resolver.cache_hits = 3, 7
     policy = engine.rules.resolve("slow.example", None).policy
-    state = DestinationState(NOW - 100)
-    state.backoff(NOW - 60, NOW + 5340, "pattern '(?i)too many' (421): 421 4.7.0 Too many connections")
-    window = ConnectionWindow(4, start=2)
-    window.try_open()
-    throttled = FakeDestination("domain:slow.example", policy, state=state, window=window, queued=3,
-                                workers=1, connected=1)
+    throttled = FakeDestination("domain:slow.example", snapshot(
+        mode="backoff", reason="pattern '(?i)too many' (421): 421 4.7.0 Too many connections",
+        since=NOW - 60, until=NOW + 5340, bulk=3, workers=1, connections=1, connection_limit=4,
+        connections_allowed=2, per_second=policy.max_message_rate.per_second, throttled=True,
+        message_rate=policy.max_message_rate, connection_rate=policy.max_connection_rate,
+        deliveries_per_connection=policy.max_deliveries_per_connection,
+        last_error="mx.slow.example [192.0.2.1]: 421 4.7.0 Too many connections"))
     engine.destinations[throttled.key] = throttled
     engine.pauses.apply({"command": "pause", "target": "paused.example", "until": NOW + 600}, NOW)
     job = FakeJob("slow.example", destination=throttled)
@@ -100,6 +59,7 @@ def test_snapshot_shows_mode_reason_times_and_limits_in_force():
     assert paused["state"] == "paused" and paused["until"] == NOW + 600
     assert snap["lanes"]["bulk"] == {"not_tried": 2, "delivered": 1, "attempt": 1}
     assert snap["last_minute"]["all"] == {"not_tried": 2, "delivered": 1, "attempt": 1}
+    assert snap["budget"] == {"limit": 10, "in_use": 0, "waiting": 0}
 
     text = status.render({"queues": {"mta.bulk": {"depth": 4, "consumers": 1}, "mta.single": None},
                           "mtas": [snap]})
@@ -108,6 +68,7 @@ def test_snapshot_shows_mode_reason_times_and_limits_in_force():
     assert "limits: 2/4 connections, 20/min messages" in text
     assert "in flight 1, queued 3, connections 1, held 1, last error: " in text
     assert "paused.example  paused: paused by operator (mta pause)" in text
+    assert "connections: 0 of 10 (process budget), 0 destination(s) waiting for a slot" in text
     assert "mta.single         (not declared)" in text
 
 

@@ -8,6 +8,7 @@ import random
 
 from mta.broker.topology import LEASE, Topology, delay_queue
 from shaper.retry import DELAY_LADDER, MAX_MESSAGE_SECONDS
+from tests.fakes import FakeClock
 
 MAX_TTL_MS = 2**32 - 1
 
@@ -23,21 +24,13 @@ class FakeChannel:
         self.declared.append((name, dict(arguments)))
 
 
-class FakeClock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def ensure(topology, channel, lane, seconds):
     return asyncio.run(topology.ensure_delay(channel, lane, seconds))
 
 
 def test_any_delays_use_at_most_the_ladder_queues():
     rng = random.Random(20261202)
-    topology, channel = Topology("quorum", 10, clock=FakeClock()), FakeChannel()
+    topology, channel = Topology("quorum", 10, clock=FakeClock(1000.0).now), FakeChannel()
     delays = [rng.uniform(0.001, MAX_MESSAGE_SECONDS) for _ in range(5000)]
     delays += [rng.uniform(0.001, 120) for _ in range(5000)] + [5e6, 0.0, 1e-9]
 
@@ -52,7 +45,7 @@ def test_any_delays_use_at_most_the_ladder_queues():
 
 
 def test_every_classic_delay_queue_expires_after_its_ttl_within_rabbitmq_limits():
-    topology, channel = Topology("classic", 10, clock=FakeClock()), FakeChannel()
+    topology, channel = Topology("classic", 10, clock=FakeClock(1000.0).now), FakeChannel()
     for seconds in DELAY_LADDER:
         ensure(topology, channel, "bulk", seconds)
     for name, args in channel.declared:
@@ -66,7 +59,7 @@ def test_every_classic_delay_queue_expires_after_its_ttl_within_rabbitmq_limits(
 def test_a_quorum_delay_queue_never_expires():
     """RabbitMQ 3.10 does not renew a quorum queue's expiry when it is redeclared
     (tests/integration/test_delay_queues.py): it would be deleted with mail in it."""
-    topology, channel = Topology("quorum", 10, clock=FakeClock()), FakeChannel()
+    topology, channel = Topology("quorum", 10, clock=FakeClock(1000.0).now), FakeChannel()
     for seconds in DELAY_LADDER:
         ensure(topology, channel, "single", seconds)
     assert all("x-expires" not in args for _, args in channel.declared)
@@ -74,7 +67,7 @@ def test_a_quorum_delay_queue_never_expires():
 
 
 def test_a_delay_is_rounded_up_to_its_rung():
-    topology, channel = Topology("classic", 10, clock=FakeClock()), FakeChannel()
+    topology, channel = Topology("classic", 10, clock=FakeClock(1000.0).now), FakeChannel()
     assert ensure(topology, channel, "single", 0.4) == "mta.wait.single.1s"
     assert ensure(topology, channel, "single", 3) == "mta.wait.single.5s"
     assert ensure(topology, channel, "bulk", 601) == "mta.wait.bulk.15m"
@@ -85,23 +78,23 @@ def test_a_delay_is_rounded_up_to_its_rung():
 def test_a_delay_queue_is_redeclared_before_its_lease_runs_out():
     """Publishing does not renew a queue's expiry, declaring does: every publish must
     come within half a lease of this process's last declaration."""
-    clock = FakeClock()
-    topology, channel = Topology("classic", 10, clock=clock), FakeChannel()
+    clock = FakeClock(1000.0)
+    topology, channel = Topology("classic", 10, clock=clock.now), FakeChannel()
     last_declared = None
     for step in range(200):
-        clock.now += 97.0  # a publish every 97 s, for more than five hours
+        clock.advance(97.0)  # a publish every 97 s, for more than five hours
         ensure(topology, channel, "bulk", 600)
         if len(channel.declared) and channel.declared[-1] is not last_declared:
-            last_declared, declared_at = channel.declared[-1], clock.now
+            last_declared, declared_at = channel.declared[-1], clock.now()
         # the copy published now leaves the queue after 600 s; the queue lives until
         # its expiry counted from the last declaration
         expires_at = declared_at + last_declared[1]["x-expires"] / 1000
-        assert clock.now + 600 < expires_at - LEASE / 2 + 1e-6
+        assert clock.now() + 600 < expires_at - LEASE / 2 + 1e-6
     assert 5 <= len(channel.declared) <= 12, len(channel.declared)  # about every half hour, no more
 
 
 def test_a_new_session_declares_again():
-    topology, channel = Topology("quorum", 10, clock=FakeClock()), FakeChannel()
+    topology, channel = Topology("quorum", 10, clock=FakeClock(1000.0).now), FakeChannel()
     ensure(topology, channel, "bulk", 5)
     topology._delays.clear()  # what declare() does at the start of a session
     ensure(topology, channel, "bulk", 5)

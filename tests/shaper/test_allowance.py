@@ -57,6 +57,16 @@ def test_the_ledger_forgets_mail_whose_delay_has_passed():
     assert ledger.ahead(400.0) == 0
 
 
+def test_counting_the_ledger_changes_nothing():
+    from shaper.allowance import HeldLedger
+    ledger = HeldLedger()
+    ledger.note(0.0, 15)
+    ledger.note(0.0, 300)
+    assert [ledger.counted(t) for t in (1.0, 30.0, 400.0)] == [2, 1, 0]
+    assert ledger.counted(1.0) == 2  # nothing was forgotten by counting
+    assert [ledger.ahead(t) for t in (1.0, 30.0, 400.0)] == [2, 1, 0]
+
+
 @pytest.mark.parametrize("remaining, paused_for, per_second, held, expected", [
     (10.0, 0.0, 1.0, 0, 15),        # comes back when the pause is over
     (10.0, 0.0, 1.0, 100, 60),      # and spread behind the mail held before it

@@ -7,7 +7,9 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from shaper.destination import HAND, PROBE_FIRST, PROBE_MAX, QUEUE, DestinationCore, Hold
+from shaper.allowance import MAX_WAIT, HeldLedger
+from shaper.destination import HAND, IDLE, PROBE_FIRST, PROBE_MAX, QUEUE, DestinationCore, Hold, Wait
+from shaper.limiter import Gcra
 from shaper.lanes import SINGLE_RECENT
 from shaper.patterns import PatternRule, Patterns
 from shaper.state import Mode
@@ -49,14 +51,20 @@ class Reply:
 
 
 class Made:
-    """A core and what it handed out: holds (job name, delay) and state changes."""
+    """A core and what it handed out: holds (job name, delay), why, and state changes."""
 
-    def __init__(self, now: float = T0, patterns: Patterns | None = None, **limits) -> None:
+    def __init__(self, now: float = T0, patterns: Patterns | None = None, share=None, **limits) -> None:
         self.held: list[tuple[str, int]] = []
+        self.reasons: list[str] = []
         self.moves: list = []
-        self.core = DestinationCore(Limits(**limits), now, hold=lambda job, delay: self.held.append((job.name, delay)),
-                                    moved=self.moves.append, merge=lambda base, throttle: replace(base, **throttle),
-                                    campaign=lambda job: job.tags[0] if job.tags else "", patterns=patterns)
+        self.core = DestinationCore(Limits(**limits), now, hold=self.hold, moved=self.moves.append,
+                                    merge=lambda base, throttle: replace(base, **throttle),
+                                    campaign=lambda job: job.tags[0] if job.tags else "", patterns=patterns,
+                                    share=share)
+
+    def hold(self, held) -> None:
+        self.held.append((held.job.name, held.delay))
+        self.reasons.append(held.reason)
 
     def busy_bulk(self, count: int) -> None:
         """``count`` workers hold bulk jobs."""
@@ -111,7 +119,7 @@ def test_pausing_holds_what_is_queued_and_says_so():
     for job in jobs("bulk", 2):
         made.core.queue(job, T0)
     made.core.suspend(T0, T0 + 120, "suspend pattern")
-    assert made.held == [("bulk0", 120), ("bulk1", 120)]
+    assert made.held == [("bulk0", 120), ("bulk1", 120)] and made.reasons == ["paused", "paused"]
     assert [(m.source, m.target) for m in made.moves] == [(Mode.NORMAL, Mode.PAUSED)]
     assert made.core.lanes.queued == 0
 
@@ -130,8 +138,51 @@ def test_the_next_job_waits_for_its_rate_slot(rate, lanes, waits):
         job = Job(str(n), "single" if lane == "s" else "bulk")
         core.admit(job, T0)
         core.handed(job)
-        got.append(core.slot(job, T0))
+        step = core.next_job(T0, job)
+        assert (step.job if isinstance(step, Wait) else step) is job
+        got.append(step.until - T0 if isinstance(step, Wait) else 0.0)
     assert got == pytest.approx(waits)
+
+
+@pytest.mark.parametrize("rate, queued, steps", [
+    ("10/s", 0, [IDLE]),  # nothing for a worker
+    ("10/s", 3, ["bulk0", ("bulk1", 0.1), ("bulk2", 0.2), IDLE]),  # each later slot booked for the next job
+    ("40/s", 3, ["bulk0", "bulk1", ("bulk2", 0.025)]),  # a burst of two goes at once
+])
+def test_the_next_job_is_one_value(rate, queued, steps):
+    made = Made(max_message_rate=Rate.parse(rate))
+    core = made.core
+    for job in jobs("bulk", queued):
+        core.queue(job, T0)
+    got = []
+    for _ in steps:
+        step = core.next_job(T0)
+        got.append(step if step is IDLE else (step.job.name, step.until - T0) if isinstance(step, Wait) else step.name)
+    assert got == [s if not isinstance(s, tuple) else (s[0], pytest.approx(s[1])) for s in steps]
+    assert core.lanes.unpaced == 0  # every job a worker holds has its slot booked
+
+
+class Share:
+    """A provider's share (mta.destinations.share) as the core reads it."""
+
+    def __init__(self, rate: str) -> None:
+        self.rate = Gcra(Rate.parse(rate), burst=1)
+        self.per_second = self.rate.rate.per_second
+        self.queued, self.in_use, self.limit = 0, 0, 1
+        self.held = HeldLedger()
+
+
+def test_a_job_its_provider_s_rate_cannot_send_within_max_wait_is_held_not_handed_to_a_worker():
+    share = Share("1/min")
+    made = Made(share=share)
+    core = made.core
+    for job in jobs("bulk", 2):
+        core.queue(job, T0)
+    share.queued = 2
+    assert core.next_job(T0).name == "bulk0"  # the provider's slot now
+    assert core.next_job(T0) is IDLE  # the next is a minute away: bulk1 is held, no worker waits for it
+    assert [name for name, _ in made.held] == ["bulk1"] and made.reasons == ["provider"]
+    assert made.held[0][1] > MAX_WAIT and share.queued == 0 and core.lanes.bulk_busy == 1
 
 
 def test_the_single_lane_s_rate_share_ends_single_recent_after_its_last_message():
@@ -157,8 +208,8 @@ def test_take(single_queued, busy, taken):
     for _ in range(single_queued):
         made.core.queue(Job("single", "single"), T0)
     made.busy_bulk(busy)
-    job = made.core.take()
-    assert (job.name if job else None) == taken
+    step = made.core.next_job(T0)
+    assert (None if step is IDLE else step.name) == taken
 
 
 def test_a_job_is_pipelined_behind_another_only_with_its_slot_due_now():
@@ -167,7 +218,7 @@ def test_a_job_is_pipelined_behind_another_only_with_its_slot_due_now():
     first, second, third = jobs("bulk", 3)
     for job in (first, second, third):
         core.queue(job, T0)
-    assert core.take() is first and core.slot(first, T0) == 0.0
+    assert core.next_job(T0) is first
     assert core.follow(first, 0, T0) is None  # the next slot is 0.1 s away
     assert core.lanes.queued == 3 - 1 and core.lanes.bulk_busy == 1  # back at the front
     assert core.follow(first, 0, T0 + 0.15) is second

@@ -3,7 +3,8 @@
 import pytest
 
 from shaper.admission import HAND
-from shaper.statistics import Statistics
+from shaper.statistics import Statistics, statistics
+from shaper.units import Rate
 from tests.shaper.test_destination import T0, Job, Made, jobs
 
 
@@ -64,5 +65,32 @@ def test_the_snapshot_counts_what_is_where():
     assert made.core.statistics(T0 + 1) == Statistics(
         mode="backoff", reason="pattern: too many", since=T0, until=T0 + 300, single=1, bulk=3, unpaced=1,
         held=1, per_second=100.0, connection_limit=2, connections_allowed=2, workers=0,
-        unreachable_since=None, waits="rate")
+        unreachable_since=None, waits="rate", message_rate=Rate.parse("100/s"),
+        connection_rate=Rate.parse("100/min"), deliveries_per_connection=100, throttled=True)
     assert made.core.statistics(T0 + 31).held == 0  # back from its delay queue
+
+
+def test_what_the_shell_knows_joins_the_snapshot():
+    made = Made()
+    for job in jobs("bulk", 2) + jobs("single", 1):
+        made.core.queue(job, T0)
+    for _ in range(3):
+        made.core.window.try_open()
+    stats = statistics(made.core, T0, connections=2, idle=1, last_error="421 busy")
+    assert (stats.queued, stats.workers, stats.in_flight, stats.connections, stats.last_error) == (
+        3, 3, 2, 2, "421 busy")
+    assert stats.active and not made.core.statistics(T0).throttled
+
+
+@pytest.mark.parametrize("steps, active", [
+    ([], False),
+    ([held_for_a_while], False),  # only out in delay queues: counted by the metrics, not active
+    ([ready(1)], True),
+    ([connections_in_use(1)], True),
+    ([paused], True),
+])
+def test_a_destination_is_active_with_anything_in_memory_or_not_normal(steps, active):
+    made = Made()
+    for step in steps:
+        step(made)
+    assert made.core.statistics(T0).active is active
