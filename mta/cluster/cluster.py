@@ -14,6 +14,7 @@ from mta.cluster.leases import RENEW_EVERY, Leases
 from mta.cluster.nodes import Nodes, forget
 from mta.cluster.rates import Rates
 from mta.cluster.record import SharedRecord
+from mta.cluster.shared import SharedState
 from mta.cluster.store import Store, StoreDown
 
 log = logging.getLogger("mta.cluster")
@@ -35,6 +36,9 @@ class Cluster:
         self.leases = Leases(self.store, self.name, self.nodes.live)
         self.rates = Rates(self.store, self.nodes.live, clock)
         self.record: SharedRecord | None = None
+        # What one node learns of a destination, every node knows (set `shared.apply` and
+        # `shared.on_wanted` before `run`).
+        self.shared = SharedState(self.store, self.name, lambda key, kind, fact: None, clock.wall, clock.sleep)
 
     @property
     def up(self) -> bool:
@@ -55,6 +59,7 @@ class Cluster:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._beat())
+            tasks.create_task(self.shared.run())
             if self.record is not None:
                 tasks.create_task(self.record.run(self._clock.sleep))
 

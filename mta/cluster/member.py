@@ -23,6 +23,13 @@ class Member:
         self.engine = engine
         self.cluster = cluster
         self._recalls: set[asyncio.Task] = set()
+        cluster.shared.on_wanted = self.wanted
+
+    def wanted(self, key: str) -> None:
+        """Another node waits for a lease of `key`: an idle session of it here goes."""
+        destination = self.engine.destinations.get(key)
+        if destination is not None:
+            destination.close_one_idle()
 
     async def run(self, sessions: Callable[[], Awaitable[None]]) -> None:
         """The broker `sessions` as a node: the store's parts up first, closed after."""

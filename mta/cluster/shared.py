@@ -26,6 +26,7 @@ from mta.cluster.store import PREFIX, Store, StoreDown
 log = logging.getLogger("mta.cluster")
 
 STATE = PREFIX + "state"
+WANTED = PREFIX + "wanted"  # channel: a node found every lease of a destination taken
 KINDS = ("pause", "throttle", "window", "rate")
 
 
@@ -35,10 +36,12 @@ class SharedState:
         self._store = store
         self._sleep = sleep
         self._node = node
-        self._apply = apply  # (destination key, kind, fact) of another node
+        self.apply = apply  # (destination key, kind, fact) of another node
         self._wall = wall
         self._pending: list[tuple[str, str, dict | None]] = []
         self.listening = asyncio.Event()  # subscribed, and what was in force is read
+        self.on_wanted: Callable[[str], None] = lambda key: None  # another node waits for a lease of key
+        self._asked: set[str] = set()
         self._wake = asyncio.Event()
 
     def tell(self, key: str, kind: str, fact: dict | None) -> None:
@@ -46,6 +49,13 @@ class SharedState:
         written by `run` without holding up the caller."""
         self._pending.append((key, kind, fact))
         self._wake.set()
+
+    def want(self, key: str) -> None:
+        """This node found every lease of `key` taken: the others close an idle session
+        of it (an idle session must not keep a connection from a node with mail)."""
+        if key not in self._asked:
+            self._asked.add(key)
+            self._wake.set()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -57,6 +67,15 @@ class SharedState:
             await self._wake.wait()
             self._wake.clear()
             pending, self._pending = self._pending, []
+            asked, self._asked = self._asked, set()
+            if asked:
+                pipe = self._store.client.pipeline(transaction=False)
+                for key in asked:
+                    pipe.publish(WANTED, orjson.dumps({"node": self._node, "key": key}))
+                try:
+                    await self._store.call(pipe.execute)
+                except StoreDown:
+                    pass
             for key, kind, fact in pending:
                 try:
                     await self._write(key, kind, fact)
@@ -95,7 +114,7 @@ class SharedState:
         raw = await self._store.call(self._store.client.hgetall, STATE)
         for key, value in raw.items():
             for kind, fact in self._live(value).items():
-                self._apply(key.decode(), kind, fact)
+                self.apply(key.decode(), kind, fact)
 
     async def _listener(self) -> None:
         """Listen on the channel; while the store is away, try again every second and read
@@ -103,13 +122,13 @@ class SharedState:
         while True:
             pubsub = self._store.client.pubsub()
             try:
-                await pubsub.subscribe(STATE)
+                await pubsub.subscribe(STATE, WANTED)
                 await self.load()
                 self.listening.set()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        self._heard(message["data"])
+                        self._heard(message["channel"], message["data"])
             except (StoreDown, RedisError, OSError) as exc:
                 self.listening.clear()
                 log.debug("listening for shared state stopped (%s); again in 1 s", exc)
@@ -120,14 +139,19 @@ class SharedState:
                     pass
             await self._sleep(1.0)
 
-    def _heard(self, data: bytes) -> None:
+    def _heard(self, channel: bytes, data: bytes) -> None:
         try:
             doc = orjson.loads(data)
-            if doc["node"] == self._node or doc["kind"] not in KINDS:
+            if doc["node"] == self._node:
+                return
+            if channel == WANTED.encode():
+                self.on_wanted(str(doc["key"]))
+                return
+            if doc["kind"] not in KINDS:
                 return
             fact = doc["fact"]
             if fact is not None and fact.get("until") is not None and fact["until"] <= self._wall():
                 return
-            self._apply(doc["key"], doc["kind"], fact)
+            self.apply(doc["key"], doc["kind"], fact)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             log.debug("a shared state message could not be read: %r", data[:200])

@@ -47,6 +47,7 @@ class Gate:
     async def lease(self) -> str | None:
         lease = await self.cluster.leases.acquire(self._limits())
         if lease is None:
+            self.cluster.shared.want(self.dest.key)
             clock = self.dest._time
             self.refused_until = clock.now() + RETRY
             if self._retry is None:
@@ -55,6 +56,7 @@ class Gate:
 
     def _again(self) -> None:
         self._retry = None
+        self.refused_until = 0.0  # a timer may fire a hair before its time
         self.dest.share_granted()  # start a worker if one is still wanted
 
     def release(self, lease: str) -> None:
