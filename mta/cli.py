@@ -17,6 +17,7 @@ and publishes one result per outcome to `mta.results`.
 
 commands:
   run CONFIG             consume both lanes and deliver until SIGTERM/SIGINT (exit 0)
+         [--processes N]  ... in N processes sharing limits through cluster.store
   check CONFIG           validate a rules file; lists every problem with its key path, exit 1
          [--explain DOMAIN [--mx HOST]]
                          ... and show which destination and limits apply to DOMAIN, and why
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the delivery engine")
     run.add_argument("config", help="path of the YAML rules file")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--processes", type=int, default=1, metavar="N",
+                     help="N delivery processes sharing their limits through cluster.store (one per core)")
+    run.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
     check = sub.add_parser("check", help="validate a rules file and exit")
     check.add_argument("config")
     check.add_argument("--explain", metavar="DOMAIN", help="show which destination and limits apply to DOMAIN and why")
@@ -154,8 +158,20 @@ def _start(args) -> int:
     config = _load(args.config)
     if config is None or not _preflight(config, args.config):
         return 1
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    from mta import processes
+
+    problem = processes.refusal(config, args.processes)
+    if problem is not None:
+        print(f"cannot start: {problem}", file=sys.stderr)
+        return 1
+    index = args.process_index
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s " + ("" if index is None else f"[{index}] ") +
+                        "%(name)s: %(message)s")
+    if args.processes > 1:
+        return asyncio.run(processes.supervise(args.config, args.processes, args.log_level))
+    if index is not None:
+        config = processes.for_child(config, index, args.config)
     return _run(config, args.config)
 
 

@@ -27,11 +27,13 @@ import socket
 from mta.broker import client
 from mta.broker.client import Delivery, redact
 from mta.broker.errors import BrokerLost
-from mta.ops import commands, control
+from mta.ops import commands, control, kept
 from mta.ops import reload as reloading
 
 from mta.destinations.budget import Budget
 from mta.clock import SYSTEM, Clock
+from mta.cluster.cluster import Cluster
+from mta.cluster.member import Member
 from mta.config import Config
 from mta.destinations.delivery import Destination
 from mta.intake.accept import Intake
@@ -62,7 +64,7 @@ class Engine:
     def __init__(self, config: Config, *, clock: Clock = SYSTEM, config_path: str | None = None):
         self.config = config
         self.config_path = config_path
-        self.time = clock  # the one clock: timers, sleeps, monotonic time for limits and caches
+        self.time = clock_ = clock  # the one clock: timers, sleeps, monotonic time for limits and caches
         now = clock.now  # monotonic: limits, timers, cache lifetimes (setting the system clock moves none)
         self.clock = clock = clock.wall  # the wall time: results, ages, what people read
         self.rules = Rules(config)
@@ -94,6 +96,14 @@ class Engine:
         self.settler = None
         self.journal: Journal | None = None
         self._recorded: dict = {}  # outcomes read back from the journal, until the settler takes them
+        # Several nodes (SPEC §6): limits, state and the record of outcomes shared in a store.
+        self.cluster = self.member = None
+        if config.cluster.store:
+            self.cluster = Cluster(config.cluster.store, config.cluster.node, clock=clock_)
+            self.member = Member(self, self.cluster)
+            self.cluster.nodes.describe, self.intake.recall = self.member.describe, self.member.recall
+        self.kept = kept.KeptPauses(self, kept.pause_file(config_path),
+                                    self.cluster.store if self.cluster is not None else None)
         self.ready = asyncio.Event()
         self.stopping = False
         if self.signer is not None:
@@ -133,6 +143,16 @@ class Engine:
             self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
         window = self.config.broker.prefetch + self.config.broker.single_prefetch
         self.journal, self._recorded = open_journal(self.config.broker.journal, self.config_path, window)
+        if self.member is None:
+            await self.kept.restore()
+            await self._sessions(stop)
+        else:
+            await self.member.run(lambda: self._sessions(stop))
+        if self.journal is not None:
+            self.journal.close()
+        self.metrics.close()
+
+    async def _sessions(self, stop: asyncio.Event) -> None:
         backoff = 1.0
         while not stop.is_set():
             started = self.time.now()
@@ -150,9 +170,6 @@ class Engine:
             except asyncio.TimeoutError:
                 pass
             backoff = min(backoff * 2, 30.0)
-        if self.journal is not None:
-            self.journal.close()
-        self.metrics.close()
 
     async def _forget_idle_destinations(self) -> None:
         """Destinations come and go with the mail (10,000 domains a day is common): drop the
@@ -361,12 +378,15 @@ class Engine:
                                       port=self.config.smtp.port, done=self._done, hold=self._hold,
                                       clock=self.time, patterns=self.rules.patterns, budget=self.budget,
                                       smtp=self.config.smtp, share=self.shares.of(resolved),
-                                      give_back=self.give_back)
+                                      give_back=self.give_back, cluster=self.cluster)
             destination.domain = job.domain  # a domain it serves, to find its rules again on reload
             self.destinations[resolved.key] = destination
         else:
             destination.answer = answer
         destination.push(job)
+
+    def keep_pause(self, target: str, until: float | None, paused: bool) -> None:
+        self.kept.keep(target, until, paused)
 
     def _connector_for(self, key: str):
         """A route's destination connects with the route's credentials and TLS mode."""

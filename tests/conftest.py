@@ -146,6 +146,28 @@ def sink_farm():
 
 
 @pytest.fixture(scope="session")
+def redis_server():
+    """The session's private Redis (tests.testbed.redisd.RedisServer), for several nodes."""
+    from tests.testbed.redisd import RedisServer
+
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The private Redis, emptied for this test; the value is its URL."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()  # a test before this one stopped it
+    redis_server.flush()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
 def test_ca():
     """A certificate authority made for this session (tests.testbed.tls.TestCA): sink
     certificates from ``issue()``/``server_context()``, its certificate in ``ca_file``."""

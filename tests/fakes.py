@@ -177,6 +177,7 @@ class FakeEngine:
         self.routes = RouteTable(self.config.routes, self.rules, self.pauses, clock, environ={})
         self.budget = Budget(10)
         self.control_gate = control.Gate(None)
+        self.cluster = None  # one process alone (mta.cluster)
         self.metrics = Metrics(self, clock=clock, promote_after=promote_after)
 
 

@@ -14,6 +14,7 @@ from mta.config.model import (
     Broker,
     Config,
     ConfigError,
+    Cluster,
     Control,
     DkimKey,
     Dns,
@@ -29,6 +30,6 @@ from mta.config.model import (
 from mta.config.parse import load_config, parse_config, retry_notes
 
 __all__ = [
-    "DEFAULT_POLICY", "Broker", "Config", "ConfigError", "Control", "DkimKey", "Dns", "Domain", "Metrics",
+    "DEFAULT_POLICY", "Broker", "Cluster", "Config", "ConfigError", "Control", "DkimKey", "Dns", "Domain", "Metrics",
     "Pattern", "Policy", "Provider", "Route", "Smtp", "load_config", "merge", "parse_config", "retry_notes",
 ]

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from mta.config.model import Broker, Control, Dns, Metrics, Policy, Smtp
+from mta.config.model import Broker, Cluster, Control, Dns, Metrics, Policy, Smtp
 from mta.intake.idn import ascii_domain, ascii_suffix
 from shaper.patterns import nested_quantifier
 from shaper.units import Duration, Rate
@@ -44,6 +44,20 @@ def _text(v: Any) -> str:
     """A string that may be empty (`broker.journal: ""` turns the journal off)."""
     if not isinstance(v, str):
         raise ValueError(f"expected a string, got {v!r}")
+    return v
+
+
+def _store_url(v: Any) -> str:
+    v = _str(v)
+    if not v.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {v!r}")
+    return v
+
+
+def _node_name(v: Any) -> str:
+    v = _str(v)
+    if len(v) > 64 or not re.fullmatch(r"[A-Za-z0-9._-]+", v):
+        raise ValueError(f"expected up to 64 letters, digits, '.', '_' or '-', got {v!r}")
     return v
 
 
@@ -240,6 +254,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     ),
     "metrics": (Metrics, {"port": _int(0, 65535), "address": _str}),
     "control": (Control, {"key_env": _str, "key_file": _str}),
+    "cluster": (Cluster, {"store": _store_url, "node": _node_name}),
 }
 
 

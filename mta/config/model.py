@@ -80,6 +80,13 @@ class Control(msgspec.Struct, frozen=True):
     key_file: str | None = None
 
 
+class Cluster(msgspec.Struct, frozen=True):
+    """Several nodes, one set of limits (SPEC §6): the shared store; none: this process alone."""
+
+    store: str | None = None  # redis://HOST:PORT/DB, rediss:// (TLS) or unix://PATH
+    node: str | None = None  # this node's name; None: host name and process id
+
+
 class Policy(msgspec.Struct, frozen=True):
     """Limits and policies of one destination; `None` means inherit from the level above."""
 
@@ -172,6 +179,7 @@ class Config(msgspec.Struct, frozen=True):
     smtp: Smtp = Smtp()
     metrics: Metrics = Metrics()
     control: Control = Control()
+    cluster: Cluster = Cluster()
     default: Policy = DEFAULT_POLICY
     providers: tuple[Provider, ...] = ()
     domains: tuple[Domain, ...] = ()

@@ -50,6 +50,7 @@ from typing import NamedTuple
 
 from mta.clock import Clock
 from mta.destinations.budget import Budget
+from mta.destinations.gate import Gate
 from mta.config import Policy, Smtp, merge
 from mta.intake.message import Job
 from mta.routing.mx import MxAnswer
@@ -90,7 +91,8 @@ class Destination:
     def __init__(self, key: str, answer: MxAnswer, policy: Policy, *, connector: Connector,
                  port: int, done: Callable[[Attempt], None], hold: Callable[[Held], None], clock: Clock,
                  patterns: Patterns | None = None, budget: Budget | None = None, smtp: Smtp = Smtp(),
-                 share: "Share | None" = None, give_back: Callable[[Job], None] | None = None):
+                 share: "Share | None" = None, give_back: Callable[[Job], None] | None = None,
+                 cluster: "Cluster | None" = None):
         self.key = key
         self._give_back = give_back  # shutdown: a job that never reached the wire, back to the broker
         self.domain = ""  # one recipient domain it serves (rules are found again by it on reload)
@@ -119,6 +121,7 @@ class Destination:
         # What the destination decides (shaper.destination); this class carries it out.
         self.core = DestinationCore(policy, clock.now(), hold=hold, moved=self._log_moved, merge=merge,
                                     campaign=campaign, patterns=patterns, share=share)
+        self.gate = Gate(self, cluster) if cluster is not None else None  # limits across nodes
         self.single = self.core.lanes.single  # the single lane's ready queue: single mail waits
 
     # ---- what the core decides, as the engine and tests read it (ops read `statistics`)
@@ -244,7 +247,7 @@ class Destination:
         if self.share is not None and self.share.full:
             self.share.wait(self)  # the provider's sessions are all in use: in line for one
             return False
-        return True
+        return self.gate is None or not self.gate.refused()  # other nodes hold the leases: retried
 
     def share_granted(self) -> None:
         """The provider's share has room again: start a worker if one is still wanted."""

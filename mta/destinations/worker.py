@@ -33,7 +33,7 @@ from mta.settle.acks import abandoned
 from mta.smtp.client import Reply, SessionFailed, Timeouts
 from mta.smtp.session import Session
 from shaper.allowance import MAX_WAIT
-from shaper.handoffs import Attempt, Wait
+from shaper.handoffs import Attempt, Held, Wait
 from shaper.state import Mode
 from shaper.units import Duration
 
@@ -64,7 +64,7 @@ class Worker:
     """One worker of ``dest``; `run` is its task."""
 
     __slots__ = ("dest", "core", "clock", "watchdog", "session", "sent", "job", "follow", "carried", "sending",
-                 "reconnecting")
+                 "reconnecting", "lease")
 
     def __init__(self, dest: Destination) -> None:
         self.dest = dest
@@ -78,6 +78,7 @@ class Worker:
         self.carried: Job | None = None  # paced, never begun: its session broke under it
         self.sending: Job | None = None  # its content on the wire: the receiver may have it
         self.reconnecting = False  # this worker had a session before
+        self.lease: str | None = None  # its connection's lease across nodes (mta.destinations.gate)
 
     async def run(self) -> None:
         dest, core, clock = self.dest, self.core, self.clock
@@ -101,6 +102,13 @@ class Worker:
                 if step.__class__ is Wait:
                     deadline += await self._pace(step.until)  # the wait for a rate slot is not the attempt's
                     job = self.job = core.single_first(job)  # single mail that came meanwhile takes the slot
+                if dest.gate is not None:  # and the rate across nodes
+                    shared = await dest.gate.message_wait()
+                    if shared > MAX_WAIT:  # the other nodes booked it far ahead: held, not kept waiting
+                        self._drop(job)
+                        dest._hold(Held(job, int(shared) + 1, "shared rate"))
+                        continue
+                    deadline += await self._pace(clock.now() + shared)
                 if core.state.mode is Mode.PAUSED:  # paused while this job waited for its turn
                     core.hold_paused(job, dest._now())
                     self._drop(job)
@@ -148,7 +156,8 @@ class Worker:
         while reply is None:  # the receiver waits for job's content
             # The next job, its commands in one write with job's content (RFC 2920), while not closing.
             follow = self.follow = (self.core.follow(job, self.sent, dest._now())
-                                    if session.pipelining and not dest.closing else None)
+                                    if session.pipelining and not dest.closing
+                                    and (dest.gate is None or dest.gate.message_now()) else None)
             ahead = None if follow is None else _commands(session, follow)
             self.sending = job
             reply, cut = await self._finish(session, job, ahead if isinstance(ahead, tuple) else None, deadline)
@@ -284,7 +293,13 @@ class Worker:
 
     async def _close(self, session: Session) -> None:
         self.dest.connected -= 1
+        self._release()
         await session.close()
+
+    def _release(self) -> None:
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            self.dest.gate.release(lease)
 
     async def _open(self, job: Job, deadline: float) -> Session | None:
         """A session to the first host that takes one, in MX order (at most `max_mx_hosts`
@@ -300,6 +315,21 @@ class Worker:
             return None
         if not await self._connection_slot(job):
             return None
+        if dest.gate is not None:  # a lease across nodes: else the others have the connections
+            self.lease = await dest.gate.lease()
+            if self.lease is None:
+                self.core.put_back(job)
+                return None
+        session = None
+        try:
+            session = await self._first_host(job, deadline)
+        finally:
+            if session is None:  # no session (or cancelled on the way): the lease goes back
+                self._release()
+        return session
+
+    async def _first_host(self, job: Job, deadline: float) -> Session | None:
+        dest = self.dest
         last = Reply(None, "no MX host to try", "connect")
         last_host = last_ip = None
         tls = self.core.policy.tls
@@ -340,6 +370,11 @@ class Worker:
         dest, core = self.dest, self.core
         while True:
             wait = core.connection_wait(dest._now())
+            if wait is None and dest.gate is not None:  # allowed here: and across nodes (booked)
+                wait = await dest.gate.connection_wait()
+                if wait <= MAX_WAIT:
+                    await self.clock.sleep(max(0.0, wait))
+                    return True
             if wait is None:
                 return True
             if wait <= MAX_WAIT:

@@ -40,6 +40,7 @@ class Intake:
         self.settler = None
         self.signer = None
         self.stopping = False
+        self.recall = None  # several nodes: (job, book, tag) for a redelivered copy (mta.cluster)
 
     def taker(self, lane: str, book: AckBook):
         """What a lane's consumer calls with each delivery (entered in `book` already)."""
@@ -102,8 +103,16 @@ class Intake:
     def _admit(self, job: Job, book: AckBook, tag: int, redelivered: bool) -> None:
         job.delivery = (book, tag)
         if fault.ARMED: fault.hit("consumed")  # test-only: MTA_FAULT (mta/fault.py)
-        if redelivered and self.settler.replay_final(job, book, tag):
-            return
+        if redelivered:
+            if self.settler.replay_final(job, book, tag):
+                return
+            if self.recall is not None:  # another node may have finished it (mta.cluster)
+                self.recall(job, book, tag)
+                return
+        self.admitted(job)
+
+    def admitted(self, job: Job) -> None:
+        """Not finished anywhere: signed, routed, delivered."""
         if job.size > self.max_size:
             self.outcomes.too_large(job, self.max_size)
             return

@@ -60,6 +60,7 @@ def pause_or_resume(engine, command: dict, now: float) -> bool:
         return False
     until = command.get("until")
     log.info("%s %s%s", command["command"], name[:100], f" until {until:.0f}" if until else "")
+    engine.keep_pause(name, until, command["command"] == "pause")
     if command["command"] == "resume":
         destination = engine.destinations.get(name)
         if destination is not None:

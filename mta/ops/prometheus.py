@@ -57,6 +57,7 @@ class Collector:
         yield from _destination_families(m, engine, now)
         yield from _budget_families(engine)
         yield from _control_families(engine)
+        yield from _cluster_families(engine)
         crashes = CounterMetricFamily("mta_task_crashes", "Bugs that ended a broker session, by the task they "
                                       "crashed (settler, forget idle, session): each logged with its traceback; "
                                       "what the session held came back from the broker and a new one started.",
@@ -66,6 +67,18 @@ class Collector:
         yield crashes
         yield GaugeMetricFamily("mta_start_time_seconds", "When this process started (Unix time).",
                                 value=m.started)
+
+
+def _cluster_families(engine) -> Iterable:
+    """Several nodes (mta.cluster): whether the shared store answers, and the nodes seen."""
+    cluster = engine.cluster
+    if cluster is None:
+        return
+    yield GaugeMetricFamily("mta_cluster_store_up", "1 while the shared store answers; 0 while this node "
+                            "keeps to its share of every limit (the limit divided by the nodes seen).",
+                            value=1 if cluster.up else 0)
+    yield GaugeMetricFamily("mta_cluster_nodes", "Nodes seen in the last minute (what the limits are "
+                            "shared by while the store is down).", value=cluster.nodes.live())
 
 
 def _outcome_families(counts: dict) -> Iterable:

@@ -57,7 +57,17 @@ def snapshot(engine) -> dict:
         "lanes": _lanes(metrics),
         "destinations": destinations[:MAX_ROWS],
         "budget": _budget(engine),
+        "cluster": _cluster(engine),
     }
+
+
+def _cluster(engine) -> dict | None:
+    """This node's view of the cluster (mta.cluster): the store, and every node's heartbeat."""
+    cluster = engine.cluster
+    if cluster is None:
+        return None
+    return {"node": cluster.name, "store": "up" if cluster.up else "down", "live": cluster.nodes.live(),
+            "nodes": cluster.nodes.seen}
 
 
 def _budget(engine) -> dict:
@@ -159,10 +169,42 @@ def render(report: dict) -> str:
             row = {kind: sum(m["last_minute"].get(lane, {}).get(kind, 0) for m in report["mtas"]) for _, kind in KINDS}
             lines.append(f"  {'all lanes' if lane == 'all' else 'lane ' + lane:<11} " + ", ".join(
                 f"{name} {row[kind]}" for name, kind in KINDS))
+    lines.extend(_render_cluster(report["mtas"]))
     for mta in report["mtas"]:
         lines.append("")
         lines.extend(_render_mta(mta))
     return "\n".join(lines)
+
+
+def _render_cluster(mtas: list[dict]) -> list[str]:
+    """The nodes sharing a store (from the freshest heartbeats any node saw), and each
+    destination's totals over the MTAs that answered."""
+    views = [m["cluster"] for m in mtas if m.get("cluster")]
+    if not views:
+        return []
+    view = max(views, key=lambda v: (v["store"] == "up", len(v["nodes"])))
+    down = [v["node"] for v in views if v["store"] != "up"]
+    lines = ["", f"cluster: {len(view['nodes'])} node(s) seen, {view['live']} in the last minute"
+             + (f"; store DOWN for {', '.join(down)} (each keeps to its share of every limit)" if down else "")]
+    for name, info in sorted(view["nodes"].items()):
+        lanes = ", ".join(info.get("lanes") or []) or "none"
+        lines.append(f"  {name:<24} seen {info.get('ago', '?')}s ago, lanes {lanes}, "
+                     f"connections {info.get('connections', 0)}")
+    totals: dict[str, list] = {}
+    for mta in mtas:
+        for d in mta["destinations"]:
+            row = totals.setdefault(d["destination"], [0, 0, 0, 0.0, 0])
+            row[0] += d["connections"]
+            row[1] += d["in_flight"]
+            row[2] += d["queued"]
+            row[3] += (d["limits"] or {}).get("message_rate_now", 0.0)
+            row[4] += 1
+    if totals:
+        lines.append(f"  destinations across the {len(mtas)} MTA(s) that answered:")
+        for key, (connections, in_flight, queued, rate, seen_by) in sorted(totals.items()):
+            lines.append(f"    {key}: connections {connections}, in flight {in_flight}, queued {queued}, "
+                         f"rate now {rate:.3g}/s (on {seen_by})")
+    return lines
 
 
 def _render_mta(mta: dict) -> list[str]:

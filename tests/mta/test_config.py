@@ -764,3 +764,18 @@ def retry_notes_of(raw) -> list[str]:
     from mta.config import retry_notes
 
     return retry_notes(parse_config(raw))
+
+
+def test_cluster_section_names_a_store_and_a_node() -> None:
+    config = parse_config({"cluster": {"store": "redis://127.0.0.1:6379/0", "node": "mta-a"}})
+    assert (config.cluster.store, config.cluster.node) == ("redis://127.0.0.1:6379/0", "mta-a")
+    assert parse_config({}).cluster.store is None
+
+
+def test_cluster_section_refuses_what_it_cannot_use() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"cluster": {"store": "http://x", "node": "a b", "nodes": 3}})
+    problems = caught.value.problems
+    assert any(p.startswith("cluster.store: expected a redis://") for p in problems)
+    assert any(p.startswith("cluster.node: expected up to 64") for p in problems)
+    assert "cluster.nodes: unknown key" in problems

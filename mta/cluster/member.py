@@ -1,0 +1,73 @@
+"""The engine as a node of a cluster: what it does with the store besides its limits.
+
+It keeps the shared record of outcomes in front of the local journal, restores and shares
+the operator's pauses (mta.ops.kept), runs the heartbeat and the pause sync beside the
+broker sessions, asks the store about a redelivered copy the node has no outcome for, and
+says in its heartbeat what it runs (for `mta status` on any node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+
+from mta.broker.topology import LANES
+from mta.cluster.cluster import Cluster
+from mta.settle.results import recent_key
+from mta.supervision import endless
+
+
+class Member:
+    def __init__(self, engine, cluster: Cluster) -> None:
+        self.engine = engine
+        self.cluster = cluster
+        self._recalls: set[asyncio.Task] = set()
+        cluster.shared.on_wanted = self.wanted
+
+    def wanted(self, key: str) -> None:
+        """Another node waits for a lease of `key`: an idle session of it here goes."""
+        destination = self.engine.destinations.get(key)
+        if destination is not None:
+            destination.close_one_idle()
+
+    async def run(self, sessions: Callable[[], Awaitable[None]]) -> None:
+        """The broker `sessions` as a node: the store's parts up first, closed after."""
+        engine, cluster = self.engine, self.cluster
+        engine.journal = cluster.keep_record(engine.journal)
+        await cluster.start()
+        await engine.kept.restore()
+        loops = asyncio.create_task(endless("cluster", self._loops()), name="cluster")
+        try:
+            await sessions()
+        finally:
+            loops.cancel()
+            await cluster.close()
+
+    async def _loops(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.cluster.run())
+            tasks.create_task(self.engine.kept.sync())
+
+    def recall(self, job, book, tag: int) -> None:
+        """A redelivered copy this node has no outcome for: ask the store whether another
+        node finished it (then its result, never a second delivery), else deliver it."""
+        task = asyncio.get_running_loop().create_task(self._recalled(job, book, tag))
+        self._recalls.add(task)
+        task.add_done_callback(self._recalls.discard)
+
+    async def _recalled(self, job, book, tag: int) -> None:
+        engine = self.engine
+        known = await self.cluster.record.recall(recent_key(job))
+        if known is not None:
+            engine.settler.recent[recent_key(job)] = known
+            if engine.settler.replay_final(job, book, tag):
+                return
+        if not book.closed:
+            engine.intake.admitted(job)
+
+    def describe(self) -> dict:
+        """What this node says about itself in its heartbeat."""
+        engine = self.engine
+        return {"pid": os.getpid(), "lanes": list(LANES) if engine.ready.is_set() else [],
+                "connections": sum(d.connected for d in engine.destinations.values())}

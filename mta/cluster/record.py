@@ -1,0 +1,102 @@
+"""The record of final outcomes, shared: a message redelivered to any node after another
+node crashed gets its result, not a second delivery (SPEC §6).
+
+Theory of operation: it stands where the settler's journal stands (`final`, `published`)
+and passes every call on to the local journal, if there is one; besides, it buffers the
+outcome and writes the buffer to the store in one call every `FLUSH_EVERY` (a hash per
+hour, `mta:final:HOUR`, field = the message's recent key, value `F<status>\\0<result>` or,
+once the result is confirmed, `P`), kept `KEEP_HOURS`. Writing is not waited for:
+a node that crashes before its buffer reached the store may see a message sent again,
+within what it had on the wire, as without the store. `recall` (only for a redelivered
+copy that this node does not know) looks through the hours, newest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from mta.cluster.store import PREFIX, Store, StoreDown
+
+log = logging.getLogger("mta.cluster")
+
+FLUSH_EVERY = 0.05  # seconds
+KEEP_HOURS = 25  # longer than any redelivery: RabbitMQ's consumer_timeout is 30 min by default
+MAX_BUFFER = 100_000  # outcomes kept for the store while it is down; older ones are dropped
+
+
+class SharedRecord:
+    def __init__(self, store: Store, journal, wall: Callable[[], float]) -> None:
+        self._store = store
+        self.journal = journal  # the local one (mta.settle.journal), or None
+        self._wall = wall
+        self._buffer: dict[str, dict[str, bytes]] = {}  # hour key -> field -> value
+        self._count = 0
+        self._wake = asyncio.Event()
+
+    def _hour(self) -> str:
+        return f"{PREFIX}final:{int(self._wall() // 3600)}"
+
+    def final(self, key: str, status: str, body: bytes) -> int | None:
+        self._put(key, b"F" + status.encode() + b"\0" + body)
+        return None if self.journal is None else self.journal.final(key, status, body)
+
+    def published(self, key: str, mark: int | None = None) -> None:
+        if self.journal is not None:
+            self.journal.published(key, mark)
+        self._put(key, b"P")
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+
+    def _put(self, key: str, value: bytes) -> None:
+        if self._count >= MAX_BUFFER:
+            return
+        self._buffer.setdefault(self._hour(), {})[key] = value
+        self._count += 1
+        self._wake.set()
+
+    async def run(self, sleep: Callable[[float], object]) -> None:
+        """Write the buffer every FLUSH_EVERY; keep it while the store does not answer."""
+        while True:
+            await self._wake.wait()
+            await sleep(FLUSH_EVERY)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        buffer, count = self._buffer, self._count
+        if not buffer:
+            return
+        self._buffer, self._count = {}, 0
+        pipe = self._store.client.pipeline(transaction=False)
+        for hour, fields in buffer.items():
+            pipe.hset(hour, mapping=fields)
+            pipe.expire(hour, KEEP_HOURS * 3600)
+        try:
+            await self._store.call(pipe.execute)
+        except StoreDown:
+            for hour, fields in buffer.items():  # newer values written meanwhile win
+                self._buffer[hour] = {**fields, **self._buffer.get(hour, {})}
+            self._count += count
+
+    async def recall(self, key: str) -> tuple[bytes | None, str, bool] | None:
+        """(result, status, published) of a message some node finished, or None (also when
+        the store does not answer: the copy is then sent, as without the store)."""
+        hour = int(self._wall() // 3600)
+        pipe = self._store.client.pipeline(transaction=False)
+        for h in range(hour, hour - KEEP_HOURS - 1, -1):
+            pipe.hget(f"{PREFIX}final:{h}", key)
+        try:
+            found = await self._store.call(pipe.execute)
+        except StoreDown:
+            return None
+        for value in found:
+            if value:
+                if value[:1] == b"P":
+                    return None, "", True
+                status, _, body = value[1:].partition(b"\0")
+                return body, status.decode(), False
+        return None

@@ -1,0 +1,101 @@
+"""The connection to the shared store and whether it answers.
+
+Theory of operation: one redis-py asyncio client with a small pool, no retries of its own
+and a short timeout on connecting and on every reply: a call that fails or takes longer
+marks the store down and raises `StoreDown` at once, so callers fall back to their share
+instead of waiting. While it is down, `watch()` (run by the node's heartbeat) pings it
+once a second; the first answer marks it up again. Each change is logged once, not per
+call, and counted by the owner through `on_change`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+log = logging.getLogger("mta.cluster")
+
+PREFIX = "mta:"
+TIMEOUT = 0.5  # seconds for any one call: above a loaded store's latency, far below a message's
+PING_EVERY = 1.0  # seconds between pings while the store is down
+
+
+class StoreDown(Exception):
+    """The store did not answer (in time): fall back to this node's share."""
+
+
+class Store:
+    """Calls to the shared store, each bounded by `timeout`; `up` says whether the last one
+    was answered."""
+
+    def __init__(self, url: str, *, timeout: float = TIMEOUT,
+                 on_change: Callable[[bool], None] | None = None) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.up = True
+        self._on_change = on_change
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, max_connections=16,
+            decode_responses=False, health_check_interval=0)
+        self._scripts: dict[str, Any] = {}
+
+    def script(self, name: str, source: str) -> None:
+        """Register a Lua script; `run(name, ...)` calls it by its digest (EVALSHA, loaded
+        again by redis-py when the store restarted without it)."""
+        self._scripts[name] = self.client.register_script(source)
+
+    async def run(self, name: str, keys: list, args: list) -> Any:
+        return await self.call(self._scripts[name], keys=keys, args=args)
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`await fn(*args, **kwargs)` (a client method or a script) within the timeout."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await fn(*args, **kwargs)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._set(False, exc)
+            raise StoreDown(str(exc) or type(exc).__name__) from exc
+        if not self.up:
+            self._set(True)
+        return result
+
+    def _set(self, up: bool, exc: BaseException | None = None) -> None:
+        if up == self.up:
+            return
+        self.up = up
+        if up:
+            log.warning("the cluster store %s answers again: shared limits are back", _safe(self.url))
+        else:
+            log.warning("the cluster store %s does not answer (%s): this node keeps to its share "
+                        "of every limit until it does", _safe(self.url), exc or "no answer")
+        if self._on_change is not None:
+            self._on_change(up)
+
+    async def ping(self) -> bool:
+        try:
+            await self.call(self.client.ping)
+        except StoreDown:
+            return False
+        return True
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        except (RedisError, OSError):
+            pass
+
+
+def _safe(url: str) -> str:
+    """The URL without a password, for the log."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

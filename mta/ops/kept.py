@@ -1,0 +1,142 @@
+"""Operator pauses that outlive the process (SPEC §6): a pause made while a node was down,
+or before it restarted, holds on that node when it starts.
+
+Theory of operation: every pause or resume an MTA obeys is written to a small JSON file
+beside the rules file (`RULES.pauses`: target -> until, null for open-ended), replaced
+atomically, and, with a shared store, to the hash `mta:pauses`. At start a node takes the
+store's pauses when it answers (the store has what other nodes obeyed meanwhile, resumes
+too), else its file's. With a store, every `SYNC_EVERY` a node compares its pauses with the
+store's, for a command it missed while its broker connection was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+
+import orjson
+
+from mta.cluster.store import PREFIX, Store, StoreDown
+from mta.ops import commands
+
+log = logging.getLogger("mta.control")
+
+PAUSES = PREFIX + "pauses"
+SYNC_EVERY = 10.0  # seconds between comparisons with the store's pauses
+
+
+def pause_file(config_path: str | None) -> str | None:
+    return None if config_path is None else config_path + ".pauses"
+
+
+def _valid(doc) -> dict[str, float | None]:
+    if not isinstance(doc, dict):
+        return {}
+    return {str(k): (None if v is None else float(v)) for k, v in doc.items()
+            if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))}
+
+
+class KeptPauses:
+    """The engine's operator pauses (`engine.pauses`), kept in the file and the store."""
+
+    def __init__(self, engine, path: str | None, store: Store | None = None) -> None:
+        self.engine = engine
+        self.path = path
+        self.store = store
+        self._unsaved: dict[str, tuple[float | None, bool]] = {}  # what the store has not taken yet
+        self._saving: set[asyncio.Task] = set()
+
+    async def restore(self) -> None:
+        """At start: the pauses in force from before become the engine's."""
+        pauses, now = self.engine.pauses, self.engine.clock()
+        for target, until in (await self.load()).items():
+            pauses.apply({"command": "pause", "target": target, "until": until}, now)
+        if pauses:
+            log.info("%d operator pause(s) in force from before: %s", len(pauses),
+                     ", ".join(sorted(pauses.active(now))[:10]))
+
+    def keep(self, target: str, until: float | None, paused: bool) -> None:
+        """A pause or resume obeyed: on disk at once, and into the store."""
+        self.write_file(self.engine.pauses.active(self.engine.clock()))
+        if self.store is not None:
+            self._unsaved[target] = (until, paused)
+            task = asyncio.get_running_loop().create_task(self._save())
+            self._saving.add(task)
+            task.add_done_callback(self._saving.discard)
+
+    async def _save(self) -> None:
+        for target, (until, paused) in list(self._unsaved.items()):
+            if await self.changed(target, until, paused) and self._unsaved.get(target) == (until, paused):
+                del self._unsaved[target]
+
+    async def sync(self) -> None:
+        """Every SYNC_EVERY: what this node failed to write goes to the store, then the
+        store's pauses become this node's (a command missed while the broker was away)."""
+        engine = self.engine
+        while True:
+            await engine.time.sleep(SYNC_EVERY)
+            await self._save()
+            shared = await self.read_store()
+            if shared is None or self._unsaved:
+                continue
+            now = engine.clock()
+            active = engine.pauses.active(now)
+            for target, until in shared.items():
+                if target not in active or active[target] != until:
+                    commands.pause_or_resume(engine, {"command": "pause", "target": target, "until": until}, now)
+            for target in active.keys() - shared.keys():
+                commands.pause_or_resume(engine, {"command": "resume", "target": target}, now)
+
+    def read_file(self) -> dict[str, float | None]:
+        if self.path is None:
+            return {}
+        try:
+            with open(self.path, "rb") as f:
+                return _valid(orjson.loads(f.read()))
+        except FileNotFoundError:
+            return {}
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.warning("operator pauses in %s could not be read (%s); starting without them", self.path, exc)
+            return {}
+
+    def write_file(self, active: dict[str, float | None]) -> None:
+        if self.path is None:
+            return
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            with open(temporary, "wb") as f:
+                f.write(orjson.dumps(active))
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            log.warning("operator pauses could not be kept in %s (%s): a restart forgets them", self.path, exc)
+
+    async def read_store(self) -> dict[str, float | None] | None:
+        """The store's pauses, or None when there is no store or it does not answer."""
+        if self.store is None:
+            return None
+        try:
+            raw = await self.store.call(self.store.client.hgetall, PAUSES)
+        except StoreDown:
+            return None
+        return _valid({k.decode(): (orjson.loads(v) if v else None) for k, v in raw.items()})
+
+    async def load(self) -> dict[str, float | None]:
+        kept = await self.read_store()
+        return self.read_file() if kept is None else kept
+
+    async def changed(self, target: str, until: float | None, paused: bool) -> bool:
+        """One pause (paused) or resume obeyed: into the store (the file is written by the
+        caller with every pause in force); False when the store did not take it."""
+        if self.store is None:
+            return True
+        try:
+            if paused:
+                await self.store.call(self.store.client.hset, PAUSES, target,
+                                      b"" if until is None else orjson.dumps(until))
+            else:
+                await self.store.call(self.store.client.hdel, PAUSES, target)
+        except StoreDown:
+            return False
+        return True
