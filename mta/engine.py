@@ -381,6 +381,8 @@ class Engine:
                                       give_back=self.give_back, cluster=self.cluster)
             destination.domain = job.domain  # a domain it serves, to find its rules again on reload
             self.destinations[resolved.key] = destination
+            if self.member is not None:
+                self.member.created(destination)
         else:
             destination.answer = answer
         destination.push(job)

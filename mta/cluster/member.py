@@ -18,12 +18,40 @@ from mta.settle.results import recent_key
 from mta.supervision import endless
 
 
+MAX_FACTS = 10_000  # destinations with facts of other nodes kept for when they are made here
+
+
 class Member:
     def __init__(self, engine, cluster: Cluster) -> None:
         self.engine = engine
         self.cluster = cluster
         self._recalls: set[asyncio.Task] = set()
         cluster.shared.on_wanted = self.wanted
+        cluster.shared.apply = self.apply
+        self.facts: dict[str, dict[str, dict]] = {}  # destination key -> kind -> fact, for ones not here yet
+
+    def apply(self, key: str, kind: str, fact: dict | None) -> None:
+        """A fact another node learned: for the destination here, and for one made later."""
+        if fact is None:
+            return  # it ends by itself (an operator's resume is shared through mta.ops.kept)
+        if len(self.facts) > MAX_FACTS:  # destinations never made here: keep what is in force
+            now = self.engine.clock()
+            self.facts = {k: f for k, f in self.facts.items() if any(x["until"] > now for x in f.values())}
+        self.facts.setdefault(key, {})[kind] = fact
+        destination = self.engine.destinations.get(key)
+        if destination is not None and destination.gate is not None:
+            destination.gate.apply(kind, fact)
+
+    def created(self, destination) -> None:
+        """A destination made here: what the others learned of it applies from the start."""
+        facts = self.facts.get(destination.key)
+        if facts:
+            now = self.engine.clock()
+            for kind, fact in list(facts.items()):
+                if fact["until"] > now:
+                    destination.gate.apply(kind, fact)
+                else:
+                    del facts[kind]
 
     def wanted(self, key: str) -> None:
         """Another node waits for a lease of `key`: an idle session of it here goes."""

@@ -189,6 +189,8 @@ class Destination:
     def _log_moved(self, transition: Transition) -> None:
         if transition.source is not transition.target or transition.target is Mode.BACKOFF:
             log.warning("%s: %s -> %s (%s)", self.key, transition.source, transition.target, transition.reason)
+        if self.gate is not None:
+            self.gate.moved(transition)  # the other nodes learn it (mta.destinations.gate)
 
     def suspend(self, until: float | None, reason: str) -> None:
         """Send nothing until ``until`` (wall-clock seconds, as an operator gives it; None:
@@ -358,6 +360,8 @@ class Destination:
     def _refused(self, reply: Reply, now: float) -> bool | None:
         """What a refusal teaches the destination; returns a pattern's verdict."""
         verdict, slower = self.core.refused(reply, now)
+        if self.gate is not None:
+            self.gate.pushed_back(reply)
         if slower:
             log.info("%s: receiver asks to slow down (%s); message rate now %.2f/s",
                      self.key, reply, self.core.adaptive.current)

@@ -12,10 +12,19 @@ shared slot is more than `MAX_WAIT` away is held, never kept waiting unacknowled
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
+import msgspec
+
+from mta.cluster.leases import counts
+from mta.cluster.store import StoreDown
+from mta.config import Policy
 from shaper.limiter import message_burst
+from shaper.replies import slow_down
+from shaper.state import Mode, Transition
 from shaper.units import Rate
+from shaper.window import RELEARN_AFTER
 
 if TYPE_CHECKING:
     from mta.cluster.cluster import Cluster
@@ -25,17 +34,26 @@ RETRY = 0.5  # seconds between tries for a lease the other nodes hold
 
 
 class Gate:
-    __slots__ = ("dest", "cluster", "refused_until", "_retry")
+    __slots__ = ("dest", "cluster", "refused_until", "_retry", "learned", "_applying", "_tasks")
 
     def __init__(self, dest: Destination, cluster: Cluster) -> None:
         self.dest = dest
         self.cluster = cluster
         self.refused_until = 0.0  # monotonic: no new worker before this (the leases are taken)
         self._retry = None
+        self.learned: tuple[int, float] | None = None  # (connections, until, monotonic): a receiver's "too many"
+        self._applying = False  # a fact of another node is being applied: not told back
+        self._tasks: set[asyncio.Task] = set()
 
     def _limits(self) -> list[tuple[str, int]]:
         dest = self.dest
-        limits = [(dest.key, dest.core.policy.connection_limit)]
+        limit = dest.core.policy.connection_limit
+        if self.learned is not None:
+            if self.learned[1] > dest._time.now():
+                limit = min(limit, self.learned[0])
+            else:
+                self.learned = None
+        limits = [(dest.key, limit)]
         if dest.share is not None:
             limits.append((dest.share.key, dest.share.limit))
         return limits
@@ -92,3 +110,63 @@ class Gate:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+
+    # ---- what this node learns, every node knows (mta.cluster.shared)
+
+    def moved(self, transition: Transition) -> None:
+        """A pause (a pattern, a dead destination) or a throttle here: told to the others.
+        An operator's pause is shared as such (mta.ops.kept), not from here."""
+        if self._applying or transition.source is transition.target and transition.target is not Mode.BACKOFF:
+            return
+        core, dest = self.dest.core, self.dest
+        until = core.state.until
+        if until is None or transition.reason.startswith("operator"):
+            return
+        wall = dest._wall() + (until - dest._time.now())
+        if transition.target is Mode.PAUSED:
+            self.cluster.shared.tell(dest.key, "pause", {"until": wall, "reason": transition.reason})
+        elif transition.target is Mode.BACKOFF and core.throttle is not None:
+            self.cluster.shared.tell(dest.key, "throttle", {"until": wall, "reason": transition.reason,
+                                                             "limits": msgspec.to_builtins(core.throttle)})
+
+    def pushed_back(self, reply) -> None:
+        """A receiver's "too many connections": the connections open across all nodes, less
+        one, are the limit for all of them for a while (Postfix's feedback, cluster-wide)."""
+        if slow_down(reply.code, reply.text) == "connections":
+            task = asyncio.get_running_loop().create_task(self._too_many())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _too_many(self) -> None:
+        dest = self.dest
+        try:
+            counts = await leases_open(self.cluster, dest.key)
+        except StoreDown:
+            return
+        connections = max(1, counts - 1)
+        self.learned = (connections, dest._time.now() + RELEARN_AFTER)
+        self.cluster.shared.tell(dest.key, "window", {"until": dest._wall() + RELEARN_AFTER,
+                                                      "connections": connections})
+
+    def apply(self, kind: str, fact: dict) -> None:
+        """A fact another node learned of this destination."""
+        dest = self.dest
+        left = fact["until"] - dest._wall()
+        if left <= 0:
+            return
+        self._applying = True
+        try:
+            reason = f"{fact.get('reason', '')} (seen by another node)"
+            if kind == "pause":
+                dest.suspend(fact["until"], reason)
+            elif kind == "throttle":
+                now = dest._time.now()
+                dest.core.back_off(now, now + left, msgspec.convert(fact["limits"], Policy), reason)
+            elif kind == "window":
+                self.learned = (int(fact["connections"]), dest._time.now() + left)
+        finally:
+            self._applying = False
+
+
+async def leases_open(cluster: Cluster, key: str) -> int:
+    return (await counts(cluster.store, [key]))[key]

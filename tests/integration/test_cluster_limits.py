@@ -55,3 +55,28 @@ def test_two_nodes_keep_one_message_rate(vhost, sinks, mta_config, start_mta, re
     assert per_1s <= rate * (1 + jitter) + 1, f"{per_1s} in 1 s (5 s: {per_5s})"
     elapsed = times[-1] - times[0]
     assert elapsed >= (n - 1) / rate * 0.95, f"{elapsed:.1f}s for {n} at {rate}/s"
+
+
+@pytest.mark.timeout(240)
+def test_a_too_many_connections_learned_by_one_node_holds_on_all(vhost, sinks, mta_config, start_mta, redis_url):
+    """The receiver takes 3 sessions from all the nodes together: once one node is told
+    "421 too many connections", the limit across all of them is what was open less one, and
+    no node asks for a fourth again."""
+    sink = OK_MX[3]
+    sinks.set_session_limit(sink, 3)
+    sinks.set_data_delay(sink, 0.05)
+    _nodes(mta_config, start_mta, redis_url, 3, broker={"prefetch": 100},
+           domains={"ok3.test": {"connection_limit": 10, "max_deliveries_per_connection": 20}})
+    run = run_id()
+    msgs = {f"tm-{run}-{i}": f"user{i}-{run}@ok3.test" for i in range(450)}
+    publish(vhost, "bulk", [make_message(i, r) for i, r in msgs.items()])
+
+    results = collect_results(vhost, msgs, timeout=200, settle=0.5)
+
+    assert_each_final(results, msgs, "delivered")
+    refusals = sorted(e.time for e in sinks.events() if e.kind == "refused" and e.sink == sink)
+    accepted = sorted(a.time for a in sinks.accepted() if a.sink == sink)
+    assert refusals, "the receiver never had to refuse: the test did not reach its limit"
+    assert sinks.max_admitted()[sink] == 3
+    late = [t for t in refusals if t >= accepted[len(accepted) // 4]]
+    assert not late, f"{len(refusals)} refusals, {len(late)} after the first quarter: not learned by all"
