@@ -6,6 +6,7 @@ Run it through `bash scripts/demo.sh`, which installs what is missing first.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import os
@@ -27,7 +28,8 @@ from tests.testbed.dns import Dnsmasq, standard_sink_addresses, standard_zone  #
 from tests.testbed.mtaproc import MtaProcess  # noqa: E402
 from tests.testbed.rabbit import RabbitNode  # noqa: E402
 from tests.testbed.sinks import SinkFarm  # noqa: E402
-from tests.testbed.util import free_port  # noqa: E402
+from tests.testbed.redisd import RedisServer  # noqa: E402
+from tests.testbed.util import free_port, port_is_free  # noqa: E402
 
 DOMAINS = ["ok1.test", "ok2.test", "ok3.test", "shared-a.test", "shared-b.test", "failover.test",
            "amx.test"] + [f"d{i}.test" for i in range(10)]
@@ -49,19 +51,20 @@ def workload(rng: random.Random) -> list[tuple[str, str, bytes]]:
     return out
 
 
-def scrape(port: int) -> dict[str, float]:
-    """The MTA's own counters from its metrics endpoint, summed over labels."""
+def scrape(ports: list[int]) -> dict[str, float]:
+    """The MTAs' own counters from their metrics endpoints, summed over labels and nodes."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
     totals: dict[str, float] = collections.defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            totals[sample.name] += sample.value
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                totals[sample.name] += sample.value
     return totals
 
 
@@ -75,7 +78,7 @@ def progress_line(elapsed: float, m: dict[str, float], finals: int, expected: in
     return f"  {elapsed:5.1f}s  {console}  | final results {finals}/{expected}"
 
 
-async def watch(url: str, ids: set[str], timeout: float, metrics_port: int) -> dict[str, collections.Counter]:
+async def watch(url: str, ids: set[str], timeout: float, metrics_ports: list[int]) -> dict[str, collections.Counter]:
     """Consume results, printing a live progress line from the MTA's metrics, until every
     id has a final result."""
     finals: dict[str, str] = {}
@@ -102,13 +105,17 @@ async def watch(url: str, ids: set[str], timeout: float, metrics_port: int) -> d
             now = time.monotonic()
             if now - last_print > 0.5 or len(finals) == len(ids):
                 last_print = now
-                line = progress_line(now - started, scrape(metrics_port), len(finals), len(ids))
+                line = progress_line(now - started, scrape(metrics_ports), len(finals), len(ids))
                 print(f"\r{line:<130}", end="", flush=True)
     print()
     return {"finals": collections.Counter(finals.values()), "events": seen}
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description="the MTA's demo on loopback")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="run N MTA processes sharing their limits through a private Redis (SPEC §6)")
+    nodes = parser.parse_args().nodes
     base = os.path.join(ROOT, ".run", "demo")
     os.makedirs(base, exist_ok=True)
     os.chmod(os.path.join(ROOT, ".run"), 0o755)
@@ -118,6 +125,7 @@ def main() -> int:
     rabbit = RabbitNode(os.path.join(work, "rabbit"), port=free_port(), nodename="mtademo@localhost")
     dns = Dnsmasq(records=standard_zone(10), log_queries=False)
     sinks = SinkFarm(standard_sink_addresses(10))
+    store = RedisServer() if nodes > 1 else None
     mta = None
     try:
         rabbit.start()
@@ -125,20 +133,30 @@ def main() -> int:
         sinks.start()
         url = rabbit.url("/")
         metrics_port = free_port()
+        while not all(port_is_free(metrics_port + i) for i in range(nodes)):
+            metrics_port = free_port()
+        cluster = {}
+        if store is not None:
+            print("starting a private Redis for the nodes' shared limits ...")
+            store.start()
+            cluster = {"cluster": {"store": store.url, "node": "demo"}}
         config = write_config(os.path.join(work, "mta.yaml"), url, dns.port, sinks.port,
                               default={"retry_intervals": ["2s", "4s"], "max_age": "12s"},
-                              metrics={"port": metrics_port, "address": "127.0.0.1"})
+                              metrics={"port": metrics_port, "address": "127.0.0.1"}, **cluster)
         print(f"rules: {config} (retries after 2s, then every 4s; mail expires after 12s)")
-        print(f"metrics: http://127.0.0.1:{metrics_port}/metrics")
-        mta = MtaProcess(config).start()
+        metrics_ports = [metrics_port + i for i in range(nodes)]
+        print("metrics: " + ", ".join(f"http://127.0.0.1:{p}/metrics" for p in metrics_ports))
+        mta = MtaProcess(config, args=["--processes", str(nodes)] if nodes > 1 else []).start()
         mta.wait_ready(url, timeout=60)
+        if nodes > 1:
+            print(f"{nodes} MTA processes (nodes demo-0 .. demo-{nodes - 1}) share one set of limits")
         messages = workload(random.Random(7))
         for lane in ("single", "bulk"):
             publish(url, lane, [body for _, l, body in messages if l == lane])
         print(f"published {len(messages)} messages to {len(DOMAINS) + 2} domains "
               "(some to mailboxes that bounce, defer, or expire; two invalid) ...")
         started = time.monotonic()
-        outcome = asyncio.run(watch(url, {i for i, _, _ in messages}, timeout=90, metrics_port=metrics_port))
+        outcome = asyncio.run(watch(url, {i for i, _, _ in messages}, timeout=90, metrics_ports=metrics_ports))
         elapsed = time.monotonic() - started
         finals = outcome["finals"]
         print(f"\nfinal outcomes after {elapsed:.1f}s:")
@@ -158,6 +176,8 @@ def main() -> int:
         sinks.stop()
         dns.stop()
         rabbit.stop()
+        if store is not None:
+            store.remove()
 
 
 if __name__ == "__main__":
