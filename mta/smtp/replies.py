@@ -25,7 +25,10 @@ class _ReplyReader(asyncio.Protocol):
 
     def __init__(self, clock: Clock = SYSTEM):
         self._clock = clock
-        self._now = None  # the clock's now_reader(), bound by the first read (on the session's loop)
+        # The clock's now_reader() and the loop's create_future, bound by the first read
+        # (on the session's loop): a message's transaction reads twice.
+        self._now = None
+        self._new_future = None
         self._buffer = bytearray()
         self._scan = 0  # where the first line of the buffer not yet looked at starts
         self._replies: deque[tuple[int, str]] = deque()
@@ -115,7 +118,8 @@ class _ReplyReader(asyncio.Protocol):
             now = self._now
             if now is None:
                 now = self._now = self._clock.now_reader()
-            self._waiter = waiter = asyncio.get_running_loop().create_future()
+                self._new_future = asyncio.get_running_loop().create_future
+            self._waiter = waiter = self._new_future()
             self._deadline = deadline = now() + timeout
             if self._timer is None or self._timer_at > deadline:
                 if self._timer is not None:
