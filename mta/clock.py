@@ -10,7 +10,8 @@ Two times, for two purposes:
 
 Timers and sleeps go through the clock too (`call_at`, `sleep`, `sleep_until`), so that a
 test can run the shell on a `FakeClock` (tests/fakes.py) and move time forward instead of
-waiting for it. Nothing else in mta/ reads `time.*` or `loop.time()`: a test says so.
+waiting for it; a reader of the time on every message binds `now_reader()` once, on its
+loop. Nothing else in mta/ reads `time.*` or `loop.time()`: a test says so.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ class Clock:
         """Monotonic seconds, on the running event loop's scale (its timers')."""
         loop = _running_loop()
         return loop.time() if loop is not None else time.monotonic()
+
+    def now_reader(self) -> Callable[[], float]:
+        """`now` as a function of the running loop, looked up once: for code that reads the
+        time on every message and always runs on that loop (`now()` finds the loop on each
+        call). Call it on the loop, and not before."""
+        return asyncio.get_running_loop().time
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
         """`callback(*args)` at monotonic time `when`; the handle's cancel() stops it."""

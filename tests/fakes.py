@@ -79,6 +79,9 @@ class FakeClock:
     def now(self) -> float:
         return self.t
 
+    def now_reader(self) -> Callable[[], float]:
+        return self.now
+
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> FakeTimer:
         timer = FakeTimer(when, callback, args)
         heapq.heappush(self._timers, (when, next(self._order), timer))

@@ -18,9 +18,6 @@ this folder catches a broker library's type:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 
 
@@ -69,13 +66,23 @@ def translate(exc: BaseException, what: str = "") -> BaseException:
     return new
 
 
-@contextmanager
-def mapped(what: str = "") -> Iterator[None]:
-    """Run a broker call, raising our exceptions for the libraries' (see `translate`)."""
-    try:
-        yield
-    except (AMQPError, ChannelInvalidStateError, OSError) as exc:  # TimeoutError is an OSError
-        raise translate(exc, what) from exc
+class mapped:
+    """Run a broker call, raising our exceptions for the libraries' (see `translate`):
+    ``with mapped("acknowledging"): ...``. A class rather than a generator: it wraps every
+    acknowledgement and every batch of publishes, and costs a third as much."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str = "") -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, traceback) -> bool:
+        if exc is not None and isinstance(exc, (AMQPError, ChannelInvalidStateError, OSError)):  # TimeoutError is an OSError
+            raise translate(exc, self.what) from exc
+        return False
 
 
 def _text(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ from mta.routing.rules import Resolved, Rules
 from mta.settle.results import attempt_entry
 from mta.settle.settler import Settler
 from mta.smtp.client import Reply
-from shaper.disposition import DELIVERED, Bounced, Deferred, Expired, after_attempt, after_hold
+from shaper.disposition import Bounced, Deferred, Expired, after_attempt, after_hold
 from shaper.handoffs import Attempt, Held
 from shaper.retry import RetrySchedule
 
@@ -88,22 +88,27 @@ class Outcomes:
         now = self.clock()
         book, tag = job.delivery
         job.attempts += 1
-        job.history.append(attempt_entry(now, reply.phase, reply.code, reply.enhanced, reply.text, mx, ip, job.lane))
-        job.history[-1]["tls"] = reply.tls is not None  # whether the session was encrypted, and how
-        job.history[-1]["cipher"] = reply.tls
-        policy = resolved.policy
-        disposition = after_attempt(
-            reply.code, reply.enhanced, reply.text, accepted=reply.ok,
-            schedule=RetrySchedule(job.retries or policy.retry_intervals, job.max_age or policy.max_age),
-            attempts=job.attempts, first_seen=job.first_seen, now=now, max_attempts=job.max_attempts,
-            permanent=permanent, verdict=verdict)
+        enhanced = reply.enhanced  # parsed from the text: once
+        entry = attempt_entry(now, reply.phase, reply.code, enhanced, reply.text, mx, ip, job.lane)
+        entry["tls"] = reply.tls is not None  # whether the session was encrypted, and how
+        entry["cipher"] = reply.tls
+        job.history.append(entry)
         settler = self.settler
-        if disposition is DELIVERED:
+        if reply.ok:
+            # Delivered whatever the schedule says (after_attempt's first rule): the common
+            # outcome builds no retry schedule.
             if fault.ARMED: fault.hit("after_250")  # test-only: MTA_FAULT (mta/fault.py)
             self.counts["delivered"] += 1
             self.metrics.outcome(job, "delivered", None, now)
             settler.final(job, book, tag, "delivered")
-        elif isinstance(disposition, Deferred):
+            return
+        policy = resolved.policy
+        disposition = after_attempt(
+            reply.code, enhanced, reply.text, accepted=False,
+            schedule=RetrySchedule(job.retries or policy.retry_intervals, job.max_age or policy.max_age),
+            attempts=job.attempts, first_seen=job.first_seen, now=now, max_attempts=job.max_attempts,
+            permanent=permanent, verdict=verdict)
+        if isinstance(disposition, Deferred):
             self.counts["deferred"] += 1
             self.metrics.outcome(job, "deferred", None, now)
             settler.defer(job, book, tag, disposition.delay)

@@ -25,6 +25,10 @@ class _ReplyReader(asyncio.Protocol):
 
     def __init__(self, clock: Clock = SYSTEM):
         self._clock = clock
+        # The clock's now_reader() and the loop's create_future, bound by the first read
+        # (on the session's loop): a message's transaction reads twice.
+        self._now = None
+        self._new_future = None
         self._buffer = bytearray()
         self._scan = 0  # where the first line of the buffer not yet looked at starts
         self._replies: deque[tuple[int, str]] = deque()
@@ -111,14 +115,17 @@ class _ReplyReader(asyncio.Protocol):
         if not self._replies:
             if self._error is not None:
                 raise self._error
-            clock = self._clock
-            self._waiter = waiter = asyncio.get_running_loop().create_future()
-            self._deadline = deadline = clock.now() + timeout
+            now = self._now
+            if now is None:
+                now = self._now = self._clock.now_reader()
+                self._new_future = asyncio.get_running_loop().create_future
+            self._waiter = waiter = self._new_future()
+            self._deadline = deadline = now() + timeout
             if self._timer is None or self._timer_at > deadline:
                 if self._timer is not None:
                     self._timer.cancel()
                 self._timer_at = deadline
-                self._timer = clock.call_at(deadline, self._expire)
+                self._timer = self._clock.call_at(deadline, self._expire)
             try:
                 await waiter
             finally:
