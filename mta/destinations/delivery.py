@@ -102,7 +102,12 @@ class Destination:
         self._done = done  # attempts and holds go on as typed values (shaper.handoffs), to the engine's outcomes
         self._hold = hold
         self._time = clock  # timers, sleeps
-        self._now = clock.now  # monotonic: every limit, timer and pause
+        # monotonic: every limit, timer and pause; the loop's own clock when made on it (read
+        # several times per message: `Clock.now` would look the loop up every time)
+        try:
+            self._now = clock.now_reader()
+        except RuntimeError:  # made outside the loop (tests): found on each read
+            self._now = clock.now
         self._wall = clock.wall  # what people read
         self._deadline = smtp.delivery_deadline  # seconds one attempt may take, connecting included
         self._mx_hosts = smtp.max_mx_hosts

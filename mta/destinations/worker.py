@@ -64,12 +64,13 @@ class Worker:
     """One worker of ``dest``; `run` is its task."""
 
     __slots__ = ("dest", "core", "clock", "watchdog", "session", "sent", "job", "follow", "carried", "sending",
-                 "reconnecting", "lease")
+                 "reconnecting", "lease", "_now")
 
     def __init__(self, dest: Destination) -> None:
         self.dest = dest
         self.core = dest.core
-        self.clock = dest._time  # timers, sleeps, monotonic time
+        self.clock = dest._time  # timers, sleeps
+        self._now = dest._now  # monotonic time, bound once
         self.watchdog: Watchdog | None = None
         self.session: Session | None = None
         self.sent = 0  # messages the session carried
@@ -96,7 +97,7 @@ class Worker:
                     if step is None:
                         return
                 job = self.job = step.job if step.__class__ is Wait else step  # its rate slot booked
-                deadline = clock.now() + dest._deadline  # the attempt starts: connect + transaction
+                deadline = self._now() + dest._deadline  # the attempt starts: connect + transaction
                 if self.session is None and not await self._connect(job, deadline):
                     return
                 if step.__class__ is Wait:
@@ -108,7 +109,7 @@ class Worker:
                         self._drop(job)
                         dest._hold(Held(job, int(shared) + 1, "shared rate"))
                         continue
-                    deadline += await self._pace(clock.now() + shared)
+                    deadline += await self._pace(self._now() + shared)
                 if core.state.mode is Mode.PAUSED:  # paused while this job waited for its turn
                     core.hold_paused(job, dest._now())
                     self._drop(job)
@@ -168,7 +169,7 @@ class Worker:
                 break
             job = self.job = follow
             self.follow = None
-            deadline = min(watchdog.then, self.clock.now() + dest._deadline)  # from the reply to the dot
+            deadline = min(watchdog.then, self._now() + dest._deadline)  # from the reply to the dot
             if isinstance(ahead, Reply):  # refused here: nothing went out for it
                 reply = ahead
             elif cut is not None:  # its replies, read behind the message's, were cut short
@@ -283,7 +284,7 @@ class Worker:
 
     async def _pace(self, until: float) -> float:
         """Wait for the rate slot booked at ``until``; the seconds waited."""
-        waited = until - self.clock.now()
+        waited = until - self._now()
         if waited <= 0:
             return 0.0
         await self.clock.sleep(waited)
@@ -335,7 +336,7 @@ class Worker:
         tls = self.core.policy.tls
         for host in dest.answer.hosts[:dest._mx_hosts]:
             for ip in host.addresses[:dest._mx_addresses]:
-                left = deadline - self.clock.now()
+                left = deadline - self._now()
                 if left <= 0:
                     last = Reply(last.code, f"{last.text} (delivery deadline of {Duration(dest._deadline)} "
                                             f"reached before the other MX hosts were tried)", last.phase)
