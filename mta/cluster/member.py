@@ -9,14 +9,17 @@ says in its heartbeat what it runs (for `mta status` on any node).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable
 
 from mta.broker.topology import LANES
 from mta.cluster.cluster import Cluster
 from mta.settle.results import recent_key
-from mta.supervision import endless
+from mta.supervision import TaskCrashed, endless, leaves
 
+
+log = logging.getLogger("mta.cluster")
 
 MAX_FACTS = 10_000  # destinations with facts of other nodes kept for when they are made here
 
@@ -37,10 +40,10 @@ class Member:
         if len(self.facts) > MAX_FACTS:  # destinations never made here: keep what is in force
             now = self.engine.clock()
             self.facts = {k: f for k, f in self.facts.items() if any(x["until"] > now for x in f.values())}
-        self.facts.setdefault(key, {})[kind] = fact
         destination = self.engine.destinations.get(key)
         if destination is not None and destination.gate is not None:
-            destination.gate.apply(kind, fact)
+            destination.gate.apply(kind, fact)  # ValueError, TypeError, KeyError: never kept
+        self.facts.setdefault(key, {})[kind] = fact
 
     def created(self, destination) -> None:
         """A destination made here: what the others learned of it applies from the start."""
@@ -48,10 +51,13 @@ class Member:
         if facts:
             now = self.engine.clock()
             for kind, fact in list(facts.items()):
-                if fact["until"] > now:
-                    destination.gate.apply(kind, fact)
-                else:
-                    del facts[kind]
+                try:
+                    if fact["until"] > now:
+                        destination.gate.apply(kind, fact)
+                        continue
+                except (ValueError, TypeError, KeyError) as exc:  # written by none of ours
+                    log.warning("a shared %s of %s was ignored: %s", kind, destination.key, exc)
+                del facts[kind]
 
     def wanted(self, key: str) -> None:
         """Another node waits for a lease of `key`: an idle session of it here goes."""
@@ -65,17 +71,27 @@ class Member:
         engine.journal = cluster.keep_record(engine.journal)
         await cluster.start()
         await engine.kept.restore()
-        loops = asyncio.create_task(endless("cluster", self._loops()), name="cluster")
+        loops = asyncio.create_task(self._supervised(), name="cluster")
         try:
             await sessions()
         finally:
             loops.cancel()
             await cluster.close()
 
-    async def _loops(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.cluster.run())
-            tasks.create_task(self.engine.kept.sync())
+    async def _supervised(self) -> None:
+        """The heartbeat (which renews the leases), the shared state and the pause sync; a
+        bug in them is logged and counted like a session's (`mta_task_crashes_total`), and
+        they start again a second later: without the heartbeat this node's leases would
+        lapse and the others would open its connections too."""
+        while True:
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(endless("cluster", self.cluster.run()))
+                    tasks.create_task(endless("cluster", self.engine.kept.sync()))
+            except* TaskCrashed as group:
+                for crash in leaves(group):
+                    self.engine._crashed(crash)
+            await self.engine.time.sleep(1.0)
 
     def recall(self, job, book, tag: int) -> None:
         """A redelivered copy this node has no outcome for: ask the store whether another

@@ -106,8 +106,7 @@ class SharedState:
         now = self._wall()
         if not isinstance(facts, dict):
             return {}
-        return {k: f for k, f in facts.items()
-                if k in KINDS and isinstance(f, dict) and (f.get("until") is None or f["until"] > now)}
+        return {k: f for k, f in facts.items() if k in KINDS and _live(f, now)}
 
     async def load(self) -> None:
         """Every fact in force, from the hash (at start, and after the store came back)."""
@@ -150,8 +149,14 @@ class SharedState:
             if doc["kind"] not in KINDS:
                 return
             fact = doc["fact"]
-            if fact is not None and fact.get("until") is not None and fact["until"] <= self._wall():
+            if fact is not None and not _live(fact, self._wall()):
                 return
-            self.apply(doc["key"], doc["kind"], fact)
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            log.debug("a shared state message could not be read: %r", data[:200])
+            self.apply(str(doc["key"]), doc["kind"], fact)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a message no node of ours wrote
+            log.warning("a shared state message was ignored (%s): %r", exc, data[:200])
+
+
+def _live(fact, now: float) -> bool:
+    """A fact as nodes write them (a mapping with a numeric end), not yet over."""
+    until = fact.get("until") if isinstance(fact, dict) else None
+    return isinstance(until, (int, float)) and not isinstance(until, bool) and until > now

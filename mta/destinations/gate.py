@@ -21,6 +21,7 @@ from mta.cluster.leases import counts
 from mta.cluster.store import StoreDown
 from mta.config import Policy
 from shaper.limiter import message_burst
+from shaper.pauses import MAX_PAUSE
 from shaper.replies import slow_down
 from shaper.state import Mode, Transition
 from shaper.units import Rate
@@ -149,21 +150,22 @@ class Gate:
                                                       "connections": connections})
 
     def apply(self, kind: str, fact: dict) -> None:
-        """A fact another node learned of this destination."""
+        """A fact another node learned of this destination (raises ValueError, TypeError or
+        KeyError for one no node of ours wrote: its end is bounded as ours are)."""
         dest = self.dest
-        left = fact["until"] - dest._wall()
+        left = min(float(fact["until"]) - dest._wall(), RELEARN_AFTER if kind == "window" else MAX_PAUSE)
         if left <= 0:
             return
         self._applying = True
         try:
             reason = f"{fact.get('reason', '')} (seen by another node)"
             if kind == "pause":
-                dest.suspend(fact["until"], reason)
+                dest.suspend(dest._wall() + left, reason)
             elif kind == "throttle":
                 now = dest._time.now()
                 dest.core.back_off(now, now + left, msgspec.convert(fact["limits"], Policy), reason)
             elif kind == "window":
-                self.learned = (int(fact["connections"]), dest._time.now() + left)
+                self.learned = (max(1, int(fact["connections"])), dest._time.now() + left)
         finally:
             self._applying = False
 

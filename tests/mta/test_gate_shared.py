@@ -71,3 +71,21 @@ def test_an_operators_pause_and_what_another_node_told_are_not_told_again() -> N
         d.gate.apply("pause", {"until": time.time() - 1, "reason": "over"})  # ended: nothing
         assert cluster.shared.facts == []
     asyncio.run(scenario())
+
+
+def test_a_fact_no_node_of_ours_wrote_is_refused_and_bounded() -> None:
+    async def scenario():
+        d = destination(Cluster())
+        for bad in ({"until": "soon"}, {"reason": "no end"}, {"until": time.time() + 60, "connections": "x"}):
+            try:
+                d.gate.apply("window", bad)
+            except (ValueError, TypeError, KeyError):
+                pass
+            else:
+                raise AssertionError(f"{bad} was taken")
+        d.gate.apply("window", {"until": time.time() + 10 ** 9, "connections": 0})
+        connections, until = d.gate.learned
+        assert connections == 1 and until - d._time.now() <= 300  # at least one, for 5 minutes at most
+        d.gate.apply("pause", {"until": time.time() + 10 ** 9, "reason": "forever"})
+        assert d.core.state.until - d._time.now() <= 30 * 86400
+    asyncio.run(scenario())
