@@ -294,8 +294,10 @@ class Worker:
 
     async def _close(self, session: Session) -> None:
         self.dest.connected -= 1
-        self._release()
-        await session.close()
+        try:
+            await session.close()
+        finally:  # after the receiver saw it closed (the lease counts what it counts), or cancelled
+            self._release()
 
     def _release(self) -> None:
         lease, self.lease = self.lease, None
