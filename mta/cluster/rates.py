@@ -67,8 +67,8 @@ class Rates:
             return True
         return False
 
-    async def slot(self, key: str, rate: Rate, burst: int = 1) -> float:
-        """The monotonic time at which one more event under `rate` may go (booked)."""
+    async def slot(self, key: str, per_second: float, burst: int = 1) -> float:
+        """The monotonic time at which one more event at `per_second` may go (booked)."""
         while True:
             now = self._clock.now()
             batch = self._batches.get(key)
@@ -79,19 +79,18 @@ class Rates:
                 if at >= now - STALE:
                     return at
             if self._store is None or not self._store.up:
-                return self._fallback(key, rate, burst, now)
+                return self._fallback(key, per_second, burst, now)
             asking = self._asking.get(key)
             if asking is not None:
                 await asyncio.shield(asking)
                 continue
-            if not await self._ask(key, rate, burst):
-                return self._fallback(key, rate, burst, self._clock.now())
+            if not await self._ask(key, per_second, burst):
+                return self._fallback(key, per_second, burst, self._clock.now())
 
-    async def _ask(self, key: str, rate: Rate, burst: int) -> bool:
+    async def _ask(self, key: str, per_second: float, burst: int) -> bool:
         """One round trip for a batch of slots; False when the store did not answer."""
         future = asyncio.get_running_loop().create_future()
         self._asking[key] = future
-        per_second = rate.count / rate.period
         n = max(1, min(MAX_BATCH, int(per_second * BATCH_SECONDS)))
         interval_us = math.ceil(1_000_000 / per_second)
         try:
@@ -106,10 +105,10 @@ class Rates:
             del self._asking[key]
             future.set_result(None)
 
-    def _fallback(self, key: str, rate: Rate, burst: int, now: float) -> float:
+    def _fallback(self, key: str, per_second: float, burst: int, now: float) -> float:
         nodes = max(1, self._nodes())
         limiter, made_for = self._local.get(key, (None, 0))
-        share = Rate(rate.count, rate.period * nodes)
+        share = Rate(per_second, float(nodes))
         if limiter is None:
             limiter = Gcra(share, max(1, burst // nodes))
         elif made_for != nodes or limiter.rate != share:

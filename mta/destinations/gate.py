@@ -24,7 +24,6 @@ from shaper.limiter import message_burst
 from shaper.pauses import MAX_PAUSE
 from shaper.replies import slow_down
 from shaper.state import Mode, Transition
-from shaper.units import Rate
 from shaper.window import RELEARN_AFTER
 
 if TYPE_CHECKING:
@@ -85,7 +84,7 @@ class Gate:
         """Seconds until the shared `max_connection_rate` allows this connection (booked)."""
         dest = self.dest
         policy = dest.core.policy
-        at = await self.cluster.rates.slot("connect:" + dest.key, policy.max_connection_rate,
+        at = await self.cluster.rates.slot("connect:" + dest.key, policy.max_connection_rate.per_second,
                                            policy.connection_limit)
         return at - dest._time.now()
 
@@ -94,10 +93,10 @@ class Gate:
         dest = self.dest
         rates = self.cluster.rates
         per_second = dest.core.per_second
-        at = await rates.slot(dest.key, Rate(per_second, 1.0), message_burst(per_second))
+        at = await rates.slot(dest.key, per_second, message_burst(per_second))
         share = dest.share
         if share is not None:
-            at = max(at, await rates.slot(share.key, Rate(share.per_second, 1.0), message_burst(share.per_second)))
+            at = max(at, await rates.slot(share.key, share.per_second, message_burst(share.per_second)))
         return at - dest._time.now()
 
     def message_now(self) -> bool:

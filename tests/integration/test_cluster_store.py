@@ -10,7 +10,6 @@ import pytest
 from mta.cluster.cluster import Cluster
 from mta.cluster.leases import share
 from mta.cluster.store import PREFIX
-from shaper.units import Rate
 from tests.testbed.redisd import RedisServer
 
 
@@ -86,7 +85,7 @@ def test_a_shared_rate_holds_across_nodes(redis_url):
 
         async def taker(node):
             while loop.time() < end:
-                at = await node.rates.slot("domain:r.test", Rate(50, 1), 2)
+                at = await node.rates.slot("domain:r.test", 50.0, 2)
                 await asyncio.sleep(max(0.0, at - loop.time()))
                 times.append(loop.time())
 
@@ -129,7 +128,7 @@ def test_store_down_falls_back_to_a_share_and_rejoins():
             assert share(5, 2) == 2 and share(1, 3) == 1
             # the rate: a share of 40/s over 2 nodes is 20/s
             loop = asyncio.get_running_loop()
-            slots = [await a.rates.slot("domain:d.test", Rate(40, 1)) for _ in range(21)]
+            slots = [await a.rates.slot("domain:d.test", 40.0) for _ in range(21)]
             assert slots[-1] - slots[0] == pytest.approx(1.0, abs=0.01)
             server.start()
             await a.nodes.beat()  # the heartbeat notices the store is back
