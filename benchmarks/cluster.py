@@ -66,6 +66,21 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def switches(pids) -> int:
+    """Context switches (voluntary and not) of the main threads of live processes: a wake-up of the event loop
+    for every round trip to the store shows here."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
 def redis_info(port: int, section: str) -> dict[str, str]:
     """`INFO section` of the store as a dict (a RESP bulk string, read without a client library)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -142,6 +157,7 @@ def run_once(rabbit, redis: RedisServer, work: str, dns_port: int, smtp_port: in
         wall = time.monotonic() - started
         pids = process_tree(mta.pid)
         cpu = cpu_of(pids)
+        woken = switches(pids)
         used = {k: cpu_of(v) - before[k] for k, v in others.items()}
         calls = store_calls(redis.port) if with_store else {}
         if spy is not None:
@@ -166,12 +182,14 @@ def run_once(rabbit, redis: RedisServer, work: str, dns_port: int, smtp_port: in
     row = {"label": label, "rate": delivered / span, "from_start": delivered / wall, "cpu": per(cpu),
            "running": running, "redis": per(used["redis"]), "broker": per(used["broker"]),
            "sinks": per(used["sinks"]), "processes": len(pids), "load": load,
+           "switches": woken / args.messages,
            "calls": sum(calls.values()) / args.messages, "by_command": calls}
     top = ", ".join(f"{k} {v / args.messages:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1])[:5])
     print(f"{label:>5} (round {n + 1}, load {load:.1f}): {row['rate']:6,.0f} msg/s first-to-last acceptance, "
           f"{row['from_start']:6,.0f} from start; CPU per message: MTA {row['cpu']:.0f} us "
           f"({len(pids)} process(es); {running:.0f} once running), redis {row['redis']:.0f}, "
-          f"broker {row['broker']:.0f}, sinks {row['sinks']:.0f}; store calls per message "
+          f"broker {row['broker']:.0f}, sinks {row['sinks']:.0f}; MTA context switches per message "
+          f"{row['switches']:.2f}; store commands per message (Lua's own included) "
           f"{row['calls']:.2f}{' (' + top + ')' if top else ''}; outcomes {counts}", flush=True)
     if delivered != args.messages:
         raise SystemExit(f"{label}: only {delivered} of {args.messages} delivered (log: {log.name})")
@@ -190,11 +208,13 @@ def summary(rows: list[dict]) -> None:
         parts = []
         for key, name, unit in (("rate", "msg/s", ""), ("cpu", "MTA CPU", " us"), ("running", "once running", " us"),
                                 ("redis", "redis CPU", " us"), ("broker", "broker", " us"), ("sinks", "sinks", " us"),
-                                ("calls", "store calls/msg", "")):
+                                ("switches", "MTA context switches/msg", ""), ("calls", "store commands/msg", "")):
             m, lo, hi = med(label, key)
-            fmt = ",.2f" if key == "calls" else ",.0f"
+            fmt = ",.2f" if key in ("calls", "switches") else ",.0f"
             parts.append(f"{name} {m:{fmt}}{unit} ({lo:{fmt}}-{hi:{fmt}})")
         print(f"  {label:>5}: " + "; ".join(parts))
+    if not any(r["label"] == "alone" for r in rows):
+        return
     a_rate, a_cpu, a_redis = med("alone", "rate")[0], med("alone", "cpu")[0], med("alone", "redis")[0]
     if any(r["label"] == "store" for r in rows):
         b_rate, b_cpu, b_redis = med("store", "rate")[0], med("store", "cpu")[0], med("store", "redis")[0]
@@ -221,6 +241,54 @@ def rounds_paired(rows: list[dict], label: str, key: str) -> list[float]:
     return out
 
 
+def micro(args) -> int:
+    """The client's side of the store's calls, in this process, against a private
+    redis-server: CPU per shared rate slot fetched with a round trip (what a message costs
+    when its destination's batch of slots has gone stale), per slot taken from a batch in
+    hand, and per final outcome written through the record's buffer."""
+    import uvloop
+
+    from mta.cluster.rates import Rates
+    from mta.cluster.record import SharedRecord
+    from mta.cluster.store import Store
+    from shaper.units import Rate
+
+    redis = RedisServer()
+    redis.start()
+    try:
+        async def measure() -> None:
+            store = Store(redis.url)
+            rates = Rates(store, lambda: 1)
+            record = SharedRecord(store, None, time.time)
+            fast, slow = Rate(1_000_000, 1.0), Rate(100, 1.0)  # the benchmark's rate; one that binds
+            for name, rate, n, fresh in (("a slot with a round trip (rate 1,000,000/s)", fast, 5000, True),
+                                         ("a slot with a round trip (rate 100/s)", slow, 5000, True),
+                                         ("a slot of one key after another (rate 1,000,000/s: 20 a round trip)", fast, 5000, False)):
+                await rates.slot("warm", rate, 1)
+                t, c = time.perf_counter(), time.process_time()
+                for i in range(n):
+                    await rates.slot(f"micro{i}" if fresh else "micro", rate, 1)
+                cpu, wall = (time.process_time() - c) / n, (time.perf_counter() - t) / n
+                print(f"{name}: {cpu * 1e6:.0f} us CPU, {wall * 1e6:.0f} us wall", flush=True)
+            n = 20000
+            body = b"x" * 300
+            t, c = time.perf_counter(), time.process_time()
+            for i in range(0, n, 100):  # a flush every 100 outcomes (50 ms at 2,000 msg/s)
+                for j in range(i, i + 100):
+                    record.final(f"id{j}", "delivered", body)
+                    record.published(f"id{j}")
+                await record.flush()
+            cpu = (time.process_time() - c) / n
+            print(f"a final outcome through the shared record (final + published, flushed per 100): "
+                  f"{cpu * 1e6:.1f} us CPU", flush=True)
+            await store.close()
+
+        uvloop.run(measure())
+    finally:
+        redis.remove()
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=20000)
@@ -235,7 +303,10 @@ def main() -> int:
                     help="record one variant's MTA processes with py-spy into PREFIX.<run>.json (speedscope)")
     ap.add_argument("--profile-variant", default="store", choices=list(VARIANTS))
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--micro", action="store_true", help="only time the client's side of the store's calls")
     args = ap.parse_args()
+    if args.micro:
+        return micro(args)
     labels = args.only or list(VARIANTS)
 
     work = tempfile.mkdtemp(prefix="mta-bench-cluster-")
