@@ -61,6 +61,14 @@ def private_rabbit(work: str, name: str) -> RabbitNode:
     raise AssertionError("unreachable")
 
 
+def start_sinks(domains: int, port: int) -> list[subprocess.Popen]:
+    """One Postfix `smtp-sink` per MX address (d0.test .. d{domains-1}.test), on `port`."""
+    sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    return [subprocess.Popen([sink_bin, "-u", "nobody", f"{bulk_ip(i)}:{port}", "1000"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i in range(domains)]
+
+
 def bench_config(url: str, dns_port: int, smtp_port: int, connections: int, *,
                  prefetch: int | None = None) -> dict:
     """The MTA's rules for a benchmark: the private broker, DNS and sinks; no limit binds."""
@@ -82,7 +90,9 @@ def mime(i: int, size: int) -> str:
     return head + line * max(1, (size - len(head)) // len(line))
 
 
-async def prepublish(url: str, n: int, size: int, domains: int) -> None:
+async def prepublish(url: str, n: int, size: int, domains: int, prefix: str = "b") -> None:
+    """n messages to the bulk lane, ids `{prefix}0` ..: a run that shares a record of final
+    outcomes with an earlier one needs ids of its own, or it would find them all sent."""
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -90,7 +100,7 @@ async def prepublish(url: str, n: int, size: int, domains: int) -> None:
         for start in range(0, n, 500):
             batch = []
             for i in range(start, min(n, start + 500)):
-                body = orjson.dumps({"id": f"b{i}", "recipient": f"user{i}@d{i % domains}.test",
+                body = orjson.dumps({"id": f"{prefix}{i}", "recipient": f"user{i}@d{i % domains}.test",
                                      "envelope": "bounces@sender.test", "mime": mime(i, size)})
                 batch.append(exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key="bulk"))
             await asyncio.gather(*batch)
@@ -235,10 +245,7 @@ def main() -> int:
         rabbit = private_rabbit(work, "mtabench")
         dns.start()
         smtp_port = free_port()
-        sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-        for i in range(args.domains):
-            sinks.append(subprocess.Popen([sink_bin, "-u", "nobody", f"{bulk_ip(i)}:{smtp_port}", "1000"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        sinks.extend(start_sinks(args.domains, smtp_port))
         raw = None
         if args.raw:
             raw = smtp_source(f"{bulk_ip(0)}:{smtp_port}", args.messages, args.size)
