@@ -75,6 +75,16 @@ class AdaptiveRate:
         self.decreases += 1
         return True
 
+    def adopt(self, now: float, rate: float) -> bool:
+        """Another sender to the same receiver (another node) learned ``rate``: take it
+        when it is lower, as if told "too fast" here, and climb back from it the same way.
+        Returns True when the rate changed."""
+        if not rate < self.current:
+            return False
+        self._current = min(self._ceiling, max(min(FLOOR, self._ceiling), rate))
+        self._changed = now
+        return True
+
     def tick(self, now: float) -> bool:
         """Climb one step if ``STEP_EVERY`` has passed quietly. Returns True when
         the rate changed."""

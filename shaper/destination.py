@@ -371,6 +371,11 @@ class DestinationCore(Admission):
             self.window.on_pushback()  # dropped or timed out mid-session
         return verdict, False
 
+    def adopt_rate(self, per_second: float, now: float) -> None:
+        """The rate another node learned from this receiver, if lower (shaper.adaptive)."""
+        if self.adaptive.adopt(now, per_second):
+            self._rate(now)
+
     def _apply_rule(self, rule: PatternRule, reply: Any, now: float) -> None:
         reason = f"{rule.describe()}: {reply}"
         if rule.action == "suspend":

@@ -5,9 +5,12 @@ Theory of operation: the store keeps each rate's theoretical arrival time (one G
 round trip: the script moves the arrival time by `n` intervals and says when the first of
 them conforms. The node spends the batch's slots in order, each at its own time (slot i at
 first + i * interval), so several nodes taking batches in turn send at the shared rate, as
-one process would. A batch is about `BATCH_SECONDS` of the rate (at most `MAX_BATCH`), so
-the store sees a few calls per second per busy destination, not one per message. A slot
-whose time passed more than `STALE` ago unused is dropped, never used late in a burst.
+one process would. A batch is about `BATCH_SECONDS` of the rate, and never more than its
+burst (nor `MAX_BATCH`), so the store sees a few calls per second per busy destination, not
+one per message. A slot is kept until used, however late: a trickle of mail under a rate it
+never reaches (the common case) then pays one round trip per batch, not per message. Used
+late, a node's batch can bunch up with the slots after it by no more than the burst, so with
+M nodes a window of the rate's period holds at most its count plus (M + 1) bursts.
 
 With the store down, a node keeps to a local GCRA at rate / nodes (its share).
 """
@@ -26,7 +29,6 @@ from shaper.units import Rate
 
 BATCH_SECONDS = 0.1
 MAX_BATCH = 20
-STALE = 0.05  # seconds a slot may be late and still be used
 
 
 class _Batch:
@@ -36,6 +38,15 @@ class _Batch:
         self.first = first  # monotonic time of the next slot
         self.interval = interval
         self.left = n
+
+    def take(self) -> float | None:
+        """The next slot's time (booked), or None when none is left."""
+        if not self.left:
+            return None
+        at = self.first
+        self.first += self.interval
+        self.left -= 1
+        return at
 
 
 class Rates:
@@ -57,13 +68,8 @@ class Rates:
         batch = self._batches.get(key)
         if batch is None:
             return False
-        now = self._clock.now()
-        while batch.left and batch.first < now - STALE:
-            batch.first += batch.interval
-            batch.left -= 1
-        if batch.left and batch.first <= now:
-            batch.first += batch.interval
-            batch.left -= 1
+        if batch.left and batch.first <= self._clock.now():
+            batch.take()
             return True
         return False
 
@@ -72,11 +78,9 @@ class Rates:
         while True:
             now = self._clock.now()
             batch = self._batches.get(key)
-            while batch is not None and batch.left:
-                at = batch.first
-                batch.first += batch.interval
-                batch.left -= 1
-                if at >= now - STALE:
+            if batch is not None:
+                at = batch.take()
+                if at is not None:
                     return at
             if self._store is None or not self._store.up:
                 return self._fallback(key, per_second, burst, now)
@@ -91,7 +95,7 @@ class Rates:
         """One round trip for a batch of slots; False when the store did not answer."""
         future = asyncio.get_running_loop().create_future()
         self._asking[key] = future
-        n = max(1, min(MAX_BATCH, int(per_second * BATCH_SECONDS)))
+        n = max(1, min(MAX_BATCH, int(per_second * BATCH_SECONDS), burst))
         interval_us = math.ceil(1_000_000 / per_second)
         try:
             first_us = await self._store.run("GCRA", [PREFIX + "rate:" + key],

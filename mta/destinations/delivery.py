@@ -366,7 +366,7 @@ class Destination:
         """What a refusal teaches the destination; returns a pattern's verdict."""
         verdict, slower = self.core.refused(reply, now)
         if self.gate is not None:
-            self.gate.pushed_back(reply)
+            self.gate.pushed_back(reply, slower)
         if slower:
             log.info("%s: receiver asks to slow down (%s); message rate now %.2f/s",
                      self.key, reply, self.core.adaptive.current)

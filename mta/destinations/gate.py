@@ -20,6 +20,7 @@ import msgspec
 from mta.cluster.leases import counts
 from mta.cluster.store import StoreDown
 from mta.config import Policy
+from shaper.adaptive import FLOOR
 from shaper.limiter import message_burst
 from shaper.pauses import MAX_PAUSE
 from shaper.replies import slow_down
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from mta.destinations.delivery import Destination
 
 RETRY = 0.5  # seconds between tries for a lease the other nodes hold
+RATE_FOR = 60.0  # seconds a rate learned from "too fast" is offered to nodes that start meanwhile
 
 
 class Gate:
@@ -129,10 +131,15 @@ class Gate:
             self.cluster.shared.tell(dest.key, "throttle", {"until": wall, "reason": transition.reason,
                                                              "limits": msgspec.to_builtins(core.throttle)})
 
-    def pushed_back(self, reply) -> None:
+    def pushed_back(self, reply, slower: bool) -> None:
         """A receiver's "too many connections": the connections open across all nodes, less
-        one, are the limit for all of them for a while (Postfix's feedback, cluster-wide)."""
-        if slow_down(reply.code, reply.text) == "connections":
+        one, are the limit for all of them for a while (Postfix's feedback, cluster-wide).
+        Its "too fast" (`slower`: this node lowered its rate): the others take that rate."""
+        dest = self.dest
+        if slower:
+            self.cluster.shared.tell(dest.key, "rate", {"until": dest._wall() + RATE_FOR,
+                                                        "per_second": dest.core.adaptive.current})
+        elif slow_down(reply.code, reply.text) == "connections":
             task = asyncio.get_running_loop().create_task(self._too_many())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -163,6 +170,8 @@ class Gate:
             elif kind == "throttle":
                 now = dest._time.now()
                 dest.core.back_off(now, now + left, msgspec.convert(fact["limits"], Policy), reason)
+            elif kind == "rate":
+                dest.core.adopt_rate(max(FLOOR, float(fact["per_second"])), dest._time.now())
             elif kind == "window":
                 self.learned = (max(1, int(fact["connections"])), dest._time.now() + left)
         finally:
