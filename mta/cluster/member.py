@@ -21,7 +21,8 @@ from mta.supervision import TaskCrashed, endless, leaves
 
 log = logging.getLogger("mta.cluster")
 
-MAX_FACTS = 10_000  # destinations with facts of other nodes kept for when they are made here
+MAX_FACTS = 10_000
+ROUTE_FAULT_FOR = 3600.0  # seconds a route's refused credentials are told to nodes that start meanwhile  # destinations with facts of other nodes kept for when they are made here
 
 
 class Member:
@@ -31,12 +32,19 @@ class Member:
         self._recalls: set[asyncio.Task] = set()
         cluster.shared.on_wanted = self.wanted
         cluster.shared.apply = self.apply
+        engine.routes.on_fault = self._route_fault
         self.facts: dict[str, dict[str, dict]] = {}  # destination key -> kind -> fact, for ones not here yet
+
+    def _route_fault(self, key: str, why: str) -> None:
+        self.cluster.shared.tell(key, "route", {"until": self.engine.clock() + ROUTE_FAULT_FOR, "reason": why})
 
     def apply(self, key: str, kind: str, fact: dict | None) -> None:
         """A fact another node learned: for the destination here, and for one made later."""
         if fact is None:
             return  # it ends by itself (an operator's resume is shared through mta.ops.kept)
+        if kind == "route":  # a route's credentials refused: paused here until they change
+            self.engine.routes.adopt_fault(key, str(fact.get("reason", "credentials refused")))
+            return
         if len(self.facts) > MAX_FACTS:  # destinations never made here: keep what is in force
             now = self.engine.clock()
             self.facts = {k: f for k, f in self.facts.items() if any(x["until"] > now for x in f.values())}

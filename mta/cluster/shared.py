@@ -27,7 +27,7 @@ log = logging.getLogger("mta.cluster")
 
 STATE = PREFIX + "state"
 WANTED = PREFIX + "wanted"  # channel: a node found every lease of a destination taken
-KINDS = ("pause", "throttle", "window", "rate")
+KINDS = ("pause", "throttle", "window", "rate", "route")
 
 
 class SharedState:

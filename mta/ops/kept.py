@@ -59,12 +59,18 @@ class KeptPauses:
 
     def keep(self, target: str, until: float | None, paused: bool) -> None:
         """A pause or resume obeyed: on disk at once, and into the store."""
-        self.write_file(self.engine.pauses.active(self.engine.clock()))
+        self.write_file(self._operators())
         if self.store is not None:
             self._unsaved[target] = (until, paused)
             task = asyncio.get_running_loop().create_task(self._save())
             self._saving.add(task)
             task.add_done_callback(self._saving.discard)
+
+    def _operators(self) -> dict[str, float | None]:
+        """The pauses in force that an operator made: a route paused for refused credentials
+        is not one (it is lifted when its password changes, and tried again after a restart)."""
+        faults = self.engine.routes.faults
+        return {k: v for k, v in self.engine.pauses.active(self.engine.clock()).items() if k not in faults}
 
     async def _save(self) -> None:
         for target, (until, paused) in list(self._unsaved.items()):
@@ -82,7 +88,7 @@ class KeptPauses:
             if shared is None or self._unsaved:
                 continue
             now = engine.clock()
-            active = engine.pauses.active(now)
+            active = self._operators()
             for target, until in shared.items():
                 if target not in active or active[target] != until:
                     commands.pause_or_resume(engine, {"command": "pause", "target": target, "until": until}, now)

@@ -157,6 +157,7 @@ class RouteTable:
         self._clock = clock
         self._environ = os.environ if environ is None else environ
         self.faults: dict[str, str] = {}  # route key -> why it is paused
+        self.on_fault: Callable[[str, str], None] = lambda key, why: None  # told to the other nodes
         self._next_check: dict[str, float] = {}
         self._load(routes, rules)
 
@@ -246,9 +247,21 @@ class RouteTable:
             log.warning("%s: the smarthost %s refused the credentials of %s (%s); the route is paused "
                         "and its mail held (not bounced) until its password changes or `mta resume %s`",
                         key, entry.smarthost if entry else "?", user, reply, key)
+            self.on_fault(key, self.faults[key])
         note = (f" (route {name} paused: the smarthost refused its credentials; its mail is held "
                 f"until they change or `mta resume {key}`)")
         return Reply(reply.code, reply.text + note, reply.phase, reply.tls)
+
+    def adopt_fault(self, key: str, why: str) -> None:
+        """Another node's smarthost refused this route's credentials: pause it here too (its
+        password is checked again as for a fault seen here)."""
+        now = self._clock()
+        if key not in self._by_key or (key in self.faults and self._pauses.paused(now, key)):
+            return
+        self.faults[key] = f"{why} (seen by another node)"
+        self._next_check[key] = now + CREDENTIAL_CHECK
+        if self._pauses.apply({"command": "pause", "target": key}, now) is not None:
+            log.warning("%s: another node's smarthost refused the route's credentials; paused here too", key)
 
     def status(self) -> list[dict]:
         """What `mta status` shows of each route; never a credential."""

@@ -226,3 +226,21 @@ def test_route_connector_says_whether_credentials_need_verified_tls(tls_verify):
     asyncio.run(routes.connector("route:customer.example", Base()).open("h", "192.0.2.1", 587, tls="opportunistic",
                                                                           timeouts=None))
     assert seen["auth"] is not None and seen["auth_verified"] is tls_verify
+
+
+def test_a_refused_route_is_told_to_the_other_nodes_and_taken_from_them():
+    clock, pauses = Clock(), Pauses()
+    routes = table([ROUTE], clock=clock, pauses=pauses)
+    told = []
+    routes.on_fault = lambda key, why: told.append((key, why))
+    routes.auth_failed("route:customer.example", Reply(535, "5.7.8 invalid", "auth"))
+    routes.auth_failed("route:customer.example", Reply(535, "5.7.8 invalid", "auth"))  # paused already: told once
+    assert [key for key, _ in told] == ["route:customer.example"] and "refused" in told[0][1]
+
+    other_pauses = Pauses()
+    other = table([ROUTE], clock=clock, pauses=other_pauses)
+    other.adopt_fault("route:customer.example", told[0][1])
+    other.adopt_fault("route:nobody", "refused")  # a route this node does not have: nothing
+    assert other_pauses.paused(clock(), "route:customer.example")
+    assert not other_pauses.paused(clock(), "route:nobody")
+    assert other.status()[0]["reason"].endswith("(seen by another node)")
