@@ -89,3 +89,17 @@ def test_a_fact_no_node_of_ours_wrote_is_refused_and_bounded() -> None:
         d.gate.apply("pause", {"until": time.time() + 10 ** 9, "reason": "forever"})
         assert d.core.state.until - d._time.now() <= 30 * 86400
     asyncio.run(scenario())
+
+
+def test_a_too_fast_learned_here_is_told_and_one_told_is_taken() -> None:
+    async def scenario():
+        cluster = Cluster()
+        d = destination(cluster)
+        d.core.adaptive.on_rate_limited(d._time.now(), 20.0)  # as a "too fast" reply does
+        d.gate.pushed_back(None, True)
+        (key, kind, fact), = cluster.shared.facts
+        assert kind == "rate" and fact["per_second"] == d.core.adaptive.current < 100.0
+        other = destination(Cluster())
+        other.gate.apply("rate", fact)
+        assert other.core.per_second == fact["per_second"]
+    asyncio.run(scenario())

@@ -91,3 +91,13 @@ def test_a_receiver_with_an_unknown_limit_is_held_near_it(limit, over):
     assert mean >= 0.75 * limit
     refusing = sum(1 for *_, r in steady if r)
     assert refusing <= len(steady) / 4, "told 'too fast' on most seconds"
+
+
+def test_a_rate_another_sender_learned_is_taken_only_when_lower_and_climbs_back() -> None:
+    rate = AdaptiveRate(100.0)
+    assert not rate.adopt(0.0, 150.0) and not rate.adapting  # higher than ours: nothing
+    assert rate.adopt(0.0, 8.0) and rate.current == 8.0
+    assert not rate.adopt(1.0, 9.0)  # not lower
+    assert rate.tick(5.0) and rate.current > 8.0  # climbs back the same way
+    floor = AdaptiveRate(10.0)
+    assert floor.adopt(0.0, 0.0) and floor.current == FLOOR  # never below one a minute
