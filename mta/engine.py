@@ -99,7 +99,8 @@ class Engine:
         # Several nodes (SPEC §6): limits, state and the record of outcomes shared in a store.
         self.cluster = self.member = None
         if config.cluster.store:
-            self.cluster = Cluster(config.cluster.store, config.cluster.node, clock=clock_)
+            self.cluster = Cluster(config.cluster.store, config.cluster.node, clock=clock_,
+                                   remember=None if config_path is None else config_path + ".nodes")
             self.member = Member(self, self.cluster)
             self.cluster.nodes.describe, self.intake.recall = self.member.describe, self.member.recall
         self.kept = kept.KeptPauses(self, kept.pause_file(config_path),

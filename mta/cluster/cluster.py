@@ -28,11 +28,11 @@ def default_node() -> str:
 
 class Cluster:
     def __init__(self, url: str, node: str | None = None, *, clock: Clock = SYSTEM,
-                 on_change: Callable[[bool], None] | None = None) -> None:
+                 on_change: Callable[[bool], None] | None = None, remember: str | None = None) -> None:
         self.name = node or default_node()
         self._clock = clock
         self.store = Store(url, on_change=on_change)
-        self.nodes = Nodes(self.store, self.name)
+        self.nodes = Nodes(self.store, self.name, remember=remember)  # remember: a file for the count of nodes
         self.leases = Leases(self.store, self.name, self.nodes.live)
         self.rates = Rates(self.store, self.nodes.live, clock)
         self.record: SharedRecord | None = None

@@ -10,6 +10,7 @@ also how a node notices that the store answers again, and when it renews its lea
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import orjson
@@ -24,11 +25,15 @@ NODES = PREFIX + "nodes"
 
 
 class Nodes:
-    def __init__(self, store: Store, name: str, describe: Callable[[], dict] = dict) -> None:
+    def __init__(self, store: Store, name: str, describe: Callable[[], dict] = dict,
+                 remember: str | None = None) -> None:
         self._store = store
         self.name = name
         self.describe = describe  # what this node says about itself (JSON-able)
-        self._live = 1
+        # The count last seen, kept in a file: a node that starts while the store is away
+        # divides by it, not by 1 (which would be every limit in full).
+        self._remember = remember
+        self._live = _recalled(remember)
         self.seen: dict[str, dict] = {}  # node -> its last heartbeat (with "ago": seconds)
         store.script("HEARTBEAT", scripts.HEARTBEAT)
 
@@ -52,7 +57,28 @@ class Nodes:
             info["ago"] = max(0, now - int(stamp))
             seen[name] = info
         self.seen = seen
-        self._live = max(1, sum(1 for info in seen.values() if info["ago"] <= LIVE_FOR))
+        live = max(1, sum(1 for info in seen.values() if info["ago"] <= LIVE_FOR))
+        if live != self._live and self._remember is not None:
+            _keep(self._remember, live)
+        self._live = live
+
+
+def _recalled(path: str | None) -> int:
+    try:
+        with open(path or "", "rb") as f:
+            return max(1, min(10_000, int(f.read(16))))
+    except (OSError, ValueError):
+        return 1
+
+
+def _keep(path: str, live: int) -> None:
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w") as f:
+            f.write(str(live))
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.warning("the count of nodes could not be kept in %s (%s)", path, exc)
 
 
 async def forget(store: Store, name: str) -> None:

@@ -175,3 +175,23 @@ def test_what_one_node_learns_reaches_the_others(redis_url):
         for t in tasks:
             t.cancel()
     run(main())
+
+
+def test_a_node_that_starts_without_the_store_divides_by_the_nodes_it_saw_last(redis_url, tmp_path):
+    remembered = str(tmp_path / "rules.yaml.nodes")
+
+    async def main():
+        a = Cluster(redis_url, "a", remember=remembered)
+        b, c = Cluster(redis_url, "b"), Cluster(redis_url, "c")
+        for node in (b, c, a):
+            await node.start()
+        assert a.nodes.live() == 3
+        await _close((a, b, c))
+        later = Cluster("redis://127.0.0.1:1/0", "a", remember=remembered)  # nothing answers there
+        await later.start()
+        assert not later.up and later.nodes.live() == 3
+        assert await later.leases.acquire([("domain:x.test", 9)]) is not None
+        assert [await later.leases.acquire([("domain:x.test", 9)]) is not None for _ in range(3)] == [
+            True, True, False]  # 9 // 3
+        await later.close()
+    run(main())
