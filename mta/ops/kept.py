@@ -24,6 +24,7 @@ from mta.ops import commands
 log = logging.getLogger("mta.control")
 
 PAUSES = PREFIX + "pauses"
+WRITTEN = b"\0written"  # a field written with every change: without it the store lost the hash
 SYNC_EVERY = 10.0  # seconds between comparisons with the store's pauses
 
 
@@ -85,6 +86,9 @@ class KeptPauses:
             await engine.time.sleep(SYNC_EVERY)
             await self._save()
             shared = await self.read_store()
+            if shared is None and self.store is not None and self.store.up:
+                await self._push(self._operators())  # the store lost them: ours are the record
+                continue
             if shared is None or self._unsaved:
                 continue
             now = engine.clock()
@@ -126,11 +130,34 @@ class KeptPauses:
             raw = await self.store.call(self.store.client.hgetall, PAUSES)
         except StoreDown:
             return None
-        return _valid({k.decode(): (orjson.loads(v) if v else None) for k, v in raw.items()})
+        if WRITTEN not in raw:  # never written, or the store lost it (a restart without persistence)
+            return None
+        pauses = {}
+        for k, v in raw.items():
+            if k != WRITTEN:
+                try:
+                    pauses[k.decode()] = orjson.loads(v) if v else None
+                except (orjson.JSONDecodeError, UnicodeDecodeError):
+                    log.warning("an operator pause in the store could not be read: %r", k[:100])
+        return _valid(pauses)
 
     async def load(self) -> dict[str, float | None]:
+        """The store's pauses; this node's file's when the store has none on record (they go
+        to the store then: it lost them, or never had any)."""
         kept = await self.read_store()
-        return self.read_file() if kept is None else kept
+        if kept is not None:
+            return kept
+        kept = self.read_file()
+        if self.store is not None and self.store.up:
+            await self._push(kept)
+        return kept
+
+    async def _push(self, pauses: dict[str, float | None]) -> None:
+        mapping = {WRITTEN: b"1", **{k: b"" if v is None else orjson.dumps(v) for k, v in pauses.items()}}
+        try:
+            await self.store.call(self.store.client.hset, PAUSES, mapping=mapping)
+        except StoreDown:
+            pass
 
     async def changed(self, target: str, until: float | None, paused: bool) -> bool:
         """One pause (paused) or resume obeyed: into the store (the file is written by the
@@ -139,10 +166,13 @@ class KeptPauses:
             return True
         try:
             if paused:
-                await self.store.call(self.store.client.hset, PAUSES, target,
-                                      b"" if until is None else orjson.dumps(until))
+                await self.store.call(self.store.client.hset, PAUSES,
+                                      mapping={target: b"" if until is None else orjson.dumps(until), WRITTEN: b"1"})
             else:
-                await self.store.call(self.store.client.hdel, PAUSES, target)
+                pipe = self.store.client.pipeline(transaction=False)
+                pipe.hdel(PAUSES, target)
+                pipe.hset(PAUSES, WRITTEN, b"1")
+                await self.store.call(pipe.execute)
         except StoreDown:
             return False
         return True
