@@ -28,11 +28,12 @@ def default_node() -> str:
 
 class Cluster:
     def __init__(self, url: str, node: str | None = None, *, clock: Clock = SYSTEM,
-                 on_change: Callable[[bool], None] | None = None, remember: str | None = None) -> None:
+                 on_change: Callable[[bool], None] | None = None, remember: str | None = None,
+                 at_least: int = 1) -> None:
         self.name = node or default_node()
         self._clock = clock
         self.store = Store(url, on_change=on_change)
-        self.nodes = Nodes(self.store, self.name, remember=remember)  # remember: a file for the count of nodes
+        self.nodes = Nodes(self.store, self.name, remember=remember, at_least=at_least)
         self.leases = Leases(self.store, self.name, self.nodes.live)
         self.rates = Rates(self.store, self.nodes.live, clock)
         self.record: SharedRecord | None = None
@@ -64,13 +65,16 @@ class Cluster:
                 tasks.create_task(self.record.run(self._clock.sleep))
 
     async def _beat(self) -> None:
-        renewed = self._clock.now()
+        renewed, generation = self._clock.now(), self.store.generation
         while True:
             await self._clock.sleep(BEAT_EVERY)
             try:
-                was_up = self.store.up
                 await self.nodes.beat()
-                if not was_up or self._clock.now() - renewed >= RENEW_EVERY:
+                # the store came back, or lost its data (this node was not on record): the
+                # leases held here go back at once, not at the next renewal
+                if (generation != self.store.generation or self.nodes.lost
+                        or self._clock.now() - renewed >= RENEW_EVERY):
+                    generation = self.store.generation
                     await self.leases.renew()
                     renewed = self._clock.now()
             except StoreDown:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -42,7 +43,8 @@ class Leases:
     def __init__(self, store: Store | None, node: str, nodes: Callable[[], int]) -> None:
         self._store = store
         self._nodes = nodes
-        self._members = (f"{node}#{n}" for n in itertools.count(1))
+        # a token of this process: two processes under one name must never share a member
+        self._members = (f"{node}:{secrets.token_hex(4)}#{n}" for n in itertools.count(1))
         self._held: dict[str, tuple[str, ...]] = {}  # member -> the keys it holds
         self.open: Counter[str] = Counter()  # connections of this node per key
         self._removing: set[asyncio.Task] = set()

@@ -26,14 +26,16 @@ NODES = PREFIX + "nodes"
 
 class Nodes:
     def __init__(self, store: Store, name: str, describe: Callable[[], dict] = dict,
-                 remember: str | None = None) -> None:
+                 remember: str | None = None, at_least: int = 1) -> None:
         self._store = store
         self.name = name
         self.describe = describe  # what this node says about itself (JSON-able)
         # The count last seen, kept in a file: a node that starts while the store is away
         # divides by it, not by 1 (which would be every limit in full).
         self._remember = remember
-        self._live = _recalled(remember)
+        # (`at_least`: the processes started together by `mta run --processes`, before any beat)
+        self._live = max(_recalled(remember), at_least)
+        self.lost = False  # the last beat found this node missing from the store
         self.seen: dict[str, dict] = {}  # node -> its last heartbeat (with "ago": seconds)
         store.script("HEARTBEAT", scripts.HEARTBEAT)
 
@@ -45,16 +47,17 @@ class Nodes:
         doc = orjson.dumps(self.describe()).decode()
         reply = await self._store.run("HEARTBEAT", [NODES], [self.name, doc, LIVE_FOR])
         now = int(reply[0])
+        self.lost = not reply[1]  # the store had no record of this node: it lost its data
         seen: dict[str, dict] = {}
-        for i in range(1, len(reply) - 1, 2):
-            name = reply[i].decode()
-            stamp, _, body = reply[i + 1].decode().partition(" ")
-            try:
+        for i in range(2, len(reply) - 1, 2):
+            try:  # entries of other versions, or written by hand, are skipped
+                name = reply[i].decode()
+                stamp, _, body = reply[i + 1].decode().partition(" ")
                 info = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                info = {}
-            info = info if isinstance(info, dict) else {}
-            info["ago"] = max(0, now - int(stamp))
+                info = info if isinstance(info, dict) else {}
+                info["ago"] = max(0, now - int(stamp))
+            except (UnicodeDecodeError, ValueError):
+                continue
             seen[name] = info
         self.seen = seen
         live = max(1, sum(1 for info in seen.values() if info["ago"] <= LIVE_FOR))

@@ -14,6 +14,7 @@ copy that this node does not know) looks through the hours, newest first.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable
 
@@ -23,7 +24,8 @@ log = logging.getLogger("mta.cluster")
 
 FLUSH_EVERY = 0.05  # seconds
 KEEP_HOURS = 25  # longer than any redelivery: RabbitMQ's consumer_timeout is 30 min by default
-MAX_BUFFER = 100_000  # outcomes kept for the store while it is down; older ones are dropped
+MAX_BUFFER = 100_000  # outcomes kept for the store while it is down; newer ones are not
+CHUNK = 1_000  # outcomes per call
 
 
 class SharedRecord:
@@ -32,7 +34,8 @@ class SharedRecord:
         self.journal = journal  # the local one (mta.settle.journal), or None
         self._wall = wall
         self._buffer: dict[str, dict[str, bytes]] = {}  # hour key -> field -> value
-        self._count = 0
+        self._count = 0  # outcomes in the buffer
+        self._dropping = False
         self._wake = asyncio.Event()
 
     def _hour(self) -> str:
@@ -52,10 +55,16 @@ class SharedRecord:
             self.journal.close()
 
     def _put(self, key: str, value: bytes) -> None:
-        if self._count >= MAX_BUFFER:
-            return
-        self._buffer.setdefault(self._hour(), {})[key] = value
-        self._count += 1
+        fields = self._buffer.setdefault(self._hour(), {})
+        if key not in fields:
+            if self._count >= MAX_BUFFER:
+                if not self._dropping:
+                    self._dropping = True
+                    log.warning("the cluster store has not taken the last %d outcomes; newer ones are "
+                                "kept only in the local journal until it does", MAX_BUFFER)
+                return
+            self._count += 1
+        fields[key] = value
         self._wake.set()
 
     async def run(self, sleep: Callable[[float], object]) -> None:
@@ -67,20 +76,25 @@ class SharedRecord:
             await self.flush()
 
     async def flush(self) -> None:
-        buffer, count = self._buffer, self._count
-        if not buffer:
-            return
-        self._buffer, self._count = {}, 0
-        pipe = self._store.client.pipeline(transaction=False)
-        for hour, fields in buffer.items():
-            pipe.hset(hour, mapping=fields)
+        """Write the buffer, `CHUNK` outcomes per call (a backlog after an outage is not one
+        call that cannot finish within the store's timeout); what fails stays for the next."""
+        while self._buffer:
+            hour, fields = next(iter(self._buffer.items()))
+            chunk = dict(itertools.islice(fields.items(), CHUNK))
+            pipe = self._store.client.pipeline(transaction=False)
+            pipe.hset(hour, mapping=chunk)
             pipe.expire(hour, KEEP_HOURS * 3600)
-        try:
-            await self._store.call(pipe.execute)
-        except StoreDown:
-            for hour, fields in buffer.items():  # newer values written meanwhile win
-                self._buffer[hour] = {**fields, **self._buffer.get(hour, {})}
-            self._count += count
+            try:
+                await self._store.call(pipe.execute)
+            except StoreDown:
+                return
+            for key, value in chunk.items():  # unless rewritten meanwhile (F, then P)
+                if fields.get(key) is value:
+                    del fields[key]
+                    self._count -= 1
+            if not fields:
+                del self._buffer[hour]
+        self._dropping = False
 
     async def recall(self, key: str) -> tuple[bytes | None, str, bool] | None:
         """(result, status, published) of a message some node finished, or None (also when

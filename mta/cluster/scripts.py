@@ -53,7 +53,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local n = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tat = tonumber(redis.call('GET', KEYS[1])) or 0
 if tat < now then tat = now end
 local new = tat + n * interval
 redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
@@ -61,14 +61,16 @@ return tat - tonumber(ARGV[2]) - now
 """
 
 # KEYS[1]: the nodes hash; ARGV[1]: this node, ARGV[2]: what it says about itself (JSON),
-# ARGV[3]: seconds a node counts as live. Returns [store time (s), name, doc, ...] of
-# every node, the heartbeat's own time stamped in; nodes silent for an hour are dropped.
+# ARGV[3]: seconds a node counts as live. Returns [store time (s), whether this node was
+# on record (0: the store lost it, or this is the first beat), name, doc, ...] of every node,
+# the heartbeat's own time stamped in; nodes silent for an hour are dropped.
 HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1])
+local had = redis.call('HEXISTS', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], now .. ' ' .. ARGV[2])
 local all = redis.call('HGETALL', KEYS[1])
-local out = {now}
+local out = {now, had}
 for i = 1, #all, 2 do
   local seen = tonumber(string.match(all[i + 1], '^(%d+)'))
   if seen == nil or now - seen > 3600 then

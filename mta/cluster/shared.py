@@ -113,7 +113,10 @@ class SharedState:
         raw = await self._store.call(self._store.client.hgetall, STATE)
         for key, value in raw.items():
             for kind, fact in self._live(value).items():
-                self.apply(key.decode(), kind, fact)
+                try:
+                    self.apply(key.decode(), kind, fact)
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:  # no node of ours wrote it
+                    log.warning("a shared %s fact was ignored (%s): %r", kind, exc, key[:100])
 
     async def _listener(self) -> None:
         """Listen on the channel; while the store is away, try again every second and read
@@ -124,14 +127,17 @@ class SharedState:
                 await pubsub.subscribe(STATE, WANTED)
                 await self.load()
                 self.listening.set()
-                while True:
+                generation = self._store.generation
+                # the store went away and came back (maybe another one, after a failover):
+                # a subscription on a dead connection hears nothing, so subscribe again
+                while generation == self._store.generation:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._heard(message["channel"], message["data"])
             except (StoreDown, RedisError, OSError) as exc:
-                self.listening.clear()
                 log.debug("listening for shared state stopped (%s); again in 1 s", exc)
             finally:
+                self.listening.clear()
                 try:
                     await pubsub.aclose()
                 except (RedisError, OSError):

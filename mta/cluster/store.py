@@ -18,7 +18,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 log = logging.getLogger("mta.cluster")
 
@@ -40,6 +40,7 @@ class Store:
         self.url = url
         self.timeout = timeout
         self.up = True
+        self.generation = 0  # times it came back: a subscription and the leases are renewed then
         self._on_change = on_change
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout,
@@ -60,6 +61,9 @@ class Store:
         try:
             async with asyncio.timeout(self.timeout):
                 result = await fn(*args, **kwargs)
+        except ResponseError as exc:  # it answers, with an error (out of memory, read-only...)
+            log.warning("the cluster store %s refused a call: %s", _safe(self.url), exc)
+            raise StoreDown(str(exc)) from exc
         except (RedisError, OSError, TimeoutError) as exc:
             self._set(False, exc)
             raise StoreDown(str(exc) or type(exc).__name__) from exc
@@ -72,6 +76,7 @@ class Store:
             return
         self.up = up
         if up:
+            self.generation += 1  # what was kept in the store may be gone: write it again
             log.warning("the cluster store %s answers again: shared limits are back", _safe(self.url))
         else:
             log.warning("the cluster store %s does not answer (%s): this node keeps to its share "
