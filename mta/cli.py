@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--processes", type=int, default=1, metavar="N",
                      help="N delivery processes sharing their limits through cluster.store (one per core)")
     run.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--siblings", type=int, default=1, help=argparse.SUPPRESS)  # nodes started with it
     check = sub.add_parser("check", help="validate a rules file and exit")
     check.add_argument("config")
     check.add_argument("--explain", metavar="DOMAIN", help="show which destination and limits apply to DOMAIN and why")
@@ -172,10 +173,10 @@ def _start(args) -> int:
         return asyncio.run(processes.supervise(args.config, args.processes, args.log_level))
     if index is not None:
         config = processes.for_child(config, index, args.config)
-    return _run(config, args.config)
+    return _run(config, args.config, args.siblings)
 
 
-def _run(config, path: str) -> int:
+def _run(config, path: str, siblings: int = 1) -> int:
     from mta.engine import Engine
 
     try:
@@ -188,7 +189,7 @@ def _run(config, path: str) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        engine = Engine(config, config_path=path)
+        engine = Engine(config, config_path=path, nodes_at_least=siblings)
         loop.add_signal_handler(signal.SIGHUP, engine.reload)
         await engine.run(stop)
 

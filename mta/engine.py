@@ -61,7 +61,8 @@ FORGET_SWEEP = 60.0  # seconds between looks for idle destinations to forget
 
 
 class Engine:
-    def __init__(self, config: Config, *, clock: Clock = SYSTEM, config_path: str | None = None):
+    def __init__(self, config: Config, *, clock: Clock = SYSTEM, config_path: str | None = None,
+                 nodes_at_least: int = 1):
         self.config = config
         self.config_path = config_path
         self.time = clock_ = clock  # the one clock: timers, sleeps, monotonic time for limits and caches
@@ -99,7 +100,7 @@ class Engine:
         # Several nodes (SPEC §6): limits, state and the record of outcomes shared in a store.
         self.cluster = self.member = None
         if config.cluster.store:
-            self.cluster = Cluster(config.cluster.store, config.cluster.node, clock=clock_,
+            self.cluster = Cluster(config.cluster.store, config.cluster.node, clock=clock_, at_least=nodes_at_least,
                                    remember=None if config_path is None else config_path + ".nodes")
             self.member = Member(self, self.cluster)
             self.cluster.nodes.describe, self.intake.recall = self.member.describe, self.member.recall

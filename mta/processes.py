@@ -72,17 +72,22 @@ async def supervise(path: str, processes: int, log_level: str, clock: Clock = SY
         pause = RESTART_AFTER
         while True:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mta", "run", path, "--log-level", log_level, "--process-index", str(index))
+                sys.executable, "-m", "mta", "run", path, "--log-level", log_level, "--process-index", str(index),
+                "--siblings", str(processes))
             children[index] = proc
+            if stop.is_set():  # SIGTERM came while it was being started
+                proc.terminate()
             log.info("delivery process %d started (pid %d)", index, proc.pid)
             started = clock.now()
             code = await proc.wait()
             if stop.is_set():
-                return code
+                return 0 if code in (0, -signal.SIGTERM) else code
             pause = min(pause * 2, RESTART_MAX) if clock.now() - started < YOUNG else RESTART_AFTER
             log.error("delivery process %d (pid %d) ended with %s; starting it again in %.0f s",
                       index, proc.pid, code, pause)
-            await clock.sleep(pause)
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait([stopped, asyncio.create_task(clock.sleep(pause))],
+                               return_when=asyncio.FIRST_COMPLETED)
             if stop.is_set():
                 return 0
 
