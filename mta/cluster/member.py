@@ -43,7 +43,7 @@ class Member:
         if fact is None:
             return  # it ends by itself (an operator's resume is shared through mta.ops.kept)
         if kind == "route":  # a route's credentials refused: paused here until they change
-            self.engine.routes.adopt_fault(key, str(fact.get("reason", "credentials refused")))
+            self.engine.routes.adopt_fault(key, str(fact.get("reason", "credentials refused")), float(fact["until"]))
             return
         if len(self.facts) > MAX_FACTS:  # destinations never made here: keep what is in force
             now = self.engine.clock()

@@ -36,6 +36,7 @@ import ipaddress
 import logging
 import os
 import re
+import math
 from collections.abc import Callable, Mapping
 
 from mta.config import ConfigError, Route
@@ -158,6 +159,7 @@ class RouteTable:
         self._environ = os.environ if environ is None else environ
         self.faults: dict[str, str] = {}  # route key -> why it is paused
         self.on_fault: Callable[[str, str], None] = lambda key, why: None  # told to the other nodes
+        self._adopted: dict[str, float] = {}  # route key -> when another node's fault is over here
         self._next_check: dict[str, float] = {}
         self._load(routes, rules)
 
@@ -252,12 +254,13 @@ class RouteTable:
                 f"until they change or `mta resume {key}`)")
         return Reply(reply.code, reply.text + note, reply.phase, reply.tls)
 
-    def adopt_fault(self, key: str, why: str) -> None:
-        """Another node's smarthost refused this route's credentials: pause it here too (its
-        password is checked again as for a fault seen here)."""
+    def adopt_fault(self, key: str, why: str, until: float) -> None:
+        """Another node's smarthost refused this route's credentials: pause it here too, until
+        `until` (wall time) or until its password changes here, whichever comes first."""
         now = self._clock()
         if key not in self._by_key or (key in self.faults and self._pauses.paused(now, key)):
             return
+        self._adopted[key] = until
         self.faults[key] = f"{why} (seen by another node)"
         self._next_check[key] = now + CREDENTIAL_CHECK
         if self._pauses.apply({"command": "pause", "target": key}, now) is not None:
@@ -282,6 +285,9 @@ class RouteTable:
             del self.faults[key]  # resumed by `mta resume`
             self._next_check.pop(key, None)
             return
+        if now >= self._adopted.get(key, math.inf):  # another node's fault, over: try the credentials here
+            self._resume(key, "the refusal another node saw is over")
+            return
         if now < self._next_check.get(key, 0.0) or not entry.route.password_file:
             return
         self._next_check[key] = now + CREDENTIAL_CHECK
@@ -300,6 +306,7 @@ class RouteTable:
 
     def _resume(self, key: str, why: str) -> None:
         self.faults.pop(key, None)
+        self._adopted.pop(key, None)
         self._next_check.pop(key, None)
         self._pauses.apply({"command": "resume", "target": key}, self._clock())
         log.info("%s: %s; the route is resumed and its held mail comes back", key, why)

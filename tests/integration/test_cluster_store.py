@@ -194,4 +194,24 @@ def test_a_node_that_starts_without_the_store_divides_by_the_nodes_it_saw_last(r
         assert [await later.leases.acquire([("domain:x.test", 9)]) is not None for _ in range(3)] == [
             True, True, False]  # 9 // 3
         await later.close()
+        assert Cluster("redis://127.0.0.1:1/0", "p-0", at_least=4).nodes.live() == 4  # --processes 4
+    run(main())
+
+
+def test_a_store_that_lost_the_pauses_gets_them_back_instead_of_resuming_them(redis_url, tmp_path):
+    from mta.ops.kept import KeptPauses
+    from tests.fakes import FakeEngine
+
+    async def main():
+        node = Cluster(redis_url, "a")
+        engine = FakeEngine()
+        kept = KeptPauses(engine, str(tmp_path / "rules.yaml.pauses"), node.store)
+        kept.write_file({"ok2.test": None})
+        assert await kept.load() == {"ok2.test": None}  # the store had none on record: the file's
+        assert await kept.read_store() == {"ok2.test": None}  # ... and now the store has them
+        await node.store.call(node.store.client.flushall)  # a restart without persistence
+        assert await kept.read_store() is None  # lost, not "no pauses"
+        await node.store.call(node.store.client.hset, "mta:pauses", mapping={"x.test": b"{bad", "\0written": b"1"})
+        assert await kept.read_store() == {}  # a value no node wrote is skipped
+        await node.close()
     run(main())

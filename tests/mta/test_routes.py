@@ -239,8 +239,11 @@ def test_a_refused_route_is_told_to_the_other_nodes_and_taken_from_them():
 
     other_pauses = Pauses()
     other = table([ROUTE], clock=clock, pauses=other_pauses)
-    other.adopt_fault("route:customer.example", told[0][1])
-    other.adopt_fault("route:nobody", "refused")  # a route this node does not have: nothing
+    other.adopt_fault("route:customer.example", told[0][1], clock() + 3600)
+    other.adopt_fault("route:nobody", "refused", clock() + 3600)  # a route this node does not have: nothing
     assert other_pauses.paused(clock(), "route:customer.example")
     assert not other_pauses.paused(clock(), "route:nobody")
     assert other.status()[0]["reason"].endswith("(seen by another node)")
+    clock.now += 3601  # the refusal it was told of is over: its mail comes by, the route is tried again
+    other.match(job())
+    assert not other_pauses.paused(clock(), "route:customer.example") and other.faults == {}
