@@ -114,9 +114,6 @@ class Leases:
                 members.append(member)
         await self._store.run("RENEW", keys, [int(LIFETIME * 1000), *members])
 
-    def held(self) -> int:
-        return len(self._held)
-
 
 async def counts(store: Store, keys: Sequence[str]) -> dict[str, int]:
     """Connections open across all nodes per key (for `mta status`); raises StoreDown."""

@@ -29,6 +29,7 @@ from shaper.units import Rate
 
 BATCH_SECONDS = 0.1
 MAX_BATCH = 20
+MAX_KEYS = 10_000  # rates kept in hand; past it, the spent and idle ones are dropped
 
 
 class _Batch:
@@ -101,7 +102,11 @@ class Rates:
             first_us = await self._store.run("GCRA", [PREFIX + "rate:" + key],
                                              [interval_us, (burst - 1) * interval_us, n])
             # Slots count from when the answer arrived: later than the store's now, never earlier.
-            self._batches[key] = _Batch(self._clock.now() + first_us / 1e6, interval_us / 1e6, n)
+            now = self._clock.now()
+            batches = self._batches
+            if len(batches) >= MAX_KEYS and key not in batches:  # destinations come and go: keep the live ones
+                self._batches = batches = {k: b for k, b in batches.items() if b.left and b.first > now - 60}
+            batches[key] = _Batch(now + first_us / 1e6, interval_us / 1e6, n)
             return True
         except StoreDown:
             return False
@@ -117,9 +122,8 @@ class Rates:
             limiter = Gcra(share, max(1, burst // nodes))
         elif made_for != nodes or limiter.rate != share:
             limiter.set_rate(share, now, burst=max(1, burst // nodes))
+        if len(self._local) >= MAX_KEYS and key not in self._local:
+            self._local = {k: v for k, v in self._local.items() if not v[0].is_idle(now)}
         self._local[key] = (limiter, nodes)
         return now + limiter.reserve(now)
 
-    def forget(self, key: str) -> None:
-        self._batches.pop(key, None)
-        self._local.pop(key, None)

@@ -3,9 +3,10 @@
 Theory of operation: one redis-py asyncio client with a small pool, no retries of its own
 and a short timeout on connecting and on every reply: a call that fails or takes longer
 marks the store down and raises `StoreDown` at once, so callers fall back to their share
-instead of waiting. While it is down, `watch()` (run by the node's heartbeat) pings it
-once a second; the first answer marks it up again. Each change is logged once, not per
-call, and counted by the owner through `on_change`.
+instead of waiting (an error reply, such as out of memory, falls back too, without marking
+it down). While it is down, the node's heartbeat tries it once a second; the first answer
+marks it up again and counts a new `generation` (what the node keeps there is written
+again). Each change is logged once, not per call, and told to the owner (`on_change`).
 """
 
 from __future__ import annotations
@@ -83,13 +84,6 @@ class Store:
                         "of every limit until it does", _safe(self.url), exc or "no answer")
         if self._on_change is not None:
             self._on_change(up)
-
-    async def ping(self) -> bool:
-        try:
-            await self.call(self.client.ping)
-        except StoreDown:
-            return False
-        return True
 
     async def close(self) -> None:
         try:

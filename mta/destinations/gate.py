@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from mta.cluster.leases import counts
+from mta.cluster.leases import counts as open_leases
 from mta.cluster.store import StoreDown
 from mta.config import Policy
 from shaper.adaptive import FLOOR
@@ -108,11 +108,6 @@ class Gate:
             return False
         return dest.share is None or self.cluster.rates.due(dest.share.key)
 
-    def close(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-
     # ---- what this node learns, every node knows (mta.cluster.shared)
 
     def moved(self, transition: Transition) -> None:
@@ -147,7 +142,7 @@ class Gate:
     async def _too_many(self) -> None:
         dest = self.dest
         try:
-            counts = await leases_open(self.cluster, dest.key)
+            counts = (await open_leases(self.cluster.store, [dest.key]))[dest.key]
         except StoreDown:
             return
         connections = max(1, counts - 1)
@@ -176,7 +171,3 @@ class Gate:
                 self.learned = (max(1, int(fact["connections"])), dest._time.now() + left)
         finally:
             self._applying = False
-
-
-async def leases_open(cluster: Cluster, key: str) -> int:
-    return (await counts(cluster.store, [key]))[key]

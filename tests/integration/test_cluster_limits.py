@@ -18,9 +18,9 @@ def _nodes(mta_config, start_mta, redis_url, n: int, **overrides) -> list:
 @pytest.mark.timeout(240)
 def test_three_nodes_keep_one_connection_limit(vhost, sinks, mta_config, start_mta, redis_url):
     sinks.set_data_delay(OK_MX[1], 0.05)  # slow enough that every node wants more connections
-    nodes = _nodes(mta_config, start_mta, redis_url, 3,
-                   broker={"prefetch": 100},
-                   domains={"ok1.test": {"connection_limit": 3, "max_deliveries_per_connection": 10}})
+    _nodes(mta_config, start_mta, redis_url, 3,
+           broker={"prefetch": 100},
+           domains={"ok1.test": {"connection_limit": 3, "max_deliveries_per_connection": 10}})
     run = run_id()
     msgs = {f"cl-{run}-{i}": f"user{i}-{run}@ok1.test" for i in range(300)}
     publish(vhost, "bulk", [make_message(i, r) for i, r in msgs.items()])
@@ -29,8 +29,6 @@ def test_three_nodes_keep_one_connection_limit(vhost, sinks, mta_config, start_m
 
     assert_each_final(results, msgs, "delivered")
     assert sinks.max_concurrent()[OK_MX[1]] == 3, sinks.max_concurrent()
-    senders = [n for n in nodes if "delivered" in n.log_text() or True]
-    assert len(senders) == 3
     assert sum(1 for a in sinks.accepted() if a.sink == OK_MX[1]) == 300
 
 
