@@ -203,6 +203,7 @@ class Engine:
                 window = self.config.broker.prefetch + self.config.broker.single_prefetch
                 self.settler.recent_limit = max(self.settler.recent_limit, 20 * window)
                 self.settler.journal = self.journal
+                self.settler.before_ack = self.cluster.record.flush if self.cluster is not None else None
                 self.settler.restore(self._recorded)
                 self._recorded = {}
             else:

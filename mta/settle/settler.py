@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from collections import OrderedDict
 
 from mta import fault
@@ -78,6 +78,9 @@ class Settler:
         self.recent_limit = RECENT_FINALS
         self._publisher: BatchPublisher | None = None
         self.journal: Journal | None = None  # the record on disk, for the process after a crash
+        # Several nodes (mta.cluster.record): the outcomes of a batch reach the shared store
+        # before its deliveries are acknowledged, so another node that gets one again knows it.
+        self.before_ack: Callable[[], Awaitable[None]] | None = None
         # Bodies whose retry or held copy was confirmed as their channel closed (too late to
         # acknowledge them): until the copy can come back, a redelivered original is its double.
         self._replaced: OrderedDict[bytes, float] = OrderedDict()
@@ -238,6 +241,8 @@ class Settler:
                 if s.book is not book:
                     book, gone = s.book, s.book.closed
                 self._confirmed(s, span, outcomes, started, gone)
+            if self.before_ack is not None:
+                await self.before_ack()  # bounded by the store's timeout; down: acknowledged anyway
             if fault.ARMED: fault.hit("after_result")  # test-only: MTA_FAULT (mta/fault.py)
         finally:  # also after a bug midway: what was settled and confirmed is acknowledged
             await self._flush()
