@@ -76,10 +76,14 @@ class SharedRecord:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write the buffer, `CHUNK` outcomes per call (a backlog after an outage is not one
-        call that cannot finish within the store's timeout); what fails stays for the next."""
-        while self._buffer:
-            hour, fields = next(iter(self._buffer.items()))
+        """Write what is in the buffer now (not what comes in meanwhile: the settler waits for
+        this before acknowledging a batch), `CHUNK` outcomes per call, so a backlog after an
+        outage is not one call that cannot finish within the store's timeout; what fails is
+        put back for the next flush, under what was written since."""
+        buffer, self._buffer, self._count = self._buffer, {}, 0
+        pending = [(hour, fields) for hour, fields in buffer.items()]
+        while pending:
+            hour, fields = pending[0]
             chunk = dict(itertools.islice(fields.items(), CHUNK))
             pipe = self._store.client.pipeline(transaction=False)
             pipe.hset(hour, mapping=chunk)
@@ -87,13 +91,15 @@ class SharedRecord:
             try:
                 await self._store.call(pipe.execute)
             except StoreDown:
+                for hour, fields in pending:
+                    newer = self._buffer.get(hour, {})
+                    self._count += len(fields.keys() - newer.keys())
+                    self._buffer[hour] = {**fields, **newer}
                 return
-            for key, value in chunk.items():  # unless rewritten meanwhile (F, then P)
-                if fields.get(key) is value:
-                    del fields[key]
-                    self._count -= 1
+            for key in chunk:
+                del fields[key]
             if not fields:
-                del self._buffer[hour]
+                pending.pop(0)
         self._dropping = False
 
     async def recall(self, key: str) -> tuple[bytes | None, str, bool] | None:
