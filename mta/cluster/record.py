@@ -5,9 +5,9 @@ Theory of operation: it stands where the settler's journal stands (`final`, `pub
 and passes every call on to the local journal, if there is one; besides, it buffers the
 outcome and writes the buffer to the store in one call every `FLUSH_EVERY` (a hash per
 hour, `mta:final:HOUR`, field = the message's recent key, value `F<status>\\0<result>` or,
-once the result is confirmed, `P`), kept `KEEP_HOURS`. Writing is not waited for:
-a node that crashes before its buffer reached the store may see a message sent again,
-within what it had on the wire, as without the store. `recall` (only for a redelivered
+once the result is confirmed, `P`), kept `KEEP_HOURS`. The settler waits for a flush before
+it acknowledges a batch (`Settler.before_ack`): a delivery acknowledged is on record; one a
+node had on the wire when it died may be sent again, as without the store. `recall` (only for a redelivered
 copy that this node does not know) looks through the hours, newest first.
 """
 
