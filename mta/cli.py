@@ -32,6 +32,8 @@ commands:
   reload                 every MTA on the broker re-reads its rules file (as on SIGHUP)
   dkim-keygen DOMAIN SELECTOR
                          write a new DKIM private key file and print the DNS TXT record
+  hash-password          read a password (from the terminal, or one line on stdin) and print
+                         its scrypt hash for a source's `password_hash`
 
 status, pause, resume and reload find the broker in --config CONFIG, else $MTA_BROKER_URL,
 else amqp://guest:guest@localhost:5672/; they sign with the control key of CONFIG
@@ -86,7 +88,28 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--algorithm", default="rsa-sha256", choices=["rsa-sha256", "ed25519-sha256"])
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (2048 at least)")
     keygen.add_argument("--key-file", help="where to write the key (default DOMAIN.SELECTOR.pem); never overwritten")
+    sub.add_parser("hash-password", help="print the scrypt hash of a password for sources.*.users[].password_hash")
     return parser
+
+
+def _hash_password(args) -> int:
+    """The password never comes from the command line (ps and shell history would show it)."""
+    import getpass
+
+    from mta.submission.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("the two passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("an empty password is refused", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
 
 
 def _keygen(args) -> int:
@@ -119,6 +142,15 @@ def _preflight(config, path: str) -> bool:
             return False
         for warning in warnings:
             print(f"{path}: warning: {warning}", file=sys.stderr)
+    if config.listeners:
+        from mta.submission.service import tls_context
+
+        try:
+            for listener in config.listeners:
+                tls_context(listener)
+        except ConfigError as exc:
+            print(f"{path}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
+            return False
     from mta.ops.control import secret_file_warnings
 
     for warning in secret_file_warnings(config):
@@ -191,7 +223,14 @@ def _run(config, path: str, siblings: int = 1) -> int:
             loop.add_signal_handler(sig, stop.set)
         engine = Engine(config, config_path=path, nodes_at_least=siblings)
         loop.add_signal_handler(signal.SIGHUP, engine.reload)
-        await engine.run(stop)
+        if not config.listeners:
+            await engine.run(stop)
+            return
+        from mta.submission.service import Listeners
+
+        engine.listeners = Listeners(config, clock=engine.time, config_path=path)  # SPEC §7
+        await engine.listeners.start()
+        await asyncio.gather(engine.run(stop), engine.listeners.stop_on(stop))
 
     try:
         if uvloop is not None:
@@ -297,4 +336,5 @@ def _status(args) -> int:
 _COMMANDS = {
     "run": _start, "check": _check, "replay-quarantined": _replay, "replay-parked": _replay,
     "status": _status, "pause": _control, "resume": _control, "reload": _control, "dkim-keygen": _keygen,
+    "hash-password": _hash_password,
 }

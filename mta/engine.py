@@ -107,6 +107,7 @@ class Engine:
         self.kept = kept.KeptPauses(self, kept.pause_file(config_path),
                                     self.cluster.store if self.cluster is not None else None)
         self.ready = asyncio.Event()
+        self.listeners = None  # SMTP submission (mta.submission.service), started beside the engine
         self.stopping = False
         if self.signer is not None:
             self.signer.observe = self.metrics.observe_dkim_signing

@@ -227,3 +227,13 @@ def redact(url: str) -> str:
     creds, _, host = rest.rpartition("@")
     user = creds.split(":", 1)[0]
     return f"{scheme}{sep}{user}:***@{host}"
+
+
+def blocked(connection) -> bool:
+    """Has the broker blocked this connection's publishing (Connection.Blocked: a memory or
+    disk alarm)? Publishes written meanwhile wait unread, unconfirmed, until it lifts."""
+    underlay = getattr(connection, "transport", None)
+    if underlay is None:
+        return False
+    unblocked = getattr(underlay.connection, "_Connection__connection_unblocked", None)  # aiormq keeps it private
+    return unblocked is not None and not unblocked.is_set()

@@ -109,16 +109,23 @@ def marshal(channel: int, publish: Publish, message_id: str, max_frame: int) -> 
 
 
 class _Batch:
-    __slots__ = ("outcomes", "waiting", "future")
+    """The publishes of one `write`: per publish None (confirmed) or the error, and a future
+    done when all are settled. `observer(index, error)`, when set, hears each as it settles."""
+
+    __slots__ = ("outcomes", "waiting", "future", "slots", "observer")
 
     def __init__(self, n: int, future: asyncio.Future):
         self.outcomes: list[BaseException | None] = [None] * n
         self.waiting = n
         self.future = future
+        self.slots: list[_Slot] = []
+        self.observer = None
 
     def settle(self, index: int, error: BaseException | None) -> None:
         self.outcomes[index] = error
         self.waiting -= 1
+        if self.observer is not None:
+            self.observer(index, error)
         if self.waiting == 0 and not self.future.done():
             self.future.set_result(None)
 
@@ -195,13 +202,32 @@ class BatchPublisher:
         (confirmed) or the error."""
         if not encoded:
             return []
+        pending = await self.write(encoded)
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for returns the result, and drops the
+        # cancel, when the task is cancelled just as the future completes (a session ending
+        # as the confirms arrive would then wait for its settler forever). A cancel always
+        # propagates here; the future is left to aiormq.
+        future = pending.future
+        done, _ = await asyncio.wait((future,), timeout=timeout)
+        if not done:
+            for slot in pending.slots:
+                slot.set_exception(PublishTimeout(f"no confirm from the broker within {timeout:.0f}s"))
+        elif future.cancelled() or future.exception() is not None:  # the channel closed under the batch
+            error = BrokerLost("publishing: the channel closed") if future.cancelled() else future.exception()
+            for slot in pending.slots:
+                slot.set_exception(error)
+        return pending.outcomes
+
+    async def write(self, encoded: Sequence[tuple[str, bytes]]) -> _Batch:
+        """Write encoded publishes in one go and number them; the batch's future is done once
+        the broker answered every one (aiormq rejects it if the channel closes first)."""
         channel = self.channel
         if channel.is_closed:
             raise BrokerLost(f"publishing: {channel!r} is closed")
         with mapped("publishing"):
             future = channel.create_future()  # rejected by aiormq if the channel closes
         pending = _Batch(len(encoded), future)
-        slots = []
+        slots = pending.slots
         payload = b"".join([frames for _, frames in encoded])
         async with channel.lock:
             await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
@@ -217,16 +243,4 @@ class BatchPublisher:
                 ids[message_id] = tag
                 slots.append(slot)
             channel.delivery_tag = tag
-        # asyncio.wait, not wait_for: on Python 3.11 wait_for returns the result, and drops the
-        # cancel, when the task is cancelled just as the future completes (a session ending
-        # as the confirms arrive would then wait for its settler forever). A cancel always
-        # propagates here; the future is left to aiormq.
-        done, _ = await asyncio.wait((future,), timeout=timeout)
-        if not done:
-            for slot in slots:
-                slot.set_exception(PublishTimeout(f"no confirm from the broker within {timeout:.0f}s"))
-        elif future.cancelled() or future.exception() is not None:  # the channel closed under the batch
-            error = BrokerLost("publishing: the channel closed") if future.cancelled() else future.exception()
-            for slot in slots:
-                slot.set_exception(error)
-        return pending.outcomes
+        return pending

@@ -19,17 +19,20 @@ from mta.config.model import (
     DkimKey,
     Dns,
     Domain,
+    Listener,
     Metrics,
     Pattern,
     Policy,
     Provider,
     Route,
     Smtp,
+    Source,
+    SourceUser,
     merge,
 )
 from mta.config.parse import load_config, parse_config, retry_notes
 
 __all__ = [
-    "DEFAULT_POLICY", "Broker", "Cluster", "Config", "ConfigError", "Control", "DkimKey", "Dns", "Domain", "Metrics",
-    "Pattern", "Policy", "Provider", "Route", "Smtp", "load_config", "merge", "parse_config", "retry_notes",
+    "DEFAULT_POLICY", "Broker", "Cluster", "Config", "ConfigError", "Control", "DkimKey", "Dns", "Domain", "Listener", "Metrics",
+    "Pattern", "Policy", "Provider", "Route", "Smtp", "Source", "SourceUser", "load_config", "merge", "parse_config", "retry_notes",
 ]

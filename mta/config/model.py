@@ -173,6 +173,49 @@ class DkimKey(msgspec.Struct, frozen=True):
     algorithm: str = "rsa-sha256"
 
 
+class Listener(msgspec.Struct, frozen=True):
+    """An SMTP submission listener (SPEC §7)."""
+
+    host: str
+    port: int
+    tls: str = "starttls"  # starttls | implicit | none
+    cert_file: str | None = None
+    key_file: str | None = None
+    # PROXY protocol (v1 or v2) before the SMTP greeting, accepted only from these networks
+    # (the load balancers); allowlists then see the client behind them.
+    proxy_protocol: bool = False
+    proxy_from: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class SourceUser(msgspec.Struct, frozen=True):
+    """One login of a source: exactly one of the three ways to its password."""
+
+    username: str
+    password_env: str | None = None
+    password_file: str | None = None
+    password_hash: str | None = None  # scrypt, as `mta hash-password` prints it
+
+
+class Source(msgspec.Struct, frozen=True):
+    """An application that submits mail over SMTP, with what it may do."""
+
+    name: str
+    users: tuple[SourceUser, ...] = ()
+    auth: str = "password"  # password | none (known by its address alone)
+    allow_ips: tuple[str, ...] | None = None  # networks; None: any address (credentials still required)
+    sender_domains: tuple[str, ...] | None = None  # envelope sender and From: domains; None: any
+    lane: str = "single"
+    tags: tuple[str, ...] = ()
+    max_message_rate: Rate | None = None
+    max_recipients: int = 100
+    max_message_size: int | None = None  # None: smtp.max_message_size
+    line_endings: str = "reject"  # reject | normalize
+
+
 class Config(msgspec.Struct, frozen=True):
     broker: Broker = Broker()
     dns: Dns = Dns()
@@ -186,6 +229,8 @@ class Config(msgspec.Struct, frozen=True):
     patterns: tuple[Pattern, ...] = ()
     routes: tuple[Route, ...] = ()
     dkim: tuple[DkimKey, ...] = ()
+    listeners: tuple[Listener, ...] = ()
+    sources: tuple[Source, ...] = ()
 
 
 def merge(base: Policy, override: Policy) -> Policy:

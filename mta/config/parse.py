@@ -24,6 +24,7 @@ from mta.config.checks import (
     _named_map,
     _policy,
 )
+from mta.config import sources as submission
 from mta.config.model import (
     DEFAULT_POLICY,
     Config,
@@ -47,7 +48,7 @@ def parse_config(raw: Any) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([f"(top): expected a mapping, got {type(raw).__name__}"])
-    known = set(SECTIONS) | {"default", "providers", "domains", "patterns", "routes", "dkim"}
+    known = set(SECTIONS) | {"default", "providers", "domains", "patterns", "routes", "dkim", "listeners", "sources"}
     for key in raw:
         if key not in known:
             c.problem(str(key), "unknown key")
@@ -63,13 +64,17 @@ def parse_config(raw: Any) -> Config:
     patterns = _patterns(c, raw.get("patterns"))
     routes = _routes(c, raw.get("routes"))
     keys = _dkim_keys(c, raw.get("dkim"))
+    listeners = submission.listeners(c, raw.get("listeners"))
+    sources = submission.sources(c, raw.get("sources"))
+    submission.relay_problems(c, listeners, sources)
 
     levels = [("default", default_overrides)] + [(f"providers.{p.name}", p.policy) for p in providers]
     levels += domain_levels + [(f"routes[{i}]", r.policy) for i, r in enumerate(routes)]
     _nested_timeouts(c, sections["smtp"].delivery_deadline, levels)
     if c.problems:
         raise ConfigError(c.problems)
-    return Config(default=default, providers=tuple(providers), domains=tuple(domains), patterns=tuple(patterns), routes=tuple(routes), dkim=tuple(keys), **sections)
+    return Config(default=default, providers=tuple(providers), domains=tuple(domains), patterns=tuple(patterns), routes=tuple(routes), dkim=tuple(keys),
+                  listeners=tuple(listeners), sources=tuple(sources), **sections)
 
 
 def _providers(c: _Collector, raw: Any) -> list[Provider]:

@@ -1,0 +1,158 @@
+"""The SMTP side of a listener: aiosmtpd's protocol (>= 1.4.6: no SMTP smuggling, no
+command injection after STARTTLS) with what submission needs on top.
+
+* Implicit TLS (465-style): aiosmtpd knows TLS only through STARTTLS, so it would never
+  offer AUTH on a connection that was TLS from its first byte (its issues #274/#281). A
+  connection whose transport is TLS counts as TLS here; AUTH is still never offered or
+  taken in plain text.
+* AUTH PLAIN and LOGIN checked off the event loop, and failures cost the client: a growing
+  delay, the connection closed after 3, and budgets per address and per user name across
+  connections (mta.submission.lockout). The user name is logged, the password never.
+* DATA read in one piece up to the lone dot (`<CRLF>.<CRLF>` only: a bare `<LF>.<LF>` or
+  `<CR>.<CR>` ends nothing), without aiosmtpd's 1000-octet line limit (applications write
+  long HTML lines; the engine folds them for the wire), with the source's size limit.
+* PIPELINING advertised: commands are read and answered strictly in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+
+log = logging.getLogger("mta.submission")
+
+MAX_AUTH_FAILURES = 3  # per connection; then it is closed
+AUTH_DELAY = 1.0  # seconds after the first failure; the n-th waits n times this
+DATA_END = b"\r\n.\r\n"
+
+
+class Submission(SMTP):
+    """One client connection. `policy` (mta.submission.policy.Policy) decides; this reads
+    and answers."""
+
+    implicit_tls = False
+    auth_delay = AUTH_DELAY
+
+    def __init__(self, policy, **kwargs):
+        self.policy = policy
+        super().__init__(policy, **kwargs)
+
+    def _create_session(self) -> Session:
+        session = super()._create_session()
+        session.source = None  # mta.submission.sources.Known, once known
+        session.client = None  # the client's address (behind a PROXY header: the real one)
+        session.failures = 0
+        return session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        client = None if first else self.session.client  # STARTTLS starts a new session (RFC 3207)
+        super().connection_made(transport)
+        if first:
+            self.policy.connected(self.session)
+            if self.implicit_tls and transport.get_extra_info("ssl_object") is not None:
+                self._tls_protocol = transport  # only ever tested for "is this TLS"
+                self.session.ssl = transport.get_extra_info("ssl_object")
+        else:
+            self.session.client = client  # the address a PROXY header gave stays
+
+    # ---- AUTH
+
+    async def auth_PLAIN(self, _, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)  # "*" or bad base64: answered already
+        else:
+            try:
+                blob = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 Cannot split the PLAIN credentials")
+            return AuthResult(success=False, handled=True)
+        return await self._login(parts[1], parts[2])
+
+    async def auth_LOGIN(self, _, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+        else:
+            try:
+                login = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        if not isinstance(login, bytes):
+            return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._login(login, password)
+
+    async def _login(self, login: bytes, password: bytes) -> AuthResult:
+        session = self.session
+        username = login.decode("utf-8", "replace")
+        reply, known = await self.policy.login(session, username, password)
+        if known is not None:
+            session.source = known
+            return AuthResult(success=True, auth_data=LoginPassword(login, b""))
+        session.failures += 1
+        if session.failures >= MAX_AUTH_FAILURES:
+            await self.policy.clock.sleep(self.auth_delay * session.failures)
+            await self.push("421 4.7.0 Too many failed logins, closing the connection")
+            self.transport.close()
+            return AuthResult(success=False, handled=True)
+        await self.policy.clock.sleep(self.auth_delay * session.failures)
+        await self.push(reply)
+        return AuthResult(success=False, handled=True)
+
+    # ---- DATA
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content, too_big = await self._read_data(self.policy.size_limit(self.envelope))
+        if too_big:
+            status = "552 5.3.4 Message too big for this source"
+            self.policy.refused(self.envelope.source, "size")
+        else:
+            self.envelope.content = self.envelope.original_content = content
+            status = await self.policy.data(self.session, self.envelope)
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _read_data(self, limit: int) -> tuple[bytes, bool]:
+        """The message up to the lone dot, dots unstuffed (RFC 5321 §4.5.2); (b"", True)
+        when it is over `limit` octets (read to its end all the same, then refused)."""
+        reader = self._reader
+        # A CRLF in front, so a lone dot on the first line ends the data like any other.
+        reader._buffer[:0] = b"\r\n"  # asyncio's StreamReader keeps its buffer here, as aiosmtpd uses too
+        saved, reader._limit = reader._limit, limit + 16
+        too_big = False
+        try:
+            while True:
+                try:
+                    raw = await reader.readuntil(DATA_END)
+                    break
+                except asyncio.LimitOverrunError as exc:  # over the limit: drop what came, read on
+                    too_big = True
+                    await reader.readexactly(exc.consumed)
+        finally:
+            reader._limit = saved
+        if too_big:
+            return b"", True
+        # raw is CRLF + data + ".\r\n": drop the terminator's dot line, unstuff, drop the CRLF
+        return raw[:-3].replace(b"\r\n.", b"\r\n")[2:], False
