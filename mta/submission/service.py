@@ -27,6 +27,8 @@ from mta.submission.stats import Stats
 log = logging.getLogger("mta.submission")
 # aiosmtpd logs every command line at INFO: a dozen lines per message. Ours say what matters.
 logging.getLogger("mail.log").setLevel(logging.WARNING)
+# ... and a deprecation of its own API at every successful AUTH
+logging.getLogger("mail.log").addFilter(lambda record: "login_data is deprecated" not in str(record.msg))
 
 COMMAND_TIMEOUT = 300.0  # seconds a client may stay silent (RFC 5321 §4.5.3.2.7 for the server)
 PROXY_TIMEOUT = 10.0  # seconds for the PROXY header

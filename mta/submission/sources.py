@@ -36,8 +36,8 @@ class Known:
         self.networks: tuple[IPNetwork, ...] | None = (
             None if source.allow_ips is None else tuple(ipaddress.ip_network(n) for n in source.allow_ips))
         rate = source.max_message_rate
-        # a tenth of a period's count may come at once: 600/min lets a batch of 60 through
-        self.rate = None if rate is None else Gcra(rate, burst=max(1, int(rate.count) // 10))
+        # "600/min": 600 may come in any minute, all at once if need be, then at the pace
+        self.rate = None if rate is None else Gcra(rate, burst=max(1, int(rate.count)))
 
     @property
     def name(self) -> str:

@@ -25,7 +25,8 @@ class Ports:
     plain: int
 
 
-def submission_overrides(ca, **source_changes: Any) -> Tuple[Dict[str, Any], Ports]:
+def submission_overrides(ca, extra_sources: Optional[Dict[str, Any]] = None,
+                         **source_changes: Any) -> Tuple[Dict[str, Any], Ports]:
     """Config overrides with three listeners (STARTTLS, implicit TLS, and a plain one on
     loopback for `auth: none`) and two sources: `webshop` (password, from 127.0.0.1 only,
     sending for shop.test) and `printer` (no credentials, known as 127.0.0.3)."""
@@ -41,7 +42,8 @@ def submission_overrides(ca, **source_changes: Any) -> Tuple[Dict[str, Any], Por
             {"address": f"127.0.0.1:{ports.implicit}", "tls": "implicit", "cert_file": cert, "key_file": key},
             {"address": f"127.0.0.1:{ports.plain}", "tls": "none"},
         ],
-        "sources": {"webshop": webshop, "printer": {"auth": "none", "allow_ips": ["127.0.0.3/32"], "lane": "bulk"}},
+        "sources": {"webshop": webshop, "printer": {"auth": "none", "allow_ips": ["127.0.0.3/32"], "lane": "bulk"},
+                    **(extra_sources or {})},
     }, ports
 
 
@@ -50,14 +52,14 @@ def client_context(ca) -> ssl.SSLContext:
 
 
 def starttls_client(ca, port: int, source_address: Optional[str] = None, login: bool = True,
-                    password: str = PASSWORD) -> smtplib.SMTP:
+                    password: str = PASSWORD, user: str = "webshop") -> smtplib.SMTP:
     client = smtplib.SMTP("127.0.0.1", port, timeout=30,
                           source_address=(source_address, 0) if source_address else None)
     client.ehlo("client.test")
     client.starttls(context=client_context(ca))
     client.ehlo("client.test")
     if login:
-        client.login("webshop", password)
+        client.login(user, password)
     return client
 
 
