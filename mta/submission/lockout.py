@@ -2,8 +2,10 @@
 kept across connections (SPEC §7).
 
 Failures are counted, not logins: a client that logs in right a thousand times costs
-nothing. An address that failed `ADDRESS_BUDGET` times in `WINDOW` is refused AUTH until
-its failures age out (454 4.7.0), without its password being looked at. A user name that
+nothing. A login being checked counts as a failure until it passes, so a thousand
+connections trying at once get no more checks than one after another. An address that
+failed `ADDRESS_BUDGET` times in `WINDOW` is refused AUTH until its failures age out (421
+4.7.0, the connection closed), without its password being looked at. A user name that
 failed `USER_BUDGET` times (from anywhere) is refused only to addresses that have failed
 before: a guesser spread over many addresses gets one try per address, and the
 application logging in from its usual address, which never fails, is not locked out by
@@ -42,10 +44,18 @@ class Lockout:
         return None
 
     def failed(self, address: str, username: str | None) -> None:
+        """A failure, or a login about to be checked (`passed` takes it back)."""
         now = self._now()
         self._add(self._addresses, address, now)
         if username is not None:
             self._add(self._users, username, now)
+
+    def passed(self, address: str, username: str) -> None:
+        """The login counted by `failed` before its check was right: not a failure."""
+        for table, key in ((self._addresses, address), (self._users, username)):
+            times = table.get(key)
+            if times:
+                times.pop()
 
     def _recent(self, table: dict[str, deque[float]], key: str, now: float) -> int:
         times = table.get(key)

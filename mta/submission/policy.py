@@ -41,6 +41,7 @@ class Policy:
         self._wall = clock.wall
         self._now = clock.now_reader()
         self.default_size = default_size
+        self._logged: dict[str, float] = {}  # when an address's locked-out logins were last logged
 
     # ---- connection
 
@@ -68,25 +69,39 @@ class Policy:
     # ---- AUTH
 
     async def login(self, session, username: str, password: bytes):
-        """(the reply to a failed login, the source or None)."""
+        """(the reply to a failed login or None, the source or None, whether to close now)."""
         client = session.client
+        named = self.directory.source_of(username)
+        name = None if named is None else named.name
         refused = self.lockout.refused(client, username)
         if refused is not None:
-            known = self.directory.source_of(username)
-            self.stats.auth_failed(None if known is None else known.name)
-            self.stats.refuse(None if known is None else known.name, "auth_locked")
-            log.warning("AUTH refused for user %r from %s: too many failed logins (%s)", username, client, refused)
-            return "454 4.7.0 Too many failed logins; try again later", None
+            self.stats.auth_failed(name)
+            self.stats.refuse(name, "auth_locked")
+            if self._log_once(client):  # a flood of refusals is one line a minute per address
+                log.warning("AUTH refused for user %r from %s: too many failed logins (%s); said once a minute",
+                            username, client, refused)
+            return "421 4.7.0 Too many failed logins; try again later", None, True
+        self.lockout.failed(client, username)  # until the check says otherwise
         known = await self.directory.check(username, password)
         if known is not None and known.allows(client_address(client)):
+            self.lockout.passed(client, username)
             log.info("AUTH user %r of source %s from %s", username, known.name, client)
-            return None, known
+            return None, known, False
         why = "wrong password or unknown user" if known is None else "address not in the source's allow_ips"
-        self.lockout.failed(client, username)
-        named = self.directory.source_of(username)
-        self.stats.auth_failed(None if named is None else named.name)
+        self.stats.auth_failed(name)
+        self.stats.refuse(name, "auth")
         log.warning("AUTH failed for user %r from %s: %s", username, client, why)
-        return "535 5.7.8 Authentication credentials invalid", None
+        return "535 5.7.8 Authentication credentials invalid", None, False
+
+    def _log_once(self, client: str) -> bool:
+        now = self._now()
+        last = self._logged.get(client)
+        if last is not None and now - last < 60:
+            return False
+        if len(self._logged) >= 10_000:
+            self._logged.clear()
+        self._logged[client] = now
+        return True
 
     # ---- the transaction
 

@@ -98,18 +98,18 @@ class Submission(SMTP):
     async def _login(self, login: bytes, password: bytes) -> AuthResult:
         session = self.session
         username = login.decode("utf-8", "replace")
-        reply, known = await self.policy.login(session, username, password)
+        reply, known, close = await self.policy.login(session, username, password)
         if known is not None:
             session.source = known
             return AuthResult(success=True, auth_data=LoginPassword(login, b""))
         session.failures += 1
-        if session.failures >= MAX_AUTH_FAILURES:
+        if not close:
             await self.policy.clock.sleep(self.auth_delay * session.failures)
-            await self.push("421 4.7.0 Too many failed logins, closing the connection")
-            self.transport.close()
-            return AuthResult(success=False, handled=True)
-        await self.policy.clock.sleep(self.auth_delay * session.failures)
+            if session.failures >= MAX_AUTH_FAILURES:
+                reply, close = "421 4.7.0 Too many failed logins, closing the connection", True
         await self.push(reply)
+        if close:
+            self.transport.close()
         return AuthResult(success=False, handled=True)
 
     # ---- DATA
