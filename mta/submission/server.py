@@ -124,7 +124,7 @@ class Submission(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        content, too_big = await self._read_data(self.policy.size_limit(self.envelope))
+        content, too_big = await read_data(self._reader, self.policy.size_limit(self.envelope))
         if too_big:
             status = "552 5.3.4 Message too big for this source"
             self.policy.refused(self.envelope.source, "size")
@@ -134,25 +134,25 @@ class Submission(SMTP):
         self._set_post_data_state()
         await self.push(status)
 
-    async def _read_data(self, limit: int) -> tuple[bytes, bool]:
-        """The message up to the lone dot, dots unstuffed (RFC 5321 §4.5.2); (b"", True)
-        when it is over `limit` octets (read to its end all the same, then refused)."""
-        reader = self._reader
-        # A CRLF in front, so a lone dot on the first line ends the data like any other.
-        reader._buffer[:0] = b"\r\n"  # asyncio's StreamReader keeps its buffer here, as aiosmtpd uses too
-        saved, reader._limit = reader._limit, limit + 16
-        too_big = False
-        try:
-            while True:
-                try:
-                    raw = await reader.readuntil(DATA_END)
-                    break
-                except asyncio.LimitOverrunError as exc:  # over the limit: drop what came, read on
-                    too_big = True
-                    await reader.readexactly(exc.consumed)
-        finally:
-            reader._limit = saved
-        if too_big:
-            return b"", True
-        # raw is CRLF + data + ".\r\n": drop the terminator's dot line, unstuff, drop the CRLF
-        return raw[:-3].replace(b"\r\n.", b"\r\n")[2:], False
+
+async def read_data(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, bool]:
+    """The message up to the lone dot, dots unstuffed (RFC 5321 §4.5.2); (b"", True) when it
+    is over `limit` octets (read to its end all the same, then refused)."""
+    # A CRLF in front, so a lone dot on the first line ends the data like any other.
+    reader._buffer[:0] = b"\r\n"  # asyncio's StreamReader keeps its buffer here (aiosmtpd reads it too)
+    saved, reader._limit = reader._limit, limit + 16
+    too_big = False
+    try:
+        while True:
+            try:
+                raw = await reader.readuntil(DATA_END)
+                break
+            except asyncio.LimitOverrunError as exc:  # over the limit: drop what came, read on
+                too_big = True
+                await reader.readexactly(exc.consumed)
+    finally:
+        reader._limit = saved
+    if too_big:
+        return b"", True
+    # raw is CRLF + data + ".\r\n": drop the terminator's dot line, unstuff, drop the CRLF
+    return raw[:-3].replace(b"\r\n.", b"\r\n")[2:], False
