@@ -181,6 +181,7 @@ class FakeEngine:
         self.budget = Budget(10)
         self.control_gate = control.Gate(None)
         self.cluster = None  # one process alone (mta.cluster)
+        self.listeners = None  # no SMTP submission (mta.submission)
         self.metrics = Metrics(self, clock=clock, promote_after=promote_after)
 
 

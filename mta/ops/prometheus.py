@@ -58,6 +58,7 @@ class Collector:
         yield from _budget_families(engine)
         yield from _control_families(engine)
         yield from _cluster_families(engine)
+        yield from _submission_families(engine)
         crashes = CounterMetricFamily("mta_task_crashes", "Bugs that ended a broker session, by the task they "
                                       "crashed (settler, forget idle, session): each logged with its traceback; "
                                       "what the session held came back from the broker and a new one started.",
@@ -79,6 +80,38 @@ def _cluster_families(engine) -> Iterable:
                             value=1 if cluster.up else 0)
     yield GaugeMetricFamily("mta_cluster_nodes", "Nodes seen in the last minute (what the limits are "
                             "shared by while the store is down).", value=cluster.nodes.live())
+
+
+def _submission_families(engine) -> Iterable:
+    """SMTP submission (SPEC §7), per source: accepted, refused by reason, failed logins."""
+    listeners = engine.listeners
+    if listeners is None:
+        return
+    stats = listeners.stats
+    families = (("mta_submission_messages", "Submissions accepted (250 after DATA: the broker holds every "
+                 "recipient's message), by source.", stats.accepted),
+                ("mta_submission_recipients", "Recipients of accepted submissions, by source.", stats.recipients),
+                ("mta_submission_auth_failures", "Failed or refused logins, by the source whose user name was "
+                 "tried ((unknown): no such user).", stats.auth_failures))
+    for name, text, counts in families:
+        family = CounterMetricFamily(name, text, labels=["source"])
+        for source, n in sorted(counts.items()):
+            family.add_metric([source], n)
+        yield family
+    refused = CounterMetricFamily("mta_submission_refused", "Commands refused, by source ((unknown): before "
+                                  "any source was known) and reason (no_source, auth, auth_locked, sender, rate, "
+                                  "recipients, size, line_endings, address, broker).", labels=["source", "reason"])
+    for (source, reason), n in sorted(stats.refused.items()):
+        refused.add_metric([source, reason], n)
+    yield refused
+    connections = CounterMetricFamily("mta_submission_connections", "Client connections, by listener.",
+                                      labels=["listener"])
+    for address, n in sorted(stats.connections.items()):
+        connections.add_metric([address], n)
+    yield connections
+    yield GaugeMetricFamily("mta_submission_broker_up", "1 while the listeners can publish (connected, not "
+                            "blocked by an alarm); 0 while every submission is answered 451.",
+                            value=0 if listeners.submitter.unavailable() else 1)
 
 
 def _outcome_families(counts: dict) -> Iterable:

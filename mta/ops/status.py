@@ -58,6 +58,7 @@ def snapshot(engine) -> dict:
         "destinations": destinations[:MAX_ROWS],
         "budget": _budget(engine),
         "cluster": _cluster(engine),
+        "submission": None if engine.listeners is None else engine.listeners.status(),
     }
 
 
@@ -207,6 +208,25 @@ def _render_cluster(mtas: list[dict]) -> list[str]:
     return lines
 
 
+def _render_submission(submission: dict | None) -> list[str]:
+    """Listeners and sources (SPEC §7): each source's last minute and its total."""
+    if not submission:
+        return []
+    lines = ["  listeners: " + ", ".join(f"{l['address']} ({l['tls']}{', PROXY' if l['proxy_protocol'] else ''}; "
+                                         f"{l['connections']} connections)" for l in submission["listeners"])
+             + f"; broker {submission['broker']}"]
+    for s in submission["sources"]:
+        minute = s["last_minute"]
+        lines.append(f"    source {s['source']:<16} last 60 s: accepted {minute.get('accepted', 0)}, refused "
+                     f"{minute.get('refused', 0)}, failed logins {minute.get('auth_failures', 0)}; "
+                     f"accepted since start {s['accepted']} (lane {s['lane']}, auth {s['auth']})")
+    unknown = submission.get("unknown") or {}
+    if unknown:
+        lines.append(f"    no source known  last 60 s: refused {unknown.get('refused', 0)}, "
+                     f"failed logins {unknown.get('auth_failures', 0)}")
+    return lines
+
+
 def _render_mta(mta: dict) -> list[str]:
     now = mta["now"]
     up = _duration(now - mta["started"])
@@ -221,6 +241,7 @@ def _render_mta(mta: dict) -> list[str]:
     if budget:
         lines.append(f"  connections: {budget['in_use']} of {budget['limit']} (process budget), "
                      f"{budget['waiting']} destination(s) waiting for a slot")
+    lines.extend(_render_submission(mta.get("submission")))
     if not mta["destinations"]:
         lines.append("  no active destinations")
     elif mta["destinations_active"] > len(mta["destinations"]):

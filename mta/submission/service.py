@@ -22,7 +22,7 @@ from mta.submission.policy import Policy
 from mta.submission.publisher import Submitter
 from mta.submission.server import Submission
 from mta.submission.sources import Directory
-from mta.submission.stats import Stats
+from mta.submission.stats import UNKNOWN, Stats
 
 log = logging.getLogger("mta.submission")
 # aiosmtpd logs every command line at INFO: a dozen lines per message. Ours say what matters.
@@ -116,4 +116,5 @@ class Listeners:
             "sources": [{"source": name, "auth": known.source.auth, "lane": known.source.lane,
                          "accepted": self.stats.accepted.get(name, 0),
                          "last_minute": minute.get(name, {})} for name, known in self.directory.sources.items()],
+            "unknown": minute.get(UNKNOWN, {}),  # refusals and failed logins before any source was known
         }

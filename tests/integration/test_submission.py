@@ -81,3 +81,47 @@ def _plain(user: str, password: str) -> str:
     import base64
 
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+@pytest.mark.timeout(120)
+def test_metrics_and_status_show_each_source(vhost, sinks, mta_config, start_mta, test_ca):
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.testbed.util import free_port
+
+    overrides, ports = submission_overrides(test_ca)
+    metrics_port = free_port()
+    config = mta_config(metrics={"port": metrics_port}, **overrides)
+    start_mta(config, env=ENV)
+    run = run_id()
+    with starttls_client(test_ca, ports.starttls) as client:
+        code, text = submit(client, "orders@shop.test", [f"m-{run}@ok1.test"], message(f"m-{run}"))
+        assert code == 250, text
+    with starttls_client(test_ca, ports.starttls, login=False) as client:
+        assert client.mail("orders@shop.test")[0] == 530
+        assert client.docmd("AUTH", "PLAIN " + _plain("webshop", "wrong"))[0] == 535
+
+    scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    for line in ['mta_submission_messages_total{source="webshop"} 1.0',
+                 'mta_submission_recipients_total{source="webshop"} 1.0',
+                 'mta_submission_refused_total{reason="no_source",source="(unknown)"} 1.0',
+                 'mta_submission_auth_failures_total{source="webshop"} 1.0',
+                 "mta_submission_broker_up 1.0"]:
+        assert line in scrape, line
+
+    done = subprocess.run([sys.executable, "-m", "mta", "status", "--json", "--config", config],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (mta,) = json.loads(done.stdout)["mtas"]
+    sources = {s["source"]: s for s in mta["submission"]["sources"]}
+    assert sources["webshop"]["accepted"] == 1
+    assert sources["webshop"]["last_minute"] == {"accepted": 1, "auth_failures": 1, "refused": 1}
+    assert sources["printer"]["accepted"] == 0
+    assert mta["submission"]["unknown"] == {"refused": 1}
+    assert [l["tls"] for l in mta["submission"]["listeners"]] == ["starttls", "implicit", "none"]
+    text = subprocess.run([sys.executable, "-m", "mta", "status", "--config", config],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "source webshop" in text and "last 60 s: accepted 1, refused 1, failed logins 1" in text, text

@@ -15,8 +15,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 GRAFANA = os.path.join(ROOT, "grafana")
 
 
+def _engine() -> FakeEngine:
+    """An engine with listeners (SPEC §7), so the submission metrics are exported too."""
+    from types import SimpleNamespace
+
+    from mta.submission.stats import Stats
+
+    engine = FakeEngine()
+    engine.listeners = SimpleNamespace(stats=Stats(lambda: 1000.0, ["webshop"]),
+                                       submitter=SimpleNamespace(unavailable=lambda: None))
+    return engine
+
+
 def exported_names() -> set[str]:
-    metrics = Metrics(FakeEngine(), clock=lambda: 1000.0)
+    metrics = Metrics(_engine(), clock=lambda: 1000.0)
     names = set()
     for family in metrics.registry.collect():
         suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}[family.type]
@@ -45,7 +57,8 @@ def test_every_panel_is_described_and_in_a_row():
     panels = dashboard()["panels"]
     assert panels[0]["type"] == "row"
     rows = [p["title"] for p in panels if p["type"] == "row"]
-    assert rows == ["Throughput", "Latency", "Destinations", "Connections and limits", "DNS and broker"]
+    assert rows == ["Throughput", "Latency", "Destinations", "Connections and limits", "DNS and broker",
+                    "SMTP submission (sources)"]
     for panel in panels:
         assert panel.get("description"), panel["title"]
     ids = [p["id"] for p in panels]
