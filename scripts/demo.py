@@ -30,6 +30,7 @@ from tests.testbed.rabbit import RabbitNode  # noqa: E402
 from tests.testbed.sinks import SinkFarm  # noqa: E402
 from tests.testbed.redisd import RedisServer  # noqa: E402
 from tests.testbed.util import free_port, port_is_free  # noqa: E402
+from tests.testbed.tls import TestCA  # noqa: E402
 
 DOMAINS = ["ok1.test", "ok2.test", "ok3.test", "shared-a.test", "shared-b.test", "failover.test",
            "amx.test"] + [f"d{i}.test" for i in range(10)]
@@ -49,6 +50,41 @@ def workload(rng: random.Random) -> list[tuple[str, str, bytes]]:
     out.append(("demo-invalid-1", "bulk", b'{"id": "demo-invalid-1", "recipient": "no-at-sign", "envelope": "", "mime": "x"}'))
     out.append(("demo-invalid-2", "bulk", b"this is not JSON"))
     return out
+
+
+SHOP_PASSWORD = "demo-shop-password"
+
+
+def submission(work: str) -> tuple[dict, int, str]:
+    """A STARTTLS listener (a certificate of a CA made here) and the source `shop` that logs
+    in with a password and sends for shop.test (SPEC §7): (config, port, CA file)."""
+    ca = TestCA(work)
+    cert, key = ca.issue(names=["localhost"], ips=["127.0.0.1"])
+    port = free_port()
+    return {"listeners": [{"address": f"127.0.0.1:{port}", "tls": "starttls", "cert_file": cert, "key_file": key}],
+            "sources": {"shop": {"users": [{"username": "shop", "password_env": "DEMO_SHOP_PASSWORD"}],
+                                 "sender_domains": ["shop.test"], "tags": ["webshop"]}}}, port, ca.ca_file
+
+
+def submit_over_smtp(port: int, ca_file: str, count: int) -> list[str]:
+    """What a web shop does: STARTTLS, AUTH, one message per order; the ids the 250s name."""
+    import smtplib
+    import ssl
+
+    ids = []
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.starttls(context=ssl.create_default_context(cafile=ca_file))
+        client.login("shop", SHOP_PASSWORD)
+        for i in range(count):
+            data = (f"From: Shop <orders@shop.test>\r\nTo: <buyer{i}@ok1.test>\r\nSubject: Your order {i}\r\n"
+                    f"Message-ID: <order-{i}@shop.test>\r\n\r\nThank you for your order.\r\n").encode()
+            client.mail("orders@shop.test")
+            client.rcpt(f"buyer{i}@ok1.test")
+            code, text = client.data(data)
+            ids.append(text.decode().rsplit(" ", 1)[-1])
+    print(f"submitted {count} messages over SMTP (STARTTLS, AUTH as source shop): "
+          f"250 2.0.0 OK queued as {ids[0]} ...")
+    return ids
 
 
 def scrape(ports: list[int]) -> dict[str, float]:
@@ -140,13 +176,15 @@ def main() -> int:
             print("starting a private Redis for the nodes' shared limits ...")
             store.start()
             cluster = {"cluster": {"store": store.url, "node": "demo"}}
+        listening, smtp_port, ca_file = submission(work)
         config = write_config(os.path.join(work, "mta.yaml"), url, dns.port, sinks.port,
                               default={"retry_intervals": ["2s", "4s"], "max_age": "12s"},
-                              metrics={"port": metrics_port, "address": "127.0.0.1"}, **cluster)
+                              metrics={"port": metrics_port, "address": "127.0.0.1"}, **cluster, **listening)
         print(f"rules: {config} (retries after 2s, then every 4s; mail expires after 12s)")
         metrics_ports = [metrics_port + i for i in range(nodes)]
         print("metrics: " + ", ".join(f"http://127.0.0.1:{p}/metrics" for p in metrics_ports))
-        mta = MtaProcess(config, args=["--processes", str(nodes)] if nodes > 1 else []).start()
+        mta = MtaProcess(config, args=["--processes", str(nodes)] if nodes > 1 else [],
+                         env={"DEMO_SHOP_PASSWORD": SHOP_PASSWORD}).start()
         mta.wait_ready(url, timeout=60)
         if nodes > 1:
             print(f"{nodes} MTA processes (nodes demo-0 .. demo-{nodes - 1}) share one set of limits")
@@ -155,8 +193,12 @@ def main() -> int:
             publish(url, lane, [body for _, l, body in messages if l == lane])
         print(f"published {len(messages)} messages to {len(DOMAINS) + 2} domains "
               "(some to mailboxes that bounce, defer, or expire; two invalid) ...")
+        print(f"submission listener: 127.0.0.1:{smtp_port} (STARTTLS); try: swaks --server 127.0.0.1:{smtp_port} "
+              f"--tls --auth-user shop --auth-password {SHOP_PASSWORD} --from orders@shop.test --to you@ok1.test")
+        submitted = submit_over_smtp(smtp_port, ca_file, 5)
         started = time.monotonic()
-        outcome = asyncio.run(watch(url, {i for i, _, _ in messages}, timeout=90, metrics_ports=metrics_ports))
+        ids = {i for i, _, _ in messages} | set(submitted)
+        outcome = asyncio.run(watch(url, ids, timeout=90, metrics_ports=metrics_ports))
         elapsed = time.monotonic() - started
         finals = outcome["finals"]
         print(f"\nfinal outcomes after {elapsed:.1f}s:")
@@ -165,7 +207,7 @@ def main() -> int:
         print(f"  deferrals along the way: {outcome['events'].get('deferred', 0)} "
               "(each retried from a delay queue)")
         print(f"  the SMTP sinks accepted {sinks.accepted_count()} messages")
-        missing = len(messages) - sum(finals.values())
+        missing = len(ids) - sum(finals.values())
         if missing:
             print(f"  {missing} message(s) had no final result yet")
         return 0 if missing == 0 else 1
