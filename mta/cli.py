@@ -172,7 +172,8 @@ def _check(args) -> int:
     for note in retry_notes(config):
         print(f"{args.config}: note: {note}", file=sys.stderr)
     print(f"{args.config}: OK ({len(config.domains)} domain rules, {len(config.providers)} providers, "
-          f"{len(config.patterns)} patterns, {len(config.routes)} routes, {len(config.dkim)} DKIM keys)")
+          f"{len(config.patterns)} patterns, {len(config.routes)} routes, {len(config.dkim)} DKIM keys, "
+          f"{len(config.listeners)} listeners, {len(config.sources)} sources)")
     return 0
 
 
