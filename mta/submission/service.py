@@ -30,6 +30,10 @@ logging.getLogger("mail.log").setLevel(logging.WARNING)
 # ... and a deprecation of its own API at every successful AUTH
 logging.getLogger("mail.log").addFilter(lambda record: "login_data is deprecated" not in str(record.msg))
 
+# Per connection: a client may say these only so often (aiosmtpd's command_call_limit: 421
+# and closed beyond); MAIL, RCPT and DATA are not limited, a connection carries any number.
+CALL_LIMITS = {"*": 10 ** 9, "EHLO": 10, "HELO": 10, "NOOP": 100, "HELP": 10, "VRFY": 10, "EXPN": 10,
+               "STARTTLS": 2, "AUTH": 10}
 COMMAND_TIMEOUT = 300.0  # seconds a client may stay silent (RFC 5321 §4.5.3.2.7 for the server)
 PROXY_TIMEOUT = 10.0  # seconds for the PROXY header
 
@@ -85,7 +89,7 @@ class Listeners:
     def _protocol(self, listener: Listener, context, policy: Policy) -> Submission:
         protocol = Submission(policy, data_size_limit=self.size, enable_SMTPUTF8=True, hostname=self.hostname,
                               ident="mta", tls_context=context if listener.tls == "starttls" else None,
-                              timeout=COMMAND_TIMEOUT, auth_require_tls=True,
+                              timeout=COMMAND_TIMEOUT, auth_require_tls=True, command_call_limit=CALL_LIMITS,
                               proxy_protocol_timeout=PROXY_TIMEOUT if listener.proxy_protocol else None)
         protocol.implicit_tls = listener.tls == "implicit"
         return protocol
