@@ -9,6 +9,7 @@ import pytest
 
 from tests.testbed.amqp import collect_results, queue_info
 from tests.testbed.checks import run_id
+from tests.testbed.tls import assert_no_secret
 from tests.testbed.submit import (ENV, PASSWORD, message, queued_id, starttls_client, submit,
                                   submission_overrides, swaks, without_trace)
 
@@ -25,7 +26,7 @@ def _refused_mail(client: smtplib.SMTP, sender: str = "orders@shop.test") -> int
 @pytest.mark.timeout(180)
 def test_the_open_relay_matrix(vhost, sinks, mta_config, start_mta, test_ca):
     overrides, ports = submission_overrides(test_ca)
-    start_mta(mta_config(**overrides), env=ENV)
+    mta = start_mta(mta_config(**overrides), env=ENV)
     run = run_id()
     foreign = f"victim-{run}@ok2.test"
 
@@ -56,7 +57,7 @@ def test_the_open_relay_matrix(vhost, sinks, mta_config, start_mta, test_ca):
 
     # AUTH pipelined with the transaction behind it: the failed login lets nothing through
     with starttls_client(test_ca, ports.starttls, login=False) as client:
-        client.send(f"AUTH PLAIN {_plain('webshop', 'wrong')}\r\nMAIL FROM:<orders@shop.test>\r\n"
+        client.send(f"AUTH PLAIN {_plain('webshop', 'pipelined-guess-7')}\r\nMAIL FROM:<orders@shop.test>\r\n"
                     f"RCPT TO:<{foreign}>\r\nDATA\r\n".encode())
         replies = [client.getreply()[0] for _ in range(4)]
         assert replies == [535, 530, 503, 503], replies
@@ -93,6 +94,10 @@ def test_the_open_relay_matrix(vhost, sinks, mta_config, start_mta, test_ca):
     assert set(got) == {f"scan-{run}@ok1.test", f"swaks-{run}@ok3.test"}, sorted(got)
     assert without_trace(got[f"scan-{run}@ok1.test"].data) == data
     assert queue_info(vhost, "mta.invalid")["messages"] == 0
+    log = mta.log_text()
+    assert "AUTH failed for user 'webshop' from 127.0.0.1" in log, "the user name is logged"
+    for password in (PASSWORD, "not the password", "pipelined-guess-7"):
+        assert_no_secret([log], "webshop", password)
 
 
 @pytest.mark.timeout(120)
