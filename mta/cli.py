@@ -229,7 +229,8 @@ def _run(config, path: str, siblings: int = 1) -> int:
             return
         from mta.submission.service import Listeners
 
-        engine.listeners = Listeners(config, clock=engine.time, config_path=path)  # SPEC §7
+        store = engine.cluster.store if engine.cluster is not None else None
+        engine.listeners = Listeners(config, clock=engine.time, config_path=path, store=store)  # SPEC §7
         await engine.listeners.start()
         await asyncio.gather(engine.run(stop), engine.listeners.stop_on(stop))
 

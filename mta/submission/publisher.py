@@ -11,6 +11,11 @@ never got there are published; those still waiting are waited for; if all are in
 answer is 250 at once. A broker blocked by a memory alarm confirms a message when the
 alarm clears, long after the client was told 451: its retry is then answered from the
 record, and nothing is delivered twice.
+
+With a shared store (`cluster.store`), what the broker confirmed is written there too, so a
+retry that reaches another process or node (SO_REUSEPORT, a load balancer) is answered
+the same. A retry that comes before the late confirm does is published again there
+(at least once, never lost).
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from mta.broker import client
 from mta.broker.errors import BrokerError, BrokerLost, Unencodable
 from mta.broker.publish import BatchPublisher, Publish
 from mta.broker.topology import Topology
+from mta.cluster.store import StoreDown
 
 log = logging.getLogger("mta.submission")
 
 NONE, PENDING, CONFIRMED = 0, 1, 2
 KEEP = 3600.0  # seconds a finished submission is remembered against a client's retry
 MAX_RECORD = 100_000  # finished submissions remembered at most
+SHARED = "mta:submitted:"  # + id: a hash of the recipients' indexes the broker confirmed (shared store)
 
 
 class Entry:
@@ -50,8 +57,10 @@ class Entry:
 
 
 class Submitter:
-    def __init__(self, url: str, topology: Topology, patience: float, now: Callable[[], float]):
+    def __init__(self, url: str, topology: Topology, patience: float, now: Callable[[], float], store=None):
         self.url = url
+        self.store = store  # mta.cluster.store.Store, or None: this process alone
+        self._writes: set[asyncio.Task] = set()
         self.topology = topology
         self.patience = patience
         self._now = now
@@ -84,13 +93,14 @@ class Submitter:
         if entry is None:
             entry = self.record[sid] = Entry(n, self._now())
             self._forget()
-        elif entry.done():
+            await self._recall(sid, entry)
+        if entry.done():
             self.recognised += 1
             return None
         missing = [i for i, state in enumerate(entry.states) if state == NONE]
         why = None
         if missing:
-            why = self.unavailable() or await self._publish(entry, missing, build)
+            why = self.unavailable() or await self._publish(sid, entry, missing, build)
         if why is not None:
             return why
         waiting = set(entry.waiting)
@@ -103,7 +113,7 @@ class Submitter:
             return f"the broker did not confirm within {self.patience:.0f}s"
         return "the broker refused the message or the connection closed"
 
-    async def _publish(self, entry: Entry, missing: list[int], build) -> str | None:
+    async def _publish(self, sid: str, entry: Entry, missing: list[int], build) -> str | None:
         encoded = []
         try:
             for publish in build(missing):
@@ -123,7 +133,37 @@ class Submitter:
         batch.observer = lambda index, error: entry.settled(missing[index], error)
         entry.waiting.add(batch.future)
         batch.future.add_done_callback(entry.waiting.discard)
+        if self.store is not None:
+            batch.future.add_done_callback(lambda _: self._share(sid, missing, batch.outcomes))
         return None
+
+    async def _recall(self, sid: str, entry: Entry) -> None:
+        """The recipients another process or node already had confirmed (shared store)."""
+        if self.store is None or not self.store.up:
+            return
+        try:
+            confirmed = await self.store.call(self.store.client.hkeys, SHARED + sid)
+        except StoreDown:
+            return
+        for index in confirmed:
+            if int(index) < len(entry.states):
+                entry.states[int(index)] = CONFIRMED
+
+    def _share(self, sid: str, indexes: list[int], outcomes: list) -> None:
+        confirmed = {str(i): 1 for i, error in zip(indexes, outcomes) if error is None}
+        if confirmed:
+            task = asyncio.ensure_future(self._write(SHARED + sid, confirmed))
+            self._writes.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._writes.discard)
+
+    async def _write(self, key: str, confirmed: dict) -> None:
+        client = self.store.client
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping=confirmed).expire(key, int(KEEP))
+                await self.store.call(pipe.execute)
+        except StoreDown:
+            pass  # then only this process recognises the retry
 
     def _forget(self) -> None:
         """Finished submissions older than KEEP, or beyond MAX_RECORD, oldest first."""

@@ -52,7 +52,7 @@ def tls_context(listener: Listener) -> ssl.SSLContext | None:
 
 
 class Listeners:
-    def __init__(self, config: Config, *, clock: Clock = SYSTEM, config_path: str | None = None):
+    def __init__(self, config: Config, *, clock: Clock = SYSTEM, config_path: str | None = None, store=None):
         self.config = config
         self.listeners = config.listeners
         self.contexts = [tls_context(listener) for listener in config.listeners]
@@ -61,7 +61,7 @@ class Listeners:
         self.stats = Stats(clock.wall, [s.name for s in config.sources])
         self.lockout = Lockout(now)
         topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
-        self.submitter = Submitter(config.broker.url, topology, config.broker.publish_timeout, now)
+        self.submitter = Submitter(config.broker.url, topology, config.broker.publish_timeout, now, store)
         self.hostname = config.smtp.helo or socket.getfqdn()
         self.size = max([s.max_message_size or config.smtp.max_message_size for s in config.sources]
                         or [config.smtp.max_message_size])
