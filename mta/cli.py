@@ -32,6 +32,8 @@ commands:
   reload                 every MTA on the broker re-reads its rules file (as on SIGHUP)
   dkim-keygen DOMAIN SELECTOR
                          write a new DKIM private key file and print the DNS TXT record
+  suppress add|remove|check|list|import|export [ADDRESS|CSV] -c CONFIG [--scope S]
+                         the suppression list beside CONFIG; removals are audited (--why)
   hash-password          read a password (from the terminal, or one line on stdin) and print
                          its scrypt hash for a source's `password_hash`
 
@@ -88,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--algorithm", default="rsa-sha256", choices=["rsa-sha256", "ed25519-sha256"])
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (2048 at least)")
     keygen.add_argument("--key-file", help="where to write the key (default DOMAIN.SELECTOR.pem); never overwritten")
+    from mta.suppression import commands as suppress
+
+    suppress.add_parser(sub)
     sub.add_parser("hash-password", help="print the scrypt hash of a password for sources.*.users[].password_hash")
     return parser
 
@@ -110,6 +115,12 @@ def _hash_password(args) -> int:
         return 1
     print(hash_password(password))
     return 0
+
+
+def _suppress(args) -> int:
+    from mta.suppression.commands import run
+
+    return run(args)
 
 
 def _keygen(args) -> int:
@@ -338,5 +349,5 @@ def _status(args) -> int:
 _COMMANDS = {
     "run": _start, "check": _check, "replay-quarantined": _replay, "replay-parked": _replay,
     "status": _status, "pause": _control, "resume": _control, "reload": _control, "dkim-keygen": _keygen,
-    "hash-password": _hash_password,
+    "hash-password": _hash_password, "suppress": _suppress,
 }
