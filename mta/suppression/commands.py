@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import time
+from datetime import datetime, timezone
 
+from mta.clock import SYSTEM
 from mta.suppression.keys import normalize, parse_scope
 from mta.suppression.store import REASONS, Store, path_for
 from shaper.units import Duration
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     store = Store(path_for(args.config))
     try:
-        return _ACTIONS[args.action](store, args, scope, time.time())
+        return _ACTIONS[args.action](store, args, scope, SYSTEM.wall())
     finally:
         store.close()
 
@@ -122,7 +123,7 @@ def _export(store: Store, args, scope: str, now: float) -> int:
 
 
 def _when(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    return "-" if t is None else datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 _ACTIONS = {"add": _add, "remove": _remove, "check": _check, "list": _list, "import": _import, "export": _export}
