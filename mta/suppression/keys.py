@@ -34,5 +34,11 @@ def parse_scope(text: str) -> str:
 
 def key(scope: str, address: str) -> int:
     """The entry's number (signed, as SQLite stores integers): scope and normalized address."""
-    digest = hashlib.blake2b(f"{scope}\0{normalize(address)}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return key_of(scope, normalize(address))
+
+
+def key_of(scope: str, normalized: str) -> int:
+    """`key` of an address already normalized (per message it is normalized once, for every
+    scope asked about). One blake2b of 8 octets: about a microsecond."""
+    data = f"{scope}\0{normalized}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
