@@ -74,7 +74,7 @@ class Engine:
         self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, self.time, config.smtp.ca_file)
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
-        self.budget = Budget.from_config(config.smtp.max_connections)  # SMTP connections of all destinations
+        self.budget = Budget.from_config(config.smtp.max_connections, len(config.listeners))  # SMTP connections of all destinations
         self.shares = Shares(now)  # each provider's limits over all its destinations
         self.pauses = control.Pauses()
         self.control_gate = control.gate_for(config.control)  # ConfigError when its key is missing

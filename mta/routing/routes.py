@@ -61,24 +61,16 @@ _FROM = re.compile(rb"^From:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECA
 def from_domain(data: bytes) -> str | None:
     """The domain of the first address in the From: header of a message, in the form
     intake gives the envelope's (lower case, A-labels: mta.intake.idn), so one route matches both."""
-    domains = from_domains(data, first=True)
-    return domains[0] or None if domains else None
-
-
-def from_domains(data: bytes, *, first: bool = False) -> list[str]:
-    """The domains of the addresses in the From: headers of a message (every From: header,
-    every address; `first`: the first address only), in that form."""
     end = data.find(b"\r\n\r\n")  # the header only: never copy a large body
-    domains = []
-    for m in _FROM.finditer(data[:end] if end >= 0 else data):
-        value = m.group(1).replace(b"\r\n", b"").decode("utf-8", "replace")
-        for _, address in email.utils.getaddresses([value]):
-            if "@" in address:
-                domain = address.rpartition("@")[2]
-                domains.append(ascii_domain(domain) or domain.strip().rstrip(".").lower())
-                if first:
-                    return domains
-    return domains
+    m = _FROM.search(data[:end] if end >= 0 else data)
+    if m is None:
+        return None
+    value = m.group(1).replace(b"\r\n", b"").decode("utf-8", "replace")
+    for _, address in email.utils.getaddresses([value]):
+        if "@" in address:
+            domain = address.rpartition("@")[2]
+            return ascii_domain(domain) or domain.strip().rstrip(".").lower() or None
+    return None
 
 
 def _read_password(route: Route, environ: Mapping[str, str]) -> tuple[str | None, str | None]:

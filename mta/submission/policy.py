@@ -11,18 +11,32 @@ broker (mta.submission.publisher) and 250 names its id.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
 
+from aiosmtpd.proxy_protocol import V2_CMD
+
 from mta.intake.address import InvalidMessage, parse_address
-from mta.routing.routes import from_domains
-from mta.submission import message
+from mta.submission.headers import from_domains
+from mta.submission import MAX_CONNECTIONS, message
 from mta.submission.sources import client_address
 
 log = logging.getLogger("mta.submission")
 
 _BARE = re.compile(rb"\r\n|\r|\n")
+MAX_PER_ADDRESS = 20  # from one client address at once
+MAX_IDLE = 10  # RSETs and refused MAILs before a source is known; then the connection ends
+
+
+def lockout_key(client: str | None) -> str:
+    """What failed logins are counted by: the address, or its /64 for IPv6 (one host has a
+    whole /64 to choose from)."""
+    address = client_address(client or "")
+    if address is None or address.version == 4:
+        return client or ""
+    return str(ipaddress.ip_network(f"{address}/64", strict=False))
 
 
 class Policy:
@@ -42,13 +56,62 @@ class Policy:
         self._now = clock.now_reader()
         self.default_size = default_size
         self._logged: dict[str, float] = {}  # when an address's locked-out logins were last logged
+        self.open = 0  # connections now
+        self.per_address: dict[str, int] = {}
 
     # ---- connection
 
-    def connected(self, session) -> None:
+    def connected(self, session) -> str | None:
+        """Count a new connection; the answer instead of a greeting when it is one too many."""
         peer = session.peer
         session.client = peer[0] if isinstance(peer, tuple) else str(peer)
         self.stats.connections[self.listener] = self.stats.connections.get(self.listener, 0) + 1
+        if self.open >= MAX_CONNECTIONS:
+            self.stats.refuse(None, "connections")
+            return "421 4.7.0 Too many connections; try again later"
+        here = self.per_address.get(session.client, 0)
+        if not self.proxy_from and here >= MAX_PER_ADDRESS:  # behind a balancer every peer is the balancer
+            self.stats.refuse(None, "connections")
+            return "421 4.7.0 Too many connections from your address; try again later"
+        self.open += 1
+        self.per_address[session.client] = here + 1
+        return None
+
+    def disconnected(self, session) -> None:
+        self.open -= 1
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        left = self.per_address.get(peer, 1) - 1
+        if left > 0:
+            self.per_address[peer] = left
+        else:
+            self.per_address.pop(peer, None)
+
+    def known(self, session) -> bool:
+        """Is a source known for this client (logged in, or an `auth: none` address)?"""
+        if session is None or session.client is None:
+            return False
+        return session.source is not None or self.directory.by_address(client_address(session.client)) is not None
+
+    def _idle(self, server, session, reply: str) -> str:
+        """A command that did nothing, from a client no source is known for: after
+        MAX_IDLE of them the connection ends (it could otherwise be held open forever)."""
+        if self.known(session):
+            return reply
+        session.idle += 1
+        if session.idle <= MAX_IDLE:
+            return reply
+        asyncio.get_running_loop().call_soon(server.transport.close)  # after the answer is written
+        return "421 4.7.0 Too many commands without logging in; closing the connection"
+
+    async def handle_RSET(self, server, session, envelope) -> str:
+        return self._idle(server, session, "250 2.0.0 OK")
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A command that failed unforeseen: one line in the log (not a traceback per
+        command a client can repeat), and an answer."""
+        if self._log_once(f"exception {type(error).__name__}"):
+            log.warning("a submission command failed: %s: %s (said once a minute)", type(error).__name__, error)
+        return "500 5.5.0 Error: the command could not be processed"
 
     async def handle_PROXY(self, server, session, envelope, proxy) -> bool:
         """A PROXY header is believed only from the configured load balancers."""
@@ -57,8 +120,8 @@ class Policy:
             log.warning("listener %s: PROXY header from %s, which is not in proxy_from: closed",
                         self.listener, session.client)
             return False
-        if not proxy.valid or proxy.src_addr is None:
-            return False
+        if not proxy.valid or proxy.src_addr is None or proxy.command == V2_CMD.LOCAL:
+            return False  # LOCAL: the balancer's own connection (a health check), no client behind it
         session.client = str(proxy.src_addr)
         return True
 
@@ -70,7 +133,7 @@ class Policy:
 
     async def login(self, session, username: str, password: bytes):
         """(the reply to a failed login or None, the source or None, whether to close now)."""
-        client = session.client
+        client = lockout_key(session.client)
         named = self.directory.source_of(username)
         name = None if named is None else named.name
         refused = self.lockout.refused(client, username)
@@ -83,7 +146,7 @@ class Policy:
             return "421 4.7.0 Too many failed logins; try again later", None, True
         self.lockout.failed(client, username)  # until the check says otherwise
         known = await self.directory.check(username, password)
-        if known is not None and known.allows(client_address(client)):
+        if known is not None and known.allows(client_address(session.client)):
             self.lockout.passed(client, username)
             log.info("AUTH user %r of source %s from %s", username, known.name, client)
             return None, known, False
@@ -109,7 +172,7 @@ class Policy:
         source = session.source or self.directory.by_address(client_address(session.client or ""))
         if source is None:
             self.stats.refuse(None, "no_source")
-            return "530 5.7.0 Authentication required"
+            return self._idle(server, session, "530 5.7.0 Authentication required")
         policy = source.source
         try:
             sender = parse_address(address, "sender")
@@ -171,10 +234,13 @@ class Policy:
         recipients = list(envelope.rcpt_tos)
         sid = message.submission_id(source.name, envelope.mail_from, recipients, content)
         protocol = "ESMTP" + ("S" if session.ssl is not None else "") + ("A" if session.source is not None else "")
-        trace = message.received(session.host_name or "unknown", session.client, self.hostname, protocol, sid,
-                                 source.name, recipients, self._wall())
-        why = await self.submitter.submit(sid, len(recipients), lambda indexes: message.publishes(
-            sid, source.source, envelope.mail_from, recipients, content, trace, indexes))
+        helo, now = session.host_name or "unknown", self._wall()
+
+        def build(used: str, indexes: list[int]):
+            trace = message.received(helo, session.client, self.hostname, protocol, used, source.name, recipients, now)
+            return message.publishes(used, source.source, envelope.mail_from, recipients, content, trace, indexes)
+
+        sid, why = await self.submitter.submit(sid, len(recipients), len(content) + 512, build)
         if why is not None:
             self.stats.refuse(source.name, "broker")
             log.warning("submission %s of source %s not accepted: %s", sid, source.name, why)

@@ -30,30 +30,37 @@ from mta.broker.errors import BrokerError, BrokerLost, Unencodable
 from mta.broker.publish import BatchPublisher, Publish
 from mta.broker.topology import Topology
 from mta.cluster.store import StoreDown
+from mta.submission.message import next_id
 
 log = logging.getLogger("mta.submission")
 
 NONE, PENDING, CONFIRMED = 0, 1, 2
 KEEP = 3600.0  # seconds a finished submission is remembered against a client's retry
 MAX_RECORD = 100_000  # finished submissions remembered at most
+CHUNK_OCTETS = 16 * 1024 * 1024  # octets of one submission's messages in flight at once
 SHARED = "mta:submitted:"  # + id: a hash of the recipients' indexes the broker confirmed (shared store)
 
 
 class Entry:
-    """One submission's recipients: NONE (not with the broker), PENDING, CONFIRMED."""
+    """One submission's recipients: NONE (not with the broker), PENDING, CONFIRMED; and
+    whether the client was told 250 (then the same submission again is a new message)."""
 
-    __slots__ = ("states", "waiting", "at")
+    __slots__ = ("states", "waiting", "at", "accepted")
 
     def __init__(self, n: int, now: float):
         self.states = [NONE] * n
         self.waiting: set[asyncio.Future] = set()
         self.at = now
+        self.accepted = False
 
     def settled(self, recipient: int, error: BaseException | None) -> None:
         self.states[recipient] = CONFIRMED if error is None else NONE
 
     def done(self) -> bool:
         return all(s == CONFIRMED for s in self.states)
+
+    def fresh(self) -> bool:
+        return not self.accepted and all(s == NONE for s in self.states)
 
 
 class Submitter:
@@ -79,54 +86,98 @@ class Submitter:
             return "the broker is blocking publishers (memory or disk alarm)"
         return None
 
-    async def submit(self, sid: str, n: int, build: Callable[[list[int]], list[Publish]]) -> str | None:
-        """Have the broker hold all `n` messages of submission `sid`; `build(indexes)` makes
-        those not yet published. None when all are confirmed, else why not (for a 451)."""
+    async def submit(self, sid: str, n: int, octets: int,
+                     build: Callable[[str, list[int]], list[Publish]]) -> tuple[str, str | None]:
+        """Have the broker hold all `n` messages of submission `sid` (each about `octets`);
+        `build(id, indexes)` makes those not yet published. (the id used, None when all are
+        confirmed, else why not, for a 451)."""
         self.busy += 1
         try:
-            return await self._submit(sid, n, build)
+            sid, entry = await self._entry(sid, n)
+            if entry is None:
+                return sid, self.unavailable()
+            why = await self._submit(sid, entry, octets, build)
+            if why is None:
+                entry.accepted = True
+                self._share(sid, {"accepted": 1})
+            return sid, why
         finally:
             self.busy -= 1
 
-    async def _submit(self, sid: str, n: int, build: Callable[[list[int]], list[Publish]]) -> str | None:
-        entry = self.record.get(sid)
-        if entry is None:
-            entry = self.record[sid] = Entry(n, self._now())
-            self._forget()
-            await self._recall(sid, entry)
+    async def _entry(self, sid: str, n: int) -> tuple[str, Entry | None]:
+        """The record of this submission, past the times it was accepted already (a message
+        sent again on purpose is a new one: `message.next_id`). None when it is new and
+        the broker cannot take it now: nothing is recorded for it."""
+        base = sid
+        for k in range(2, 10_000):
+            entry = self.record.get(sid)
+            if entry is None:
+                entry = Entry(n, self._now())
+                await self._recall(sid, entry)
+                if entry.fresh() and self.unavailable():
+                    return sid, None
+                self.record[sid] = entry
+                self._forget()
+            if not entry.accepted:
+                return sid, entry
+            sid = next_id(base, k)
+        raise RuntimeError("the same submission accepted 10,000 times")
+
+    async def _submit(self, sid: str, entry: Entry, octets: int, build) -> str | None:
         if entry.done():
             self.recognised += 1
             return None
+        deadline = self._now() + self.patience
         missing = [i for i, state in enumerate(entry.states) if state == NONE]
-        why = None
         if missing:
-            why = self.unavailable() or await self._publish(sid, entry, missing, build)
-        if why is not None:
-            return why
+            why = self.unavailable() or await self._send(sid, entry, missing, octets, build, deadline)
+            if why is not None:
+                return why
         waiting = set(entry.waiting)
         if waiting:
-            await asyncio.wait(waiting, timeout=self.patience)
+            await asyncio.wait(waiting, timeout=max(0.0, deadline - self._now()))
         if entry.done():
             self.published += len(missing)
             return None
+        return self._why(entry)
+
+    def _why(self, entry: Entry) -> str:
         if any(state == PENDING for state in entry.states):
             return f"the broker did not confirm within {self.patience:.0f}s"
         return "the broker refused the message or the connection closed"
 
-    async def _publish(self, sid: str, entry: Entry, missing: list[int], build) -> str | None:
+    async def _send(self, sid: str, entry: Entry, missing: list[int], octets: int, build, deadline: float) -> str | None:
+        """Publish in chunks of about CHUNK_OCTETS, each confirmed before the next is made:
+        a big message to many recipients never sits in memory once per recipient."""
+        per = max(1, CHUNK_OCTETS // max(octets, 1))
+        for start in range(0, len(missing), per):
+            chunk = missing[start:start + per]
+            why = await self._publish(sid, entry, chunk, build, deadline)
+            if why is not None:
+                return why
+            if start + per < len(missing):
+                waiting = set(entry.waiting)
+                if waiting:
+                    await asyncio.wait(waiting, timeout=max(0.0, deadline - self._now()))
+                if any(entry.states[i] != CONFIRMED for i in chunk):
+                    return self._why(entry)
+        return None
+
+    async def _publish(self, sid: str, entry: Entry, missing: list[int], build, deadline: float) -> str | None:
         encoded = []
         try:
-            for publish in build(missing):
+            for publish in build(sid, missing):
                 encoded.append(self.publisher.encode(publish))
         except Unencodable as exc:
             return f"the message cannot be published: {exc}"
         try:
-            async with asyncio.timeout(self.patience):
+            async with asyncio.timeout(max(0.0, deadline - self._now())):
                 batch = await self.publisher.write(encoded)
         except TimeoutError:  # never written, never numbered: not with the broker
             return f"the broker did not take the message within {self.patience:.0f}s"
         except BrokerError as exc:
             return f"publishing failed: {exc}"
+        del encoded
         for i in missing:
             entry.states[i] = PENDING
         # no await since the batch was numbered: none of its confirms can have come in yet
@@ -134,45 +185,53 @@ class Submitter:
         entry.waiting.add(batch.future)
         batch.future.add_done_callback(entry.waiting.discard)
         if self.store is not None:
-            batch.future.add_done_callback(lambda _: self._share(sid, missing, batch.outcomes))
+            batch.future.add_done_callback(lambda _: self._share(sid, {
+                str(i): 1 for i, error in zip(missing, batch.outcomes) if error is None}))
         return None
 
     async def _recall(self, sid: str, entry: Entry) -> None:
-        """The recipients another process or node already had confirmed (shared store)."""
+        """What another process or node knows of this submission (shared store): the
+        recipients the broker confirmed, and whether it was accepted."""
         if self.store is None or not self.store.up:
             return
         try:
-            confirmed = await self.store.call(self.store.client.hkeys, SHARED + sid)
+            known = await self.store.call(self.store.client.hkeys, SHARED + sid)
         except StoreDown:
             return
-        for index in confirmed:
-            if int(index) < len(entry.states):
-                entry.states[int(index)] = CONFIRMED
+        for field in known:
+            if field == b"accepted":
+                entry.accepted = True
+            elif int(field) < len(entry.states):
+                entry.states[int(field)] = CONFIRMED
 
-    def _share(self, sid: str, indexes: list[int], outcomes: list) -> None:
-        confirmed = {str(i): 1 for i, error in zip(indexes, outcomes) if error is None}
-        if confirmed:
-            task = asyncio.ensure_future(self._write(SHARED + sid, confirmed))
-            self._writes.add(task)  # the loop keeps only weak references to tasks
-            task.add_done_callback(self._writes.discard)
+    def _share(self, sid: str, fields: dict) -> None:
+        if self.store is None or not fields:
+            return
+        task = asyncio.ensure_future(self._write(SHARED + sid, fields))
+        self._writes.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._writes.discard)
 
-    async def _write(self, key: str, confirmed: dict) -> None:
+    async def _write(self, key: str, fields: dict) -> None:
         client = self.store.client
         try:
             async with client.pipeline(transaction=False) as pipe:
-                pipe.hset(key, mapping=confirmed).expire(key, int(KEEP))
+                pipe.hset(key, mapping=fields).expire(key, int(KEEP))
                 await self.store.call(pipe.execute)
         except StoreDown:
             pass  # then only this process recognises the retry
 
     def _forget(self) -> None:
-        """Finished submissions older than KEEP, or beyond MAX_RECORD, oldest first."""
+        """Submissions older than KEEP, or beyond MAX_RECORD, oldest first; one still waiting
+        for the broker is kept (moved to the end)."""
         horizon = self._now() - KEEP
         record = self.record
-        while record:
+        for _ in range(len(record)):
             sid, entry = next(iter(record.items()))
-            if entry.waiting or (entry.at > horizon and len(record) <= MAX_RECORD):
+            if entry.at > horizon and len(record) <= MAX_RECORD:
                 break
+            if entry.waiting:
+                record.move_to_end(sid)
+                continue
             del record[sid]
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -26,6 +26,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 log = logging.getLogger("mta.submission")
 
 MAX_AUTH_FAILURES = 3  # per connection; then it is closed
+PRE_AUTH_TIMEOUT = 60.0  # seconds a client no source is known for may stay silent
 AUTH_DELAY = 1.0  # seconds after the first failure; the n-th waits n times this
 DATA_END = b"\r\n.\r\n"
 
@@ -41,24 +42,62 @@ class Submission(SMTP):
         self.policy = policy
         super().__init__(policy, **kwargs)
 
+    refusal: str | None = None  # the answer instead of a greeting (too many connections)
+    counted = False
+
     def _create_session(self) -> Session:
         session = super()._create_session()
         session.source = None  # mta.submission.sources.Known, once known
         session.client = None  # the client's address (behind a PROXY header: the real one)
         session.failures = 0
+        session.idle = 0  # commands that did nothing before any source was known
         return session
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
-        client = None if first else self.session.client  # STARTTLS starts a new session (RFC 3207)
+        # STARTTLS starts a new session (RFC 3207); the client's address and failures stay
+        kept = None if first else (self.session.client, self.session.failures, self.session.idle)
         super().connection_made(transport)
         if first:
-            self.policy.connected(self.session)
+            self.refusal = self.policy.connected(self.session)
+            self.counted = self.refusal is None
             if self.implicit_tls and transport.get_extra_info("ssl_object") is not None:
                 self._tls_protocol = transport  # only ever tested for "is this TLS"
                 self.session.ssl = transport.get_extra_info("ssl_object")
         else:
-            self.session.client = client  # the address a PROXY header gave stays
+            self.session.client, self.session.failures, self.session.idle = kept
+
+    def connection_lost(self, error) -> None:
+        if self.counted:
+            self.counted = False
+            self.policy.disconnected(self.session)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self.refusal is not None:
+            await self.push(self.refusal)
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        if duration is None and not self.policy.known(self.session):
+            duration = PRE_AUTH_TIMEOUT
+        super()._reset_timeout(duration)
+
+    async def smtp_STARTTLS(self, arg: str):
+        if self._tls_protocol is not None:
+            await self.push("503 5.5.1 Already in TLS")
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def challenge_auth(self, challenge, encode_to_b64: bool = True, log_client_response: bool = False):
+        """aiosmtpd's, but an answer too long for a line is a failed login, not a traceback."""
+        try:
+            return await super().challenge_auth(challenge, encode_to_b64, False)
+        except (ValueError, asyncio.LimitOverrunError):  # StreamReader.readline over its limit
+            await self._fail("500 5.5.6 Authentication answer too long", close=False)
+            return None
 
     # ---- AUTH
 
@@ -66,7 +105,7 @@ class Submission(SMTP):
         if len(args) == 1:
             blob = await self.challenge_auth("")
             if not isinstance(blob, bytes):
-                return AuthResult(success=False, handled=True)  # "*" or bad base64: answered already
+                return AuthResult(success=False, handled=True)  # "*", bad base64, too long: answered
         else:
             try:
                 blob = base64.b64decode(args[1].encode(), validate=True)
@@ -102,15 +141,20 @@ class Submission(SMTP):
         if known is not None:
             session.source = known
             return AuthResult(success=True, auth_data=LoginPassword(login, b""))
+        await self._fail(reply, close)
+        return AuthResult(success=False, handled=True)
+
+    async def _fail(self, reply: str, close: bool) -> None:
+        """A failed login: the growing delay, the answer, and the end after MAX_AUTH_FAILURES."""
+        session = self.session
         session.failures += 1
         if not close:
             await self.policy.clock.sleep(self.auth_delay * session.failures)
             if session.failures >= MAX_AUTH_FAILURES:
                 reply, close = "421 4.7.0 Too many failed logins, closing the connection", True
         await self.push(reply)
-        if close:
+        if close and self.transport is not None:
             self.transport.close()
-        return AuthResult(success=False, handled=True)
 
     # ---- DATA
 

@@ -25,10 +25,10 @@ from mta.submission.sources import Directory
 from mta.submission.stats import UNKNOWN, Stats
 
 log = logging.getLogger("mta.submission")
-# aiosmtpd logs every command line at INFO: a dozen lines per message. Ours say what matters.
-logging.getLogger("mail.log").setLevel(logging.WARNING)
-# ... and a deprecation of its own API at every successful AUTH
-logging.getLogger("mail.log").addFilter(lambda record: "login_data is deprecated" not in str(record.msg))
+# aiosmtpd logs every command line at INFO (a dozen lines per message), and at WARNING what
+# any client can repeat at will, with its argument ("unrecognised: <LINE>", which may be a
+# password pipelined behind a refused AUTH). Ours say what matters, rate-limited.
+logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 # Per connection: a client may say these only so often (aiosmtpd's command_call_limit: 421
 # and closed beyond); MAIL, RCPT and DATA are not limited, a connection carries any number.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mta.config import ConfigError, Source
@@ -13,6 +14,7 @@ from mta.submission import passwords
 from shaper.limiter import Gcra
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="password-check")
 
 
 def client_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -99,18 +101,27 @@ class Directory:
         given = passwords.digest(password)
         if entry is None:
             if self._decoy is not None:
-                await asyncio.to_thread(passwords.check_hash, password, self._decoy)
+                await self._hash(password, self._decoy)
             return None
         known, digest, hashed = entry
         if digest is not None:
-            return known if passwords.same(given, digest) else None
+            if passwords.same(given, digest):
+                return known
+            if self._decoy is not None:  # a wrong password takes as long as for a hashed user
+                await self._hash(password, self._decoy)
+            return None
         remembered = self._passed.get(username)
         if remembered is not None and passwords.same(given, remembered):
             return known
-        if await asyncio.to_thread(passwords.check_hash, password, hashed):
+        if await self._hash(password, hashed):
             self._passed[username] = given
             return known
         return None
+
+    async def _hash(self, password: bytes, hashed: str) -> bool:
+        """scrypt in the listeners' own two threads: a flood of logins waits its turn there
+        and never takes the threads the rest of the engine uses."""
+        return await asyncio.get_running_loop().run_in_executor(_CHECKS, passwords.check_hash, password, hashed)
 
 
 def _secret(user, base: str | None) -> bytes | None:

@@ -23,8 +23,8 @@ def _alarm(rabbit, on: bool) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_retry_on_another_process_is_answered_from_the_store(rabbit, vhost, redis_url):
-    build = lambda indexes: [Publish("mta", "single", orjson.dumps({"recipient": f"r{i}@ok1.test"}))
-                             for i in indexes]
+    build = lambda sid, indexes: [Publish("mta", "single", orjson.dumps({"recipient": f"r{i}@ok1.test", "id": sid}))
+                                  for i in indexes]
 
     async def scenario():
         loop = asyncio.get_running_loop()
@@ -36,14 +36,14 @@ def test_a_retry_on_another_process_is_answered_from_the_store(rabbit, vhost, re
             await asyncio.sleep(0.05)
         await asyncio.to_thread(_alarm, rabbit, True)
         try:
-            why = await a.submit("sid-shared", 2, build)
-            assert why is not None and "did not confirm" in why, why
+            sid, why = await a.submit("sid-shared", 2, 100, build)
+            assert sid == "sid-shared" and why is not None and "did not confirm" in why, why
         finally:
             await asyncio.to_thread(_alarm, rabbit, False)
         while not a.record["sid-shared"].done():  # the broker confirms what it held
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)  # A writes the confirmation to the store
-        assert await b.submit("sid-shared", 2, build) is None
+        assert await b.submit("sid-shared", 2, 100, build) == ("sid-shared", None)
         assert b.recognised == 1
         stop.set()
         await asyncio.gather(*runs)

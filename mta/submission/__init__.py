@@ -1,0 +1,5 @@
+"""SMTP submission (SPEC §7): applications hand mail to our own listeners as sources, and
+hear 250 only once the broker holds it. Kept light: the engine reads `MAX_CONNECTIONS`
+for its descriptor budget without loading the listeners' code."""
+
+MAX_CONNECTIONS = 1000  # client connections per listener and process; beyond it 421
