@@ -4,11 +4,16 @@ never raises; what it cannot read is kind "unknown" with the reason, for the cal
 keep for inspection.
 
 Order matters. A feedback report (RFC 5965) or a DSN (RFC 3464) is read from its
-structure first; then the known plain-text bounces (`plain`). Only then the signs of an
-auto-reply, because bounces carry them too (Postfix and Exim put "Auto-Submitted:
-auto-replied" on their bounces). Last, a mail sent to one of our VERP addresses that
-looks like a bounce (a mailer-daemon sender, an "Undeliverable" subject) is one, for the
-recipient the address names, even when its text is useless.
+structure first; then the known plain-text bounces (`plain`); then any bounce that names
+its failed recipients in an X-Failed-Recipients header (Exim, Gmail), in any language.
+Only then the signs of an auto-reply, because bounces carry them too (Postfix and Exim
+put "Auto-Submitted: auto-replied" on their bounces), and never on a mail that looks like
+a bounce. Last, a mail sent to one of our VERP addresses that looks like a bounce (a
+mailer-daemon sender, an "Undeliverable" subject) is one, for the recipient the address
+names, even when its text is useless.
+
+A report may name other recipients than its VERP address does (a forward's final
+address): `recipients` is what the report says, `original_recipient` whom we sent to.
 
 What it concerns: the VERP address it was sent to (`verp`), else the returned copy of
 the original (message/rfc822 or text/rfc822-headers, or the copy below a plain-text
@@ -49,6 +54,7 @@ _AUTO_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoresponse", "X-Autorespon
 _BOUNCE_SUBJECT = re.compile(r"undeliver|not delivered|delivery (?:status|fail|has failed|problem)"
                              r"|returned mail|failure notice|mail delivery failed|non-?delivery",
                              re.IGNORECASE)
+MAX_NAMED = 100  # recipients read from X-Failed-Recipients
 _DAEMON = re.compile(r"mailer-daemon|postmaster|mail delivery (?:system|subsystem)", re.IGNORECASE)
 
 
@@ -130,7 +136,11 @@ def _classify(msg: Message, parts: _Parts, body: str, original: Message | None) 
     plain = parse_plain(body) if body else None
     if plain is not None and plain[1]:
         form, recipients, delayed = plain
-        return Report(kind="delay" if delayed else "bounce", reason=f"{form} bounce", recipients=recipients)
+        return Report(kind="delay" if delayed else "bounce", recipients=recipients,
+                      reason=f"{form} {'delay warning' if delayed else 'bounce'}")
+    failed = _failed_recipients(msg) if parts.status is None else ()
+    if failed:
+        return _unread_bounce(failed, body, "a bounce naming its recipients in X-Failed-Recipients")
     auto = "" if _looks_bounced(msg) else _auto_reply(msg)  # bounces carry its signs too
     if auto:
         return Report(kind="auto_reply", reason=auto)
@@ -171,16 +181,29 @@ def _looks_bounced(msg: Message) -> bool:
                 or _DAEMON.search(mime.header(msg, "From")))
 
 
+def _failed_recipients(msg: Message) -> tuple[str, ...]:
+    """Exim and Gmail name the failed recipients in a header, whatever the language of the text."""
+    named = mime.header(msg, "X-Failed-Recipients")
+    return tuple(a for a in (_address(p) for p in named.split(",")[:MAX_NAMED]) if a)
+
+
+def _unread_bounce(addresses: tuple[str, ...], body: str, reason: str) -> Report:
+    """A bounce whose text we cannot read, for recipients known otherwise. The first reply
+    code in its text is taken as the reason only when there is one recipient to give it to."""
+    text = " ".join(report_text(body).split())[:mime.MAX_SCAN]
+    code, start = reply_code(text)
+    status = enhanced_in(text) if len(addresses) == 1 else None
+    diagnostic = text[start:] if code is not None and len(addresses) == 1 else ""
+    delayed = status is not None and status.startswith("4.")
+    action = "delayed" if delayed else "failed"
+    return Report(kind="delay" if delayed else "bounce", reason=reason,
+                  recipients=tuple(judge(a, action, status, diagnostic) for a in addresses))
+
+
 def _verp_bounce(report: Report, body: str) -> Report:
     """A bounce we could not read, to a VERP address: the address says whose."""
-    text = " ".join(report_text(body).split())
-    code, start = reply_code(text)
-    status = enhanced_in(text)
-    diagnostic = text[start:] if code is not None else ""
-    delayed = status is not None and status.startswith("4.")
-    recipient = judge(report.original_recipient or "", "delayed" if delayed else "failed", status, diagnostic)
-    return msgspec.structs.replace(report, kind="delay" if delayed else "bounce",
-                                   reason="a bounce to a VERP address", recipients=(recipient,))
+    unread = _unread_bounce((report.original_recipient or "",), body, "a bounce to a VERP address")
+    return msgspec.structs.replace(report, kind=unread.kind, reason=unread.reason, recipients=unread.recipients)
 
 
 def _copy_in_text(body: str) -> Message | None:

@@ -86,6 +86,30 @@ def test_exim_bounce_takes_the_remote_reply_as_diagnostic() -> None:
     assert report.mta_id == "2d4c6e8a-1b3d-4f5a-9c7e-0a2b4c6d8e0f"
 
 
+def test_exim_delay_warning_is_a_delay() -> None:
+    report = read("exim_delay.eml")
+    [late] = report.recipients
+    assert (report.kind, report.reason) == ("delay", "exim delay warning")
+    assert (late.recipient, late.action, late.status, late.hard) == ("slow@example.org", "delayed", "4.7.1", False)
+    assert late.diagnostic == "451 4.7.1 Greylisted, please try again later"
+
+
+def test_a_bounce_in_another_language_is_read_by_its_x_failed_recipients() -> None:
+    report = read("exim_german.eml")
+    [failure] = report.recipients
+    assert (report.kind, report.reason) == ("bounce", "a bounce naming its recipients in X-Failed-Recipients")
+    assert (failure.recipient, failure.status, failure.hard) == ("weg@example.de", "5.1.1", True)
+    assert failure.diagnostic == "550 5.1.1 <weg@example.de>: Empfänger unbekannt"  # quoted-printable, Latin-1
+
+
+def test_several_x_failed_recipients_get_no_borrowed_status() -> None:
+    data = sample("exim_german.eml").replace(b"X-Failed-Recipients: weg@example.de",
+                                             b"X-Failed-Recipients: weg@example.de, auch@example.de")
+    report = parse_report(data)
+    assert [(r.recipient, r.status, r.hard) for r in report.recipients] == [
+        ("weg@example.de", None, False), ("auch@example.de", None, False)]
+
+
 def test_old_postfix_plain_bounce_unwraps_its_continuation_lines() -> None:
     report = read("postfix_plain.eml")
     [failure] = report.recipients
