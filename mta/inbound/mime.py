@@ -66,8 +66,17 @@ def header(msg: Message, name: str) -> str:
 def _decode(octets: bytes, charset: str | None) -> str:
     try:
         return octets.decode(charset or "utf-8", "replace")
-    except (LookupError, TypeError):  # an unknown or nonsensical charset name
+    except (LookupError, TypeError, ValueError):  # an unknown or nonsensical charset name
         return octets.decode("utf-8", "replace")
+
+
+def payload(part: Message) -> list[Message] | str | None:
+    """A part's payload as parsed (its subparts, or its text undecoded); None when even
+    that fails (8-bit text under a charset name Python refuses)."""
+    try:
+        return part.get_payload()
+    except Exception:
+        return None
 
 
 def walk(msg: Message):
@@ -78,36 +87,35 @@ def walk(msg: Message):
         part = stack.pop()
         seen += 1
         yield part
-        payload = part.get_payload()
-        if part.get_content_maintype() == "multipart" and isinstance(payload, list):
-            stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
+        parts = payload(part)
+        if part.get_content_maintype() == "multipart" and isinstance(parts, list):
+            stack.extend(reversed([p for p in parts if isinstance(p, Message)]))
 
 
 def text(part: Message) -> str:
     """A leaf part's decoded text, at most `MAX_SCAN` octets of it."""
     try:
-        payload = part.get_payload(decode=True)
+        octets = part.get_payload(decode=True)
     except Exception:
         return ""
-    if not isinstance(payload, bytes):
+    if not isinstance(octets, bytes):
         return ""
     charset = None
     try:
         charset = part.get_content_charset()
     except Exception:
         pass
-    return _decode(payload[:MAX_SCAN], charset)
+    return _decode(octets[:MAX_SCAN], charset)
 
 
 def field_blocks(part: Message) -> list[dict[str, str]]:
     """The blocks of `Name: value` fields of a message/delivery-status or
     message/feedback-report part (lower-cased names, first value of each)."""
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        return [_fields(block) for block in payload if isinstance(block, Message)]
-    blocks = re.split(r"\r?\n[ \t]*\r?\n", text(part))
+    blocks = payload(part)
+    if isinstance(blocks, list):
+        return [_fields(block) for block in blocks if isinstance(block, Message)]
     return [_fields(HeaderParser(policy=email.policy.compat32).parsestr(b.strip() + "\n"))
-            for b in blocks if b.strip()]
+            for b in re.split(r"\r?\n[ \t]*\r?\n", text(part)) if b.strip()]
 
 
 def _fields(block: Message) -> dict[str, str]:
@@ -120,9 +128,9 @@ def _fields(block: Message) -> dict[str, str]:
 def headers_of(part: Message) -> Message | None:
     """The headers of a returned original: a message/rfc822 part's message, or a
     text/rfc822-headers part's text parsed as headers."""
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        return payload[0] if payload and isinstance(payload[0], Message) else None
+    copy = payload(part)
+    if isinstance(copy, list):
+        return copy[0] if copy and isinstance(copy[0], Message) else None
     return parse_headers(text(part))
 
 

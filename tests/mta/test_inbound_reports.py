@@ -271,6 +271,14 @@ def test_bad_charsets_and_missing_headers_do_not_matter() -> None:
     assert report.kind == "bounce" and len(report.recipients) == 2 and report.message_id is None
 
 
+@pytest.mark.parametrize("body", [b"", b"caf\xe9 "])
+def test_a_charset_name_python_refuses_is_read_as_utf_8(body: bytes) -> None:
+    data = (b"From: MAILER-DAEMON@x.example\nContent-Type: text/plain; charset=\"utf\x008\"\n\n"
+            b"Hi. This is the qmail-send program at x.\n\n<a@example.org>:\n" + body
+            + b"Sorry, no mailbox here by that name. (#5.1.1)\n")
+    assert [(r.recipient, r.hard) for r in parse_report(data).recipients] == [("a@example.org", True)]
+
+
 def test_a_ten_megabyte_bounce_is_read_from_its_beginning() -> None:
     body = b"x" * 76 + b"\n"
     data = sample("gmail.eml").replace(b"Hello, your order 10042 has shipped.", body * 135_000)
