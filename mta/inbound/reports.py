@@ -45,6 +45,7 @@ from mta.inbound.verp import VerpConfig, verp_decode
 
 __all__ = ["Recipient", "Report", "VerpConfig", "parse_report"]
 
+MAX_NAMED = 100  # recipients read from X-Failed-Recipients
 RETURNED_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers",
                   "message/global", "message/global-headers")
 _AUTO_SUBJECT = re.compile(r"^\s*(?:out of (?:the )?office|automatic reply|auto(?:matic)?[- ]?"
@@ -54,7 +55,6 @@ _AUTO_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoresponse", "X-Autorespon
 _BOUNCE_SUBJECT = re.compile(r"undeliver|not delivered|delivery (?:status|fail|has failed|problem)"
                              r"|returned mail|failure notice|mail delivery failed|non-?delivery",
                              re.IGNORECASE)
-MAX_NAMED = 100  # recipients read from X-Failed-Recipients
 _DAEMON = re.compile(r"mailer-daemon|postmaster|mail delivery (?:system|subsystem)", re.IGNORECASE)
 
 

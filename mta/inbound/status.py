@@ -87,6 +87,10 @@ def judge(recipient: str, action: str | None, status: str | None, diagnostic: st
           remote_mta: str | None = None) -> Recipient:
     text = tidy(diagnostic)
     status = _best_status(status, text)
-    hard = action == "failed" and is_hard(status, text)
+    # When the remote reply's own code disagrees ("Status: 5.1.1" over "550 5.7.1 ..."),
+    # the reply is what the receiver said: both must name a bad address.
+    code, start = reply_code(text)
+    said = parse_enhanced(text[start:]) if code is not None else None
+    hard = action == "failed" and is_hard(status, text) and (said is None or said.startswith("5.1."))
     return Recipient(recipient=recipient, action=action, status=status, diagnostic=text,
                      hard=hard, remote_mta=remote_mta)

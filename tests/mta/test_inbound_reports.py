@@ -154,6 +154,11 @@ def test_not_hard_despite_looking_like_it(words: str) -> None:
     assert judge("a@example.org", "failed", None, words).hard is False
 
 
+def test_a_status_the_remote_reply_contradicts_is_not_hard() -> None:
+    failure = judge("a@example.org", "failed", "5.1.1", "550 5.7.1 Message rejected due to content restrictions")
+    assert (failure.status, failure.hard) == ("5.1.1", False)
+
+
 @pytest.mark.parametrize("words, status", [("550 5.1.1 user unknown", "5.1.1"), ("550 5.1.2 bad domain", "5.1.2"),
                                            ("550 5.1.10 RecipientNotFound", "5.1.10"),
                                            ("550 no such user here", None), ("550 5.1.3 corporate address", "5.1.3")])
