@@ -1,0 +1,1 @@
+"""The inbound side: bounces and feedback-loop reports that arrive as mail."""
