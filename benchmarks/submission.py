@@ -32,7 +32,10 @@ interleaved so that the shared machine's noise falls on all of them):
    the master), from first connect to last 250.
 
 msg/s is from the first to the last 250 after DATA. CPU per message is user+system of the
-server's processes over the same window divided by the accepted messages. The broker's
+server's processes from the first connect to the last 250, divided by the accepted
+messages. For the MTA, also the share of that time its process was ready to run but
+waited for a core (/proc/PID/task/*/schedstat): near 100% minus its CPU share, it was
+CPU-bound and the machine's other work took the core. The broker's
 CPU in that window is shown apart for the MTA (the MTA's queue is RabbitMQ; Postfix's
 is its own queue files, counted in its CPU). The clients' own CPU is shown too: on a
 2-core machine they compete with the server and the broker for the same cores.
@@ -65,6 +68,7 @@ import yaml  # noqa: E402
 from benchmarks.e2e import bench_config, cpu_of, private_rabbit, proc_stats, start_sinks  # noqa: E402
 from benchmarks.postfix import PrivatePostfix  # noqa: E402
 from mta.broker.topology import RESULTS, lane_queue  # noqa: E402
+from tests.testbed.redisd import RedisServer  # noqa: E402
 from tests.testbed.dns import Dnsmasq, bulk_ip, standard_zone  # noqa: E402
 from tests.testbed.tls import TestCA  # noqa: E402
 from tests.testbed.util import free_port  # noqa: E402
@@ -98,6 +102,7 @@ class ClientRun:
     other: collections.Counter = field(default_factory=collections.Counter)  # "stage: reply" -> count
     cpu: float = 0.0  # the client process's user+system seconds
     waits: list = field(default_factory=list)  # seconds from the data's last octet to its 250
+    waited: float | None = None  # seconds the server process waited for a core (the MTA's)
 
     def wait_ms(self, q: float) -> float:
         waits = sorted(self.waits)
@@ -207,13 +212,13 @@ def run_clients(port: int, clients: int, messages: list[tuple[int, bytes]], *, a
     return run
 
 
-def until_accepted(port: int, auth: bool, timeout: float = 60) -> None:
-    """One message, again until it is accepted: the server is listening and (the MTA) has
-    its broker connection."""
+def until_accepted(port: int, auth: bool, sessions: int = 1, timeout: float = 60) -> None:
+    """A message on each of `sessions` connections, again until all are accepted: the
+    server is listening and (the MTA) has its broker connection."""
     deadline = time.monotonic() + timeout
     while True:
-        run = run_clients(port, 1, [(0, message(-1))], auth=auth)
-        if run.accepted:
+        run = run_clients(port, sessions, [(-1 - i, message(-1 - i)) for i in range(sessions)], auth=auth)
+        if run.accepted == sessions:
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"no 250 on port {port} within {timeout:.0f}s: {dict(run.other)}")
@@ -258,25 +263,62 @@ def mta_config(url: str, dns_port: int, smtp_port: int, port: int, cert: str, ke
 
 
 class MtaServer:
-    """An MTA process under test: the listeners alone, or `mta run`."""
+    """The MTA under test: its listeners alone (`processes` of them on one address, as
+    `mta run --processes N` has), or `mta run` (with `--processes N` when N > 1)."""
 
-    def __init__(self, name: str, work: str, config_path: str, url: str, port: int, lane: str, engine: bool):
+    def __init__(self, name: str, work: str, config_path: str, url: str, port: int, lane: str, engine: bool,
+                 processes: int = 1):
         self.name, self.work, self.config_path, self.url, self.port = name, work, config_path, url, port
-        self.lane, self.engine = lane, engine
-        self.proc: subprocess.Popen | None = None
+        self.lane, self.engine, self.processes = lane, engine, processes
+        self.procs: list[subprocess.Popen] = []
         self.auth = True
 
     def start(self) -> None:
-        command = (["-m", "mta", "run", self.config_path, "--log-level", "WARNING"] if self.engine
-                   else [os.path.abspath(__file__), "--listeners-only", self.config_path])
+        if self.engine:
+            commands = [["-m", "mta", "run", self.config_path, "--log-level", "WARNING"]
+                        + (["--processes", str(self.processes)] if self.processes > 1 else [])]
+        else:
+            commands = [[os.path.abspath(__file__), "--listeners-only", self.config_path]] * self.processes
         log = open(os.path.join(self.work, f"{self.name.replace(' ', '-')}.log"), "ab")
         env = dict(os.environ, WEBSHOP_SMTP_PASSWORD=PASSWORD, PYTHONPATH=ROOT)
-        self.proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        until_accepted(self.port, True)
-        self.after_case(1)
+        for command in commands:
+            self.procs.append(subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=log,
+                                               stderr=subprocess.STDOUT))
+        sessions = 4 * self.processes  # the kernel spreads them: every process has its broker connection
+        until_accepted(self.port, True, sessions)
+        self.after_case(sessions)
+
+    def pids(self) -> list[int]:
+        """The processes' ids, and the children of `mta run --processes N`'s supervisor."""
+        pids = [p.pid for p in self.procs]
+        if self.engine and self.processes > 1:
+            for entry in os.listdir("/proc"):
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        if int(fh.read().rsplit(")", 1)[1].split()[1]) in pids[:1]:
+                            pids.append(int(entry))
+                except (OSError, ValueError, IndexError):
+                    pass
+        return pids
 
     def cpu(self) -> float:
-        return sum(proc_stats(self.proc.pid)[:2])
+        return cpu_of(self.pids())
+
+    def runqueue(self) -> float:
+        """Seconds the processes were ready to run and waited for a core (all threads)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                        total += int(fh.read().split()[1])
+                except OSError:
+                    pass
+        return total / 1e9
 
     def after_case(self, accepted: int) -> float | None:
         """Wait for the engine to give every accepted message its final result (the CPU
@@ -289,14 +331,18 @@ class MtaServer:
         return cpu
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
             try:
-                self.proc.wait(60)
+                proc.wait(60)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-        if self.proc is not None and self.proc.returncode not in (0, -signal.SIGTERM):
-            print(f"warning: {self.name} exited with {self.proc.returncode}; see its log in {self.work}")
+                proc.kill()
+                proc.wait()
+            if proc.returncode not in (0, -signal.SIGTERM):
+                print(f"warning: {self.name} exited with {proc.returncode}; see its log in {self.work}")
+        self.procs = []
 
 
 class TlsPostfix(PrivatePostfix):
@@ -417,19 +463,22 @@ def one_case(server, clients: int, n: int, repetition: int, args, broker_pid: in
     spy = None
     if spy_to and isinstance(server, MtaServer):
         spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record",
-                                "-p", str(server.proc.pid), "-o", spy_to, "-f", "speedscope", "-r", "200",
+                                "-p", str(server.pids()[-1]), "-o", spy_to, "-f", "speedscope", "-r", "200",
                                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
     cpu0 = server.cpu()
+    waited0 = server.runqueue() if isinstance(server, MtaServer) else None
     broker0 = cpu_of([broker_pid]) if broker_pid else 0.0
     run = run_clients(server.port, clients, messages, auth=server.auth, pipelining=args.pipelining)
     cpu = server.cpu() - cpu0
+    waited = server.runqueue() - waited0 if waited0 is not None else None
     broker = cpu_of([broker_pid]) - broker0 if broker_pid else None
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
     wall = run.last - run.start
     accepted = max(run.accepted, 1)
+    run.waited = waited
     case = Case(server.name, clients, repetition, run.accepted / (run.last - run.first) if run.accepted > 1 else 0.0,
                 cpu / accepted * 1e6, run.accepted, run, wall,
                 broker / accepted * 1e6 if broker is not None else None)
@@ -441,6 +490,7 @@ def one_case(server, clients: int, n: int, repetition: int, args, broker_pid: in
           f"{case.rate:,.0f} msg/s, CPU {case.cpu_us:,.0f} us/msg"
           + (f" (until delivered {case.total_cpu_us:,.0f})" if case.total_cpu_us is not None else "")
           + (f", broker {case.broker_us:,.0f} us/msg" if case.broker_us is not None else "")
+          + (f"; ready but waiting for a core {waited / wall:.0%} of the time" if waited is not None else "")
           + f"; 250 after the data in {run.wait_ms(0.5):.1f} ms (median), {run.wait_ms(0.99):.1f} ms (99%)"
           + f"; clients' CPU {run.cpu / accepted * 1e6:,.0f} us/msg = {run.cpu / wall:.0%} of a core"
           + (f"; other replies: {other}" if other else ""), flush=True)
@@ -469,7 +519,7 @@ def table(cases: list[Case], clients: list[int], repetitions: int, servers: list
         if s == "mta run":
             head += ["mta run CPU us/msg until delivered"]
         if s in mtas:
-            head += [f"{s} broker us/msg"]
+            head += [f"{s} broker us/msg", f"{s} waiting for a core"]
     head += [f"{s} / {base}" for s in mtas if base]
     rows = []
     for n in clients:
@@ -481,7 +531,8 @@ def table(cases: list[Case], clients: list[int], repetitions: int, servers: list
                 if s == "mta run":
                     row += [f"{c.total_cpu_us:,.0f}" if c and c.total_cpu_us is not None else "-"]
                 if s in mtas:
-                    row += [f"{c.broker_us:,.0f}" if c and c.broker_us is not None else "-"]
+                    row += [f"{c.broker_us:,.0f}" if c and c.broker_us is not None else "-",
+                            f"{c.run.waited / c.wall:.0%}" if c and c.run.waited is not None else "-"]
             if base:
                 pf = by.get((base, n, r))
                 for s in mtas:
@@ -502,6 +553,8 @@ def main() -> int:
     ap.add_argument("--servers", nargs="+", default=["listeners", "mta run", "postfix", "postfix defer"],
                     choices=["listeners", "mta run", "postfix", "postfix defer"],
                     help="postfix: into its hold queue; postfix defer: into its queue, deferred by the queue manager")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="MTA processes on the listening address (`mta run --processes N`)")
     ap.add_argument("--lane", default="single", choices=["single", "bulk"], help="the source's lane")
     ap.add_argument("--pipelining", action="store_true", help="MAIL, RCPT and DATA in one write")
     ap.add_argument("--profile", metavar="DIR", help="py-spy speedscope profiles of the MTA processes into DIR")
@@ -516,6 +569,7 @@ def main() -> int:
     rabbit = None
     dns = Dnsmasq(records=standard_zone(1), log_queries=False)
     sinks: list[subprocess.Popen] = []
+    redis = None
     cases: list[Case] = []
     print(f"machine: {machine()}; load {os.getloadavg()[0]:.2f}", flush=True)
     try:
@@ -525,6 +579,9 @@ def main() -> int:
         smtp_port = free_port()
         sinks.extend(start_sinks(1, smtp_port))
         servers = {}
+        if args.processes > 1 and "mta run" in args.servers:  # its processes share their limits
+            redis = RedisServer()
+            redis.start()
         for name in args.servers:
             if name.startswith("postfix"):
                 postfix = TlsPostfix(os.path.join(work, name.replace(" ", "-")), free_port(),
@@ -538,8 +595,12 @@ def main() -> int:
             port = free_port()
             path = os.path.join(work, f"{vhost}.yaml")
             with open(path, "w") as fh:
-                yaml.safe_dump(mta_config(url, dns.port, smtp_port, port, cert, key, args.lane), fh)
-            servers[name] = MtaServer(name, work, path, url, port, args.lane, engine=name == "mta run")
+                config = mta_config(url, dns.port, smtp_port, port, cert, key, args.lane)
+                if redis is not None:
+                    config["cluster"] = {"store": redis.url}
+                yaml.safe_dump(config, fh)
+            servers[name] = MtaServer(name, work, path, url, port, args.lane, engine=name == "mta run",
+                                      processes=args.processes)
         if args.profile:
             os.makedirs(args.profile, exist_ok=True)
         for repetition in range(1, args.repetitions + 1):
@@ -557,13 +618,16 @@ def main() -> int:
         print(f"machine: {machine()}")
         print(f"{args.messages} messages of {args.size} B per case, STARTTLS + AUTH PLAIN"
               + (" (Postfix: no AUTH)" if any(s.startswith("postfix") and not servers[s].auth for s in servers) else "")
-              + ", connections reused" + (", pipelined" if args.pipelining else ""))
+              + ", connections reused" + (", pipelined" if args.pipelining else "")
+              + (f"; {args.processes} MTA processes" if args.processes > 1 else ""))
         print(table(cases, args.clients, args.repetitions, list(servers)))
         complete = all(c.accepted == args.messages and not c.run.other for c in cases)
         return 0 if complete else 1
     finally:
         for sink in sinks:
             sink.terminate()
+        if redis is not None:
+            redis.stop()
         dns.stop()
         if rabbit is not None:
             rabbit.stop()
