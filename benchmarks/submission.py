@@ -8,7 +8,7 @@ on the same connection until the shared count is used up, one command at a time 
 client libraries do (`--pipelining` sends MAIL, RCPT and DATA in one write). Only a 250
 after the data counts; every other reply is counted by its text and printed.
 
-Three servers take the same load, one after the other, each case twice (the repetitions
+Four servers take the same load, one after the other, each case twice (the repetitions
 interleaved so that the shared machine's noise falls on all of them):
 
 1. **listeners**: the MTA's submission listeners alone, without its engine: what `mta run`
@@ -26,16 +26,24 @@ interleaved so that the shared machine's noise falls on all of them):
    with the same certificate and, with Cyrus SASL (`sasl2-bin` installed for `saslpasswd2`,
    an sasldb in the work directory), AUTH PLAIN required for relaying
    (`smtpd_tls_auth_only`); without `saslpasswd2` it runs without AUTH and says so (a
-   lighter job for Postfix). Delivery deferred (`defer_transports = smtp`): it only queues.
-   Postfix checks no sender domain or From: (the MTA's source does). CPU: all the
-   instance's processes (smtpd, cleanup, qmgr, trivial-rewrite..., reaped children through
-   the master), from first connect to last 250.
+   lighter job for Postfix). **postfix**: every message goes to the hold queue at the end
+   of DATA (`smtpd_end_of_data_restrictions = check_client_access static:HOLD`), so only
+   smtpd and cleanup work on it, as only the listeners do in 1.: the ratios are against
+   this one. **postfix defer**: into the active queue with `defer_transports = smtp`, the
+   queue manager deferring each message (and the `defer` service logging it): more work
+   after the 250, none of it delivery. Postfix checks no sender domain or From: (the
+   MTA's source does). CPU: all the instance's processes (smtpd, cleanup, qmgr,
+   trivial-rewrite..., reaped children through the master).
+
+`--processes N` runs N listener processes on the one address (SO_REUSEPORT, as
+`mta run --processes N` does) and `mta run --processes N` with a private redis-server as
+its shared store (it refuses to start without one): one event loop uses one core.
 
 msg/s is from the first to the last 250 after DATA. CPU per message is user+system of the
 server's processes from the first connect to the last 250, divided by the accepted
 messages. For the MTA, also the share of that time its process was ready to run but
-waited for a core (/proc/PID/task/*/schedstat): near 100% minus its CPU share, it was
-CPU-bound and the machine's other work took the core. The broker's
+waited for a core (/proc/PID/task/*/schedstat, summed over its processes): near 100%
+minus its CPU share, it was CPU-bound and the machine's other work took the core. The broker's
 CPU in that window is shown apart for the MTA (the MTA's queue is RabbitMQ; Postfix's
 is its own queue files, counted in its CPU). The clients' own CPU is shown too: on a
 2-core machine they compete with the server and the broker for the same cores.
@@ -65,11 +73,11 @@ sys.path.insert(0, ROOT)
 import aio_pika  # noqa: E402
 import yaml  # noqa: E402
 
-from benchmarks.e2e import bench_config, cpu_of, private_rabbit, proc_stats, start_sinks  # noqa: E402
+from benchmarks.e2e import bench_config, cpu_of, private_rabbit, start_sinks  # noqa: E402
 from benchmarks.postfix import PrivatePostfix  # noqa: E402
 from mta.broker.topology import RESULTS, lane_queue  # noqa: E402
-from tests.testbed.redisd import RedisServer  # noqa: E402
 from tests.testbed.dns import Dnsmasq, bulk_ip, standard_zone  # noqa: E402
+from tests.testbed.redisd import RedisServer  # noqa: E402
 from tests.testbed.tls import TestCA  # noqa: E402
 from tests.testbed.util import free_port  # noqa: E402
 
