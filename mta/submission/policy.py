@@ -26,7 +26,7 @@ from mta.submission.sources import client_address
 log = logging.getLogger("mta.submission")
 
 _BARE = re.compile(rb"\r\n|\r|\n")
-MAX_PER_ADDRESS = 20  # from one client address at once
+MAX_PER_ADDRESS = 50  # from one client address at once (Postfix: smtpd_client_connection_count_limit)
 MAX_IDLE = 10  # RSETs and refused MAILs before a source is known; then the connection ends
 
 

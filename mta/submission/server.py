@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 
@@ -29,6 +30,9 @@ MAX_AUTH_FAILURES = 3  # per connection; then it is closed
 PRE_AUTH_TIMEOUT = 60.0  # seconds a client no source is known for may stay silent
 AUTH_DELAY = 1.0  # seconds after the first failure; the n-th waits n times this
 DATA_END = b"\r\n.\r\n"
+# A dot-atom local part (RFC 5322 atext, and UTF-8 for SMTPUTF8) @ a domain, in angle brackets
+_SIMPLE_ADDRESS = re.compile(r"\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+"
+                             r"(?:\.(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+)*@[A-Za-z0-9.-]+)>(.*)\Z", re.DOTALL)
 
 
 class Submission(SMTP):
@@ -79,6 +83,14 @@ class Submission(SMTP):
             self.transport.close()
             return
         await super()._handle_client()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """`<local@domain> PARAMS` as almost every client writes it, without aiosmtpd's RFC 5322
+        header parser (a sixth of a listener's time at 1 KB); anything else goes to it."""
+        m = _SIMPLE_ADDRESS.match(arg) if arg else None
+        if m is None:
+            return super()._getaddr(arg)
+        return m[1], m[2].lstrip()
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         if duration is None and not self.policy.known(self.session):
