@@ -49,7 +49,8 @@ from mta.destinations.share import Shares
 from mta.settle.acks import AckBook
 from mta.settle.outcomes import Outcomes
 from mta.settle.settler import Settler
-from mta.supervision import TaskCrashed, endless, leaves
+from mta.supervision import TaskCrashed, cancelled, endless, leaves
+from mta.suppression.service import Suppression
 from mta.dkim.signer import Signer, load_keys
 from mta.smtp.connector import Connector
 from mta.broker.topology import LANES, Topology, lane_queue
@@ -69,6 +70,7 @@ class Engine:
         now = clock.now  # monotonic: limits, timers, cache lifetimes (setting the system clock moves none)
         self.clock = clock = clock.wall  # the wall time: results, ages, what people read
         self.rules = Rules(config)
+        self.suppression = Suppression(config.suppression, config_path, clock_)  # SPEC §8
         dns = config.dns
         self.resolver = MxResolver(dns.nameservers, dns.port, dns.timeout, dns.min_ttl, dns.max_ttl, now)
         self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, self.time, config.smtp.ca_file)
@@ -104,8 +106,7 @@ class Engine:
                                    remember=None if config_path is None else config_path + ".nodes")
             self.member = Member(self, self.cluster)
             self.cluster.nodes.describe, self.intake.recall = self.member.describe, self.member.recall
-        self.kept = kept.KeptPauses(self, kept.pause_file(config_path),
-                                    self.cluster.store if self.cluster is not None else None)
+        self.kept = kept.KeptPauses(self, kept.pause_file(config_path), self.cluster and self.cluster.store)
         self.ready = asyncio.Event()
         self.listeners = None  # SMTP submission (mta.submission.service), started beside the engine
         self.stopping = False
@@ -146,11 +147,16 @@ class Engine:
             self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
         window = self.config.broker.prefetch + self.config.broker.single_prefetch
         self.journal, self._recorded = open_journal(self.config.broker.journal, self.config_path, window)
+        self.intake.suppression = self.outcomes.suppression = self.suppression
+        self.suppression.load()  # before the first message: none may slip past the list
+        following = asyncio.ensure_future(self.suppression.follow())
         if self.member is None:
             await self.kept.restore()
             await self._sessions(stop)
         else:
             await self.member.run(lambda: self._sessions(stop))
+        following.cancel()
+        self.suppression.close()
         if self.journal is not None:
             self.journal.close()
         self.metrics.close()
@@ -219,7 +225,7 @@ class Engine:
                 client.on_close(channel, lost.set)
                 # The broker cancels a consumer when its queue is deleted or fails over:
                 # without a consumer the process would idle forever, so start a new session.
-                client.on_consumer_cancel(channel, self._cancelled(lane, lost))
+                client.on_consumer_cancel(channel, cancelled(lane_queue(lane), lost))
                 cancel, tag, book = await self._consume(channel, lane)
                 consumers.append((cancel, tag))
                 books.append(book)
@@ -334,14 +340,6 @@ class Engine:
         for destination in self.destinations.values():
             jobs.extend(destination.drain())
         return jobs
-
-    @staticmethod
-    def _cancelled(lane: str, lost: asyncio.Event):
-        def on_cancel() -> None:
-            log.warning("the broker cancelled the consumer of %s; reconnecting", lane_queue(lane))
-            lost.set()
-
-        return on_cancel
 
     async def _consume(self, channel, lane: str) -> tuple:
         """Start consuming a lane; (what to cancel at shutdown, consumer tag, its AckBook)."""

@@ -5,7 +5,13 @@ logged and counted by the task it ended.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
+
 from mta.broker.errors import BrokerLost
+
+log = logging.getLogger("mta.engine")
 
 
 class TaskCrashed(Exception):
@@ -34,3 +40,13 @@ def leaves(group: BaseExceptionGroup) -> list[BaseException]:
     for exc in group.exceptions:
         out.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return out
+
+
+def cancelled(queue: str, lost: asyncio.Event) -> Callable[[], None]:
+    """What to do when the broker cancels a consumer (its queue deleted or failed over):
+    without a consumer the process would idle forever, so the session ends."""
+    def on_cancel() -> None:
+        log.warning("the broker cancelled the consumer of %s; reconnecting", queue)
+        lost.set()
+
+    return on_cancel

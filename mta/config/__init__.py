@@ -28,11 +28,12 @@ from mta.config.model import (
     Smtp,
     Source,
     SourceUser,
+    Suppression,
     merge,
 )
 from mta.config.parse import load_config, parse_config, retry_notes
 
 __all__ = [
     "DEFAULT_POLICY", "Broker", "Cluster", "Config", "ConfigError", "Control", "DkimKey", "Dns", "Domain", "Listener", "Metrics",
-    "Pattern", "Policy", "Provider", "Route", "Smtp", "Source", "SourceUser", "load_config", "merge", "parse_config", "retry_notes",
+    "Pattern", "Policy", "Provider", "Route", "Smtp", "Source", "SourceUser", "Suppression", "load_config", "merge", "parse_config", "retry_notes",
 ]

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from mta.config.model import Broker, Cluster, Control, Dns, Metrics, Policy, Smtp
+from mta.config.model import Broker, Cluster, Control, Dns, Metrics, Policy, Smtp, Suppression
 from mta.intake.idn import ascii_domain, ascii_suffix
 from shaper.patterns import nested_quantifier
 from shaper.units import Duration, Rate
@@ -255,6 +255,8 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "metrics": (Metrics, {"port": _int(0, 65535), "address": _str}),
     "control": (Control, {"key_env": _str, "key_file": _str}),
     "cluster": (Cluster, {"store": _store_url, "node": _node_name}),
+    "suppression": (Suppression, {"hard_bounces": _bool, "complaints": _bool, "expire": _duration,
+                                  "scope": _choice("global", "source", "sender_domain")}),
 }
 
 

@@ -87,6 +87,15 @@ class Cluster(msgspec.Struct, frozen=True):
     node: str | None = None  # this node's name; None: host name and process id
 
 
+class Suppression(msgspec.Struct, frozen=True):
+    """The suppression list (SPEC §8): what adds an address, for how long, in which scope."""
+
+    hard_bounces: bool = True  # a hard bounce (5.1.x from the recipient's server) adds the recipient
+    complaints: bool = True  # a feedback-loop complaint adds it
+    expire: float = 0.0  # seconds an entry lasts; 0: until removed
+    scope: str = "global"  # global | source | sender_domain: where an added entry applies
+
+
 class Policy(msgspec.Struct, frozen=True):
     """Limits and policies of one destination; `None` means inherit from the level above."""
 
@@ -223,6 +232,7 @@ class Config(msgspec.Struct, frozen=True):
     metrics: Metrics = Metrics()
     control: Control = Control()
     cluster: Cluster = Cluster()
+    suppression: Suppression = Suppression()
     default: Policy = DEFAULT_POLICY
     providers: tuple[Provider, ...] = ()
     domains: tuple[Domain, ...] = ()

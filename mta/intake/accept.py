@@ -41,6 +41,7 @@ class Intake:
         self.signer = None
         self.stopping = False
         self.recall = None  # several nodes: (job, book, tag) for a redelivered copy (mta.cluster)
+        self.suppression = None  # the suppression list (mta.suppression.service), set by the engine
 
     def taker(self, lane: str, book: AckBook):
         """What a lane's consumer calls with each delivery (entered in `book` already)."""
@@ -112,7 +113,13 @@ class Intake:
         self.admitted(job)
 
     def admitted(self, job: Job) -> None:
-        """Not finished anywhere: signed, routed, delivered."""
+        """Not finished anywhere: suppressed, or signed, routed, delivered."""
+        suppression = self.suppression
+        if suppression is not None:
+            entry = suppression.check(job)
+            if entry is not None:
+                self.outcomes.suppressed(job, entry)
+                return
         if job.size > self.max_size:
             self.outcomes.too_large(job, self.max_size)
             return

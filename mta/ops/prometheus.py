@@ -59,6 +59,13 @@ class Collector:
         yield from _control_families(engine)
         yield from _cluster_families(engine)
         yield from _submission_families(engine)
+        suppressed = CounterMetricFamily("mta_suppressed", "Messages not sent because their recipient is on the "
+                                         "suppression list (one final `suppressed` result each), by the entry's "
+                                         "reason.", labels=["reason"])
+        suppression = getattr(engine, "suppression", None)
+        for reason, n in sorted((suppression.counts if suppression is not None else {}).items()):
+            suppressed.add_metric([reason], n)
+        yield suppressed
         crashes = CounterMetricFamily("mta_task_crashes", "Bugs that ended a broker session, by the task they "
                                       "crashed (settler, forget idle, session): each logged with its traceback; "
                                       "what the session held came back from the broker and a new one started.",

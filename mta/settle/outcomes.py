@@ -16,7 +16,7 @@ from mta.ops.metrics import Metrics
 from mta.routing.mx import DnsFailure
 from mta.routing.routes import RouteTable
 from mta.routing.rules import Resolved, Rules
-from mta.settle.results import attempt_entry
+from mta.settle.results import attempt_entry, rfc3339
 from mta.settle.settler import Settler
 from mta.smtp.client import Reply
 from shaper.disposition import Bounced, Deferred, Expired, after_attempt, after_hold
@@ -38,6 +38,7 @@ class Outcomes:
         self.default = default
         self.routes = routes
         self.settler: Settler | None = None
+        self.suppression = None  # the suppression list (mta.suppression.service): hard bounces go there
 
     def done(self, attempt: Attempt) -> None:
         """A destination's attempt ended with its reply."""
@@ -55,6 +56,14 @@ class Outcomes:
 
     def not_signed(self, job: Job, reply: Reply) -> None:
         self.finish(job, reply, None, None, self.rules.resolve(job.domain, None))
+
+    def suppressed(self, job: Job, entry: dict) -> None:
+        """A recipient on the suppression list (SPEC §8): one final result, no attempt."""
+        job.doc["suppression"] = {"reason": entry["reason"], "since": rfc3339(entry["since"]),
+                                  "message_id": entry["message_id"], "scope": entry["scope"]}
+        self.counts["suppressed"] = self.counts.get("suppressed", 0) + 1
+        book, tag = job.delivery
+        self.settler.final(job, book, tag, "suppressed")
 
     def too_large(self, job: Job, limit: int) -> None:
         self.finish(job, Reply(552, f"5.3.4 message of {job.size} octets exceeds the maximum size "
@@ -114,6 +123,8 @@ class Outcomes:
             settler.defer(job, book, tag, disposition.delay)
         else:  # bounced or expired
             status = "bounced" if isinstance(disposition, Bounced) else "expired"
+            if status == "bounced" and disposition.kind == "hard" and self.suppression is not None:
+                self.suppression.bounced(job, reply.code, enhanced, reply.text)
             self.counts[status] += 1
             self.metrics.outcome(job, status, disposition.kind, now)
             settler.final(job, book, tag, status, disposition.kind)

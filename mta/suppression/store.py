@@ -43,8 +43,10 @@ def path_for(config_path: str | None) -> str | None:
 class Store:
     def __init__(self, path: str):
         self.path = path
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        uri = path.startswith("file:")  # a shared in-memory database (a process without a rules file)
+        if not uri:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False, uri=uri)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)

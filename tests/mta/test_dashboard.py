@@ -83,7 +83,7 @@ def test_readme_documents_every_metric_with_its_type():
         readme = fh.read()
     rows = dict(re.findall(r"^\| `(mta_[a-z_]+)` \| (counter|gauge|histogram) \|", readme, re.MULTILINE))
     families = {}
-    for family in Metrics(FakeEngine()).registry.collect():
+    for family in Metrics(_engine()).registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
         families[name] = family.type
         assert family.documentation, f"{name} has no HELP text"
