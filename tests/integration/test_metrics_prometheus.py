@@ -2,6 +2,7 @@
 pauses mail: the counters match what the SMTP sinks and the results saw, and every query
 of every panel of grafana/dashboards/mta.json returns data."""
 
+import base64
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from tests.testbed.amqp import ResultCollector, make_message, publish
 from tests.testbed.checks import run_id
 from tests.testbed.mtaproc import REPO_ROOT
 from tests.testbed.prometheus import PrometheusServer
+from tests.testbed.submit import ENV, message, starttls_client, submission_overrides, submit
 from tests.testbed.util import free_port, wait_for
 
 DASHBOARD = os.path.join(REPO_ROOT, "grafana", "dashboards", "mta.json")
@@ -45,13 +47,14 @@ def mta_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.timeout(300)
-def test_prometheus_scrapes_counts_that_match_the_sinks(vhost, sinks, mta_config, start_mta, tmp_path):
+def test_prometheus_scrapes_counts_that_match_the_sinks(vhost, sinks, mta_config, start_mta, tmp_path, test_ca):
     port = free_port()
-    config = mta_config(metrics={"port": port, "address": "127.0.0.1"},
+    listening, ports = submission_overrides(test_ca)  # the dashboard's submission row needs a listener
+    config = mta_config(metrics={"port": port, "address": "127.0.0.1"}, **listening,
                         default={"max_age": "10m", "retry_intervals": ["1s"]},  # paused mail stays held
                         domains={"ok1.test": {"max_age": "5s"},  # temp- mail expires quickly
                                  "ok2.test": {"max_message_rate": "2/s", "connection_limit": 1}})
-    mta = start_mta(config)
+    mta = start_mta(config, env=ENV)
     prom = PrometheusServer([f"127.0.0.1:{port}"], str(tmp_path / "prometheus"))
     with prom:
         prom.wait_up()
@@ -79,6 +82,14 @@ def test_prometheus_scrapes_counts_that_match_the_sinks(vhost, sinks, mta_config
         publish(vhost, "bulk", [make_message(i, r) for i, r in {**msgs, **parked, **paused}.items()])
         publish(vhost, "single", [make_message(i, r) for i, r in single.items()])
         publish(vhost, "bulk", [b"not JSON", b'{"recipient": "no-at-sign", "envelope": "", "mime": "x"}'])
+        # one submission (to the paused domain: it changes none of the counts compared below),
+        # one refused MAIL, one failed login
+        with starttls_client(test_ca, ports.starttls) as client:
+            code, text = submit(client, "orders@shop.test", [f"sub-{run}@ok3.test"], message(f"sub-{run}"))
+            assert code == 250, text
+        with starttls_client(test_ca, ports.starttls, login=False) as client:
+            assert client.mail("orders@shop.test")[0] == 530
+            assert client.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0webshop\0wrong").decode())[0] == 535
 
         final_ids = {**msgs, **parked, **single}
         collector = ResultCollector(vhost)
