@@ -9,7 +9,7 @@ import ipaddress
 import re
 from typing import Any
 
-from mta.config.checks import _bool, _Collector, _choice, _domain_pattern, _int, _list, _named_map, _rate, _str, _str_list
+from mta.config.checks import _bool, _Collector, _choice, _domain_patterns, _int, _list, _named_map, _rate, _str, _str_list
 from mta.config.model import Listener, Source, SourceUser
 
 _SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?", re.IGNORECASE)
@@ -62,16 +62,6 @@ def _address(v: Any) -> tuple[str, int]:
     return host, port
 
 
-def _sender_domains(v: Any) -> tuple[str, ...]:
-    out = []
-    for i, item in enumerate(_str_list(v)):
-        try:
-            out.append(_domain_pattern(item))
-        except ValueError as exc:
-            raise ValueError(f"[{i}] {exc}") from None
-    return tuple(out)
-
-
 LISTENER_FIELDS = {
     "address": _address,
     "tls": _choice("starttls", "implicit", "none"),
@@ -86,7 +76,7 @@ USER_FIELDS = {"username": _str, "password_env": _str, "password_file": _str, "p
 SOURCE_FIELDS = {
     "auth": _choice("password", "none"),
     "allow_ips": networks,
-    "sender_domains": _sender_domains,
+    "sender_domains": _domain_patterns,
     "lane": _choice("single", "bulk"),
     "tags": _str_list,
     "max_message_rate": _rate,

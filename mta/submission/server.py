@@ -114,31 +114,29 @@ class Submission(SMTP):
     # ---- AUTH
 
     async def auth_PLAIN(self, _, args: list[str]) -> AuthResult:
-        if len(args) == 1:
-            blob = await self.challenge_auth("")
-            if not isinstance(blob, bytes):
-                return AuthResult(success=False, handled=True)  # "*", bad base64, too long: answered
-        else:
-            try:
-                blob = base64.b64decode(args[1].encode(), validate=True)
-            except (binascii.Error, ValueError):
-                await self.push("501 5.5.2 Cannot decode base64")
-                return AuthResult(success=False, handled=True)
+        blob = await self._first_answer(args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)  # "*", bad base64, too long: answered
         parts = blob.split(b"\x00")
         if len(parts) != 3:
             await self.push("501 5.5.2 Cannot split the PLAIN credentials")
             return AuthResult(success=False, handled=True)
         return await self._login(parts[1], parts[2])
 
-    async def auth_LOGIN(self, _, args: list[str]) -> AuthResult:
+    async def _first_answer(self, args: list[str], challenge: str) -> bytes | None:
+        """The initial response on the AUTH line, or the answer to `challenge`; None when
+        it was refused (answered already)."""
         if len(args) == 1:
-            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
-        else:
-            try:
-                login = base64.b64decode(args[1].encode(), validate=True)
-            except (binascii.Error, ValueError):
-                await self.push("501 5.5.2 Cannot decode base64")
-                return AuthResult(success=False, handled=True)
+            blob = await self.challenge_auth(challenge)
+            return blob if isinstance(blob, bytes) else None
+        try:
+            return base64.b64decode(args[1].encode(), validate=True)
+        except (binascii.Error, ValueError):
+            await self.push("501 5.5.2 Cannot decode base64")
+            return None
+
+    async def auth_LOGIN(self, _, args: list[str]) -> AuthResult:
+        login = await self._first_answer(args, self.AuthLoginUsernameChallenge)
         if not isinstance(login, bytes):
             return AuthResult(success=False, handled=True)
         password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
