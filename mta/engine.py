@@ -356,7 +356,7 @@ class Engine:
         book = AckBook(lane_channel)
         take = self.intake.taker(lane, book)
 
-        async def on_message(message: Delivery) -> None:
+        def on_message(message: Delivery) -> None:
             book.received(message.delivery.delivery_tag)
             take(message)
 
