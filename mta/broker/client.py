@@ -101,10 +101,15 @@ class Consuming:
     """A consuming lane's aiormq channel; every call raises BrokerLost once it is gone.
     The method names and arguments are AMQP's (and aiormq's), as the fakes in tests have them."""
 
-    __slots__ = ("channel",)
+    __slots__ = ("channel", "closed_now")
 
     def __init__(self, channel):
         self.channel = channel  # aiormq's
+        # `is_closed` in one call, asked once or twice per message (mta.settle.acks): what
+        # aiormq's property reads, its closing future's `done`, bound here (a future it
+        # makes once per channel); a channel without one is asked by its property.
+        closing = getattr(channel, "_closing", None)
+        self.closed_now = closing.done if isinstance(closing, asyncio.Future) else lambda: channel.is_closed
 
     @classmethod
     def of(cls, channel) -> "Consuming":
