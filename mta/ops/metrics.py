@@ -196,7 +196,9 @@ class Metrics:
             event = _BOUNCED[bounce]
         else:
             event = status if tried else UNTRIED
-        self._count(lane, label, event, now)
+        counted = (lane, label, event)  # _count, inline: once per message
+        self.counts[counted] = self.counts.get(counted, 0) + 1
+        self.recent.add((lane, event), now)
         if status == "deferred":
             return
         waited = now - job.first_seen
