@@ -23,17 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from mta.broker import client
 from mta.broker.client import Delivery, redact
 from mta.broker.errors import BrokerLost
 from mta.ops import commands, control, kept
 from mta.ops import reload as reloading
-
 from mta.destinations.budget import Budget
 from mta.clock import SYSTEM, Clock
-from mta.cluster.cluster import Cluster
-from mta.cluster.member import Member
 from mta.config import Config
 from mta.destinations.delivery import Destination
 from mta.intake.accept import Intake
@@ -51,10 +49,11 @@ from mta.settle.outcomes import Outcomes
 from mta.settle.settler import Settler
 from mta.supervision import TaskCrashed, cancelled, endless, leaves
 from mta.suppression.service import Suppression
-from mta.dkim.signer import Signer, load_keys
 from mta.smtp.connector import Connector
 from mta.broker.topology import LANES, Topology, lane_queue
 from shaper.handoffs import Held
+if TYPE_CHECKING:  # imported when configured: DKIM's cryptography, the cluster's redis-py (a start's CPU)
+    from mta.dkim.signer import Signer
 
 log = logging.getLogger("mta.engine")
 
@@ -94,24 +93,24 @@ class Engine:
         self.off_loop = OffLoop()  # big bodies' decode
         self.intake = Intake(clock, self.counts, config.smtp.max_message_size, self.off_loop, self.router,
                              self.outcomes)
-        self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self.outcomes.not_signed,
-                             clock=self.time) if config.dkim else None
-        self.settler = None
+        self.signer = None
+        if config.dkim:  # (imported only then, as the cluster below: a start's CPU)
+            from mta.dkim.signer import Signer, load_keys
+            self.signer = Signer(load_keys(config.dkim)[0], self.router.route, self.outcomes.not_signed, clock=self.time)
+            self.signer.observe = self.metrics.observe_dkim_signing
         self.journal: Journal | None = None
-        self._recorded: dict = {}  # outcomes read back from the journal, until the settler takes them
+        self.settler, self._recorded = None, {}  # recorded: outcomes read back from the journal, for the settler
         # Several nodes (SPEC §6): limits, state and the record of outcomes shared in a store.
         self.cluster = self.member = None
         if config.cluster.store:
+            from mta.cluster.member import Cluster, Member
             self.cluster = Cluster(config.cluster.store, config.cluster.node, clock=clock_, at_least=nodes_at_least,
                                    remember=None if config_path is None else config_path + ".nodes")
             self.member = Member(self, self.cluster)
             self.cluster.nodes.describe, self.intake.recall = self.member.describe, self.member.recall
         self.kept = kept.KeptPauses(self, kept.pause_file(config_path), self.cluster and self.cluster.store)
-        self.ready = asyncio.Event()
-        self.listeners = None  # SMTP submission (mta.submission.service), started beside the engine
+        self.ready, self.listeners = asyncio.Event(), None  # listeners: SMTP submission (mta.submission.service)
         self.stopping = False
-        if self.signer is not None:
-            self.signer.observe = self.metrics.observe_dkim_signing
 
     # The intake and the outcomes hold the settler, the signer and the shutdown flag
     # themselves (read once per message); these keep them in step with the engine's.
@@ -355,7 +354,7 @@ class Engine:
         book = AckBook(lane_channel)
         take = self.intake.taker(lane, book)
 
-        async def on_message(message: Delivery) -> None:
+        def on_message(message: Delivery) -> None:
             book.received(message.delivery.delivery_tag)
             take(message)
 

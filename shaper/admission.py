@@ -86,7 +86,8 @@ class Admission:
         lanes = self.lanes
         lanes.bulk_busy += job.lane != "single"
         lanes.unpaced += 1
-        self.waiting(1)
+        if self.share is not None:  # self.waiting(1), inline: once per message
+            self.share.queued += 1
 
     def queue(self, job: Any, now: float) -> Queue | Hold:
         """Into its lane's ready queue, if within the allowance; else held."""

@@ -229,7 +229,8 @@ class DestinationCore(Admission):
             if job is None:
                 return IDLE
             lanes.unpaced -= 1  # booked now: no longer waiting for its slot
-            self.waiting(-1)
+            if self.share is not None:  # self.waiting(-1), inline: once per message
+                self.share.queued -= 1
             wait = self._slot(job, now)
             if wait is None:
                 continue

@@ -195,6 +195,7 @@ class FakeSession:
     def __init__(self, connector: FakeConnector, mx: str, ip: str) -> None:
         self.connector = connector
         self.mx, self.ip = mx, ip
+        self.cipher = None  # plaintext, as Session's without TLS
         self.usable = True
         self.pipelining = False
         self.closed = False

@@ -9,6 +9,9 @@ exceptions (`mta.broker.errors`). What lives here, and why:
   engine starts a new session instead (RELIABILITY.md).
 - `Consuming`: a lane's aiormq channel, used below aio-pika (its IncomingMessage and its
   task per delivery cost a tenth of the CPU per message). Its calls raise `BrokerLost`.
+  aiormq too starts a task per delivery for the consumer's callback (about 5 us each); a
+  lane's callback is a plain function, so its channel calls it in place, as the delivery's
+  last frame is read (`_in_place`), and only falls back to aiormq's task where it cannot.
 - close and consumer-cancel callbacks: aio-pika calls a close callback with the closed
   object and the reason, aiormq a cancel callback with the frame; the MTA only
   wants to know that it happened.
@@ -98,10 +101,15 @@ class Consuming:
     """A consuming lane's aiormq channel; every call raises BrokerLost once it is gone.
     The method names and arguments are AMQP's (and aiormq's), as the fakes in tests have them."""
 
-    __slots__ = ("channel",)
+    __slots__ = ("channel", "closed_now")
 
     def __init__(self, channel):
         self.channel = channel  # aiormq's
+        # `is_closed` in one call, asked once or twice per message (mta.settle.acks): what
+        # aiormq's property reads, its closing future's `done`, bound here (a future it
+        # makes once per channel); a channel without one is asked by its property.
+        closing = getattr(channel, "_closing", None)
+        self.closed_now = closing.done if isinstance(closing, asyncio.Future) else lambda: channel.is_closed
 
     @classmethod
     def of(cls, channel) -> "Consuming":
@@ -124,9 +132,12 @@ class Consuming:
         with mapped("setting the prefetch"):
             await self.channel.basic_qos(prefetch_count=prefetch_count)
 
-    async def basic_consume(self, queue: str, callback: Callable[[Delivery], Awaitable[None]]) -> Any:
-        """Start a consumer; the broker's ConsumeOk (its `consumer_tag`)."""
+    async def basic_consume(self, queue: str, callback: Callable[[Delivery], None]) -> Any:
+        """Start a consumer; the broker's ConsumeOk (its `consumer_tag`). `callback` runs in
+        the channel's reader, once per delivery, in order: it must not block, and what it
+        raises is logged (as aiormq logs a consumer task's exception)."""
         with mapped(f"consuming {queue}"):
+            _in_place(self.channel)
             return await self.channel.basic_consume(queue, callback)
 
     async def basic_cancel(self, tag: str) -> None:
@@ -136,6 +147,37 @@ class Consuming:
     async def cancel(self, tag: str) -> None:
         """Stop the consumer `tag` (SIGTERM)."""
         await self.basic_cancel(tag)
+
+
+def _in_place(channel) -> bool:
+    """Have aiormq's `channel` call a plain consumer callback as each delivery is read,
+    instead of in a task of its own per delivery (aiormq's `_on_deliver_frame` makes one);
+    the same frames are read the same way, with aiormq's own readers. False: this aiormq
+    lacks them (or a callback is a coroutine function), and its task per delivery stays."""
+    read_header = getattr(channel, "_Channel__get_content_header", None)
+    read_content = getattr(channel, "_read_content", None)
+    consumers, tasks = getattr(channel, "consumers", None), getattr(channel, "_on_deliver_frame", None)
+    if read_header is None or read_content is None or consumers is None or tasks is None:
+        return False
+    if getattr(tasks, "in_place", False):
+        return True
+
+    async def on_deliver_frame(frame) -> None:
+        if getattr(consumers.get(frame.consumer_tag), "__wrapped__", None) is None:
+            await tasks(frame)  # a coroutine function (aiormq wraps a plain one), or none: aiormq's way
+            return
+        message = await read_content(frame, await read_header())
+        consumer = consumers.get(frame.consumer_tag)  # (cancelled meanwhile: not handed on, as in aiormq)
+        if consumer is None:
+            return
+        try:
+            consumer.__wrapped__(message)
+        except Exception:
+            log.exception("a consumer callback failed on delivery %s", frame.delivery_tag)
+
+    on_deliver_frame.in_place = True
+    channel._on_deliver_frame = on_deliver_frame
+    return True
 
 
 # ---- control messages (mta.ops.control)

@@ -351,7 +351,8 @@ class Destination:
     def _settle(self, session: Session, job: Job, reply: Reply) -> None:
         core = self.core
         core.lanes.release(job)
-        reply = session.stamp(reply)
+        if session.cipher is not None:  # (session.stamp, inline: once per message)
+            reply = session.stamp(reply)
         now = self._now()
         if reply.ok:  # inline: once per message
             core.succeeded(now)

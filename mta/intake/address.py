@@ -19,6 +19,8 @@ _LOCAL_ATOM = re.compile(
     r"|\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|[^\x00-\x7f]|\\[\x20-\x7e])*\""
 )
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# Two labels or more, each a `_LABEL`, dot-separated: one match per address, not one per label.
+_DOMAIN = re.compile(rf"(?:{_LABEL.pattern}\.)+{_LABEL.pattern}")
 _ADDRESS_LITERAL = re.compile(r"\[(?:IPv6:([0-9A-Fa-f:.]+)|([0-9]{1,3}(?:\.[0-9]{1,3}){3}))\]")
 
 
@@ -88,7 +90,6 @@ def _ascii_domain(domain: str, field: str, value: str) -> str:
         domain = a_labels(domain)  # IDNA 2008, UTS #46 (mta.intake.idn)
         if domain is None:
             raise InvalidMessage(f"{field}: {value!r} has an invalid international domain")
-    labels = domain.split(".")
-    if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+    if _DOMAIN.fullmatch(domain) is None:  # at least two labels, each a valid one
         raise InvalidMessage(f"{field}: {value!r} has an invalid domain")
     return domain

@@ -127,11 +127,14 @@ def decode(body: bytes, headers: dict[str, Any], lane: str, now: float, message_
             job.data = canonical_data(raw)
             job.eight_bit = not job.data.isascii()  # what is sent: a re-encoded long-line message may be 7-bit
     job.id = _message_id(doc, headers, message_id, body)
-    job.tags = _tags(doc)
-    job.retries = _retries(doc)
-    job.max_age = _positive_number(doc, "maxdelivertime")
-    job.max_attempts = _max_attempts(doc)
-    _check_dkim(doc)
+    if _OPTIONAL.isdisjoint(doc):  # the common message sets none of them: their defaults, unchecked
+        job.tags, job.retries, job.max_age, job.max_attempts = (), None, None, 0
+    else:
+        job.tags = _tags(doc)
+        job.retries = _retries(doc)
+        job.max_age = _positive_number(doc, "maxdelivertime")
+        job.max_attempts = _max_attempts(doc)
+        _check_dkim(doc)
     job.doc = doc
     job.body = body
     job.lane = lane
@@ -140,6 +143,8 @@ def decode(body: bytes, headers: dict[str, Any], lane: str, now: float, message_
         _restore(job, headers, now)
     return job
 
+
+_OPTIONAL = frozenset({"tags", "retries", "maxdelivertime", "maxattempts", "dkim"})  # fields decode checks when set
 
 # JSON integers beyond 64 bits stay integers (orjson would make them floats, and a float
 # cannot give back 123456789012345678901 in the results); the same speed at 1 KB.

@@ -95,7 +95,7 @@ class LaneWindow:
     async def start(self) -> None:
         await self._consume(1)
 
-    async def on_delivery(self, message: Delivery) -> None:
+    def on_delivery(self, message: Delivery) -> None:
         # Once per message: the book entry, the counting and the take are inline, and the
         # consumer is looked at only off the common case: the whole count prefetch and
         # within the bound, nothing waiting.

@@ -30,8 +30,13 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from mta.clock import SYSTEM
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("mta.metrics")
 
@@ -160,10 +165,15 @@ class Metrics:
         self.dkim_signing = Histogram(FAST_BUCKETS)
         self.publish_confirm = Histogram(FAST_BUCKETS)
         self.recent = RecentCounts(self.started)  # the console's "last minute" numbers
+        self.server = None
+
+    @cached_property
+    def registry(self) -> CollectorRegistry:
+        """The Prometheus registry of this process's collector, built by its first reader (the
+        endpoint, a test): a process without the endpoint never loads prometheus_client."""
         from mta.ops.prometheus import registry_for  # imported here: that module reads this one's names
 
-        self.registry = registry_for(self)
-        self.server = None
+        return registry_for(self)
 
     # ---- hooks (per outcome)
 
@@ -186,7 +196,9 @@ class Metrics:
             event = _BOUNCED[bounce]
         else:
             event = status if tried else UNTRIED
-        self._count(lane, label, event, now)
+        counted = (lane, label, event)  # _count, inline: once per message
+        self.counts[counted] = self.counts.get(counted, 0) + 1
+        self.recent.add((lane, event), now)
         if status == "deferred":
             return
         waited = now - job.first_seen

@@ -12,7 +12,6 @@ import logging
 import msgspec
 
 from mta.config import Config, ConfigError, load_config
-from mta.dkim.signer import Signer, load_keys
 from mta.routing.rules import Rules
 
 log = logging.getLogger("mta.reload")
@@ -36,6 +35,8 @@ def reload(engine) -> bool:
     engine.shares.reload(engine.rules)
     if keys is not None:
         if engine.signer is None:
+            from mta.dkim.signer import Signer  # (not loaded by an engine without keys: a start's CPU)
+
             engine.signer = Signer(keys, engine.router.route, engine.outcomes.not_signed)
             engine.signer.observe = engine.metrics.observe_dkim_signing
         else:
@@ -60,6 +61,8 @@ def _reread(engine) -> tuple[Config, Rules, list | None]:
     rules = Rules(config)
     keys = None
     if config.dkim != engine.config.dkim:
+        from mta.dkim.signer import load_keys
+
         keys, _ = load_keys(config.dkim)  # all or nothing, like the rest of the file
     engine.routes.reload(config.routes, rules)
     return config, rules, keys

@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dns.asyncresolver
 import dns.exception
@@ -47,11 +47,12 @@ class MxHost:
 class MxAnswer:
     hosts: tuple[MxHost, ...]  # in the order to try them; every host has an address
     implicit: bool = False
+    # Names the set of hosts: domains that share it share one destination. Read for every
+    # message routed (rules.resolve), so named once, with the answer.
+    site: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def site(self) -> str:
-        """Names the set of hosts: domains that share it share one destination."""
-        return ",".join(sorted({h.name for h in self.hosts}))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "site", ",".join(sorted({h.name for h in self.hosts})))
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,7 +88,7 @@ class Settler:
     # ---- outcomes
 
     def add(self, settlement: Settlement) -> None:
-        if settlement.book.closed:
+        if settlement.book.closed_now():
             return  # redelivered by the broker: what would replace it must not be published
         self._add(settlement)
 
@@ -106,7 +106,7 @@ class Settler:
     def final(self, job: Job, book: AckBook, tag: int, status: str, bounce: str | None = None) -> None:
         body = dumps(result_doc(job, status, bounce))
         key = f"{job.id}\0{job.recipient.text}\0{len(job.body)}"  # recent_key, inline
-        if book.closed:
+        if book.closed_now():
             # The broker redelivers the message: its copy is settled with this result (here,
             # or unsent if a copy got here first and was settled already).
             if key not in self.recent:

@@ -30,6 +30,9 @@ class Book:
     def __init__(self) -> None:
         self.requeue: list[int] = []
 
+    def closed_now(self) -> bool:
+        return self.closed
+
 
 def job(i: int, book: Book | None = None, lane: str = "bulk"):
     body = orjson.dumps({"id": f"m{i}", "recipient": f"u{i}@ten.test", "envelope": "s@sender.test",

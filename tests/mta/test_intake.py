@@ -734,3 +734,46 @@ def test_a_first_acceptance_that_is_no_time_is_ignored(first) -> None:
 @pytest.mark.parametrize("attempts", ["9" * 400, Decimal("1e400"), 10 ** 7], ids=["str400", "decimal", "1e7"])
 def test_carried_attempts_beyond_any_schedule_are_invalid(attempts) -> None:
     assert reason(body(), {H_ATTEMPTS: attempts, **death()}).startswith(f"header {H_ATTEMPTS}: ")
+
+
+# ---- the checks as one match, and optional fields skipped when absent (once per message)
+
+LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _by_label(domain: str) -> bool:
+    """The domain check as it reads in RFC 1035 terms: two labels or more, each valid."""
+    labels = domain.split(".")
+    return len(labels) >= 2 and all(LABEL.fullmatch(label) for label in labels)
+
+
+@settings(max_examples=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.text(alphabet="ab9-._Z", min_size=0, max_size=66), min_size=1, max_size=4).map(".".join)
+       .filter(lambda domain: len(domain) <= 240))  # (a longer address is refused for its length)
+def test_the_domain_check_is_the_label_by_label_one(domain: str) -> None:
+    recipient = f"user@{domain}"
+    try:
+        parse_address(recipient, "recipient")
+        valid = True
+    except InvalidMessage:
+        valid = False
+    expected = _by_label(domain.rstrip(".").lower()) and domain.rstrip(".") != ""
+    assert valid == expected, domain
+
+
+@pytest.mark.parametrize("domain, valid", [
+    ("a" * 63 + ".example", True), ("a" * 64 + ".example", False), ("ab-.example", False),
+    ("-ab.example", False), ("a-b.example", True), ("a..example", False), ("example", False),
+    ("x.y.z.example", True), ("example.", False), ("example.com.", True),
+])
+def test_domain_labels_at_their_limits(domain: str, valid: bool) -> None:
+    try:
+        parse_address(f"user@{domain}", "recipient")
+        assert valid
+    except InvalidMessage:
+        assert not valid
+
+
+def test_a_message_without_optional_fields_gets_their_defaults() -> None:
+    job = ok(body())
+    assert (job.tags, job.retries, job.max_age, job.max_attempts) == ((), None, None, 0)

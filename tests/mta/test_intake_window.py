@@ -95,7 +95,7 @@ def test_taken_octets_stay_within_the_bound_plus_one_message() -> None:
         assert channel.script == [("consume", 1)]  # the first message gives the size estimate
         # the broker pushes ten 300-octet deliveries before the window can stop it
         for tag in range(1, 11):
-            await window.on_delivery(Message(tag, 300))
+            window.on_delivery(Message(tag, 300))
             assert window.taken <= 1000 + 300
         assert [m.delivery.delivery_tag for m in taken] == [1, 2, 3, 4]  # 1,200 octets: the fourth crossed it
         assert len(window.waiting) == 6
@@ -123,7 +123,7 @@ def test_small_mail_gets_the_whole_count_prefetch() -> None:
     async def run():
         window, channel, taken = _window(limit=64 * 1024 * 1024, prefetch=1000)
         await window.start()
-        await window.on_delivery(Message(1, 1000))
+        window.on_delivery(Message(1, 1000))
         for _ in range(5):
             await asyncio.sleep(0)
         assert list(channel.consumers.values()) == [1000]
@@ -136,14 +136,14 @@ def test_after_big_mail_the_count_grows_back() -> None:
     async def run():
         window, channel, taken = _window(limit=100_000, prefetch=1000)
         await window.start()
-        await window.on_delivery(Message(1, 50_000))
+        window.on_delivery(Message(1, 50_000))
         await _settle(window, taken[0])
         for _ in range(5):
             await asyncio.sleep(0)
         assert list(channel.consumers.values()) == [1]  # 50,000-octet mail: one at a time
         tag = 2
         while list(channel.consumers.values()) != [1000] and tag < 2000:
-            await window.on_delivery(Message(tag, 10))
+            window.on_delivery(Message(tag, 10))
             await _settle(window, taken[-1])
             tag += 1
         assert list(channel.consumers.values()) == [1000]
@@ -157,7 +157,7 @@ def test_a_waiting_delivery_is_never_acknowledged_with_a_later_one() -> None:
         window, channel, taken = _window(limit=100)
         await window.start()
         for tag in (1, 2, 3):
-            await window.on_delivery(Message(tag, 200))
+            window.on_delivery(Message(tag, 200))
         assert [m.delivery.delivery_tag for m in taken] == [1]
         assert window.book.open == 3  # entered on arrival: a multiple=True ack stops before them
         settled, i = set(), 0
@@ -179,14 +179,14 @@ def test_shutdown_gives_waiting_deliveries_back() -> None:
         window, channel, taken = _window(limit=100)
         await window.start()
         for tag in (1, 2, 3):
-            await window.on_delivery(Message(tag, 200))
+            window.on_delivery(Message(tag, 200))
         for _ in range(5):
             await asyncio.sleep(0)
         await window.cancel()
         assert not channel.consumers
         assert window.book.requeue == [2, 3]
         assert window.unsettled == 200
-        await window.on_delivery(Message(4, 10))  # still in flight when the consumer stopped
+        window.on_delivery(Message(4, 10))  # still in flight when the consumer stopped
         assert [m.delivery.delivery_tag for m in taken] == [1]
         for _ in range(5):
             await asyncio.sleep(0)
@@ -363,7 +363,7 @@ def test_a_consumer_that_starts_during_shutdown_is_cancelled() -> None:
             return await consume(queue, callback)
 
         channel.basic_consume = slow_consume
-        await window.on_delivery(Message(1, 1000))  # asks for a larger consumer
+        window.on_delivery(Message(1, 1000))  # asks for a larger consumer
         for _ in range(5):
             await asyncio.sleep(0)
         await window.cancel()  # SIGTERM while the new consumer is being started

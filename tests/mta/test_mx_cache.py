@@ -131,3 +131,14 @@ def test_a_full_cache_drops_expired_answers_first() -> None:
     asyncio.run(fill())
     assert len(mx) == 51
     assert all(mx.cached(f"young{i}.example") is not None for i in range(50))
+
+
+def test_an_answer_names_its_site_once_the_same_as_its_hosts_say():
+    from mta.routing.mx import MxAnswer, MxHost
+
+    hosts = (MxHost("mx2.example", 20, ("192.0.2.2",)), MxHost("mx1.example", 10, ("192.0.2.1",)),
+             MxHost("mx2.example", 30, ("192.0.2.3",)))
+    answer = MxAnswer(hosts)
+    assert answer.site == "mx1.example,mx2.example"  # sorted, each host once
+    assert answer == MxAnswer(hosts) and hash(answer) == hash(MxAnswer(hosts, False))
+    assert "site" not in repr(answer)
