@@ -73,6 +73,7 @@ sys.path.insert(0, ROOT)
 import aio_pika  # noqa: E402
 import yaml  # noqa: E402
 
+from benchmarks.cluster import machine  # noqa: E402
 from benchmarks.e2e import bench_config, cpu_of, private_rabbit, start_sinks  # noqa: E402
 from benchmarks.postfix import PrivatePostfix  # noqa: E402
 from mta.broker.topology import RESULTS, lane_queue  # noqa: E402
@@ -503,16 +504,6 @@ def one_case(server, clients: int, n: int, repetition: int, args, broker_pid: in
           + f"; clients' CPU {run.cpu / accepted * 1e6:,.0f} us/msg = {run.cpu / wall:.0%} of a core"
           + (f"; other replies: {other}" if other else ""), flush=True)
     return case
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count()} cores, Linux {os.uname().release}, Python {sys.version.split()[0]}"
 
 
 def table(cases: list[Case], clients: list[int], repetitions: int, servers: list[str]) -> str:

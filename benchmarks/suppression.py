@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.cluster import machine  # noqa: E402
 from mta.suppression.index import Index  # noqa: E402
 from mta.suppression.keys import key, key_of, normalize  # noqa: E402
 from mta.suppression.store import Store  # noqa: E402
@@ -87,7 +87,7 @@ def main() -> int:
     miss = per_call(index.__contains__, absent)
     whole = per_call(question, addresses)
     assert all(k in index for k in present[:1000])
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"machine: {machine()}")
     print(f"entries {len(index):,}: store filled in {filled:.1f}s ({size:.0f} MB on disk)")
     print(f"index loaded in {loaded:.1f}s, RSS +{added:.0f} MB")
     print(f"lookup: present {hit:.2f} us, absent {miss:.2f} us; per message (2 keys from the address "

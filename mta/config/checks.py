@@ -290,6 +290,12 @@ class _Collector:
                 self.problem(where, str(exc))
         return out
 
+    def no_password(self, path: str, raw: dict, instead: str) -> None:
+        """A `password:` written in the file: said as such, not as an unknown key."""
+        if "password" in raw:
+            self.problems.remove(f"{path}.password: unknown key")
+            self.problem(f"{path}.password", f"passwords are not written in the rules file: use {instead}")
+
     def required(self, path: str, raw: dict, key: str) -> None:
         if key not in raw:
             self.problem(f"{path}.{key}", "required")

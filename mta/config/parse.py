@@ -118,9 +118,7 @@ def _routes(c: _Collector, raw: Any) -> list[Route]:
             c.required(path, body, key)
         if "password_env" in own and "password_file" in own:
             c.problem(path, "give password_env or password_file, not both")
-        if "password" in body:
-            c.problems.remove(f"{path}.password: unknown key")
-            c.problem(f"{path}.password", "passwords are not written in the rules file: use password_env or password_file")
+        c.no_password(path, body, "password_env or password_file")
         if "sender_domain" in own and "smarthost" in own:
             routes.append(_route(c, path, own, policy, routes))
     return routes

@@ -143,10 +143,7 @@ def _users(c: _Collector, path: str, raw: Any, usernames: dict[str, str], source
         given = [k for k in ("password_env", "password_file", "password_hash") if k in body]
         if len(given) != 1:
             c.problem(where, "give exactly one of password_env, password_file, password_hash")
-        if "password" in body:
-            c.problems.remove(f"{where}.password: unknown key")
-            c.problem(f"{where}.password", "passwords are not written in the rules file: use password_env, "
-                                           "password_file or password_hash (mta hash-password)")
+        c.no_password(where, body, "password_env, password_file or password_hash (mta hash-password)")
         if "password_hash" in values:
             from mta.submission.passwords import parse_hash
 

@@ -164,15 +164,18 @@ class Submitter:
         return None
 
     async def _publish(self, sid: str, entry: Entry, missing: list[int], build, deadline: float) -> str | None:
+        publisher = self.publisher
+        if publisher is None or publisher.channel.is_closed:  # lost between two chunks
+            return "the broker is not connected"
         encoded = []
         try:
             for publish in build(sid, missing):
-                encoded.append(self.publisher.encode(publish))
+                encoded.append(publisher.encode(publish))
         except Unencodable as exc:
             return f"the message cannot be published: {exc}"
         try:
             async with asyncio.timeout(max(0.0, deadline - self._now())):
-                batch = await self.publisher.write(encoded)
+                batch = await publisher.write(encoded)
         except TimeoutError:  # never written, never numbered: not with the broker
             return f"the broker did not take the message within {self.patience:.0f}s"
         except BrokerError as exc:

@@ -54,8 +54,9 @@ class Suppression:
         recipient = job.recipient
         normalized = f"{recipient.local}@{recipient.ascii_domain}"
         for scope in self._scopes(job):
-            if key_of(scope, normalized) in self.index:
-                entry = self.reader.get_key(key_of(scope, normalized))
+            k = key_of(scope, normalized)
+            if k in self.index:
+                entry = self.reader.get_key(k)
                 if entry is not None and (entry["expires"] is None or entry["expires"] > self._wall()):
                     self.counts[entry["reason"]] = self.counts.get(entry["reason"], 0) + 1
                     return entry

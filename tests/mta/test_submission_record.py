@@ -128,3 +128,20 @@ def test_a_retry_while_the_first_is_still_waiting_waits_for_it():
         assert len(channel.published) == 1
 
     asyncio.run(scenario())
+
+
+def test_a_broker_lost_between_two_chunks_is_a_451_not_a_crash(monkeypatch):
+    monkeypatch.setattr(publishing, "CHUNK_OCTETS", 150)
+
+    async def scenario():
+        channel = FakePublishChannel(by_hand=True)
+        submitter = _submitter(channel, patience=1.0)
+        task = asyncio.create_task(submitter.submit("sid7", 3, 100, _build(["a@x.test", "b@x.test", "c@x.test"])))
+        await asyncio.sleep(0)
+        channel.drain()
+        submitter.publisher = None  # the connection went while the first chunk was confirmed
+        channel.answer(1)
+        return await task, len(channel.published)
+
+    (sid, why), published = asyncio.run(scenario())
+    assert why == "the broker is not connected" and published == 1
