@@ -184,7 +184,8 @@ def _check(args) -> int:
         print(f"{args.config}: note: {note}", file=sys.stderr)
     print(f"{args.config}: OK ({len(config.domains)} domain rules, {len(config.providers)} providers, "
           f"{len(config.patterns)} patterns, {len(config.routes)} routes, {len(config.dkim)} DKIM keys, "
-          f"{len(config.listeners)} listeners, {len(config.sources)} sources)")
+          f"{len(config.listeners)} listeners, {len(config.sources)} sources, {len(config.inbound)} inbound listeners"
+          f"{', envelope VERP at ' + config.envelope_verp.domain if config.envelope_verp else ''})")
     return 0
 
 
@@ -235,13 +236,14 @@ def _run(config, path: str, siblings: int = 1) -> int:
             loop.add_signal_handler(sig, stop.set)
         engine = Engine(config, config_path=path, nodes_at_least=siblings)
         loop.add_signal_handler(signal.SIGHUP, engine.reload)
-        if not config.listeners:
+        if not config.listeners and not config.inbound:
             await engine.run(stop)
             return
         from mta.submission.service import Listeners
 
         store = engine.cluster.store if engine.cluster is not None else None
-        engine.listeners = Listeners(config, clock=engine.time, config_path=path, store=store)  # SPEC §7
+        engine.listeners = Listeners(config, clock=engine.time, config_path=path, store=store,  # SPEC §7, §8
+                                     suppression=engine.suppression)
         await engine.listeners.start()
         await asyncio.gather(engine.run(stop), engine.listeners.stop_on(stop))
 

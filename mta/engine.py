@@ -31,6 +31,7 @@ from mta.broker.errors import BrokerLost
 from mta.ops import commands, control, kept
 from mta.ops import reload as reloading
 from mta.destinations.budget import Budget
+from mta.submission import listening
 from mta.clock import SYSTEM, Clock
 from mta.config import Config
 from mta.destinations.delivery import Destination
@@ -75,7 +76,7 @@ class Engine:
         self.connector = Connector(config.smtp.helo or socket.getfqdn(), config.smtp.bind, self.time, config.smtp.ca_file)
         self.topology = Topology(config.broker.queue_type, config.broker.delivery_limit)
         self.destinations: dict[str, Destination] = {}
-        self.budget = Budget.from_config(config.smtp.max_connections, len(config.listeners))  # SMTP connections of all destinations
+        self.budget = Budget.from_config(config.smtp.max_connections, listening(config))  # SMTP connections of all destinations
         self.shares = Shares(now)  # each provider's limits over all its destinations
         self.pauses = control.Pauses()
         self.control_gate = control.gate_for(config.control)  # ConfigError when its key is missing
@@ -137,7 +138,7 @@ class Engine:
 
     @stopping.setter
     def stopping(self, stopping: bool) -> None:
-        self.intake.stopping = stopping
+        self.intake.stopping, self.intake.verp = stopping, self.config.envelope_verp  # verp: SPEC §8
 
     # ---- broker sessions
 

@@ -87,6 +87,45 @@ def submit_over_smtp(port: int, ca_file: str, count: int) -> list[str]:
     return ids
 
 
+BOUNCES = "bounces.test"
+
+
+def late_bounce(url: str, sinks, port: int) -> bool:
+    """What a receiver that accepted a message and found no mailbox afterwards does (SPEC §8):
+    a bounce to the message's VERP envelope sender, on the inbound listener. The late result,
+    and the next message to that recipient suppressed."""
+    import smtplib
+
+    from mta.config import VerpConfig
+    from mta.inbound.verp import verp_decode
+    from tests.testbed.amqp import ResultCollector
+
+    delivered = next(a for a in sinks.accepted() if a.rcpt.startswith("user") and BOUNCES in a.mail_from)
+    bounce = (f"From: MAILER-DAEMON@mx.ok.test\r\nTo: {delivered.mail_from}\r\nSubject: failure notice\r\n\r\n"
+              "Hi. This is the qmail-send program at mx.ok.test.\r\nI'm afraid I wasn't able to deliver your "
+              "message to the following addresses.\r\nThis is a permanent error; I've given up. Sorry it didn't "
+              f"work out.\r\n\r\n<{delivered.rcpt}>:\r\nSorry, no mailbox here by that name. (#5.1.1)\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.sendmail("", [delivered.mail_from], bounce)
+    msg_id, _ = verp_decode(VerpConfig(domain=BOUNCES), delivered.mail_from)
+    results = ResultCollector(url)
+    results.collect(until=lambda r: any(d.get("late") for d in r.finals(msg_id)), timeout=20)
+    late = [d for d in results.finals(msg_id) if d.get("late")]
+    print(f"\na late bounce for {delivered.rcpt} (sent to {delivered.mail_from} on the inbound listener "
+          f"127.0.0.1:{port}):")
+    if not late:
+        print("  no late result came")
+        return False
+    print(f"  result: {late[0]['status']} late={late[0]['late']} bounce={late[0]['bounce']} "
+          f"({late[0]['results'][0]['description'][:60]})")
+    publish(url, "bulk", [make_message(f"{msg_id}-again", delivered.rcpt)])
+    results.collect([f"{msg_id}-again"], timeout=20)
+    again = results.finals(f"{msg_id}-again")
+    status = again[0]["status"] if again else "(none)"
+    print(f"  the next message to {delivered.rcpt}: {status}")
+    return status == "suppressed"
+
+
 def scrape(ports: list[int]) -> dict[str, float]:
     """The MTAs' own counters from their metrics endpoints, summed over labels and nodes."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -177,6 +216,9 @@ def main() -> int:
             store.start()
             cluster = {"cluster": {"store": store.url, "node": "demo"}}
         listening, smtp_port, ca_file = submission(work)
+        inbound_port = free_port()
+        listening.update(inbound=[{"address": f"127.0.0.1:{inbound_port}", "domains": [BOUNCES]}],
+                         envelope_verp={"domain": BOUNCES})
         config = write_config(os.path.join(work, "mta.yaml"), url, dns.port, sinks.port,
                               default={"retry_intervals": ["2s", "4s"], "max_age": "12s"},
                               metrics={"port": metrics_port, "address": "127.0.0.1"}, **cluster, **listening)
@@ -210,7 +252,8 @@ def main() -> int:
         missing = len(ids) - sum(finals.values())
         if missing:
             print(f"  {missing} message(s) had no final result yet")
-        return 0 if missing == 0 else 1
+        suppressed = late_bounce(url, sinks, inbound_port)
+        return 0 if missing == 0 and suppressed else 1
     finally:
         if mta is not None:
             code = mta.terminate()

@@ -40,6 +40,10 @@ EXCHANGE = "mta"
 RESULTS = "mta.results"
 INVALID = "mta.invalid"
 QUARANTINE = "mta.quarantine"
+# Inbound mail (SPEC §8) nobody could match to a message, kept for an operator to read;
+# when this many wait, more is refused by the broker and the sender hears 452 (and retries).
+UNMATCHED = "mta.inbound.unmatched"
+UNMATCHED_MAX = 10_000
 LANES = ("single", "bulk")
 
 
@@ -107,6 +111,8 @@ class Topology:
         await results_queue.bind(results, routing_key="#")
         await channel.declare_queue(INVALID, durable=True, arguments=_queue_args(qt))
         await channel.declare_queue(QUARANTINE, durable=True, arguments=_queue_args(qt))
+        await channel.declare_queue(UNMATCHED, durable=True, arguments=_queue_args(
+            qt, **{"x-max-length": UNMATCHED_MAX, "x-overflow": "reject-publish"}))
         self._delays.clear()
         return {"mta": mta, "results": results, "default": channel.default_exchange}
 

@@ -19,6 +19,7 @@ from mta.config.model import (
     DkimKey,
     Dns,
     Domain,
+    Inbound,
     Listener,
     Metrics,
     Pattern,
@@ -29,11 +30,12 @@ from mta.config.model import (
     Source,
     SourceUser,
     Suppression,
+    VerpConfig,
     merge,
 )
 from mta.config.parse import load_config, parse_config, retry_notes
 
 __all__ = [
-    "DEFAULT_POLICY", "Broker", "Cluster", "Config", "ConfigError", "Control", "DkimKey", "Dns", "Domain", "Listener", "Metrics",
-    "Pattern", "Policy", "Provider", "Route", "Smtp", "Source", "SourceUser", "Suppression", "load_config", "merge", "parse_config", "retry_notes",
+    "DEFAULT_POLICY", "Broker", "Cluster", "Config", "ConfigError", "Control", "DkimKey", "Dns", "Domain", "Inbound", "Listener", "Metrics",
+    "Pattern", "Policy", "Provider", "Route", "Smtp", "Source", "SourceUser", "Suppression", "VerpConfig", "load_config", "merge", "parse_config", "retry_notes",
 ]

@@ -225,6 +225,30 @@ class Source(msgspec.Struct, frozen=True):
     line_endings: str = "reject"  # reject | normalize
 
 
+class Inbound(msgspec.Struct, frozen=True):
+    """A listener for bounces and feedback-loop reports (SPEC §8): mail to `domains` only,
+    never relayed."""
+
+    host: str
+    port: int
+    domains: tuple[str, ...]  # A-labels, lower case; `*.suffix` for any name under it
+    max_message_size: int = 10 * 1024 * 1024
+    max_connections: int = 200
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class VerpConfig(msgspec.Struct, frozen=True):
+    """`envelope_verp:`: every message leaves with an envelope sender naming it and its
+    recipient (mta.inbound.verp), at `domain`, where an inbound listener takes its bounces."""
+
+    prefix: str = "bounces"
+    domain: str = ""
+    separator: str = "+"
+
+
 class Config(msgspec.Struct, frozen=True):
     broker: Broker = Broker()
     dns: Dns = Dns()
@@ -241,6 +265,8 @@ class Config(msgspec.Struct, frozen=True):
     dkim: tuple[DkimKey, ...] = ()
     listeners: tuple[Listener, ...] = ()
     sources: tuple[Source, ...] = ()
+    inbound: tuple[Inbound, ...] = ()
+    envelope_verp: VerpConfig | None = None
 
 
 def merge(base: Policy, override: Policy) -> Policy:

@@ -24,6 +24,7 @@ from mta.config.checks import (
     _named_map,
     _policy,
 )
+from mta.config import inbound as inbound_config
 from mta.config import sources as submission
 from mta.config.model import (
     DEFAULT_POLICY,
@@ -48,7 +49,8 @@ def parse_config(raw: Any) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([f"(top): expected a mapping, got {type(raw).__name__}"])
-    known = set(SECTIONS) | {"default", "providers", "domains", "patterns", "routes", "dkim", "listeners", "sources"}
+    known = set(SECTIONS) | {"default", "providers", "domains", "patterns", "routes", "dkim", "listeners", "sources",
+                                "inbound", "envelope_verp"}
     for key in raw:
         if key not in known:
             c.problem(str(key), "unknown key")
@@ -67,6 +69,8 @@ def parse_config(raw: Any) -> Config:
     listeners = submission.listeners(c, raw.get("listeners"))
     sources = submission.sources(c, raw.get("sources"))
     submission.relay_problems(c, listeners, sources)
+    inbound = inbound_config.inbound(c, raw.get("inbound"), listeners)
+    verp = inbound_config.envelope_verp(c, raw.get("envelope_verp"))
 
     levels = [("default", default_overrides)] + [(f"providers.{p.name}", p.policy) for p in providers]
     levels += domain_levels + [(f"routes[{i}]", r.policy) for i, r in enumerate(routes)]
@@ -74,7 +78,8 @@ def parse_config(raw: Any) -> Config:
     if c.problems:
         raise ConfigError(c.problems)
     return Config(default=default, providers=tuple(providers), domains=tuple(domains), patterns=tuple(patterns), routes=tuple(routes), dkim=tuple(keys),
-                  listeners=tuple(listeners), sources=tuple(sources), **sections)
+                  listeners=tuple(listeners), sources=tuple(sources), inbound=tuple(inbound), envelope_verp=verp,
+                  **sections)
 
 
 def _providers(c: _Collector, raw: Any) -> list[Provider]:

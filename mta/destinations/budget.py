@@ -53,14 +53,12 @@ class Budget:
         self.yields = 0  # reconnects given up so that a destination without a connection gets one
 
     @classmethod
-    def from_config(cls, max_connections: int | None, listeners: int = 0) -> Budget:
-        """`listeners`: SMTP submission listeners, whose client connections (up to
-        mta.submission.MAX_CONNECTIONS each, at most half the limit) are kept out of it."""
+    def from_config(cls, max_connections: int | None, listening: int = 0) -> Budget:
+        """`listening`: client connections the listeners may hold (submission and inbound),
+        kept out of it (at most half the file-descriptor limit)."""
         nofile = raise_fd_limit()
-        if nofile is not None and listeners:
-            from mta.submission import MAX_CONNECTIONS
-
-            nofile -= min((MAX_CONNECTIONS + 1) * listeners, nofile // 2)
+        if nofile is not None and listening:
+            nofile -= min(listening, nofile // 2)
         dkim_workers = max(1, os.cpu_count() or 1)  # mta.dkim.signer's pool size, should DKIM be (re)loaded
         limit, warning = budget_limit(nofile, max_connections, dkim_workers)
         if warning:

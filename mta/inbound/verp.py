@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 
-import msgspec
+from mta.config.model import VerpConfig
 
 __all__ = ["VerpConfig", "verp_address", "verp_decode"]
 
@@ -38,12 +38,6 @@ _ESCAPE = re.compile(r"_([0-9A-Fa-f]{2})")
 # Characters a recipient local part may hold to be carried inside ours unquoted: RFC 5322
 # atext and dots, and (SMTPUTF8) anything beyond ASCII.
 _LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\u0080-\U0010ffff-]+")
-
-
-class VerpConfig(msgspec.Struct, frozen=True):
-    prefix: str  # "bounces"
-    domain: str  # "bounces.example": where the inbound listener accepts mail
-    separator: str = "+"
 
 
 def _escape(message_id: str) -> str:

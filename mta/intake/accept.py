@@ -16,6 +16,7 @@ import logging
 
 from mta import fault
 from mta.broker.client import Delivery
+from mta.inbound.verp import verp_address
 from mta.intake.message import BodyTooLarge, InvalidMessage, Job, decode
 from mta.intake.window import OFF_LOOP_BYTES, OffLoop
 from mta.routing.table import Router
@@ -42,6 +43,7 @@ class Intake:
         self.stopping = False
         self.recall = None  # several nodes: (job, book, tag) for a redelivered copy (mta.cluster)
         self.suppression = None  # the suppression list (mta.suppression.service), set by the engine
+        self.verp = None  # envelope_verp (mta.config.VerpConfig): each message's own envelope sender
 
     def taker(self, lane: str, book: AckBook):
         """What a lane's consumer calls with each delivery (entered in `book` already)."""
@@ -112,6 +114,15 @@ class Intake:
                 return
         self.admitted(job)
 
+    def _verp(self, job: Job) -> str | None:
+        """The VERP envelope sender naming this message and recipient; None (the producer's
+        sender) for a recipient whose local part cannot travel inside ours."""
+        recipient = job.recipient
+        try:
+            return verp_address(self.verp, str(job.id), f"{recipient.local}@{recipient.ascii_domain}")
+        except ValueError:
+            return None
+
     def admitted(self, job: Job) -> None:
         """Not finished anywhere: suppressed, or signed, routed, delivered."""
         suppression = self.suppression
@@ -123,6 +134,8 @@ class Intake:
         if job.size > self.max_size:
             self.outcomes.too_large(job, self.max_size)
             return
+        if self.verp is not None and job.sender is not None:
+            job.mail_from = self._verp(job)
         if self.signer is not None:  # DKIM: routed once its signature is ready
             self.signer.submit(job)
             return

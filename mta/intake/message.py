@@ -82,11 +82,12 @@ class Job:
     __slots__ = (
         "delivery", "lane", "body", "doc", "id", "recipient", "sender", "data", "eight_bit",
         "attempts", "first_seen", "history", "retries", "max_age", "max_attempts", "tags",
-        "destination", "size",
+        "destination", "size", "mail_from",
     )
 
     def __init__(self) -> None:
         self.destination = None
+        self.mail_from: str | None = None  # the envelope sender on the wire, when not `sender` (VERP)
 
     @property
     def domain(self) -> str:

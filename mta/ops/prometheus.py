@@ -119,6 +119,33 @@ def _submission_families(engine) -> Iterable:
     yield GaugeMetricFamily("mta_submission_broker_up", "1 while the listeners can publish (connected, not "
                             "blocked by an alarm); 0 while every submission is answered 451.",
                             value=0 if listeners.submitter.unavailable() else 1)
+    yield from _inbound_families(listeners)
+
+
+def _inbound_families(listeners) -> Iterable:
+    """Inbound listeners (SPEC §8): reports by what became of them, refusals, list entries."""
+    if not listeners.reports:
+        return
+    from mta.inbound.receiver import OUTCOMES
+
+    reports = CounterMetricFamily("mta_inbound_reports", "Mail taken by the inbound listeners, by outcome: "
+                                  "bounced (late results published), complaint, delay and auto_reply (counted "
+                                  "only), unmatched (kept in mta.inbound.unmatched).", labels=["outcome"])
+    for outcome in OUTCOMES:
+        reports.add_metric([outcome], listeners.receiver.counts.get(outcome, 0))
+    yield reports
+    refused = CounterMetricFamily("mta_inbound_refused", "Mail or connections the inbound listeners refused, "
+                                  "by listener and reason (relay: a recipient outside its domains; recipients, "
+                                  "size, connections).", labels=["listener", "reason"])
+    for r in listeners.reports:
+        for why, n in sorted(r.refused.items()):
+            refused.add_metric([r.listener.address, why], n)
+    yield refused
+    added = CounterMetricFamily("mta_inbound_suppressions", "Suppression list entries added from late hard "
+                                "bounces and complaints, by reason.", labels=["reason"])
+    for reason, n in sorted(listeners.receiver.suppressed.items()):
+        added.add_metric([reason], n)
+    yield added
 
 
 def _outcome_families(counts: dict) -> Iterable:

@@ -209,12 +209,13 @@ def _render_cluster(mtas: list[dict]) -> list[str]:
 
 
 def _render_submission(submission: dict | None) -> list[str]:
-    """Listeners and sources (SPEC §7): each source's last minute and its total."""
+    """Listeners and sources (SPEC §7): each source's last minute and its total; inbound
+    listeners and what their reports became (SPEC §8)."""
     if not submission:
         return []
-    lines = ["  listeners: " + ", ".join(f"{l['address']} ({l['tls']}{', PROXY' if l['proxy_protocol'] else ''}; "
-                                         f"{l['connections']} connections)" for l in submission["listeners"])
-             + f"; broker {submission['broker']}"]
+    listeners = ", ".join(f"{l['address']} ({l['tls']}{', PROXY' if l['proxy_protocol'] else ''}; "
+                          f"{l['connections']} connections)" for l in submission["listeners"])
+    lines = [f"  listeners: {listeners}; broker {submission['broker']}"] if listeners else []
     for s in submission["sources"]:
         minute = s["last_minute"]
         lines.append(f"    source {s['source']:<16} last 60 s: accepted {minute.get('accepted', 0)}, refused "
@@ -224,6 +225,14 @@ def _render_submission(submission: dict | None) -> list[str]:
     if unknown:
         lines.append(f"    no source known  last 60 s: refused {unknown.get('refused', 0)}, "
                      f"failed logins {unknown.get('auth_failures', 0)}")
+    for inbound in submission.get("inbound", []):
+        refused = ", ".join(f"{why} {n}" for why, n in sorted(inbound["refused"].items())) or "none"
+        lines.append(f"  inbound {inbound['address']} ({', '.join(inbound['domains'])}; {inbound['connections']} "
+                     f"connections): refused {refused}")
+    if submission.get("inbound"):
+        reports = ", ".join(f"{k} {n}" for k, n in sorted(submission["reports"].items())) or "none yet"
+        added = ", ".join(f"{k} {n}" for k, n in sorted(submission["reports_suppressed"].items())) or "none"
+        lines.append(f"    reports since start: {reports}; list entries added: {added}")
     return lines
 
 

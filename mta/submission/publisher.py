@@ -192,6 +192,30 @@ class Submitter:
                 str(i): 1 for i, error in zip(missing, batch.outcomes) if error is None}))
         return None
 
+    async def confirmed(self, publishes: list[Publish]) -> list[BaseException | None] | str:
+        """Publish and wait for the broker's answers (inbound reports: SPEC §8): per publish
+        None (confirmed) or the error; or why nothing was published."""
+        why = self.unavailable()
+        if why is not None:
+            return why
+        publisher = self.publisher
+        try:
+            encoded = [publisher.encode(publish) for publish in publishes]
+        except Unencodable as exc:
+            return f"cannot be published: {exc}"
+        deadline = self._now() + self.patience
+        try:
+            async with asyncio.timeout(self.patience):
+                batch = await publisher.write(encoded)
+        except TimeoutError:
+            return f"the broker did not take the message within {self.patience:.0f}s"
+        except BrokerError as exc:
+            return f"publishing failed: {exc}"
+        await asyncio.wait([batch.future], timeout=max(0.0, deadline - self._now()))
+        if batch.waiting:  # not answered in time, or the channel closed first
+            return f"the broker did not confirm within {self.patience:.0f}s"
+        return batch.outcomes
+
     async def _recall(self, sid: str, entry: Entry) -> None:
         """What another process or node knows of this submission (shared store): the
         recipients the broker confirmed, and whether it was accepted."""

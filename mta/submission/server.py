@@ -85,12 +85,7 @@ class Submission(SMTP):
         await super()._handle_client()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """`<local@domain> PARAMS` as almost every client writes it, without aiosmtpd's RFC 5322
-        header parser (a sixth of a listener's time at 1 KB); anything else goes to it."""
-        m = _SIMPLE_ADDRESS.match(arg) if arg else None
-        if m is None:
-            return super()._getaddr(arg)
-        return m[1], m[2].lstrip()
+        return getaddr(self, arg)
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         if duration is None and not self.policy.known(self.session):
@@ -187,6 +182,15 @@ class Submission(SMTP):
             status = await self.policy.data(self.session, self.envelope)
         self._set_post_data_state()
         await self.push(status)
+
+
+def getaddr(server: SMTP, arg: str) -> tuple[str | None, str | None]:
+    """`<local@domain> PARAMS` as almost every client writes it, without aiosmtpd's RFC 5322
+    header parser (a sixth of a listener's time at 1 KB); anything else goes to it."""
+    m = _SIMPLE_ADDRESS.match(arg) if arg else None
+    if m is None:
+        return SMTP._getaddr(server, arg)
+    return m[1], m[2].lstrip()
 
 
 async def read_data(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, bool]:

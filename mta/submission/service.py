@@ -17,6 +17,8 @@ from functools import partial
 from mta.broker.topology import Topology
 from mta.clock import SYSTEM, Clock
 from mta.config import Config, ConfigError, Listener
+from mta.inbound.receiver import Receiver
+from mta.inbound.server import InboundServer, Reports
 from mta.submission.lockout import Lockout
 from mta.submission.policy import Policy
 from mta.submission.publisher import Submitter
@@ -52,7 +54,8 @@ def tls_context(listener: Listener) -> ssl.SSLContext | None:
 
 
 class Listeners:
-    def __init__(self, config: Config, *, clock: Clock = SYSTEM, config_path: str | None = None, store=None):
+    def __init__(self, config: Config, *, clock: Clock = SYSTEM, config_path: str | None = None, store=None,
+                 suppression=None):
         self.config = config
         self.listeners = config.listeners
         self.contexts = [tls_context(listener) for listener in config.listeners]
@@ -66,6 +69,8 @@ class Listeners:
         self.size = max([s.max_message_size or config.smtp.max_message_size for s in config.sources]
                         or [config.smtp.max_message_size])
         self.clock, self._now = clock, now
+        self.receiver = Receiver(config.envelope_verp, self.submitter, suppression, clock.wall)  # SPEC §8
+        self.reports = [Reports(inbound, self.receiver) for inbound in config.inbound]
         self.servers: list[asyncio.AbstractServer] = []
         self._stop = asyncio.Event()
         self._publishing: asyncio.Task | None = None
@@ -85,6 +90,17 @@ class Listeners:
                 raise ConfigError([f"listeners {listener.address}: cannot listen: {exc.strerror or exc}"]) from None
             self.servers.append(server)
             log.info("listening for submissions on %s (tls: %s)", listener.address, listener.tls)
+        for reports in self.reports:
+            inbound = reports.listener
+            factory = partial(InboundServer, reports, data_size_limit=inbound.max_message_size, enable_SMTPUTF8=True,
+                              hostname=self.hostname, ident="mta", timeout=COMMAND_TIMEOUT,
+                              command_call_limit=CALL_LIMITS)
+            try:
+                server = await loop.create_server(factory, inbound.host, inbound.port, reuse_port=True)
+            except OSError as exc:
+                raise ConfigError([f"inbound {inbound.address}: cannot listen: {exc.strerror or exc}"]) from None
+            self.servers.append(server)
+            log.info("listening for bounces and reports on %s (%s)", inbound.address, ", ".join(inbound.domains))
 
     def _protocol(self, listener: Listener, context, policy: Policy) -> Submission:
         protocol = Submission(policy, data_size_limit=self.size, enable_SMTPUTF8=True, hostname=self.hostname,
@@ -121,4 +137,8 @@ class Listeners:
                          "accepted": self.stats.accepted.get(name, 0),
                          "last_minute": minute.get(name, {})} for name, known in self.directory.sources.items()],
             "unknown": minute.get(UNKNOWN, {}),  # refusals and failed logins before any source was known
+            "inbound": [{"address": r.listener.address, "domains": list(r.listener.domains),
+                         "connections": r.connections, "refused": dict(r.refused)} for r in self.reports],
+            "reports": dict(self.receiver.counts),
+            "reports_suppressed": dict(self.receiver.suppressed),
         }

@@ -41,6 +41,8 @@ class Suppression:
         self.pending: list[dict] = []
         self.counts: dict[str, int] = {}  # suppressed messages, by the entry's reason
         self.added = 0  # entries added from hard bounces
+        self._reporting = asyncio.Lock()
+        self._reports: Store | None = None  # the inbound listeners' own connection (`report`)
 
     def load(self) -> None:
         self.seen = self.reader.last_change()
@@ -96,6 +98,23 @@ class Suppression:
             return scope_name("sender_domain", job.sender.ascii_domain)
         return "global"
 
+    async def report(self, address: str, reason: str, message_id: str | None) -> bool:
+        """An entry from a late hard bounce or a complaint (mta.inbound), global (a report
+        names no source), written to the store before this returns: the reporter hears 250
+        only then. Whether it was added (the configuration may not want it)."""
+        if not (self.config.hard_bounces if reason == "hard_bounce" else self.config.complaints):
+            return False
+        now = self._wall()
+        address = normalize(address)
+        entry = {"address": address, "scope": "global", "reason": reason, "since": now,
+                 "message_id": message_id, "expires": now + self.config.expire if self.config.expire else None}
+        async with self._reporting:
+            if self._reports is None:
+                self._reports = Store(self.writer.path)
+            await asyncio.to_thread(self._reports.add, [entry], now)
+        self.index.add(key_of("global", address))
+        return True
+
     async def follow(self) -> None:
         """Write what was added, read what changed; runs until cancelled."""
         for tick in itertools.count(1):
@@ -125,3 +144,5 @@ class Suppression:
             self.pending = []
         self.reader.close()
         self.writer.close()
+        if self._reports is not None:
+            self._reports.close()

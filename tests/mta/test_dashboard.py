@@ -16,14 +16,20 @@ GRAFANA = os.path.join(ROOT, "grafana")
 
 
 def _engine() -> FakeEngine:
-    """An engine with listeners (SPEC §7), so the submission metrics are exported too."""
+    """An engine with listeners (SPEC §7) and an inbound one (§8), so the submission and
+    inbound metrics are exported too."""
     from types import SimpleNamespace
 
+    from mta.config import Inbound
+    from mta.inbound.receiver import Receiver
+    from mta.inbound.server import Reports
     from mta.submission.stats import Stats
 
     engine = FakeEngine()
+    receiver = Receiver(None, None, None, lambda: 1000.0)
     engine.listeners = SimpleNamespace(stats=Stats(lambda: 1000.0, ["webshop"]),
-                                       submitter=SimpleNamespace(unavailable=lambda: None))
+                                       submitter=SimpleNamespace(unavailable=lambda: None), receiver=receiver,
+                                       reports=[Reports(Inbound("127.0.0.1", 2525, ("bounces.example",)), receiver)])
     return engine
 
 

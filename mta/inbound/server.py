@@ -1,0 +1,108 @@
+"""An inbound listener (SPEC §8): where receivers send bounces and feedback-loop reports.
+
+Anyone may connect (bounces come from every mail server there is), with any envelope
+sender, the null one first; but only mail to the listener's `domains` is taken (550 5.7.1
+for any other recipient), and nothing taken here is ever sent on: it is read and becomes
+results, list entries or a kept copy (mta.inbound.receiver). No AUTH is offered.
+
+Bounded: `max_connections` at once (421 beyond), 100 recipients per mail, the listener's
+`max_message_size`, aiosmtpd's command limits and timeouts. The mail is read like a
+submission (mta.submission.server.read_data): up to the lone dot, without a line length
+limit (bounces return long HTML lines).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mta.config import Inbound
+from mta.submission.policy import allowed
+from mta.submission.server import getaddr, read_data
+
+log = logging.getLogger("mta.inbound")
+
+MAX_RECIPIENTS = 100
+
+
+class Reports:
+    """The aiosmtpd handler of an inbound listener: what it accepts, and where mail goes."""
+
+    def __init__(self, listener: Inbound, receiver):
+        self.listener = listener
+        self.receiver = receiver  # mta.inbound.receiver.Receiver
+        self.connections = 0
+        self.refused: dict[str, int] = {}  # by why: relay, recipients, size, connections
+
+    def refuse(self, why: str) -> None:
+        self.refused[why] = self.refused.get(why, 0) + 1
+
+    async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str, options) -> str:
+        domain = address.rpartition("@")[2].rstrip(".").lower()
+        if not allowed(domain, self.listener.domains):
+            self.refuse("relay")
+            return "550 5.7.1 Relaying denied: this server takes reports for its own domains only"
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            self.refuse("recipients")
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+
+class InboundServer(SMTP):
+    """One connection to an inbound listener."""
+
+    _getaddr = getaddr
+    refusal: str | None = None
+    counted = False
+
+    def __init__(self, reports: Reports, **kwargs):
+        self.reports = reports
+        super().__init__(reports, **kwargs)
+
+    def connection_made(self, transport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            reports = self.reports
+            if reports.connections >= reports.listener.max_connections:
+                self.refusal = "421 4.7.0 Too many connections, try again later"
+                reports.refuse("connections")
+            else:
+                reports.connections += 1
+                self.counted = True
+
+    def connection_lost(self, error) -> None:
+        if self.counted:
+            self.counted = False
+            self.reports.connections -= 1
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self.refusal is not None:
+            await self.push(self.refusal)
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content, too_big = await read_data(self._reader, self.reports.listener.max_message_size)
+        if too_big:
+            self.reports.refuse("size")
+            status = "552 5.3.4 Message too big"
+        else:
+            peer = self.session.peer[0] if isinstance(self.session.peer, tuple) else str(self.session.peer)
+            status = await self.reports.receiver.received(content, self.envelope.mail_from or "",
+                                                          list(self.envelope.rcpt_tos), peer)
+        self._set_post_data_state()
+        await self.push(status)

@@ -1,0 +1,98 @@
+"""What the inbound receiver answers when the broker or the list cannot take a report
+(SPEC §8): never 250 unless the results are confirmed and the entries written; and what
+the configuration asks for, no more. The broker is a fake here (its answers are what is
+tested); tests/integration/test_inbound.py runs the same against a real one."""
+
+import asyncio
+from pathlib import Path
+
+import orjson
+
+from mta.clock import SYSTEM
+from mta.config import Suppression as SuppressionConfig
+from mta.config import VerpConfig
+from mta.inbound.receiver import Receiver
+from mta.inbound.verp import verp_address
+from mta.suppression.keys import key
+from mta.suppression.service import Suppression
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "reports"
+VERP = VerpConfig(domain="bounces.example")
+GMAIL_VERP = "bounces+7f3c1a52-9b1e-4c57-8d2a-1e4f5a6b7c8d=nobody.here=gmail.com@bounces.example"
+
+
+class Broker:
+    """Stands in for the listeners' publisher: answers as told, keeps what it was given."""
+
+    def __init__(self, answer=None):
+        self.answer = answer  # None: confirm all; a str: why nothing was published; an exception: nack all
+        self.published = []
+
+    async def confirmed(self, publishes):
+        if isinstance(self.answer, str):
+            return self.answer
+        self.published.extend(publishes)
+        return [self.answer] * len(publishes)
+
+
+def _receiver(broker, **config) -> tuple[Receiver, Suppression]:
+    suppression = Suppression(SuppressionConfig(**config), None, SYSTEM)
+    suppression.load()
+    return Receiver(VERP, broker, suppression, SYSTEM.wall), suppression
+
+
+def _gmail() -> bytes:
+    return (SAMPLES / "gmail.eml").read_bytes()
+
+
+def test_a_hard_late_bounce_is_published_then_listed() -> None:
+    broker = Broker()
+    receiver, suppression = _receiver(broker)
+    reply = asyncio.run(receiver.received(_gmail(), "", [GMAIL_VERP], "192.0.2.1"))
+    assert reply.startswith("250 ")
+    [publish] = broker.published
+    doc = orjson.loads(publish.body)
+    assert (publish.routing_key, doc["id"], doc["recipient"], doc["late"], doc["bounce"]) == \
+        ("bounced", "7f3c1a52-9b1e-4c57-8d2a-1e4f5a6b7c8d", "nobody.here@gmail.com", True, "hard")
+    assert key("global", "nobody.here@gmail.com") in suppression.index
+    assert suppression.reader.get_key(key("global", "nobody.here@gmail.com"))["reason"] == "hard_bounce"
+    assert receiver.counts == {"bounced": 1} and receiver.suppressed == {"hard_bounce": 1}
+
+
+def test_a_broker_that_does_not_confirm_gets_451_and_nothing_is_listed() -> None:
+    for answer in ("the broker is not connected", RuntimeError("nack")):
+        receiver, suppression = _receiver(Broker(answer))
+        reply = asyncio.run(receiver.received(_gmail(), "", [GMAIL_VERP], "192.0.2.1"))
+        assert reply.startswith("451 4.3.0"), reply
+        assert len(suppression.index) == 0 and not receiver.counts
+
+
+def test_a_full_inspection_queue_gets_452() -> None:
+    receiver, _ = _receiver(Broker(RuntimeError("reject-publish")))
+    junk = (SAMPLES / "junk_text.eml").read_bytes()
+    assert asyncio.run(receiver.received(junk, "a@b.example", ["fbl@bounces.example"], "192.0.2.1")).startswith("452 ")
+
+
+def test_a_list_that_cannot_write_gets_451() -> None:
+    receiver, suppression = _receiver(Broker())
+    suppression.writer.close()
+    suppression._reports = suppression.writer  # closed: every write fails
+    assert asyncio.run(receiver.received(_gmail(), "", [GMAIL_VERP], "192.0.2.1")).startswith("451 ")
+
+
+def test_with_hard_bounces_off_the_result_is_published_and_nothing_listed() -> None:
+    broker = Broker()
+    receiver, suppression = _receiver(broker, hard_bounces=False)
+    assert asyncio.run(receiver.received(_gmail(), "", [GMAIL_VERP], "192.0.2.1")).startswith("250 ")
+    assert len(broker.published) == 1 and len(suppression.index) == 0
+
+
+def test_one_mail_to_two_verp_addresses_is_two_results() -> None:
+    broker = Broker()
+    receiver, _ = _receiver(broker)
+    other = verp_address(VERP, "second-id", "someone.else@gmail.com")
+    data = _gmail()
+    asyncio.run(receiver.received(data, "", [GMAIL_VERP, other, GMAIL_VERP], "192.0.2.1"))
+    docs = [orjson.loads(p.body) for p in broker.published]
+    assert [(d["id"], d["recipient"]) for d in docs] == [
+        ("7f3c1a52-9b1e-4c57-8d2a-1e4f5a6b7c8d", "nobody.here@gmail.com"), ("second-id", "someone.else@gmail.com")]
