@@ -162,6 +162,17 @@ def _preflight(config, path: str) -> bool:
         except ConfigError as exc:
             print(f"{path}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
             return False
+    if config.envelope_verp is not None:
+        from mta.inbound.verp import load_verp
+
+        try:
+            if load_verp(config.envelope_verp).key is None:
+                print(f"{path}: warning: envelope_verp has no key (key_env or key_file): anyone who knows a "
+                      "message's id can write a bounce that puts any address on the suppression list",
+                      file=sys.stderr)
+        except ConfigError as exc:
+            print(f"{path}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
+            return False
     from mta.ops.control import secret_file_warnings
 
     for warning in secret_file_warnings(config):

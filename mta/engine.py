@@ -35,6 +35,7 @@ from mta.submission import listening
 from mta.clock import SYSTEM, Clock
 from mta.config import Config
 from mta.destinations.delivery import Destination
+from mta.inbound.verp import load_verp
 from mta.intake.accept import Intake
 from mta.intake.window import LaneWindow, OffLoop
 from mta.settle.journal import Journal, open_journal
@@ -138,7 +139,7 @@ class Engine:
 
     @stopping.setter
     def stopping(self, stopping: bool) -> None:
-        self.intake.stopping, self.intake.verp = stopping, self.config.envelope_verp  # verp: SPEC §8
+        self.intake.stopping = stopping
 
     # ---- broker sessions
 
@@ -148,6 +149,7 @@ class Engine:
         window = self.config.broker.prefetch + self.config.broker.single_prefetch
         self.journal, self._recorded = open_journal(self.config.broker.journal, self.config_path, window)
         self.intake.suppression = self.outcomes.suppression = self.suppression
+        self.intake.verp = load_verp(self.config.envelope_verp)  # SPEC §8: each message's own envelope sender
         self.suppression.load()  # before the first message: none may slip past the list
         following = asyncio.ensure_future(self.suppression.follow())
         if self.member is None:

@@ -88,6 +88,7 @@ def submit_over_smtp(port: int, ca_file: str, count: int) -> list[str]:
 
 
 BOUNCES = "bounces.test"
+VERP_KEY = "demo-verp-key"
 
 
 def late_bounce(url: str, sinks, port: int) -> bool:
@@ -97,7 +98,7 @@ def late_bounce(url: str, sinks, port: int) -> bool:
     import smtplib
 
     from mta.config import VerpConfig
-    from mta.inbound.verp import verp_decode
+    from mta.inbound.verp import Verp, verp_decode
     from tests.testbed.amqp import ResultCollector
 
     delivered = next(a for a in sinks.accepted() if a.rcpt.startswith("user") and BOUNCES in a.mail_from)
@@ -107,7 +108,7 @@ def late_bounce(url: str, sinks, port: int) -> bool:
               f"work out.\r\n\r\n<{delivered.rcpt}>:\r\nSorry, no mailbox here by that name. (#5.1.1)\r\n").encode()
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.sendmail("", [delivered.mail_from], bounce)
-    msg_id, _ = verp_decode(VerpConfig(domain=BOUNCES), delivered.mail_from)
+    msg_id, _ = verp_decode(Verp(VerpConfig(domain=BOUNCES), VERP_KEY.encode()), delivered.mail_from)
     results = ResultCollector(url)
     results.collect(until=lambda r: any(d.get("late") for d in r.finals(msg_id)), timeout=20)
     late = [d for d in results.finals(msg_id) if d.get("late")]
@@ -218,7 +219,7 @@ def main() -> int:
         listening, smtp_port, ca_file = submission(work)
         inbound_port = free_port()
         listening.update(inbound=[{"address": f"127.0.0.1:{inbound_port}", "domains": [BOUNCES]}],
-                         envelope_verp={"domain": BOUNCES})
+                         envelope_verp={"domain": BOUNCES, "key_env": "DEMO_VERP_KEY"})
         config = write_config(os.path.join(work, "mta.yaml"), url, dns.port, sinks.port,
                               default={"retry_intervals": ["2s", "4s"], "max_age": "12s"},
                               metrics={"port": metrics_port, "address": "127.0.0.1"}, **cluster, **listening)
@@ -226,7 +227,7 @@ def main() -> int:
         metrics_ports = [metrics_port + i for i in range(nodes)]
         print("metrics: " + ", ".join(f"http://127.0.0.1:{p}/metrics" for p in metrics_ports))
         mta = MtaProcess(config, args=["--processes", str(nodes)] if nodes > 1 else [],
-                         env={"DEMO_SHOP_PASSWORD": SHOP_PASSWORD}).start()
+                         env={"DEMO_SHOP_PASSWORD": SHOP_PASSWORD, "DEMO_VERP_KEY": VERP_KEY}).start()
         mta.wait_ready(url, timeout=60)
         if nodes > 1:
             print(f"{nodes} MTA processes (nodes demo-0 .. demo-{nodes - 1}) share one set of limits")

@@ -25,7 +25,8 @@ def _prefix(v: Any) -> str:
     return text
 
 
-VERP_FIELDS = {"domain": _domain_name, "prefix": _prefix, "separator": _choice("+", "-")}
+VERP_FIELDS = {"domain": _domain_name, "prefix": _prefix, "separator": _choice("+", "-"), "key_env": _str,
+               "key_file": _str}
 
 
 def inbound(c: _Collector, raw: Any, listeners: list[Listener]) -> list[Inbound]:
@@ -53,6 +54,8 @@ def envelope_verp(c: _Collector, raw: Any) -> VerpConfig | None:
     values = c.fields("envelope_verp", raw, VERP_FIELDS)
     if isinstance(raw, dict):
         c.required("envelope_verp", raw, "domain")
+        if "key_env" in raw and "key_file" in raw:
+            c.problem("envelope_verp", "give key_env or key_file, not both")
     if "domain" not in values:
         return None
     return VerpConfig(**values)

@@ -247,6 +247,9 @@ class VerpConfig(msgspec.Struct, frozen=True):
     prefix: str = "bounces"
     domain: str = ""
     separator: str = "+"
+    # the key that signs each address (mta.inbound.verp): the same on every node
+    key_env: str | None = None
+    key_file: str | None = None
 
 
 class Config(msgspec.Struct, frozen=True):

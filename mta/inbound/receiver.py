@@ -44,7 +44,7 @@ OUTCOMES = ("bounced", "complaint", "delay", "auto_reply", "unmatched")
 
 class Receiver:
     def __init__(self, verp, submitter, suppression, wall):
-        self.verp = verp  # mta.config.VerpConfig or None
+        self.verp = verp  # mta.inbound.verp.Verp or None
         self.submitter = submitter  # mta.submission.publisher.Submitter: the listeners' broker connection
         self.suppression = suppression  # mta.suppression.service.Suppression or None
         self._wall = wall
@@ -96,6 +96,8 @@ class Receiver:
             return report.kind, []
         if report.kind not in ("bounce", "complaint") or not report.mta_id:
             return "unmatched", []
+        if self.verp is not None and self.verp.key and not report.by_verp:
+            return "unmatched", []  # signed VERP: a header anyone can write names nothing
         about = self._about(report, mail_from, peer)
         if report.kind == "complaint":
             recipient = report.original_recipient or (report.recipients[0].recipient if report.recipients else None)

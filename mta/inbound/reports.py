@@ -41,7 +41,7 @@ from mta.inbound.arf import FEEDBACK_TYPES, NOT_COMPLAINTS, parse_feedback
 from mta.inbound.dsn import STATUS_TYPES, parse_dsn
 from mta.inbound.plain import parse_plain, report_text, returned_copy
 from mta.inbound.status import Recipient, enhanced_in, judge, reply_code
-from mta.inbound.verp import VerpConfig, verp_decode
+from mta.inbound.verp import Verp, VerpConfig, verp_decode
 
 __all__ = ["Recipient", "Report", "VerpConfig", "parse_report"]
 
@@ -64,6 +64,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     recipients: tuple[Recipient, ...] = ()  # for a complaint, the one who complained
     message_id: str | None = None  # the original's Message-ID
     mta_id: str | None = None  # the producer's id: VERP, else the copy's X-Mta-Id header
+    by_verp: bool = False  # mta_id and original_recipient are from a VERP address
     envelope_id: str | None = None  # RFC 3461 ENVID, when the DSN returns it
     original_sender: str | None = None  # the original's envelope sender
     original_recipient: str | None = None  # the original's envelope recipient
@@ -96,7 +97,7 @@ def _parts(msg: Message) -> _Parts:
 
 
 def parse_report(data: bytes, envelope_recipient: str | None = None,
-                 verp: VerpConfig | None = None) -> Report:
+                 verp: VerpConfig | Verp | None = None) -> Report:
     """Read one inbound mail. `envelope_recipient` is its RCPT TO; with `verp`, an
     address made by `verp_address` there names the message and recipient."""
     try:
@@ -105,7 +106,7 @@ def parse_report(data: bytes, envelope_recipient: str | None = None,
         return Report(kind="unknown", reason=f"could not be read: {type(error).__name__}")
 
 
-def _parse(data: bytes, envelope_recipient: str | None, verp: VerpConfig | None) -> Report:
+def _parse(data: bytes, envelope_recipient: str | None, verp: VerpConfig | Verp | None) -> Report:
     if not data.strip():
         return Report(kind="unknown", reason="empty")
     msg = mime.load(data)
@@ -217,7 +218,7 @@ def _address(value: str) -> str | None:
 
 
 def _identify(report: Report, original: Message | None, envelope_recipient: str | None,
-              verp: VerpConfig | None) -> Report:
+              verp: VerpConfig | Verp | None) -> Report:
     """Fill in what says which message the report is about."""
     def read(name: str) -> str:
         return mime.header(original, name) if original is not None else ""
@@ -235,6 +236,7 @@ def _identify(report: Report, original: Message | None, envelope_recipient: str 
         recipients=recipients,
         message_id=read("Message-ID") or None,
         mta_id=decoded[0] if decoded else read("X-Mta-Id") or None,
+        by_verp=decoded is not None,
         original_sender=report.original_sender or return_path,
         original_recipient=decoded[1] if decoded else report.original_recipient or single,
     )

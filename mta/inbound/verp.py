@@ -20,6 +20,13 @@ RFC 5321 keeps local parts case-sensitive, so an id's own letters are returned a
 arrive; ids that are UUIDs (the MTA's default, lower-case hex) survive even a relay that
 lower-cases everything.
 
+Signed (`envelope_verp.key_env` or `key_file`): the address then starts with a tag, ten hex
+digits of an HMAC-SHA256 of the id and the recipient under the key, and a dot
+(``bounces+3f9c0a61b2.550e8400-...=jane.doe=example.org@bounces.example``); an address
+whose tag does not match is not ours. Without a key, anyone who knows or guesses a message
+id can write a bounce that puts any address of their choosing on the suppression list;
+with one, only the receivers of our messages can.
+
 Length: such a local part often exceeds RFC 5321's 64 octets (a UUID alone is 36).
 Receivers tolerate it in practice (large senders' bounce addresses are as long), but a
 strict one may refuse it; shorter ids make shorter addresses.
@@ -29,9 +36,36 @@ from __future__ import annotations
 
 import re
 
+import hashlib
+import hmac
+
 from mta.config.model import VerpConfig
 
-__all__ = ["VerpConfig", "verp_address", "verp_decode"]
+__all__ = ["Verp", "VerpConfig", "load_verp", "verp_address", "verp_decode"]
+
+TAG = 10  # hex digits of the HMAC in a signed address (40 bits)
+
+
+class Verp:
+    """A configuration and its key, as the MTA uses them (the key never in a repr)."""
+
+    __slots__ = ("prefix", "separator", "domain", "key")
+
+    def __init__(self, config: VerpConfig, key: bytes | None = None):
+        self.prefix, self.separator, self.domain = config.prefix, config.separator, config.domain
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"Verp({self.prefix}{self.separator}...@{self.domain}, {'signed' if self.key else 'unsigned'})"
+
+
+def load_verp(config: VerpConfig | None, environ=None) -> Verp | None:
+    """The configuration with its key read (ConfigError when the key it names is missing)."""
+    if config is None:
+        return None
+    from mta.ops.control import load_key
+
+    return Verp(config, load_key(config, environ, section="envelope_verp"))
 
 _SAFE = re.compile(r"[A-Za-z0-9-]")
 _ESCAPE = re.compile(r"_([0-9A-Fa-f]{2})")
@@ -57,16 +91,24 @@ def _unescape(text: str) -> str | None:
         return None
 
 
-def verp_address(verp: VerpConfig, message_id: str, recipient: str) -> str:
+def _tag(key: bytes, message_id: str, recipient: str) -> str:
+    data = f"{message_id}\0{recipient}".encode("utf-8", "surrogatepass")
+    return hmac.new(key, data, hashlib.sha256).hexdigest()[:TAG]
+
+
+def verp_address(verp: VerpConfig | Verp, message_id: str, recipient: str) -> str:
     """The MAIL FROM that carries `message_id` and `recipient`; ValueError for a recipient
     whose local part cannot travel unquoted (a quoted string, spaces)."""
     local, at, domain = recipient.rpartition("@")
     if not (at and message_id and domain and _LOCAL.fullmatch(local)) or "@" in local:
         raise ValueError(f"cannot carry {recipient!r} in a VERP address")
-    return f"{verp.prefix}{verp.separator}{_escape(message_id)}={local}={domain.lower()}@{verp.domain}"
+    domain = domain.lower()
+    key = getattr(verp, "key", None)
+    tag = f"{_tag(key, message_id, f'{local}@{domain}')}." if key else ""
+    return f"{verp.prefix}{verp.separator}{tag}{_escape(message_id)}={local}={domain}@{verp.domain}"
 
 
-def verp_decode(verp: VerpConfig, address: str) -> tuple[str, str] | None:
+def verp_decode(verp: VerpConfig | Verp, address: str) -> tuple[str, str] | None:
     """(message id, recipient) from an address `verp_address` made, or None when the
     address is not one of ours."""
     address = address.strip().strip("<>").strip()
@@ -78,7 +120,16 @@ def verp_decode(verp: VerpConfig, address: str) -> tuple[str, str] | None:
         return None
     escaped, eq, rest = local[len(head):].partition("=")
     rcpt_local, eq2, rcpt_domain = rest.rpartition("=")
+    key = getattr(verp, "key", None)
+    tag = ""
+    if key:
+        tag, dot, escaped = escaped.partition(".")
+        if not dot:
+            return None
     message_id = _unescape(escaped)
     if not (eq and eq2 and message_id and rcpt_local and rcpt_domain):
         return None
-    return message_id, f"{rcpt_local}@{rcpt_domain.lower()}"
+    recipient = f"{rcpt_local}@{rcpt_domain.lower()}"
+    if key and not hmac.compare_digest(tag.lower().encode(), _tag(key, message_id, recipient).encode()):
+        return None  # forged, or made under another key
+    return message_id, recipient

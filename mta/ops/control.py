@@ -69,23 +69,24 @@ COMMANDS = ("pause", "resume", "reload", "status")
 
 # ---- keys and signatures
 
-def load_key(settings: Control, environ: Mapping[str, str] | None = None) -> bytes | None:
-    """The control key named by the `control:` section (None: no key configured); raises
-    ConfigError when the variable or file it names is missing or empty."""
+def load_key(settings, environ: Mapping[str, str] | None = None, section: str = "control") -> bytes | None:
+    """The key named by a section's `key_env` or `key_file` (`control:`, `envelope_verp:`;
+    None: no key configured); raises ConfigError when the variable or file it names is
+    missing or empty."""
     environ = os.environ if environ is None else environ
     if settings.key_env:
         value = environ.get(settings.key_env, "")
         if not value:
-            raise ConfigError([f"control.key_env: environment variable {settings.key_env} is not set or empty"])
+            raise ConfigError([f"{section}.key_env: environment variable {settings.key_env} is not set or empty"])
         return value.encode()
     if settings.key_file:
         try:
             with open(settings.key_file, "rb") as fh:
                 value = fh.read(1 << 16).strip()
         except OSError as exc:
-            raise ConfigError([f"control.key_file: cannot read {settings.key_file}: {exc.strerror}"]) from None
+            raise ConfigError([f"{section}.key_file: cannot read {settings.key_file}: {exc.strerror}"]) from None
         if not value:
-            raise ConfigError([f"control.key_file: {settings.key_file} is empty"])
+            raise ConfigError([f"{section}.key_file: {settings.key_file} is empty"])
         return value
     return None
 
@@ -107,6 +108,8 @@ def secret_file_warnings(config) -> list[str]:
     files = [(f"routes[{i}].password_file", r.password_file) for i, r in enumerate(config.routes) if r.password_file]
     if config.control.key_file:
         files.append(("control.key_file", config.control.key_file))
+    if config.envelope_verp is not None and config.envelope_verp.key_file:
+        files.append(("envelope_verp.key_file", config.envelope_verp.key_file))
     return [f"{where}: {note}" for where, path in files if (note := loose_permissions(path)) is not None]
 
 

@@ -19,6 +19,7 @@ from mta.clock import SYSTEM, Clock
 from mta.config import Config, ConfigError, Listener
 from mta.inbound.receiver import Receiver
 from mta.inbound.server import InboundServer, Reports
+from mta.inbound.verp import load_verp
 from mta.submission.lockout import Lockout
 from mta.submission.policy import Policy
 from mta.submission.publisher import Submitter
@@ -69,7 +70,7 @@ class Listeners:
         self.size = max([s.max_message_size or config.smtp.max_message_size for s in config.sources]
                         or [config.smtp.max_message_size])
         self.clock, self._now = clock, now
-        self.receiver = Receiver(config.envelope_verp, self.submitter, suppression, clock.wall)  # SPEC §8
+        self.receiver = Receiver(load_verp(config.envelope_verp), self.submitter, suppression, clock.wall)  # SPEC §8
         self.reports = [Reports(inbound, self.receiver) for inbound in config.inbound]
         self.servers: list[asyncio.AbstractServer] = []
         self._stop = asyncio.Event()

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 
 from mta.config import VerpConfig
-from mta.inbound.verp import verp_decode
+from mta.inbound.verp import Verp, verp_address, verp_decode
 from tests.testbed.amqp import ResultCollector, drain_queue, make_message, publish
 from tests.testbed.checks import run_id
 from tests.testbed.util import free_port
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "reports"
 DOMAIN = "bounces.test"
-VERP = VerpConfig(domain=DOMAIN)
+KEY = "the operator's VERP key"
+VERP = Verp(VerpConfig(domain=DOMAIN), KEY.encode())
 _SAMPLE_VERP = re.compile(r"bounces\+[0-9a-f-]{36}=([^=\s]+)=([^@\s]+)@bounces\.example", re.IGNORECASE)
 
 # sample -> (the recipient it reports on, what it should become)
@@ -60,8 +61,8 @@ def _send(port: int, sender: str, rcpt: str, data: bytes) -> tuple[int, bytes]:
 def test_late_bounces_and_complaints_become_results_and_entries(vhost, sinks, mta_config, start_mta):
     port = free_port()
     config = mta_config(inbound=[{"address": f"127.0.0.1:{port}", "domains": [DOMAIN]}],
-                        envelope_verp={"domain": DOMAIN})
-    start_mta(config)
+                        envelope_verp={"domain": DOMAIN, "key_env": "VERP_KEY"})
+    start_mta(config, env={"VERP_KEY": KEY})
     run = run_id()
     recipients = {f"{name.split('.')[0]}-{run}": f"{name.split('.')[0]}-{run}@ok1.test" for name in REPORTS}
     recipients[f"ooo-{run}"] = f"ooo-{run}@ok1.test"
@@ -70,7 +71,7 @@ def test_late_bounces_and_complaints_become_results_and_entries(vhost, sinks, mt
     results.collect(recipients, timeout=60)
     assert all(results.finals(i)[0]["status"] == "delivered" for i in recipients), dict(results.by_id)
 
-    # each message left with its own envelope sender, naming it and its recipient
+    # each message left with its own envelope sender, naming it and its recipient, signed
     verp = {}
     for accepted in sinks.accepted():
         if accepted.rcpt in recipients.values():
@@ -88,6 +89,11 @@ def test_late_bounces_and_complaints_become_results_and_entries(vhost, sinks, mt
         assert code == 250, (sample, code, text)
     ooo = (SAMPLES / "out_of_office.eml").read_bytes()
     assert _send(port, f"ooo-{run}@ok1.test", verp[f"ooo-{run}"], ooo)[0] == 250
+    # a bounce forged for the same recipient, to the unsigned address anyone can write: kept only
+    unsigned = verp_address(VerpConfig(domain=DOMAIN), f"ooo-{run}", recipients[f"ooo-{run}"])
+    forged = _report("gmail.eml", "nobody.here@gmail.com", recipients[f"ooo-{run}"], unsigned)
+    code, text = _send(port, "", unsigned, forged)
+    assert (code, text) == (250, b"2.0.0 Kept for inspection"), (code, text)
 
     late = [i for i in recipients if not i.startswith("ooo")]
     results.collect(until=lambda r: all(len(r.finals(i)) == 2 for i in late), timeout=30, settle=1.0)
@@ -101,7 +107,7 @@ def test_late_bounces_and_complaints_become_results_and_entries(vhost, sinks, mt
         else:
             assert second["status"] == "bounced" and second["late"] is True and second["bounce"] == kind, second
             assert second["results"][0]["enhanced"].startswith("5."), second
-    assert len(results.finals(f"ooo-{run}")) == 1, "an auto-reply is no result"
+    assert len(results.finals(f"ooo-{run}")) == 1, "an auto-reply or a forged bounce is no result"
 
     # the next message to each: suppressed for a hard bounce and a complaint, sent otherwise
     again = {f"{i}-again": r for i, r in recipients.items()}
@@ -114,7 +120,7 @@ def test_late_bounces_and_complaints_become_results_and_entries(vhost, sinks, mt
         if want == "suppressed":
             assert final["suppression"]["reason"] == ("complaint" if kind == "complaint" else "hard_bounce")
             assert final["suppression"]["message_id"] == f"{sample.split('.')[0]}-{run}"
-    assert results.finals(f"ooo-{run}-again")[0]["status"] == "delivered"
+    assert results.finals(f"ooo-{run}-again")[0]["status"] == "delivered", "nor an entry"
 
 
 @pytest.mark.timeout(120)

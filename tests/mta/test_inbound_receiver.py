@@ -12,7 +12,7 @@ from mta.clock import SYSTEM
 from mta.config import Suppression as SuppressionConfig
 from mta.config import VerpConfig
 from mta.inbound.receiver import Receiver
-from mta.inbound.verp import verp_address
+from mta.inbound.verp import Verp, verp_address
 from mta.suppression.keys import key
 from mta.suppression.service import Suppression
 
@@ -38,7 +38,7 @@ class Broker:
 def _receiver(broker, **config) -> tuple[Receiver, Suppression]:
     suppression = Suppression(SuppressionConfig(**config), None, SYSTEM)
     suppression.load()
-    return Receiver(VERP, broker, suppression, SYSTEM.wall), suppression
+    return Receiver(Verp(VERP), broker, suppression, SYSTEM.wall), suppression
 
 
 def _gmail() -> bytes:
@@ -96,3 +96,24 @@ def test_one_mail_to_two_verp_addresses_is_two_results() -> None:
     docs = [orjson.loads(p.body) for p in broker.published]
     assert [(d["id"], d["recipient"]) for d in docs] == [
         ("7f3c1a52-9b1e-4c57-8d2a-1e4f5a6b7c8d", "nobody.here@gmail.com"), ("second-id", "someone.else@gmail.com")]
+
+
+def test_with_a_signed_verp_only_a_signed_address_names_a_message() -> None:
+    signed = Verp(VERP, b"key")
+    broker = Broker()
+    suppression = Suppression(SuppressionConfig(), None, SYSTEM)
+    suppression.load()
+    receiver = Receiver(signed, broker, suppression, SYSTEM.wall)
+    # the sample's unsigned VERP address (anyone could write it): kept, nothing listed
+    assert asyncio.run(receiver.received(_gmail(), "", [GMAIL_VERP], "192.0.2.1")).startswith("250 ")
+    assert [p.routing_key for p in broker.published] == ["mta.inbound.unmatched"] and len(suppression.index) == 0
+    # an X-Mta-Id header in the returned copy is no better
+    forged = _gmail().replace(b"Message-ID: <20261130161458.4f1c2d@shop.example>",
+                              b"Message-ID: <20261130161458.4f1c2d@shop.example>\r\nX-Mta-Id: 7f3c1a52")
+    asyncio.run(receiver.received(forged, "", ["postmaster@bounces.example"], "192.0.2.1"))
+    assert len(suppression.index) == 0 and receiver.counts == {"unmatched": 2}
+    # the address we signed for that message and recipient
+    address = verp_address(signed, "7f3c1a52-9b1e-4c57-8d2a-1e4f5a6b7c8d", "nobody.here@gmail.com")
+    assert asyncio.run(receiver.received(_gmail().replace(GMAIL_VERP.encode(), address.encode()), "", [address],
+                                         "192.0.2.1")).startswith("250 ")
+    assert key("global", "nobody.here@gmail.com") in suppression.index

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mta.inbound.verp import VerpConfig, verp_address, verp_decode
+from mta.config import ConfigError
+from mta.inbound.verp import Verp, VerpConfig, load_verp, verp_address, verp_decode
 
 VERP = VerpConfig(prefix="bounces", domain="bounces.example", separator="+")
 UUID = "550e8400-e29b-41d4-a716-446655440000"
@@ -68,3 +69,32 @@ def test_round_trip(message_id: str, local: str, domain: str, verp: VerpConfig) 
     address = verp_address(verp, message_id, f"{local}@{domain}")
     assert verp_decode(verp, address) == (message_id, f"{local}@{domain}")
     assert verp_decode(verp, address.replace(verp.domain, verp.domain.upper())) == (message_id, f"{local}@{domain}")
+
+
+SIGNED = Verp(VERP, b"a key of the operator's")
+
+
+def test_a_signed_address_round_trips_and_a_forged_one_is_not_ours() -> None:
+    address = verp_address(SIGNED, "order-10042", "Jane.Doe@Example.ORG")
+    tag = address.split("+", 1)[1].split(".", 1)[0]
+    assert len(tag) == 10 and address.endswith(".order-10042=Jane.Doe=example.org@bounces.example")
+    assert verp_decode(SIGNED, address) == ("order-10042", "Jane.Doe@example.org")
+    relayed = address.replace(tag, tag.upper()).replace("@bounces.example", "@BOUNCES.EXAMPLE")  # case of hex and domain
+    assert verp_decode(SIGNED, relayed) == ("order-10042", "Jane.Doe@example.org")
+    # the same id for another recipient, another id, another key, no tag: not ours
+    assert verp_decode(SIGNED, address.replace("Jane.Doe", "victim")) is None
+    assert verp_decode(SIGNED, address.replace("10042", "10043")) is None
+    assert verp_decode(Verp(VERP, b"another key"), address) is None
+    assert verp_decode(SIGNED, verp_address(VERP, "order-10042", "Jane.Doe@example.org")) is None
+    # an unsigned configuration does not take a signed address for one of its own
+    assert verp_decode(VERP, address) is None
+
+
+def test_load_verp_reads_the_key_and_names_what_is_missing() -> None:
+    config = VerpConfig(domain="bounces.example", key_env="VERP_KEY")
+    assert load_verp(config, {"VERP_KEY": "k"}).key == b"k"
+    assert "k" not in repr(load_verp(config, {"VERP_KEY": "k"}))
+    with pytest.raises(ConfigError) as caught:
+        load_verp(config, {})
+    assert caught.value.problems == ["envelope_verp.key_env: environment variable VERP_KEY is not set or empty"]
+    assert load_verp(None) is None and load_verp(VERP).key is None
