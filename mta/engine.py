@@ -150,7 +150,7 @@ class Engine:
         self.journal, self._recorded = open_journal(self.config.broker.journal, self.config_path, window)
         self.intake.suppression = self.outcomes.suppression = self.suppression
         self.intake.verp = load_verp(self.config.envelope_verp)  # SPEC §8: each message's own envelope sender
-        self.suppression.load()  # before the first message: none may slip past the list
+        await self.suppression.start()  # before the first message: none may slip past the list
         following = asyncio.ensure_future(self.suppression.follow())
         if self.member is None:
             await self.kept.restore()
@@ -158,7 +158,7 @@ class Engine:
         else:
             await self.member.run(lambda: self._sessions(stop))
         following.cancel()
-        self.suppression.close()
+        await self.suppression.stop()
         if self.journal is not None:
             self.journal.close()
         self.metrics.close()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for tests, benchmarks and the demo, on Debian 12 / Ubuntu as root:
 #   - Debian packages rabbitmq-server, dnsmasq, postfix (smtp-sink/smtp-source),
-#     prometheus and redis-server, installed only when missing and never left running as system services
+#     prometheus, redis-server and postgresql, installed only when missing and never left running as system services
 #     (the tests start private instances on their own ports);
 #   - .venv with python3 >= 3.11 and `pip install -e '.[test]'`, re-run when
 #     pyproject.toml changes.
@@ -16,9 +16,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 log() { echo "setup: $*" >&2; }
 die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
-APT_PACKAGES=(rabbitmq-server dnsmasq postfix prometheus redis-server swaks libnet-ssleay-perl)
+APT_PACKAGES=(rabbitmq-server dnsmasq postfix prometheus redis-server swaks libnet-ssleay-perl postgresql)
 # services those packages may start at install time (when no policy-rc.d forbids it)
-SERVICES=(rabbitmq-server epmd.socket epmd dnsmasq postfix prometheus prometheus-node-exporter redis-server)
+SERVICES=(rabbitmq-server epmd.socket epmd dnsmasq postfix prometheus prometheus-node-exporter redis-server postgresql)
 MIN_PY=(3 11)
 
 is_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
@@ -155,7 +155,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         log "stopping system $what process $pid left running by the package install"
         kill "$pid" 2>/dev/null || true
     done <<<"$leftovers"
-    for port in 5672 25672 4369 53 25 9090; do
+    for port in 5672 25672 4369 53 25 9090 5432; do
         if tcp_listening 127.0.0.1 "$port"; then
             log "warning: something still listens on 127.0.0.1:$port (not started by the tests)"
         fi
@@ -175,7 +175,7 @@ STAMP=.venv/.setup-stamp
 need_pip=""
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     need_pip=1
-elif ! .venv/bin/python -c "import aio_pika, aiosmtpd, dns.resolver, pytest, pytest_timeout, xdist, hypothesis, yaml, mta" >/dev/null 2>&1; then
+elif ! .venv/bin/python -c "import aio_pika, aiosmtpd, asyncpg, dns.resolver, pytest, pytest_timeout, xdist, hypothesis, yaml, mta" >/dev/null 2>&1; then
     need_pip=1
 fi
 if [ -n "$need_pip" ]; then

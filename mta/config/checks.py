@@ -54,6 +54,13 @@ def _store_url(v: Any) -> str:
     return v
 
 
+def _postgres_url(v: Any) -> str:
+    v = _str(v)
+    if not v.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"expected a postgresql:// URL, got {v!r}")
+    return v
+
+
 def _node_name(v: Any) -> str:
     v = _str(v)
     if len(v) > 64 or not re.fullmatch(r"[A-Za-z0-9._-]+", v):
@@ -256,7 +263,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "control": (Control, {"key_env": _str, "key_file": _str}),
     "cluster": (Cluster, {"store": _store_url, "node": _node_name}),
     "suppression": (Suppression, {"hard_bounces": _bool, "complaints": _bool, "expire": _duration,
-                                  "scope": _choice("global", "source", "sender_domain")}),
+                                  "scope": _choice("global", "source", "sender_domain"), "store": _postgres_url}),
 }
 
 

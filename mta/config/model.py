@@ -94,6 +94,7 @@ class Suppression(msgspec.Struct, frozen=True):
     complaints: bool = True  # a feedback-loop complaint adds it
     expire: float = 0.0  # seconds an entry lasts; 0: until removed
     scope: str = "global"  # global | source | sender_domain: where an added entry applies
+    store: str | None = None  # postgresql://...: the list shared by nodes on several machines
 
 
 class Policy(msgspec.Struct, frozen=True):

@@ -35,11 +35,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"mta suppress {args.action} needs an address" + (" or a CSV file" if args.action == "import" else ""),
               file=sys.stderr)
         return 2
-    store = Store(path_for(args.config))
+    store = _store(args.config)
+    if store is None:
+        return 1
     try:
         return _ACTIONS[args.action](store, args, scope, SYSTEM.wall())
     finally:
         store.close()
+
+
+def _store(config_path: str):
+    """The list the rules file names: PostgreSQL (`suppression.store`), else the SQLite file
+    beside it. None (said why) when the file cannot be read."""
+    from mta.config import ConfigError, load_config
+
+    try:
+        url = load_config(config_path).suppression.store
+    except (ConfigError, OSError) as exc:
+        print(f"{config_path}: {exc}", file=sys.stderr)
+        return None
+    if url:
+        from mta.suppression.shared import SharedListSync
+
+        return SharedListSync(url)
+    return Store(path_for(config_path))
 
 
 def _add(store: Store, args, scope: str, now: float) -> int:

@@ -26,6 +26,7 @@ log = logging.getLogger("mta.suppression")
 
 TICK = 1.0  # seconds between writes of new entries and reads of the store's changes
 EXPIRE_EVERY = 60  # ticks between sweeps for expired entries
+STOP_WAIT = 5.0  # seconds a stopping node waits for the shared list to take its last entries
 _MEMORY = itertools.count()
 
 
@@ -43,9 +44,22 @@ class Suppression:
         self.added = 0  # entries added from hard bounces
         self._reporting = asyncio.Lock()
         self._reports: Store | None = None  # the inbound listeners' own connection (`report`)
+        self.replica = None  # with a shared list (suppression.store): this node's copy of it
+        if config.store:
+            from mta.suppression.replica import Replica
+            from mta.suppression.shared import SharedList
+
+            self.replica = Replica(SharedList(config.store), self.writer, clock.wall)
+
+    async def start(self) -> None:
+        """Before the first message: the shared list caught up with (`suppression.store`), the
+        index loaded."""
+        if self.replica is not None:
+            await self.replica.start()
+        self.load()
 
     def load(self) -> None:
-        self.seen = self.reader.last_change()
+        self.seen = self.reader.replica_seq() if self.replica is not None else self.reader.last_change()
         self.index = Index(self.reader.keys())
         log.info("suppression list: %d entries (%s)", len(self.index), self.reader.path)
 
@@ -108,10 +122,13 @@ class Suppression:
         address = normalize(address)
         entry = {"address": address, "scope": "global", "reason": reason, "since": now,
                  "message_id": message_id, "expires": now + self.config.expire if self.config.expire else None}
-        async with self._reporting:
-            if self._reports is None:
-                self._reports = Store(self.writer.path)
-            await asyncio.to_thread(self._reports.add, [entry], now)
+        if self.replica is not None:
+            await self.replica.add([entry])
+        else:
+            async with self._reporting:
+                if self._reports is None:
+                    self._reports = Store(self.writer.path)
+                await asyncio.to_thread(self._reports.add, [entry], now)
         self.index.add(key_of("global", address))
         return True
 
@@ -120,10 +137,15 @@ class Suppression:
         for tick in itertools.count(1):
             await self._sleep(TICK)
             pending, self.pending = self.pending, []
+            expire = tick % EXPIRE_EVERY == 0
             try:
-                changes = await asyncio.to_thread(self._tick, pending, tick % EXPIRE_EVERY == 0)
-            except Exception:  # a locked or broken file: keep the entries, try again
-                log.exception("suppression list: writing to %s failed", self.writer.path)
+                if self.replica is not None:
+                    changes = await self.replica.tick(pending, expire)
+                else:
+                    changes = await asyncio.to_thread(self._tick, pending, expire)
+            except Exception:  # a locked or broken file, a database away: keep the entries, try again
+                if self.replica is None:
+                    log.exception("suppression list: writing to %s failed", self.writer.path)
                 self.pending = pending + self.pending
                 continue
             for seq, k, added in changes:
@@ -137,6 +159,21 @@ class Suppression:
         if expire:
             self.writer.expire(now)
         return self.writer.changes(self.seen)
+
+    async def stop(self) -> None:
+        """At the end: what was added since the last second, into the shared list if there
+        is one (else, and when it does not answer, into this node's file), then closed."""
+        if self.replica is not None:
+            if self.pending:
+                try:
+                    async with asyncio.timeout(STOP_WAIT):
+                        await self.replica.add(self.pending)
+                    self.pending = []
+                except Exception:
+                    log.warning("suppression list: %d new entries kept in %s only: %s did not take them",
+                                len(self.pending), self.writer.path, self.replica.shared.where)
+            await self.replica.close()
+        self.close()
 
     def close(self) -> None:
         if self.pending:

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, key I
     added INTEGER NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS removals (address TEXT NOT NULL, scope TEXT NOT NULL, reason TEXT NOT NULL,
     since REAL NOT NULL, message_id TEXT, removed REAL NOT NULL, why TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS replica (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 REASONS = ("hard_bounce", "complaint", "manual")
 FIELDS = ("address", "scope", "reason", "since", "message_id", "expires")
@@ -126,16 +127,59 @@ class Store:
         return [dict(zip(fields, row)) for row in self.db.execute("SELECT * FROM removals ORDER BY removed")]
 
     def export_csv(self, out) -> int:
-        writer = csv.writer(out)
-        writer.writerow(FIELDS)
-        n = 0
-        for entry in self.entries():
-            writer.writerow([entry[f] if entry[f] is not None else "" for f in FIELDS])
-            n += 1
-        return n
+        return write_csv(self.entries(), out)
+
+    # ---- a replica of the shared list (mta.suppression.shared): its entries, and the last
+    # change of the shared feed they include
+
+    def replica_seq(self) -> int:
+        row = self.db.execute("SELECT value FROM replica WHERE name = 'seq'").fetchone()
+        return 0 if row is None else row[0]
+
+    def clear_replica(self) -> None:
+        """Before a copy of the whole shared list: nothing, and no change applied (a copy
+        cut short is started again by the next process)."""
+        with self._transaction():
+            self.db.execute("DELETE FROM suppression")
+            self._set_seq(0)
+
+    def put_rows(self, rows: list[tuple], seq: int | None = None) -> None:
+        """Rows of the shared list, (key, address, scope, reason, since, message_id, expires);
+        with `seq`, the copy is complete up to that change."""
+        with self._transaction():
+            self.db.executemany("INSERT OR REPLACE INTO suppression VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            if seq is not None:
+                self._set_seq(seq)
+
+    def apply(self, changes: list[tuple]) -> None:
+        """(seq, key, added, entry or None) from the shared feed: each key as it is there now."""
+        if not changes:
+            return
+        with self._transaction():
+            for _, k, _, entry in changes:
+                if entry is None:
+                    self.db.execute("DELETE FROM suppression WHERE key = ?", (k,))
+                else:
+                    self.db.execute("INSERT OR REPLACE INTO suppression VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                    (k, *(entry[f] for f in FIELDS)))
+            self._set_seq(max(changes[-1][0], self.replica_seq()))
+
+    def _set_seq(self, seq: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO replica VALUES ('seq', ?)", (seq,))
 
     def _transaction(self):
         return _Transaction(self.db)
+
+
+def write_csv(entries: Iterable[dict], out) -> int:
+    """Entries as CSV with a header (what `mta suppress import` reads); how many."""
+    writer = csv.writer(out)
+    writer.writerow(FIELDS)
+    n = 0
+    for entry in entries:
+        writer.writerow([entry[f] if entry[f] is not None else "" for f in FIELDS])
+        n += 1
+    return n
 
 
 class _Transaction:

@@ -59,6 +59,8 @@ def test_the_store_keeps_changes_audits_removals_and_expires(tmp_path):
 
 def test_suppress_commands_round_trip_through_csv(tmp_path, monkeypatch, capsys):
     config = str(tmp_path / "mta.yaml")
+    (tmp_path / "mta.yaml").write_text("{}\n")
+    (tmp_path / "other.yaml").write_text("{}\n")
     assert main(["suppress", "add", "Gone@Example.com", "-c", config, "--reason", "hard_bounce"]) == 0
     assert main(["suppress", "check", "Gone@example.com", "-c", config]) == 0
     assert main(["suppress", "check", "gone@example.com", "-c", config]) == 1, "local parts keep their case"
