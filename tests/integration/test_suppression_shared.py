@@ -4,6 +4,7 @@ list, a running one follows the feed, a returning one catches up); `mta suppress
 the shared list; while the database is away a node answers from its replica and keeps its
 own additions until the database answers again."""
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -27,6 +28,14 @@ def database():
 def _suppress(config: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mta", "suppress", *args, "-c", config],
                           capture_output=True, text=True, timeout=60)
+
+
+async def _forget_all_but_the_last_change(url: str) -> None:
+    import asyncpg
+
+    db = await asyncpg.connect(url)
+    await db.execute("DELETE FROM mta_suppression_changes WHERE seq < (SELECT MAX(seq) FROM mta_suppression_changes)")
+    await db.close()
 
 
 def _final(results: ResultCollector, vhost: str, msg_id: str, recipient: str) -> dict:
@@ -72,10 +81,19 @@ def test_nodes_share_one_list(vhost, sinks, mta_config, start_mta, database):
     node_b.terminate()
 
     # node A returns with its old replica and catches up with the feed
-    start_mta(config_a)
+    node_a = start_mta(config_a)
     assert _final(results, vhost, f"a2-{run}", later)["status"] == "suppressed"
     assert _final(results, vhost, f"a3-{run}", f"hard-{run}-2@ok1.test")["status"] == "suppressed"
     assert _final(results, vhost, f"a4-{run}", other)["status"] == "delivered"
+    node_a.terminate()
+
+    # away for longer than the feed keeps (a day, here its rows deleted): A copies the list again
+    for n in (1, 2):
+        assert _suppress(config_b, "add", f"away-{n}-{run}@ok1.test").returncode == 0
+    asyncio.run(_forget_all_but_the_last_change(database.url))
+    start_mta(config_a)
+    assert _final(results, vhost, f"a5-{run}", f"away-1-{run}@ok1.test")["status"] == "suppressed"
+    assert _final(results, vhost, f"a6-{run}", later)["status"] == "suppressed"
     # the removal is audited; b3's bounce put the address back, naming b3
     checked = _suppress(config_a, "check", hard)
     assert checked.returncode == 0 and f"message b3-{run}" in checked.stdout, checked.stdout
