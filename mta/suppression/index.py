@@ -3,8 +3,10 @@
 Ten million entries must fit in about 100 MB and answer in microseconds, which a Python set
 of strings (about 100 octets an entry) does not. Each entry is its 64-bit key
 (mta.suppression.keys) in one sorted `array('q')` (8 octets an entry), searched with
-`bisect` in C; what changed since it was built sits in two small sets (added, removed)
-until the next rebuild merges them. Two different addresses share a key with a chance of
+`bisect` in C within the stretch its top 16 bits point to (a directory of 65,537
+offsets, half a megabyte: about 8 probes instead of 24, each a cache miss at this size);
+what changed since it was built sits in two small sets (added, removed) until the next
+rebuild merges them. Two different addresses share a key with a chance of
 about one in 10**12 at ten million entries; a hit is confirmed against the store, which
 also gives the entry's reason for the result, so a collision never suppresses anyone.
 """
@@ -16,13 +18,21 @@ from bisect import bisect_left
 from collections.abc import Iterable
 
 REBUILD_AFTER = 100_000  # changes kept beside the array before it is rebuilt
+SHIFT = 48  # a key's top 16 bits choose its stretch of the array
+BIAS = 1 << 15  # signed keys: the stretch of the most negative ones first
+
+
+def _directory(keys: array) -> array:
+    """offsets[b] .. offsets[b + 1]: where keys whose top 16 bits are b - BIAS lie."""
+    return array("q", (bisect_left(keys, (b - BIAS) << SHIFT) for b in range(1 << 16))) + array("q", [len(keys)])
 
 
 class Index:
-    __slots__ = ("_keys", "_added", "_removed")
+    __slots__ = ("_keys", "_offsets", "_added", "_removed")
 
     def __init__(self, sorted_keys: Iterable[int] = ()) -> None:
         self._keys = array("q", sorted_keys)
+        self._offsets = _directory(self._keys)
         self._added: set[int] = set()
         self._removed: set[int] = set()
 
@@ -34,9 +44,7 @@ class Index:
             return True
         if key in self._removed:
             return False
-        keys = self._keys
-        i = bisect_left(keys, key)
-        return i < len(keys) and keys[i] == key
+        return self._in_array(key)
 
     def add(self, key: int) -> None:
         self._removed.discard(key)
@@ -51,9 +59,11 @@ class Index:
         self._maybe_rebuild()
 
     def _in_array(self, key: int) -> bool:
-        keys = self._keys
-        i = bisect_left(keys, key)
-        return i < len(keys) and keys[i] == key
+        keys, offsets = self._keys, self._offsets
+        b = (key >> SHIFT) + BIAS
+        hi = offsets[b + 1]
+        i = bisect_left(keys, key, offsets[b], hi)
+        return i < hi and keys[i] == key
 
     def _maybe_rebuild(self) -> None:
         if len(self._added) + len(self._removed) >= REBUILD_AFTER:
@@ -72,4 +82,4 @@ class Index:
             if k not in removed:
                 merged.append(k)
         merged.extend(added[j:])
-        self._keys, self._added, self._removed = merged, set(), set()
+        self._keys, self._offsets, self._added, self._removed = merged, _directory(merged), set(), set()

@@ -41,6 +41,17 @@ def test_the_index_agrees_with_a_set_through_adds_removes_and_rebuilds(monkeypat
     assert len(index) == len(truth)
 
 
+def test_keys_at_the_edges_of_every_stretch_are_found():
+    edges = [-(1 << 63), -(1 << 63) + 1, -1, 0, 1, (1 << 63) - 1] + [b << 48 for b in (-2, -1, 1, 2)] + \
+        [(b << 48) - 1 for b in (-1, 1, 2)]
+    present = sorted(set(edges[::2]))
+    index = Index(present)
+    for k in edges:
+        assert (k in index) == (k in present), k
+    index.add(edges[1]), index.rebuild()
+    assert edges[1] in index and len(index) == len(present) + 1
+
+
 def test_the_store_keeps_changes_audits_removals_and_expires(tmp_path):
     store = Store(str(tmp_path / "s.sqlite"))
     assert store.add([{"address": "a@x.test", "scope": "global", "reason": "hard_bounce", "message_id": "m1"},
