@@ -63,8 +63,9 @@ class Collector:
                                          "suppression list (one final `suppressed` result each), by the entry's "
                                          "reason.", labels=["reason"])
         suppression = getattr(engine, "suppression", None)
-        for reason, n in sorted((suppression.counts if suppression is not None else {}).items()):
-            suppressed.add_metric([reason], n)
+        counts = suppression.counts if suppression is not None else {}
+        for reason in sorted({"hard_bounce", "complaint", "manual", *counts}):
+            suppressed.add_metric([reason], counts.get(reason, 0))
         yield suppressed
         crashes = CounterMetricFamily("mta_task_crashes", "Bugs that ended a broker session, by the task they "
                                       "crashed (settler, forget idle, session): each logged with its traceback; "
@@ -143,8 +144,8 @@ def _inbound_families(listeners) -> Iterable:
     yield refused
     added = CounterMetricFamily("mta_inbound_suppressions", "Suppression list entries added from late hard "
                                 "bounces and complaints, by reason.", labels=["reason"])
-    for reason, n in sorted(listeners.receiver.suppressed.items()):
-        added.add_metric([reason], n)
+    for reason in ("hard_bounce", "complaint"):
+        added.add_metric([reason], listeners.receiver.suppressed.get(reason, 0))
     yield added
 
 

@@ -50,6 +50,8 @@ def mta_cli(*args: str) -> subprocess.CompletedProcess:
 def test_prometheus_scrapes_counts_that_match_the_sinks(vhost, sinks, mta_config, start_mta, tmp_path, test_ca):
     port = free_port()
     listening, ports = submission_overrides(test_ca)  # the dashboard's submission row needs a listener
+    # and an inbound listener (its row's late reports)
+    listening["inbound"] = [{"address": f"127.0.0.1:{free_port()}", "domains": ["bounces.test"]}]
     config = mta_config(metrics={"port": port, "address": "127.0.0.1"}, **listening,
                         default={"max_age": "10m", "retry_intervals": ["1s"]},  # paused mail stays held
                         domains={"ok1.test": {"max_age": "5s"},  # temp- mail expires quickly

@@ -64,7 +64,7 @@ def test_every_panel_is_described_and_in_a_row():
     assert panels[0]["type"] == "row"
     rows = [p["title"] for p in panels if p["type"] == "row"]
     assert rows == ["Throughput", "Latency", "Destinations", "Connections and limits", "DNS and broker",
-                    "SMTP submission (sources)"]
+                    "SMTP submission (sources)", "Suppression and late reports"]
     for panel in panels:
         assert panel.get("description"), panel["title"]
     ids = [p["id"] for p in panels]
