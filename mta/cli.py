@@ -34,6 +34,11 @@ commands:
                          write a new DKIM private key file and print the DNS TXT record
   suppress add|remove|check|list|import|export [ADDRESS|CSV] -c CONFIG [--scope S]
                          the suppression list beside CONFIG; removals are audited (--why)
+  trace ID|RECIPIENT|--tag T -c CONFIG [--since D]
+                         a message's history from the event store beside CONFIG: accepted,
+                         every attempt (MX, IP, reply), held and why, final outcome
+  stuck -c CONFIG [--older D]
+                         messages accepted and silent for longer than D (tracking.stuck_after)
   hash-password          read a password (from the terminal, or one line on stdin) and print
                          its scrypt hash for a source's `password_hash`
 
@@ -93,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     from mta.suppression import commands as suppress
 
     suppress.add_parser(sub)
+    from mta.tracking import commands as tracking
+
+    tracking.add_parsers(sub)
     sub.add_parser("hash-password", help="print the scrypt hash of a password for sources.*.users[].password_hash")
     return parser
 
@@ -121,6 +129,18 @@ def _suppress(args) -> int:
     from mta.suppression.commands import run
 
     return run(args)
+
+
+def _trace(args) -> int:
+    from mta.tracking.commands import trace
+
+    return trace(args)
+
+
+def _stuck(args) -> int:
+    from mta.tracking.commands import stuck
+
+    return stuck(args)
 
 
 def _keygen(args) -> int:
@@ -247,16 +267,19 @@ def _run(config, path: str, siblings: int = 1) -> int:
             loop.add_signal_handler(sig, stop.set)
         engine = Engine(config, config_path=path, nodes_at_least=siblings)
         loop.add_signal_handler(signal.SIGHUP, engine.reload)
-        if not config.listeners and not config.inbound:
-            await engine.run(stop)
-            return
-        from mta.submission.service import Listeners
+        from mta.tracking import attach
 
-        store = engine.cluster.store if engine.cluster is not None else None
-        engine.listeners = Listeners(config, clock=engine.time, config_path=path, store=store,  # SPEC §7, §8
-                                     suppression=engine.suppression)
-        await engine.listeners.start()
-        await asyncio.gather(engine.run(stop), engine.listeners.stop_on(stop))
+        tracker = attach(engine, config, path)  # SPEC §9
+        tasks = [engine.run(stop)] + ([tracker.run(stop)] if tracker is not None else [])
+        if config.listeners or config.inbound:
+            from mta.submission.service import Listeners
+
+            store = engine.cluster.store if engine.cluster is not None else None
+            engine.listeners = Listeners(config, clock=engine.time, config_path=path, store=store,  # SPEC §7, §8
+                                         suppression=engine.suppression)
+            await engine.listeners.start()
+            tasks.append(engine.listeners.stop_on(stop))
+        await asyncio.gather(*tasks)
 
     try:
         if uvloop is not None:
@@ -362,5 +385,5 @@ def _status(args) -> int:
 _COMMANDS = {
     "run": _start, "check": _check, "replay-quarantined": _replay, "replay-parked": _replay,
     "status": _status, "pause": _control, "resume": _control, "reload": _control, "dkim-keygen": _keygen,
-    "hash-password": _hash_password, "suppress": _suppress,
+    "hash-password": _hash_password, "suppress": _suppress, "trace": _trace, "stuck": _stuck,
 }

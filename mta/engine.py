@@ -111,7 +111,7 @@ class Engine:
             self.member = Member(self, self.cluster)
             self.cluster.nodes.describe, self.intake.recall = self.member.describe, self.member.recall
         self.kept = kept.KeptPauses(self, kept.pause_file(config_path), self.cluster and self.cluster.store)
-        self.ready, self.listeners = asyncio.Event(), None  # listeners: SMTP submission (mta.submission.service)
+        self.ready, self.listeners, self.tracking = asyncio.Event(), None, None  # set by `mta run`: SPEC §7, §9
         self.stopping = False
 
     # The intake and the outcomes hold the settler, the signer and the shutdown flag

@@ -30,6 +30,7 @@ from mta.config.model import (
     Source,
     SourceUser,
     Suppression,
+    Tracking,
     VerpConfig,
     merge,
 )
@@ -37,5 +38,5 @@ from mta.config.parse import load_config, parse_config, retry_notes
 
 __all__ = [
     "DEFAULT_POLICY", "Broker", "Cluster", "Config", "ConfigError", "Control", "DkimKey", "Dns", "Domain", "Inbound", "Listener", "Metrics",
-    "Pattern", "Policy", "Provider", "Route", "Smtp", "Source", "SourceUser", "Suppression", "VerpConfig", "load_config", "merge", "parse_config", "retry_notes",
+    "Pattern", "Policy", "Provider", "Route", "Smtp", "Source", "SourceUser", "Suppression", "Tracking", "VerpConfig", "load_config", "merge", "parse_config", "retry_notes",
 ]

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from mta.config.model import Broker, Cluster, Control, Dns, Metrics, Policy, Smtp, Suppression
+from mta.config.model import Broker, Cluster, Control, Dns, Metrics, Policy, Smtp, Suppression, Tracking
 from mta.intake.idn import ascii_domain, ascii_suffix
 from shaper.patterns import nested_quantifier
 from shaper.units import Duration, Rate
@@ -264,6 +264,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "cluster": (Cluster, {"store": _store_url, "node": _node_name}),
     "suppression": (Suppression, {"hard_bounces": _bool, "complaints": _bool, "expire": _duration,
                                   "scope": _choice("global", "source", "sender_domain"), "store": _postgres_url}),
+    "tracking": (Tracking, {"enabled": _bool, "retention": _positive_duration, "stuck_after": _positive_duration}),
 }
 
 

@@ -97,6 +97,14 @@ class Suppression(msgspec.Struct, frozen=True):
     store: str | None = None  # postgresql://...: the list shared by nodes on several machines
 
 
+class Tracking(msgspec.Struct, frozen=True):
+    """The event store (SPEC §9): every result, and what the engine saw, kept for lookups."""
+
+    enabled: bool = True
+    retention: float = 30 * 86400.0  # seconds events are kept (whole days are dropped)
+    stuck_after: float = 3600.0  # seconds without an event before an unfinished message counts as stuck
+
+
 class Policy(msgspec.Struct, frozen=True):
     """Limits and policies of one destination; `None` means inherit from the level above."""
 
@@ -261,6 +269,7 @@ class Config(msgspec.Struct, frozen=True):
     control: Control = Control()
     cluster: Cluster = Cluster()
     suppression: Suppression = Suppression()
+    tracking: Tracking = Tracking()
     default: Policy = DEFAULT_POLICY
     providers: tuple[Provider, ...] = ()
     domains: tuple[Domain, ...] = ()

@@ -44,6 +44,7 @@ class Intake:
         self.recall = None  # several nodes: (job, book, tag) for a redelivered copy (mta.cluster)
         self.suppression = None  # the suppression list (mta.suppression.service), set by the engine
         self.verp = None  # envelope_verp (mta.config.VerpConfig): each message's own envelope sender
+        self.tracking = None  # the event store's feed (mta.tracking.tracker), set by `mta run`
 
     def taker(self, lane: str, book: AckBook):
         """What a lane's consumer calls with each delivery (entered in `book` already)."""
@@ -72,7 +73,7 @@ class Intake:
         except Exception as exc:  # InvalidMessage, or what no check foresaw: never left unsettled
             self._refuse(body, headers, exc, lane, book, tag, now)
             return
-        self._admit(job, book, tag, redelivered)
+        self._admit(job, book, tag, redelivered, now)
 
     def _decoded(self, outcome, body: bytes, headers: dict | None, lane: str, book: AckBook, tag: int,
                  redelivered: bool, now: float) -> None:
@@ -85,7 +86,7 @@ class Intake:
         if isinstance(outcome, BaseException):
             self._refuse(body, headers, outcome, lane, book, tag, now)
         else:
-            self._admit(outcome, book, tag, redelivered)
+            self._admit(outcome, book, tag, redelivered, now)
 
     def _refuse(self, body: bytes, headers: dict | None, exc: BaseException, lane: str, book: AckBook, tag: int,
                 now: float) -> None:
@@ -103,8 +104,10 @@ class Intake:
         self.settler.invalid(body, headers or {}, reason, book, tag, lane, now,
                              echo=not isinstance(exc, BodyTooLarge))
 
-    def _admit(self, job: Job, book: AckBook, tag: int, redelivered: bool) -> None:
+    def _admit(self, job: Job, book: AckBook, tag: int, redelivered: bool, now: float) -> None:
         job.delivery = (book, tag)
+        if self.tracking is not None and job.first_seen == now:  # not a retry or held copy coming back
+            self.tracking.accepted(job)
         if fault.ARMED: fault.hit("consumed")  # test-only: MTA_FAULT (mta/fault.py)
         if redelivered:
             if self.settler.replay_final(job, book, tag):

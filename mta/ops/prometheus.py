@@ -67,6 +67,10 @@ class Collector:
         for reason in sorted({"hard_bounce", "complaint", "manual", *counts}):
             suppressed.add_metric([reason], counts.get(reason, 0))
         yield suppressed
+        tracking = getattr(engine, "tracking", None)
+        if tracking is not None:
+            yield GaugeMetricFamily("mta_stuck_messages", "Messages accepted and not finished whose last event "
+                                    "is older than tracking.stuck_after (`mta stuck` lists them).", value=tracking.stuck)
         crashes = CounterMetricFamily("mta_task_crashes", "Bugs that ended a broker session, by the task they "
                                       "crashed (settler, forget idle, session): each logged with its traceback; "
                                       "what the session held came back from the broker and a new one started.",

@@ -2,7 +2,7 @@
 engine. New limits and patterns apply to live destinations at once, sessions on the wire
 finish; a bad file changes nothing. The sections that shape the process itself (broker,
 dns, smtp, metrics, control, listeners, sources, suppression, inbound,
-envelope_verp) take effect only after a restart.
+envelope_verp, tracking) take effect only after a restart.
 """
 
 from __future__ import annotations
@@ -52,14 +52,15 @@ def _reread(engine) -> tuple[Config, Rules, list | None]:
     take their new entries. ConfigError, all or nothing, when anything is wrong."""
     config = load_config(engine.config_path)
     for section in ("broker", "dns", "smtp", "metrics", "control", "listeners", "sources", "suppression",
-                    "inbound", "envelope_verp"):
+                    "inbound", "envelope_verp", "tracking"):
         if getattr(config, section) != getattr(engine.config, section):
             log.warning("reload: section %s changed; it takes effect only after a restart", section)
     config = msgspec.structs.replace(config, broker=engine.config.broker, dns=engine.config.dns,
                                      smtp=engine.config.smtp, metrics=engine.config.metrics,
                                      control=engine.config.control, listeners=engine.config.listeners,
                                      sources=engine.config.sources, suppression=engine.config.suppression,
-                                     inbound=engine.config.inbound, envelope_verp=engine.config.envelope_verp)
+                                     inbound=engine.config.inbound, envelope_verp=engine.config.envelope_verp,
+                                     tracking=engine.config.tracking)
     rules = Rules(config)
     keys = None
     if config.dkim != engine.config.dkim:

@@ -39,6 +39,7 @@ class Outcomes:
         self.routes = routes
         self.settler: Settler | None = None
         self.suppression = None  # the suppression list (mta.suppression.service): hard bounces go there
+        self.tracking = None  # the event store's feed (mta.tracking.tracker): held mail and why
 
     def done(self, attempt: Attempt) -> None:
         """A destination's attempt ended with its reply."""
@@ -90,6 +91,8 @@ class Outcomes:
             return
         self.counts["held"] += 1
         self.metrics.not_tried(job, now)
+        if self.tracking is not None:
+            self.tracking.held(job, held.reason, disposition.delay)
         self.settler.hold(job, book, tag, disposition.delay)
 
     def finish(self, job: Job, reply: Reply, mx: str | None, ip: str | None, resolved: Resolved,

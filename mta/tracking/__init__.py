@@ -1,0 +1,23 @@
+"""Where is my message (SPEC §9): every result and what the engine saw, in an event store
+(events, store), fed by a tracker inside `mta run` (tracker), read by `mta trace` and
+`mta stuck` (commands)."""
+
+from __future__ import annotations
+
+import itertools
+
+_MEMORY = itertools.count()
+
+
+def attach(engine, config, config_path: str | None):
+    """The tracker of this process, told by the engine what it accepts and holds; None when
+    tracking is off."""
+    if not config.tracking.enabled:
+        return None
+    from mta.tracking.store import path_for
+    from mta.tracking.tracker import Tracker
+
+    path = path_for(config_path) or f"file:mta-events-{next(_MEMORY)}?mode=memory&cache=shared"
+    tracker = Tracker(config.tracking, path, config.broker.url, config.broker.queue_type, engine.time)
+    engine.tracking = engine.intake.tracking = engine.outcomes.tracking = tracker
+    return tracker

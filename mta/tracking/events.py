@@ -1,0 +1,66 @@
+"""What the event store keeps of each event (SPEC §9), pure: a result document, or what the
+engine itself saw (a message accepted, held), becomes one row.
+
+A row: time, id, recipient, status, final, attempts, lane, phase, mx, ip, code, enhanced,
+description, tags, source, and `detail` (JSON: the bounce class, `late`, the suppression
+entry, the complaint, why held and until when). The time of a result is its last
+attempt's; of the engine's own events, when it saw them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+COLUMNS = ("time", "id", "recipient", "status", "final", "attempts", "lane", "phase", "mx", "ip", "code",
+           "enhanced", "description", "tags", "source", "detail")
+DETAIL_FIELDS = ("bounce", "late", "suppression", "complaint", "report", "results_omitted")
+MAX_TEXT = 2000  # octets of any text kept (descriptions are cut at 512 by the engine already)
+
+
+def _text(value: Any, limit: int = 512) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text[:limit]
+
+
+def _time(value: Any, default: float) -> float:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            pass
+    return default
+
+
+def _tags(value: Any) -> str | None:
+    if isinstance(value, (list, tuple)) and value:
+        return ",".join(str(t)[:100] for t in value[:20])
+    return None
+
+
+def from_result(doc: dict, now: float) -> tuple:
+    """The row of one result (SPEC §2) as published on mta.results."""
+    attempts = doc.get("results")
+    last = attempts[-1] if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict) else {}
+    detail = {k: doc[k] for k in DETAIL_FIELDS if k in doc}
+    code = last.get("code")
+    return (_time(last.get("time"), now), _text(doc.get("id"), 300) or "", _text(doc.get("recipient"), 300),
+            _text(doc.get("status"), 20) or "?", 1 if doc.get("final") else 0,
+            doc.get("attempts") if isinstance(doc.get("attempts"), int) else None,
+            _text(last.get("lane") or doc.get("lane"), 20), _text(last.get("phase"), 20), _text(last.get("mx"), 255),
+            _text(last.get("ip"), 64), code if isinstance(code, int) else None, _text(last.get("enhanced"), 20),
+            _text(last.get("description")), _tags(doc.get("tags")), _text(doc.get("source"), 100),
+            orjson.dumps(detail).decode()[:MAX_TEXT] if detail else None)
+
+
+def local(job, status: str, now: float, description: str | None = None, detail: dict | None = None) -> tuple:
+    """The row of something the engine saw itself: `accepted` (consumed, valid, about to be
+    routed), `held` (not tried: back to the broker for a while, and why)."""
+    source = job.doc.get("source")
+    return (now, str(job.id), job.recipient.text, status, 0, job.attempts, job.lane, None, None, None, None, None,
+            description, _tags(job.tags), source if isinstance(source, str) else None,
+            orjson.dumps(detail).decode() if detail else None)
