@@ -70,10 +70,11 @@ def start_sinks(domains: int, port: int) -> list[subprocess.Popen]:
 
 
 def bench_config(url: str, dns_port: int, smtp_port: int, connections: int, *,
-                 prefetch: int | None = None) -> dict:
+                 prefetch: int | None = None, tracking: bool = True) -> dict:
     """The MTA's rules for a benchmark: the private broker, DNS and sinks; no limit binds."""
     broker = {"url": url} if prefetch is None else {"url": url, "prefetch": prefetch}
     return {
+        "tracking": {"enabled": tracking},
         "broker": broker,
         "dns": {"nameservers": ["127.0.0.1"], "port": dns_port},
         "smtp": {"port": smtp_port, "helo": "bench.mta.test"},
@@ -135,6 +136,19 @@ async def wait_published(url: str, n: int, timeout: float, mark=None) -> None:
                 return
             await asyncio.sleep(0.05)
     raise TimeoutError(f"fewer than {n} results after {timeout:.0f}s")
+
+
+async def tracking_backlog(url: str) -> int | None:
+    """Results not yet stored by the tracker (mta.tracking: ready and unacknowledged); None
+    without tracking."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        try:
+            queue = await channel.declare_queue("mta.tracking", passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            return None
+        return queue.declaration_result.message_count
 
 
 async def wait_results(url: str, n: int, timeout: float) -> tuple[dict, list[float]]:
@@ -230,6 +244,8 @@ def main() -> int:
     ap.add_argument("--no-postfix", dest="postfix", action="store_false",
                     help="skip the private Postfix relaying the same messages")
     ap.add_argument("--no-raw", dest="raw", action="store_false", help="skip smtp-source -> smtp-sink alone")
+    ap.add_argument("--no-tracking", dest="tracking", action="store_false",
+                    help="run the MTA with tracking.enabled: false (the event store's cost, by difference)")
     ap.add_argument("--cprofile", metavar="FILE", help="run the MTA under cProfile, stats into FILE")
     ap.add_argument("--profile", metavar="FILE", help="record the MTA with py-spy into FILE (speedscope JSON or .svg)")
     args = ap.parse_args()
@@ -252,7 +268,8 @@ def main() -> int:
         url = rabbit.url("/")
         config_path = os.path.join(work, "mta.yaml")
         with open(config_path, "w") as fh:
-            yaml.safe_dump(bench_config(url, dns.port, smtp_port, args.connections, prefetch=args.prefetch), fh)
+            yaml.safe_dump(bench_config(url, dns.port, smtp_port, args.connections, prefetch=args.prefetch,
+                                        tracking=args.tracking), fh)
         asyncio.run(declare(url, config_path))
         t = time.monotonic()
         asyncio.run(prepublish(url, args.messages, args.size, args.domains))
@@ -275,6 +292,7 @@ def main() -> int:
         asyncio.run(wait_published(url, args.messages, args.timeout,
                                    lambda count: marked.append((count, sum(proc_stats(mta.pid)[:2])))))
         wall = time.monotonic() - started
+        backlog = asyncio.run(tracking_backlog(url))
         others_cpu = {k: cpu_of(v) - others_cpu0[k] for k, v in others.items()}
         user, system, peak = proc_stats(mta.pid)
         cpu = user + system
@@ -305,6 +323,9 @@ def main() -> int:
         print("meanwhile, CPU per message of " + ", ".join(
             f"the {k} {v / args.messages * 1e6:,.0f} us" for k, v in others_cpu.items())
             + f" (the run took {wall:.1f}s, the machine has {os.cpu_count()} cores)")
+        if backlog is not None:
+            print(f"tracking: {backlog} results not yet in the event store when the last result was published "
+                  f"(mta.tracking, ready: the tracker's backlog)")
         if marked and marked[0][0] < args.messages:
             count, cpu_then = marked[0]
             print(f"MTA CPU per message once running (start-up and the first {count} results left out): "
