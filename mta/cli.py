@@ -26,6 +26,8 @@ commands:
                          (`replay-parked`: its former name, still understood)
   status [--json]        lanes, then every MTA on the broker: each active destination's mode
                          and why, limits in force, in-flight, held, last error (broker as below)
+  status DESTINATION     one destination (a domain or key) in every MTA: why its mail waits,
+                         until when, limits in force, its last 10 replies that were not 2xx
   pause TARGET [--for D] hold mail for a domain (or destination key such as provider:google)
                          in every MTA on the broker; --for 30m ends the pause by itself
   resume TARGET          lift a pause (or a throttle); held mail comes back within seconds
@@ -74,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("config")
     replay.add_argument("--limit", type=int, default=0, help="move at most this many (0: all)")
     status_cmd = sub.add_parser("status", help="what every MTA on the broker is doing")
+    status_cmd.add_argument("destination", nargs="?", help="one destination in detail: a domain or a key "
+                            "(mx:HOST, provider:NAME): why mail waits, until when, its last 10 replies that were not 2xx")
     status_cmd.add_argument("-c", "--config", help="rules file naming the broker")
     status_cmd.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     status_cmd.add_argument("--wait", type=float, default=3.0, help="seconds to wait for answers (3)")
@@ -96,10 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (2048 at least)")
     keygen.add_argument("--key-file", help="where to write the key (default DOMAIN.SELECTOR.pem); never overwritten")
     from mta.suppression import commands as suppress
-
-    suppress.add_parser(sub)
     from mta.tracking import commands as tracking
 
+    suppress.add_parser(sub)
     tracking.add_parsers(sub)
     sub.add_parser("hash-password", help="print the scrypt hash of a password for sources.*.users[].password_hash")
     return parser
@@ -370,12 +373,14 @@ def _status(args) -> int:
         return 1
     url, key = broker
     try:
-        report = asyncio.run(status.collect(url, args.wait, key))
+        report = asyncio.run(status.collect(url, args.wait, key, args.destination))
     except BrokerError as exc:  # unreachable (the message says where), or lost midway
         print(f"mta status: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    elif args.destination:
+        print(status.render_detail(report, args.destination))
     else:
         print(status.render(report))
     return 0

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 from mta.broker import client
 from mta.broker.errors import BrokerUnreachable
-from mta.ops import control
+from mta.ops import control, detail
 from mta.ops.metrics import is_attempt
 from mta.broker.topology import LANES, lane_queue
 
@@ -31,21 +31,28 @@ KINDS = (("attempts", "attempt"), ("delivered", "delivered"), ("deferred", "defe
 
 # ---- the MTA's side
 
-def snapshot(engine) -> dict:
+def snapshot(engine, target: str | None = None) -> dict:
+    """What `mta status` shows of this process; with `target` (a domain or destination key),
+    that destination in detail too (mta.ops.detail)."""
     now = engine.clock()
     metrics = engine.metrics
     pauses = engine.pauses.active(now)
-    destinations = []
+    destinations, chosen = [], []
     for d in list(engine.destinations.values()):
-        row = _destination(engine, d, now, pauses)
+        row = _destination(engine, d, now, pauses, always=target is not None and detail.matches(d, target))
         if row is not None:
             destinations.append(row)
+            if target is not None and detail.matches(d, target):
+                chosen.append(row)
     shown = {row["destination"] for row in destinations}
-    for target, until in pauses.items():
-        if target not in shown:  # a paused domain: its mail is held before it reaches a destination
-            destinations.append({"destination": target, "state": "paused", "reason": _pause_reason(engine, target),
-                                 "since": None, "until": until, "limits": None, "in_flight": 0, "queued": 0,
-                                 "connections": 0, "held": 0, "last_error": None, "rules": []})
+    for paused, until in pauses.items():
+        if paused not in shown:  # a paused domain: its mail is held before it reaches a destination
+            row = {"destination": paused, "state": "paused", "reason": _pause_reason(engine, paused),
+                   "since": None, "until": until, "limits": None, "in_flight": 0, "queued": 0,
+                   "connections": 0, "held": 0, "last_error": None, "rules": []}
+            destinations.append(row)
+            if target in (paused, paused.partition(":")[2]):
+                chosen.append(row)
     destinations.sort(key=lambda r: (r["state"] == "normal", -(r["queued"] + r["in_flight"]), r["destination"]))
     return {
         "destinations_active": len(destinations),
@@ -59,6 +66,7 @@ def snapshot(engine) -> dict:
         "budget": _budget(engine),
         "cluster": _cluster(engine),
         "submission": None if engine.listeners is None else engine.listeners.status(),
+        "detail": None if target is None else detail.detail(engine, target, chosen),
     }
 
 
@@ -96,15 +104,16 @@ def _pause_reason(engine, target: str) -> str:
     return engine.routes.faults.get(target) or "paused by operator (mta pause)"
 
 
-def _destination(engine, d, now: float, pauses: dict) -> dict | None:
-    """A destination's row, from its snapshot (shaper.statistics) and the operator's pauses."""
+def _destination(engine, d, now: float, pauses: dict, always: bool = False) -> dict | None:
+    """A destination's row, from its snapshot (shaper.statistics) and the operator's pauses;
+    None for one idle in normal mode, unless `always`."""
     stats = d.statistics()
     held = engine.metrics.held_by_destination.get(d.key, 0)
     if d.key in pauses and stats.mode != "paused":
         mode, reason, since, until = "paused", _pause_reason(engine, d.key), None, pauses[d.key]
     else:
         mode, reason, since, until = stats.mode, stats.reason, stats.since, stats.until
-    if mode == "normal" and not (stats.active or held):
+    if mode == "normal" and not (stats.active or held) and not always:
         return None
     limits = {
         "connection_limit": stats.connection_limit,
@@ -130,12 +139,14 @@ def _rules_of(engine, d) -> list[str]:
 
 async def answer(engine, command: dict, channel, reply_to: str) -> None:
     """Answer a status request on its reply queue (the publishing connection's `channel`)."""
-    await control.answer(channel, reply_to, {"request": command.get("id"), **snapshot(engine)})
+    target = command.get("destination")
+    target = target[:300] if isinstance(target, str) and target else None
+    await control.answer(channel, reply_to, {"request": command.get("id"), **snapshot(engine, target)})
 
 
 # ---- the CLI's side
 
-async def collect(url: str, wait: float = 3.0, key: bytes | None = None) -> dict:
+async def collect(url: str, wait: float = 3.0, key: bytes | None = None, destination: str | None = None) -> dict:
     """Lane depths and consumers from the broker, and one snapshot per MTA that answers
     (the request signed with `key`, when the MTAs require it)."""
     try:
@@ -147,7 +158,8 @@ async def collect(url: str, wait: float = 3.0, key: bytes | None = None) -> dict
         for name in [lane_queue(lane) for lane in LANES] + list(EXTRA_QUEUES):
             queues[name] = await control.queue_numbers(connection, name)
         expected = (queues.get(lane_queue("bulk")) or {}).get("consumers", 0)
-        answers = await control.ask(connection, control.command_body("status"), key, expected, wait)
+        answers = await control.ask(connection, control.command_body("status", destination=destination), key,
+                                    expected, wait)
     finally:
         await client.close(connection)
     answers.sort(key=lambda a: a.get("instance", ""))
@@ -174,6 +186,18 @@ def render(report: dict) -> str:
     for mta in report["mtas"]:
         lines.append("")
         lines.extend(_render_mta(mta))
+    return "\n".join(lines)
+
+
+def render_detail(report: dict, target: str) -> str:
+    """`mta status DESTINATION`: that destination as each MTA sees it."""
+    if not report["mtas"]:
+        return "no MTA answered"
+    lines = []
+    for mta in report["mtas"]:
+        lines.append(f"MTA {mta['instance']}:")
+        lines.extend(detail.render(mta.get("detail") or [], mta["now"])
+                     or [f"  {target}: no such destination here (no mail for it since this MTA started)"])
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from mta.ops.metrics import Metrics
 from mta.routing.mx import DnsFailure
 from mta.routing.routes import RouteTable
 from mta.routing.rules import Resolved, Rules
+from mta.ops.replies import LastReplies
 from mta.settle.results import attempt_entry, rfc3339
 from mta.settle.settler import Settler
 from mta.smtp.client import Reply
@@ -40,6 +41,7 @@ class Outcomes:
         self.settler: Settler | None = None
         self.suppression = None  # the suppression list (mta.suppression.service): hard bounces go there
         self.tracking = None  # the event store's feed (mta.tracking.tracker): held mail and why
+        self.replies = LastReplies()  # per destination, the last replies that were not 2xx (`mta status DEST`)
 
     def done(self, attempt: Attempt) -> None:
         """A destination's attempt ended with its reply."""
@@ -114,6 +116,8 @@ class Outcomes:
             self.metrics.outcome(job, "delivered", None, now)
             settler.final(job, book, tag, "delivered")
             return
+        if job.destination is not None:
+            self.replies.note(job.destination.key, now, reply.phase, reply.code, reply.text, mx, ip)
         policy = resolved.policy
         disposition = after_attempt(
             reply.code, enhanced, reply.text, accepted=False,

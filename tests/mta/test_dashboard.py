@@ -26,6 +26,7 @@ def _engine() -> FakeEngine:
     from mta.submission.stats import Stats
 
     engine = FakeEngine()
+    engine.tracking = SimpleNamespace(stuck=0)  # the event store's tracker (SPEC §9)
     receiver = Receiver(None, None, None, lambda: 1000.0)
     engine.listeners = SimpleNamespace(stats=Stats(lambda: 1000.0, ["webshop"]),
                                        submitter=SimpleNamespace(unavailable=lambda: None), receiver=receiver,
