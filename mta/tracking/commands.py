@@ -106,6 +106,8 @@ def _line(e: dict) -> str:
     if text:
         parts.append(text)
     detail = orjson.loads(e["detail"]) if e["detail"] else {}
+    if "tls" in detail:
+        parts.append(f"TLS {detail['tls']}" if detail["tls"] else "no TLS")
     if detail.get("late"):
         parts.append("(late)")
     if "suppression" in detail:

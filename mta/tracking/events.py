@@ -47,6 +47,8 @@ def from_result(doc: dict, now: float) -> tuple:
     attempts = doc.get("results")
     last = attempts[-1] if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict) else {}
     detail = {k: doc[k] for k in DETAIL_FIELDS if k in doc}
+    if "tls" in last:  # the session of the last attempt: its cipher, or none
+        detail["tls"] = _text(last.get("cipher"), 100) if last.get("tls") else None
     code = last.get("code")
     return (_time(last.get("time"), now), _text(doc.get("id"), 300) or "", _text(doc.get("recipient"), 300),
             _text(doc.get("status"), 20) or "?", 1 if doc.get("final") else 0,

@@ -19,7 +19,8 @@ def _result(message_id: str, recipient: str, status: str, t: str, **extra) -> di
     return {"id": message_id, "recipient": recipient, "status": status, "final": status != "deferred",
             "attempts": 1, "tags": ["news"],
             "results": [{"time": t, "phase": "rcpt", "code": 550, "enhanced": "5.1.1", "description": "no such user",
-                         "mx": "mx.example.org", "ip": "192.0.2.1", "lane": "bulk"}], **extra}
+                         "mx": "mx.example.org", "ip": "192.0.2.1", "lane": "bulk", "tls": True,
+                         "cipher": "TLS_AES_256_GCM_SHA384"}], **extra}
 
 
 def test_events_are_found_by_id_recipient_and_tag_across_days(tmp_path) -> None:
@@ -36,7 +37,8 @@ def test_events_are_found_by_id_recipient_and_tag_across_days(tmp_path) -> None:
     assert store.by_id("m1", since=T0 + DAY)[0]["status"] == "bounced"
     text = render(store.by_id("m1"))
     assert text.splitlines()[0] == "m1 -> Jane@example.org (lane bulk, tags news, source shop)"
-    assert "bounced     attempt 1  rcpt  mx.example.org [192.0.2.1]  550 5.1.1 no such user" in text
+    assert "bounced     attempt 1  rcpt  mx.example.org [192.0.2.1]  550 5.1.1 no such user  TLS TLS_AES_256_GCM_SHA384" \
+        in text
 
 
 def test_pending_messages_are_stuck_until_a_final_event(tmp_path) -> None:
