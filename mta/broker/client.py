@@ -211,14 +211,11 @@ async def consume_bound(channel, queue: str, exchange: str, queue_type: str, pre
         await declared.consume(on_message)
 
 
-async def settle_up_to(message, done: bool) -> None:
-    """Acknowledge `message` and every earlier one of its channel (`done`), or give them back
-    to the queue; BrokerLost when the channel is gone."""
-    with mapped("acknowledging" if done else "giving back"):
-        if done:
-            await message.ack(multiple=True)
-        else:
-            await message.nack(multiple=True, requeue=True)
+async def ack_up_to(message) -> None:
+    """Acknowledge `message` and every earlier one of its channel; BrokerLost when the
+    channel is gone."""
+    with mapped("acknowledging"):
+        await message.ack(multiple=True)
 
 
 async def acknowledge(message) -> None:

@@ -264,7 +264,8 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "cluster": (Cluster, {"store": _store_url, "node": _node_name}),
     "suppression": (Suppression, {"hard_bounces": _bool, "complaints": _bool, "expire": _duration,
                                   "scope": _choice("global", "source", "sender_domain"), "store": _postgres_url}),
-    "tracking": (Tracking, {"enabled": _bool, "retention": _positive_duration, "stuck_after": _positive_duration}),
+    "tracking": (Tracking, {"enabled": _bool, "retention": _positive_duration, "stuck_after": _positive_duration,
+                            "store": _postgres_url}),
 }
 
 

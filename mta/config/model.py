@@ -103,6 +103,7 @@ class Tracking(msgspec.Struct, frozen=True):
     enabled: bool = True
     retention: float = 30 * 86400.0  # seconds events are kept (whole days are dropped)
     stuck_after: float = 3600.0  # seconds without an event before an unfinished message counts as stuck
+    store: str | None = None  # postgresql://...: one store for nodes on several machines
 
 
 class Policy(msgspec.Struct, frozen=True):

@@ -34,14 +34,20 @@ def add_parsers(sub) -> None:
     stuck.add_argument("--older", help="silent for longer than this (default: tracking.stuck_after)")
 
 
-def _store(config_path: str) -> EventStore | None:
+def _store(config_path: str):
+    """The event store the rules file names: PostgreSQL (`tracking.store`), else the SQLite
+    file beside it; None (said why) when the file cannot be read."""
     from mta.config import ConfigError, load_config
 
     try:
-        load_config(config_path)
+        url = load_config(config_path).tracking.store
     except (ConfigError, OSError) as exc:
         print(f"{config_path}: {exc}", file=sys.stderr)
         return None
+    if url:
+        from mta.tracking.shared import SharedEventsSync
+
+        return SharedEventsSync(url)
     return EventStore(path_for(config_path))
 
 

@@ -35,13 +35,44 @@ BATCH = 5000  # rows written at most at once
 PREFETCH = 10_000  # results taken from the broker before they are stored and acknowledged
 COUNT_EVERY = 10.0  # seconds between counts of stuck messages
 RETAIN_EVERY = 3600.0  # seconds between drops of old days
+RETRY = 5.0  # seconds between tries while the store does not take a batch
+MAX_LOCAL = 100_000  # the engine's own events kept while the store is away (the oldest go first)
+
+
+class InThread:
+    """A SQLite event store's calls, made in a thread (each store has its own connection)."""
+
+    def __init__(self, store: EventStore):
+        self.store = store
+        self.path = store.path
+
+    async def write(self, rows: list[tuple]) -> None:
+        await asyncio.to_thread(self.store.write, rows)
+
+    async def count_stuck(self, older: float, now: float) -> int:
+        return await asyncio.to_thread(self.store.count_stuck, older, now)
+
+    async def retain(self, keep: float, now: float) -> list[str]:
+        return await asyncio.to_thread(self.store.retain, keep, now)
+
+    async def close(self) -> None:
+        self.store.close()
+
+
+def stores(config, path: str) -> tuple:
+    """Two connections to the event store (one writes, one counts): PostgreSQL with
+    `tracking.store`, else the SQLite file at `path`."""
+    if config.store:
+        from mta.tracking.shared import SharedEvents
+
+        return SharedEvents(config.store), SharedEvents(config.store)
+    return InThread(EventStore(path)), InThread(EventStore(path))
 
 
 class Tracker:
     def __init__(self, config, path: str, url: str, queue_type: str, clock):
         self.config = config  # mta.config.Tracking
-        self.store = EventStore(path)
-        self.writer = EventStore(path)  # the thread's own connection
+        self.writer, self.store = stores(config, path)
         self.url, self.queue_type = url, queue_type
         self._wall, self._sleep = clock.wall, clock.sleep
         self.local: list[tuple] = []  # rows of what the engine saw itself
@@ -50,6 +81,7 @@ class Tracker:
         self.stuck = 0  # messages silent past stuck_after (the gauge)
         self.stored = 0
         self.down = False
+        self._retry_at = 0.0
 
     # ---- what the engine tells it (on the event loop, per message: a tuple appended)
 
@@ -72,11 +104,16 @@ class Tracker:
             consuming.cancel()
             await asyncio.gather(consuming, return_exceptions=True)
             await self.flush()
-            self.store.close()
-            self.writer.close()
+            await self.store.close()
+            await self.writer.close()
 
     async def flush(self) -> None:
-        """Write what came in, acknowledge the results written."""
+        """Write what came in, acknowledge the results written. When the store does not take
+        them, they are kept and tried again in RETRY seconds (the results stay unacknowledged:
+        past PREFETCH the broker keeps the rest); said once, and once when it works again."""
+        now = self._wall()
+        if now < self._retry_at:
+            return
         local, self.local = self.local, []
         results, self.results = self.results, []
         last, self.last = self.last, None
@@ -85,16 +122,23 @@ class Tracker:
             return
         try:
             for start in range(0, len(rows), BATCH):
-                await asyncio.to_thread(self.writer.write, rows[start:start + BATCH])
-        except Exception:
-            log.exception("event store %s: writing %d events failed; the results come back from the broker",
-                          self.writer.path, len(rows))
-            if last is not None:
-                await _settle(last, False)
+                await self.writer.write(rows[start:start + BATCH])
+        except Exception as exc:
+            if not self.down:
+                self.down = True
+                log.warning("event store %s: writing failed (%s: %s); the events wait, tried again every %.0fs",
+                            self.writer.path, type(exc).__name__, exc, RETRY)
+            self.local = (local + self.local)[-MAX_LOCAL:]
+            self.results = results + self.results
+            self.last = self.last or last
+            self._retry_at = now + RETRY
             return
+        if self.down:
+            self.down = False
+            log.warning("event store %s: writing works again", self.writer.path)
         self.stored += len(rows)
         if last is not None:
-            await _settle(last, True)
+            await _ack(last)
 
     async def _consume(self, stop: asyncio.Event) -> None:
         backoff = 1.0
@@ -145,10 +189,10 @@ class Tracker:
         while not stop.is_set():
             now = self._wall()
             try:
-                self.stuck = await asyncio.to_thread(self.store.count_stuck, self.config.stuck_after, now)
+                self.stuck = await self.store.count_stuck(self.config.stuck_after, now)
                 if now - retained >= RETAIN_EVERY:
                     retained = now
-                    dropped = await asyncio.to_thread(self.store.retain, self.config.retention, now)
+                    dropped = await self.store.retain(self.config.retention, now)
                     if dropped:
                         log.info("event store: dropped the days %s (retention)", ", ".join(dropped))
             except Exception:
@@ -156,8 +200,8 @@ class Tracker:
             await self._sleep(COUNT_EVERY)
 
 
-async def _settle(message, done: bool) -> None:
+async def _ack(message) -> None:
     try:
-        await client.settle_up_to(message, done)
+        await client.ack_up_to(message)
     except BrokerError:  # the channel closed: they come again (and are stored twice, both kept)
         pass

@@ -1,4 +1,4 @@
-"""Where is my message (SPEC §9), real broker and sinks: `mta trace` shows each step of a
+"""Where is my message (SPEC §9), real broker, sinks and (or) PostgreSQL: `mta trace` shows each step of a
 delivered, a bounced, a deferred-then-delivered, a paused-then-delivered and a suppressed
 message, by id, recipient and tag; `mta stuck` and `mta_stuck_messages` show a message
 accepted and silent (a paused destination) until it moves."""
@@ -13,6 +13,7 @@ import pytest
 
 from tests.testbed.amqp import ResultCollector, make_message, publish
 from tests.testbed.checks import run_id
+from tests.testbed.postgres import PostgresServer
 from tests.testbed.util import free_port, wait_for
 
 
@@ -38,11 +39,23 @@ def stuck_gauge(port: int) -> float:
     return float(re.search(r"^mta_stuck_messages (\S+)$", text, re.M)[1])
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request):
+    """Where the events go: the SQLite file beside the rules (the default), or PostgreSQL."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    server = PostgresServer()
+    server.start()
+    yield {"store": server.url}
+    server.remove()
+
+
 @pytest.mark.timeout(240)
-def test_trace_and_stuck(vhost, sinks, mta_config, start_mta):
+def test_trace_and_stuck(vhost, sinks, mta_config, start_mta, store):
     port = free_port()
     config = mta_config(default={"retry_intervals": ["1s"], "max_age": "10m"}, metrics={"port": port},
-                        tracking={"stuck_after": "2s"})
+                        tracking={"stuck_after": "2s", **store})
     node = start_mta(config)
     run = run_id()
     assert mta("pause", "ok2.test", "--config", config).returncode == 0
