@@ -11,7 +11,7 @@ import asyncio
 
 from mta.store.postgres import connect, create_schema, redact
 from mta.tracking.events import COLUMNS
-from mta.tracking.store import DAY, NOT_FINAL, day_of, normalize_recipient
+from mta.tracking.store import DAY, day_of, normalize_recipient, pending_changes
 
 TYPES = {"time": "DOUBLE PRECISION", "final": "SMALLINT", "attempts": "INTEGER", "code": "INTEGER"}
 PENDING = """
@@ -75,15 +75,14 @@ class SharedEvents:
                 tags = [(tag, r[1]) for r in day_rows if r[13] and r[3] == "accepted" for tag in r[13].split(",")]
                 if tags:
                     await self.db.copy_records_to_table(f"mta_event_tags_{day}", records=tags, columns=("tag", "id"))
-            finished = [r[1] for r in rows if r[4]]
+            finished, waiting = pending_changes(rows)
             if finished:
                 await self.db.execute("DELETE FROM mta_pending WHERE id = ANY($1::text[])", finished)
-            waiting = [(r[1], r[2], r[0], r[3], r[12]) for r in rows if not r[4] and r[3] in NOT_FINAL]
             if waiting:
                 await self.db.executemany(
                     "INSERT INTO mta_pending VALUES ($1, $2, $3, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET "
                     "last = GREATEST(mta_pending.last, excluded.last), status = excluded.status, "
-                    "description = excluded.description", waiting)
+                    "description = excluded.description", [(r[1], r[2], r[0], r[3], r[12]) for r in waiting])
 
     async def _select(self, where: str, arg, since: float | None, limit: int) -> list[dict]:
         days = [d for d in await self.days() if since is None or d >= day_of(since)]

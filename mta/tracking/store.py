@@ -29,6 +29,18 @@ CREATE INDEX IF NOT EXISTS pending_last ON pending (last);
 NOT_FINAL = ("accepted", "deferred", "held")
 
 
+def pending_changes(rows: list[tuple]) -> tuple[list[str], list[tuple]]:
+    """What a batch does to the pending messages, by each id's last row in it: the ids
+    finished (a final row, a late one too), and the rows of those still waiting (accepted,
+    deferred, held). An id accepted and finished in one batch is finished."""
+    last: dict[str, tuple] = {}
+    for r in rows:
+        if r[4] or r[3] in NOT_FINAL:
+            last[r[1]] = r
+    finished = [i for i, r in last.items() if r[4]]
+    return finished, [r for r in last.values() if not r[4]]
+
+
 def path_for(config_path: str | None) -> str | None:
     return None if config_path is None else config_path + ".events.sqlite"
 
@@ -90,14 +102,12 @@ class EventStore:
                 tags = [(tag, r[1]) for r in day_rows if r[13] and r[3] == "accepted" for tag in r[13].split(",")]
                 if tags:
                     self.db.executemany(f"INSERT INTO tags_{day} VALUES (?, ?)", tags)
-            for r in rows:
-                if r[4]:  # final (a late one too): finished
-                    self.db.execute("DELETE FROM pending WHERE id = ?", (r[1],))
-                elif r[3] in NOT_FINAL:
-                    self.db.execute(
-                        "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET last = "
-                        "MAX(last, excluded.last), status = excluded.status, description = excluded.description",
-                        (r[1], r[2], r[0], r[0], r[3], r[12]))
+            finished, waiting = pending_changes(rows)
+            self.db.executemany("DELETE FROM pending WHERE id = ?", [(i,) for i in finished])
+            self.db.executemany(
+                "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET last = "
+                "MAX(last, excluded.last), status = excluded.status, description = excluded.description",
+                [(r[1], r[2], r[0], r[0], r[3], r[12]) for r in waiting])
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
