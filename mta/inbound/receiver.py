@@ -1,7 +1,9 @@
 """What an inbound listener does with a mail it accepted (SPEC §8).
 
-A mail is read off the event loop (mta.inbound.reports, at most a few milliseconds) once
-per recipient it came for: each of our VERP addresses names another message. Then:
+A mail is read once, off the event loop (mta.inbound.reports, bounded), then matched
+once per recipient it came for: each of our VERP addresses names another message. A
+result (id, recipient, status) is made once per mail, however many of our addresses the
+mail came to, and at most MAX_RESULTS of them. Then:
 
 * a bounce about one of our messages: one result `bounced` with `late: true` per failed
   recipient it names (with VERP: the recipient the address names); a hard one puts the
@@ -32,13 +34,13 @@ import orjson
 
 from mta.broker.publish import Publish
 from mta.broker.topology import RESULTS, UNMATCHED
-from mta.inbound.reports import Report, parse_report
+from mta.inbound.reports import Report, parse_reports
 from mta.inbound.status import reply_code
 from mta.settle.results import DESCRIPTION_MAX, rfc3339
 
 log = logging.getLogger("mta.inbound")
 
-MAX_RESULTS = 100  # results made from one report at most (a DSN may name many recipients)
+MAX_RESULTS = 100  # results made from one mail at most (a DSN may name many recipients, a mail have many RCPT TOs)
 OUTCOMES = ("bounced", "complaint", "delay", "auto_reply", "unmatched")
 
 
@@ -54,8 +56,10 @@ class Receiver:
     async def received(self, content: bytes, mail_from: str, rcpt_tos: list[str], peer: str) -> str:
         """The reply to the sender's final dot."""
         publishes, entries, outcomes = [], [], []
-        for rcpt in dict.fromkeys(rcpt_tos):
-            report = await asyncio.to_thread(parse_report, content, rcpt, self.verp)
+        rcpts = list(dict.fromkeys(rcpt_tos))
+        reports = await asyncio.to_thread(parse_reports, content, rcpts, self.verp)  # one parse
+        made: set[tuple] = set()  # (id, recipient, status): the same report to several of our addresses
+        for rcpt, report in zip(rcpts, reports):
             outcome, docs = self._results(report, mail_from, peer)
             outcomes.append(outcome)
             if outcome == "unmatched":
@@ -63,6 +67,10 @@ class Receiver:
                     publishes.append(self._kept(content, report, mail_from, rcpt, peer))
                 continue
             for doc, entry in docs:
+                key = (doc["id"], doc["recipient"].lower(), doc["status"])
+                if key in made or len(made) >= MAX_RESULTS:
+                    continue
+                made.add(key)
                 publishes.append(Publish(RESULTS, doc["status"], orjson.dumps(doc)))
                 if entry is not None:
                     entries.append(entry)

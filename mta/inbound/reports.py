@@ -43,7 +43,7 @@ from mta.inbound.plain import parse_plain, report_text, returned_copy
 from mta.inbound.status import Recipient, enhanced_in, judge, reply_code
 from mta.inbound.verp import VerpConfig, verp_decode
 
-__all__ = ["Recipient", "Report", "VerpConfig", "parse_report"]
+__all__ = ["Recipient", "Report", "VerpConfig", "parse_report", "parse_reports"]
 
 MAX_NAMED = 100  # recipients read from X-Failed-Recipients
 RETURNED_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers",
@@ -99,13 +99,41 @@ def parse_report(data: bytes, envelope_recipient: str | None = None,
                  verp: VerpConfig | None = None) -> Report:
     """Read one inbound mail. `envelope_recipient` is its RCPT TO; with `verp`, an
     address made by `verp_address` there names the message and recipient."""
+    return parse_reports(data, [envelope_recipient], verp)[0]
+
+
+def parse_reports(data: bytes, envelope_recipients: list[str | None],
+                  verp: VerpConfig | None = None) -> list[Report]:
+    """What one mail reports for each of its RCPT TOs. The mail is parsed once, however
+    many recipients it came for: only what the report is about differs between them."""
     try:
-        return _parse(bytes(data), envelope_recipient, verp)
+        read = _read(bytes(data))
     except Exception as error:  # never raise: the caller keeps what we cannot read
-        return Report(kind="unknown", reason=f"could not be read: {type(error).__name__}")
+        return [_unreadable(error)] * len(envelope_recipients)
+    if isinstance(read, Report):
+        return [read] * len(envelope_recipients)
+    reports = []
+    for envelope_recipient in envelope_recipients:
+        try:
+            reports.append(_about(read, envelope_recipient, verp))
+        except Exception as error:
+            reports.append(_unreadable(error))
+    return reports
 
 
-def _parse(data: bytes, envelope_recipient: str | None, verp: VerpConfig | None) -> Report:
+def _unreadable(error: Exception) -> Report:
+    return Report(kind="unknown", reason=f"could not be read: {type(error).__name__}")
+
+
+class _Read(msgspec.Struct, frozen=True):
+    """A mail read, before it is known which of our addresses it came to."""
+    report: Report
+    original: Message | None  # the returned copy's headers
+    body: str  # the first text part
+    bounce_unread: bool  # looks like a bounce, but neither its structure nor its text says for whom
+
+
+def _read(data: bytes) -> _Read | Report:
     if not data.strip():
         return Report(kind="unknown", reason="empty")
     msg = mime.load(data)
@@ -117,10 +145,14 @@ def _parse(data: bytes, envelope_recipient: str | None, verp: VerpConfig | None)
     if original is None and body:
         original = _copy_in_text(body)
     report = _classify(msg, parts, body, original)
-    report = _identify(report, original, envelope_recipient, verp)
     unread = report.kind == "unknown" and parts.status is None and parts.feedback is None
-    if unread and report.original_recipient and _looks_bounced(msg):
-        return _verp_bounce(report, body)
+    return _Read(report, original, body, unread and _looks_bounced(msg))
+
+
+def _about(read: _Read, envelope_recipient: str | None, verp: VerpConfig | None) -> Report:
+    report = _identify(read.report, read.original, envelope_recipient, verp)
+    if read.bounce_unread and report.original_recipient:
+        return _verp_bounce(report, read.body)
     return report
 
 

@@ -96,3 +96,30 @@ def test_one_mail_to_two_verp_addresses_is_two_results() -> None:
     docs = [orjson.loads(p.body) for p in broker.published]
     assert [(d["id"], d["recipient"]) for d in docs] == [
         ("7f3c1a52-9b1e-4c57-8d2a-1e4f5a6b7c8d", "nobody.here@gmail.com"), ("second-id", "someone.else@gmail.com")]
+
+
+def test_a_report_sent_to_many_addresses_makes_each_result_once() -> None:
+    # A DSN matched by its X-Mta-Id (no VERP address among the recipients) names two
+    # failed recipients; the same mail to 100 of our addresses is still those two results
+    # and one entry, not 200 results and 100 writes to the list.
+    broker = Broker()
+    receiver, suppression = _receiver(broker)
+    data = (SAMPLES / "postfix_dsn.eml").read_bytes()
+    rcpts = [f"fbl{i}@bounces.example" for i in range(100)]
+    assert asyncio.run(receiver.received(data, "", rcpts, "192.0.2.1")).startswith("250 ")
+    docs = [orjson.loads(p.body) for p in broker.published]
+    assert sorted((d["id"], d["recipient"], d["bounce"]) for d in docs) == [
+        ("invite-881", "alice@example.com", "hard"), ("invite-881", "bob@example.com", "soft")]
+    assert receiver.suppressed == {"hard_bounce": 1}
+
+
+def test_a_mail_is_read_once_whatever_its_recipients(monkeypatch) -> None:
+    from mta.inbound import mime
+
+    loads = []
+    real = mime.load
+    monkeypatch.setattr(mime, "load", lambda data: loads.append(len(data)) or real(data))
+    receiver, _ = _receiver(Broker())
+    rcpts = [verp_address(VERP, f"id-{i}", f"user{i}@gmail.com") for i in range(100)]
+    assert asyncio.run(receiver.received(_gmail(), "", rcpts, "192.0.2.1")).startswith("250 ")
+    assert len(loads) == 1
