@@ -123,3 +123,33 @@ def test_a_mail_is_read_once_whatever_its_recipients(monkeypatch) -> None:
     rcpts = [verp_address(VERP, f"id-{i}", f"user{i}@gmail.com") for i in range(100)]
     assert asyncio.run(receiver.received(_gmail(), "", rcpts, "192.0.2.1")).startswith("250 ")
     assert len(loads) == 1
+
+
+def test_mails_arriving_together_are_read_one_at_a_time(monkeypatch) -> None:
+    # Parsing holds the GIL: however many connections deliver at once, one thread reads,
+    # so the event loop and the threads the rest of the engine uses keep their share.
+    import threading
+    import time
+
+    from mta.inbound import receiver as module
+
+    lock, running, most = threading.Lock(), [0], [0]
+    real = module.parse_reports
+
+    def parse(*args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)  # a long parse, so that the calls would overlap if they could
+        with lock:
+            running[0] -= 1
+        return real(*args)
+
+    monkeypatch.setattr(module, "parse_reports", parse)
+    receiver, _ = _receiver(Broker())
+
+    async def many():
+        return await asyncio.gather(*(receiver.received(_gmail(), "", [GMAIL_VERP], "192.0.2.1") for _ in range(6)))
+
+    assert all(reply.startswith("250 ") for reply in asyncio.run(many()))
+    assert most[0] == 1
