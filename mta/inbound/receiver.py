@@ -61,7 +61,8 @@ class Receiver:
     async def received(self, content: bytes, mail_from: str, rcpt_tos: list[str], peer: str) -> str:
         """The reply to the sender's final dot."""
         publishes, entries, outcomes = [], [], []
-        rcpts = list(dict.fromkeys(rcpt_tos))
+        mail_from = _text(mail_from)
+        rcpts = list(dict.fromkeys(_text(rcpt) for rcpt in rcpt_tos))
         reports = await asyncio.get_running_loop().run_in_executor(_READING, parse_reports, content, rcpts, self.verp)
         made: set[tuple] = set()  # (id, recipient, status): the same report to several of our addresses
         for rcpt, report in zip(rcpts, reports):
@@ -151,3 +152,8 @@ class Receiver:
             headers["message_id"] = report.message_id[:500]
         return Publish("", UNMATCHED, bytes(content), headers)
 
+
+def _text(address: str) -> str:
+    """An envelope address as JSON and AMQP carry it: octets that are not UTF-8 (kept by
+    aiosmtpd as lone surrogates) become U+FFFD."""
+    return address.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

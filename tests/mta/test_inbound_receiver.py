@@ -153,3 +153,24 @@ def test_mails_arriving_together_are_read_one_at_a_time(monkeypatch) -> None:
 
     assert all(reply.startswith("250 ") for reply in asyncio.run(many()))
     assert most[0] == 1
+
+
+def test_octets_that_are_not_utf8_in_the_envelope_do_not_lose_the_report() -> None:
+    # aiosmtpd keeps such octets as lone surrogates, which neither JSON nor AMQP carries:
+    # the report raised (500, and the sender gives up) or its kept copy got 451 forever.
+    from mta.broker.publish import marshal
+
+    broker = Broker()
+    receiver, _ = _receiver(broker)
+    junk = (SAMPLES / "junk_text.eml").read_bytes()
+    odd = "bounces+abc=n\udcffbody=gmail.com@bounces.example"
+    for data, mail_from, rcpt in ((_gmail(), "mailer-daemon@gm\udce4il.example", GMAIL_VERP),
+                                  (junk, "x\udcff@a.example", "fbl@bounces.example"), (_gmail(), "", odd)):
+        assert asyncio.run(receiver.received(data, mail_from, [rcpt], "192.0.2.1")).startswith("250 ")
+    for publish in broker.published:
+        marshal(1, publish, "m1", 131072)  # raises Unencodable for what AMQP cannot carry
+    docs = [orjson.loads(p.body) for p in broker.published if p.exchange == "mta.results"]
+    assert [d["report"]["from"] for d in docs] == ["mailer-daemon@gm\ufffdil.example", ""]
+    assert docs[1]["recipient"] == "n\ufffdbody@gmail.com"
+    [kept] = [p for p in broker.published if p.exchange == ""]
+    assert kept.headers["mail_from"] == "x\ufffd@a.example"
