@@ -8,7 +8,8 @@ structure first; then the known plain-text bounces (`plain`); then any bounce th
 its failed recipients in an X-Failed-Recipients header (Exim, Gmail), in any language.
 Only then the signs of an auto-reply, because bounces carry them too (Postfix and Exim
 put "Auto-Submitted: auto-replied" on their bounces), and never on a mail that looks like
-a bounce. Last, a mail sent to one of our VERP addresses that looks like a bounce (a
+a bounce: from a mailer-daemon, or with a subject that starts with a bounce's words (an
+auto-reply quotes the subject it answers, which may hold them further on). Last, a mail sent to one of our VERP addresses that looks like a bounce (a
 mailer-daemon sender, an "Undeliverable" subject) is one, for the recipient the address
 names, even when its text is useless.
 
@@ -209,8 +210,13 @@ def _auto_reply(msg: Message) -> str:
 
 
 def _looks_bounced(msg: Message) -> bool:
-    return bool(_BOUNCE_SUBJECT.search(mime.header(msg, "Subject"))
-                or _DAEMON.search(mime.header(msg, "From")))
+    """A mailer-daemon's mail, or a subject with a bounce's words. An auto-reply quotes the
+    subject it answers ("Automatic reply: Delivery status of your order"): in a mail with
+    the signs of one, the words count only where the subject starts."""
+    if _DAEMON.search(mime.header(msg, "From")):
+        return True
+    found = _BOUNCE_SUBJECT.search(mime.header(msg, "Subject"))
+    return found is not None and (found.start() == 0 or not _auto_reply(msg))
 
 
 def _failed_recipients(msg: Message) -> tuple[str, ...]:

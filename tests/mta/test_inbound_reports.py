@@ -231,6 +231,28 @@ def test_signs_of_an_auto_reply(header: bytes) -> None:
     assert parse_report(data).kind == "auto_reply"
 
 
+@pytest.mark.parametrize("subject, sign", [
+    (b"Automatic reply: Delivery status of your order 1234", b"Auto-Submitted: auto-replied"),
+    (b"Out of Office: Your parcel was not delivered", b"X-MS-Exchange-Inbox-Rules-Loop: heidi@corp.example"),
+    (b"Re: Delivery problem with order 1234", b"X-Autoreply: yes"),
+])
+def test_an_auto_reply_quoting_bounce_words_in_its_subject_is_no_bounce(subject: bytes, sign: bytes) -> None:
+    # Auto-replies go to the envelope sender, our VERP address, and quote the subject they
+    # answer: a shop's "Delivery status of your order" must not come back as a late bounce.
+    envelope = "bounces+77777777-8888-4999-aaaa-bbbbccccdddd=heidi=corp.example@bounces.example"
+    data = sample("out_of_office.eml").replace(b"Auto-Submitted: auto-replied\n", sign + b"\n")
+    data = data.replace(b"Subject: Automatic reply: Your weekly deals", b"Subject: " + subject)
+    report = parse_report(data, envelope, VERP)
+    assert (report.kind, report.recipients) == ("auto_reply", ())
+
+
+def test_a_bounce_whose_subject_starts_with_its_words_is_one_despite_auto_reply_signs() -> None:
+    envelope = "bounces+1234abcd-0000-4000-8000-000000000001=kim=tiny-isp.example@bounces.example"
+    data = sample("verp_useless.eml").replace(b"From: postmaster@", b"From: robot@")
+    data = data.replace(b"Subject:", b"Auto-Submitted: auto-replied\nSubject:")
+    assert parse_report(data, envelope, VERP).kind == "bounce"
+
+
 def test_bounces_with_auto_submitted_are_still_bounces() -> None:
     assert read("postfix_dsn.eml").kind == "bounce"  # it says Auto-Submitted: auto-replied
     assert read("exim.eml").kind == "bounce"
