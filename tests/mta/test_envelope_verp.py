@@ -91,3 +91,14 @@ def test_a_retry_copy_leaves_as_the_first_did() -> None:
     retry = admitted({**carried(first), **death}, id=None, extra="changes the body")
     assert retry.attempts == 1 and retry.id == first.id
     assert retry.mail_from == first.mail_from == f"bounces+{first.id}=jane.doe=example.org@bounces.example"
+
+
+def test_smtputf8_follows_the_address_on_the_wire() -> None:
+    # A producer's non-ASCII sender does not go out behind VERP: no SMTPUTF8 needed for it
+    # (asking for it bounced the message at every receiver without SMTPUTF8).
+    job = admitted(envelope="jürgen@sender.example")
+    assert _commands(Session(), job) == ("bounces+m-1=jane.doe=example.org@bounces.example", False)
+    job = admitted(recipient="jürgen@example.org")
+    assert _commands(Session(), job) == ("bounces+m-1=jürgen=example.org@bounces.example", True)
+    job = admitted(envelope="jürgen@sender.example", recipient='"john doe"@example.org')
+    assert _commands(Session(), job) == ("jürgen@sender.example", True)
