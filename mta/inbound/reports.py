@@ -40,7 +40,7 @@ import msgspec
 from mta.inbound import mime
 from mta.inbound.arf import FEEDBACK_TYPES, NOT_COMPLAINTS, parse_feedback
 from mta.inbound.dsn import STATUS_TYPES, parse_dsn
-from mta.inbound.plain import parse_plain, report_text, returned_copy
+from mta.inbound.plain import parse_plain, report_text, returned_copy, says_delayed
 from mta.inbound.status import Recipient, enhanced_in, judge, reply_code
 from mta.inbound.verp import VerpConfig, verp_decode
 
@@ -227,12 +227,13 @@ def _failed_recipients(msg: Message) -> tuple[str, ...]:
 
 def _unread_bounce(addresses: tuple[str, ...], body: str, reason: str) -> Report:
     """A bounce whose text we cannot read, for recipients known otherwise. The first reply
-    code in its text is taken as the reason only when there is one recipient to give it to."""
+    code in its text is taken as the reason only when there is one recipient to give it to.
+    Without a status, the words of a delay warning make it one."""
     text = " ".join(report_text(body).split())[:mime.MAX_SCAN]
     code, start = reply_code(text)
     status = enhanced_in(text) if len(addresses) == 1 else None
     diagnostic = text[start:] if code is not None and len(addresses) == 1 else ""
-    delayed = status is not None and status.startswith("4.")
+    delayed = status.startswith("4.") if status is not None else says_delayed(text)
     action = "delayed" if delayed else "failed"
     return Report(kind="delay" if delayed else "bounce", reason=reason,
                   recipients=tuple(judge(a, action, status, diagnostic) for a in addresses))

@@ -272,6 +272,19 @@ def test_a_useless_bounce_to_a_verp_address_is_a_bounce_for_the_verp_recipient()
     assert parse_report(marked, envelope, VERP).kind == "bounce"
 
 
+def test_a_useless_delay_warning_to_a_verp_address_is_a_delay() -> None:
+    # A warning in words only (no DSN, no status code): the message is late, not bounced.
+    envelope = "bounces+1234abcd-0000-4000-8000-000000000001=kim=tiny-isp.example@bounces.example"
+    data = sample("verp_useless.eml").replace(b"Subject: Returned mail: see transcript for details",
+                                              b"Subject: Delivery Status Notification (Delay)")
+    data = data.replace(b"Your mail could not be delivered. Sorry.\nReason: 550 5.1.1 mailbox unavailable",
+                        b"THIS IS A WARNING ONLY. Your message has not yet been delivered;\n"
+                        b"the mail system will keep trying for 4 more days.\nReason: connection timed out")
+    assert b"WARNING ONLY" in data
+    report = parse_report(data, envelope, VERP)
+    assert (report.kind, [r.action for r in report.recipients]) == ("delay", ["delayed"])
+
+
 def test_a_bounce_forwarded_as_an_attachment_is_not_ours() -> None:
     dsn = sample("postfix_dsn.eml")
     data = (b"From: someone@example.org\nTo: fbl@bounces.example\nSubject: Fwd: look at this\n"
