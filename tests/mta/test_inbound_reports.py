@@ -149,7 +149,10 @@ def test_a_5_1_1_that_speaks_of_blocking_and_spam_is_not_hard() -> None:
 
 @pytest.mark.parametrize("words", ["550 5.1.1 rate limit exceeded", "550 5.1.1 SPAM detected",
                                    "550 5.1.1 rejected by policy", "550 5.1.1 Blocked: listed at zen",
-                                   "550 5.7.1 user unknown", "452 4.1.1 user unknown later"])
+                                   "550 5.7.1 user unknown", "452 4.1.1 user unknown later",
+                                   # about our sender, not the recipient (a VERP domain without MX)
+                                   "550 5.1.0 <bounces+x=a=example.org@bounces.example>: Sender address rejected: "
+                                   "Domain not found", "553 5.1.0 sender verify failed"])
 def test_not_hard_despite_looking_like_it(words: str) -> None:
     assert judge("a@example.org", "failed", None, words).hard is False
 
