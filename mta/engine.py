@@ -93,7 +93,7 @@ class Engine:
                                                                              self.pauses, clock)
         self.off_loop = OffLoop()  # big bodies' decode
         self.intake = Intake(clock, self.counts, config.smtp.max_message_size, self.off_loop, self.router,
-                             self.outcomes)
+                             self.outcomes, verp=config.envelope_verp)
         self.signer = None
         if config.dkim:  # (imported only then, as the cluster below: a start's CPU)
             from mta.dkim.signer import Signer, load_keys
@@ -138,7 +138,7 @@ class Engine:
 
     @stopping.setter
     def stopping(self, stopping: bool) -> None:
-        self.intake.stopping, self.intake.verp = stopping, self.config.envelope_verp  # verp: SPEC §8
+        self.intake.stopping = stopping
 
     # ---- broker sessions
 

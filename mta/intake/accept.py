@@ -32,7 +32,7 @@ MAX_ADDRESS = 254  # octets of an envelope address (a path of 256 with its brack
 
 class Intake:
     def __init__(self, clock, counts: dict[str, int], max_size: int, off_loop: OffLoop, router: Router,
-                 outcomes: Outcomes):
+                 outcomes: Outcomes, verp=None):
         self.clock = clock  # the wall time
         self.counts = counts
         self.max_size = max_size  # smtp.max_message_size: a reload does not change it
@@ -44,7 +44,7 @@ class Intake:
         self.stopping = False
         self.recall = None  # several nodes: (job, book, tag) for a redelivered copy (mta.cluster)
         self.suppression = None  # the suppression list (mta.suppression.service), set by the engine
-        self.verp = None  # envelope_verp (mta.config.VerpConfig): each message's own envelope sender
+        self.verp = verp  # envelope_verp (mta.config.VerpConfig): each message's own envelope sender (a reload keeps it)
 
     def taker(self, lane: str, book: AckBook):
         """What a lane's consumer calls with each delivery (entered in `book` already)."""

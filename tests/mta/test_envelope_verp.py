@@ -38,8 +38,7 @@ def admitted(headers: dict | None = None, **fields):
     doc = {"recipient": "jane.doe@Example.ORG", "envelope": "shop@sender.example", "mime": MIME, "id": "m-1"}
     doc.update(fields)
     doc = {k: v for k, v in doc.items() if v is not None}
-    intake = Intake(lambda: NOW, {}, 10**7, None, Router(), None)
-    intake.verp = VERP
+    intake = Intake(lambda: NOW, {}, 10**7, None, Router(), None, verp=VERP)
     job = decode(orjson.dumps(doc), headers or {}, "bulk", NOW)
     intake.admitted(job)
     assert intake.router.routed == [job]
