@@ -111,6 +111,9 @@ class Suppression:
         async with self._reporting:
             if self._reports is None:
                 self._reports = Store(self.writer.path)
+                # The 250 promises the entry: each commit waits for the disk (the list's
+                # own synchronous=NORMAL in WAL mode may lose the last ones to a power loss).
+                self._reports.db.execute("PRAGMA synchronous=FULL")
             await asyncio.to_thread(self._reports.add, [entry], now)
         self.index.add(key_of("global", address))
         return True

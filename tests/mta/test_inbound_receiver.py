@@ -174,3 +174,13 @@ def test_octets_that_are_not_utf8_in_the_envelope_do_not_lose_the_report() -> No
     assert docs[1]["recipient"] == "n\ufffdbody@gmail.com"
     [kept] = [p for p in broker.published if p.exchange == ""]
     assert kept.headers["mail_from"] == "x\ufffd@a.example"
+
+
+def test_entries_from_reports_reach_the_disk_before_the_reply(tmp_path) -> None:
+    # The list's own writes use WAL with synchronous=NORMAL, which a power loss may undo;
+    # an entry from a report is promised by the 250, so its commit waits for the disk.
+    suppression = Suppression(SuppressionConfig(), str(tmp_path / "rules.yaml"), SYSTEM)
+    suppression.load()
+    assert asyncio.run(suppression.report("a@example.org", "hard_bounce", "m-1"))
+    assert suppression._reports.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert suppression.reader.get_key(key("global", "a@example.org"))["reason"] == "hard_bounce"
