@@ -18,6 +18,7 @@ import itertools
 import logging
 
 from mta.inbound.status import is_hard
+from mta.intake.idn import a_labels
 from mta.suppression.index import Index
 from mta.suppression.keys import key_of, normalize, scope_name
 from mta.suppression.store import Store, path_for
@@ -105,7 +106,7 @@ class Suppression:
         if not (self.config.hard_bounces if reason == "hard_bounce" else self.config.complaints):
             return False
         now = self._wall()
-        address = normalize(address)
+        address = _ascii_form(normalize(address))
         entry = {"address": address, "scope": "global", "reason": reason, "since": now,
                  "message_id": message_id, "expires": now + self.config.expire if self.config.expire else None}
         async with self._reporting:
@@ -149,3 +150,12 @@ class Suppression:
         self.writer.close()
         if self._reports is not None:
             self._reports.close()
+
+
+def _ascii_form(address: str) -> str:
+    """A reported address as `check` looks it up: its domain in A-labels, as intake gives
+    every message's (an SMTPUTF8 report names it as the receiver wrote it)."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    return f"{local}@{a_labels(domain) or domain}"

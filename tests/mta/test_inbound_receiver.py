@@ -184,3 +184,19 @@ def test_entries_from_reports_reach_the_disk_before_the_reply(tmp_path) -> None:
     assert asyncio.run(suppression.report("a@example.org", "hard_bounce", "m-1"))
     assert suppression._reports.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert suppression.reader.get_key(key("global", "a@example.org"))["reason"] == "hard_bounce"
+
+
+def test_an_entry_from_a_report_naming_an_international_domain_suppresses_the_next_message() -> None:
+    # An SMTPUTF8 DSN names the recipient as the receiver wrote it (U-labels, any case);
+    # the list is looked up by the A-label domain intake gives every message.
+    import orjson as json
+
+    from mta.intake.message import decode
+
+    suppression = Suppression(SuppressionConfig(), None, SYSTEM)
+    suppression.load()
+    assert asyncio.run(suppression.report("jürgen@Bücher.Example", "hard_bounce", "m-1"))
+    job = decode(json.dumps({"recipient": "jürgen@bücher.example", "envelope": "", "mime": "Subject: x\n\nx\n"}),
+                 {}, "bulk", 1_700_000_000.0)
+    entry = suppression.check(job)
+    assert entry is not None and entry["message_id"] == "m-1"
