@@ -98,11 +98,8 @@ class Receiver:
         return "250 2.0.0 Report taken" if "unmatched" not in outcomes else "250 2.0.0 Kept for inspection"
 
     async def _suppress(self, entries: list[tuple[str, str, str]]) -> None:
-        if self.suppression is None:
-            return
-        for address, reason, message_id in entries:
-            if await self.suppression.report(address, reason, message_id):
-                self.suppressed[reason] += 1
+        if self.suppression is not None and entries:
+            self.suppressed.update(await self.suppression.report(entries))
 
     def _results(self, report: Report, mail_from: str, peer: str) -> tuple[str, list]:
         """What became of the report, and its results (doc, list entry or None)."""

@@ -181,7 +181,7 @@ def test_entries_from_reports_reach_the_disk_before_the_reply(tmp_path) -> None:
     # an entry from a report is promised by the 250, so its commit waits for the disk.
     suppression = Suppression(SuppressionConfig(), str(tmp_path / "rules.yaml"), SYSTEM)
     suppression.load()
-    assert asyncio.run(suppression.report("a@example.org", "hard_bounce", "m-1"))
+    assert asyncio.run(suppression.report([("a@example.org", "hard_bounce", "m-1")])) == {"hard_bounce": 1}
     assert suppression._reports.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert suppression.reader.get_key(key("global", "a@example.org"))["reason"] == "hard_bounce"
 
@@ -195,8 +195,25 @@ def test_an_entry_from_a_report_naming_an_international_domain_suppresses_the_ne
 
     suppression = Suppression(SuppressionConfig(), None, SYSTEM)
     suppression.load()
-    assert asyncio.run(suppression.report("jürgen@Bücher.Example", "hard_bounce", "m-1"))
+    assert asyncio.run(suppression.report([("jürgen@Bücher.Example", "hard_bounce", "m-1")]))
     job = decode(json.dumps({"recipient": "jürgen@bücher.example", "envelope": "", "mime": "Subject: x\n\nx\n"}),
                  {}, "bulk", 1_700_000_000.0)
     entry = suppression.check(job)
     assert entry is not None and entry["message_id"] == "m-1"
+
+
+def test_a_reports_entries_are_written_in_one_transaction(monkeypatch) -> None:
+    # One commit (one wait for the disk) per mail, not per entry: the writes of every
+    # listener's reports wait in one line.
+    from mta.suppression.store import Store
+
+    writes = []
+    real = Store.add
+    monkeypatch.setattr(Store, "add", lambda self, entries, now: writes.append(list(entries)) or real(self, entries, now))
+    suppression = Suppression(SuppressionConfig(complaints=False), None, SYSTEM)
+    suppression.load()
+    added = asyncio.run(suppression.report([("a@example.org", "hard_bounce", "m-1"), ("b@example.org", "complaint", "m-2"),
+                                            ("c@example.org", "hard_bounce", "m-3")]))
+    assert added == {"hard_bounce": 2}  # complaints are off
+    assert [[e["address"] for e in w] for w in writes] == [["a@example.org", "c@example.org"]]
+    assert key("global", "c@example.org") in suppression.index and key("global", "b@example.org") not in suppression.index
