@@ -10,8 +10,9 @@ Bounds: at most `MAX_INPUT` octets are parsed (a report's own parts come first; 
 follows is the returned copy of the original, of which only the headers matter), and
 the input is cut before its `MAX_MULTIPARTS`-th multipart, since the parser recurses once
 per nesting level and slows down with each, and before its `MAX_DASH_LINES`-th line that
-may be a boundary (800,000 empty parts took the parser 8 s; a report has a handful). Text is read up to `MAX_SCAN` octets a part,
-a header value (and its parameters) up to `MAX_HEADER` characters.
+may be a boundary (800,000 empty parts took the parser 8 s; a report has a handful).
+Text is read up to `MAX_SCAN` octets a part, a header value (and its parameters) up to
+`MAX_HEADER` characters.
 """
 
 from __future__ import annotations

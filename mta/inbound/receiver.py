@@ -41,7 +41,7 @@ from mta.settle.results import DESCRIPTION_MAX, rfc3339
 
 log = logging.getLogger("mta.inbound")
 
-MAX_RESULTS = 100  # results made from one mail at most (a DSN may name many recipients, a mail have many RCPT TOs)
+MAX_RESULTS = 100  # results made from one mail at most (a DSN names many recipients, a mail has many RCPT TOs)
 OUTCOMES = ("bounced", "complaint", "delay", "auto_reply", "unmatched")
 # Parsing holds the GIL (up to about a second for MAX_INPUT of short lines): one thread
 # for all inbound mail, so a flood of it waits its turn there, and neither the event loop

@@ -9,9 +9,10 @@ its failed recipients in an X-Failed-Recipients header (Exim, Gmail), in any lan
 Only then the signs of an auto-reply, because bounces carry them too (Postfix and Exim
 put "Auto-Submitted: auto-replied" on their bounces), and never on a mail that looks like
 a bounce: from a mailer-daemon, or with a subject that starts with a bounce's words (an
-auto-reply quotes the subject it answers, which may hold them further on). Last, a mail sent to one of our VERP addresses that looks like a bounce (a
-mailer-daemon sender, an "Undeliverable" subject) is one, for the recipient the address
-names, even when its text is useless.
+auto-reply quotes the subject it answers, which may hold them further on). Last, a mail
+sent to one of our VERP addresses that looks like a bounce (a mailer-daemon sender, an
+"Undeliverable" subject) is one, for the recipient the address names, even when its
+text is useless; unless its words say it is only a delay warning.
 
 A report may name other recipients than its VERP address does (a forward's final
 address): `recipients` is what the report says, `original_recipient` whom we sent to.

@@ -7,8 +7,8 @@ results, list entries or a kept copy (mta.inbound.receiver). No AUTH is offered.
 
 Bounded: `max_connections` at once (421 beyond), half of them at most from one client
 (an IPv4 address or an IPv6 /64: anyone may connect, and one host holding every
-connection open would have everyone else's bounces refused), 100 recipients per mail, the listener's
-`max_message_size`, aiosmtpd's command limits and timeouts. The mail is read like a
+connection open would have everyone else's bounces refused), 100 recipients per mail,
+the listener's `max_message_size`, aiosmtpd's command limits and timeouts. The mail is read like a
 submission (mta.submission.server.read_data): up to the lone dot, without a line length
 limit (bounces return long HTML lines).
 """
