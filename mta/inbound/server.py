@@ -59,6 +59,12 @@ class Reports:
     def refuse(self, why: str) -> None:
         self.refused[why] = self.refused.get(why, 0) + 1
 
+    async def handle_exception(self, error: Exception) -> str:
+        """What no check foresaw: logged here, and the sender hears only to try again
+        (aiosmtpd's own answer is a 500 with the error's text, and the report is lost)."""
+        log.error("inbound %s: unexpected error", self.listener.address, exc_info=error)
+        return "451 4.3.0 Local error, try again later"
+
     async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str, options) -> str:
         domain = address.rpartition("@")[2].rstrip(".").lower()
         if not allowed(domain, self.listener.domains):
@@ -133,7 +139,10 @@ class InboundServer(SMTP):
             status = "552 5.3.4 Message too big"
         else:
             peer = self.session.peer[0] if isinstance(self.session.peer, tuple) else str(self.session.peer)
-            status = await self.reports.receiver.received(content, self.envelope.mail_from or "",
-                                                          list(self.envelope.rcpt_tos), peer)
+            try:
+                status = await self.reports.receiver.received(content, self.envelope.mail_from or "",
+                                                              list(self.envelope.rcpt_tos), peer)
+            except Exception as error:  # the sender keeps its copy and tries again
+                status = await self.reports.handle_exception(error)
         self._set_post_data_state()
         await self.push(status)
