@@ -86,7 +86,7 @@ class Receiver:
             if isinstance(answers, str) or refused:
                 why = answers if isinstance(answers, str) else f"the broker refused: {refused[0]}"
                 log.warning("inbound: mail from <%s> (%s) not taken: %s", mail_from, peer, why)
-                if refused and "unmatched" in outcomes:  # its queue is full (UNMATCHED_MAX)
+                if refused and "unmatched" in outcomes:  # its queue is full (UNMATCHED_MAX or _BYTES)
                     return "452 4.3.1 Too many reports wait for inspection, try again later"
                 return "451 4.3.0 Cannot keep this report now, try again later"
         try:
