@@ -217,3 +217,21 @@ def test_a_reports_entries_are_written_in_one_transaction(monkeypatch) -> None:
     assert added == {"hard_bounce": 2}  # complaints are off
     assert [[e["address"] for e in w] for w in writes] == [["a@example.org", "c@example.org"]]
     assert key("global", "c@example.org") in suppression.index and key("global", "b@example.org") not in suppression.index
+
+
+def test_a_bounce_to_a_non_ascii_verp_address_names_that_recipient_and_suppresses_the_next_message() -> None:
+    # SMTPUTF8: the recipient's local part travels inside ours as it is.
+    import orjson as json
+
+    from mta.intake.message import decode
+
+    broker = Broker()
+    receiver, suppression = _receiver(broker)
+    rcpt = verp_address(VERP, "id-ü 1", "jürgen@example.org")
+    data = (SAMPLES / "verp_useless.eml").read_bytes()
+    assert asyncio.run(receiver.received(data, "", [rcpt], "192.0.2.1")).startswith("250 ")
+    [doc] = [orjson.loads(p.body) for p in broker.published]
+    assert (doc["id"], doc["recipient"], doc["bounce"]) == ("id-ü 1", "jürgen@example.org", "hard")
+    job = decode(json.dumps({"recipient": "jürgen@example.org", "envelope": "", "mime": "Subject: x\n\nx\n"}),
+                 {}, "bulk", 1_700_000_000.0)
+    assert suppression.check(job)["message_id"] == "id-ü 1"
