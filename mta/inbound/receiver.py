@@ -37,7 +37,7 @@ from mta.broker.publish import Publish
 from mta.broker.topology import RESULTS, UNMATCHED
 from mta.inbound.reports import Report, parse_reports
 from mta.inbound.status import reply_code
-from mta.settle.results import DESCRIPTION_MAX, rfc3339
+from mta.settle.results import DESCRIPTION_MAX, cut_text, rfc3339
 
 log = logging.getLogger("mta.inbound")
 
@@ -113,8 +113,8 @@ class Receiver:
             if not recipient:
                 return "unmatched", []
             doc = {"id": report.mta_id, "recipient": recipient, "status": "complaint", "final": True,
-                   "complaint": {"feedback_type": report.feedback_type, "user_agent": report.user_agent,
-                                 "source_ip": report.source_ip},
+                   "complaint": {"feedback_type": _cut(report.feedback_type), "user_agent": _cut(report.user_agent),
+                                 "source_ip": _cut(report.source_ip)},
                    "report": about}
             return "complaint", [(doc, (recipient, "complaint", report.mta_id))]
         failed = [r for r in report.recipients if r.action != "delayed"]
@@ -130,14 +130,14 @@ class Receiver:
         doc = {"id": report.mta_id, "recipient": r.recipient, "status": "bounced", "final": True, "late": True,
                "bounce": "hard" if r.hard else "soft",
                "results": [{"time": about["received"], "phase": "report", "code": code, "enhanced": r.status,
-                            "description": r.diagnostic[:DESCRIPTION_MAX], "mx": r.remote_mta, "ip": None,
+                            "description": r.diagnostic[:DESCRIPTION_MAX], "mx": _cut(r.remote_mta), "ip": None,
                             "lane": None}],
                "report": about}
         return doc, ((r.recipient, "hard_bounce", report.mta_id) if r.hard else None)
 
     def _about(self, report: Report, mail_from: str, peer: str) -> dict:
         return {"kind": report.kind, "form": report.reason, "received": rfc3339(self._wall()),
-                "reporting_mta": report.reporting_mta, "message_id": report.message_id,
+                "reporting_mta": _cut(report.reporting_mta), "message_id": _cut(report.message_id),
                 "from": mail_from, "peer": peer}
 
     def _kept(self, content: bytes, report: Report, mail_from: str, rcpt: str, peer: str) -> Publish:
@@ -154,3 +154,9 @@ def _text(address: str) -> str:
     """An envelope address as JSON and AMQP carry it: octets that are not UTF-8 (kept by
     aiosmtpd as lone surrogates) become U+FFFD."""
     return address.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _cut(text: str | None) -> str | None:
+    """The report's words as a result quotes them: at most DESCRIPTION_MAX octets, like
+    the receiver's reply (each is copied into every result of the mail)."""
+    return cut_text(text, DESCRIPTION_MAX) if text else text

@@ -235,3 +235,21 @@ def test_a_bounce_to_a_non_ascii_verp_address_names_that_recipient_and_suppresse
     job = decode(json.dumps({"recipient": "jürgen@example.org", "envelope": "", "mime": "Subject: x\n\nx\n"}),
                  {}, "bulk", 1_700_000_000.0)
     assert suppression.check(job)["message_id"] == "id-ü 1"
+
+
+def test_what_a_result_quotes_from_a_report_is_bounded() -> None:
+    # The returned copy's Message-ID and the reporting MTA are the sender's words, copied
+    # into every result of the mail: 20,000 characters each must not become 100 results
+    # of 40 KB (a description is at most 512 octets; so is each of these).
+    broker = Broker()
+    receiver, _ = _receiver(broker)
+    data = (SAMPLES / "postfix_dsn.eml").read_bytes()
+    data = data.replace(b"Message-ID: <20261201143037.team@shop.example>", b"Message-ID: <" + b"m" * 20_000 + b">")
+    data = data.replace(b"Reporting-MTA: dns; mail.example.com", b"Reporting-MTA: dns; " + b"r" * 20_000)
+    assert asyncio.run(receiver.received(data, "", ["fbl@bounces.example"], "192.0.2.1")).startswith("250 ")
+    assert len(broker.published) == 2
+    for publish in broker.published:
+        doc = orjson.loads(publish.body)
+        assert doc["report"]["message_id"].startswith("<mmm") and doc["report"]["reporting_mta"].startswith("rrr")
+        assert all(len(str(v).encode()) <= 512 for v in doc["report"].values()), doc["report"]
+        assert len(publish.body) < 4096
