@@ -94,7 +94,7 @@ class Engine:
                                                                              self.pauses, clock)
         self.off_loop = OffLoop()  # big bodies' decode
         self.intake = Intake(clock, self.counts, config.smtp.max_message_size, self.off_loop, self.router,
-                             self.outcomes)
+                             self.outcomes, verp=load_verp(config.envelope_verp))
         self.signer = None
         if config.dkim:  # (imported only then, as the cluster below: a start's CPU)
             from mta.dkim.signer import Signer, load_keys
@@ -149,7 +149,6 @@ class Engine:
         window = self.config.broker.prefetch + self.config.broker.single_prefetch
         self.journal, self._recorded = open_journal(self.config.broker.journal, self.config_path, window)
         self.intake.suppression = self.outcomes.suppression = self.suppression
-        self.intake.verp = load_verp(self.config.envelope_verp)  # SPEC §8: each message's own envelope sender
         await self.suppression.start()  # before the first message: none may slip past the list
         following = asyncio.ensure_future(self.suppression.follow())
         if self.member is None:

@@ -41,9 +41,12 @@ RESULTS = "mta.results"
 INVALID = "mta.invalid"
 QUARANTINE = "mta.quarantine"
 # Inbound mail (SPEC §8) nobody could match to a message, kept for an operator to read;
-# when this many wait, more is refused by the broker and the sender hears 452 (and retries).
+# when this many wait, or this many octets (anyone may send it, up to max_message_size
+# each, and a broker short of disk blocks every publisher), more is refused by the
+# broker and the sender hears 452 (and retries).
 UNMATCHED = "mta.inbound.unmatched"
 UNMATCHED_MAX = 10_000
+UNMATCHED_MAX_BYTES = 1024**3
 LANES = ("single", "bulk")
 
 
@@ -112,7 +115,8 @@ class Topology:
         await channel.declare_queue(INVALID, durable=True, arguments=_queue_args(qt))
         await channel.declare_queue(QUARANTINE, durable=True, arguments=_queue_args(qt))
         await channel.declare_queue(UNMATCHED, durable=True, arguments=_queue_args(
-            qt, **{"x-max-length": UNMATCHED_MAX, "x-overflow": "reject-publish"}))
+            qt, **{"x-max-length": UNMATCHED_MAX, "x-max-length-bytes": UNMATCHED_MAX_BYTES,
+                   "x-overflow": "reject-publish"}))
         self._delays.clear()
         return {"mta": mta, "results": results, "default": channel.default_exchange}
 

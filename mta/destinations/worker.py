@@ -55,9 +55,8 @@ def timeouts_of(policy: Policy) -> Timeouts:
 
 def _commands(session: Session, job: Job) -> tuple[bytes, bytes] | Reply:
     """The job's MAIL FROM and RCPT TO for this session, or the reply refusing it here."""
-    sender = job.mail_from or (job.sender.text if job.sender else "")
-    return session.commands(sender, job.recipient.text, job.data,
-                            utf8=job.recipient.utf8 or bool(job.sender and job.sender.utf8),
+    sender, sender_utf8 = job.wire_sender()
+    return session.commands(sender, job.recipient.text, job.data, utf8=job.recipient.utf8 or sender_utf8,
                             eight_bit=job.eight_bit)
 
 

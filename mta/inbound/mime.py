@@ -9,7 +9,10 @@ releases. We decode the few headers we read ourselves (`header`), never raising.
 Bounds: at most `MAX_INPUT` octets are parsed (a report's own parts come first; what
 follows is the returned copy of the original, of which only the headers matter), and
 the input is cut before its `MAX_MULTIPARTS`-th multipart, since the parser recurses once
-per nesting level and slows down with each. Text is read up to `MAX_SCAN` octets a part.
+per nesting level and slows down with each, and before its `MAX_DASH_LINES`-th line that
+may be a boundary (800,000 empty parts took the parser 8 s; a report has a handful).
+Text is read up to `MAX_SCAN` octets a part, a header value (and its parameters) up to
+`MAX_HEADER` characters.
 """
 
 from __future__ import annotations
@@ -25,18 +28,37 @@ MAX_INPUT = 4 * 1024 * 1024
 MAX_MULTIPARTS = 64
 MAX_SCAN = 256 * 1024
 MAX_PARTS = 200  # parts looked at in one walk
+MAX_DASH_LINES = 2000  # lines starting "--" parsed: every part costs the parser, walked or not
+# Characters of a header value read: room for 100 failed recipients' addresses; the
+# standard library decodes encoded words in quadratic time (2.8 MB of them: minutes).
+MAX_HEADER = 32 * 1024
 
 _MULTIPART = re.compile(rb"multipart/", re.IGNORECASE)
+_DASHES = re.compile(rb"^--", re.MULTILINE)  # where a boundary line may be
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+
+
+class _Message(Message):
+    """compat32's Message, reading the parameters of a header (a charset, a boundary) from
+    its first `MAX_HEADER` characters: the standard library splits them in quadratic time."""
+
+    def _get_params_preserve(self, failobj, header):
+        value = self.get(header)
+        if value is None or len(text := str(value)) <= MAX_HEADER:
+            return super()._get_params_preserve(failobj, header)
+        cut = Message(policy=email.policy.compat32)
+        cut[header] = text[:MAX_HEADER]
+        return cut._get_params_preserve(failobj, header)
 
 
 def load(data: bytes) -> Message:
     data = data[:MAX_INPUT]
-    for count, match in enumerate(_MULTIPART.finditer(data), start=1):
-        if count >= MAX_MULTIPARTS:
-            data = data[:match.start()]
-            break
-    return email.message_from_bytes(data, policy=email.policy.compat32)
+    for pattern, most in ((_MULTIPART, MAX_MULTIPARTS), (_DASHES, MAX_DASH_LINES)):
+        for count, match in enumerate(pattern.finditer(data), start=1):
+            if count >= most:
+                data = data[:match.start()]
+                break
+    return email.message_from_bytes(data, _class=_Message, policy=email.policy.compat32)
 
 
 def _clean(text: str) -> str:
@@ -45,12 +67,13 @@ def _clean(text: str) -> str:
 
 
 def header(msg: Message, name: str) -> str:
-    """The unfolded, decoded value of `name` ("" when absent or unreadable)."""
+    """The unfolded, decoded value of `name` ("" when absent or unreadable), from its first
+    `MAX_HEADER` characters."""
     try:
         value = msg.get(name)
         if value is None:
             return ""
-        text = str(value)
+        text = str(value)[:MAX_HEADER]
         if not _ENCODED_WORD.search(text):
             return _clean(text)
         pieces = []

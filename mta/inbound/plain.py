@@ -18,7 +18,7 @@ import re
 
 from mta.inbound.status import Recipient, enhanced_in, judge, reply_code
 
-__all__ = ["parse_plain", "report_text", "returned_copy"]
+__all__ = ["parse_plain", "report_text", "returned_copy", "says_delayed"]
 
 MAX_RECIPIENTS = 100
 
@@ -45,6 +45,11 @@ _INFERRED = (
     (re.compile(r"doesn't have an? \S+ account|no mailbox here by that name", re.IGNORECASE), "5.1.1"),
     (re.compile(r"over quota|mailbox (?:is )?full", re.IGNORECASE), "5.2.2"),
 )
+
+
+def says_delayed(text: str) -> bool:
+    """Whether a bounce's words say the message is only late ("THIS IS A WARNING ONLY")."""
+    return _DELAY.search(text) is not None
 
 
 def report_text(body: str) -> str:
@@ -107,7 +112,7 @@ def parse_plain(body: str) -> tuple[str, tuple[Recipient, ...], bool] | None:
     form = next((name for name, pattern in _FORMS if pattern.search(text)), None)
     if form is None:
         return None
-    delayed = _DELAY.search(text) is not None
+    delayed = says_delayed(text)
     lines = text.splitlines()
     paragraphs = _exim_paragraphs(lines) if form == "exim" else _angle_paragraphs(lines)
     action = "delayed" if delayed else "failed"

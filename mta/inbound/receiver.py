@@ -1,7 +1,9 @@
 """What an inbound listener does with a mail it accepted (SPEC §8).
 
-A mail is read off the event loop (mta.inbound.reports, at most a few milliseconds) once
-per recipient it came for: each of our VERP addresses names another message. Then:
+A mail is read once, off the event loop (mta.inbound.reports, bounded), then matched
+once per recipient it came for: each of our VERP addresses names another message. A
+result (id, recipient, status) is made once per mail, however many of our addresses the
+mail came to, and at most MAX_RESULTS of them. Then:
 
 * a bounce about one of our messages: one result `bounced` with `late: true` per failed
   recipient it names (with VERP: the recipient the address names); a hard one puts the
@@ -26,20 +28,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import orjson
 
 from mta.broker.publish import Publish
 from mta.broker.topology import RESULTS, UNMATCHED
-from mta.inbound.reports import Report, parse_report
+from mta.inbound.reports import Report, parse_reports
 from mta.inbound.status import reply_code
-from mta.settle.results import DESCRIPTION_MAX, rfc3339
+from mta.settle.results import DESCRIPTION_MAX, cut_text, rfc3339
 
 log = logging.getLogger("mta.inbound")
 
-MAX_RESULTS = 100  # results made from one report at most (a DSN may name many recipients)
+MAX_RESULTS = 100  # results made from one mail at most (a DSN names many recipients, a mail has many RCPT TOs)
 OUTCOMES = ("bounced", "complaint", "delay", "auto_reply", "unmatched")
+# Parsing holds the GIL (up to about a second for MAX_INPUT of short lines): one thread
+# for all inbound mail, so a flood of it waits its turn there, and neither the event loop
+# nor the default threads (the suppression list's writes) lose more than half their time.
+_READING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbound-read")
 
 
 class Receiver:
@@ -54,8 +61,11 @@ class Receiver:
     async def received(self, content: bytes, mail_from: str, rcpt_tos: list[str], peer: str) -> str:
         """The reply to the sender's final dot."""
         publishes, entries, outcomes = [], [], []
-        for rcpt in dict.fromkeys(rcpt_tos):
-            report = await asyncio.to_thread(parse_report, content, rcpt, self.verp)
+        mail_from = _text(mail_from)
+        rcpts = list(dict.fromkeys(_text(rcpt) for rcpt in rcpt_tos))
+        reports = await asyncio.get_running_loop().run_in_executor(_READING, parse_reports, content, rcpts, self.verp)
+        made: set[tuple] = set()  # (id, recipient, status): the same report to several of our addresses
+        for rcpt, report in zip(rcpts, reports):
             outcome, docs = self._results(report, mail_from, peer)
             outcomes.append(outcome)
             if outcome == "unmatched":
@@ -63,6 +73,10 @@ class Receiver:
                     publishes.append(self._kept(content, report, mail_from, rcpt, peer))
                 continue
             for doc, entry in docs:
+                key = (doc["id"], doc["recipient"].lower(), doc["status"])
+                if key in made or len(made) >= MAX_RESULTS:
+                    continue
+                made.add(key)
                 publishes.append(Publish(RESULTS, doc["status"], orjson.dumps(doc)))
                 if entry is not None:
                     entries.append(entry)
@@ -72,7 +86,7 @@ class Receiver:
             if isinstance(answers, str) or refused:
                 why = answers if isinstance(answers, str) else f"the broker refused: {refused[0]}"
                 log.warning("inbound: mail from <%s> (%s) not taken: %s", mail_from, peer, why)
-                if refused and "unmatched" in outcomes:  # its queue is full (UNMATCHED_MAX)
+                if refused and "unmatched" in outcomes:  # its queue is full (UNMATCHED_MAX or _BYTES)
                     return "452 4.3.1 Too many reports wait for inspection, try again later"
                 return "451 4.3.0 Cannot keep this report now, try again later"
         try:
@@ -84,11 +98,8 @@ class Receiver:
         return "250 2.0.0 Report taken" if "unmatched" not in outcomes else "250 2.0.0 Kept for inspection"
 
     async def _suppress(self, entries: list[tuple[str, str, str]]) -> None:
-        if self.suppression is None:
-            return
-        for address, reason, message_id in entries:
-            if await self.suppression.report(address, reason, message_id):
-                self.suppressed[reason] += 1
+        if self.suppression is not None and entries:
+            self.suppressed.update(await self.suppression.report(entries))
 
     def _results(self, report: Report, mail_from: str, peer: str) -> tuple[str, list]:
         """What became of the report, and its results (doc, list entry or None)."""
@@ -104,8 +115,8 @@ class Receiver:
             if not recipient:
                 return "unmatched", []
             doc = {"id": report.mta_id, "recipient": recipient, "status": "complaint", "final": True,
-                   "complaint": {"feedback_type": report.feedback_type, "user_agent": report.user_agent,
-                                 "source_ip": report.source_ip},
+                   "complaint": {"feedback_type": _cut(report.feedback_type), "user_agent": _cut(report.user_agent),
+                                 "source_ip": _cut(report.source_ip)},
                    "report": about}
             return "complaint", [(doc, (recipient, "complaint", report.mta_id))]
         failed = [r for r in report.recipients if r.action != "delayed"]
@@ -121,14 +132,14 @@ class Receiver:
         doc = {"id": report.mta_id, "recipient": r.recipient, "status": "bounced", "final": True, "late": True,
                "bounce": "hard" if r.hard else "soft",
                "results": [{"time": about["received"], "phase": "report", "code": code, "enhanced": r.status,
-                            "description": r.diagnostic[:DESCRIPTION_MAX], "mx": r.remote_mta, "ip": None,
+                            "description": r.diagnostic[:DESCRIPTION_MAX], "mx": _cut(r.remote_mta), "ip": None,
                             "lane": None}],
                "report": about}
         return doc, ((r.recipient, "hard_bounce", report.mta_id) if r.hard else None)
 
     def _about(self, report: Report, mail_from: str, peer: str) -> dict:
         return {"kind": report.kind, "form": report.reason, "received": rfc3339(self._wall()),
-                "reporting_mta": report.reporting_mta, "message_id": report.message_id,
+                "reporting_mta": _cut(report.reporting_mta), "message_id": _cut(report.message_id),
                 "from": mail_from, "peer": peer}
 
     def _kept(self, content: bytes, report: Report, mail_from: str, rcpt: str, peer: str) -> Publish:
@@ -140,3 +151,14 @@ class Receiver:
             headers["message_id"] = report.message_id[:500]
         return Publish("", UNMATCHED, bytes(content), headers)
 
+
+def _text(address: str) -> str:
+    """An envelope address as JSON and AMQP carry it: octets that are not UTF-8 (kept by
+    aiosmtpd as lone surrogates) become U+FFFD."""
+    return address.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _cut(text: str | None) -> str | None:
+    """The report's words as a result quotes them: at most DESCRIPTION_MAX octets, like
+    the receiver's reply (each is copied into every result of the mail)."""
+    return cut_text(text, DESCRIPTION_MAX) if text else text

@@ -8,9 +8,11 @@ structure first; then the known plain-text bounces (`plain`); then any bounce th
 its failed recipients in an X-Failed-Recipients header (Exim, Gmail), in any language.
 Only then the signs of an auto-reply, because bounces carry them too (Postfix and Exim
 put "Auto-Submitted: auto-replied" on their bounces), and never on a mail that looks like
-a bounce. Last, a mail sent to one of our VERP addresses that looks like a bounce (a
-mailer-daemon sender, an "Undeliverable" subject) is one, for the recipient the address
-names, even when its text is useless.
+a bounce: from a mailer-daemon, or with a subject that starts with a bounce's words (an
+auto-reply quotes the subject it answers, which may hold them further on). Last, a mail
+sent to one of our VERP addresses that looks like a bounce (a mailer-daemon sender, an
+"Undeliverable" subject) is one, for the recipient the address names, even when its
+text is useless; unless its words say it is only a delay warning.
 
 A report may name other recipients than its VERP address does (a forward's final
 address): `recipients` is what the report says, `original_recipient` whom we sent to.
@@ -39,11 +41,11 @@ import msgspec
 from mta.inbound import mime
 from mta.inbound.arf import FEEDBACK_TYPES, NOT_COMPLAINTS, parse_feedback
 from mta.inbound.dsn import STATUS_TYPES, parse_dsn
-from mta.inbound.plain import parse_plain, report_text, returned_copy
+from mta.inbound.plain import parse_plain, report_text, returned_copy, says_delayed
 from mta.inbound.status import Recipient, enhanced_in, judge, reply_code
 from mta.inbound.verp import Verp, VerpConfig, verp_decode
 
-__all__ = ["Recipient", "Report", "VerpConfig", "parse_report"]
+__all__ = ["Recipient", "Report", "VerpConfig", "parse_report", "parse_reports"]
 
 MAX_NAMED = 100  # recipients read from X-Failed-Recipients
 RETURNED_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers",
@@ -100,13 +102,41 @@ def parse_report(data: bytes, envelope_recipient: str | None = None,
                  verp: VerpConfig | Verp | None = None) -> Report:
     """Read one inbound mail. `envelope_recipient` is its RCPT TO; with `verp`, an
     address made by `verp_address` there names the message and recipient."""
+    return parse_reports(data, [envelope_recipient], verp)[0]
+
+
+def parse_reports(data: bytes, envelope_recipients: list[str | None],
+                  verp: VerpConfig | Verp | None = None) -> list[Report]:
+    """What one mail reports for each of its RCPT TOs. The mail is parsed once, however
+    many recipients it came for: only what the report is about differs between them."""
     try:
-        return _parse(bytes(data), envelope_recipient, verp)
+        read = _read(bytes(data))
     except Exception as error:  # never raise: the caller keeps what we cannot read
-        return Report(kind="unknown", reason=f"could not be read: {type(error).__name__}")
+        return [_unreadable(error)] * len(envelope_recipients)
+    if isinstance(read, Report):
+        return [read] * len(envelope_recipients)
+    reports = []
+    for envelope_recipient in envelope_recipients:
+        try:
+            reports.append(_about(read, envelope_recipient, verp))
+        except Exception as error:
+            reports.append(_unreadable(error))
+    return reports
 
 
-def _parse(data: bytes, envelope_recipient: str | None, verp: VerpConfig | Verp | None) -> Report:
+def _unreadable(error: Exception) -> Report:
+    return Report(kind="unknown", reason=f"could not be read: {type(error).__name__}")
+
+
+class _Read(msgspec.Struct, frozen=True):
+    """A mail read, before it is known which of our addresses it came to."""
+    report: Report
+    original: Message | None  # the returned copy's headers
+    body: str  # the first text part
+    bounce_unread: bool  # looks like a bounce, but neither its structure nor its text says for whom
+
+
+def _read(data: bytes) -> _Read | Report:
     if not data.strip():
         return Report(kind="unknown", reason="empty")
     msg = mime.load(data)
@@ -118,10 +148,14 @@ def _parse(data: bytes, envelope_recipient: str | None, verp: VerpConfig | Verp 
     if original is None and body:
         original = _copy_in_text(body)
     report = _classify(msg, parts, body, original)
-    report = _identify(report, original, envelope_recipient, verp)
     unread = report.kind == "unknown" and parts.status is None and parts.feedback is None
-    if unread and report.original_recipient and _looks_bounced(msg):
-        return _verp_bounce(report, body)
+    return _Read(report, original, body, unread and _looks_bounced(msg))
+
+
+def _about(read: _Read, envelope_recipient: str | None, verp: VerpConfig | Verp | None) -> Report:
+    report = _identify(read.report, read.original, envelope_recipient, verp)
+    if read.bounce_unread and report.original_recipient:
+        return _verp_bounce(report, read.body)
     return report
 
 
@@ -178,8 +212,13 @@ def _auto_reply(msg: Message) -> str:
 
 
 def _looks_bounced(msg: Message) -> bool:
-    return bool(_BOUNCE_SUBJECT.search(mime.header(msg, "Subject"))
-                or _DAEMON.search(mime.header(msg, "From")))
+    """A mailer-daemon's mail, or a subject with a bounce's words. An auto-reply quotes the
+    subject it answers ("Automatic reply: Delivery status of your order"): in a mail with
+    the signs of one, the words count only where the subject starts."""
+    if _DAEMON.search(mime.header(msg, "From")):
+        return True
+    found = _BOUNCE_SUBJECT.search(mime.header(msg, "Subject"))
+    return found is not None and (found.start() == 0 or not _auto_reply(msg))
 
 
 def _failed_recipients(msg: Message) -> tuple[str, ...]:
@@ -190,12 +229,13 @@ def _failed_recipients(msg: Message) -> tuple[str, ...]:
 
 def _unread_bounce(addresses: tuple[str, ...], body: str, reason: str) -> Report:
     """A bounce whose text we cannot read, for recipients known otherwise. The first reply
-    code in its text is taken as the reason only when there is one recipient to give it to."""
+    code in its text is taken as the reason only when there is one recipient to give it to.
+    Without a status, the words of a delay warning make it one."""
     text = " ".join(report_text(body).split())[:mime.MAX_SCAN]
     code, start = reply_code(text)
     status = enhanced_in(text) if len(addresses) == 1 else None
     diagnostic = text[start:] if code is not None and len(addresses) == 1 else ""
-    delayed = status is not None and status.startswith("4.")
+    delayed = status.startswith("4.") if status is not None else says_delayed(text)
     action = "delayed" if delayed else "failed"
     return Report(kind="delay" if delayed else "bounce", reason=reason,
                   recipients=tuple(judge(a, action, status, diagnostic) for a in addresses))

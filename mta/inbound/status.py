@@ -5,8 +5,9 @@ is a bad address, except 5.1.7/5.1.8 which are about the sender; a rate limit or
 again later" is never permanent; without an enhanced code only an unambiguous "user
 unknown" on a mailbox reply counts), with one more guard: a late bounce is a report
 written by someone else's software, and the false hard bounces that get good addresses
-suppressed are 5.1.x codes put on refusals for spam, policy, blocking or rate. So a
-diagnostic that speaks of any of these is never hard, whatever its code.
+suppressed are 5.1.x codes put on refusals for spam, policy, blocking or rate, and on
+refusals of our sender ("550 5.1.0 Sender address rejected": with VERP, our bounce
+domain). So a diagnostic that speaks of any of these is never hard, whatever its code.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ __all__ = ["Recipient", "judge", "reply_code", "enhanced_in"]
 
 DIAGNOSTIC_MAX = 512  # octets of the remote server's text kept
 
-_NOT_HARD = re.compile(r"\brate\b|ratelimit|\bspam|\bpolic(?:y|ies)\b|\bblock", re.IGNORECASE)
+_NOT_HARD = re.compile(r"\brate\b|ratelimit|\bspam|\bpolic(?:y|ies)\b|\bblock|\bsender\b", re.IGNORECASE)
 # A basic reply code where a reply starts: "550 ", "550-", "554:" (Yahoo), "550" at the end.
 _CODE = re.compile(r"(?<![\w.\[/:=-])([45]\d\d)(?=[ :-]|$)")
 # An enhanced code anywhere: "(#5.1.1)" (qmail), "550 5.1.1", but no piece of an IP address.

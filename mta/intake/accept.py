@@ -27,11 +27,12 @@ from mta.settle.results import cut_text
 log = logging.getLogger("mta.intake")
 
 REASON_MAX = 512  # octets of an unforeseen intake failure's text kept in x-mta-error and the result
+MAX_ADDRESS = 254  # octets of an envelope address (a path of 256 with its brackets), as intake checks producers'
 
 
 class Intake:
     def __init__(self, clock, counts: dict[str, int], max_size: int, off_loop: OffLoop, router: Router,
-                 outcomes: Outcomes):
+                 outcomes: Outcomes, verp=None):
         self.clock = clock  # the wall time
         self.counts = counts
         self.max_size = max_size  # smtp.max_message_size: a reload does not change it
@@ -43,7 +44,7 @@ class Intake:
         self.stopping = False
         self.recall = None  # several nodes: (job, book, tag) for a redelivered copy (mta.cluster)
         self.suppression = None  # the suppression list (mta.suppression.service), set by the engine
-        self.verp = None  # envelope_verp (mta.config.VerpConfig): each message's own envelope sender
+        self.verp = verp  # envelope_verp (mta.inbound.verp.Verp): each message's own envelope sender (a reload keeps it)
         self.tracking = None  # the event store's feed (mta.tracking.tracker), set by `mta run`
 
     def taker(self, lane: str, book: AckBook):
@@ -119,12 +120,15 @@ class Intake:
 
     def _verp(self, job: Job) -> str | None:
         """The VERP envelope sender naming this message and recipient; None (the producer's
-        sender) for a recipient whose local part cannot travel inside ours."""
+        sender) for a recipient whose local part cannot travel inside ours, or an address
+        longer than SMTP allows (RFC 5321 §4.5.3.1.3; long or non-ASCII ids), which
+        receivers refuse in MAIL FROM and our inbound listener in RCPT TO."""
         recipient = job.recipient
         try:
-            return verp_address(self.verp, str(job.id), f"{recipient.local}@{recipient.ascii_domain}")
+            address = verp_address(self.verp, str(job.id), f"{recipient.local}@{recipient.ascii_domain}")
         except ValueError:
             return None
+        return address if len(address.encode("utf-8")) <= MAX_ADDRESS else None
 
     def admitted(self, job: Job) -> None:
         """Not finished anywhere: suppressed, or signed, routed, delivered."""

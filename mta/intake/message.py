@@ -93,6 +93,13 @@ class Job:
     def domain(self) -> str:
         return self.recipient.ascii_domain
 
+    def wire_sender(self) -> tuple[str, bool]:
+        """MAIL FROM's address and whether it needs SMTPUTF8: ours under VERP (the producer's
+        is then not on the wire), else the producer's."""
+        if self.mail_from:
+            return self.mail_from, not self.mail_from.isascii()
+        return (self.sender.text, self.sender.utf8) if self.sender else ("", False)
+
 
 def decode(body: bytes, headers: dict[str, Any], lane: str, now: float, message_id: str | None = None,
            max_size: int | None = None) -> Job:

@@ -141,7 +141,7 @@ def _inbound_families(listeners) -> Iterable:
     yield reports
     refused = CounterMetricFamily("mta_inbound_refused", "Mail or connections the inbound listeners refused, "
                                   "by listener and reason (relay: a recipient outside its domains; recipients, "
-                                  "size, connections).", labels=["listener", "reason"])
+                                  "size, connections, client: one client's share of them).", labels=["listener", "reason"])
     for r in listeners.reports:
         for why, n in sorted(r.refused.items()):
             refused.add_metric([r.listener.address, why], n)

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import Counter
 
 from mta.inbound.status import is_hard
+from mta.intake.idn import a_labels
 from mta.suppression.index import Index
 from mta.suppression.keys import key_of, normalize, scope_name
 from mta.suppression.store import Store, path_for
@@ -112,25 +114,31 @@ class Suppression:
             return scope_name("sender_domain", job.sender.ascii_domain)
         return "global"
 
-    async def report(self, address: str, reason: str, message_id: str | None) -> bool:
-        """An entry from a late hard bounce or a complaint (mta.inbound), global (a report
-        names no source), written to the store before this returns: the reporter hears 250
-        only then. Whether it was added (the configuration may not want it)."""
-        if not (self.config.hard_bounces if reason == "hard_bounce" else self.config.complaints):
-            return False
+    async def report(self, entries: list[tuple[str, str, str | None]]) -> dict[str, int]:
+        """Entries from late hard bounces and complaints (mta.inbound): (address, reason,
+        message id), global (a report names no source), written to the store in one
+        transaction before this returns: the reporter hears 250 only then. How many were
+        added, by reason (the configuration may not want some)."""
+        wanted = [e for e in entries if (self.config.hard_bounces if e[1] == "hard_bounce" else self.config.complaints)]
+        if not wanted:
+            return {}
         now = self._wall()
-        address = normalize(address)
-        entry = {"address": address, "scope": "global", "reason": reason, "since": now,
-                 "message_id": message_id, "expires": now + self.config.expire if self.config.expire else None}
-        if self.replica is not None:
-            await self.replica.add([entry])
+        expires = now + self.config.expire if self.config.expire else None
+        rows = [{"address": _ascii_form(normalize(address)), "scope": "global", "reason": reason, "since": now,
+                 "message_id": message_id, "expires": expires} for address, reason, message_id in wanted]
+        if self.replica is not None:  # the shared list: committed there before this returns
+            await self.replica.add(rows)
         else:
             async with self._reporting:
                 if self._reports is None:
                     self._reports = Store(self.writer.path)
-                await asyncio.to_thread(self._reports.add, [entry], now)
-        self.index.add(key_of("global", address))
-        return True
+                    # The 250 promises the entry: each commit waits for the disk (the list's
+                    # own synchronous=NORMAL in WAL mode may lose the last ones to a power loss).
+                    self._reports.db.execute("PRAGMA synchronous=FULL")
+                await asyncio.to_thread(self._reports.add, rows, now)
+        for row in rows:
+            self.index.add(key_of("global", row["address"]))
+        return dict(Counter(row["reason"] for row in rows))
 
     async def follow(self) -> None:
         """Write what was added, read what changed; runs until cancelled."""
@@ -183,3 +191,12 @@ class Suppression:
         self.writer.close()
         if self._reports is not None:
             self._reports.close()
+
+
+def _ascii_form(address: str) -> str:
+    """A reported address as `check` looks it up: its domain in A-labels, as intake gives
+    every message's (an SMTPUTF8 report names it as the receiver wrote it)."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    return f"{local}@{a_labels(domain) or domain}"

@@ -149,7 +149,10 @@ def test_a_5_1_1_that_speaks_of_blocking_and_spam_is_not_hard() -> None:
 
 @pytest.mark.parametrize("words", ["550 5.1.1 rate limit exceeded", "550 5.1.1 SPAM detected",
                                    "550 5.1.1 rejected by policy", "550 5.1.1 Blocked: listed at zen",
-                                   "550 5.7.1 user unknown", "452 4.1.1 user unknown later"])
+                                   "550 5.7.1 user unknown", "452 4.1.1 user unknown later",
+                                   # about our sender, not the recipient (a VERP domain without MX)
+                                   "550 5.1.0 <bounces+x=a=example.org@bounces.example>: Sender address rejected: "
+                                   "Domain not found", "553 5.1.0 sender verify failed"])
 def test_not_hard_despite_looking_like_it(words: str) -> None:
     assert judge("a@example.org", "failed", None, words).hard is False
 
@@ -231,6 +234,28 @@ def test_signs_of_an_auto_reply(header: bytes) -> None:
     assert parse_report(data).kind == "auto_reply"
 
 
+@pytest.mark.parametrize("subject, sign", [
+    (b"Automatic reply: Delivery status of your order 1234", b"Auto-Submitted: auto-replied"),
+    (b"Out of Office: Your parcel was not delivered", b"X-MS-Exchange-Inbox-Rules-Loop: heidi@corp.example"),
+    (b"Re: Delivery problem with order 1234", b"X-Autoreply: yes"),
+])
+def test_an_auto_reply_quoting_bounce_words_in_its_subject_is_no_bounce(subject: bytes, sign: bytes) -> None:
+    # Auto-replies go to the envelope sender, our VERP address, and quote the subject they
+    # answer: a shop's "Delivery status of your order" must not come back as a late bounce.
+    envelope = "bounces+77777777-8888-4999-aaaa-bbbbccccdddd=heidi=corp.example@bounces.example"
+    data = sample("out_of_office.eml").replace(b"Auto-Submitted: auto-replied\n", sign + b"\n")
+    data = data.replace(b"Subject: Automatic reply: Your weekly deals", b"Subject: " + subject)
+    report = parse_report(data, envelope, VERP)
+    assert (report.kind, report.recipients) == ("auto_reply", ())
+
+
+def test_a_bounce_whose_subject_starts_with_its_words_is_one_despite_auto_reply_signs() -> None:
+    envelope = "bounces+1234abcd-0000-4000-8000-000000000001=kim=tiny-isp.example@bounces.example"
+    data = sample("verp_useless.eml").replace(b"From: postmaster@", b"From: robot@")
+    data = data.replace(b"Subject:", b"Auto-Submitted: auto-replied\nSubject:")
+    assert parse_report(data, envelope, VERP).kind == "bounce"
+
+
 def test_bounces_with_auto_submitted_are_still_bounces() -> None:
     assert read("postfix_dsn.eml").kind == "bounce"  # it says Auto-Submitted: auto-replied
     assert read("exim.eml").kind == "bounce"
@@ -248,6 +273,19 @@ def test_a_useless_bounce_to_a_verp_address_is_a_bounce_for_the_verp_recipient()
     # Bounces carry the signs of auto-replies too: a mailer-daemon's mail is not one.
     marked = sample("verp_useless.eml").replace(b"Subject:", b"Auto-Submitted: auto-replied\nSubject:")
     assert parse_report(marked, envelope, VERP).kind == "bounce"
+
+
+def test_a_useless_delay_warning_to_a_verp_address_is_a_delay() -> None:
+    # A warning in words only (no DSN, no status code): the message is late, not bounced.
+    envelope = "bounces+1234abcd-0000-4000-8000-000000000001=kim=tiny-isp.example@bounces.example"
+    data = sample("verp_useless.eml").replace(b"Subject: Returned mail: see transcript for details",
+                                              b"Subject: Delivery Status Notification (Delay)")
+    data = data.replace(b"Your mail could not be delivered. Sorry.\nReason: 550 5.1.1 mailbox unavailable",
+                        b"THIS IS A WARNING ONLY. Your message has not yet been delivered;\n"
+                        b"the mail system will keep trying for 4 more days.\nReason: connection timed out")
+    assert b"WARNING ONLY" in data
+    report = parse_report(data, envelope, VERP)
+    assert (report.kind, [r.action for r in report.recipients]) == ("delay", ["delayed"])
 
 
 def test_a_bounce_forwarded_as_an_attachment_is_not_ours() -> None:
@@ -305,6 +343,33 @@ def test_a_long_line_of_at_signs_is_read_in_one_pass() -> None:
     # A recipient pattern that could split "<a@a@a@..." at every "@" would take minutes here.
     data = b"From: x@y\n\nHi. This is the qmail-send program at x.\n\n<" + b"a@" * 120_000 + b"\n"
     assert parse_report(data) == Report(kind="unknown", reason="qmail bounce naming no recipient")
+
+
+@pytest.mark.timeout(10)
+def test_a_header_of_many_encoded_words_is_read_in_bounded_time() -> None:
+    # The standard library decodes encoded words in quadratic time: a 2.8 MB Subject of
+    # them took over two minutes of the reading thread before header values were bounded.
+    data = b"From: a@example.org\nSubject: " + b"=?utf-8?q?Automatic_reply?= " * 200_000 + b"\n\nAway.\n"
+    assert parse_report(data).kind == "auto_reply"
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("kind", [b"text/plain", b"multipart/mixed"])
+def test_a_content_type_of_many_parameters_is_read_in_bounded_time(kind: bytes) -> None:
+    # The standard library splits parameters in quadratic time: a charset or boundary
+    # looked up behind 4 MB of them took minutes of the reading thread.
+    data = (b"From: a@example.org\nSubject: Automatic reply\nContent-Type: " + kind + b"; "
+            + b'a="";' * 800_000 + b" charset=utf-8; boundary=zz\n\nAway.\n")
+    assert parse_report(data).kind == "auto_reply"
+
+
+@pytest.mark.timeout(4)
+def test_a_multipart_of_very_many_parts_is_read_in_bounded_time() -> None:
+    # 800,000 empty parts in 4 MB: the parser builds each (8 s) though 200 are looked at.
+    data = (b"From: a@example.org\nSubject: Automatic reply\nContent-Type: multipart/mixed; boundary=z\n\n"
+            b"--z\nContent-Type: text/plain\n\nAway.\n" + b"--z\n\n" * 800_000 + b"--z--\n")
+    report = parse_report(data)
+    assert report.kind == "auto_reply"
 
 
 def test_plain_text_is_scanned_only_so_far() -> None:

@@ -99,3 +99,35 @@ def test_a_new_session_declares_again():
     topology._delays.clear()  # what declare() does at the start of a session
     ensure(topology, channel, "bulk", 5)
     assert len(channel.declared) == 2
+
+
+class _Declared:
+    async def bind(self, exchange, routing_key):
+        pass
+
+
+class DeclaringChannel(FakeChannel):
+    """Records the whole topology's declarations."""
+
+    default_exchange = None
+
+    async def declare_exchange(self, name, kind, durable):
+        return name
+
+    async def declare_queue(self, name, durable, arguments):
+        await super().declare_queue(name, durable, arguments)
+        return _Declared()
+
+
+def test_the_queue_of_unmatched_inbound_mail_is_bounded_in_octets_too():
+    # Anyone may send to the inbound listener, and each kept mail may be max_message_size:
+    # 10,000 of 10 MiB would be 100 GB, and a broker short of disk blocks every publisher
+    # (results, retries, submissions). Beyond the bound the sender hears 452.
+    from mta.broker.topology import UNMATCHED
+
+    for queue_type in ("classic", "quorum"):
+        channel = DeclaringChannel()
+        asyncio.run(Topology(queue_type, 10).declare(channel))
+        [args] = [a for name, a in channel.declared if name == UNMATCHED]
+        assert args["x-overflow"] == "reject-publish" and args["x-max-length"] == 10_000
+        assert args["x-max-length-bytes"] <= 1024**3, args
