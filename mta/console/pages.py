@@ -34,7 +34,8 @@ th{background:#e9edf3}th[data-sort]{cursor:pointer}td.n{text-align:right;font-va
 """
 
 SCRIPT = """
-document.querySelectorAll("th[data-sort]").forEach(function(th){th.addEventListener("click",function(){
+document.querySelectorAll("th[data-sort]").forEach(function(th){th.title="sort by "+th.textContent;
+th.addEventListener("click",function(){
 var t=th.closest("table"),b=t.tBodies[0],i=th.cellIndex,d=th.dataset.dir==="asc"?-1:1;th.dataset.dir=d>0?"asc":"desc";
 var rows=Array.prototype.slice.call(b.rows),num=th.dataset.sort==="n";
 rows.sort(function(x,y){var a=x.cells[i].dataset.v||x.cells[i].textContent,c=y.cells[i].dataset.v||y.cells[i].textContent;
