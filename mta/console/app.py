@@ -14,6 +14,7 @@ every MTA obeys, sent from the loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import logging
 import secrets
@@ -31,6 +32,10 @@ MAX_FORM = 4096  # octets of a POST body read at most
 MAX_QUERY = 1000  # characters of a lookup (an id is at most 1,000)
 HEADERS = [("Content-Security-Policy", pages.CSP), ("X-Content-Type-Options", "nosniff"),
            ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store"), ("X-Frame-Options", "DENY")]
+
+
+class Busy(Exception):
+    """The engine's loop did not hand over a snapshot in time: 503, not a stuck thread."""
 
 
 class Console:
@@ -52,7 +57,13 @@ class Console:
         async def take() -> dict:
             return snapshot(self.engine)
 
-        return asyncio.run_coroutine_threadsafe(take(), self.loop).result(SNAPSHOT_TIMEOUT)
+        future = asyncio.run_coroutine_threadsafe(take(), self.loop)
+        try:
+            return future.result(SNAPSHOT_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise Busy(f"the engine did not answer within {SNAPSHOT_TIMEOUT:g} s (its event loop is busy "
+                       "or stopping); try again") from None
 
     def _store(self):
         if self.store_path is None:
@@ -100,6 +111,8 @@ class Console:
     def __call__(self, environ, start_response):
         try:
             status, body, extra = self.handle(environ)
+        except Busy as exc:
+            status, body, extra = "503 Service Unavailable", pages.message_page("Busy", str(exc)), [("Retry-After", "5")]
         except Exception:  # a page that fails says so, the endpoint keeps serving
             log.exception("console: %s failed", environ.get("PATH_INFO"))
             status, body, extra = "500 Internal Server Error", pages.message_page("Error", "this page failed; "

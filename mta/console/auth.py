@@ -47,7 +47,7 @@ class Gate:
     def __init__(self, address: str, users) -> None:
         self.loopback = is_loopback(address)
         self.hashes = {u.username: u.password_hash for u in users}
-        self._dummy = hash_password("", ln=15) if self.hashes else ""  # an unknown user's check costs the same
+        self._dummy: str | None = None  # an unknown user's check costs the same: made when first needed
         self._passed: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
@@ -77,12 +77,27 @@ class Gate:
         mine = digest(password)
         if remembered is not None and same(remembered, mine):
             return known
-        ok = check_hash(password, self.hashes[known] if known is not None else self._dummy)
+        ok = check_hash(password, self.hashes[known] if known is not None else self._unknown())
         if not ok or known is None:
             return None
         with self._lock:
             self._passed[known] = mine
         return known
+
+
+    def _unknown(self) -> str:
+        if self._dummy is None:
+            self._dummy = hash_password("")  # the default cost, as `mta hash-password` makes them
+        return self._dummy
+
+
+def warning(config) -> str | None:
+    """What `mta check` says when the console will refuse to serve (see Gate.refused)."""
+    console, metrics = config.console, config.metrics
+    if console.enabled and metrics.port and not console.users and not is_loopback(metrics.address):
+        return (f"metrics.address {metrics.address} is not loopback and console.users is empty: the console "
+                "(/console) will not be served; add users (mta hash-password) or set console.enabled: false")
+    return None
 
 
 def _basic(authorization: str | None) -> tuple[str, bytes] | None:

@@ -271,3 +271,30 @@ def test_a_login_is_asked_for_when_users_are_configured(loop, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_busy_loop_gets_503_not_a_stuck_thread(loop, tmp_path, monkeypatch):
+    import mta.console.app as app
+
+    monkeypatch.setattr(app, "SNAPSHOT_TIMEOUT", 0.2)
+    console, server, base = serve(loop, tmp_path)
+    release = threading.Event()
+    loop.call_soon_threadsafe(lambda: release.wait(5))  # the engine's loop blocked
+    try:
+        code, body, headers = get(base + "/console/destinations")
+        assert code == 503 and "did not answer within 0.2 s" in body and headers["Retry-After"] == "5"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_mta_check_warns_when_the_console_would_refuse():
+    from mta.console.auth import warning
+
+    assert warning(parse_config({})) is None
+    assert "will not be served" in warning(parse_config({"metrics": {"address": "0.0.0.0"}}))
+    assert warning(parse_config({"metrics": {"address": "0.0.0.0"}, "console": {"enabled": False}})) is None
+    hashed = hash_password("pw", ln=10)
+    assert warning(parse_config({"metrics": {"address": "0.0.0.0"},
+                                 "console": {"users": [{"username": "a", "password_hash": hashed}]}})) is None
