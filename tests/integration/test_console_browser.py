@@ -24,8 +24,6 @@ from tests.testbed.checks import run_id
 from tests.testbed.util import free_port, wait_for
 from tests.integration.test_tracking import mta
 
-pytestmark = pytest.mark.skipif(not browser.available(), reason="chromium is not installed (scripts/setup.sh)")
-
 
 class Tables(HTMLParser):
     """Every table of a page: {id or position: [[cell text, ...], ...]}, and the forms' hidden inputs."""
@@ -76,6 +74,7 @@ def load(base: str, path: str, profile: str, shots: str, name: str) -> Tables:
 
 @pytest.mark.timeout(300)
 def test_console_pages_in_chromium(vhost, sinks, mta_config, start_mta, tmp_path):
+    assert browser.available(), "chromium is not installed (scripts/setup.sh installs it)"
     port = free_port()
     config = mta_config(default={"retry_intervals": ["1s"], "max_age": "10m"}, metrics={"port": port},
                         tracking={"stuck_after": "2s"}, console={"allow_pause": True})
