@@ -196,9 +196,10 @@ def _preflight(config, path: str) -> bool:
         except ConfigError as exc:
             print(f"{path}: {len(exc.problems)} problem(s):", *exc.problems, sep="\n  ", file=sys.stderr)
             return False
+    from mta.console.auth import warning as console_warning
     from mta.ops.control import secret_file_warnings
 
-    for warning in secret_file_warnings(config):
+    for warning in filter(None, [*secret_file_warnings(config), console_warning(config)]):
         print(f"{path}: warning: {warning}", file=sys.stderr)
     return True
 

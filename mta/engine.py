@@ -40,6 +40,7 @@ from mta.intake.accept import Intake
 from mta.intake.window import LaneWindow, OffLoop
 from mta.settle.journal import Journal, open_journal
 from mta.intake.message import Job
+from mta.console import for_engine as console_for  # SPEC §9: /console beside /metrics
 from mta.ops.metrics import Metrics
 from mta.routing.mx import MxAnswer, MxResolver
 from mta.routing.routes import RouteTable
@@ -145,7 +146,7 @@ class Engine:
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.config.metrics.port:
-            self.metrics.serve(self.config.metrics.address, self.config.metrics.port)
+            self.metrics.serve(self.config.metrics.address, self.config.metrics.port, console=console_for(self))
         window = self.config.broker.prefetch + self.config.broker.single_prefetch
         self.journal, self._recorded = open_journal(self.config.broker.journal, self.config_path, window)
         self.intake.suppression = self.outcomes.suppression = self.suppression

@@ -16,7 +16,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 log() { echo "setup: $*" >&2; }
 die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
-APT_PACKAGES=(rabbitmq-server dnsmasq postfix prometheus redis-server swaks libnet-ssleay-perl postgresql)
+APT_PACKAGES=(rabbitmq-server dnsmasq postfix prometheus redis-server swaks libnet-ssleay-perl postgresql chromium)
 # services those packages may start at install time (when no policy-rc.d forbids it)
 SERVICES=(rabbitmq-server epmd.socket epmd dnsmasq postfix prometheus prometheus-node-exporter redis-server postgresql)
 MIN_PY=(3 11)

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from mta.config.model import Broker, Cluster, Control, Dns, Metrics, Policy, Smtp, Suppression, Tracking
+from mta.config.model import Broker, Cluster, Console, ConsoleUser, Control, Dns, Metrics, Policy, Smtp, Suppression, Tracking
 from mta.intake.idn import ascii_domain, ascii_suffix
 from shaper.patterns import nested_quantifier
 from shaper.units import Duration, Rate
@@ -208,6 +208,28 @@ def _mx_list(v: Any) -> tuple[str, ...]:
     return tuple(_host(host) for host in _str_list(v))
 
 
+def _console_users(v: Any) -> tuple[ConsoleUser, ...]:
+    """`[{username, password_hash}]`: the hash as `mta hash-password` prints it, never a password."""
+    from mta.submission.passwords import parse_hash
+
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of {{username, password_hash}}, got {type(v).__name__}")
+    users, seen = [], set()
+    for i, body in enumerate(v):
+        if not isinstance(body, dict) or set(body) != {"username", "password_hash"}:
+            raise ValueError(f"[{i}]: expected exactly username and password_hash (mta hash-password)")
+        name = _str(body["username"])
+        if ":" in name or name in seen:
+            raise ValueError(f"[{i}]: username {name!r} " + ("repeated" if name in seen else "may not contain ':'"))
+        try:
+            parse_hash(_str(body["password_hash"]))
+        except ValueError as exc:
+            raise ValueError(f"[{i}].password_hash: {exc}") from None
+        seen.add(name)
+        users.append(ConsoleUser(name, body["password_hash"].strip()))
+    return tuple(users)
+
+
 POLICY_FIELDS: dict[str, Callable[[Any], Any]] = {
     "connection_limit": _int(1, 10000),
     "max_message_rate": _rate,
@@ -260,6 +282,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
          "max_addresses_per_mx": _int(1, 100), "shutdown_grace": _positive_duration},
     ),
     "metrics": (Metrics, {"port": _int(0, 65535), "address": _str}),
+    "console": (Console, {"enabled": _bool, "allow_pause": _bool, "users": _console_users}),
     "control": (Control, {"key_env": _str, "key_file": _str}),
     "cluster": (Cluster, {"store": _store_url, "node": _node_name}),
     "suppression": (Suppression, {"hard_bounces": _bool, "complaints": _bool, "expire": _duration,

@@ -73,6 +73,21 @@ class Metrics(msgspec.Struct, frozen=True):
     address: str = "127.0.0.1"
 
 
+class ConsoleUser(msgspec.Struct, frozen=True):
+    """A login of the web console: its name and scrypt hash (`mta hash-password`)."""
+
+    username: str
+    password_hash: str
+
+
+class Console(msgspec.Struct, frozen=True):
+    """The operator's web console at /console on the metrics port (SPEC §9)."""
+
+    enabled: bool = True
+    allow_pause: bool = False  # pause and resume forms; else read-only
+    users: tuple[ConsoleUser, ...] = ()  # logins (HTTP Basic); required when metrics.address is not loopback
+
+
 class Control(msgspec.Struct, frozen=True):
     """Where the key that signs control commands comes from (mta.control); none: unsigned."""
 
@@ -267,6 +282,7 @@ class Config(msgspec.Struct, frozen=True):
     dns: Dns = Dns()
     smtp: Smtp = Smtp()
     metrics: Metrics = Metrics()
+    console: Console = Console()
     control: Control = Control()
     cluster: Cluster = Cluster()
     suppression: Suppression = Suppression()

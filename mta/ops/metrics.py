@@ -20,7 +20,8 @@ its own label in the state metrics, because that is what an operator looks for.
 
 This module keeps the counters and histograms; mta.ops.prometheus turns them and the
 engine's state into metric families. The HTTP endpoint is prometheus_client's threaded
-server on `metrics.port`.
+server on `metrics.port`,
+which also serves the operator's console (mta.console) under /console.
 """
 
 from __future__ import annotations
@@ -261,17 +262,20 @@ class Metrics:
 
     # ---- the endpoint
 
-    def serve(self, address: str, port: int) -> None:
-        from prometheus_client import start_http_server
+    def serve(self, address: str, port: int, console=None) -> None:
+        """The endpoint: /metrics, and the operator's console (a WSGI app) under /console."""
+        from mta.ops.httpd import start
 
         try:
-            self.server, _thread = start_http_server(port, addr=address, registry=self.registry)
+            self.server = start(address, port, self.registry, console)
         except OSError as exc:
             # Mail matters more than its metrics: deliver without the endpoint, loudly.
             log.error("cannot serve metrics on %s:%d (%s); running without the metrics endpoint",
                       address, port, exc)
             return
         log.info("metrics at http://%s:%d/metrics", address, port)
+        if console is not None:
+            log.info("console at http://%s:%d/console", address, port)
 
     def close(self) -> None:
         if self.server is not None:

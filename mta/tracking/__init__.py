@@ -21,3 +21,15 @@ def attach(engine, config, config_path: str | None):
     tracker = Tracker(config.tracking, path, config.broker.url, config.broker.queue_type, engine.time)
     engine.tracking = engine.intake.tracking = engine.outcomes.tracking = tracker
     return tracker
+
+
+def open_reader(config, path: str | None):
+    """A blocking reader of the event store (for `mta trace`, `mta stuck`, the console):
+    PostgreSQL with `tracking.store`, else the SQLite file at `path`."""
+    if config.store:
+        from mta.tracking.shared import SharedEventsSync
+
+        return SharedEventsSync(config.store)
+    from mta.tracking.store import EventStore
+
+    return EventStore(path)

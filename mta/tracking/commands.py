@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import orjson
 
 from mta.clock import SYSTEM
-from mta.tracking.store import EventStore, path_for
+from mta.tracking.store import path_for
 from shaper.units import Duration
 
 
@@ -38,17 +38,14 @@ def _store(config_path: str):
     """The event store the rules file names: PostgreSQL (`tracking.store`), else the SQLite
     file beside it; None (said why) when the file cannot be read."""
     from mta.config import ConfigError, load_config
+    from mta.tracking import open_reader
 
     try:
-        url = load_config(config_path).tracking.store
+        config = load_config(config_path)
     except (ConfigError, OSError) as exc:
         print(f"{config_path}: {exc}", file=sys.stderr)
         return None
-    if url:
-        from mta.tracking.shared import SharedEventsSync
-
-        return SharedEventsSync(url)
-    return EventStore(path_for(config_path))
+    return open_reader(config.tracking, path_for(config_path))
 
 
 def trace(args: argparse.Namespace) -> int:
@@ -81,6 +78,45 @@ def trace(args: argparse.Namespace) -> int:
 
 def render(events: list[dict]) -> str:
     """Events grouped by message, in time order within each."""
+    out = []
+    for message_id, recipient, about, mine in heading(events):
+        out.append(f"{message_id} -> {recipient}" + (f" ({about})" if about else ""))
+        out.extend(f"  {_line(e)}" for e in mine)
+    return "\n".join(out)
+
+
+def _line(e: dict) -> str:
+    c = columns(e)
+    parts = [c["when"], f"{c['status']:<10}"]
+    parts.extend(x for x in (c["attempt"], c["phase"], c["where"], c["reply"], c["notes"]) if x)
+    return "  ".join(parts).rstrip()
+
+
+def columns(e: dict) -> dict[str, str]:
+    """One event as `mta trace` shows it, column by column (the console shows the same):
+    when, status, attempt, phase, where (MX and address), reply, notes; empty when absent."""
+    attempt = f"attempt {e['attempts']}" if e["status"] not in ("accepted", "held") and e["attempts"] else ""
+    where = e["mx"] + (f" [{e['ip']}]" if e["ip"] else "") if e["mx"] else ""
+    description = e["description"] or ""
+    enhanced = e["enhanced"] if e["enhanced"] and not description.startswith(e["enhanced"]) else None
+    reply = " ".join(str(x) for x in (e["code"], enhanced) if x)
+    notes = []
+    detail = orjson.loads(e["detail"]) if e["detail"] else {}
+    if "tls" in detail:
+        notes.append(f"TLS {detail['tls']}" if detail["tls"] else "no TLS")
+    if detail.get("late"):
+        notes.append("(late)")
+    if "suppression" in detail:
+        s = detail["suppression"]
+        notes.append(f"on the suppression list ({s.get('reason')}, message {s.get('message_id')})")
+    if "complaint" in detail:
+        notes.append(f"feedback {detail['complaint'].get('feedback_type')}")
+    return {"when": _when(e["time"]), "status": e["status"], "attempt": attempt, "phase": e["phase"] or "",
+            "where": where, "reply": " ".join(x for x in (reply, description) if x), "notes": "  ".join(notes)}
+
+
+def heading(events: list[dict]) -> list[tuple[str, str, str, list[dict]]]:
+    """Events grouped by message, in time order within each: (id, recipient, about, events)."""
     by_message: dict[tuple, list[dict]] = {}
     for e in events:
         by_message.setdefault((e["id"], e["recipient"]), []).append(e)
@@ -92,36 +128,8 @@ def render(events: list[dict]) -> str:
             about.append(f"tags {first['tags']}")
         if first["source"]:
             about.append(f"source {first['source']}")
-        out.append(f"{message_id} -> {recipient}" + (f" ({', '.join(about)})" if about else ""))
-        out.extend(f"  {_line(e)}" for e in mine)
-    return "\n".join(out)
-
-
-def _line(e: dict) -> str:
-    parts = [_when(e["time"]), f"{e['status']:<10}"]
-    if e["status"] not in ("accepted", "held") and e["attempts"]:
-        parts.append(f"attempt {e['attempts']}")
-    if e["phase"]:
-        parts.append(e["phase"])
-    if e["mx"]:
-        parts.append(e["mx"] + (f" [{e['ip']}]" if e["ip"] else ""))
-    description = e["description"] or ""
-    enhanced = e["enhanced"] if e["enhanced"] and not description.startswith(e["enhanced"]) else None
-    reply = " ".join(str(x) for x in (e["code"], enhanced) if x)
-    text = " ".join(x for x in (reply, description) if x)
-    if text:
-        parts.append(text)
-    detail = orjson.loads(e["detail"]) if e["detail"] else {}
-    if "tls" in detail:
-        parts.append(f"TLS {detail['tls']}" if detail["tls"] else "no TLS")
-    if detail.get("late"):
-        parts.append("(late)")
-    if "suppression" in detail:
-        s = detail["suppression"]
-        parts.append(f"on the suppression list ({s.get('reason')}, message {s.get('message_id')})")
-    if "complaint" in detail:
-        parts.append(f"feedback {detail['complaint'].get('feedback_type')}")
-    return "  ".join(parts).rstrip()
+        out.append((message_id, recipient, ", ".join(about), mine))
+    return out
 
 
 def stuck(args: argparse.Namespace) -> int:
