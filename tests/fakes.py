@@ -26,6 +26,8 @@ tests/mta/test_fakes.py holds each method of the other fakes to the real class's
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import asyncio
 import heapq
 import itertools
@@ -41,6 +43,7 @@ from pamqp.decode import field_table
 from mta.config import parse_config
 from mta.destinations.budget import Budget
 from mta.ops import control
+from mta.ops.replies import LastReplies
 from mta.ops.metrics import Metrics
 from mta.routing.routes import RouteTable
 from mta.routing.rules import Rules
@@ -182,6 +185,8 @@ class FakeEngine:
         self.control_gate = control.Gate(None)
         self.cluster = None  # one process alone (mta.cluster)
         self.listeners = None  # no SMTP submission (mta.submission)
+        self.tracking = None  # no event store (mta.tracking)
+        self.outcomes = SimpleNamespace(replies=LastReplies())  # what `mta status DESTINATION` reads of them
         self.metrics = Metrics(self, clock=clock, promote_after=promote_after)
 
 

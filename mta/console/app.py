@@ -51,11 +51,12 @@ class Console:
 
     # ---- data
 
-    def snapshot(self) -> dict:
+    def snapshot(self, target: str | None = None) -> dict:
+        """The status snapshot (with `target`, that destination in detail too), taken on the loop."""
         from mta.ops.status import snapshot
 
         async def take() -> dict:
-            return snapshot(self.engine)
+            return snapshot(self.engine, target)
 
         future = asyncio.run_coroutine_threadsafe(take(), self.loop)
         try:
@@ -151,7 +152,8 @@ class Console:
             return "200 OK", pages.stuck(found, older, self.engine.clock(), self.engine.metrics.instance), []
         if path not in ("/console", "/console/destinations", "/console/destination", "/console/pauses"):
             return "404 Not Found", pages.message_page("Not found", f"no page {path}", back="/console"), []
-        snap = self.snapshot()
+        key = query.get("key", "")
+        snap = self.snapshot(key[:300] if path == "/console/destination" and key else None)
         if path == "/console":
             paused = sum(1 for d in snap["destinations"] if d["state"] == "paused")
             store = self._store()
@@ -166,7 +168,6 @@ class Console:
             return "200 OK", pages.destinations(snap), []
         if path == "/console/pauses":
             return "200 OK", pages.pauses(snap, self.settings.allow_pause, self.csrf), []
-        key = query.get("key", "")
         html = pages.destination(snap, key)
         if html is None:
             return "404 Not Found", pages.message_page(

@@ -175,8 +175,10 @@ def destinations(snap: dict) -> str:
 
 
 def destination(snap: dict, key: str) -> str | None:
-    """One destination's detail; None when the snapshot does not show it (idle, or unknown)."""
-    found = next((d for d in snap["destinations"] if d["destination"] == key), None)
+    """One destination's detail, with why its mail waits and its last replies that were not
+    2xx (mta.ops.detail); None when this MTA knows nothing of it."""
+    found = next((d for d in snap.get("detail") or [] if d["destination"] == key), None)
+    found = found or next((d for d in snap["destinations"] if d["destination"] == key), None)
     if found is None:
         return None
     d, now = found, snap["now"]
@@ -187,8 +189,22 @@ def destination(snap: dict, key: str) -> str | None:
              ("last error", esc(d["last_error"])), ("rules", esc(" + ".join(d["rules"])))]
     limits = d["limits"] or {}
     facts += [(f"limit: {name.replace('_', ' ')}", esc(value)) for name, value in limits.items()]
+    if d.get("serves"):
+        facts.insert(0, ("serves", esc(d["serves"])))
+    if d.get("waits"):
+        facts.insert(3, ("mail waits", esc(d["waits"])))
     rows = "".join(f"<tr><th>{esc(name)}</th><td>{value}</td></tr>" for name, value in facts)
     body = f"<table id=detail><tbody>{rows}</tbody></table>"
+    replies = d.get("replies") or []
+    body += "<h2>Last replies that were not 2xx</h2>"
+    if replies:
+        head = [("time (UTC)", ""), ("phase", ""), ("MX [address]", ""), ("code", ""), ("reply", "")]
+        body += _table(head, [
+            "<tr class=reply>" + "".join(f"<td>{esc(v)}</td>" for v in (
+                clock(r["time"]), r["phase"], (r["mx"] or "") + (f" [{r['ip']}]" if r["ip"] else ""),
+                "" if r["code"] is None else r["code"], r["text"])) + "</tr>" for r in replies])
+    else:
+        body += "<p>None since this MTA started.</p>"
     return page(f"Destination {key}", "destinations", body, snap["instance"], refresh=True)
 
 

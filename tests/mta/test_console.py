@@ -88,6 +88,15 @@ def test_destination_detail_shows_what_the_snapshot_has():
     assert pages.destination(snap, "domain:idle.example") is None
 
 
+def test_destination_detail_shows_its_last_replies_that_were_not_2xx():
+    e = engine()
+    e.outcomes.replies.note("domain:slow.example", NOW - 3, "rcpt", 451, f"4.7.1 slow down {EVIL}", "mx.slow.example",
+                            "192.0.2.9")
+    html = pages.destination(status.snapshot(e, "domain:slow.example"), "domain:slow.example")
+    assert "Last replies that were not 2xx" in html and EVIL not in html
+    assert "<td>rcpt</td><td>mx.slow.example [192.0.2.9]</td><td>451</td><td>4.7.1 slow down &lt;script" in html
+
+
 def test_message_lookup_shows_every_event_as_trace_does_escaped():
     events = [event(NOW - 5, "order-1", f"{EVIL}@ok.example", "accepted", lane="single", tags="shop"),
               event(NOW, "order-1", f"{EVIL}@ok.example", "delivered", attempts=1, phase="message",
@@ -218,9 +227,9 @@ def test_every_page_served_beside_metrics(loop, tmp_path):
     console, server, base = serve(loop, tmp_path)
     original = status.snapshot
 
-    def on_which_thread(eng):
+    def on_which_thread(eng, target=None):
         taken_on.append(threading.current_thread())
-        return original(eng)
+        return original(eng, target)
 
     try:
         status.snapshot = on_which_thread
