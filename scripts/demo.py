@@ -91,7 +91,7 @@ BOUNCES = "bounces.test"
 VERP_KEY = "demo-verp-key"
 
 
-def late_bounce(url: str, sinks, port: int) -> bool:
+def late_bounce(url: str, sinks, port: int) -> tuple[bool, str]:
     """What a receiver that accepted a message and found no mailbox afterwards does (SPEC §8):
     a bounce to the message's VERP envelope sender, on the inbound listener. The late result,
     and the next message to that recipient suppressed."""
@@ -116,7 +116,7 @@ def late_bounce(url: str, sinks, port: int) -> bool:
           f"127.0.0.1:{port}):")
     if not late:
         print("  no late result came")
-        return False
+        return False, delivered.rcpt
     print(f"  result: {late[0]['status']} late={late[0]['late']} bounce={late[0]['bounce']} "
           f"({late[0]['results'][0]['description'][:60]})")
     publish(url, "bulk", [make_message(f"{msg_id}-again", delivered.rcpt)])
@@ -124,7 +124,41 @@ def late_bounce(url: str, sinks, port: int) -> bool:
     again = results.finals(f"{msg_id}-again")
     status = again[0]["status"] if again else "(none)"
     print(f"  the next message to {delivered.rcpt}: {status}")
-    return status == "suppressed"
+    return status == "suppressed", delivered.rcpt
+
+
+def show_trace(config: str, recipient: str) -> bool:
+    """`mta trace RECIPIENT`: both messages to that recipient, from the event store."""
+    import subprocess
+
+    command = [sys.executable, "-m", "mta", "trace", recipient, "-c", config]
+    deadline = time.monotonic() + 10
+    while True:  # the tracker writes every quarter second
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        if "suppressed" in done.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    print(f"\n$ mta trace {recipient} -c {os.path.relpath(config, ROOT)}")
+    print(done.stdout.rstrip() or done.stderr.rstrip())
+    return "suppressed" in done.stdout
+
+
+def show_console(ports: list[int]) -> bool:
+    """The console each MTA serves beside its metrics (it stops with the demo)."""
+    ok = True
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/console", timeout=5) as response:
+                page = response.read().decode()
+        except OSError as exc:
+            print(f"console http://127.0.0.1:{port}/console did not answer: {exc}")
+            ok = False
+            continue
+        processed = page.split("processed", 1)[1][:200] if "processed" in page else ""
+        number = next((w for w in processed.replace(">", " ").replace("<", " ").split() if w.isdigit()), "?")
+        print(f"console: http://127.0.0.1:{port}/console answered {response.status} "
+              f"(overview: {number} messages processed; see docs/console/ for its pages)")
+    return ok
 
 
 def scrape(ports: list[int]) -> dict[str, float]:
@@ -253,8 +287,10 @@ def main() -> int:
         missing = len(ids) - sum(finals.values())
         if missing:
             print(f"  {missing} message(s) had no final result yet")
-        suppressed = late_bounce(url, sinks, inbound_port)
-        return 0 if missing == 0 and suppressed else 1
+        suppressed, recipient = late_bounce(url, sinks, inbound_port)
+        traced = show_trace(config, recipient)
+        console = show_console(metrics_ports)
+        return 0 if missing == 0 and suppressed and traced and console else 1
     finally:
         if mta is not None:
             code = mta.terminate()
