@@ -35,6 +35,7 @@ class SharedEvents:
         if self.db is None or self.db.is_closed():
             self.db = await connect(self.url)
             await create_schema(self.db, "tracking", PENDING)
+            await self.db.execute("CREATE TEMPORARY TABLE mta_pending_batch (LIKE mta_pending) ON COMMIT DELETE ROWS")
             self._days = set(await self.days())
 
     async def close(self) -> None:
@@ -78,11 +79,13 @@ class SharedEvents:
             finished, waiting = pending_changes(rows)
             if finished:
                 await self.db.execute("DELETE FROM mta_pending WHERE id = ANY($1::text[])", finished)
-            if waiting:
-                await self.db.executemany(
-                    "INSERT INTO mta_pending VALUES ($1, $2, $3, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET "
+            if waiting:  # COPY into a scratch table, then one upsert: no statement per row
+                await self.db.copy_records_to_table("mta_pending_batch", records=[
+                    (r[1], r[2], r[0], r[0], r[3], r[12]) for r in waiting])
+                await self.db.execute(
+                    "INSERT INTO mta_pending SELECT * FROM mta_pending_batch ON CONFLICT (id) DO UPDATE SET "
                     "last = GREATEST(mta_pending.last, excluded.last), status = excluded.status, "
-                    "description = excluded.description", [(r[1], r[2], r[0], r[3], r[12]) for r in waiting])
+                    "description = excluded.description")
 
     async def _select(self, where: str, arg, since: float | None, limit: int) -> list[dict]:
         days = [d for d in await self.days() if since is None or d >= day_of(since)]
