@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from html import escape
 from urllib.parse import quote
 
-from mta.ops.status import KINDS
+from mta.ops.status import KINDS, duration
 from mta.tracking.commands import columns, heading
 
 STYLE = """
@@ -78,15 +78,6 @@ def page(title: str, here: str, body: str, snapshot_of: str = "", *, refresh: bo
 
 def clock(t: float | None) -> str:
     return "" if t is None else datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _table(head: list[tuple[str, str]], rows: list[str], table_id: str = "") -> str:

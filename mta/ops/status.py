@@ -262,7 +262,7 @@ def _render_submission(submission: dict | None) -> list[str]:
 
 def _render_mta(mta: dict) -> list[str]:
     now = mta["now"]
-    up = _duration(now - mta["started"])
+    up = duration(now - mta["started"])
     lines = [f"MTA {mta['instance']}  up {up}"]
     lines.append("  since start: " + ", ".join(f"{name} {n}" for name, n in mta["counts"].items()))
     last = mta["last_minute"]
@@ -285,7 +285,7 @@ def _render_mta(mta: dict) -> list[str]:
             head += f": {d['reason']}" if d["reason"] else ""
             if d["since"]:
                 head += f", since {_clock(d['since'])}"
-            head += f", until {_clock(d['until'])} (in {_duration(d['until'] - now)})" if d["until"] else ", until resumed"
+            head += f", until {_clock(d['until'])} (in {duration(d['until'] - now)})" if d["until"] else ", until resumed"
         lines.append(head)
         limits = d["limits"]
         if limits:
@@ -303,7 +303,8 @@ def _clock(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%H:%M:%SZ")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """90s, 15m, 2h05m: how long, for a person."""
     seconds = max(0, int(seconds))
     if seconds < 120:
         return f"{seconds}s"
