@@ -199,14 +199,16 @@ async def consume_control(channel, exchange: str, prefetch: int, max_length: int
         await queue.consume(on_message)
 
 
-async def consume_bound(channel, queue: str, exchange: str, queue_type: str, prefetch: int,
+async def consume_bound(channel, queue: str, exchange: str, queue_type: str, prefetch: int, max_length: int,
                         on_message: Callable[[Any], Awaitable[None]]) -> None:
     """Consume a durable queue of our own that takes every message of a topic exchange
-    (the event store's copy of mta.results), `prefetch` unacknowledged at a time."""
+    (the event store's copy of mta.results), `prefetch` unacknowledged at a time; beyond
+    `max_length` waiting, the oldest are dropped."""
     with mapped(f"consuming {queue}"):
         await channel.set_qos(prefetch_count=prefetch)
         source = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        declared = await channel.declare_queue(queue, durable=True, arguments={"x-queue-type": queue_type})
+        declared = await channel.declare_queue(queue, durable=True, arguments={
+            "x-queue-type": queue_type, "x-max-length": max_length})
         await declared.bind(source, routing_key="#")
         await declared.consume(on_message)
 

@@ -30,6 +30,11 @@ from mta.tracking.store import EventStore
 log = logging.getLogger("mta.tracking")
 
 QUEUE = "mta.tracking"
+# Results waiting for the tracker at most; beyond, the oldest are dropped (their events are
+# lost to the store, never the mail): an MTA stopped for good, or tracking turned off, leaves
+# the queue bound to mta.results, and an unbounded one would fill the broker's disk and stop
+# every publisher. A million 1 KB results is about a gigabyte.
+MAX_WAITING = 1_000_000
 FLUSH_EVERY = 0.25  # seconds between batch writes
 BATCH = 5000  # rows written at most at once
 PREFETCH = 10_000  # results taken from the broker before they are stored and acknowledged
@@ -161,7 +166,8 @@ class Tracker:
             lost = asyncio.Event()
             for thing in (connection, channel):
                 client.on_close(thing, lost.set)
-            await client.consume_bound(channel, QUEUE, RESULTS, self.queue_type, PREFETCH, self._on_result)
+            await client.consume_bound(channel, QUEUE, RESULTS, self.queue_type, PREFETCH, MAX_WAITING,
+                                       self._on_result)
             waits = (asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait()))
             counting = asyncio.ensure_future(self._count(stop))
             try:
