@@ -16,6 +16,8 @@ command injection after STARTTLS) with what submission needs on top.
   aiosmtpd drives asyncio's pure-Python one, and writing replies through it was the
   largest share of a listener's CPU at 1 KB). What aiosmtpd guarantees stays: plain text
   sent behind the STARTTLS line is dropped, and the session starts anew (RFC 3207 §4.2).
+* The command loop, replies and idle timer without aiosmtpd's per-command logging and
+  timers (mta.submission.commands).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import re
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
 
+from mta.submission.commands import Commands
+
 log = logging.getLogger("mta.submission")
 
 MAX_AUTH_FAILURES = 3  # per connection; then it is closed
@@ -39,7 +43,7 @@ _SIMPLE_ADDRESS = re.compile(r"\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7
                              r"(?:\.(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+)*@[A-Za-z0-9.-]+)>(.*)\Z", re.DOTALL)
 
 
-class Submission(SMTP):
+class Submission(Commands):
     """One client connection. `policy` (mta.submission.policy.Policy) decides; this reads
     and answers."""
 
@@ -48,6 +52,7 @@ class Submission(SMTP):
 
     def __init__(self, policy, **kwargs):
         self.policy = policy
+        self.clock = policy.clock
         super().__init__(policy, **kwargs)
 
     refusal: str | None = None  # the answer instead of a greeting (too many connections)
