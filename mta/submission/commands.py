@@ -175,7 +175,8 @@ class Commands(SMTP):
                 status = "500 Error: Cannot describe error"
         finally:
             if isinstance(error, TLSSetupException):
-                self.transport.close()
-                self.connection_lost(error)
+                if self.transport is not None:  # the TLS layer may have reported the loss first
+                    self.transport.close()
+                    self.connection_lost(error)
             else:
                 await self.push(status)
