@@ -48,6 +48,10 @@ CPU in that window is shown apart for the MTA (the MTA's queue is RabbitMQ; Post
 is its own queue files, counted in its CPU). The clients' own CPU is shown too: on a
 2-core machine they compete with the server and the broker for the same cores.
 
+`--baseline DIR` adds the listeners of another checkout (say a worktree of the commit
+before a change), as "listeners base" in the same run, interleaved with the others: a
+before and after under the same load of the shared machine.
+
 `--profile DIR` records the listeners process (and the `mta run` one) with py-spy
 (speedscope JSON per case; summarise with benchmarks/spysummary.py).
 """
@@ -276,9 +280,10 @@ class MtaServer:
     `mta run --processes N` has), or `mta run` (with `--processes N` when N > 1)."""
 
     def __init__(self, name: str, work: str, config_path: str, url: str, port: int, lane: str, engine: bool,
-                 processes: int = 1):
+                 processes: int = 1, root: str = ROOT):
         self.name, self.work, self.config_path, self.url, self.port = name, work, config_path, url, port
         self.lane, self.engine, self.processes = lane, engine, processes
+        self.root = root  # the checkout whose code runs
         self.procs: list[subprocess.Popen] = []
         self.auth = True
 
@@ -287,11 +292,12 @@ class MtaServer:
             commands = [["-m", "mta", "run", self.config_path, "--log-level", "WARNING"]
                         + (["--processes", str(self.processes)] if self.processes > 1 else [])]
         else:
-            commands = [[os.path.abspath(__file__), "--listeners-only", self.config_path]] * self.processes
+            script = os.path.join(self.root, "benchmarks", "submission.py")
+            commands = [[script, "--listeners-only", self.config_path]] * self.processes
         log = open(os.path.join(self.work, f"{self.name.replace(' ', '-')}.log"), "ab")
-        env = dict(os.environ, WEBSHOP_SMTP_PASSWORD=PASSWORD, PYTHONPATH=ROOT)
+        env = dict(os.environ, WEBSHOP_SMTP_PASSWORD=PASSWORD, PYTHONPATH=self.root)
         for command in commands:
-            self.procs.append(subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=log,
+            self.procs.append(subprocess.Popen([sys.executable, *command], cwd=self.root, env=env, stdout=log,
                                                stderr=subprocess.STDOUT))
         sessions = 4 * self.processes  # the kernel spreads them: every process has its broker connection
         until_accepted(self.port, True, sessions)
@@ -556,6 +562,8 @@ def main() -> int:
                     help="MTA processes on the listening address (`mta run --processes N`)")
     ap.add_argument("--lane", default="single", choices=["single", "bulk"], help="the source's lane")
     ap.add_argument("--pipelining", action="store_true", help="MAIL, RCPT and DATA in one write")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also the listeners of the checkout in DIR (\"listeners base\"), interleaved")
     ap.add_argument("--profile", metavar="DIR", help="py-spy speedscope profiles of the MTA processes into DIR")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--listeners-only", metavar="CONFIG", help=argparse.SUPPRESS)
@@ -581,7 +589,10 @@ def main() -> int:
         if args.processes > 1 and "mta run" in args.servers:  # its processes share their limits
             redis = RedisServer()
             redis.start()
-        for name in args.servers:
+        names = list(args.servers)
+        if args.baseline:  # beside the listeners, before Postfix
+            names.insert(names.index("listeners") + 1 if "listeners" in names else 0, "listeners base")
+        for name in names:
             if name.startswith("postfix"):
                 postfix = TlsPostfix(os.path.join(work, name.replace(" ", "-")), free_port(),
                                      {"d0.test": f"{bulk_ip(0)}:{smtp_port}"}, cert, key, hold=name == "postfix")
@@ -589,7 +600,7 @@ def main() -> int:
                     print("Postfix without AUTH: saslpasswd2 (Debian's sasl2-bin) is not installed")
                 servers[name] = PostfixServer(name, postfix)
                 continue
-            vhost = "listeners" if name == "listeners" else "mtarun"
+            vhost = {"listeners": "listeners", "listeners base": "listenersbase"}.get(name, "mtarun")
             url = rabbit.add_vhost(vhost)
             port = free_port()
             path = os.path.join(work, f"{vhost}.yaml")
@@ -599,7 +610,8 @@ def main() -> int:
                     config["cluster"] = {"store": redis.url}
                 yaml.safe_dump(config, fh)
             servers[name] = MtaServer(name, work, path, url, port, args.lane, engine=name == "mta run",
-                                      processes=args.processes)
+                                      processes=args.processes,
+                                      root=os.path.abspath(args.baseline) if name == "listeners base" else ROOT)
         if args.profile:
             os.makedirs(args.profile, exist_ok=True)
         for repetition in range(1, args.repetitions + 1):

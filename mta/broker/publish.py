@@ -18,6 +18,13 @@ broker's count, or every later confirm settles the wrong publish. So a publish i
 completely before it is counted (one that cannot be encoded fails alone, `Unencodable`,
 and takes no number), and numbers are taken only once the batch is in the write queue,
 with no await in between: a write cancelled while waiting for room takes none.
+
+With `coalesce`, a write whose predecessor's frame still waits in the write queue joins
+that frame instead of queueing its own: the publishes of many callers finishing in one
+loop turn (the SMTP listeners: one small submission each) leave in one `send()` instead of
+one each, in the order their numbers were taken. A frame is only joined while it is the
+queue's last (nothing queued behind it), and aiormq's writer takes its payload in the same
+step as it takes it from the queue.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ _DELIVERY_MODE = 1 << 12
 _MESSAGE_ID = 1 << 7
 
 _JSON = b"\x10application/json"  # shortstr: length octet, then the bytes
+COALESCE_OCTETS = 256 * 1024  # a joined frame grows no further
 
 
 class Publish:
@@ -166,8 +174,10 @@ class _Slot:
 class BatchPublisher:
     """Publishes batches on one aiormq channel opened with publisher confirms."""
 
-    def __init__(self, channel):
+    def __init__(self, channel, *, coalesce: bool = False):
         self.channel = channel  # aiormq.Channel
+        self.coalesce = coalesce
+        self._open: ChannelFrame | None = None  # our last frame (coalesce), perhaps still queued
         # message ids only need to be unique among this channel's unconfirmed publishes
         # (aiormq finds a returned message's delivery tag by it)
         self._prefix = os.urandom(6).hex() + "-"
@@ -230,7 +240,10 @@ class BatchPublisher:
         slots = pending.slots
         payload = b"".join([frames for _, frames in encoded])
         async with channel.lock:
-            await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
+            if not self._joined(payload):
+                frame = ChannelFrame(payload=bytearray(payload) if self.coalesce else payload, should_close=False)
+                await channel.write_queue.put(frame)
+                self._open = frame
             # From here to the end of the lock no await: neither the writer nor the reader
             # runs before every publish of the batch has its number and its slot.
             confirmations = channel.confirmations
@@ -244,3 +257,15 @@ class BatchPublisher:
                 slots.append(slot)
             channel.delivery_tag = tag
         return pending
+
+    def _joined(self, payload: bytes) -> bool:
+        """(coalesce) Add `payload` to our last frame if the writer has not taken it yet and
+        nothing is queued behind it."""
+        frame = self._open
+        if frame is None or not self.coalesce:
+            return False
+        queued = getattr(self.channel.write_queue, "_queue", None)  # asyncio.Queue's deque
+        if not queued or queued[-1] is not frame or len(frame.payload) + len(payload) > COALESCE_OCTETS:
+            return False
+        frame.payload.extend(payload)
+        return True

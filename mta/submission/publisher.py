@@ -286,7 +286,7 @@ class Submitter:
             lost = asyncio.Event()
             for thing in (connection, channel):
                 client.on_close(thing, lost.set)
-            self.connection, self.publisher = connection, BatchPublisher(client.publishing(channel))
+            self.connection, self.publisher = connection, BatchPublisher(client.publishing(channel), coalesce=True)
             log.info("submission: publishing at %s", client.redact(self.url))
             waits = (asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait()))
             try:

@@ -145,3 +145,44 @@ def test_a_send_cancelled_as_its_confirms_arrive_is_cancelled():
         return "returned"
 
     assert _run(scenario()) == "cancelled"
+
+
+def test_coalesced_writes_in_one_loop_turn_leave_in_one_frame_in_order():
+    """Three callers' writes while the writer is busy: one frame in the queue, the broker
+    numbers the publishes in the order written, and each caller hears its own answer."""
+    from mta.broker.errors import PublishRefused
+
+    async def scenario():
+        channel = by_hand()
+        publisher = BatchPublisher(channel, coalesce=True)
+        batches = [await publisher.write([publisher.encode(Publish("", f"q{i}", b"{}"))]) for i in range(3)]
+        queued = channel.write_queue.qsize()
+        channel.drain()
+        for number in (1, 2, 3):
+            channel.answer(number, ack=number != 2)
+        return channel, queued, batches
+
+    channel, queued, batches = _run(scenario())
+    assert queued == 1
+    assert [p["routing_key"] for p in channel.published] == ["q0", "q1", "q2"]
+    assert batches[0].outcomes == [None] and batches[2].outcomes == [None]
+    assert isinstance(batches[1].outcomes[0], PublishRefused)
+
+
+def test_a_frame_the_writer_took_or_one_behind_it_is_not_joined():
+    async def scenario():
+        channel = by_hand()
+        publisher = BatchPublisher(channel, coalesce=True)
+        await publisher.write([publisher.encode(Publish("", "first", b"{}"))])
+        channel.drain()  # the writer took it: the next write is a frame of its own
+        await publisher.write([publisher.encode(Publish("", "secnd", b"{}"))])
+        channel.write_queue.put_nowait(ChannelFrame(payload=b"", should_close=False))  # say, a heartbeat
+        await publisher.write([publisher.encode(Publish("", "third", b"{}"))])
+        sizes = [len(frame.payload) for frame in channel.write_queue._queue]
+        channel.drain()
+        return channel, sizes
+
+    channel, sizes = _run(scenario())
+    assert len(sizes) == 3 and sizes[1] == 0 and sizes[0] == sizes[2]
+    assert [p["routing_key"] for p in channel.published] == ["first", "secnd", "third"]
+    assert channel.delivery_tag == 3
