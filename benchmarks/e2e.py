@@ -138,19 +138,6 @@ async def wait_published(url: str, n: int, timeout: float, mark=None) -> None:
     raise TimeoutError(f"fewer than {n} results after {timeout:.0f}s")
 
 
-async def tracking_backlog(url: str) -> int | None:
-    """Results not yet stored by the tracker (mta.tracking: ready and unacknowledged); None
-    without tracking."""
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel()
-        try:
-            queue = await channel.declare_queue("mta.tracking", passive=True)
-        except aio_pika.exceptions.ChannelClosed:
-            return None
-        return queue.declaration_result.message_count
-
-
 async def wait_results(url: str, n: int, timeout: float) -> tuple[dict, list[float]]:
     counts: dict[str, int] = {}
     accepted: list[float] = []
@@ -292,7 +279,6 @@ def main() -> int:
         asyncio.run(wait_published(url, args.messages, args.timeout,
                                    lambda count: marked.append((count, sum(proc_stats(mta.pid)[:2])))))
         wall = time.monotonic() - started
-        backlog = asyncio.run(tracking_backlog(url))
         others_cpu = {k: cpu_of(v) - others_cpu0[k] for k, v in others.items()}
         user, system, peak = proc_stats(mta.pid)
         cpu = user + system
@@ -323,9 +309,6 @@ def main() -> int:
         print("meanwhile, CPU per message of " + ", ".join(
             f"the {k} {v / args.messages * 1e6:,.0f} us" for k, v in others_cpu.items())
             + f" (the run took {wall:.1f}s, the machine has {os.cpu_count()} cores)")
-        if backlog is not None:
-            print(f"tracking: {backlog} results not yet in the event store when the last result was published "
-                  f"(mta.tracking, ready: the tracker's backlog)")
         if marked and marked[0][0] < args.messages:
             count, cpu_then = marked[0]
             print(f"MTA CPU per message once running (start-up and the first {count} results left out): "

@@ -281,6 +281,7 @@ def _run(config, path: str, siblings: int = 1) -> int:
             store = engine.cluster.store if engine.cluster is not None else None
             engine.listeners = Listeners(config, clock=engine.time, config_path=path, store=store,  # SPEC §7, §8
                                          suppression=engine.suppression)
+            engine.listeners.receiver.track = tracker.result if tracker is not None else None
             await engine.listeners.start()
             tasks.append(engine.listeners.stop_on(stop))
         await asyncio.gather(*tasks)

@@ -199,27 +199,6 @@ async def consume_control(channel, exchange: str, prefetch: int, max_length: int
         await queue.consume(on_message)
 
 
-async def consume_bound(channel, queue: str, exchange: str, queue_type: str, prefetch: int, max_length: int,
-                        on_message: Callable[[Any], Awaitable[None]]) -> None:
-    """Consume a durable queue of our own that takes every message of a topic exchange
-    (the event store's copy of mta.results), `prefetch` unacknowledged at a time; beyond
-    `max_length` waiting, the oldest are dropped."""
-    with mapped(f"consuming {queue}"):
-        await channel.set_qos(prefetch_count=prefetch)
-        source = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        declared = await channel.declare_queue(queue, durable=True, arguments={
-            "x-queue-type": queue_type, "x-max-length": max_length})
-        await declared.bind(source, routing_key="#")
-        await declared.consume(on_message)
-
-
-async def ack_up_to(message) -> None:
-    """Acknowledge `message` and every earlier one of its channel; BrokerLost when the
-    channel is gone."""
-    with mapped("acknowledging"):
-        await message.ack(multiple=True)
-
-
 async def acknowledge(message) -> None:
     """Acknowledge an aio-pika message; BrokerLost when its channel is gone."""
     with mapped("acknowledging a control message"):

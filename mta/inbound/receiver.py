@@ -52,6 +52,7 @@ _READING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbound-read")
 class Receiver:
     def __init__(self, verp, submitter, suppression, wall):
         self.verp = verp  # mta.inbound.verp.Verp or None
+        self.track = None  # the event store's feed of results (mta.tracking.tracker.Tracker.result)
         self.submitter = submitter  # mta.submission.publisher.Submitter: the listeners' broker connection
         self.suppression = suppression  # mta.suppression.service.Suppression or None
         self._wall = wall
@@ -60,7 +61,7 @@ class Receiver:
 
     async def received(self, content: bytes, mail_from: str, rcpt_tos: list[str], peer: str) -> str:
         """The reply to the sender's final dot."""
-        publishes, entries, outcomes = [], [], []
+        publishes, entries, outcomes, docs_out = [], [], [], []
         mail_from = _text(mail_from)
         rcpts = list(dict.fromkeys(_text(rcpt) for rcpt in rcpt_tos))
         reports = await asyncio.get_running_loop().run_in_executor(_READING, parse_reports, content, rcpts, self.verp)
@@ -78,6 +79,7 @@ class Receiver:
                     continue
                 made.add(key)
                 publishes.append(Publish(RESULTS, doc["status"], orjson.dumps(doc)))
+                docs_out.append(doc)
                 if entry is not None:
                     entries.append(entry)
         if publishes:
@@ -95,6 +97,9 @@ class Receiver:
             log.exception("inbound: the suppression list did not take %d entries", len(entries))
             return "451 4.3.0 Cannot keep this report now, try again later"
         self.counts.update(outcomes)
+        if self.track is not None:
+            for doc in docs_out:
+                self.track(doc)  # the event store (mta.tracking)
         return "250 2.0.0 Report taken" if "unmatched" not in outcomes else "250 2.0.0 Kept for inspection"
 
     async def _suppress(self, entries: list[tuple[str, str, str]]) -> None:

@@ -23,7 +23,7 @@ from mta.ops import control, detail
 from mta.ops.metrics import is_attempt
 from mta.broker.topology import LANES, lane_queue
 
-EXTRA_QUEUES = ("mta.results", "mta.invalid", "mta.quarantine", "mta.tracking", "mta.inbound.unmatched")
+EXTRA_QUEUES = ("mta.results", "mta.invalid", "mta.quarantine", "mta.inbound.unmatched")
 MAX_ROWS = 500  # destinations per answer, non-normal and busiest first
 KINDS = (("attempts", "attempt"), ("delivered", "delivered"), ("deferred", "deferred"), ("bounced", "bounced"),
          ("expired", "expired"), ("not tried", "not_tried"))

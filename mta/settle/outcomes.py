@@ -66,7 +66,7 @@ class Outcomes:
                                   "message_id": entry["message_id"], "scope": entry["scope"]}
         self.counts["suppressed"] = self.counts.get("suppressed", 0) + 1
         book, tag = job.delivery
-        self.settler.final(job, book, tag, "suppressed")
+        self._final(job, book, tag, "suppressed")
 
     def too_large(self, job: Job, limit: int) -> None:
         self.finish(job, Reply(552, f"5.3.4 message of {job.size} octets exceeds the maximum size "
@@ -89,7 +89,7 @@ class Outcomes:
                                              None, None, job.lane))
             self.counts["expired"] += 1
             self.metrics.outcome(job, "expired", "soft", now, tried=False)
-            self.settler.final(job, book, tag, "expired", "soft")
+            self._final(job, book, tag, "expired", "soft")
             return
         self.counts["held"] += 1
         self.metrics.not_tried(job, now)
@@ -114,7 +114,7 @@ class Outcomes:
             if fault.ARMED: fault.hit("after_250")  # test-only: MTA_FAULT (mta/fault.py)
             self.counts["delivered"] += 1
             self.metrics.outcome(job, "delivered", None, now)
-            settler.final(job, book, tag, "delivered")
+            self._final(job, book, tag, "delivered")
             return
         if job.destination is not None:
             self.replies.note(job.destination.key, now, reply.phase, reply.code, reply.text, mx, ip)
@@ -128,10 +128,17 @@ class Outcomes:
             self.counts["deferred"] += 1
             self.metrics.outcome(job, "deferred", None, now)
             settler.defer(job, book, tag, disposition.delay)
+            if self.tracking is not None:
+                self.tracking.settled(job, "deferred", None)
         else:  # bounced or expired
             status = "bounced" if isinstance(disposition, Bounced) else "expired"
             if status == "bounced" and disposition.kind == "hard" and self.suppression is not None:
                 self.suppression.bounced(job, reply.code, enhanced, reply.text)
             self.counts[status] += 1
             self.metrics.outcome(job, status, disposition.kind, now)
-            settler.final(job, book, tag, status, disposition.kind)
+            self._final(job, book, tag, status, disposition.kind)
+
+    def _final(self, job: Job, book, tag: int, status: str, bounce: str | None = None) -> None:
+        self.settler.final(job, book, tag, status, bounce)
+        if self.tracking is not None:
+            self.tracking.settled(job, status, bounce)

@@ -18,7 +18,7 @@ def attach(engine, config, config_path: str | None):
     from mta.tracking.tracker import Tracker
 
     path = path_for(config_path) or f"file:mta-events-{next(_MEMORY)}?mode=memory&cache=shared"
-    tracker = Tracker(config.tracking, path, config.broker.url, config.broker.queue_type, engine.time)
+    tracker = Tracker(config.tracking, path, engine.time)
     engine.tracking = engine.intake.tracking = engine.outcomes.tracking = tracker
     return tracker
 

@@ -9,7 +9,6 @@ attempt's; of the engine's own events, when it saw them.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -27,15 +26,6 @@ def _text(value: Any, limit: int = 512) -> str | None:
     return text[:limit]
 
 
-def _time(value: Any, default: float) -> float:
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value).timestamp()
-        except ValueError:
-            pass
-    return default
-
-
 def _tags(value: Any) -> str | None:
     if isinstance(value, (list, tuple)) and value:
         return ",".join(str(t)[:100] for t in value[:20])
@@ -43,20 +33,41 @@ def _tags(value: Any) -> str | None:
 
 
 def from_result(doc: dict, now: float) -> tuple:
-    """The row of one result (SPEC §2) as published on mta.results."""
+    """The row of one result (SPEC §2) as published on mta.results, at `now` (when the
+    tracker read it: milliseconds after the attempt, whose own time is in the result; not
+    parsed, per event, for that)."""
     attempts = doc.get("results")
     last = attempts[-1] if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict) else {}
     detail = {k: doc[k] for k in DETAIL_FIELDS if k in doc}
     if "tls" in last:  # the session of the last attempt: its cipher, or none
         detail["tls"] = _text(last.get("cipher"), 100) if last.get("tls") else None
     code = last.get("code")
-    return (_time(last.get("time"), now), _text(doc.get("id"), 300) or "", _text(doc.get("recipient"), 300),
+    return (now, _text(doc.get("id"), 300) or "", _text(doc.get("recipient"), 300),
             _text(doc.get("status"), 20) or "?", 1 if doc.get("final") else 0,
             doc.get("attempts") if isinstance(doc.get("attempts"), int) else None,
             _text(last.get("lane") or doc.get("lane"), 20), _text(last.get("phase"), 20), _text(last.get("mx"), 255),
             _text(last.get("ip"), 64), code if isinstance(code, int) else None, _text(last.get("enhanced"), 20),
             _text(last.get("description")), _tags(doc.get("tags")), _text(doc.get("source"), 100),
             orjson.dumps(detail).decode()[:MAX_TEXT] if detail else None)
+
+
+def from_job(job, status: str, bounce: str | None, now: float) -> tuple:
+    """The row of a result the engine just settled (final or deferred): what its document
+    says (mta.settle.results.result_doc), read from the job itself, not from JSON."""
+    last = job.history[-1] if job.history else {}
+    detail = {}
+    if bounce is not None:
+        detail["bounce"] = bounce
+    suppression = job.doc.get("suppression")
+    if status == "suppressed" and suppression is not None:
+        detail["suppression"] = suppression
+    if "tls" in last:
+        detail["tls"] = _text(last.get("cipher"), 100) if last.get("tls") else None
+    code, source = last.get("code"), job.doc.get("source")
+    return (now, str(job.id), job.recipient.text, status, 0 if status == "deferred" else 1, job.attempts,
+            job.lane, last.get("phase"), last.get("mx"), last.get("ip"), code if isinstance(code, int) else None,
+            last.get("enhanced"), _text(last.get("description")), _tags(job.tags),
+            source if isinstance(source, str) else None, orjson.dumps(detail).decode() if detail else None)
 
 
 def local(job, status: str, now: float, description: str | None = None, detail: dict | None = None) -> tuple:

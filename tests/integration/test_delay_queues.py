@@ -17,7 +17,7 @@ from shaper.retry import DELAY_LADDER
 from tests.testbed.amqp import ResultCollector, make_message, publish, queue_info
 from tests.testbed.checks import assert_each_final, run_id
 
-FIXED = {"mta.single", "mta.bulk", "mta.results", "mta.invalid", "mta.quarantine", "mta.inbound.unmatched", "mta.tracking"}
+FIXED = {"mta.single", "mta.bulk", "mta.results", "mta.invalid", "mta.quarantine", "mta.inbound.unmatched"}
 LADDER = {delay_queue(lane, s) for lane in LANES for s in DELAY_LADDER}
 
 
