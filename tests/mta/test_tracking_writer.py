@@ -1,0 +1,72 @@
+"""The event store's writer process and the tracker's batches (SPEC §9): rows written by a
+child process; a batch the store does not take is kept and tried again, said once."""
+
+import asyncio
+import logging
+from types import SimpleNamespace
+
+from mta.config import Tracking
+from mta.tracking import events
+from mta.tracking.store import EventStore
+from mta.tracking.tracker import Tracker
+from mta.tracking.writer import WriterProcess
+
+NOW = 1_795_856_400.0
+
+
+def _job(message_id: str):
+    return SimpleNamespace(id=message_id, recipient=SimpleNamespace(text="a@x.test"), attempts=0, lane="bulk",
+                           tags=(), doc={}, history=[])
+
+
+def test_the_writer_process_writes_and_stops(tmp_path) -> None:
+    path = str(tmp_path / "events.sqlite")
+
+    async def run() -> None:
+        writer = WriterProcess(path)
+        await writer.write([events.local(_job("m1"), "accepted", NOW)])
+        await writer.write([events.from_job(_job("m1"), "delivered", None, NOW + 1)])
+        process = writer.process
+        await writer.close()
+        assert not process.is_alive()
+
+    asyncio.run(run())
+    assert [e["status"] for e in EventStore(path).by_id("m1")] == ["accepted", "delivered"]
+
+
+class Failing:
+    path = "nowhere"
+
+    def __init__(self):
+        self.fail, self.written = True, []
+
+    async def write(self, rows):
+        if self.fail:
+            raise OSError("disk full")
+        self.written.extend(rows)
+
+
+def test_a_batch_the_store_refuses_is_kept_and_tried_again(tmp_path, caplog) -> None:
+    clock = SimpleNamespace(wall=lambda: now[0], sleep=asyncio.sleep)
+    now = [NOW]
+    tracker = Tracker(Tracking(), str(tmp_path / "e.sqlite"), clock)
+    tracker.writer = failing = Failing()
+
+    async def run() -> None:
+        tracker.accepted(_job("m1"))
+        with caplog.at_level(logging.WARNING, "mta.tracking"):
+            await tracker.flush()
+            tracker.accepted(_job("m2"))
+            now[0] += 1
+            await tracker.flush()  # within RETRY: not tried
+            now[0] += 5
+            await tracker.flush()  # tried again, fails again: said once only
+        assert [r[1] for r in tracker.local] == ["m1", "m2"] and failing.written == []
+        failing.fail = False
+        now[0] += 5
+        await tracker.flush()
+        assert [r[1] for r in failing.written] == ["m1", "m2"] and tracker.local == []
+
+    asyncio.run(run())
+    said = [r.getMessage() for r in caplog.records if "event store" in r.getMessage()]
+    assert len(said) == 2 and "disk full" in said[0] and said[1].endswith("writing works again"), said
