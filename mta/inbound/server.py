@@ -23,7 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mta.config import Inbound
 from mta.submission.policy import allowed
-from mta.submission.server import getaddr, read_data
+from mta.submission.server import data_begins, getaddr, read_data
 
 log = logging.getLogger("mta.inbound")
 
@@ -124,15 +124,8 @@ class InboundServer(SMTP):
         await super()._handle_client()
 
     async def smtp_DATA(self, arg: str) -> None:
-        if await self.check_helo_needed():
+        if not await data_begins(self, arg):
             return
-        if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
         content, too_big = await read_data(self._reader, self.reports.listener.max_message_size)
         if too_big:
             self.reports.refuse("size")

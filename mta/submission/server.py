@@ -200,15 +200,8 @@ class Submission(Commands):
     # ---- DATA
 
     async def smtp_DATA(self, arg: str) -> None:
-        if await self.check_helo_needed():
+        if not await data_begins(self, arg):
             return
-        if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
         content, too_big = await read_data(self._reader, self.policy.size_limit(self.envelope))
         if too_big:
             status = "552 5.3.4 Message too big for this source"
@@ -218,6 +211,20 @@ class Submission(Commands):
             status = await self.policy.data(self.session, self.envelope)
         self._set_post_data_state()
         await self.push(status)
+
+
+async def data_begins(server: SMTP, arg: str) -> bool:
+    """DATA's checks and its 354, as aiosmtpd answers them; False when refused (answered)."""
+    if await server.check_helo_needed():
+        return False
+    if not server.envelope.rcpt_tos:
+        await server.push("503 5.5.1 Error: need RCPT command")
+        return False
+    if arg:
+        await server.push("501 5.5.4 Syntax: DATA")
+        return False
+    await server.push("354 End data with <CR><LF>.<CR><LF>")
+    return True
 
 
 def getaddr(server: SMTP, arg: str) -> tuple[str | None, str | None]:
