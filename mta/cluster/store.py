@@ -48,10 +48,14 @@ class Store:
 
         self._refused = ResponseError  # it answers, with an error
         self._failed = (RedisError, OSError, TimeoutError)  # no answer (in time)
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, max_connections=16,
-            decode_responses=False, health_check_interval=0)
+        # A burst of calls (a redelivered prefetch window, each copy looked up in the shared
+        # record at once) waits for one of the 16 connections, within the call's timeout; the
+        # plain pool refuses the 17th at once ("Too many connections"), which would count as
+        # the store being down and send those copies again.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=16, timeout=timeout, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=False, health_check_interval=0)
+        self.client = redis.Redis(connection_pool=pool)
         self._scripts: dict[str, Any] = {}
 
     def script(self, name: str, source: str) -> None:
