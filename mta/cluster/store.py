@@ -57,6 +57,7 @@ class Store:
             retry=Retry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=False, health_check_interval=0)
         self.client = redis.Redis(connection_pool=pool)
         self._scripts: dict[str, Any] = {}
+        self._dropping: set[asyncio.Task] = set()  # idle connections being closed (the loop keeps weak references)
 
     def script(self, name: str, source: str) -> None:
         """Register a Lua script; `run(name, ...)` calls it by its digest (EVALSHA, loaded
@@ -91,6 +92,11 @@ class Store:
         else:
             log.warning("the cluster store %s does not answer (%s): this node keeps to its share "
                         "of every limit until it does", _safe(self.url), exc or "no answer")
+            # Its idle connections go: after a restart each would fail once more ("Connection
+            # closed by server") and mark the store down again just after it came back.
+            task = asyncio.ensure_future(self.client.connection_pool.disconnect(inuse_connections=False))
+            self._dropping.add(task)
+            task.add_done_callback(self._dropping.discard)
         if self._on_change is not None:
             self._on_change(up)
 
