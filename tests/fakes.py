@@ -247,6 +247,7 @@ class FakeConnector:
         self.hang_data = hang_data
         self.dot_unread = dot_unread
         self.tried: list[tuple[str, str]] = []
+        self.connect_timeouts: list[float] = []  # what each open was given
         self.sessions: list[FakeSession] = []
         self.sent: list[tuple[str, str | None]] = []
         self.open_now = 0
@@ -262,6 +263,7 @@ class FakeConnector:
 
     async def open(self, mx: str, ip: str, port: int, *, tls: str, timeouts: Any, **options: Any) -> FakeSession:
         self.tried.append((mx, ip))
+        self.connect_timeouts.append(timeouts.connect)
         await self.connecting.wait()
         if self.mode == "refuse":
             raise SessionFailed(Reply(None, "connection refused", "connect"))

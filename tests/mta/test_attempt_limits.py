@@ -101,8 +101,10 @@ def test_blackholed_hosts_end_the_attempt_by_its_deadline() -> None:
         return connector, outcomes, took
 
     connector, outcomes, took = asyncio.run(scenario())
-    assert len(connector.tried) == 3  # 0.2 + 0.2 + the last 0.1 s
-    assert took < 0.5 + 0.1
+    assert len(connector.tried) == 3
+    # 0.2 + 0.2 + what the deadline left of 0.5 s (less, on a loaded machine): never 3 x 0.2
+    assert connector.connect_timeouts[:2] == [0.2, 0.2] and connector.connect_timeouts[2] <= 0.1 + 1e-6
+    assert took < 0.5 + 0.5  # and the attempt ended (the clock here is the real one)
     (i, reply), = outcomes
     assert reply.code is None and "delivery deadline of 500ms reached" in reply.text
 
