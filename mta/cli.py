@@ -271,10 +271,10 @@ def _run(config, path: str, siblings: int = 1) -> int:
             loop.add_signal_handler(sig, stop.set)
         engine = Engine(config, config_path=path, nodes_at_least=siblings)
         loop.add_signal_handler(signal.SIGHUP, engine.reload)
-        from mta.tracking import attach
+        from mta.tracking import attach, tracked
 
         tracker = attach(engine, config, path)  # SPEC §9
-        tasks = [engine.run(stop)] + ([tracker.run(stop)] if tracker is not None else [])
+        tasks = [tracked(engine.run(stop), tracker)]
         if config.listeners or config.inbound:
             from mta.submission.service import Listeners
 

@@ -108,7 +108,7 @@ class Intake:
     def _admit(self, job: Job, book: AckBook, tag: int, redelivered: bool, now: float) -> None:
         job.delivery = (book, tag)
         if self.tracking is not None and job.first_seen == now:  # not a retry or held copy coming back
-            self.tracking.accepted(job)
+            self.tracking.accepted(job, redelivered)
         if fault.ARMED: fault.hit("consumed")  # test-only: MTA_FAULT (mta/fault.py)
         if redelivered:
             if self.settler.replay_final(job, book, tag):

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 _MEMORY = itertools.count()
@@ -21,6 +22,22 @@ def attach(engine, config, config_path: str | None):
     tracker = Tracker(config.tracking, path, engine.time)
     engine.tracking = engine.intake.tracking = engine.outcomes.tracking = tracker
     return tracker
+
+
+async def tracked(engine_run, tracker) -> None:
+    """The engine's run and, beside it, the tracker's until the engine has settled its last
+    messages (a stop waits for the deliveries in flight) and their events are written."""
+    if tracker is None:
+        return await engine_run
+    stopped = asyncio.Event()
+
+    async def engine() -> None:
+        try:
+            await engine_run
+        finally:
+            stopped.set()
+
+    await asyncio.gather(engine(), tracker.run(stopped))
 
 
 def open_reader(config, path: str | None):

@@ -11,7 +11,7 @@ import asyncio
 
 from mta.store.postgres import connect, create_schema, redact
 from mta.tracking.events import COLUMNS
-from mta.tracking.store import DAY, day_of, normalize_recipient, pending_changes
+from mta.tracking.store import DAY, day_of, normalize_recipient, pending_changes, rows_by_day
 
 TYPES = {"time": "DOUBLE PRECISION", "final": "SMALLINT", "attempts": "INTEGER", "code": "INTEGER"}
 PENDING = """
@@ -62,12 +62,10 @@ class SharedEvents:
         """)
         self._days.add(day)
 
-    async def write(self, rows: list[tuple]) -> None:
+    async def write(self, rows: list[tuple], pending: tuple[list, list] | None = None) -> None:
+        """As EventStore.write: the rows, then the pending entries, then the finished ids."""
         await self.open()
-        by_day: dict[str, list[tuple]] = {}
-        for row in rows:
-            by_day.setdefault(day_of(row[0]), []).append(
-                (*row[:2], normalize_recipient(row[2]) if row[2] else None, *row[3:]))
+        by_day = rows_by_day(rows)
         for day in by_day:
             await self._day(day)
         async with self.db.transaction():
@@ -76,16 +74,16 @@ class SharedEvents:
                 tags = [(tag, r[1]) for r in day_rows if r[13] and r[3] == "accepted" for tag in r[13].split(",")]
                 if tags:
                     await self.db.copy_records_to_table(f"mta_event_tags_{day}", records=tags, columns=("tag", "id"))
-            finished, waiting = pending_changes(rows)
-            if finished:
-                await self.db.execute("DELETE FROM mta_pending WHERE id = ANY($1::text[])", finished)
+            finished, waiting = pending_changes(rows) if pending is None else pending
             if waiting:  # COPY into a scratch table, then one upsert: no statement per row
                 await self.db.copy_records_to_table("mta_pending_batch", records=[
-                    (r[1], r[2], r[0], r[0], r[3], r[12]) for r in waiting])
+                    (e[0], normalize_recipient(e[1]) if e[1] else None, *e[2:]) for e in waiting])
                 await self.db.execute(
                     "INSERT INTO mta_pending SELECT * FROM mta_pending_batch ON CONFLICT (id) DO UPDATE SET "
                     "last = GREATEST(mta_pending.last, excluded.last), status = excluded.status, "
                     "description = excluded.description")
+            if finished:
+                await self.db.execute("DELETE FROM mta_pending WHERE id = ANY($1::text[])", finished)
 
     async def _select(self, where: str, arg, since: float | None, limit: int) -> list[dict]:
         days = [d for d in await self.days() if since is None or d >= day_of(since)]

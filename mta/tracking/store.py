@@ -7,7 +7,10 @@ its tags in `tags_<day>` (tag, id). A lookup asks each day in range: over 30 day
 index probes, milliseconds whatever the size. `pending` holds each message not finished
 yet (accepted, deferred or held: its last event), which is what `stuck` reads.
 
-Writes come in batches, one transaction each, from a thread (mta.tracking.tracker).
+Writes come in batches, one transaction each (mta.tracking.tracker, mta.tracking.writer).
+The tracker says what a batch does to `pending` (the messages in flight it keeps in memory
+until they are silent for a while); a batch written without it (the CLI's tests, the
+benchmark) derives it from its rows.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ NOT_FINAL = ("accepted", "deferred", "held")
 
 def pending_changes(rows: list[tuple]) -> tuple[list[str], list[tuple]]:
     """What a batch does to the pending messages, by each id's last row in it: the ids
-    finished (a final row, a late one too), and the rows of those still waiting (accepted,
-    deferred, held). An id accepted and finished in one batch is finished."""
+    finished (a final row, a late one too), and the entries (id, recipient, first, last,
+    status, description) of those still waiting (accepted, deferred, held). An id accepted
+    and finished in one batch is finished."""
     last: dict[str, tuple] = {}
     for r in rows:
         if r[4] or r[3] in NOT_FINAL:
             last[r[1]] = r
     finished = [i for i, r in last.items() if r[4]]
-    return finished, [r for r in last.values() if not r[4]]
+    return finished, [(r[1], r[2], r[0], r[0], r[3], r[12]) for r in last.values() if not r[4]]
 
 
 def path_for(config_path: str | None) -> str | None:
@@ -52,6 +56,27 @@ def day_of(t: float) -> str:
 def normalize_recipient(address: str) -> str:
     local, at, domain = address.strip().rpartition("@")
     return f"{local}@{domain.lower().rstrip('.')}" if at else address.strip()
+
+
+def rows_by_day(rows: list[tuple]) -> dict[str, list[tuple]]:
+    """A batch's rows by their UTC day, each with its recipient as stored (normalized).
+    Per row on the writer's hot path: the day is formatted only when a row leaves the
+    previous row's day, and each recipient (a message's rows share it) normalized once."""
+    out: dict[str, list[tuple]] = {}
+    bucket: list[tuple] = []
+    start = end = 0.0
+    normalized: dict[str, str] = {}
+    for row in rows:
+        t = row[0]
+        if not start <= t < end:
+            start = t - t % DAY
+            end = start + DAY
+            bucket = out.setdefault(day_of(t), [])
+        recipient = row[2]
+        if recipient:
+            recipient = normalized.get(recipient) or normalized.setdefault(recipient, normalize_recipient(recipient))
+        bucket.append((row[0], row[1], recipient or None, *row[3:]))
+    return out
 
 
 class EventStore:
@@ -86,28 +111,29 @@ class EventStore:
         """)
         self._days.add(day)
 
-    def write(self, rows: list[tuple]) -> None:
-        """Rows (mta.tracking.events.COLUMNS) in one transaction; the pending table follows."""
-        by_day: dict[str, list[tuple]] = {}
-        for row in rows:
-            by_day.setdefault(day_of(row[0]), []).append(row)
+    def write(self, rows: list[tuple], pending: tuple[list, list] | None = None) -> None:
+        """Rows (mta.tracking.events.COLUMNS) in one transaction, with what they do to the
+        pending table: `pending` (waiting entries written first, then the finished ids
+        deleted), or derived from the rows."""
+        by_day = rows_by_day(rows)
         for day in by_day:
             self._day(day)
         marks = ", ".join("?" * len(COLUMNS))
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for day, day_rows in by_day.items():
-                self.db.executemany(f"INSERT INTO events_{day} VALUES ({marks})",
-                                    [(*r[:2], normalize_recipient(r[2]) if r[2] else None, *r[3:]) for r in day_rows])
+                self.db.executemany(f"INSERT INTO events_{day} VALUES ({marks})", day_rows)
                 tags = [(tag, r[1]) for r in day_rows if r[13] and r[3] == "accepted" for tag in r[13].split(",")]
                 if tags:
                     self.db.executemany(f"INSERT INTO tags_{day} VALUES (?, ?)", tags)
-            finished, waiting = pending_changes(rows)
-            self.db.executemany("DELETE FROM pending WHERE id = ?", [(i,) for i in finished])
-            self.db.executemany(
-                "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET last = "
-                "MAX(last, excluded.last), status = excluded.status, description = excluded.description",
-                [(r[1], r[2], r[0], r[0], r[3], r[12]) for r in waiting])
+            finished, waiting = pending_changes(rows) if pending is None else pending
+            if waiting:
+                self.db.executemany(
+                    "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET last = "
+                    "MAX(last, excluded.last), status = excluded.status, description = excluded.description",
+                    [(e[0], normalize_recipient(e[1]) if e[1] else None, *e[2:]) for e in waiting])
+            if finished:
+                self.db.executemany("DELETE FROM pending WHERE id = ?", [(i,) for i in finished])
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")

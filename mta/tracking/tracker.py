@@ -11,8 +11,16 @@ of a process that dies (the results themselves are on mta.results, the mail is s
 Several processes or nodes write to the same store: the SQLite file of the machine, or
 PostgreSQL (`tracking.store`).
 
-The rows are written in batches (every quarter second, at most 5,000) from a thread (SQLite)
-or over asyncpg's connection (PostgreSQL). While the store does not take them they wait,
+The rows are written in batches (every quarter second, at most 5,000) by a process of its own
+(SQLite) or over asyncpg's connection (PostgreSQL). The messages in flight (accepted, no
+result yet) are kept in memory, not in the store's pending table: most finish within a
+second, and writing each there and deleting it again was a quarter of the store's work per
+message. One goes to the table when it has been silent for IN_MEMORY seconds (at most half
+of `stuck_after`), when it is deferred or held (it then waits in the broker, where any
+process may take it up), and when the process stops; a final result deletes it there. So
+`mta stuck` sees a message in flight once it is IN_MEMORY seconds old, long before it counts
+as stuck; what a crashed process held in memory it loses (the broker delivers that mail
+again, and the next process records it as accepted). While the store does not take them they wait,
 up to MAX_WAITING, and are tried again every RETRY seconds; said once, and once when it
 works again. It also counts the messages accepted and silent for longer than
 `tracking.stuck_after` (`mta_stuck_messages`, every 10 s) and drops the days past
@@ -25,7 +33,7 @@ import asyncio
 import logging
 
 from mta.tracking import events
-from mta.tracking.store import EventStore
+from mta.tracking.store import NOT_FINAL, EventStore
 
 log = logging.getLogger("mta.tracking")
 
@@ -35,6 +43,7 @@ COUNT_EVERY = 10.0  # seconds between counts of stuck messages
 RETAIN_EVERY = 3600.0  # seconds between drops of old days
 RETRY = 5.0  # seconds between tries while the store does not take a batch
 MAX_WAITING = 1_000_000  # events kept while the store is away (the oldest go first): about 300 MB
+IN_MEMORY = 30.0  # seconds a message in flight is kept in memory before the pending table has it
 
 
 class InThread:
@@ -44,8 +53,8 @@ class InThread:
         self.store = store
         self.path = store.path
 
-    async def write(self, rows: list[tuple]) -> None:
-        await asyncio.to_thread(self.store.write, rows)
+    async def write(self, rows: list[tuple], pending: tuple[list, list] | None = None) -> None:
+        await asyncio.to_thread(self.store.write, rows, pending)
 
     async def count_stuck(self, older: float, now: float) -> int:
         return await asyncio.to_thread(self.store.count_stuck, older, now)
@@ -79,6 +88,10 @@ class Tracker:
         self.writer, self.store = stores(config, path)
         self._wall, self._sleep = clock.wall, clock.sleep
         self.local: list[tuple] = []  # rows not written yet
+        self.in_flight: dict[str, tuple] = {}  # id -> pending entry, oldest first, not in the table
+        self.waiting: dict[str, tuple] = {}  # pending entries for the table, not written yet
+        self.finished: list[str] = []  # ids to delete from the table, not written yet
+        self.in_memory = min(IN_MEMORY, config.stuck_after / 2)
         self.stuck = 0  # messages silent past stuck_after (the gauge)
         self.stored = 0
         self.down = False
@@ -86,20 +99,60 @@ class Tracker:
 
     # ---- what the engine tells it (on the event loop, per message: a tuple appended)
 
-    def accepted(self, job) -> None:
-        self.local.append(events.local(job, "accepted", self._wall()))
+    def accepted(self, job, redelivered: bool = False) -> None:
+        """A message consumed; `redelivered` (a process that had it stopped or died, and may
+        have written it to the pending table): into the table at once, so its final deletes it."""
+        row = events.local(job, "accepted", self._wall())
+        self.local.append(row)
+        entry = (row[1], row[2], row[0], row[0], "accepted", None)
+        if redelivered:
+            self.waiting[row[1]] = entry
+        else:
+            self.in_flight[row[1]] = entry
 
     def settled(self, job, status: str, bounce: str | None) -> None:
         """A result the engine settled (published on mta.results, final or deferred)."""
-        self.local.append(events.from_job(job, status, bounce, self._wall()))
+        row = events.from_job(job, status, bounce, self._wall())
+        self.local.append(row)
+        if status == "deferred":
+            self._waits(row)
+        else:
+            self._finished(row[1])
 
     def result(self, doc: dict) -> None:
         """A result published by someone else in this process (a late bounce, a complaint)."""
-        self.local.append(events.from_result(doc, self._wall()))
+        row = events.from_result(doc, self._wall())
+        self.local.append(row)
+        if row[4]:
+            self._finished(row[1])
+        elif row[3] in NOT_FINAL:
+            self._waits(row)
 
     def held(self, job, why: str, delay: float) -> None:
-        self.local.append(events.local(job, "held", self._wall(), f"not tried: {why}; back in {delay:.0f}s",
-                                       {"held": why, "for": delay}))
+        row = events.local(job, "held", self._wall(), f"not tried: {why}; back in {delay:.0f}s",
+                           {"held": why, "for": delay})
+        self.local.append(row)
+        self._waits(row)
+
+    def _waits(self, row: tuple) -> None:
+        """A message back in the broker (deferred, held): into the pending table."""
+        entry = self.in_flight.pop(row[1], None)
+        self.waiting[row[1]] = (row[1], row[2], entry[2] if entry else row[0], row[0], row[3], row[12])
+
+    def _finished(self, message_id: str) -> None:
+        if self.in_flight.pop(message_id, None) is None:  # the table may have it (this or another process)
+            self.waiting.pop(message_id, None)
+            self.finished.append(message_id)
+
+    def _silent(self, now: float, everything: bool = False) -> None:
+        """The messages in flight silent for `in_memory` seconds (or all): into the table."""
+        horizon = now - self.in_memory
+        while self.in_flight:
+            message_id, entry = next(iter(self.in_flight.items()))
+            if entry[3] >= horizon and not everything:
+                return
+            del self.in_flight[message_id]
+            self.waiting[message_id] = entry
 
     # ---- the loop
 
@@ -113,6 +166,7 @@ class Tracker:
             counting.cancel()
             await asyncio.gather(counting, return_exceptions=True)
             self._retry_at = 0.0
+            self._silent(self._wall(), everything=True)  # in flight at the end: back to the broker
             await self.flush()  # what the last moments settled
             await self.store.close()
             await self.writer.close()
@@ -121,18 +175,25 @@ class Tracker:
         """Write what came in. When the store does not take it, it is kept and tried again
         in RETRY seconds; said once, and once when it works again."""
         now = self._wall()
-        if now < self._retry_at or not self.local:
+        self._silent(now)
+        if now < self._retry_at or not (self.local or self.waiting or self.finished):
             return
         rows, self.local = self.local, []
-        try:
-            for start in range(0, len(rows), BATCH):
-                await self.writer.write(rows[start:start + BATCH])
+        waiting, self.waiting = self.waiting, {}
+        finished, self.finished = self.finished, []
+        try:  # the pending table's changes with the last batch of rows, in its transaction
+            chunks = [rows[start:start + BATCH] for start in range(0, len(rows), BATCH)] or [[]]
+            for chunk in chunks[:-1]:
+                await self.writer.write(chunk, ([], []))
+            await self.writer.write(chunks[-1], (finished, list(waiting.values())))
         except Exception as exc:
             if not self.down:
                 self.down = True
                 log.warning("event store %s: writing failed (%s: %s); the events wait, tried again every %.0fs",
                             self.writer.path, type(exc).__name__, exc, RETRY)
             self.local = (rows + self.local)[-MAX_WAITING:]
+            self.waiting = {**waiting, **self.waiting}
+            self.finished = (finished + self.finished)[-MAX_WAITING:]
             self._retry_at = now + RETRY
             return
         if self.down:

@@ -44,7 +44,8 @@ def serve(path: str, connection) -> None:
             if not data:
                 return
             try:
-                store.write(orjson.loads(data))
+                rows, pending = orjson.loads(data)
+                store.write(rows, pending)
                 connection.send_bytes(b"ok")
             except Exception as exc:  # a locked or full disk: the parent keeps the batch
                 connection.send_bytes(f"{type(exc).__name__}: {exc}".encode())
@@ -53,7 +54,7 @@ def serve(path: str, connection) -> None:
 
 
 class WriterProcess:
-    """The parent's side: `write(rows)` as the in-thread store has it."""
+    """The parent's side: `write(rows, pending)` as the in-thread store has it."""
 
     def __init__(self, path: str):
         self.path = path
@@ -74,10 +75,10 @@ class WriterProcess:
         if ready != b"ok":
             raise RuntimeError(f"the event store's writer did not start: {ready!r}")
 
-    async def write(self, rows: list[tuple]) -> None:
+    async def write(self, rows: list[tuple], pending: tuple[list, list] | None = None) -> None:
         async with self._lock:
             await self._started()
-            data = orjson.dumps(rows)
+            data = orjson.dumps((rows, pending))
             answer = await asyncio.to_thread(self._round_trip, data)
         if answer != b"ok":
             raise RuntimeError(answer.decode("utf-8", "replace"))

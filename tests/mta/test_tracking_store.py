@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 from mta.tracking import events
 from mta.tracking.commands import render
-from mta.tracking.store import DAY, EventStore
+from mta.tracking.store import DAY, EventStore, rows_by_day
 
 T0 = 1_795_856_400.0  # 2026-11-28 09:00 UTC
 
@@ -68,3 +68,16 @@ def test_a_result_with_odd_fields_is_still_a_row() -> None:
     row = events.from_result({"id": 9007199254740993, "status": "invalid", "final": True, "results": "junk",
                               "tags": "not a list", "recipient": None}, T0)
     assert row[:5] == (T0, "9007199254740993", None, "invalid", 1)
+
+
+def test_a_batch_across_midnight_goes_to_both_days_with_recipients_normalized() -> None:
+    midnight = T0 - T0 % DAY + DAY  # 2026-11-29 00:00 UTC
+    def row(t, recipient):
+        return (t, "m", recipient, "accepted", 0, 0, "bulk", None, None, None, None, None, None, None, None, None)
+    rows = [row(midnight - 0.5, "Ann@Example.ORG."), row(midnight, "Ann@Example.ORG."), row(midnight - 0.1, "bo@x.org"),
+            row(midnight + 1, None)]
+    by_day = rows_by_day(rows)
+    assert {day: [(r[0], r[2]) for r in day_rows] for day, day_rows in by_day.items()} == {
+        "20261128": [(midnight - 0.5, "Ann@example.org"), (midnight - 0.1, "bo@x.org")],
+        "20261129": [(midnight, "Ann@example.org"), (midnight + 1, None)]}
+    assert by_day["20261128"][0][3:] == rows[0][3:]

@@ -40,7 +40,7 @@ class Failing:
     def __init__(self):
         self.fail, self.written = True, []
 
-    async def write(self, rows):
+    async def write(self, rows, pending=None):
         if self.fail:
             raise OSError("disk full")
         self.written.extend(rows)
@@ -70,3 +70,42 @@ def test_a_batch_the_store_refuses_is_kept_and_tried_again(tmp_path, caplog) -> 
     asyncio.run(run())
     said = [r.getMessage() for r in caplog.records if "event store" in r.getMessage()]
     assert len(said) == 2 and "disk full" in said[0] and said[1].endswith("writing works again"), said
+
+
+def test_messages_in_flight_reach_the_pending_table_only_when_silent_deferred_redelivered_or_stopping(tmp_path) -> None:
+    from mta.tracking.tracker import InThread
+
+    now = [NOW]
+    clock = SimpleNamespace(wall=lambda: now[0], sleep=asyncio.sleep)
+    path = str(tmp_path / "events.sqlite")
+    tracker = Tracker(Tracking(stuck_after=60.0), path, clock)  # in memory for at most 30 s
+    tracker.writer = InThread(EventStore(path))
+    reader = EventStore(path)
+
+    def pending() -> dict:
+        return {r[0]: (r[1], r[2]) for r in reader.db.execute("SELECT id, status, first FROM pending")}
+
+    async def run() -> None:
+        for name in ("fast", "slow", "later"):
+            tracker.accepted(_job(name))
+        tracker.settled(_job("fast"), "delivered", None)
+        await tracker.flush()
+        assert pending() == {}  # in flight, in memory
+        now[0] += 20
+        tracker.settled(_job("later"), "deferred", None)  # back in the broker: the table has it
+        tracker.accepted(_job("again"), redelivered=True)  # another process may have written it
+        await tracker.flush()
+        assert pending() == {"later": ("deferred", NOW), "again": ("accepted", NOW + 20)}
+        now[0] += 11
+        await tracker.flush()  # "slow" silent for 31 s
+        assert pending() == {"later": ("deferred", NOW), "again": ("accepted", NOW + 20), "slow": ("accepted", NOW)}
+        for name in ("slow", "later", "again"):
+            tracker.settled(_job(name), "delivered", None)
+        tracker.accepted(_job("last"))
+        stop = asyncio.Event()
+        stop.set()
+        await tracker.run(stop)  # stopping: what is in flight goes to the table
+        assert pending() == {"last": ("accepted", NOW + 31)}
+
+    asyncio.run(run())
+    assert [e["status"] for e in reader.by_id("fast")] == ["accepted", "delivered"]
