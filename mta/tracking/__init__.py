@@ -29,6 +29,7 @@ async def tracked(engine_run, tracker) -> None:
     messages (a stop waits for the deliveries in flight) and their events are written."""
     if tracker is None:
         return await engine_run
+    await tracker.start()
     stopped = asyncio.Event()
 
     async def engine() -> None:

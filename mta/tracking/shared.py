@@ -31,6 +31,9 @@ class SharedEvents:
         self.db = None
         self._days: set[str] = set()
 
+    async def start(self) -> None:
+        await self.open()
+
     async def open(self) -> None:
         if self.db is None or self.db.is_closed():
             self.db = await connect(self.url)

@@ -53,6 +53,9 @@ class InThread:
         self.store = store
         self.path = store.path
 
+    async def start(self) -> None:
+        pass
+
     async def write(self, rows: list[tuple], pending: tuple[list, list] | None = None) -> None:
         await asyncio.to_thread(self.store.write, rows, pending)
 
@@ -155,6 +158,16 @@ class Tracker:
             self.waiting[message_id] = entry
 
     # ---- the loop
+
+    async def start(self) -> None:
+        """The writer up before the first message (its process's start-up is the MTA's, not
+        a pause in the middle of its first second of mail); if it does not start, the
+        events wait and the writes try again."""
+        try:
+            await self.writer.start()
+        except Exception as exc:
+            log.warning("event store %s: the writer did not start (%s: %s); the events wait",
+                        self.writer.path, type(exc).__name__, exc)
 
     async def run(self, stop: asyncio.Event) -> None:
         counting = asyncio.ensure_future(self._count(stop))

@@ -62,6 +62,10 @@ class WriterProcess:
         self.connection = None
         self._lock = asyncio.Lock()
 
+    async def start(self) -> None:
+        async with self._lock:
+            await self._started()
+
     async def _started(self) -> None:
         if self.process is not None and self.process.is_alive():
             return

@@ -24,7 +24,11 @@ def test_the_writer_process_writes_and_stops(tmp_path) -> None:
 
     async def run() -> None:
         writer = WriterProcess(path)
+        await writer.start()  # before the first message
+        started = writer.process
+        assert started.is_alive()
         await writer.write([events.local(_job("m1"), "accepted", NOW)])
+        assert writer.process is started
         await writer.write([events.from_job(_job("m1"), "delivered", None, NOW + 1)])
         process = writer.process
         await writer.close()
