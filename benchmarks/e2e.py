@@ -8,8 +8,9 @@ the bulk lane, then starts the MTA and measures until every message has a final 
 
 - delivered msg/s: from the first to the last SMTP acceptance (the `time` of the 250 in the
   results), and from MTA start to the last result (includes start-up);
-- CPU per message: the MTA process's user+system time divided by the messages; and once
-  running: the same from the moment a tenth of the results are in (start-up left out);
+- CPU per message: the MTA process's user+system time (with its children: the event
+  store's writer) divided by the messages; and once running: the same from the moment a
+  tenth of the results are in (start-up left out);
 - peak RSS of the MTA process (VmHWM).
 
 No limit binds (rates and connections are set high), so this measures the engine.
@@ -177,6 +178,33 @@ def cpu_of(pids) -> float:
     return total
 
 
+def family(pid: int) -> list[int]:
+    """A process and its children (the MTA's event writer), as far as they are alive."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [pid, *(int(c) for c in fh.read().split())]
+    except OSError:
+        return [pid]
+
+
+def family_stats(pid: int) -> tuple[float, float, int, float]:
+    """proc_stats of a process and its children summed (peak RSS: the process's own), and
+    the children's CPU seconds alone."""
+    user = system = children = 0.0
+    peak = 0
+    for p in family(pid):
+        try:
+            u, s, rss = proc_stats(p)
+        except (OSError, ValueError, IndexError):  # a child gone meanwhile
+            continue
+        user, system = user + u, system + s
+        if p == pid:
+            peak = rss
+        else:
+            children += u + s
+    return user, system, peak, children
+
+
 def proc_stats(pid: int) -> tuple[float, float, int]:
     """(user CPU seconds, system CPU seconds, peak RSS bytes) of a live process."""
     with open(f"/proc/{pid}/stat") as fh:
@@ -189,6 +217,14 @@ def proc_stats(pid: int) -> tuple[float, float, int]:
             if line.startswith("VmHWM:"):
                 peak = int(line.split()[1]) * 1024
     return user, system, peak
+
+
+def client_alone(target: str, messages: int, size: int, connections: int) -> dict:
+    """aiosmtplib alone (benchmarks/client_alone.py) in a process of its own: msg/s, CPU per message."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "client_alone.py"), "--to", target,
+                           "--messages", str(messages), "--size", str(size), "--connections", str(connections)],
+                          check=True, capture_output=True, cwd=ROOT)
+    return orjson.loads(done.stdout.splitlines()[-1])
 
 
 def run_postfix(postfix: PrivatePostfix, args) -> dict:
@@ -231,6 +267,8 @@ def main() -> int:
     ap.add_argument("--no-postfix", dest="postfix", action="store_false",
                     help="skip the private Postfix relaying the same messages")
     ap.add_argument("--no-raw", dest="raw", action="store_false", help="skip smtp-source -> smtp-sink alone")
+    ap.add_argument("--no-client", dest="client", action="store_false",
+                    help="skip aiosmtplib alone (benchmarks/client_alone.py) against one sink")
     ap.add_argument("--no-tracking", dest="tracking", action="store_false",
                     help="run the MTA with tracking.enabled: false (the event store's cost, by difference)")
     ap.add_argument("--cprofile", metavar="FILE", help="run the MTA under cProfile, stats into FILE")
@@ -249,9 +287,11 @@ def main() -> int:
         dns.start()
         smtp_port = free_port()
         sinks.extend(start_sinks(args.domains, smtp_port))
-        raw = None
+        raw = alone = None
         if args.raw:
             raw = smtp_source(f"{bulk_ip(0)}:{smtp_port}", args.messages, args.size)
+        if args.client:
+            alone = client_alone(f"{bulk_ip(0)}:{smtp_port}", args.messages, args.size, args.connections)
         url = rabbit.url("/")
         config_path = os.path.join(work, "mta.yaml")
         with open(config_path, "w") as fh:
@@ -277,10 +317,10 @@ def main() -> int:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         marked: list[tuple[int, float]] = []  # (results in, MTA CPU seconds) once a tenth is in
         asyncio.run(wait_published(url, args.messages, args.timeout,
-                                   lambda count: marked.append((count, sum(proc_stats(mta.pid)[:2])))))
+                                   lambda count: marked.append((count, sum(family_stats(mta.pid)[:2])))))
         wall = time.monotonic() - started
         others_cpu = {k: cpu_of(v) - others_cpu0[k] for k, v in others.items()}
-        user, system, peak = proc_stats(mta.pid)
+        user, system, peak, writer = family_stats(mta.pid)
         cpu = user + system
         if spy is not None:
             spy.send_signal(2)  # py-spy writes its file on SIGINT
@@ -305,18 +345,26 @@ def main() -> int:
         print(f"delivered msg/s (MTA start to last result):      {delivered / wall:,.0f}")
         print(f"MTA CPU per message: {cpu / args.messages * 1e6:,.0f} us "
               f"(user {user / args.messages * 1e6:,.0f}, system {system / args.messages * 1e6:,.0f})   "
-              f"peak RSS: {peak / 2**20:,.0f} MiB")
+              f"peak RSS: {peak / 2**20:,.0f} MiB   of the CPU, the event store's writer process: "
+              f"{writer / args.messages * 1e6:,.0f} us")
         print("meanwhile, CPU per message of " + ", ".join(
             f"the {k} {v / args.messages * 1e6:,.0f} us" for k, v in others_cpu.items())
             + f" (the run took {wall:.1f}s, the machine has {os.cpu_count()} cores)")
+        running = None
         if marked and marked[0][0] < args.messages:
             count, cpu_then = marked[0]
+            running = (cpu - cpu_then) / (args.messages - count)
             print(f"MTA CPU per message once running (start-up and the first {count} results left out): "
-                  f"{(cpu - cpu_then) / (args.messages - count) * 1e6:,.0f} us")
+                  f"{running * 1e6:,.0f} us")
         mta_rate = delivered / span
         if raw is not None:
             print(f"smtp-source -> smtp-sink alone (20 sessions, one sink): {raw:,.0f} msg/s   "
                   f"MTA / raw: {mta_rate / raw:.2f}")
+        if alone is not None:
+            print(f"aiosmtplib alone ({args.connections} connections, one sink): {alone['msg_s']:,.0f} msg/s, "
+                  f"CPU per message {alone['cpu_us']:,.0f} us   MTA CPU / aiosmtplib's: "
+                  f"{(running or cpu / args.messages) * 1e6 / alone['cpu_us']:.2f}"
+                  + (" (once running)" if running else ""))
         if pf is not None:
             print(f"Postfix, same messages drained from a filled queue: {pf['drain']:,.0f} msg/s "
                   f"(first to last status=sent: {pf['logged']:,.0f}); queue filled at {pf['inject']:,.0f} msg/s; "

@@ -27,7 +27,7 @@ import aio_pika  # noqa: E402
 import orjson  # noqa: E402
 import yaml  # noqa: E402
 
-from benchmarks.e2e import bench_config, declare, mime, private_rabbit, proc_stats  # noqa: E402
+from benchmarks.e2e import bench_config, declare, family, mime, private_rabbit, proc_stats  # noqa: E402
 from tests.testbed.dns import Dnsmasq, bulk_ip  # noqa: E402
 from tests.testbed.util import free_port  # noqa: E402
 
@@ -65,6 +65,18 @@ async def count_results(url: str) -> int:
         channel = await connection.channel()
         queue = await channel.declare_queue("mta.results", passive=True)
         return queue.declaration_result.message_count
+
+
+def open_sockets(pid: int) -> int:
+    """The process's open sockets. A descriptor may close between the listing and its
+    readlink (the MTA keeps working meanwhile): that one is not counted."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:
+            pass
+    return count
 
 
 def main() -> int:
@@ -112,14 +124,17 @@ def main() -> int:
                     if line.startswith("VmRSS:"):
                         rss = int(line.split()[1]) * 1024
         user, system, peak = proc_stats(mta.pid)
-        sockets = sum(1 for fd in os.listdir(f"/proc/{mta.pid}/fd")
-                      if os.readlink(f"/proc/{mta.pid}/fd/{fd}").startswith("socket:"))
+        writers = [p for p in family(mta.pid) if p != mta.pid]  # the event store's writer
+        writer_peak = sum(proc_stats(p)[2] for p in writers)
+        sockets = open_sockets(mta.pid)
         mta.terminate()
         mta.wait(120)
         results = asyncio.run(count_results(url))
         print(f"MTA ran {args.seconds:.0f}s against {args.messages:,} queued messages for {args.domains:,} domains")
         print(f"peak RSS: {peak / 2**20:,.0f} MiB   RSS at the end: {rss / 2**20:,.0f} MiB   "
               f"results published: {results:,}   CPU: {user + system:.0f}s   open sockets at the end: {sockets:,}")
+        print(f"the event store's writer process: peak RSS {writer_peak / 2**20:,.0f} MiB; "
+              f"the MTA's processes together at most {(peak + writer_peak) / 2**20:,.0f} MiB")
         return 0
     finally:
         if mta is not None and mta.poll() is None:

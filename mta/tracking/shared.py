@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from mta.store.postgres import connect, create_schema, redact
-from mta.tracking.events import COLUMNS
+from mta.tracking.events import COLUMNS, expand, is_merged
 from mta.tracking.store import DAY, day_of, normalize_recipient, pending_changes, rows_by_day
 
 TYPES = {"time": "DOUBLE PRECISION", "final": "SMALLINT", "attempts": "INTEGER", "code": "INTEGER"}
@@ -74,7 +74,8 @@ class SharedEvents:
         async with self.db.transaction():
             for day, day_rows in by_day.items():
                 await self.db.copy_records_to_table(f"mta_events_{day}", records=day_rows, columns=COLUMNS)
-                tags = [(tag, r[1]) for r in day_rows if r[13] and r[3] == "accepted" for tag in r[13].split(",")]
+                tags = [(tag, r[1]) for r in day_rows if r[13] and (r[3] == "accepted" or is_merged(r))
+                        for tag in r[13].split(",")]
                 if tags:
                     await self.db.copy_records_to_table(f"mta_event_tags_{day}", records=tags, columns=("tag", "id"))
             finished, waiting = pending_changes(rows) if pending is None else pending
@@ -94,7 +95,7 @@ class SharedEvents:
             return []
         union = " UNION ALL ".join(f"SELECT {', '.join(COLUMNS)} FROM mta_events_{d} WHERE {where}" for d in days)
         rows = await self.db.fetch(f"SELECT * FROM ({union}) AS e ORDER BY time LIMIT {int(limit)}", arg)
-        return [dict(r) for r in rows]
+        return expand([dict(r) for r in rows])
 
     async def by_id(self, message_id: str, since: float | None = None, limit: int = 1000) -> list[dict]:
         await self.open()

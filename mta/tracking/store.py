@@ -20,7 +20,7 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mta.tracking.events import COLUMNS
+from mta.tracking.events import COLUMNS, expand, is_merged
 
 DAY = 86400.0
 _DAY_TABLE = re.compile(r"events_(\d{8})\Z")
@@ -123,7 +123,8 @@ class EventStore:
         try:
             for day, day_rows in by_day.items():
                 self.db.executemany(f"INSERT INTO events_{day} VALUES ({marks})", day_rows)
-                tags = [(tag, r[1]) for r in day_rows if r[13] and r[3] == "accepted" for tag in r[13].split(",")]
+                tags = [(tag, r[1]) for r in day_rows if r[13] and (r[3] == "accepted" or is_merged(r))
+                        for tag in r[13].split(",")]
                 if tags:
                     self.db.executemany(f"INSERT INTO tags_{day} VALUES (?, ?)", tags)
             finished, waiting = pending_changes(rows) if pending is None else pending
@@ -147,7 +148,7 @@ class EventStore:
             return []
         union = " UNION ALL ".join(f"SELECT * FROM events_{d} WHERE {where}" for d in days)
         rows = self.db.execute(f"SELECT * FROM ({union}) ORDER BY time LIMIT {int(limit)}", args * len(days))
-        return [dict(zip(COLUMNS, r)) for r in rows]
+        return expand([dict(zip(COLUMNS, r)) for r in rows])
 
     def by_id(self, message_id: str, since: float | None = None, limit: int = 1000) -> list[dict]:
         return self._select("id = ?", (message_id,), since, limit)

@@ -44,6 +44,7 @@ RETAIN_EVERY = 3600.0  # seconds between drops of old days
 RETRY = 5.0  # seconds between tries while the store does not take a batch
 MAX_WAITING = 1_000_000  # events kept while the store is away (the oldest go first): about 300 MB
 IN_MEMORY = 30.0  # seconds a message in flight is kept in memory before the pending table has it
+ACCEPT_WAIT = 1.0  # seconds an accepted event waits for its final, to be written with it as one row
 
 
 class InThread:
@@ -91,7 +92,8 @@ class Tracker:
         self.writer, self.store = stores(config, path)
         self._wall, self._sleep = clock.wall, clock.sleep
         self.local: list[tuple] = []  # rows not written yet
-        self.in_flight: dict[str, tuple] = {}  # id -> pending entry, oldest first, not in the table
+        self.fresh: dict[str, tuple] = {}  # id -> (job, accepted at, attempts): no row yet, oldest first
+        self.in_flight: dict[str, tuple] = {}  # the same, not in the pending table, oldest first
         self.waiting: dict[str, tuple] = {}  # pending entries for the table, not written yet
         self.finished: list[str] = []  # ids to delete from the table, not written yet
         self.in_memory = min(IN_MEMORY, config.stuck_after / 2)
@@ -105,26 +107,33 @@ class Tracker:
     def accepted(self, job, redelivered: bool = False) -> None:
         """A message consumed; `redelivered` (a process that had it stopped or died, and may
         have written it to the pending table): into the table at once, so its final deletes it."""
-        row = events.local(job, "accepted", self._wall())
-        self.local.append(row)
-        entry = (row[1], row[2], row[0], row[0], "accepted", None)
+        now = self._wall()
         if redelivered:
-            self.waiting[row[1]] = entry
-        else:
-            self.in_flight[row[1]] = entry
+            row = events.local(job, "accepted", now)
+            self.local.append(row)
+            self.waiting[row[1]] = (row[1], row[2], now, now, "accepted", None)
+            return
+        message_id = str(job.id)
+        if message_id in self.fresh:  # the same id twice at once: the first keeps its own row
+            self._accepted_row(message_id)
+        self.fresh[message_id] = self.in_flight[message_id] = (job, now, job.attempts)
 
     def settled(self, job, status: str, bounce: str | None) -> None:
         """A result the engine settled (published on mta.results, final or deferred)."""
         row = events.from_job(job, status, bounce, self._wall())
-        self.local.append(row)
         if status == "deferred":
+            self._accepted_row(row[1])
+            self.local.append(row)
             self._waits(row)
-        else:
-            self._finished(row[1])
+            return
+        fresh = self.fresh.pop(row[1], None)
+        self.local.append(row if fresh is None else events.merged(fresh[1], row))
+        self._finished(row[1])
 
     def result(self, doc: dict) -> None:
         """A result published by someone else in this process (a late bounce, a complaint)."""
         row = events.from_result(doc, self._wall())
+        self._accepted_row(row[1])
         self.local.append(row)
         if row[4]:
             self._finished(row[1])
@@ -134,28 +143,40 @@ class Tracker:
     def held(self, job, why: str, delay: float) -> None:
         row = events.local(job, "held", self._wall(), f"not tried: {why}; back in {delay:.0f}s",
                            {"held": why, "for": delay})
+        self._accepted_row(row[1])
         self.local.append(row)
         self._waits(row)
+
+    def _accepted_row(self, message_id: str) -> None:
+        """A fresh message's accepted event as a row of its own (before any later event)."""
+        fresh = self.fresh.pop(message_id, None)
+        if fresh is not None:
+            job, t, attempts = fresh
+            self.local.append(events.local(job, "accepted", t, attempts=attempts))
 
     def _waits(self, row: tuple) -> None:
         """A message back in the broker (deferred, held): into the pending table."""
         entry = self.in_flight.pop(row[1], None)
-        self.waiting[row[1]] = (row[1], row[2], entry[2] if entry else row[0], row[0], row[3], row[12])
+        self.waiting[row[1]] = (row[1], row[2], row[0] if entry is None else entry[1], row[0], row[3], row[12])
 
     def _finished(self, message_id: str) -> None:
         if self.in_flight.pop(message_id, None) is None:  # the table may have it (this or another process)
             self.waiting.pop(message_id, None)
             self.finished.append(message_id)
 
-    def _silent(self, now: float, everything: bool = False) -> None:
-        """The messages in flight silent for `in_memory` seconds (or all): into the table."""
+    def _due(self, now: float, everything: bool = False) -> None:
+        """Accepted events ACCEPT_WAIT old with no final yet: rows of their own; messages in
+        flight silent for `in_memory` seconds: into the pending table (or all of both)."""
+        horizon = now - ACCEPT_WAIT
+        while self.fresh and (everything or next(iter(self.fresh.values()))[1] < horizon):
+            self._accepted_row(next(iter(self.fresh)))
         horizon = now - self.in_memory
         while self.in_flight:
-            message_id, entry = next(iter(self.in_flight.items()))
-            if entry[3] >= horizon and not everything:
+            message_id, (job, t, _) = next(iter(self.in_flight.items()))
+            if t >= horizon and not everything:
                 return
             del self.in_flight[message_id]
-            self.waiting[message_id] = entry
+            self.waiting[message_id] = (message_id, job.recipient.text, t, t, "accepted", None)
 
     # ---- the loop
 
@@ -179,7 +200,7 @@ class Tracker:
             counting.cancel()
             await asyncio.gather(counting, return_exceptions=True)
             self._retry_at = 0.0
-            self._silent(self._wall(), everything=True)  # in flight at the end: back to the broker
+            self._due(self._wall(), everything=True)  # in flight at the end: back to the broker
             await self.flush()  # what the last moments settled
             await self.store.close()
             await self.writer.close()
@@ -188,7 +209,7 @@ class Tracker:
         """Write what came in. When the store does not take it, it is kept and tried again
         in RETRY seconds; said once, and once when it works again."""
         now = self._wall()
-        self._silent(now)
+        self._due(now)
         if now < self._retry_at or not (self.local or self.waiting or self.finished):
             return
         rows, self.local = self.local, []

@@ -113,3 +113,39 @@ def test_messages_in_flight_reach_the_pending_table_only_when_silent_deferred_re
 
     asyncio.run(run())
     assert [e["status"] for e in reader.by_id("fast")] == ["accepted", "delivered"]
+
+
+def test_a_message_finished_within_a_second_is_one_row_and_reads_back_as_two_events(tmp_path) -> None:
+    from mta.tracking.tracker import InThread
+
+    now = [NOW]
+    clock = SimpleNamespace(wall=lambda: now[0], sleep=asyncio.sleep)
+    path = str(tmp_path / "events.sqlite")
+    tracker = Tracker(Tracking(), path, clock)
+    tracker.writer = InThread(EventStore(path))
+    tagged = SimpleNamespace(**{**vars(_job("quick")), "tags": ("spring",),
+                                "history": [{"phase": "data", "code": 250, "tls": True, "cipher": "TLS_AES_128"}]})
+
+    async def run() -> None:
+        tracker.accepted(tagged)
+        tracker.accepted(_job("slow"))
+        tracker.accepted(_job("retry"))
+        now[0] += 0.5
+        tracker.settled(tagged, "delivered", None)
+        tracker.settled(_job("retry"), "deferred", None)
+        await tracker.flush()
+        now[0] += 1
+        await tracker.flush()  # "slow" has waited a second: its accepted event gets a row of its own
+        tracker.settled(_job("slow"), "delivered", None)
+        await tracker.flush()
+
+    asyncio.run(run())
+    store = EventStore(path)
+    rows = {r[0]: r[1] for r in store.db.execute(f"SELECT id, COUNT(*) FROM events_{store.days()[0]} GROUP BY id")}
+    assert rows == {"quick": 1, "slow": 2, "retry": 2}
+    quick = store.by_id("quick")
+    assert [(e["status"], e["time"], e["final"]) for e in quick] == [("accepted", NOW, 0), ("delivered", NOW + 0.5, 1)]
+    assert quick[0]["tags"] == "spring" and quick[1]["detail"] == '{"tls":"TLS_AES_128"}'
+    assert [e["id"] for e in store.by_tag("spring")] == ["quick", "quick"]
+    assert [e["status"] for e in store.by_id("retry")] == ["accepted", "deferred"]
+    assert [(e["status"], e["time"]) for e in store.by_id("slow")] == [("accepted", NOW), ("delivered", NOW + 1.5)]
