@@ -6,7 +6,7 @@ complaints its inbound listeners publish. Why not a consumer of its own queue bo
 mta.results, as a separate tracker could be: measured on the e2e benchmark, a second
 delivery of every result (the broker's quorum-queue write, delivery and ack, and the
 client's frame parsing per result) cost more than the store itself; here a result costs a
-tuple appended on the event loop. What it gives up: the events of the last quarter second
+tuple appended on the event loop. What it gives up: the events of the last second
 of a process that dies (the results themselves are on mta.results, the mail is safe).
 Several processes or nodes write to the same store: the SQLite file of the machine, or
 PostgreSQL (`tracking.store`).
@@ -20,7 +20,10 @@ of `stuck_after`), when it is deferred or held (it then waits in the broker, whe
 process may take it up), and when the process stops; a final result deletes it there. So
 `mta stuck` sees a message in flight once it is IN_MEMORY seconds old, long before it counts
 as stuck; what a crashed process held in memory it loses (the broker delivers that mail
-again, and the next process records it as accepted). While the store does not take them they wait,
+again, and the next process records it as accepted). Likewise a message's accepted event
+waits up to ACCEPT_WAIT for its final: a message finished within a second (most, at full
+speed) is one row, its final carrying when it was accepted (mta.tracking.events.merged);
+`mta trace` shows both events. While the store does not take them they wait,
 up to MAX_WAITING, and are tried again every RETRY seconds; said once, and once when it
 works again. It also counts the messages accepted and silent for longer than
 `tracking.stuck_after` (`mta_stuck_messages`, every 10 s) and drops the days past
@@ -116,6 +119,7 @@ class Tracker:
         message_id = str(job.id)
         if message_id in self.fresh:  # the same id twice at once: the first keeps its own row
             self._accepted_row(message_id)
+        self.in_flight.pop(message_id, None)  # (re-inserted last: the dicts stay oldest first)
         self.fresh[message_id] = self.in_flight[message_id] = (job, now, job.attempts)
 
     def settled(self, job, status: str, bounce: str | None) -> None:
