@@ -12,6 +12,9 @@ exceptions (`mta.broker.errors`). What lives here, and why:
   aiormq too starts a task per delivery for the consumer's callback (about 5 us each); a
   lane's callback is a plain function, so its channel calls it in place, as the delivery's
   last frame is read (`_in_place`), and only falls back to aiormq's task where it cannot.
+- frames: aiormq's reader takes each frame with three awaited reads and pamqp's generic
+  unmarshal; `mta.broker.frames` reads what the socket holds and cuts the frames out of it
+  (a delivery's three frames in 9 us instead of 25-30 at 1 KB), installed at the first connect.
 - close and consumer-cancel callbacks: aio-pika calls a close callback with the closed
   object and the reason, aiormq a cancel callback with the frame; the MTA only
   wants to know that it happened.
@@ -29,12 +32,14 @@ from typing import Any, Protocol
 import aio_pika
 from pamqp import commands as spec
 
+from mta.broker import frames
 from mta.broker.errors import BrokerLost, BrokerUnreachable, mapped
 
 log = logging.getLogger("mta.broker")
 
 CONNECT_TIMEOUT = 10.0  # seconds for the broker to take a connection
 CLOSE_TIMEOUT = 5.0  # seconds to close a connection politely before giving up on it
+_FRAMES: list[bool] = []  # whether mta.broker.frames reads the frames (installed at the first connect)
 
 
 class Delivery(Protocol):
@@ -48,7 +53,10 @@ class Delivery(Protocol):
 
 
 async def connect(url: str, name: str | None = None) -> Any:
-    """A new connection; BrokerUnreachable (a BrokerLost) when the broker does not take it."""
+    """A new connection, reading its frames with mta.broker.frames; BrokerUnreachable (a
+    BrokerLost) when the broker does not take it."""
+    if not _FRAMES:
+        _FRAMES.append(frames.install())
     properties = {"connection_name": name} if name else None
     try:
         return await aio_pika.connect(url, timeout=CONNECT_TIMEOUT, client_properties=properties)
