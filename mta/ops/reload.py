@@ -79,7 +79,7 @@ def _reapply(engine) -> None:
             entry = engine.routes.entry(destination.key)
             resolved = entry.resolved if entry is not None else None
         else:
-            resolved = engine.rules.resolve(destination.domain, destination.answer)
+            resolved = engine.router.resolved(destination.domain, destination.answer)
         if resolved is not None and resolved.key == destination.key:
             destination.apply(resolved.policy)
         destination.refresh()

@@ -60,6 +60,7 @@ class DnsFailure:
     permanent: bool
     enhanced: str
     description: str
+    phase: str = "dns"  # "tls": an MTA-STS policy that none of the MX hosts matches
 
 
 def parse_static(entry: str) -> tuple[str, int | None, bool]:

@@ -13,17 +13,22 @@ from aiosmtplib.errors import SMTPConnectResponseError, SMTPException, SMTPHeloE
 from mta.clock import SYSTEM, Clock
 from mta.smtp.client import Credentials, Reply, SessionFailed, Timeouts, _failed, _text
 from mta.smtp.session import Session
+from mta.tls.report import result_type
+
+# Modes whose certificate must be valid for the MX host (chain and name).
+VERIFYING = ("verified", "mta-sts-enforce", "mta-sts-testing")
 
 
 class _Opening:
     """Where an open is (what its failure names) and the client it holds (what a failure,
     a timeout or a cancellation closes)."""
 
-    __slots__ = ("phase", "client")
+    __slots__ = ("phase", "client", "tls_failure")
 
     def __init__(self) -> None:
         self.phase = "connect"
         self.client: aiosmtplib.SMTP | None = None
+        self.tls_failure: str | None = None  # an MTA-STS policy in testing mode that this session fails
 
     def close(self) -> None:
         if self.client is not None:
@@ -41,6 +46,13 @@ class Connector:
     the certificate names the host; `disabled` never starts TLS. Credentials go out only
     over TLS whose certificate verified for the host (`verified` whatever the policy),
     unless ``auth_verified`` is False (a route's `tls_verify: false`): then any TLS will do.
+
+    MTA-STS (mta.tls.apply makes the rules' `dane`/`mta-sts` concrete): `mta-sts-enforce`
+    is `verified` in the policy's name; `mta-sts-testing` tries the same, and a session
+    that fails it goes on anyway (no STARTTLS: plaintext; a certificate refused: a new
+    connection without checking it), noting the failure for the report. `dane` and
+    `mta-sts` left as they are (a smarthost, a domain routed to given hosts) are
+    `opportunistic`.
     """
 
     def __init__(self, helo: str, bind: str | None, clock: Clock = SYSTEM, ca_file: str | None = None):
@@ -56,8 +68,12 @@ class Connector:
                    ca_file: str | None = None, auth_verified: bool = True) -> Session:
         """Connect, read the banner, EHLO, STARTTLS per policy, AUTH; raises SessionFailed."""
         # A password is only for the host a certificate proves: anyone can offer STARTTLS.
-        for_auth = auth is not None and auth_verified and tls in ("opportunistic", "required")
+        for_auth = auth is not None and auth_verified and tls in ("opportunistic", "required", "dane", "mta-sts")
+        if tls in ("dane", "mta-sts"):
+            tls = "opportunistic"
         try:
+            if tls == "mta-sts-testing":
+                return await self._testing(mx, ip, port, timeouts, auth, implicit_tls, ca_file or self._ca_file)
             return await self._open(mx, ip, port, "verified" if for_auth else tls, timeouts, auth, implicit_tls,
                                     ca_file or self._ca_file, for_auth)
         except SessionFailed as exc:
@@ -66,11 +82,29 @@ class Connector:
                 raise SessionFailed(Reply(reply.code, auth.scrub(reply.text), reply.phase)) from None
             raise
 
+    async def _testing(self, mx: str, ip: str, port: int, timeouts: Timeouts, auth: Credentials | None,
+                       implicit_tls: bool, ca_file: str | None) -> Session:
+        """A session under an MTA-STS policy in testing mode: verified if it can be, else
+        as it can be, with the failure noted (RFC 8461 §5: delivered, and reported)."""
+        try:
+            return await self._open(mx, ip, port, "mta-sts-testing", timeouts, auth, implicit_tls, ca_file, False)
+        except SessionFailed as exc:
+            if exc.reply.phase != "tls":
+                raise
+            failure = result_type(exc.reply.text)
+        session = await self._open(mx, ip, port, "opportunistic", timeouts, auth, implicit_tls, ca_file, False)
+        session.tls_failure = failure
+        return session
+
     async def _open(self, mx: str, ip: str, port: int, tls: str, timeouts: Timeouts,
                     auth: Credentials | None, implicit_tls: bool, ca_file: str | None, for_auth: bool) -> Session:
         # what the TLS failures say: the policy, or why a route's credentials need verified TLS
-        policy = (f"the credentials of this route go only over TLS verified for {mx} (tls_verify: false "
-                  f"would allow any TLS)") if for_auth else f"TLS is {tls} for {mx}"
+        if for_auth:
+            policy = f"the credentials of this route go only over TLS verified for {mx} (tls_verify: false would allow any TLS)"
+        elif tls.startswith("mta-sts"):
+            policy = f"the recipient domain's MTA-STS policy requires TLS with a certificate valid for {mx}"
+        else:
+            policy = f"TLS is {tls} for {mx}"
         opening = _Opening()
         # One deadline over all the steps: a receiver answering each just inside its own
         # timeout would otherwise stretch the open to several times the attempt's deadline.
@@ -101,6 +135,7 @@ class Connector:
         client = opening.client
         session = Session(client, mx, ip, timeouts, used_tls, self._clock)
         session.cipher = _cipher_of(client.transport) if used_tls else None
+        session.tls_failure = opening.tls_failure
         return session
 
     async def _steps(self, opening: _Opening, mx: str, ip: str, port: int, tls: str, policy: str, timeouts: Timeouts,
@@ -113,7 +148,7 @@ class Connector:
             sock = await self._connect_socket(ip, port, timeouts.connect)
             opening.client = client = aiosmtplib.SMTP(
                 hostname=mx, sock=sock, local_hostname=self._helo, timeout=timeouts.connect,
-                use_tls=True, start_tls=False, tls_context=self._context(tls == "verified", ca_file),
+                use_tls=True, start_tls=False, tls_context=self._context(tls in VERIFYING, ca_file),
             )
         else:
             opening.client = client = aiosmtplib.SMTP(
@@ -141,8 +176,10 @@ class Connector:
                 used_tls = True
                 opening.phase = "ehlo"
                 await client.ehlo(timeout=timeouts.ehlo)
-        elif tls in ("required", "verified"):
+        elif tls in ("required", "verified", "mta-sts-enforce"):
             raise SessionFailed(Reply(None, f"{policy} but the server does not offer STARTTLS", "tls"))
+        elif tls == "mta-sts-testing":
+            opening.tls_failure = "starttls-not-supported"
         if auth is not None:
             opening.phase = "auth"
             await self._authenticate(client, mx, auth, used_tls, timeouts)
@@ -174,7 +211,7 @@ class Connector:
 
     async def _starttls(self, client: aiosmtplib.SMTP, mx: str, ip: str, tls: str, timeouts: Timeouts,
                         ca_file: str | None) -> None:
-        verify = tls == "verified"
+        verify = tls in VERIFYING
         try:
             await client.starttls(tls_context=self._context(verify, ca_file),
                                   server_hostname=mx if verify else None, timeout=timeouts.starttls)

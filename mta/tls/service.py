@@ -1,0 +1,103 @@
+"""The TLS policies of recipient domains for the router: what is in force for a domain now
+(`decide`, never waiting), and the short wait for a domain's first look (`settled`).
+
+Mail of a domain whose policies were never looked at waits for that look at most
+`mta_sts.wait` seconds (the router holds it in a list per domain, no task per message),
+then goes as if the domain published none: a slow or broken policy server never stalls
+mail that has no known policy. Made by `make_policies` from the rules file's sections.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import dns.asyncresolver
+
+from mta.config import Config
+from mta.routing.mx import DnsFailure, MxAnswer
+from mta.routing.rules import Resolved
+from mta.tls.apply import HONOURING, concrete
+from mta.tls.cache import PENDING, StsPolicies, state_path
+from mta.tls.fetch import Fetcher
+from mta.tls.files import ReportFiles
+from mta.tls.report import result_type, sts_policy
+from mta.smtp.client import Reply
+
+
+def outcome_of(reply: Reply) -> str:
+    """`success` (TLS as the policy wants), `failure` (TLS refused, or a testing policy
+    not met), `plaintext`, or `no-session` (it failed before TLS could be tried)."""
+    if reply.tls_failure is not None or reply.phase == "tls":
+        return "failure"
+    if reply.tls is not None:
+        return "success"
+    if reply.phase in ("dns", "connect") or (reply.code is None and reply.phase == "ehlo"):
+        return "no-session"
+    return "plaintext"
+
+
+class TlsPolicies:
+    def __init__(self, sts: StsPolicies, wait: float, reports: ReportFiles | None = None):
+        self.sts = sts
+        self.wait = wait
+        self.reports = reports
+        self.counts: dict[tuple[str, str], int] = {}  # (TLS policy, outcome) -> attempts: mta_tls_policy_total
+        self._decided: dict[tuple, tuple[Resolved, MxAnswer] | DnsFailure] = {}
+
+    def attempted(self, domain: str, mode: str, reply: Reply, mx: str | None, ip: str | None) -> None:
+        """An attempt under ``mode`` ended with ``reply``: counted, and reported when a
+        published policy held it."""
+        outcome = outcome_of(reply)
+        key = (mode, outcome)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if self.reports is None or outcome not in ("success", "failure") or not mode.startswith("mta-sts-"):
+            return
+        known = self.sts.known(domain)
+        if known is None:
+            return
+        failure = None if outcome == "success" else reply.tls_failure or result_type(reply.text)
+        self.reports.count(domain, sts_policy(domain, known.policy), failure, mx, ip)
+
+    def decide(self, resolved: Resolved, answer: MxAnswer, domain: str,
+               waited: bool) -> tuple[Resolved, MxAnswer] | DnsFailure | None:
+        """The destination and hosts for ``domain``'s mail, the failure that defers it, or
+        None: its first look is under way and it has not ``waited`` for it yet."""
+        if resolved.policy.tls not in HONOURING:
+            return resolved, answer
+        sts = self.sts.policy(domain)
+        if sts is PENDING:
+            if not waited:
+                return None
+            sts = None
+        key = (domain, resolved.key, resolved.policy, answer.site, sts)
+        decided = self._decided.get(key)
+        if decided is None:
+            if len(self._decided) > 10_000:
+                self._decided.clear()
+            decided = self._decided[key] = concrete(resolved, answer, domain, sts)
+        return decided
+
+    async def settled(self, domain: str) -> None:
+        await self.sts.settled(domain, self.wait)
+
+
+def resolver_of(config: Config) -> dns.asyncresolver.Resolver:
+    """A resolver asking the rules' nameservers, as the MX lookups do."""
+    if config.dns.nameservers:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = list(config.dns.nameservers)
+    else:
+        resolver = dns.asyncresolver.Resolver()
+    resolver.port = config.dns.port
+    return resolver
+
+
+def make_policies(config: Config, wall, config_path: str | None) -> TlsPolicies:
+    """``wall``: the wall clock (policies outlive the process)."""
+    settings = config.mta_sts
+    fetcher = Fetcher(resolver_of(config), timeout=settings.timeout, port=settings.port, ca_file=settings.ca_file)
+    sts = StsPolicies(fetcher, wall, state_path(config_path), min_ttl=config.dns.min_ttl, max_ttl=config.dns.max_ttl)
+    reports = None
+    if settings.reports and config_path is not None:
+        reports = ReportFiles(config_path + ".tlsrpt", config.smtp.helo or socket.getfqdn(), wall)
+    return TlsPolicies(sts, settings.wait, reports)
