@@ -88,7 +88,7 @@ class Engine:
         self.metrics = Metrics(self, clock=clock)
         # What an attempt, a hold or a failed lookup means (bound once for every destination), TLS policies:
         self.outcomes = Outcomes(clock, self.counts, self.metrics, self.destinations, self.rules, config.default,
-                                 tls=make_policies(config, clock, config_path))
+                                 tls=make_policies(config, clock_, config_path))
         self._done, self._hold = self.outcomes.done, self.outcomes.hold
         self.router = Router(self.resolver, self.rules, self._deliver, self.outcomes.unroutable, clock=now, tls=self.outcomes.tls)
         # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).

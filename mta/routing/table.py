@@ -19,7 +19,7 @@ from mta.intake.message import Job
 from mta.routing.mx import FAILURE_TTL, DnsFailure, MxAnswer, MxResolver
 from mta.routing.routes import SMARTHOST_TTL, RouteEntry, RouteTable, resolve_smarthost
 from mta.routing.rules import Resolved, Rules
-from mta.tls.apply import HONOURING
+from mta.tls.apply import HONOURING, with_tls
 
 log = logging.getLogger("mta.routing")
 
@@ -137,7 +137,7 @@ class Router:
                 self._wait_for_policy(job, domain, answer)
                 return
             if isinstance(decided, DnsFailure):  # an enforced MTA-STS policy none of the MX hosts matches
-                self._unroutable(job, decided, resolved)
+                self._unroutable(job, decided, with_tls(resolved, "mta-sts-enforce"))
                 return
             resolved, answer = decided
         self._deliver(job, answer, resolved)

@@ -26,7 +26,7 @@ from mta.tls.policy import Policy
 HONOURING = ("dane", "mta-sts")  # rules' modes that follow what the domain publishes
 
 
-def _with_tls(resolved: Resolved, tls: str, key: str | None = None) -> Resolved:
+def with_tls(resolved: Resolved, tls: str, key: str | None = None) -> Resolved:
     policy = msgspec.structs.replace(resolved.policy, tls=tls)
     return Resolved(key or resolved.key, policy, resolved.why, resolved.group, resolved.group_policy)
 
@@ -41,18 +41,18 @@ def concrete(resolved: Resolved, answer: MxAnswer, domain: str, sts: Policy | No
         return resolved, answer
     if mode == "dane" and dane_hosts:
         # RFC 7672 §2.2: DANE applies to the hosts with TLSA records; DANE beats MTA-STS.
-        return _with_tls(resolved, "dane", f"{resolved.key} dane"), answer
+        return with_tls(resolved, "dane", f"{resolved.key} dane"), answer
     if sts is None or sts.mode == "none":
-        return _with_tls(resolved, "opportunistic"), answer
+        return with_tls(resolved, "opportunistic"), answer
     patterns = ",".join(sts.mx)
     if sts.mode == "testing":
-        return _with_tls(resolved, "mta-sts-testing", f"{resolved.key} mta-sts-testing[{patterns}]"), answer
+        return with_tls(resolved, "mta-sts-testing", f"{resolved.key} mta-sts-testing[{patterns}]"), answer
     hosts = tuple(h for h in answer.hosts if sts.allows(h.name))
     if not hosts:
         names = ", ".join(h.name for h in answer.hosts)
         return DnsFailure(False, "4.7.5", f"MTA-STS policy of {domain} (enforce) allows only MX hosts matching "
                                           f"{', '.join(sts.mx)}; none of its MX hosts ({names}) matches", "tls")
-    return _with_tls(resolved, "mta-sts-enforce", f"{resolved.key} mta-sts[{patterns}]"), MxAnswer(hosts, answer.implicit)
+    return with_tls(resolved, "mta-sts-enforce", f"{resolved.key} mta-sts[{patterns}]"), MxAnswer(hosts, answer.implicit)
 
 
 def described(mode: str, sts: Policy | None, dane_hosts: frozenset[str] = frozenset()) -> str:

@@ -9,8 +9,9 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
+import threading
 
+from mta.clock import Clock
 from mta.tls.report import DayReports, day_of
 
 log = logging.getLogger("mta.tls")
@@ -19,14 +20,16 @@ FLUSH = 10.0  # seconds between writes of a changing day's files
 
 
 class ReportFiles:
-    def __init__(self, directory: str, organization: str, wall: Callable[[], float]):
+    def __init__(self, directory: str, organization: str, clock: Clock):
         self.directory = directory
         self._organization = organization
-        self._wall = wall
-        self._day = DayReports(day_of(wall()))
+        self._clock = clock
+        self._wall = clock.wall
+        self._day = DayReports(day_of(clock.wall()))
         self._dirty: set[str] = set()
-        self._flushed = wall()
+        self._flushed = clock.wall()
         self._writing: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def path(self, day: str, domain: str) -> str:
         return os.path.join(self.directory, f"{day}_{domain}.json")
@@ -41,11 +44,15 @@ class ReportFiles:
             self._resume(domain)
         self._day.count(domain, policy, failure, mx, ip)
         self._dirty.add(domain)
-        if now - self._flushed >= FLUSH and self._writing is None:
-            self.flush()
+        if self._timer is None:
+            try:
+                self._timer = self._clock.call_at(self._clock.now() + max(0.0, FLUSH - (now - self._flushed)), self.flush)
+            except RuntimeError:  # no loop (a test): written at once
+                self.flush()
 
     def flush(self) -> None:
         """Write the changed files now (off the event loop)."""
+        self._timer = None
         self._flushed = self._wall()
         dirty, self._dirty = self._dirty, set()
         if dirty:
@@ -80,7 +87,7 @@ class ReportFiles:
 def _write_files(directory: str, files: dict[str, str]) -> None:
     os.makedirs(directory, exist_ok=True)
     for path, text in files.items():
-        temporary = path + ".tmp"
+        temporary = f"{path}.{threading.get_ident()}.tmp"  # two writes of a day never share one
         with open(temporary, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(temporary, path)

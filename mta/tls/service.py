@@ -13,6 +13,7 @@ import socket
 
 import dns.asyncresolver
 
+from mta.clock import Clock
 from mta.config import Config
 from mta.routing.mx import DnsFailure, MxAnswer
 from mta.routing.rules import Resolved
@@ -92,12 +93,13 @@ def resolver_of(config: Config) -> dns.asyncresolver.Resolver:
     return resolver
 
 
-def make_policies(config: Config, wall, config_path: str | None) -> TlsPolicies:
-    """``wall``: the wall clock (policies outlive the process)."""
+def make_policies(config: Config, clock: Clock, config_path: str | None) -> TlsPolicies:
+    """Policies and reports keep the wall time (they outlive the process)."""
+    wall = clock.wall
     settings = config.mta_sts
     fetcher = Fetcher(resolver_of(config), timeout=settings.timeout, port=settings.port, ca_file=settings.ca_file)
     sts = StsPolicies(fetcher, wall, state_path(config_path), min_ttl=config.dns.min_ttl, max_ttl=config.dns.max_ttl)
     reports = None
     if settings.reports and config_path is not None:
-        reports = ReportFiles(config_path + ".tlsrpt", config.smtp.helo or socket.getfqdn(), wall)
+        reports = ReportFiles(config_path + ".tlsrpt", config.smtp.helo or socket.getfqdn(), clock)
     return TlsPolicies(sts, settings.wait, reports)

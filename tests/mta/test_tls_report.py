@@ -1,0 +1,52 @@
+"""TLS-RPT (RFC 8460 §4): sessions counted per day, domain and policy, the report
+document, and the files a restart goes on counting from."""
+
+import json
+
+from mta.clock import Clock
+from mta.tls.files import ReportFiles
+from mta.tls.policy import Policy
+from mta.tls.report import DayReports, result_type, sts_policy
+
+POLICY = sts_policy("example.com", Policy("enforce", ("*.example.com",), 86400))
+
+
+def test_a_day_report_has_the_rfc_8460_shape():
+    day = DayReports("2026-12-03")
+    day.count("example.com", POLICY, None, "mx1.example.com", "192.0.2.1")
+    day.count("example.com", POLICY, None, "mx1.example.com", "192.0.2.1")
+    day.count("example.com", POLICY, "certificate-expired", "mx2.example.com", "192.0.2.2")
+    doc = day.document("example.com", "mta.sender.test")
+    assert doc["date-range"] == {"start-datetime": "2026-12-03T00:00:00Z", "end-datetime": "2026-12-03T23:59:59Z"}
+    assert doc["organization-name"] == "mta.sender.test" and doc["report-id"]
+    [entry] = doc["policies"]
+    assert entry["policy"] == {"policy-type": "sts", "policy-domain": "example.com", "mx-host": ["*.example.com"],
+                               "policy-string": ["version: STSv1", "mode: enforce", "mx: *.example.com",
+                                                 "max_age: 86400"]}
+    assert entry["summary"] == {"total-successful-session-count": 2, "total-failure-session-count": 1}
+    assert entry["failure-details"] == [{"result-type": "certificate-expired", "failed-session-count": 1,
+                                         "receiving-mx-hostname": "mx2.example.com", "receiving-ip": "192.0.2.2"}]
+
+
+def test_failure_texts_map_to_result_types():
+    assert result_type("... but the server does not offer STARTTLS") == "starttls-not-supported"
+    assert result_type("certificate verify failed: Hostname mismatch, certificate is not valid") == \
+        "certificate-host-mismatch"
+    assert result_type("certificate verify failed: certificate has expired") == "certificate-expired"
+    assert result_type("certificate verify failed: self-signed certificate") == "certificate-not-trusted"
+    assert result_type("something else") == "validation-failure"
+
+
+def test_files_are_written_per_day_and_domain_and_a_restart_goes_on_counting(tmp_path):
+    directory = str(tmp_path / "mta.yaml.tlsrpt")
+    clock = Clock(lambda: 1_796_300_000.0)  # 2026-12-03 (UTC)
+    files = ReportFiles(directory, "mta.sender.test", clock)
+    files.count("example.com", POLICY, None, "mx1.example.com", "192.0.2.1")  # no loop: written at once
+    path = files.path("2026-12-03", "example.com")
+    with open(path) as fh:
+        assert json.load(fh)["policies"][0]["summary"]["total-successful-session-count"] == 1
+    again = ReportFiles(directory, "mta.sender.test", clock)
+    again.count("example.com", POLICY, "starttls-not-supported", "mx1.example.com", None)
+    with open(path) as fh:
+        summary = json.load(fh)["policies"][0]["summary"]
+    assert summary == {"total-successful-session-count": 1, "total-failure-session-count": 1}
