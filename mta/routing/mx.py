@@ -41,6 +41,7 @@ class MxHost:
     preference: int
     addresses: tuple[str, ...]
     port: int | None = None  # None: the configured smtp.port
+    tlsa: object = None  # DANE: the host's secure TLSA state (mta.tls.dane.HostTlsa), set by mta.tls.apply
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ domains sharing MX hosts but not a policy never share a session.
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgspec
 
 from mta.routing.mx import DnsFailure, MxAnswer
@@ -32,16 +34,19 @@ def with_tls(resolved: Resolved, tls: str, key: str | None = None) -> Resolved:
 
 
 def concrete(resolved: Resolved, answer: MxAnswer, domain: str, sts: Policy | None,
-             dane_hosts: frozenset[str] = frozenset()) -> tuple[Resolved, MxAnswer] | DnsFailure:
+             dane_hosts: dict | None = None) -> tuple[Resolved, MxAnswer] | DnsFailure:
     """The destination and hosts for ``domain``'s mail under ``sts`` (its MTA-STS policy
-    in force, or None) and ``dane_hosts`` (its MX hosts with usable secure TLSA records);
-    or the failure that defers it (an enforced policy that none of its MX hosts matches)."""
+    in force, or None) and ``dane_hosts`` ({MX host: its secure TLSA state}, when its MX
+    answer is secure); or the failure that defers it (an enforced policy that none of its
+    MX hosts matches)."""
     mode = resolved.policy.tls
     if mode not in HONOURING:
         return resolved, answer
     if mode == "dane" and dane_hosts:
-        # RFC 7672 §2.2: DANE applies to the hosts with TLSA records; DANE beats MTA-STS.
-        return with_tls(resolved, "dane", f"{resolved.key} dane"), answer
+        # RFC 7672 §2.2: DANE for the hosts with secure TLSA records (each host carries its
+        # own), the others opportunistic; DANE beats MTA-STS.
+        hosts = tuple(dataclasses.replace(h, tlsa=dane_hosts.get(h.name)) for h in answer.hosts)
+        return with_tls(resolved, "dane", f"{resolved.key} dane"), MxAnswer(hosts, answer.implicit)
     if sts is None or sts.mode == "none":
         return with_tls(resolved, "opportunistic"), answer
     patterns = ",".join(sts.mx)
@@ -55,7 +60,7 @@ def concrete(resolved: Resolved, answer: MxAnswer, domain: str, sts: Policy | No
     return with_tls(resolved, "mta-sts-enforce", f"{resolved.key} mta-sts[{patterns}]"), MxAnswer(hosts, answer.implicit)
 
 
-def described(mode: str, sts: Policy | None, dane_hosts: frozenset[str] = frozenset()) -> str:
+def described(mode: str, sts: Policy | None, dane_hosts: dict | None = None) -> str:
     """What `mta check --explain` says about the TLS in force."""
     if mode not in HONOURING:
         return f"tls: {mode} (set by the rules: published MTA-STS and DANE policies are not consulted)"

@@ -9,6 +9,7 @@ mail that has no known policy. Made by `make_policies` from the rules file's sec
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import dns.asyncresolver
@@ -21,6 +22,7 @@ from mta.tls.apply import HONOURING, concrete
 from mta.tls.cache import PENDING, StsPolicies, state_path
 from mta.tls.fetch import Fetcher
 from mta.tls.files import ReportFiles
+from mta.tls.tlsa import DaneStates, secure_resolver
 from mta.tls.report import result_type, sts_policy
 from mta.smtp.client import Reply
 
@@ -38,8 +40,9 @@ def outcome_of(reply: Reply) -> str:
 
 
 class TlsPolicies:
-    def __init__(self, sts: StsPolicies, wait: float, reports: ReportFiles | None = None):
+    def __init__(self, sts: StsPolicies, wait: float, reports: ReportFiles | None = None, dane: DaneStates | None = None):
         self.sts = sts
+        self.dane = dane  # None: the resolver is not trusted to validate (dns.dnssec), no DANE
         self.wait = wait
         self.reports = reports
         self.counts: dict[tuple[str, str], int] = {}  # (TLS policy, outcome) -> attempts: mta_tls_policy_total
@@ -66,20 +69,26 @@ class TlsPolicies:
         if resolved.policy.tls not in HONOURING:
             return resolved, answer
         sts = self.sts.policy(domain)
-        if sts is PENDING:
+        dane = self.dane.hosts(domain) if self.dane is not None and resolved.policy.tls == "dane" else None
+        if sts is PENDING or dane is PENDING:
             if not waited:
                 return None
-            sts = None
-        key = (domain, resolved.key, resolved.policy, answer.site, sts)
+            sts = None if sts is PENDING else sts
+            dane = None if dane is PENDING else dane
+        key = (domain, resolved.key, resolved.policy, answer.site, sts, id(dane))
         decided = self._decided.get(key)
-        if decided is None:
+        if decided is None or decided[0] is not dane:
             if len(self._decided) > 10_000:
                 self._decided.clear()
-            decided = self._decided[key] = concrete(resolved, answer, domain, sts)
-        return decided
+            decided = self._decided[key] = (dane, concrete(resolved, answer, domain, sts, dane))
+        return decided[1]
 
     async def settled(self, domain: str) -> None:
-        await self.sts.settled(domain, self.wait)
+        """The first looks at ``domain``'s policies, for at most `wait` seconds."""
+        if self.dane is None:
+            await self.sts.settled(domain, self.wait)
+            return
+        await asyncio.gather(self.sts.settled(domain, self.wait), self.dane.settled(domain, self.wait))
 
 
 def resolver_of(config: Config) -> dns.asyncresolver.Resolver:
@@ -102,4 +111,8 @@ def make_policies(config: Config, clock: Clock, config_path: str | None) -> TlsP
     reports = None
     if settings.reports and config_path is not None:
         reports = ReportFiles(config_path + ".tlsrpt", config.smtp.helo or socket.getfqdn(), clock)
-    return TlsPolicies(sts, settings.wait, reports)
+    dane = None
+    if config.dns.dnssec:
+        dane = DaneStates(secure_resolver(resolver_of(config)), clock.now, timeout=config.dns.timeout,
+                          min_ttl=config.dns.min_ttl, max_ttl=config.dns.max_ttl)
+    return TlsPolicies(sts, settings.wait, reports, dane)

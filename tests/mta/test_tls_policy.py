@@ -7,6 +7,7 @@ from mta.config import DEFAULT_POLICY, merge, Policy as Limits
 from mta.routing.mx import DnsFailure, MxAnswer, MxHost
 from mta.routing.rules import Resolved
 from mta.tls.apply import concrete, described
+from mta.tls.dane import HostTlsa, Tlsa
 from mta.tls.policy import Policy, PolicyError, mx_matches, parse_policy, parse_txt
 
 
@@ -99,9 +100,14 @@ def test_the_operators_modes_ignore_published_policies():
         assert "not consulted" in described(mode, parse_policy(POLICY))
 
 
-def test_dane_beats_mta_sts_only_in_mode_dane():
+def test_dane_beats_mta_sts_only_in_mode_dane_and_each_host_carries_its_records():
     sts = parse_policy(POLICY)
-    resolved, _ = concrete(_resolved("dane"), ANSWER, "example.net", sts, frozenset({"mx1.example.net"}))
-    assert resolved.policy.tls == "dane"
-    resolved, _ = concrete(_resolved("mta-sts"), ANSWER, "example.net", sts, frozenset({"mx1.example.net"}))
+    state = HostTlsa((Tlsa(3, 1, 1, b"\1" * 32),))
+    resolved, answer = concrete(_resolved("dane"), ANSWER, "example.net", sts, {"mx1.example.net": state})
+    assert resolved.policy.tls == "dane" and resolved.key == "mx:x dane"
+    assert [h.tlsa for h in answer.hosts] == [state, None]  # the other host: opportunistic
+    assert [h.name for h in answer.hosts] == ["mx1.example.net", "backup.other.test"]
+    resolved, _ = concrete(_resolved("mta-sts"), ANSWER, "example.net", sts, {"mx1.example.net": state})
+    assert resolved.policy.tls == "mta-sts-enforce"
+    resolved, _ = concrete(_resolved("dane"), ANSWER, "example.net", sts, {})  # MX insecure: no DANE
     assert resolved.policy.tls == "mta-sts-enforce"
