@@ -73,13 +73,14 @@ class DaneStates:
     async def _look(self, domain: str) -> None:
         try:
             async with self._slots:
-                hosts, ttl = await self._lookup(domain)
+                hosts, ttl = await self.lookup(domain)
         except Exception:  # a bug must not stop mail: the domain goes as if without DANE
             log.exception("DANE lookup of %s failed unexpectedly", domain)
             hosts, ttl = {}, FAILURE_RETRY
         self._states[domain] = (self._clock() + min(max(ttl, self._min_ttl), self._max_ttl), hosts)
 
-    async def _lookup(self, domain: str) -> tuple[dict[str, HostTlsa], float]:
+    async def lookup(self, domain: str) -> tuple[dict[str, HostTlsa], float]:
+        """{MX host: its TLSA state} of ``domain`` (empty: no DANE) and the seconds it holds."""
         try:
             answer = await self._resolver.resolve(domain, "MX", lifetime=self._timeout)
         except dns.exception.DNSException:

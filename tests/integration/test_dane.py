@@ -89,3 +89,16 @@ def test_dane_authenticates_or_defers(vhost, bed, tmp_path, start_mta):
         for attempt in result["results"]:
             assert attempt["phase"] == "tls" and attempt["tls_policy"] == "dane", attempt
             assert reason in attempt["description"], attempt
+
+
+@pytest.mark.timeout(60)
+def test_explain_shows_the_tlsa_records(vhost, bed, tmp_path):
+    import subprocess
+    import sys
+    path = write_config(str(tmp_path / "mta.yaml"), vhost, bed["dns"], bed["port"], dns={"dnssec": True},
+                        default={"tls": "dane"})
+    done = subprocess.run([sys.executable, "-m", "mta", "check", path, "--explain", "ee.test"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "DANE: mx.ee.test: 3 1 1 " in done.stdout
+    assert "TLS in force: DANE (TLSA records of mx.ee.test)" in done.stdout

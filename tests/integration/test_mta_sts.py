@@ -59,6 +59,7 @@ def bed(test_ca):
 
 @pytest.fixture
 def zone(bed):
+    bed["policies"].answers.clear()  # each test says what its domains' policy hosts answer
     server = Dnsmasq(records=records(ZONE, bed["policies"].port))
     server.start()
     yield server
@@ -201,3 +202,28 @@ def test_policies_survive_a_restart(vhost, bed, zone, test_ca, tmp_path, start_m
     for attempt in result["results"]:
         assert attempt["phase"] == "tls" and attempt["tls_policy"] == "mta-sts-enforce"
         assert "MTA-STS policy" in attempt["description"] and "mismatch" in attempt["description"]
+
+
+def _explain(path: str, domain: str) -> str:
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "mta", "check", path, "--explain", domain],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_explain_shows_the_policy_in_force(vhost, bed, zone, test_ca, tmp_path):
+    serve(bed, good_test=policy_text("enforce", ["mx.good.test"]),
+          wrongmx_test=policy_text("enforce", ["*.elsewhere.test"]))
+    path = config(tmp_path, vhost, bed, zone, test_ca)
+    shown = _explain(path, "good.test")
+    assert "MTA-STS: policy id 1: mode enforce, mx mx.good.test, max_age 86400s" in shown
+    assert "MX hosts the policy allows: mx.good.test" in shown
+    assert "TLS in force: MTA-STS policy" in shown
+    assert "none (its mail is deferred)" in _explain(path, "wrongmx.test")
+    serve(bed, hang_test=500)
+    assert "HTTP 500" in _explain(path, "hang.test")
+    opportunistic = config(tmp_path, vhost, bed, zone, test_ca, default={"tls": "opportunistic"})
+    assert "not consulted" in _explain(opportunistic, "good.test")
