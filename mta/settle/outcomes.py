@@ -20,6 +20,7 @@ from mta.ops.replies import LastReplies
 from mta.settle.results import attempt_entry, rfc3339
 from mta.settle.settler import Settler
 from mta.smtp.client import Reply
+from mta.tls.apply import in_force
 from shaper.disposition import Bounced, Deferred, Expired, after_attempt, after_hold
 from shaper.handoffs import Attempt, Held
 from shaper.retry import RetrySchedule
@@ -107,10 +108,10 @@ class Outcomes:
         entry = attempt_entry(now, reply.phase, reply.code, enhanced, reply.text, mx, ip, job.lane)
         entry["tls"] = reply.tls is not None  # whether the session was encrypted, and how
         entry["cipher"] = reply.tls
-        entry["tls_policy"] = resolved.policy.tls  # the TLS policy the attempt was held to (SPEC §1)
+        entry["tls_policy"] = policy = in_force(resolved)  # the TLS policy the attempt was held to (SPEC §1)
         job.history.append(entry)
         if self.tls is not None:
-            self.tls.attempted(job.domain, resolved.policy.tls, reply, mx, ip)
+            self.tls.attempted(job.domain, policy, reply, mx, ip)
         settler = self.settler
         if reply.ok:
             # Delivered whatever the schedule says (after_attempt's first rule): the common

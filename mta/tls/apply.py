@@ -60,6 +60,16 @@ def concrete(resolved: Resolved, answer: MxAnswer, domain: str, sts: Policy | No
     return with_tls(resolved, "mta-sts-enforce", f"{resolved.key} mta-sts[{patterns}]"), MxAnswer(hosts, answer.implicit)
 
 
+def in_force(resolved: Resolved) -> str:
+    """The TLS policy an attempt of ``resolved`` is held to, as results and metrics name
+    it: a rules' `dane`/`mta-sts` that nothing made concrete (no policy published, a
+    smarthost, hosts the rules give) is `opportunistic`, as the connector treats it."""
+    mode = resolved.policy.tls
+    if mode == "mta-sts" or (mode == "dane" and not resolved.key.endswith(" dane")):
+        return "opportunistic"
+    return mode
+
+
 def described(mode: str, sts: Policy | None, dane_hosts: dict | None = None) -> str:
     """What `mta check --explain` says about the TLS in force."""
     if mode not in HONOURING:

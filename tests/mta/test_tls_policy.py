@@ -6,7 +6,7 @@ import pytest
 from mta.config import DEFAULT_POLICY, merge, Policy as Limits
 from mta.routing.mx import DnsFailure, MxAnswer, MxHost
 from mta.routing.rules import Resolved
-from mta.tls.apply import concrete, described
+from mta.tls.apply import concrete, described, in_force
 from mta.tls.dane import HostTlsa, Tlsa
 from mta.tls.policy import Policy, PolicyError, mx_matches, parse_policy, parse_txt
 
@@ -111,3 +111,13 @@ def test_dane_beats_mta_sts_only_in_mode_dane_and_each_host_carries_its_records(
     assert resolved.policy.tls == "mta-sts-enforce"
     resolved, _ = concrete(_resolved("dane"), ANSWER, "example.net", sts, {})  # MX insecure: no DANE
     assert resolved.policy.tls == "mta-sts-enforce"
+
+
+def test_results_name_the_policy_in_force():
+    assert in_force(_resolved("dane")) == "opportunistic"  # nothing made it concrete: a smarthost, given hosts
+    assert in_force(_resolved("mta-sts")) == "opportunistic"
+    resolved, _ = concrete(_resolved("dane"), ANSWER, "example.net", parse_policy(POLICY))
+    assert in_force(resolved) == "mta-sts-enforce"
+    resolved, _ = concrete(_resolved("dane"), ANSWER, "example.net", None, {"mx1.example.net": HostTlsa()})
+    assert in_force(resolved) == "dane"
+    assert in_force(_resolved("verified")) == "verified"
