@@ -52,15 +52,14 @@ class TlsPolicies:
         """An attempt under ``mode`` ended with ``reply``: counted, and reported when a
         published policy held it."""
         outcome = outcome_of(reply)
+        known = self.sts.known(domain) if mode.startswith("mta-sts-") else None
+        failure = None if outcome != "failure" else reply.tls_failure or result_type(reply.text)
+        if outcome == "success" and known is not None and mx is not None and not known.policy.allows(mx):
+            outcome, failure = "failure", "validation-failure"  # testing: an MX host it does not name (§4.1)
         key = (mode, outcome)
         self.counts[key] = self.counts.get(key, 0) + 1
-        if self.reports is None or outcome not in ("success", "failure") or not mode.startswith("mta-sts-"):
-            return
-        known = self.sts.known(domain)
-        if known is None:
-            return
-        failure = None if outcome == "success" else reply.tls_failure or result_type(reply.text)
-        self.reports.count(domain, sts_policy(domain, known.policy), failure, mx, ip)
+        if self.reports is not None and known is not None and outcome in ("success", "failure"):
+            self.reports.count(domain, sts_policy(domain, known.policy), failure, mx, ip)
 
     def decide(self, resolved: Resolved, answer: MxAnswer, domain: str,
                waited: bool) -> tuple[Resolved, MxAnswer] | DnsFailure | None:

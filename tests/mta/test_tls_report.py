@@ -50,3 +50,35 @@ def test_files_are_written_per_day_and_domain_and_a_restart_goes_on_counting(tmp
     with open(path) as fh:
         summary = json.load(fh)["policies"][0]["summary"]
     assert summary == {"total-successful-session-count": 1, "total-failure-session-count": 1}
+
+
+def test_attempts_are_counted_by_policy_and_outcome_and_testing_policies_reported(tmp_path):
+    from mta.smtp.client import Reply
+    from mta.tls.cache import Known
+    from mta.tls.service import TlsPolicies, outcome_of
+
+    assert outcome_of(Reply(250, "ok", "message", "TLSv1.3 X")) == "success"
+    assert outcome_of(Reply(250, "ok", "message", "TLSv1.3 X", "certificate-host-mismatch")) == "failure"
+    assert outcome_of(Reply(None, "... does not offer STARTTLS", "tls")) == "failure"
+    assert outcome_of(Reply(250, "ok", "message")) == "plaintext"
+    assert outcome_of(Reply(None, "refused", "connect")) == "no-session"
+
+    testing = Policy("testing", ("mx1.example.com",), 86400)
+
+    class Sts:
+        def known(self, domain):
+            return Known("1", testing, 2e9) if domain == "example.com" else None
+
+    clock = Clock(lambda: 1_796_300_000.0)
+    files = ReportFiles(str(tmp_path / "r"), "mta.sender.test", clock)
+    tls = TlsPolicies(Sts(), 10.0, files)
+    tls.attempted("example.com", "mta-sts-testing", Reply(250, "ok", "message", "TLSv1.3 X"), "mx1.example.com", "192.0.2.1")
+    tls.attempted("example.com", "mta-sts-testing", Reply(250, "ok", "message", "TLSv1.3 X"), "mx9.other.test", "192.0.2.9")
+    tls.attempted("other.test", "opportunistic", Reply(250, "ok", "message"), "mx.other.test", "192.0.2.3")
+    assert tls.counts == {("mta-sts-testing", "success"): 1, ("mta-sts-testing", "failure"): 1,
+                          ("opportunistic", "plaintext"): 1}
+    with open(files.path("2026-12-03", "example.com")) as fh:
+        [entry] = json.load(fh)["policies"]
+    assert entry["summary"] == {"total-successful-session-count": 1, "total-failure-session-count": 1}
+    assert entry["failure-details"][0]["result-type"] == "validation-failure"
+    assert entry["failure-details"][0]["receiving-mx-hostname"] == "mx9.other.test"
