@@ -1,7 +1,9 @@
 """TLS-RPT reports on disk: one JSON file per UTC day and recipient domain (RFC 8460 §4
 format), `<rules file>.tlsrpt/<day>_<domain>.json`, rewritten whole (write, then rename)
 at most every `FLUSH` seconds while the day's counts change, so a crash loses at most
-that much. A restart goes on counting the day from the file it finds."""
+that much. A restart goes on counting the day from the file it finds. A process of
+`mta run --processes N` counts in files of its own (`<day>_<domain>.<node>.json`): each
+rewrites its files whole, so two must never share one."""
 
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ FLUSH = 10.0  # seconds between writes of a changing day's files
 
 
 class ReportFiles:
-    def __init__(self, directory: str, organization: str, clock: Clock):
+    def __init__(self, directory: str, organization: str, clock: Clock, node: str | None = None):
         self.directory = directory
+        self._suffix = f".{node}" if node else ""
         self._organization = organization
         self._clock = clock
         self._wall = clock.wall
@@ -32,7 +35,7 @@ class ReportFiles:
         self._timer: asyncio.TimerHandle | None = None
 
     def path(self, day: str, domain: str) -> str:
-        return os.path.join(self.directory, f"{day}_{domain}.json")
+        return os.path.join(self.directory, f"{day}_{domain}{self._suffix}.json")
 
     def count(self, domain: str, policy: dict, failure: str | None, mx: str | None, ip: str | None) -> None:
         now = self._wall()

@@ -109,7 +109,8 @@ def make_policies(config: Config, clock: Clock, config_path: str | None) -> TlsP
     sts = StsPolicies(fetcher, wall, state_path(config_path), min_ttl=config.dns.min_ttl, max_ttl=config.dns.max_ttl)
     reports = None
     if settings.reports and config_path is not None:
-        reports = ReportFiles(config_path + ".tlsrpt", config.smtp.helo or socket.getfqdn(), clock)
+        reports = ReportFiles(config_path + ".tlsrpt", config.smtp.helo or socket.getfqdn(), clock,
+                              config.cluster.node)
     dane = None
     if config.dns.dnssec:
         dane = DaneStates(secure_resolver(resolver_of(config)), clock.now, timeout=config.dns.timeout,

@@ -82,3 +82,15 @@ def test_attempts_are_counted_by_policy_and_outcome_and_testing_policies_reporte
     assert entry["summary"] == {"total-successful-session-count": 1, "total-failure-session-count": 1}
     assert entry["failure-details"][0]["result-type"] == "validation-failure"
     assert entry["failure-details"][0]["receiving-mx-hostname"] == "mx9.other.test"
+
+
+def test_each_node_counts_in_files_of_its_own(tmp_path):
+    clock = Clock(lambda: 1_796_300_000.0)
+    one = ReportFiles(str(tmp_path), "mta.sender.test", clock, node="host-0")
+    two = ReportFiles(str(tmp_path), "mta.sender.test", clock, node="host-1")
+    one.count("example.com", POLICY, None, "mx1.example.com", None)
+    two.count("example.com", POLICY, None, "mx1.example.com", None)
+    assert one.path("2026-12-03", "example.com").endswith("2026-12-03_example.com.host-0.json")
+    for files in (one, two):
+        with open(files.path("2026-12-03", "example.com")) as fh:
+            assert json.load(fh)["policies"][0]["summary"]["total-successful-session-count"] == 1
