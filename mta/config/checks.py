@@ -277,7 +277,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         },
     ),
     "mta_sts": (MtaSts, {"ca_file": _opt_str, "port": _int(1, 65535), "timeout": _positive_duration,
-                         "wait": _duration, "reports": _bool}),
+                         "wait": _duration, "reports": _bool, "report_from": _opt_str}),
     "smtp": (
         Smtp,
         {"port": _int(1, 65535), "helo": _opt_str, "bind": _opt_str, "max_message_size": _int(1),

@@ -79,6 +79,7 @@ class MtaSts(msgspec.Struct, frozen=True):
     timeout: float = 10.0  # seconds one fetch (TXT record, then the policy file) may take
     wait: float = 10.0  # seconds mail waits for the first look at its domain's policy
     reports: bool = True  # TLS-RPT daily report files (RFC 8460) beside the rules file
+    report_from: str | None = None  # sender of the reports `mta tls-reports --send` mails; None: not mailed
 
 
 class Metrics(msgspec.Struct, frozen=True):

@@ -6,8 +6,12 @@ domains publish."""
 
 from __future__ import annotations
 
+import email
+import gzip
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -25,7 +29,7 @@ GOOD, BADCERT, PLAIN = "127.0.3.1", "127.0.3.2", "127.0.3.3"
 ZONE = {"good.test": (GOOD, "1"), "wrongmx.test": (GOOD, "1"), "badcert.test": (BADCERT, "1"),
         "plain.test": (PLAIN, "1"), "testing.test": (BADCERT, "1"), "hang.test": (GOOD, "1"),
         "big.test": (GOOD, "1"), "moved.test": (GOOD, "1"), "change.test": (GOOD, "1"),
-        "restart.test": (GOOD, "1")}
+        "restart.test": (GOOD, "1"), "reports.test": (GOOD, None)}
 
 
 def records(zone: dict, policy_port: int) -> list[str]:
@@ -35,7 +39,7 @@ def records(zone: dict, policy_port: int) -> list[str]:
                f"host-record=mta-sts.{domain},127.0.0.1"]
         if policy_id is not None:
             rr.append(txt_record(f"_mta-sts.{domain}", f"v=STSv1; id={policy_id};"))
-    return rr
+    return rr + [txt_record("_smtp._tls.testing.test", "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test")]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +89,7 @@ def test_enforce_and_testing_policies(vhost, bed, zone, test_ca, tmp_path, start
           badcert_test=policy_text("enforce", ["mx.badcert.test"]),
           plain_test=policy_text("enforce", ["*.plain.test"]),
           testing_test=policy_text("testing", ["mx.testing.test"]))
-    path = config(tmp_path, vhost, bed, zone, test_ca)
+    path = config(tmp_path, vhost, bed, zone, test_ca, mta_sts={"report_from": "tlsrpt@sender.test"})
     start_mta(path)
     run = run_id()
     ids = {f"{d}-{run}": f"u-{run}@{d}" for d in ("good.test", "wrongmx.test", "badcert.test", "plain.test",
@@ -122,6 +126,29 @@ def test_enforce_and_testing_policies(vhost, bed, zone, test_ca, tmp_path, start
     assert report["date-range"]["start-datetime"] == f"{day}T00:00:00Z"
     good_report = _report(f"{path}.tlsrpt/{day}_good.test.json", timeout=20)
     assert good_report["policies"][0]["summary"]["total-successful-session-count"] == 1
+
+    # Mailed through the MTA itself to the rua of testing.test (good.test publishes none).
+    assert "good.test: no _smtp._tls record" in _cli(path, "tls-reports", "-c", path, "--day", day, "--send")
+    mailed = _wait_for(lambda: [a for a in bed["good"].accepted() if a.rcpt == "tlsrpt@reports.test"], 30)
+    message = email.message_from_bytes(mailed[0].data)
+    assert message["TLS-Report-Domain"] == "testing.test" and mailed[0].mail_from == "tlsrpt@sender.test"
+    [attached] = [p for p in message.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
+    assert json.loads(gzip.decompress(attached.get_payload(decode=True))) == report
+    assert "(mailed)" in _cli(path, "tls-reports", "-c", path, "--day", day)
+
+
+def _cli(path: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "mta", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _wait_for(found, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not (result := found()):
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.2)
+    return result
 
 
 def _report(path: str, timeout: float) -> dict:
@@ -205,12 +232,7 @@ def test_policies_survive_a_restart(vhost, bed, zone, test_ca, tmp_path, start_m
 
 
 def _explain(path: str, domain: str) -> str:
-    import subprocess
-    import sys
-    done = subprocess.run([sys.executable, "-m", "mta", "check", path, "--explain", domain],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return _cli(path, "check", path, "--explain", domain)
 
 
 @pytest.mark.timeout(120)

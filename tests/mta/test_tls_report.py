@@ -94,3 +94,32 @@ def test_each_node_counts_in_files_of_its_own(tmp_path):
     for files in (one, two):
         with open(files.path("2026-12-03", "example.com")) as fh:
             assert json.load(fh)["policies"][0]["summary"]["total-successful-session-count"] == 1
+
+
+def test_rua_mailto_addresses_of_the_smtp_tls_record():
+    from mta.tls.mailing import parse_rua
+
+    assert parse_rua(["v=TLSRPTv1; rua=mailto:tls@example.com,https://r.example.com/x, mailto:b@example.net!10m"]) \
+        == ["tls@example.com", "b@example.net"]
+    assert parse_rua(["v=TLSRPTv1;rua=mailto:a@example.com", "v=TLSRPTv1;rua=mailto:b@example.com"]) == []
+    assert parse_rua(["v=spf1 -all"]) == [] and parse_rua(["v=TLSRPTv1; rua=https://only.example/"]) == []
+
+
+def test_the_report_message_is_rfc_8460_section_5_3():
+    import email
+    import gzip
+
+    from mta.tls.mailing import report_message
+
+    day = DayReports("2026-12-03")
+    day.count("example.com", POLICY, "starttls-not-supported", "mx1.example.com", None)
+    document = day.document("example.com", "mta.sender.test")
+    text = report_message(document, "example.com", "tlsrpt@sender.test", "tls@example.com", 1_796_300_000.0)
+    assert "\r\n" in text and "\n" not in text.replace("\r\n", "")
+    message = email.message_from_string(text)
+    assert message.get_content_type() == "multipart/report" and message.get_param("report-type") == "tlsrpt"
+    assert message["TLS-Report-Domain"] == "example.com" and message["TLS-Report-Submitter"] == "mta.sender.test"
+    assert message["Subject"].replace("\r\n", "").startswith("Report Domain: example.com Submitter: mta.sender.test Report-ID: <")
+    [report] = [p for p in message.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
+    assert report.get_filename() == "mta.sender.test!example.com!1796256000!1796342399.json.gz"
+    assert json.loads(gzip.decompress(report.get_payload(decode=True))) == document
