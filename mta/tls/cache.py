@@ -59,6 +59,7 @@ class StsPolicies:
         self._slots = asyncio.Semaphore(MAX_FETCHES)
         self.errors: dict[str, str] = {}  # domain -> why its last look failed
         self.fetches = 0
+        self._saving = self._unsaved = False  # a write of the state file under way; another due after it
         self._load()
 
     def policy(self, domain: str):
@@ -106,6 +107,8 @@ class StsPolicies:
             self.errors.pop(domain, None)
         except FetchError as exc:
             log.info("MTA-STS policy of %s: %s", domain, exc)
+            if len(self.errors) >= LIMIT:
+                self.errors.clear()
             self.errors[domain] = str(exc)
             fresh_for = FAILURE_RETRY
         except Exception as exc:  # a bug must not stop mail: the domain goes as if without policy
@@ -151,15 +154,29 @@ class StsPolicies:
             log.warning("MTA-STS state %s not read (%s): policies are fetched again", self.path, exc)
 
     async def _save(self) -> None:
+        """Write the state file; policies fetched while it is written are saved by one
+        more write after it (a burst of new domains costs two writes, not one each)."""
         if self.path is None:
             return
-        doc = {"version": 1, "policies": {
-            d: {"id": k.policy_id, "mode": k.policy.mode, "mx": list(k.policy.mx), "max_age": k.policy.max_age,
-                "expires": k.expires} for d, k in self._known.items()}}
+        if self._saving:
+            self._unsaved = True
+            return
+        self._saving = True
         try:
-            await asyncio.to_thread(_write, self.path, json.dumps(doc, sort_keys=True))
-        except OSError as exc:
-            log.warning("MTA-STS state %s not written: %s", self.path, exc)
+            while True:
+                self._unsaved = False
+                doc = {"version": 1, "policies": {
+                    d: {"id": k.policy_id, "mode": k.policy.mode, "mx": list(k.policy.mx),
+                        "max_age": k.policy.max_age, "expires": k.expires} for d, k in self._known.items()}}
+                try:
+                    await asyncio.to_thread(_write, self.path, json.dumps(doc, sort_keys=True))
+                except OSError as exc:
+                    log.warning("MTA-STS state %s not written (%s): a restart fetches its policies again",
+                                self.path, exc)
+                if not self._unsaved:
+                    return
+        finally:
+            self._saving = False
 
 
 def _write(path: str, text: str) -> None:

@@ -123,3 +123,30 @@ def test_policies_survive_a_restart_in_the_state_file(tmp_path):
     asyncio.run(second())
     wall.t += 86401
     assert StsPolicies(FakeFetcher(), wall, path).known("example.com") is None  # expired while down
+
+
+def test_a_burst_of_new_policies_costs_few_writes_of_the_state_file(tmp_path, monkeypatch):
+    from mta.tls import cache as cache_module
+
+    writes = []
+    real = cache_module._write
+    monkeypatch.setattr(cache_module, "_write", lambda path, text: (writes.append(text), real(path, text)))
+    path = str(tmp_path / "mta.yaml.mta-sts.json")
+
+    async def main():
+        fetcher, wall = FakeFetcher(), Wall()
+        domains = [f"d{i}.test" for i in range(20)]
+        for domain in domains:
+            fetcher.txt[domain] = "1"
+            fetcher.policies[domain] = ENFORCE
+        cache = StsPolicies(fetcher, wall, path)
+        for domain in domains:
+            cache.policy(domain)
+        for domain in domains:
+            await _settle(cache, domain)
+        return cache
+
+    asyncio.run(main())
+    assert 1 <= len(writes) < 20
+    restarted = StsPolicies(FakeFetcher(), Wall(), path)
+    assert all(restarted.known(f"d{i}.test") for i in range(20))  # the last write has them all
