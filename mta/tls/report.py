@@ -2,9 +2,9 @@
 successes and failures with their result type, and the report document of RFC 8460 §4.
 No I/O: `mta.tls.service` writes the documents.
 
-Only mail held to a published policy is counted (MTA-STS `sts`, DANE `tlsa`): those are
-the domains whose operators asked for TLS that cannot be stripped, and whose reports say
-whether it worked.
+Only mail held to a published policy is counted (MTA-STS `sts`; DANE `tlsa`, one policy
+per MX host, its TLSA records): those are the domains whose operators asked for TLS that
+cannot be stripped, and whose reports say whether it worked.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ _RESULT_TYPES = (
     ("expired", "certificate-expired"),
     ("self-signed", "certificate-not-trusted"),
     ("unable to get local issuer", "certificate-not-trusted"),
-    ("TLSA", "tlsa-invalid"),
+    ("TLSA lookup", "dnssec-invalid"),  # no valid answer from the resolver
+    ("TLSA", "tlsa-invalid"),  # none of the records matched
 )
 
 
@@ -51,8 +52,9 @@ def sts_policy(domain: str, policy: Policy) -> dict:
     return {"policy-type": "sts", "policy-string": lines, "policy-domain": domain, "mx-host": list(policy.mx)}
 
 
-def tlsa_policy(domain: str, records: list[str]) -> dict:
-    return {"policy-type": "tlsa", "policy-string": records, "policy-domain": domain}
+def tlsa_policy(domain: str, host: str, records: list[str]) -> dict:
+    """The `policy` object of an MX host's TLSA records (RFC 8460 §4.4)."""
+    return {"policy-type": "tlsa", "policy-string": records, "policy-domain": domain, "mx-host": [host]}
 
 
 class DayReports:

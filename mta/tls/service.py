@@ -23,7 +23,7 @@ from mta.tls.cache import PENDING, StsPolicies, state_path
 from mta.tls.fetch import Fetcher
 from mta.tls.files import ReportFiles
 from mta.tls.tlsa import DaneStates, secure_resolver
-from mta.tls.report import result_type, sts_policy
+from mta.tls.report import result_type, sts_policy, tlsa_policy
 from mta.smtp.client import Reply
 
 
@@ -58,8 +58,15 @@ class TlsPolicies:
             outcome, failure = "failure", "validation-failure"  # testing: an MX host it does not name (§4.1)
         key = (mode, outcome)
         self.counts[key] = self.counts.get(key, 0) + 1
-        if self.reports is not None and known is not None and outcome in ("success", "failure"):
+        if self.reports is None or outcome not in ("success", "failure"):
+            return
+        if known is not None:
             self.reports.count(domain, sts_policy(domain, known.policy), failure, mx, ip)
+        elif mode == "dane" and mx is not None and self.dane is not None:
+            state = self.dane.known(domain).get(mx)
+            if state is not None:
+                records = [str(r) for r in state.records] or [state.failure or ""]
+                self.reports.count(domain, tlsa_policy(domain, mx, records), failure, mx, ip)
 
     def decide(self, resolved: Resolved, answer: MxAnswer, domain: str,
                waited: bool) -> tuple[Resolved, MxAnswer] | DnsFailure | None:

@@ -65,6 +65,11 @@ class DaneStates:
             task.add_done_callback(lambda _: self._tasks.pop(domain, None))
         return PENDING if entry is None else entry[1]
 
+    def known(self, domain: str) -> dict[str, HostTlsa]:
+        """What the last lookup found for ``domain`` (empty: nothing, or not looked up)."""
+        entry = self._states.get(domain)
+        return {} if entry is None else entry[1]
+
     async def settled(self, domain: str, timeout: float) -> None:
         task = self._tasks.get(domain)
         if task is not None:

@@ -7,6 +7,9 @@ DNSSEC validation itself: that is the local resolver's job (README, TLS)."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import time
 
 import pytest
 from cryptography import x509
@@ -89,6 +92,26 @@ def test_dane_authenticates_or_defers(vhost, bed, tmp_path, start_mta):
         for attempt in result["results"]:
             assert attempt["phase"] == "tls" and attempt["tls_policy"] == "dane", attempt
             assert reason in attempt["description"], attempt
+
+    # TLS-RPT: one tlsa policy per MX host, its records as the policy string.
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    for domain, kind in (("ee.test", None), ("wrong.test", "tlsa-invalid"), ("unusable.test", "starttls-not-supported"),
+                         ("servfail.test", "dnssec-invalid")):
+        [entry] = _report(f"{path}.tlsrpt/{day}_{domain}.json")["policies"]
+        assert entry["policy"]["policy-type"] == "tlsa" and entry["policy"]["mx-host"] == [f"mx.{domain}"]
+        if kind is None:
+            assert entry["summary"]["total-successful-session-count"] == 1 and not entry["failure-details"]
+        else:
+            assert {d["result-type"] for d in entry["failure-details"]} == {kind}, entry
+
+
+def _report(path: str) -> dict:
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"no TLS-RPT report {path}"
+        time.sleep(0.2)
+    with open(path) as fh:
+        return json.load(fh)
 
 
 @pytest.mark.timeout(60)

@@ -123,3 +123,30 @@ def test_the_report_message_is_rfc_8460_section_5_3():
     [report] = [p for p in message.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
     assert report.get_filename() == "mta.sender.test!example.com!1796256000!1796342399.json.gz"
     assert json.loads(gzip.decompress(report.get_payload(decode=True))) == document
+
+
+def test_dane_sessions_are_reported_per_mx_host_with_its_records(tmp_path):
+    from mta.smtp.client import Reply
+    from mta.tls.dane import HostTlsa, Tlsa
+    from mta.tls.service import TlsPolicies
+
+    class NoSts:
+        def known(self, domain):
+            return None
+
+    class Dane:
+        def known(self, domain):
+            return {"mx1.example.com": HostTlsa((Tlsa(3, 1, 1, b"\1" * 32),))}
+
+    files = ReportFiles(str(tmp_path), "mta.sender.test", Clock(lambda: 1_796_300_000.0))
+    tls = TlsPolicies(NoSts(), 10.0, files, Dane())
+    tls.attempted("example.com", "dane", Reply(250, "ok", "message", "TLSv1.3 X"), "mx1.example.com", "192.0.2.1")
+    tls.attempted("example.com", "dane", Reply(None, "DANE: the certificate of mx1.example.com matches none of its "
+                                                     "TLSA records (...)", "tls"), "mx1.example.com", "192.0.2.1")
+    tls.attempted("example.com", "dane", Reply(250, "ok", "message", "TLSv1.3 X"), "mx2.example.com", "192.0.2.2")
+    with open(files.path("2026-12-03", "example.com")) as fh:
+        [entry] = json.load(fh)["policies"]  # mx2 has no TLSA records: opportunistic, not reported
+    assert entry["policy"] == {"policy-type": "tlsa", "policy-domain": "example.com", "mx-host": ["mx1.example.com"],
+                               "policy-string": ["3 1 1 " + "01" * 32]}
+    assert entry["summary"] == {"total-successful-session-count": 1, "total-failure-session-count": 1}
+    assert entry["failure-details"][0]["result-type"] == "tlsa-invalid"
