@@ -3,8 +3,8 @@
 
 Mail of a domain whose policies were never looked at waits for that look at most
 `mta_sts.wait` seconds (the router holds it in a list per domain, no task per message),
-then goes as if the domain published none: a slow or broken policy server never stalls
-mail that has no known policy. Made by `make_policies` from the rules file's sections.
+then goes as if the domain published none, and so does its later mail while that look
+goes on: a slow or broken policy server never stalls mail that has no known policy. Made by `make_policies` from the rules file's sections.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class TlsPolicies:
         self.reports = reports
         self.counts: dict[tuple[str, str], int] = {}  # (TLS policy, outcome) -> attempts: mta_tls_policy_total
         self._decided: dict[tuple, tuple[Resolved, MxAnswer] | DnsFailure] = {}
+        self._waited: set[str] = set()  # domains whose first look outlasted `wait`: their mail waits no more
 
     def attempted(self, domain: str, mode: str, reply: Reply, mx: str | None, ip: str | None) -> None:
         """An attempt under ``mode`` ended with ``reply``: counted, and reported when a
@@ -77,7 +78,7 @@ class TlsPolicies:
         sts = self.sts.policy(domain)
         dane = self.dane.hosts(domain) if self.dane is not None and resolved.policy.tls == "dane" else None
         if sts is PENDING or dane is PENDING:
-            if not waited:
+            if not waited and domain not in self._waited:
                 return None
             sts = None if sts is PENDING else sts
             dane = None if dane is PENDING else dane
@@ -93,8 +94,11 @@ class TlsPolicies:
         """The first looks at ``domain``'s policies, for at most `wait` seconds."""
         if self.dane is None:
             await self.sts.settled(domain, self.wait)
-            return
-        await asyncio.gather(self.sts.settled(domain, self.wait), self.dane.settled(domain, self.wait))
+        else:
+            await asyncio.gather(self.sts.settled(domain, self.wait), self.dane.settled(domain, self.wait))
+        if len(self._waited) > 10_000:
+            self._waited.clear()
+        self._waited.add(domain)  # (a look that ended: its domain never answers PENDING again)
 
 
 def resolver_of(config: Config) -> dns.asyncresolver.Resolver:
