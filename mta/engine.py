@@ -52,6 +52,7 @@ from mta.settle.settler import Settler
 from mta.supervision import TaskCrashed, cancelled, endless, leaves
 from mta.suppression.service import Suppression
 from mta.smtp.connector import Connector
+from mta.tls.apply import base_key
 from mta.tls.service import make_policies
 from mta.broker.topology import LANES, Topology, lane_queue
 from shaper.handoffs import Held
@@ -373,7 +374,7 @@ class Engine:
 
     def _deliver(self, job: Job, answer: MxAnswer, resolved: Resolved) -> None:
         job.destination = resolved
-        if self.pauses and self.pauses.paused(self.clock(), job.domain, resolved.key):
+        if self.pauses and self.pauses.paused(self.clock(), job.domain, resolved.key, base_key(resolved.key)):
             self._hold(Held(job, control.PAUSED_HOLD, "paused"))
             return
         destination = self.destinations.get(resolved.key)

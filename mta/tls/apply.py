@@ -18,6 +18,7 @@ domains sharing MX hosts but not a policy never share a session.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import msgspec
 
@@ -26,6 +27,13 @@ from mta.routing.rules import Resolved
 from mta.tls.policy import Policy
 
 HONOURING = ("dane", "mta-sts")  # rules' modes that follow what the domain publishes
+_TLS_PART = re.compile(r" (?:mta-sts(?:-testing)?\[[^\]]*\]|dane)$")
+
+
+def base_key(key: str) -> str:
+    """The destination key a TLS policy's own destination comes from (`mx:HOSTS
+    mta-sts[...]` -> `mx:HOSTS`): what an operator's pause or resume names."""
+    return _TLS_PART.sub("", key)
 
 
 def with_tls(resolved: Resolved, tls: str, key: str | None = None) -> Resolved:

@@ -249,3 +249,24 @@ def test_explain_shows_the_policy_in_force(vhost, bed, zone, test_ca, tmp_path):
     assert "HTTP 500" in _explain(path, "hang.test")
     opportunistic = config(tmp_path, vhost, bed, zone, test_ca, default={"tls": "opportunistic"})
     assert "not consulted" in _explain(opportunistic, "good.test")
+
+
+@pytest.mark.timeout(120)
+def test_a_pause_of_the_mx_destination_holds_its_mta_sts_mail_too(vhost, bed, zone, test_ca, tmp_path, start_mta):
+    serve(bed, good_test=policy_text("enforce", ["mx.good.test"]))
+    path = config(tmp_path, vhost, bed, zone, test_ca, default={"max_age": "60s"})
+    mta = start_mta(path)
+    _wait_for(lambda: "consuming" in mta.log_text(), 30)
+    assert "acknowledged by 1 MTA(s)" in _cli(path, "pause", "mx:mx.good.test", "--config", path)
+    run = run_id()
+    held = {f"h-{run}-{i}": f"u{i}-{run}@good.test" for i in range(3)}
+    publish(vhost, "bulk", [make_message(i, r) for i, r in held.items()])
+    collector = ResultCollector(vhost)
+    collector.collect(timeout=5, until=lambda c: False)
+    assert not any(collector.by_id.get(i) for i in held), "paused mail was tried"
+    assert not set(bed["good"].count_by_id()) & set(held)
+
+    assert "acknowledged by 1 MTA(s)" in _cli(path, "resume", "mx:mx.good.test", "--config", path)
+    collector.collect(held, timeout=60)
+    for result in assert_each_final(collector.by_id, held, "delivered").values():
+        assert result["results"][-1]["tls_policy"] == "mta-sts-enforce"

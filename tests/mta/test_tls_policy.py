@@ -121,3 +121,13 @@ def test_results_name_the_policy_in_force():
     resolved, _ = concrete(_resolved("dane"), ANSWER, "example.net", None, {"mx1.example.net": HostTlsa()})
     assert in_force(resolved) == "dane"
     assert in_force(_resolved("verified")) == "verified"
+
+
+def test_an_operators_pause_names_the_key_a_tls_policys_destination_comes_from():
+    from mta.tls.apply import base_key
+
+    for resolved in (concrete(_resolved("dane"), ANSWER, "example.net", parse_policy(POLICY))[0],
+                     concrete(_resolved("dane"), ANSWER, "example.net", parse_policy(POLICY.replace("enforce", "testing")))[0],
+                     concrete(_resolved("dane"), ANSWER, "example.net", None, {"mx1.example.net": HostTlsa()})[0]):
+        assert resolved.key != "mx:x" and base_key(resolved.key) == "mx:x"
+    assert base_key("provider:google") == "provider:google"
