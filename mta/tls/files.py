@@ -22,8 +22,10 @@ FLUSH = 10.0  # seconds between writes of a changing day's files
 
 
 class ReportFiles:
-    def __init__(self, directory: str, organization: str, clock: Clock, node: str | None = None):
+    def __init__(self, directory: str, organization: str, clock: Clock, node: str | None = None,
+                 sending_ip: str | None = None):
         self.directory = directory
+        self._sending_ip = sending_ip  # smtp.bind: the address every session comes from
         self._suffix = f".{node}" if node else ""
         self._organization = organization
         self._clock = clock
@@ -72,7 +74,7 @@ class ReportFiles:
             log.warning("TLS-RPT report of %s for %s not read (%s): counting starts again", domain, self._day.day, exc)
 
     def _write_out(self, day: DayReports, domains: set[str]) -> None:
-        files = {self.path(day.day, d): json.dumps(day.document(d, self._organization), indent=1) for d in domains}
+        files = {self.path(day.day, d): json.dumps(day.document(d, self._organization, self._sending_ip), indent=1) for d in domains}
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a test, a shutdown): write here

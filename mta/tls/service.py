@@ -4,7 +4,8 @@
 Mail of a domain whose policies were never looked at waits for that look at most
 `mta_sts.wait` seconds (the router holds it in a list per domain, no task per message),
 then goes as if the domain published none, and so does its later mail while that look
-goes on: a slow or broken policy server never stalls mail that has no known policy. Made by `make_policies` from the rules file's sections.
+goes on: a slow or broken policy server never stalls mail that has no known policy.
+Made by `make_policies` from the rules file's sections.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class TlsPolicies:
         self.wait = wait
         self.reports = reports
         self.counts: dict[tuple[str, str], int] = {}  # (TLS policy, outcome) -> attempts: mta_tls_policy_total
-        self._decided: dict[tuple, tuple[Resolved, MxAnswer] | DnsFailure] = {}
+        self._decided: dict[str, tuple] = {}  # domain -> (what it was decided from, the decision)
         self._waited: set[str] = set()  # domains whose first look outlasted `wait`: their mail waits no more
 
     def attempted(self, domain: str, mode: str, reply: Reply, mx: str | None, ip: str | None) -> None:
@@ -82,13 +83,16 @@ class TlsPolicies:
                 return None
             sts = None if sts is PENDING else sts
             dane = None if dane is PENDING else dane
-        key = (domain, resolved.key, resolved.policy, answer.site, sts, id(dane))
-        decided = self._decided.get(key)
-        if decided is None or decided[0] is not dane:
-            if len(self._decided) > 10_000:
-                self._decided.clear()
-            decided = self._decided[key] = (dane, concrete(resolved, answer, domain, sts, dane))
-        return decided[1]
+        # Every message asks: the same rules, answer and policies (the same objects, cached
+        # where they come from) get the decision made for the first without a new one.
+        made = self._decided.get(domain)
+        if made is not None and made[0] is resolved and made[1] is answer and made[2] is sts and made[3] is dane:
+            return made[4]
+        if len(self._decided) > 10_000:
+            self._decided.clear()
+        decided = concrete(resolved, answer, domain, sts, dane)
+        self._decided[domain] = (resolved, answer, sts, dane, decided)
+        return decided
 
     async def settled(self, domain: str) -> None:
         """The first looks at ``domain``'s policies, for at most `wait` seconds."""
@@ -121,7 +125,7 @@ def make_policies(config: Config, clock: Clock, config_path: str | None) -> TlsP
     reports = None
     if settings.reports and config_path is not None:
         reports = ReportFiles(config_path + ".tlsrpt", config.smtp.helo or socket.getfqdn(), clock,
-                              config.cluster.node)
+                              config.cluster.node, config.smtp.bind)
     dane = None
     if config.dns.dnssec:
         dane = DaneStates(secure_resolver(resolver_of(config)), clock.now, timeout=config.dns.timeout,

@@ -40,13 +40,15 @@ def test_failure_texts_map_to_result_types():
 def test_files_are_written_per_day_and_domain_and_a_restart_goes_on_counting(tmp_path):
     directory = str(tmp_path / "mta.yaml.tlsrpt")
     clock = Clock(lambda: 1_796_300_000.0)  # 2026-12-03 (UTC)
-    files = ReportFiles(directory, "mta.sender.test", clock)
-    files.count("example.com", POLICY, None, "mx1.example.com", "192.0.2.1")  # no loop: written at once
+    files = ReportFiles(directory, "mta.sender.test", clock, sending_ip="198.51.100.7")
+    files.count("example.com", POLICY, "certificate-expired", "mx1.example.com", "192.0.2.1")  # no loop: at once
     path = files.path("2026-12-03", "example.com")
     with open(path) as fh:
-        assert json.load(fh)["policies"][0]["summary"]["total-successful-session-count"] == 1
+        [entry] = json.load(fh)["policies"]
+    assert entry["summary"]["total-failure-session-count"] == 1
+    assert entry["failure-details"][0]["sending-mta-ip"] == "198.51.100.7"  # smtp.bind, when set
     again = ReportFiles(directory, "mta.sender.test", clock)
-    again.count("example.com", POLICY, "starttls-not-supported", "mx1.example.com", None)
+    again.count("example.com", POLICY, None, "mx1.example.com", None)
     with open(path) as fh:
         summary = json.load(fh)["policies"][0]["summary"]
     assert summary == {"total-successful-session-count": 1, "total-failure-session-count": 1}
