@@ -131,3 +131,13 @@ def test_an_operators_pause_names_the_key_a_tls_policys_destination_comes_from()
                      concrete(_resolved("dane"), ANSWER, "example.net", None, {"mx1.example.net": HostTlsa()})[0]):
         assert resolved.key != "mx:x" and base_key(resolved.key) == "mx:x"
     assert base_key("provider:google") == "provider:google"
+
+
+def test_mta_status_finds_a_tls_policys_destination_by_the_key_it_comes_from():
+    from types import SimpleNamespace
+
+    from mta.ops.detail import matches
+
+    d = SimpleNamespace(key="mx:mx.good.test mta-sts[mx.good.test]", domain="good.test")
+    assert all(matches(d, target) for target in ("mx:mx.good.test", "mx.good.test", "good.test", d.key))
+    assert not matches(d, "mx:other.test")
