@@ -1,13 +1,15 @@
 """TLS-RPT reports on disk: one JSON file per UTC day and recipient domain (RFC 8460 §4
 format), `<rules file>.tlsrpt/<day>_<domain>.json`, rewritten whole (write, then rename)
 at most every `FLUSH` seconds while the day's counts change, so a crash loses at most
-that much. A restart goes on counting the day from the file it finds. A process of
+that much (a process that exits writes them then). A restart goes on counting the day
+from the file it finds. A process of
 `mta run --processes N` counts in files of its own (`<day>_<domain>.<node>.json`): each
 rewrites its files whole, so two must never share one."""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import os
@@ -35,6 +37,7 @@ class ReportFiles:
         self._flushed = clock.wall()
         self._writing: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
+        atexit.register(self.flush)  # a stopped MTA writes what its last seconds counted
 
     def path(self, day: str, domain: str) -> str:
         return os.path.join(self.directory, f"{day}_{domain}{self._suffix}.json")

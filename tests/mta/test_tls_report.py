@@ -152,3 +152,20 @@ def test_dane_sessions_are_reported_per_mx_host_with_its_records(tmp_path):
                                "policy-string": ["3 1 1 " + "01" * 32]}
     assert entry["summary"] == {"total-successful-session-count": 1, "total-failure-session-count": 1}
     assert entry["failure-details"][0]["result-type"] == "tlsa-invalid"
+
+
+def test_counts_waiting_for_their_timer_are_written_when_the_process_ends(tmp_path):
+    import asyncio
+
+    files = ReportFiles(str(tmp_path), "mta.sender.test", Clock(lambda: 1_796_300_000.0))
+
+    async def main():
+        files.count("example.com", POLICY, None, "mx1.example.com", None)  # the write waits for its timer
+
+    asyncio.run(main())
+    path = files.path("2026-12-03", "example.com")
+    import os
+    assert not os.path.exists(path)
+    files.flush()  # what atexit does
+    with open(path) as fh:
+        assert json.load(fh)["policies"][0]["summary"]["total-successful-session-count"] == 1
