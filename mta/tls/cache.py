@@ -58,6 +58,9 @@ class StsPolicies:
         self._tasks: dict[str, asyncio.Task] = {}
         self._slots = asyncio.Semaphore(MAX_FETCHES)
         self.errors: dict[str, str] = {}  # domain -> why its last look failed
+        # domain -> how TLS-RPT names the failure: it publishes a policy (TXT) that could not
+        # be had, and none is known; its mail goes without one, and the report says why
+        self.unfetched: dict[str, str] = {}
         self.fetches = 0
         self._saving = self._unsaved = False  # a write of the state file under way; another due after it
         self._load()
@@ -109,6 +112,7 @@ class StsPolicies:
             log.info("MTA-STS policy of %s: %s", domain, exc)
             if len(self.errors) >= LIMIT:
                 self.errors.clear()
+                self.unfetched.clear()
             self.errors[domain] = str(exc)
             fresh_for = FAILURE_RETRY
         except Exception as exc:  # a bug must not stop mail: the domain goes as if without policy
@@ -123,6 +127,7 @@ class StsPolicies:
         self.fetches += 1
         txt = await self._fetcher.fetch_txt(domain)
         ttl = min(max(txt.ttl, self._min_ttl), self._max_ttl)
+        self.unfetched.pop(domain, None)
         if txt.policy_id is None:
             return ttl  # a known policy stays until it expires (RFC 8461 §5.1)
         known = self._known.get(domain)
@@ -130,7 +135,12 @@ class StsPolicies:
         if known is not None and known.policy_id == txt.policy_id \
                 and known.expires - now > known.policy.max_age / 2:
             return ttl
-        policy = await self._fetcher.fetch_policy(domain)
+        try:
+            policy = await self._fetcher.fetch_policy(domain)
+        except FetchError as exc:
+            if domain not in self._known:
+                self.unfetched[domain] = exc.kind
+            raise
         self._known[domain] = Known(txt.policy_id, policy, self._clock() + policy.max_age)
         await self._save()
         return min(ttl, policy.max_age / 2) if policy.max_age else ttl

@@ -26,7 +26,13 @@ PATH = "/.well-known/mta-sts.txt"
 
 
 class FetchError(Exception):
-    """The TXT record or the policy could not be had; the text says why."""
+    """The TXT record or the policy could not be had; the text says why, ``kind`` how
+    TLS-RPT names it (RFC 8460 §4.3: `sts-policy-fetch-error`, `sts-policy-invalid`,
+    `sts-webpki-invalid`)."""
+
+    def __init__(self, text: str, kind: str = "sts-policy-fetch-error"):
+        super().__init__(text)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +77,13 @@ class Fetcher:
             raise FetchError(f"https://{host}{PATH}: no complete answer within {self._timeout:g}s") from None
         except ssl.SSLCertVerificationError as exc:
             raise FetchError(f"https://{host}{PATH}: certificate not accepted: "
-                             f"{exc.verify_message or exc.reason}") from None
+                             f"{exc.verify_message or exc.reason}", "sts-webpki-invalid") from None
         except (OSError, ssl.SSLError, EOFError) as exc:
             raise FetchError(f"https://{host}{PATH}: {exc.__class__.__name__}: {exc}") from None
         try:
             return parse_policy(text)
         except PolicyError as exc:
-            raise FetchError(f"https://{host}{PATH}: {exc}") from None
+            raise FetchError(f"https://{host}{PATH}: {exc}", "sts-policy-invalid") from None
 
     async def _address(self, host: str) -> str:
         for kind in ("A", "AAAA"):

@@ -60,9 +60,16 @@ class TlsPolicies:
             outcome, failure = "failure", "validation-failure"  # testing: an MX host it does not name (§4.1)
         key = (mode, outcome)
         self.counts[key] = self.counts.get(key, 0) + 1
-        if self.reports is None or outcome not in ("success", "failure"):
+        if self.reports is None or outcome == "no-session":
             return
-        if known is not None:
+        unfetched = self.sts.unfetched.get(domain) if mode == "opportunistic" else None
+        if unfetched is not None:
+            # It publishes a policy that could not be had: each session is a failure of it (§4.3).
+            policy = {"policy-type": "sts", "policy-string": [], "policy-domain": domain}
+            self.reports.count(domain, policy, unfetched, mx, ip)
+        elif outcome == "plaintext":
+            return
+        elif known is not None:
             self.reports.count(domain, sts_policy(domain, known.policy), failure, mx, ip)
         elif mode == "dane" and mx is not None and self.dane is not None:
             state = self.dane.known(domain).get(mx)

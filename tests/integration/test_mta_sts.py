@@ -164,7 +164,8 @@ def _report(path: str, timeout: float) -> dict:
 def test_a_policy_host_that_hangs_redirects_or_is_huge_does_not_stall_mail(vhost, bed, zone, test_ca, tmp_path,
                                                                           start_mta):
     serve(bed, hang_test=HANG, big_test=HUGE, moved_test=301)
-    start_mta(config(tmp_path, vhost, bed, zone, test_ca))
+    path = config(tmp_path, vhost, bed, zone, test_ca)
+    start_mta(path)
     run = run_id()
     ids = {f"{d}-{run}": f"u-{run}@{d}" for d in ("hang.test", "big.test", "moved.test")}
     sent = time.time()
@@ -178,6 +179,12 @@ def test_a_policy_host_that_hangs_redirects_or_is_huge_does_not_stall_mail(vhost
         # the fetch of hang.test goes on for mta_sts.timeout (20 s); mail waited mta_sts.wait (2 s)
         assert parse_time(attempt["time"]) - sent < 8, attempt
     assert bed["policies"].fetches["hang.test"] >= 1 and bed["policies"].fetches["big.test"] >= 1
+    # TLS-RPT: a published policy that could not be had is a failure of each session (RFC 8460 §4.3).
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    for domain in ("big.test", "moved.test"):
+        [entry] = _report(f"{path}.tlsrpt/{day}_{domain}.json", timeout=20)["policies"]
+        assert entry["policy"] == {"policy-type": "sts", "policy-string": [], "policy-domain": domain}
+        assert [d["result-type"] for d in entry["failure-details"]] == ["sts-policy-fetch-error"]
 
 
 @pytest.mark.timeout(120)

@@ -150,3 +150,29 @@ def test_a_burst_of_new_policies_costs_few_writes_of_the_state_file(tmp_path, mo
     assert 1 <= len(writes) < 20
     restarted = StsPolicies(FakeFetcher(), Wall(), path)
     assert all(restarted.known(f"d{i}.test") for i in range(20))  # the last write has them all
+
+
+def test_a_published_policy_that_cannot_be_had_is_remembered_for_the_report():
+    async def main():
+        fetcher, wall = FakeFetcher(), Wall()
+        cache = StsPolicies(fetcher, wall, None, min_ttl=1, max_ttl=60)
+        fetcher.fail_policy = FetchError("https://mta-sts.example.com/...: HTTP 500")
+
+        async def failing(domain):
+            raise fetcher.fail_policy
+        fetcher.fetch_policy = failing
+        cache.policy("example.com")
+        await _settle(cache, "example.com")
+        assert cache.policy("example.com") is None  # mail goes without a policy
+        assert cache.unfetched == {"example.com": "sts-policy-fetch-error"}
+        fetcher.fail_policy = FetchError("... policy mode 'strict' ...", "sts-policy-invalid")
+        wall.t += 301  # a failed look is tried again after FAILURE_RETRY
+        cache.policy("example.com")
+        await _settle(cache, "example.com")
+        assert cache.unfetched == {"example.com": "sts-policy-invalid"}
+        del fetcher.fetch_policy  # the policy server is fixed
+        wall.t += 301
+        cache.policy("example.com")
+        await _settle(cache, "example.com")
+        assert cache.unfetched == {} and cache.policy("example.com") == ENFORCE
+    asyncio.run(main())

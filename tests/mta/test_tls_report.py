@@ -68,6 +68,8 @@ def test_attempts_are_counted_by_policy_and_outcome_and_testing_policies_reporte
     testing = Policy("testing", ("mx1.example.com",), 86400)
 
     class Sts:
+        unfetched = {"broken.test": "sts-policy-fetch-error"}
+
         def known(self, domain):
             return Known("1", testing, 2e9) if domain == "example.com" else None
 
@@ -77,8 +79,15 @@ def test_attempts_are_counted_by_policy_and_outcome_and_testing_policies_reporte
     tls.attempted("example.com", "mta-sts-testing", Reply(250, "ok", "message", "TLSv1.3 X"), "mx1.example.com", "192.0.2.1")
     tls.attempted("example.com", "mta-sts-testing", Reply(250, "ok", "message", "TLSv1.3 X"), "mx9.other.test", "192.0.2.9")
     tls.attempted("other.test", "opportunistic", Reply(250, "ok", "message"), "mx.other.test", "192.0.2.3")
+    tls.attempted("broken.test", "opportunistic", Reply(250, "ok", "message"), "mx.broken.test", "192.0.2.4")
     assert tls.counts == {("mta-sts-testing", "success"): 1, ("mta-sts-testing", "failure"): 1,
-                          ("opportunistic", "plaintext"): 1}
+                          ("opportunistic", "plaintext"): 2}
+    import os
+    assert not os.path.exists(files.path("2026-12-03", "other.test"))  # publishes nothing: no report
+    with open(files.path("2026-12-03", "broken.test")) as fh:  # publishes a policy that could not be had
+        [broken] = json.load(fh)["policies"]
+    assert broken["policy"]["policy-type"] == "sts" and broken["summary"]["total-failure-session-count"] == 1
+    assert broken["failure-details"][0]["result-type"] == "sts-policy-fetch-error"
     with open(files.path("2026-12-03", "example.com")) as fh:
         [entry] = json.load(fh)["policies"]
     assert entry["summary"] == {"total-successful-session-count": 1, "total-failure-session-count": 1}
@@ -133,6 +142,8 @@ def test_dane_sessions_are_reported_per_mx_host_with_its_records(tmp_path):
     from mta.tls.service import TlsPolicies
 
     class NoSts:
+        unfetched = {}
+
         def known(self, domain):
             return None
 
