@@ -139,7 +139,8 @@ def _package_command(args) -> int:
     """suppress (mta.suppression.commands), tls-reports (mta.tls.commands)."""
     import importlib
 
-    return importlib.import_module("mta.suppression.commands" if args.command == "suppress" else "mta.tls.commands").run(args)
+    package = "mta.suppression" if args.command == "suppress" else "mta.tls"
+    return importlib.import_module(f"{package}.commands").run(args)
 
 
 def _tracking(args) -> int:

@@ -113,7 +113,8 @@ class Connector:
                     tlsa=None) -> Session:
         # what the TLS failures say: the policy, or why a route's credentials need verified TLS
         if for_auth:
-            policy = f"the credentials of this route go only over TLS verified for {mx} (tls_verify: false would allow any TLS)"
+            policy = (f"the credentials of this route go only over TLS verified for {mx} (tls_verify: false "
+                      f"would allow any TLS)")
         elif tls.startswith("mta-sts"):
             policy = f"the recipient domain's MTA-STS policy requires TLS with a certificate valid for {mx}"
         elif tls == "dane":

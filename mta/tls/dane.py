@@ -110,7 +110,8 @@ def _issued_down(certs: list, host: str, now: float) -> str | None:
         try:
             cert.verify_directly_issued_by(issuer)
         except (InvalidSignature, ValueError, TypeError) as exc:
-            return f"{cert.subject.rfc4514_string()} is not issued by {issuer.subject.rfc4514_string()} ({exc.__class__.__name__})"
+            return (f"{cert.subject.rfc4514_string()} is not issued by {issuer.subject.rfc4514_string()} "
+                    f"({exc.__class__.__name__})")
     for cert in certs:
         if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
             return f"{cert.subject.rfc4514_string()} is outside its validity dates"

@@ -77,7 +77,8 @@ class ReportFiles:
             log.warning("TLS-RPT report of %s for %s not read (%s): counting starts again", domain, self._day.day, exc)
 
     def _write_out(self, day: DayReports, domains: set[str]) -> None:
-        files = {self.path(day.day, d): json.dumps(day.document(d, self._organization, self._sending_ip), indent=1) for d in domains}
+        files = {self.path(day.day, d): json.dumps(day.document(d, self._organization, self._sending_ip), indent=1)
+                 for d in domains}
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a test, a shutdown): write here
