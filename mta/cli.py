@@ -41,6 +41,7 @@ commands:
                          every attempt (MX, IP, reply), held and why, final outcome
   stuck -c CONFIG [--older D]
                          messages accepted and silent for longer than D (tracking.stuck_after)
+  tls-reports -c CONFIG [--day D] [--send]  a day's TLS-RPT reports (RFC 8460); --send mails them
   hash-password          read a password (from the terminal, or one line on stdin) and print
                          its scrypt hash for a source's `password_hash`
 
@@ -99,11 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--algorithm", default="rsa-sha256", choices=["rsa-sha256", "ed25519-sha256"])
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (2048 at least)")
     keygen.add_argument("--key-file", help="where to write the key (default DOMAIN.SELECTOR.pem); never overwritten")
-    from mta.suppression import commands as suppress
-    from mta.tracking import commands as tracking
-
-    suppress.add_parser(sub)
-    tracking.add_parsers(sub)
+    _package_parsers(sub)
     sub.add_parser("hash-password", help="print the scrypt hash of a password for sources.*.users[].password_hash")
     return parser
 
@@ -128,22 +125,28 @@ def _hash_password(args) -> int:
     return 0
 
 
-def _suppress(args) -> int:
-    from mta.suppression.commands import run
-
-    return run(args)
-
-
-def _trace(args) -> int:
-    from mta.tracking.commands import trace
-
-    return trace(args)
+def _package_parsers(sub) -> None:
+    """The commands whose parsers and code live in their own packages."""
+    from mta.suppression import commands as suppress
+    from mta.tls import commands as tls_reports
+    from mta.tracking import commands as tracking
+    suppress.add_parser(sub)
+    tracking.add_parsers(sub)
+    tls_reports.add_parser(sub)
 
 
-def _stuck(args) -> int:
-    from mta.tracking.commands import stuck
+def _package_command(args) -> int:
+    """suppress (mta.suppression.commands), tls-reports (mta.tls.commands)."""
+    import importlib
 
-    return stuck(args)
+    package = "mta.suppression" if args.command == "suppress" else "mta.tls"
+    return importlib.import_module(f"{package}.commands").run(args)
+
+
+def _tracking(args) -> int:
+    from mta.tracking import commands
+
+    return getattr(commands, args.command)(args)  # trace, stuck
 
 
 def _keygen(args) -> int:
@@ -392,5 +395,6 @@ def _status(args) -> int:
 _COMMANDS = {
     "run": _start, "check": _check, "replay-quarantined": _replay, "replay-parked": _replay,
     "status": _status, "pause": _control, "resume": _control, "reload": _control, "dkim-keygen": _keygen,
-    "hash-password": _hash_password, "suppress": _suppress, "trace": _trace, "stuck": _stuck,
+    "hash-password": _hash_password, "suppress": _package_command, "trace": _tracking, "stuck": _tracking,
+    "tls-reports": _package_command,
 }

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING
 from mta.broker import client
 from mta.broker.client import Delivery, redact
 from mta.broker.errors import BrokerLost
-from mta.ops import commands, control, kept
-from mta.ops import reload as reloading
+from mta.ops import commands, control, kept, reload as reloading
 from mta.destinations.budget import Budget
 from mta.submission import listening
 from mta.clock import SYSTEM, Clock
@@ -53,6 +52,8 @@ from mta.settle.settler import Settler
 from mta.supervision import TaskCrashed, cancelled, endless, leaves
 from mta.suppression.service import Suppression
 from mta.smtp.connector import Connector
+from mta.tls.apply import base_key
+from mta.tls.service import make_policies
 from mta.broker.topology import LANES, Topology, lane_queue
 from shaper.handoffs import Held
 if TYPE_CHECKING:  # imported when configured: DKIM's cryptography, the cluster's redis-py (a start's CPU)
@@ -86,10 +87,11 @@ class Engine:
                        "held": 0}
         self.crashes: dict[str, int] = {}  # bugs that ended a session, by the task they crashed
         self.metrics = Metrics(self, clock=clock)
-        # What an attempt, a hold or a failed lookup means for a message; bound once for every destination.
-        self.outcomes = Outcomes(clock, self.counts, self.metrics, self.destinations, self.rules, config.default)
+        # What an attempt, a hold or a failed lookup means (bound once for every destination), TLS policies:
+        self.outcomes = Outcomes(clock, self.counts, self.metrics, self.destinations, self.rules, config.default,
+                                 tls=make_policies(config, clock_, config_path))
         self._done, self._hold = self.outcomes.done, self.outcomes.hold
-        self.router = Router(self.resolver, self.rules, self._deliver, self.outcomes.unroutable, clock=now)
+        self.router = Router(self.resolver, self.rules, self._deliver, self.outcomes.unroutable, clock=now, tls=self.outcomes.tls)
         # Customer smarthosts: reads the routes' passwords now (ConfigError when one is missing).
         self.routes = self.router.routes = self.outcomes.routes = RouteTable(config.routes, self.rules,
                                                                              self.pauses, clock)
@@ -112,8 +114,7 @@ class Engine:
             self.member = Member(self, self.cluster)
             self.cluster.nodes.describe, self.intake.recall = self.member.describe, self.member.recall
         self.kept = kept.KeptPauses(self, kept.pause_file(config_path), self.cluster and self.cluster.store)
-        self.ready, self.listeners, self.tracking = asyncio.Event(), None, None  # set by `mta run`: SPEC §7, §9
-        self.stopping = False
+        self.ready, self.listeners, self.tracking, self.stopping = asyncio.Event(), None, None, False  # `mta run`: §7, §9
 
     # The intake and the outcomes hold the settler, the signer and the shutdown flag
     # themselves (read once per message); these keep them in step with the engine's.
@@ -373,7 +374,7 @@ class Engine:
 
     def _deliver(self, job: Job, answer: MxAnswer, resolved: Resolved) -> None:
         job.destination = resolved
-        if self.pauses and self.pauses.paused(self.clock(), job.domain, resolved.key):
+        if self.pauses and self.pauses.paused(self.clock(), job.domain, resolved.key, base_key(resolved.key)):
             self._hold(Held(job, control.PAUSED_HOLD, "paused"))
             return
         destination = self.destinations.get(resolved.key)

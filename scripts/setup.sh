@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for tests, benchmarks and the demo, on Debian 12 / Ubuntu as root:
 #   - Debian packages rabbitmq-server, dnsmasq, postfix (smtp-sink/smtp-source),
-#     prometheus, redis-server and postgresql, installed only when missing and never left running as system services
+#     prometheus, redis-server, postgresql, unbound and ldnsutils, installed only when missing and never left running as system services
 #     (the tests start private instances on their own ports);
 #   - .venv with python3 >= 3.11 and `pip install -e '.[test]'`, re-run when
 #     pyproject.toml changes.
@@ -16,9 +16,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 log() { echo "setup: $*" >&2; }
 die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
-APT_PACKAGES=(rabbitmq-server dnsmasq postfix prometheus redis-server swaks libnet-ssleay-perl postgresql chromium)
+APT_PACKAGES=(rabbitmq-server dnsmasq postfix prometheus redis-server swaks libnet-ssleay-perl postgresql chromium
+              unbound ldnsutils)  # (DANE's tests: a private validating resolver, a zone signed per run)
 # services those packages may start at install time (when no policy-rc.d forbids it)
-SERVICES=(rabbitmq-server epmd.socket epmd dnsmasq postfix prometheus prometheus-node-exporter redis-server postgresql)
+SERVICES=(rabbitmq-server epmd.socket epmd dnsmasq postfix prometheus prometheus-node-exporter redis-server postgresql
+          unbound)
 MIN_PY=(3 11)
 
 is_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

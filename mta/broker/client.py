@@ -213,13 +213,14 @@ async def acknowledge(message) -> None:
         await message.ack()
 
 
-async def publish_json(channel, routing_key: str, body: bytes, timeout: float) -> None:
+async def publish_json(channel, routing_key: str, body: bytes, timeout: float, persistent: bool = False) -> None:
     """Publish `body` (JSON) to a queue by name on an aiormq channel with confirms and
     wait for the confirm: BrokerLost, PublishRefused (nacked, or no such queue), or
-    BrokerLost from a TimeoutError when the broker did not confirm in time."""
+    BrokerLost from a TimeoutError when the broker did not confirm in time. `persistent`:
+    a message for a lane (delivery mode 2), as producers publish them."""
+    properties = spec.Basic.Properties(content_type="application/json", delivery_mode=2 if persistent else None)
     with mapped(f"publishing to {routing_key}"):
-        await channel.basic_publish(body, exchange="", routing_key=routing_key,
-                                    properties=spec.Basic.Properties(content_type="application/json"),
+        await channel.basic_publish(body, exchange="", routing_key=routing_key, properties=properties,
                                     timeout=timeout)
 
 

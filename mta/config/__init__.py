@@ -22,6 +22,7 @@ from mta.config.model import (
     Inbound,
     Listener,
     Metrics,
+    MtaSts,
     Pattern,
     Policy,
     Provider,
@@ -37,6 +38,6 @@ from mta.config.model import (
 from mta.config.parse import load_config, parse_config, retry_notes
 
 __all__ = [
-    "DEFAULT_POLICY", "Broker", "Cluster", "Config", "ConfigError", "Control", "DkimKey", "Dns", "Domain", "Inbound", "Listener", "Metrics",
+    "DEFAULT_POLICY", "Broker", "Cluster", "Config", "ConfigError", "Control", "DkimKey", "Dns", "Domain", "Inbound", "Listener", "Metrics", "MtaSts",
     "Pattern", "Policy", "Provider", "Route", "Smtp", "Source", "SourceUser", "Suppression", "Tracking", "VerpConfig", "load_config", "merge", "parse_config", "retry_notes",
 ]

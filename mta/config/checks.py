@@ -8,7 +8,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from mta.config.model import Broker, Cluster, Console, ConsoleUser, Control, Dns, Metrics, Policy, Smtp, Suppression, Tracking
+from mta.config.model import (Broker, Cluster, Console, ConsoleUser, Control, Dns, Metrics, MtaSts, Policy, Smtp,
+                              Suppression, Tracking)
 from mta.intake.idn import ascii_domain, ascii_suffix
 from shaper.patterns import nested_quantifier
 from shaper.units import Duration, Rate
@@ -238,7 +239,7 @@ POLICY_FIELDS: dict[str, Callable[[Any], Any]] = {
     "idle_timeout": _duration,
     "retry_intervals": _intervals,
     "max_age": _positive_duration,
-    "tls": _choice("opportunistic", "required", "verified", "disabled"),
+    "tls": _choice("dane", "mta-sts", "opportunistic", "required", "verified", "disabled"),
     "connect_timeout": _positive_duration,
     "ehlo_timeout": _positive_duration,
     "starttls_timeout": _positive_duration,
@@ -272,8 +273,11 @@ SECTIONS: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "timeout": _positive_duration,
             "min_ttl": _duration,
             "max_ttl": _positive_duration,
+            "dnssec": _bool,
         },
     ),
+    "mta_sts": (MtaSts, {"ca_file": _opt_str, "port": _int(1, 65535), "timeout": _positive_duration,
+                         "wait": _duration, "reports": _bool, "report_from": _opt_str}),
     "smtp": (
         Smtp,
         {"port": _int(1, 65535), "helo": _opt_str, "bind": _opt_str, "max_message_size": _int(1),

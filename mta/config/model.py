@@ -44,6 +44,9 @@ class Dns(msgspec.Struct, frozen=True):
     timeout: float = 5.0
     min_ttl: float = 30.0
     max_ttl: float = 3600.0
+    # The nameservers validate DNSSEC and the way to them is trusted (a validating resolver
+    # on this host): their AD bit is believed, and DANE (RFC 7672) applies. Else never.
+    dnssec: bool = False
 
 
 class Smtp(msgspec.Struct, frozen=True):
@@ -66,6 +69,17 @@ class Smtp(msgspec.Struct, frozen=True):
     max_addresses_per_mx: int = 2
     # Seconds transactions on the wire get to finish after SIGTERM; then they are cut off.
     shutdown_grace: float = 60.0
+
+
+class MtaSts(msgspec.Struct, frozen=True):
+    """Fetching recipient domains' MTA-STS policies (RFC 8461, mta.tls)."""
+
+    ca_file: str | None = None  # CA bundle for the policy servers' certificates; None: the system's
+    port: int = 443  # the policy servers' HTTPS port: another only for tests
+    timeout: float = 10.0  # seconds one fetch (TXT record, then the policy file) may take
+    wait: float = 10.0  # seconds mail waits for the first look at its domain's policy
+    reports: bool = True  # TLS-RPT daily report files (RFC 8460) beside the rules file
+    report_from: str | None = None  # sender of the reports `mta tls-reports --send` mails; None: not mailed
 
 
 class Metrics(msgspec.Struct, frozen=True):
@@ -151,7 +165,7 @@ DEFAULT_POLICY = Policy(
     idle_timeout=60.0,
     retry_intervals=DEFAULT_INTERVALS,
     max_age=DEFAULT_MAX_AGE,
-    tls="opportunistic",
+    tls="dane",
     connect_timeout=30.0,
     ehlo_timeout=60.0,
     starttls_timeout=60.0,
@@ -280,6 +294,7 @@ class VerpConfig(msgspec.Struct, frozen=True):
 class Config(msgspec.Struct, frozen=True):
     broker: Broker = Broker()
     dns: Dns = Dns()
+    mta_sts: MtaSts = MtaSts()
     smtp: Smtp = Smtp()
     metrics: Metrics = Metrics()
     console: Console = Console()

@@ -344,8 +344,8 @@ class Worker:
                                             f"reached before the other MX hosts were tried)", last.phase)
                     return dest._unreachable(job, last, last_host, last_ip)
                 try:
-                    session = await dest._connector.open(host.name, ip, host.port or dest._port,
-                                                         tls=tls, timeouts=self._opening_timeouts(left))
+                    session = await dest._connector.open(host.name, ip, host.port or dest._port, tls=tls,
+                                                         timeouts=self._opening_timeouts(left), tlsa=host.tlsa)
                 except SessionFailed as exc:
                     last, last_host, last_ip = exc.reply, host.name, ip
                     dest.last_error = f"{host.name} [{ip}]: {last}"

@@ -13,6 +13,7 @@ import logging
 from mta.broker import client
 from mta.broker.errors import BrokerLost
 from mta.ops import control, status
+from mta.tls.apply import base_key
 from shaper.handoffs import Held
 
 log = logging.getLogger("mta.control")
@@ -62,17 +63,17 @@ def pause_or_resume(engine, command: dict, now: float) -> bool:
     log.info("%s %s%s", command["command"], name[:100], f" until {until:.0f}" if until else "")
     engine.keep_pause(name, until, command["command"] == "pause")
     if command["command"] == "resume":
-        destination = engine.destinations.get(name)
-        if destination is not None:
-            destination.resume("operator: mta resume")
+        for destination in list(engine.destinations.values()):
+            if name in (destination.key, base_key(destination.key)):  # and its TLS policies' own
+                destination.resume("operator: mta resume")
         return True
     for destination in engine.destinations.values():
-        if destination.key == name:
+        if name in (destination.key, base_key(destination.key)):
             if until is None or until > now:
                 destination.suspend(until, "operator: mta pause")
             continue
         for job in destination.drain():
-            if engine.pauses.paused(now, job.domain, destination.key):
+            if engine.pauses.paused(now, job.domain, destination.key, base_key(destination.key)):
                 engine._hold(Held(job, control.PAUSED_HOLD, "paused"))
             else:
                 destination.push(job)

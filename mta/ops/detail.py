@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from mta.tls.apply import base_key
+
 
 def matches(d, target: str) -> bool:
-    return target in (d.key, d.domain, d.key.partition(":")[2])
+    base = base_key(d.key)  # a TLS policy's own destination answers to the key it comes from
+    return target in (d.key, d.domain, d.key.partition(":")[2], base, base.partition(":")[2])
 
 
 def detail(engine, target: str, rows: list[dict]) -> list[dict]:

@@ -2,7 +2,9 @@
 limits apply to it and which level of the rules set each one.
 
 The MX lookup uses the rules file's own DNS settings (providers match by MX host);
-`--mx HOST` skips it, for a domain whose MX is known or not yet published. When DOMAIN is
+`--mx HOST` skips it, for a domain whose MX is known or not yet published. The TLS in
+force is shown too: the rules' `tls` mode and the MTA-STS policy and DANE records the
+domain publishes (mta.tls.explain; not looked up with `--mx`). When DOMAIN is
 also a sender domain with `routes:` entries (or DOMAIN is `route:NAME`), each route that
 its mail may leave by is shown too: the smarthost, the route's destination and its limits.
 """
@@ -15,6 +17,7 @@ from mta.clock import SYSTEM
 from mta.config import Config, Policy, Route
 from mta.routing.mx import DnsFailure, MxAnswer, MxHost, MxResolver
 from mta.routing.rules import CAPPED_BY_PROVIDER, Resolved, Rules
+from mta.tls.explain import tls_lines
 from shaper.units import Duration
 
 
@@ -96,6 +99,13 @@ def _explain_route(config: Config, rules: Rules, index: int, route: Route) -> li
     return lines
 
 
+def _tls(config: Config, domain: str, mode: str, answer: MxAnswer | None, static: bool) -> list[str]:
+    try:
+        return asyncio.run(tls_lines(config, domain, mode, answer, static))
+    except Exception as exc:  # the explanation still helps without it
+        return [f"  TLS: tls: {mode}; its published policies could not be looked up ({exc.__class__.__name__})"]
+
+
 def explain(config: Config, domain: str, mx: str | None = None) -> str:
     domain = domain.lower().rstrip(".")
     rules = Rules(config)
@@ -127,6 +137,9 @@ def explain(config: Config, domain: str, mx: str | None = None) -> str:
         lines.append(f"  within {resolved.group}: its connection_limit {group.connection_limit} and "
                      f"max_message_rate {group.max_message_rate} bound all its destinations together")
     lines += _limits(resolved, _levels(config, rules, domain, mx_answer))
+    entry = rules.domain_entry(domain)
+    lines += _tls(config, domain, resolved.policy.tls, mx_answer if mx is None else None,
+                  entry is not None and bool(entry.mx))
     if config.patterns:
         lines.append(f"  response patterns: {len(config.patterns)} (applied to whichever destination answers)")
     for index, route in routes:

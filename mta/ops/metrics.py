@@ -35,6 +35,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from mta.clock import SYSTEM
+from mta.tls.apply import base_key
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -219,7 +220,7 @@ class Metrics:
         destination = self.engine.destinations.get(key) if key is not None else None
         mode = destination.statistics().mode if destination is not None else "normal"
         pauses = self.engine.pauses
-        if mode == "paused" or (pauses and pauses.paused(now, job.domain, key or job.domain)):
+        if mode == "paused" or (pauses and pauses.paused(now, job.domain, key or job.domain, base_key(key or ""))):
             reason = "paused"
         elif mode == "backoff":
             reason = "throttled"

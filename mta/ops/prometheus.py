@@ -54,6 +54,7 @@ class Collector:
         resolver = engine.resolver
         yield _counter("mta_dns_lookups", "MX lookups sent to DNS (cache misses).", resolver.lookups)
         yield _counter("mta_dns_cache_hits", "MX answers served from the cache.", resolver.cache_hits)
+        yield _tls_family(getattr(getattr(engine, "outcomes", None), "tls", None))
         yield from _destination_families(m, engine, now)
         yield from _budget_families(engine)
         yield from _control_families(engine)
@@ -206,6 +207,16 @@ def _histogram_families(m: Metrics) -> Iterable:
         buckets, total = histogram.exported()
         family.add_metric([], buckets, total)
         yield family
+
+
+def _tls_family(tls) -> CounterMetricFamily:
+    family = CounterMetricFamily("mta_tls_policy", "Delivery attempts by the TLS policy they were held to (dane, "
+                                 "mta-sts-enforce, mta-sts-testing, opportunistic, required, verified, disabled) and "
+                                 "outcome (success: TLS as the policy wants; failure: refused for TLS, or a testing "
+                                 "policy not met; plaintext; no-session).", labels=["policy", "outcome"])
+    for (policy, outcome), n in sorted((tls.counts if tls is not None else {}).items()):
+        family.add_metric([policy, outcome], n)
+    return family
 
 
 def _counter(name: str, text: str, value: float) -> CounterMetricFamily:

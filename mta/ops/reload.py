@@ -1,7 +1,7 @@
 """Reload: the rules file read again (SIGHUP, `mta reload`) and put in force on a running
 engine. New limits and patterns apply to live destinations at once, sessions on the wire
 finish; a bad file changes nothing. The sections that shape the process itself (broker,
-dns, smtp, metrics, control, listeners, sources, suppression, inbound,
+dns, mta_sts, smtp, metrics, control, listeners, sources, suppression, inbound,
 envelope_verp, tracking) take effect only after a restart.
 """
 
@@ -51,12 +51,12 @@ def _reread(engine) -> tuple[Config, Rules, list | None]:
     """The rules file read again, its rules, and its DKIM keys if they changed; the routes
     take their new entries. ConfigError, all or nothing, when anything is wrong."""
     config = load_config(engine.config_path)
-    for section in ("broker", "dns", "smtp", "metrics", "control", "listeners", "sources", "suppression",
+    for section in ("broker", "dns", "mta_sts", "smtp", "metrics", "control", "listeners", "sources", "suppression",
                     "inbound", "envelope_verp", "tracking"):
         if getattr(config, section) != getattr(engine.config, section):
             log.warning("reload: section %s changed; it takes effect only after a restart", section)
     config = msgspec.structs.replace(config, broker=engine.config.broker, dns=engine.config.dns,
-                                     smtp=engine.config.smtp, metrics=engine.config.metrics,
+                                     mta_sts=engine.config.mta_sts, smtp=engine.config.smtp, metrics=engine.config.metrics,
                                      control=engine.config.control, listeners=engine.config.listeners,
                                      sources=engine.config.sources, suppression=engine.config.suppression,
                                      inbound=engine.config.inbound, envelope_verp=engine.config.envelope_verp,
@@ -79,7 +79,7 @@ def _reapply(engine) -> None:
             entry = engine.routes.entry(destination.key)
             resolved = entry.resolved if entry is not None else None
         else:
-            resolved = engine.rules.resolve(destination.domain, destination.answer)
+            resolved = engine.router.resolved(destination.domain, destination.answer)
         if resolved is not None and resolved.key == destination.key:
             destination.apply(resolved.policy)
         destination.refresh()

@@ -41,6 +41,7 @@ class MxHost:
     preference: int
     addresses: tuple[str, ...]
     port: int | None = None  # None: the configured smtp.port
+    tlsa: object = None  # DANE: the host's secure TLSA state (mta.tls.dane.HostTlsa), set by mta.tls.apply
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class DnsFailure:
     permanent: bool
     enhanced: str
     description: str
+    phase: str = "dns"  # "tls": an MTA-STS policy that none of the MX hosts matches
 
 
 def parse_static(entry: str) -> tuple[str, int | None, bool]:

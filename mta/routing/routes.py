@@ -322,7 +322,8 @@ class RouteConnector:
         self._key = key
         self._base = base
 
-    async def open(self, mx: str, ip: str, port: int, *, tls: str, timeouts: Timeouts) -> Session:
+    async def open(self, mx: str, ip: str, port: int, *, tls: str, timeouts: Timeouts, tlsa=None) -> Session:
+        # (tlsa: a smarthost is no MX host: DANE does not apply)
         entry = self._table.entry(self._key)
         if entry is None:  # the route was removed by a reload: plain delivery to the smarthost
             return await self._base.open(mx, ip, port, tls=tls, timeouts=timeouts)

@@ -19,6 +19,7 @@ from mta.intake.message import Job
 from mta.routing.mx import FAILURE_TTL, DnsFailure, MxAnswer, MxResolver
 from mta.routing.routes import SMARTHOST_TTL, RouteEntry, RouteTable, resolve_smarthost
 from mta.routing.rules import Resolved, Rules
+from mta.tls.apply import HONOURING, with_tls
 
 log = logging.getLogger("mta.routing")
 
@@ -27,7 +28,7 @@ class Router:
     def __init__(self, resolver: MxResolver, rules: Rules,
                  deliver: Callable[[Job, MxAnswer, Resolved], None],
                  unroutable: Callable[[Job, DnsFailure, Resolved], None], *,
-                 routes: RouteTable | None = None, clock: Callable[[], float] = SYSTEM.now):
+                 routes: RouteTable | None = None, clock: Callable[[], float] = SYSTEM.now, tls=None):
         self._resolver = resolver
         self.routes = routes
         self._clock = clock
@@ -38,6 +39,7 @@ class Router:
         self._waiting: dict[str, list[Job]] = {}
         self._static: dict[str, MxAnswer | DnsFailure] = {}  # by `domains:` entry (one per rule, not per domain)
         self._tasks: set[asyncio.Task] = set()
+        self.tls = tls  # recipient domains' TLS policies (mta.tls.service); None: the rules' tls modes as they are
 
     def route(self, job: Job) -> None:
         if self.routes:
@@ -124,8 +126,50 @@ class Router:
         for job in self._waiting.pop(domain, []):
             self._dispatch(job, domain, answer)
 
-    def _dispatch(self, job: Job, domain: str, answer: MxAnswer | DnsFailure) -> None:
+    def _dispatch(self, job: Job, domain: str, answer: MxAnswer | DnsFailure, waited: bool = False) -> None:
         if isinstance(answer, DnsFailure):
             self._unroutable(job, answer, self.rules.resolve(domain, None))
-        else:
-            self._deliver(job, answer, self.rules.resolve(domain, answer))
+            return
+        resolved = self.rules.resolve(domain, answer)
+        if self.tls is not None and resolved.policy.tls in HONOURING and not self._static_mx(domain):
+            decided = self.tls.decide(resolved, answer, domain, waited)
+            if decided is None:  # the first look at its policies is under way: wait for it, briefly
+                self._wait_for_policy(job, domain, answer)
+                return
+            if isinstance(decided, DnsFailure):  # an enforced MTA-STS policy none of the MX hosts matches
+                self._unroutable(job, decided, with_tls(resolved, "mta-sts-enforce"))
+                return
+            resolved, answer = decided
+        self._deliver(job, answer, resolved)
+
+    def resolved(self, domain: str, answer: MxAnswer) -> Resolved:
+        """The destination of ``domain``'s mail now, its TLS policies applied (a reload
+        finds a live destination's rules by it)."""
+        resolved = self.rules.resolve(domain, answer)
+        if self.tls is None or resolved.policy.tls not in HONOURING or self._static_mx(domain):
+            return resolved
+        decided = self.tls.decide(resolved, answer, domain, True)
+        return resolved if isinstance(decided, DnsFailure) else decided[0]
+
+    def _static_mx(self, domain: str) -> bool:
+        """A domain the rules route to given hosts: published MX policies do not name those."""
+        entry = self.rules.domain_entry(domain)
+        return entry is not None and bool(entry.mx)
+
+    def _wait_for_policy(self, job: Job, domain: str, answer: MxAnswer) -> None:
+        key = f"tls:{domain}"  # never a domain name: it shares `_waiting` safely
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.append(job)
+            return
+        self._waiting[key] = [job]
+        task = asyncio.get_running_loop().create_task(self._policy_settled(key, domain, answer), name=f"tls {domain}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _policy_settled(self, key: str, domain: str, answer: MxAnswer) -> None:
+        try:
+            await self.tls.settled(domain)
+        finally:  # settled or not (or cancelled): the mail goes on, as if without a policy if need be
+            for job in self._waiting.pop(key, []):
+                self._dispatch(job, domain, answer, waited=True)

@@ -20,6 +20,7 @@ from mta.ops.replies import LastReplies
 from mta.settle.results import attempt_entry, rfc3339
 from mta.settle.settler import Settler
 from mta.smtp.client import Reply
+from mta.tls.apply import in_force
 from shaper.disposition import Bounced, Deferred, Expired, after_attempt, after_hold
 from shaper.handoffs import Attempt, Held
 from shaper.retry import RetrySchedule
@@ -30,7 +31,7 @@ class Outcomes:
     `default` (the default policy) on a reload."""
 
     def __init__(self, clock, counts: dict[str, int], metrics: Metrics, destinations: dict, rules: Rules,
-                 default, routes: RouteTable | None = None):
+                 default, routes: RouteTable | None = None, tls=None):
         self.clock = clock  # the wall time
         self.counts = counts
         self.metrics = metrics
@@ -38,6 +39,7 @@ class Outcomes:
         self.rules = rules
         self.default = default
         self.routes = routes
+        self.tls = tls  # the TLS policies of recipient domains (mta.tls.service): their reports
         self.settler: Settler | None = None
         self.suppression = None  # the suppression list (mta.suppression.service): hard bounces go there
         self.tracking = None  # the event store's feed (mta.tracking.tracker): held mail and why
@@ -54,7 +56,7 @@ class Outcomes:
 
     def unroutable(self, job: Job, failure: DnsFailure, resolved: Resolved) -> None:
         job.destination = resolved
-        self.finish(job, Reply(None, f"{failure.enhanced} {failure.description}", "dns"), None, None,
+        self.finish(job, Reply(None, f"{failure.enhanced} {failure.description}", failure.phase), None, None,
                     resolved, permanent=failure.permanent)
 
     def not_signed(self, job: Job, reply: Reply) -> None:
@@ -106,7 +108,10 @@ class Outcomes:
         entry = attempt_entry(now, reply.phase, reply.code, enhanced, reply.text, mx, ip, job.lane)
         entry["tls"] = reply.tls is not None  # whether the session was encrypted, and how
         entry["cipher"] = reply.tls
+        entry["tls_policy"] = policy = in_force(resolved)  # the TLS policy the attempt was held to (SPEC §1)
         job.history.append(entry)
+        if self.tls is not None:
+            self.tls.attempted(job.domain, policy, reply, mx, ip)
         settler = self.settler
         if reply.ok:
             # Delivered whatever the schedule says (after_attempt's first rule): the common

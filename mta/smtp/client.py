@@ -32,6 +32,9 @@ class Reply:
     text: str  # the reply as received, lines joined by a space, without the code
     phase: str
     tls: str | None = None  # the session's TLS ("TLSv1.3 TLS_AES_256_GCM_SHA384"), None: plaintext
+    # An MTA-STS policy in testing mode that the session failed (RFC 8460 result type,
+    # `starttls-not-supported`, `certificate-host-mismatch`, ...): delivered anyway, reported.
+    tls_failure: str | None = None
 
     @property
     def enhanced(self) -> str | None:

@@ -93,6 +93,7 @@ class Session:
         self._timeouts = timeouts
         self.tls = tls
         self.cipher: str | None = None  # set by the connector when TLS is up
+        self.tls_failure: str | None = None  # set by the connector: a testing MTA-STS policy not met
         self.pipelining = "pipelining" in ext
         self.eight_bit_mime = "8bitmime" in ext
         self.smtputf8 = "smtputf8" in ext
@@ -276,7 +277,9 @@ class Session:
 
     def stamp(self, reply: Reply) -> Reply:
         """The reply, marked with this session's TLS for the attempt's result."""
-        return reply if self.cipher is None else Reply(reply.code, reply.text, reply.phase, self.cipher)
+        if self.cipher is None and self.tls_failure is None:
+            return reply
+        return Reply(reply.code, reply.text, reply.phase, self.cipher, self.tls_failure)
 
     async def close(self) -> None:
         """QUIT politely when the connection is healthy; never raises."""

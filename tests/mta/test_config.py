@@ -177,7 +177,7 @@ def test_empty_file_gives_defaults(tmp_path: Path, text: str) -> None:
     assert d.max_connection_rate == Rate.parse("100/min")
     assert d.max_deliveries_per_connection == 100
     assert d.idle_timeout == 60.0
-    assert d.tls == "opportunistic"
+    assert d.tls == "dane"  # published DANE and MTA-STS policies honoured, else opportunistic
     assert all(getattr(d, f) is not None for f in Policy.__struct_fields__), "the default policy sets every field"
     assert c.broker.url == "amqp://guest:guest@localhost:5672/"
     assert c.broker.queue_type == "quorum"
@@ -314,7 +314,7 @@ def test_merge_empty_override_returns_base() -> None:
 def test_merge_none_never_clears_and_inputs_unchanged() -> None:
     override = Policy(connection_limit=3)
     merged = merge(DEFAULT_POLICY, override)
-    assert merged.tls == "opportunistic"
+    assert merged.tls == "dane"
     assert DEFAULT_POLICY.connection_limit == 10
     assert override == Policy(connection_limit=3)
     assert merge(Policy(), override) == override

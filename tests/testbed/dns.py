@@ -217,15 +217,20 @@ class FaultyDns:
     """A UDP DNS front for a real server: names under a suffix in ``servfail`` get
     SERVFAIL, names under one in ``silent`` get no answer at all (a timeout); everything
     else is relayed to the server at ``127.0.0.1:upstream_port`` and its reply returned.
-    One thread; ``queries`` counts the queries seen per suffix rule."""
+    One thread; ``queries`` counts the queries seen per suffix rule.
+
+    Names under a suffix in ``authentic`` come back with the AD bit set, as a validating
+    resolver answers for a DNSSEC-signed zone (dnsmasq's own zone is unsigned): the MTA
+    with ``dns.dnssec: true`` believes it, which is what DANE's tests need."""
 
     def __init__(self, upstream_port: int, servfail: Iterable[str] = (),
-                 silent: Iterable[str] = ()):
+                 silent: Iterable[str] = (), authentic: Iterable[str] = ()):
         import socket
         import threading
         self.upstream_port = upstream_port
         self.servfail = tuple(s.lower().rstrip(".") + "." for s in servfail)
         self.silent = tuple(s.lower().rstrip(".") + "." for s in silent)
+        self.authentic = tuple(s.lower().rstrip(".") + "." for s in authentic)
         self.queries: dict = {}
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind(("127.0.0.1", 0))
@@ -271,6 +276,9 @@ class FaultyDns:
                 answer = dns.query.udp(query, "127.0.0.1", port=self.upstream_port, timeout=2)
             except Exception:
                 continue
+            if any(name == s or name.endswith("." + s) for s in self.authentic):
+                import dns.flags
+                answer.flags |= dns.flags.AD
             self._sock.sendto(answer.to_wire(), peer)
 
     def stop(self) -> None:
