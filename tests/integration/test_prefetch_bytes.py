@@ -28,7 +28,9 @@ def _unacked(rabbit, vhost: str) -> int | None:
 
 @pytest.mark.timeout(180)
 def test_big_mail_is_held_to_prefetch_bytes(rabbit, vhost, sinks, start_mta, mta_config):
-    sinks.set_data_delay(bulk_ip(81), 0.3)  # a slow receiver: mail piles up in the MTA
+    # a slow receiver: mail piles up in the MTA, for long enough (about 10 s) that the sampler,
+    # a rabbitmqctl call of a second or two on a loaded machine, sees it several times
+    sinks.set_data_delay(bulk_ip(81), 0.8)
     mta = start_mta(mta_config(broker={"prefetch": 1000, "prefetch_bytes": LIMIT}))
     run = run_id()
     msgs = {f"pb-{run}-{i}": f"user{i}-{run}@d81.test" for i in range(40)}
