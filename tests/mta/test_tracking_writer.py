@@ -3,13 +3,14 @@ child process; a batch the store does not take is kept and tried again, said onc
 
 import asyncio
 import logging
+import os
 from types import SimpleNamespace
 
 from mta.config import Tracking
 from mta.tracking import events
 from mta.tracking.store import EventStore
 from mta.tracking.tracker import Tracker
-from mta.tracking.writer import WriterProcess
+from mta.tracking.writer import NICE, WriterProcess
 
 NOW = 1_795_856_400.0
 
@@ -27,6 +28,8 @@ def test_the_writer_process_writes_and_stops(tmp_path) -> None:
         await writer.start()  # before the first message
         started = writer.process
         assert started.is_alive()
+        # bookkeeping yields to delivery: the writer runs at a lower priority than the engine
+        assert os.getpriority(os.PRIO_PROCESS, started.pid) == os.getpriority(os.PRIO_PROCESS, 0) + NICE
         await writer.write([events.local(_job("m1"), "accepted", NOW)])
         assert writer.process is started
         await writer.write([events.from_job(_job("m1"), "delivered", None, NOW + 1)])
