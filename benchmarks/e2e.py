@@ -71,9 +71,12 @@ def start_sinks(domains: int, port: int) -> list[subprocess.Popen]:
 
 
 def bench_config(url: str, dns_port: int, smtp_port: int, connections: int, *,
-                 prefetch: int | None = None, tracking: bool = True) -> dict:
-    """The MTA's rules for a benchmark: the private broker, DNS and sinks; no limit binds."""
-    broker = {"url": url} if prefetch is None else {"url": url, "prefetch": prefetch}
+                 prefetch: int | None = None, tracking: bool = True, queue_type: str = "quorum") -> dict:
+    """The MTA's rules for a benchmark: the private broker, DNS and sinks; no limit binds.
+    `queue_type` classic-v2: classic queues, stored as version 2 by a policy (set_queue_version)."""
+    broker = {"url": url, "queue_type": queue_type.split("-")[0]}
+    if prefetch is not None:
+        broker["prefetch"] = prefetch
     return {
         "tracking": {"enabled": tracking},
         "broker": broker,
@@ -106,6 +109,13 @@ async def prepublish(url: str, n: int, size: int, domains: int, prefix: str = "b
                                      "envelope": "bounces@sender.test", "mime": mime(i, size)})
                 batch.append(exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key="bulk"))
             await asyncio.gather(*batch)
+
+
+def set_queue_version(rabbit, queue_type: str, vhost: str = "/") -> None:
+    """Classic queues of version 2 (RabbitMQ 3.10+: a new message store and index) for
+    `classic-v2`, by a policy on every queue of the vhost; nothing for the others."""
+    if queue_type == "classic-v2":
+        rabbit.ctl("set_policy", "-p", vhost, "queue-v2", ".*", '{"queue-version": 2}', "--apply-to", "queues")
 
 
 async def declare(url: str, config_path: str) -> None:
@@ -262,6 +272,8 @@ def main() -> int:
     ap.add_argument("--domains", type=int, default=100)
     ap.add_argument("--connections", type=int, default=10, help="connection_limit per destination")
     ap.add_argument("--prefetch", type=int, default=1000, help="broker.prefetch of the bulk lane")
+    ap.add_argument("--queue-type", choices=("quorum", "classic", "classic-v2"), default="quorum",
+                    help="broker.queue_type of the MTA's queues (classic-v2: classic, version 2 by a policy)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--no-postfix", dest="postfix", action="store_false",
@@ -296,7 +308,8 @@ def main() -> int:
         config_path = os.path.join(work, "mta.yaml")
         with open(config_path, "w") as fh:
             yaml.safe_dump(bench_config(url, dns.port, smtp_port, args.connections, prefetch=args.prefetch,
-                                        tracking=args.tracking), fh)
+                                        tracking=args.tracking, queue_type=args.queue_type), fh)
+        set_queue_version(rabbit, args.queue_type)
         asyncio.run(declare(url, config_path))
         t = time.monotonic()
         asyncio.run(prepublish(url, args.messages, args.size, args.domains))
@@ -339,7 +352,7 @@ def main() -> int:
         print(f"machine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}; "
               f"python {sys.version.split()[0]}")
         print(f"messages {args.messages} x {args.size} B to {args.domains} domains "
-              f"(pre-published in {publish_s:.1f}s)")
+              f"(pre-published in {publish_s:.1f}s), {args.queue_type} queues")
         print(f"outcomes: {counts}")
         print(f"delivered msg/s (first to last SMTP acceptance): {delivered / span:,.0f}")
         print(f"delivered msg/s (MTA start to last result):      {delivered / wall:,.0f}")
