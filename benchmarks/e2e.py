@@ -95,9 +95,10 @@ def mime(i: int, size: int) -> str:
     return head + line * max(1, (size - len(head)) // len(line))
 
 
-async def prepublish(url: str, n: int, size: int, domains: int, prefix: str = "b") -> None:
+async def prepublish(url: str, n: int, size: int, domains: int, prefix: str = "b", crlf: bool = False) -> None:
     """n messages to the bulk lane, ids `{prefix}0` ..: a run that shares a record of final
-    outcomes with an earlier one needs ids of its own, or it would find them all sent."""
+    outcomes with an earlier one needs ids of its own, or it would find them all sent.
+    `crlf`: the MIME with CRLF line ends (as a producer that writes SMTP's own sends it), else LF."""
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -106,7 +107,8 @@ async def prepublish(url: str, n: int, size: int, domains: int, prefix: str = "b
             batch = []
             for i in range(start, min(n, start + 500)):
                 body = orjson.dumps({"id": f"{prefix}{i}", "recipient": f"user{i}@d{i % domains}.test",
-                                     "envelope": "bounces@sender.test", "mime": mime(i, size)})
+                                     "envelope": "bounces@sender.test",
+                                     "mime": mime(i, size).replace("\n", "\r\n") if crlf else mime(i, size)})
                 batch.append(exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key="bulk"))
             await asyncio.gather(*batch)
 
@@ -270,6 +272,7 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--size", type=int, default=1024, help="approximate MIME size in bytes")
     ap.add_argument("--domains", type=int, default=100)
+    ap.add_argument("--crlf", action="store_true", help="publish the MIME with CRLF line ends (default LF)")
     ap.add_argument("--connections", type=int, default=10, help="connection_limit per destination")
     ap.add_argument("--prefetch", type=int, default=1000, help="broker.prefetch of the bulk lane")
     ap.add_argument("--queue-type", choices=("quorum", "classic", "classic-v2"), default="quorum",
@@ -312,7 +315,7 @@ def main() -> int:
         set_queue_version(rabbit, args.queue_type)
         asyncio.run(declare(url, config_path))
         t = time.monotonic()
-        asyncio.run(prepublish(url, args.messages, args.size, args.domains))
+        asyncio.run(prepublish(url, args.messages, args.size, args.domains, crlf=args.crlf))
         publish_s = time.monotonic() - t
 
         log = open(os.path.join(work, "mta.log"), "wb")
@@ -351,7 +354,7 @@ def main() -> int:
             pf = run_postfix(postfix, args)
         print(f"machine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}; "
               f"python {sys.version.split()[0]}")
-        print(f"messages {args.messages} x {args.size} B to {args.domains} domains "
+        print(f"messages {args.messages} x {args.size} B{' (CRLF)' if args.crlf else ''} to {args.domains} domains "
               f"(pre-published in {publish_s:.1f}s), {args.queue_type} queues")
         print(f"outcomes: {counts}")
         print(f"delivered msg/s (first to last SMTP acceptance): {delivered / span:,.0f}")
