@@ -15,6 +15,7 @@ CRLF line ends only (intake guarantees it), so what is signed is what the receiv
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import os
@@ -43,6 +44,7 @@ SIGNED = frozenset((
 ))
 # Named once more in h= than they occur (RFC 6376 §8.15): a copy added in transit, or one
 # that was absent, breaks the signature instead of being shown to the reader as signed.
+# (All of them are in SIGNED: `_canonical_fields` relies on it.)
 OVERSIGNED = (b"from", b"reply-to", b"sender", b"subject", b"date", b"to", b"cc", b"message-id",
               b"mime-version", b"content-type", b"content-transfer-encoding")
 
@@ -232,6 +234,11 @@ def _signed_names(names: Sequence[bytes]) -> tuple[bytes, ...]:
 def _canonical_fields(fields: Sequence[bytes], names: Sequence[bytes], signed: Sequence[bytes]) -> bytes:
     """The fields `signed` names, relaxed, in order (RFC 6376 §5.4.2: each name takes the next
     instance from the bottom; none left signs nothing): the same for every key of a message."""
+    present = [name for name in names if name in SIGNED]
+    if len(set(present)) == len(present):
+        # each name once: h= lists them in header order and the oversigned names that follow
+        # find no instance left, so the fields are the signed ones as they stand
+        return b"".join([relaxed_header(f) for f, name in zip(fields, names) if name in SIGNED])
     by_name: dict[bytes, list[bytes]] = {}
     for field, name in zip(fields, names):
         by_name.setdefault(name, []).append(field)
@@ -297,13 +304,14 @@ def _signature_field(key: SigningKey, canonical: bytes, names: tuple[bytes, ...]
         signature = key.private.sign(digest)  # RFC 8463: Ed25519 over the SHA-256 hash
     else:
         signature = key.private.sign(digest, _PKCS1, _SHA256)
-    return b"".join((w1, t, w2, bh, w3, b"\r\n\t", _fold_b64(base64.b64encode(signature)), b"\r\n"))
+    b64 = binascii.b2a_base64(signature, newline=False)
+    return b"".join((w1, t, w2, bh, w3, b"\r\n\t", _fold_b64(b64), b"\r\n"))
 
 
 def sign_message(message: bytes, keys: Sequence[SigningKey], now: int) -> bytes:
     """The `DKIM-Signature` fields (one per key) to prepend to `message` (CRLF-only, not dot-stuffed)."""
     fields, body = split_message(message)
-    bh = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+    bh = binascii.b2a_base64(hashlib.sha256(relaxed_body(body)).digest(), newline=False)
     names = list(map(field_name, fields))
     signed = _signed_names(names)
     canonical = _canonical_fields(fields, names, signed)
