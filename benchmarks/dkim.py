@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -43,20 +45,58 @@ from tests.testbed.rabbit import RabbitNode  # noqa: E402
 from tests.testbed.util import free_port, port_is_free  # noqa: E402
 
 
-def children_cpu(pid: int) -> float:
-    """User+system CPU seconds of the live children of `pid` (the signing workers)."""
-    total = 0.0
+def children(pid: int) -> tuple[list[int], list[int]]:
+    """The live children of `pid`: (signing workers, the others, such as the event store's writer)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
             kids = [int(k) for k in fh.read().split()]
     except OSError:
-        return 0.0
+        return [], []
+    workers, others = [], []
     for kid in kids:
         try:
-            total += proc_stats(kid)[0]
+            with open(f"/proc/{kid}/cmdline", "rb") as fh:
+                signing = b"mta.dkim.worker" in fh.read()
         except OSError:
+            continue
+        (workers if signing else others).append(kid)
+    return workers, others
+
+
+def wakeups(pids) -> int:
+    """Times the signing workers slept waiting for a batch (voluntary context switches): with
+    one batch at a time per worker, about the batches they signed."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                total += sum(int(line.split()[1]) for line in fh if line.startswith("voluntary_ctxt_switches:"))
+        except (OSError, ValueError):
             pass
     return total
+
+
+def worker_start_cpu(key_file: str, algorithm: str, times: int = 3) -> float:
+    """CPU seconds a signing worker spends starting (interpreter, imports, its keys) and
+    ending, before it signs anything: the median of `times` starts."""
+    import socket
+
+    from mta.dkim.signature import load_key
+    from mta.dkim.worker import frame
+
+    key, _ = load_key("sender.test", "bench", key_file, algorithm)
+    spent = []
+    for _ in range(times):
+        parent, child = socket.socketpair()
+        proc = subprocess.Popen([sys.executable, "-m", "mta.dkim.worker", str(child.fileno())], cwd=ROOT,
+                                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
+        child.close()
+        parent.sendall(frame([(key.domain, key.selector, key.algorithm, key.pem())]))
+        parent.close()  # the worker reads its keys, then EOF, and ends
+        _, _, usage = os.wait4(proc.pid, 0)
+        proc.returncode = 0
+        spent.append(usage.ru_utime + usage.ru_stime)
+    return sorted(spent)[len(spent) // 2]
 
 
 def rabbit_ports() -> dict:
@@ -85,7 +125,7 @@ def own_cpu() -> float:
 
 
 def run_once(rabbit: RabbitNode, work: str, dns_port: int, smtp_port: int, args, key_file: str | None,
-             label: str, sink_pids: list[int]) -> tuple[float, float]:
+             label: str, sink_pids: list[int], start_cpu: float = 0.0) -> tuple[float, float, float | None]:
     vhost = f"bench-{label}-{time.monotonic_ns()}"
     url = rabbit.add_vhost(vhost)
     config = bench_config(url, dns_port, smtp_port, args.connections)
@@ -107,7 +147,8 @@ def run_once(rabbit: RabbitNode, work: str, dns_port: int, smtp_port: int, args,
         counts, accepted = asyncio.run(wait_results(url, args.messages, args.timeout))
         wall = time.monotonic() - started
         cpu, peak = proc_stats(mta.pid)
-        workers = children_cpu(mta.pid)
+        signing, other_kids = children(mta.pid)
+        workers, kids, woken = cpu_of(signing), cpu_of(other_kids), wakeups(signing)
         rest = cpu_of(others) - others_before + own_cpu() - own_before
     finally:
         mta.terminate()
@@ -122,31 +163,65 @@ def run_once(rabbit: RabbitNode, work: str, dns_port: int, smtp_port: int, args,
     rate = delivered / span
     load = os.getloadavg()[0]
     per = lambda seconds: seconds / args.messages * 1e6  # noqa: E731
-    total = per(cpu + workers + rest)
+    total = per(cpu + kids + workers + rest)
     print(f"{label:>9}: {rate:7,.0f} msg/s first-to-last acceptance, {delivered / wall:7,.0f} msg/s from start; "
-          f"CPU per message: MTA {per(cpu):.0f} us + signing workers {per(workers):.0f} us + broker, sinks and "
-          f"load generator {per(rest):.0f} us = {total:.0f} us (2 idle cores: {2e6 / total:,.0f} msg/s); "
-          f"peak RSS {peak / 2**20:.0f} MiB; load {load:.1f}; outcomes {counts}", flush=True)
+          f"CPU per message: MTA {per(cpu):.0f} us + its event store writer {per(kids):.0f} us + signing workers "
+          f"{per(workers):.0f} us + broker, sinks and load generator {per(rest):.0f} us = {total:.0f} us "
+          f"(2 idle cores: {2e6 / total:,.0f} msg/s); peak RSS {peak / 2**20:.0f} MiB; load {load:.1f}; "
+          f"outcomes {counts}", flush=True)
+    if signing:
+        net = per(workers - len(signing) * start_cpu)
+        print(f"{'':>9}  signing: {len(signing)} workers woken {woken:,} times ({args.messages / max(woken, 1):.1f} "
+              f"messages a wake-up); {net:.0f} us per signature net of the workers' start "
+              f"({start_cpu * 1e3:.0f} ms each)",
+              flush=True)
     if delivered != args.messages:
         raise SystemExit(f"{label}: only {delivered} of {args.messages} delivered")
-    return rate, total
+    return rate, total, (per(workers - len(signing) * start_cpu) if signing else None)
+
+
+def openssl_us(algorithm: str, seconds: int = 3) -> float:
+    """µs per signature of `openssl speed` (user CPU time, one core) for the algorithm's key type."""
+    name = "rsa2048" if algorithm == "rsa-sha256" else "ed25519"
+    out = subprocess.run(["openssl", "speed", "-seconds", str(seconds), name], capture_output=True, text=True).stdout
+    found = re.search(r"^rsa 2048 bits\s+\S+\s+\S+\s+([\d.]+)" if name == "rsa2048" else
+                      r"^\s*253 bits EdDSA \(Ed25519\)\s+\S+\s+\S+\s+([\d.]+)", out, re.M)
+    return 1e6 / float(found.group(1)) if found else float("nan")
 
 
 def micro(args) -> int:
-    """Signing alone, in this process: µs per message for each algorithm."""
-    from mta.dkim.signature import generate, sign_message
+    """Signing alone, in this process, in CPU time (a busy machine stretches wall time): µs
+    per message for each algorithm, beside the private-key operation alone and `openssl speed`."""
+    from mta.dkim.signature import generate, init_keys, sign_batch
 
     message = mime(1, args.size).replace("\n", "\r\n").encode()
+    digest = bytes(32)
     for algorithm in ("rsa-sha256", "ed25519-sha256"):
         key = generate("sender.test", "bench", algorithm)
-        n = 2000 if algorithm == "rsa-sha256" else 10000
-        t = time.perf_counter()
-        for _ in range(n):
-            sign_message(message, [key], 1)
-        took = (time.perf_counter() - t) / n
-        print(f"{algorithm}: {took * 1e6:.0f} us per {len(message)}-byte message ({1 / took:,.0f}/s on one core); "
-              f"load {os.getloadavg()[0]:.1f}")
+        init_keys([(key.domain, key.selector, key.algorithm, key.pem())])
+        batch = [(message, (0,))] * 20
+        if algorithm == "rsa-sha256":
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.asymmetric import padding
+            from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+            pad, prehashed = padding.PKCS1v15(), Prehashed(hashes.SHA256())
+            raw = lambda: key.private.sign(digest, pad, prehashed)  # noqa: E731
+        else:
+            raw = lambda: key.private.sign(digest)  # noqa: E731
+        signing, alone = cpu_us(lambda: sign_batch(batch, 1), len(batch)), cpu_us(raw, 1)
+        openssl = openssl_us(algorithm)
+        print(f"{algorithm}: {signing:.0f} us CPU per {len(message)}-byte message in a batch of {len(batch)} "
+              f"(the private-key operation alone {alone:.0f} us; openssl speed {openssl:.0f} us: "
+              f"{signing / openssl:.2f}x and {alone / openssl:.2f}x); load {os.getloadavg()[0]:.1f}", flush=True)
     return 0
+
+
+def cpu_us(call, per_call: int, seconds: float = 3.0) -> float:
+    started, count = time.process_time(), 0
+    while time.process_time() - started < seconds:
+        call()
+        count += per_call
+    return (time.process_time() - started) / count * 1e6
 
 
 def main() -> int:
@@ -185,18 +260,23 @@ def main() -> int:
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "
               f"{args.messages} x {args.size} B to {args.domains} domains; signing {args.algorithm}")
-        rates: dict[str, list[float]] = {"unsigned": [], "signed": []}
-        costs: dict[str, list[float]] = {"unsigned": [], "signed": []}
+        start_cpu = worker_start_cpu(key_file, args.algorithm)
+        pairs = []
         for r in range(args.rounds):
-            for label, kf in (("unsigned", None), ("signed", key_file)):
-                rate, cost = run_once(rabbit, work, dns.port, smtp_port, args, kf, label, [p.pid for p in sinks])
-                rates[label].append(rate)
-                costs[label].append(cost)
-        unsigned, signed = (sum(v) / len(v) for v in (rates["unsigned"], rates["signed"]))
-        cost_u, cost_s = (sum(v) / len(v) for v in (costs["unsigned"], costs["signed"]))
-        print(f"mean: unsigned {unsigned:,.0f} msg/s, signed {signed:,.0f} msg/s: "
-              f"signed is {signed / unsigned:.0%} of unsigned as measured; by CPU per message "
-              f"({cost_u:.0f} vs {cost_s:.0f} us, all processes of the run) {cost_u / cost_s:.0%}")
+            unsigned = run_once(rabbit, work, dns.port, smtp_port, args, None, "unsigned", [p.pid for p in sinks])
+            signed = run_once(rabbit, work, dns.port, smtp_port, args, key_file, "signed", [p.pid for p in sinks],
+                              start_cpu)
+            openssl = openssl_us(args.algorithm)
+            pairs.append((unsigned, signed, openssl))
+            print(f"pair {r + 1}: signed/unsigned {signed[0] / unsigned[0]:.0%} msg/s, {unsigned[1] / signed[1]:.0%} "
+                  f"by CPU per message; workers {signed[2]:.0f} us per signature against `openssl speed` "
+                  f"{openssl:.0f} us right after: {signed[2] / openssl:.2f}x", flush=True)
+        print(f"medians of {len(pairs)}: signed/unsigned {median(s[0] / u[0] for u, s, _ in pairs):.0%} msg/s "
+              f"(unsigned {median(u[0] for u, _, _ in pairs):,.0f}, signed {median(s[0] for _, s, _ in pairs):,.0f}), "
+              f"{median(u[1] / s[1] for u, s, _ in pairs):.0%} by CPU per message; workers "
+              f"{median(s[2] for _, s, _ in pairs):.0f} us per signature, "
+              f"openssl {median(o for _, _, o in pairs):.0f} us, "
+              f"ratio {median(s[2] / o for _, s, o in pairs):.2f}x")
         return 0
     finally:
         for sink in sinks:

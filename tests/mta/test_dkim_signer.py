@@ -10,7 +10,8 @@ import pytest
 
 from mta.dkim.signature import generate, unstuff
 from mta.intake.message import decode
-from mta.dkim.signer import Keyring, Signer
+from mta.dkim import signer as signer_module
+from mta.dkim.signer import BATCH_DELAY, Keyring, Signer
 
 RSA = generate("shop.test", "r1")
 ED = generate("shop.test", "e1", "ed25519-sha256")
@@ -103,6 +104,36 @@ def test_pool_signs_in_batches_and_routes_when_ready():
     for j in jobs + [big]:
         assert j.data.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
         assert _verify(j.data) == [True, True]
+
+
+def test_light_traffic_waits_briefly_to_share_a_batch(monkeypatch):
+    """Messages some milliseconds apart go to a worker together (each batch wakes a sleeping
+    process, which costs more than an Ed25519 signature); the first waits BATCH_DELAY, no more."""
+    delay = 0.5  # long enough that a loaded machine's loop iterations stay inside the window
+    monkeypatch.setattr(signer_module, "BATCH_DELAY", delay)
+
+    async def scenario():
+        ready, sizes = [], []
+        signer = Signer([ED], ready.append, lambda j, r: None, workers=2)
+        send = signer.pool.send
+        signer.pool.send = lambda number, now, items, done: sizes.append(len(items)) or send(number, now, items, done)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for i in range(4):
+                signer.submit(job(n=i))
+                await asyncio.sleep(0.01)  # loop iterations pass meanwhile, the window does not
+            deadline = time.monotonic() + 60
+            while len(ready) < 4 and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+            return sizes, ready, loop.time() - started
+        finally:
+            signer.close()
+
+    sizes, ready, took = asyncio.run(scenario())
+    assert sizes == [4] and len(ready) == 4
+    assert took >= delay
+    assert 0 < BATCH_DELAY <= 0.05, "a delay mail does not notice"
 
 
 def test_drain_gives_back_waiting_jobs_and_drops_late_signatures():
@@ -251,7 +282,8 @@ def test_reload_new_keys_sign_new_batches_and_old_batches_finish():
         try:
             first = job(n=1)
             signer.submit(first)
-            await asyncio.sleep(0)  # sent to the worker with the old key
+            while signer.pool.workers[0].busy is None:  # sent to the worker with the old key
+                await asyncio.sleep(0.001)
             old_workers = list(signer.pool.workers)
             signer.reload([ED, OTHER])
             second = job(n=2)
@@ -271,6 +303,27 @@ def test_reload_new_keys_sign_new_batches_and_old_batches_finish():
     assert _verify(first.data) == [True] and _verify(second.data) == [True]
     # retired: the worker that signed the first batch ended once it had answered
     assert all(w.dead and w.proc.poll() is not None for w in old_workers)
+
+
+def test_reload_chooses_again_for_jobs_not_yet_sent():
+    async def scenario():
+        ready = []
+        signer = Signer([RSA, OTHER], ready.append, lambda j, r: None, workers=1)
+        try:
+            waiting, unsigned_now = job(n=1), job(n=2, sender="a@nokey.test")
+            signer.submit(waiting)  # shop.test: the RSA key, index 0
+            signer.submit(unsigned_now)  # bounces.test: OTHER, index 1, which the reload removes
+            signer.reload([ED])  # index 0 is now shop.test's Ed25519 key
+            deadline = time.monotonic() + 60
+            while len(ready) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return waiting, unsigned_now, ready
+        finally:
+            signer.close()
+
+    waiting, unsigned_now, ready = asyncio.run(scenario())
+    assert ready[0] is unsigned_now and not unsigned_now.data.startswith(b"DKIM-Signature")
+    assert b"s=e1;" in waiting.data and b"s=r1;" not in waiting.data and _verify(waiting.data) == [True]
 
 
 def test_load_keys_maps_an_idn_key_domain_as_intake_does(tmp_path):
