@@ -86,8 +86,9 @@ class DnsError(RuntimeError):
 
 class Dnsmasq:
     def __init__(self, port: Optional[int] = None, records: Iterable[str] = (),
-                 workdir: Optional[str] = None, log_queries: bool = True):
+                 workdir: Optional[str] = None, log_queries: bool = True, ttl: int = 5):
         self._auto_port = port is None
+        self.ttl = ttl  # of every answer: short, so tests that change the zone see it soon
         self.port = port if port is not None else free_port(udp=True)
         self.records = list(records)
         self._own_workdir = workdir is None
@@ -116,7 +117,7 @@ class Dnsmasq:
                            "(bash scripts/setup.sh does it)")
         cmd = [binary, "-k", f"--port={self.port}", "--listen-address=127.0.0.1",
                "--bind-interfaces", "--no-resolv", "--no-hosts", "--local=/test/",
-               "--local-ttl=5", "--cache-size=0", "--no-negcache", "--pid-file",
+               f"--local-ttl={self.ttl}", "--cache-size=0", "--no-negcache", "--pid-file",
                f"--conf-file={self.conf_file}"]
         if os.geteuid() == 0:
             cmd.append("--user=root")    # keep root: no privilege drop, log file stays writable
