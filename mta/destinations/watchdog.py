@@ -13,7 +13,7 @@ import asyncio
 from mta.clock import Clock
 from mta.smtp.client import Reply
 
-__all__ = ["NEVER", "Watchdog"]
+__all__ = ["NEVER", "POLL_TURNS", "Watchdog", "answered", "polled"]
 
 NEVER = float("inf")  # a watchdog's deadline while disarmed
 
@@ -92,3 +92,26 @@ class Watchdog:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+POLL_TURNS = 2  # turns of the event loop a shutdown gives the sockets before it calls an outcome unknown
+
+
+def answered(watchdog: Watchdog, session) -> Reply | None:
+    """The reply to the end of data of the message whose content is out, when a deadline or
+    a shutdown cut in: read by the session, or arrived and not yet read. It is the message's
+    outcome either way: the receiver has the message."""
+    return watchdog.dot or session.unread_dot()
+
+
+async def polled(watchdog: Watchdog, session) -> Reply | None:
+    """`answered` after the event loop has read what the sockets hold (POLL_TURNS turns): a
+    shutdown that cancels the worker right after the receiver's reply to the end of data
+    reached this machine, before the loop read it, must still take it as the outcome, or the
+    message is reported interrupted and sent again."""
+    try:
+        for _ in range(POLL_TURNS):
+            await watchdog._clock.sleep(0)  # a turn of the loop, through the clock as all waits
+    except asyncio.CancelledError:  # cancelled again: what has been read is all there is
+        pass
+    return answered(watchdog, session)

@@ -27,7 +27,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mta.config import Policy
-from mta.destinations.watchdog import NEVER, Watchdog
+from mta.destinations.watchdog import NEVER, Watchdog, answered, polled
 from mta.intake.message import Job
 from mta.settle.acks import abandoned
 from mta.smtp.client import Reply, SessionFailed, Timeouts
@@ -201,7 +201,11 @@ class Worker:
         dest, watchdog, session = self.dest, self.watchdog, self.session
         watchdog.stop()
         job, sending = self.job, self.sending
-        dot = _answered(watchdog, session) if sending is not None and session is not None else None
+        dot = None
+        if sending is not None and session is not None:
+            dot = answered(watchdog, session)
+            if dot is None:  # the reply may be in the socket, not yet read: let the loop read it
+                dot = await polled(watchdog, session)
         for left in (job, self.follow, self.carried):
             if left is None:
                 continue
@@ -265,7 +269,7 @@ class Worker:
             if not watchdog.expired():
                 session.usable = False  # shutdown cut a step short: no QUIT into replies still due
                 raise  # the worker settles job by watchdog.dot if it came
-            dot = _answered(watchdog, session)
+            dot = answered(watchdog, session)
             if dot is not None:  # the next transaction's deadline
                 return dot, self._out_of_time(session, "mail", "before the message was sent")
             return self._out_of_time(session, "message", "waiting for the reply to the message"), None
@@ -390,10 +394,3 @@ class Worker:
                      "until then", dest.key, wait, 1 + dest.queued)
             core.hold_for_connection([job] + core.drain(), wait, dest._now())
             return False
-
-
-def _answered(watchdog: Watchdog, session: Session) -> Reply | None:
-    """The reply to the end of data of the message whose content is out, when a deadline or
-    a shutdown cut in: read by the session, or arrived and not yet read. It is the message's
-    outcome either way: the receiver has the message."""
-    return watchdog.dot or session.unread_dot()

@@ -28,6 +28,7 @@ class Receiver:
         self.answer_rcpt = asyncio.Event()
         self.server: asyncio.Server | None = None
         self.sessions: set[asyncio.Task] = set()
+        self.on_tarpit = None  # called in the turn the reply to the first dot is written out
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
@@ -55,6 +56,8 @@ class Receiver:
                     if rcpts == 2:
                         await writer.drain()  # what came before (the 250 to the first dot) is out
                         self.tarpitted.set()
+                        if self.on_tarpit is not None:
+                            self.on_tarpit()
                         await self.answer_rcpt.wait()
                     writer.write(b"250 2.1.5 ok\r\n")
                 elif verb == b"DATA":
@@ -114,6 +117,24 @@ def test_a_tarpitted_next_transaction_does_not_take_the_accepted_message_with_it
     assert 0.3 < at - tarpitted < 1.0  # m2's own deadline, from the reply to m1's content on
     assert receiver.contents == [b"Subject: 1\r\n\r\nhello\r\n"]
     assert book.requeue == []
+
+
+def test_a_shutdown_in_the_turn_the_reply_arrives_still_takes_it() -> None:
+    """The reply to m1's dot is in the MTA's socket, not yet read by the loop, when the
+    shutdown cancels the worker (in the very turn the receiver wrote it): m1 is delivered,
+    not reported interrupted (which would send it again)."""
+    async def scenario():
+        receiver, book, outcomes = Receiver(), Book(), []
+        dest = await two_pipelined(receiver, 30.0, book, outcomes)
+        receiver.on_tarpit = lambda: [task.cancel() for task in dest.tasks]
+        await until(receiver.tarpitted.is_set)
+        await asyncio.gather(*dest.tasks, return_exceptions=True)
+        await receiver.stop()
+        return outcomes, book
+
+    outcomes, book = asyncio.run(scenario())
+    assert [(i, r.code, r.text) for i, r, _ in outcomes] == [("m1", 250, "2.0.0 queued")]
+    assert book.requeue == [2]
 
 
 def test_a_shutdown_behind_an_accepted_message_keeps_its_outcome() -> None:
