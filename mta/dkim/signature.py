@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from mta.intake.idn import ascii_domain
+from mta.intake.longlines import has_long_line as _has_long_line
 
 MIN_RSA_BITS = 2048
 MAX_LINE = 998  # octets between CRLFs (RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6)
@@ -336,15 +337,8 @@ def longest_line(message: bytes) -> int:
 
 
 def has_long_line(message: bytes) -> bool:
-    """Whether `longest_line(message) > MAX_LINE`, without splitting: each step jumps to the
-    last CRLF within the next 1000 octets (as `mta.intake.longlines.has_long_line` for LF)."""
-    end, pos, rfind = len(message), 0, message.rfind
-    while end - pos > MAX_LINE:
-        crlf = rfind(b"\r\n", pos, pos + MAX_LINE + 2)
-        if crlf < 0:
-            return True
-        pos = crlf + 2
-    return False
+    """Whether `longest_line(message) > MAX_LINE` (CRLF line ends), without splitting."""
+    return _has_long_line(message, b"\r\n")
 
 
 def sign_batch(items: Sequence[tuple[bytes, tuple[int, ...]]], now: int) -> list[bytes | tuple[bool, str]]:

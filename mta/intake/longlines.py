@@ -58,20 +58,21 @@ class Unsendable(Exception):
     """A long line that cannot be shortened without changing the message; the text says why."""
 
 
-def has_long_line(mime: bytes) -> bool:
-    """Whether a line of the LF-only `mime` is longer than 998 octets.
+def has_long_line(mime: bytes, eol: bytes = b"\n") -> bool:
+    """Whether a line of `mime` (its line ends all `eol`: LF here, CRLF for DKIM's signed
+    form) is longer than 998 octets.
 
-    Each step jumps to the last LF within the next 999 octets: one C call per ~1 KB
+    Each step jumps to the last line end within the next 998 octets and the line end: one C call per ~1 KB
     (timeit, load 1.0 on 2 cores: 0.2 us at 1 KB, 14 us at 100 KB, 3.3 ms at 20 MB).
     """
     end = len(mime)
     pos = 0
     rfind = mime.rfind
     while end - pos > MAX_LINE:
-        lf = rfind(b"\n", pos, pos + MAX_LINE + 1)
+        lf = rfind(eol, pos, pos + MAX_LINE + len(eol))
         if lf < 0:
             return True
-        pos = lf + 1
+        pos = lf + len(eol)
     return False
 
 
