@@ -132,9 +132,9 @@ class Outcomes:
         if isinstance(disposition, Deferred):
             self.counts["deferred"] += 1
             self.metrics.outcome(job, "deferred", None, now)
-            settler.defer(job, book, tag, disposition.delay)
+            result = settler.defer(job, book, tag, disposition.delay)
             if self.tracking is not None:
-                self.tracking.settled(job, "deferred", None)
+                self.tracking.settled(job, "deferred", None, result)
         else:  # bounced or expired
             status = "bounced" if isinstance(disposition, Bounced) else "expired"
             if status == "bounced" and disposition.kind == "hard" and self.suppression is not None:
@@ -144,6 +144,6 @@ class Outcomes:
             self._final(job, book, tag, status, disposition.kind)
 
     def _final(self, job: Job, book, tag: int, status: str, bounce: str | None = None) -> None:
-        self.settler.final(job, book, tag, status, bounce)
+        result = self.settler.final(job, book, tag, status, bounce)
         if self.tracking is not None:
-            self.tracking.settled(job, status, bounce)
+            self.tracking.settled(job, status, bounce, result)

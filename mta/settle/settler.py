@@ -103,7 +103,8 @@ class Settler:
     def result(self, job: Job, status: str, *, bounce: str | None = None) -> bytes:
         return dumps(result_doc(job, status, bounce))
 
-    def final(self, job: Job, book: AckBook, tag: int, status: str, bounce: str | None = None) -> None:
+    def final(self, job: Job, book: AckBook, tag: int, status: str, bounce: str | None = None) -> bytes:
+        """Settle a final outcome; the result as published (the event store's tracker reads it)."""
         body = dumps(result_doc(job, status, bounce))
         key = f"{job.id}\0{job.recipient.text}\0{len(job.body)}"  # recent_key, inline
         if book.closed_now():
@@ -113,12 +114,13 @@ class Settler:
                 self._remember(key, body, status, False)
                 if self.journal is not None:
                     self.journal.final(key, status, body)
-            return
+            return body
         # Remembered before the result is out: a copy redelivered meanwhile (the consuming
         # channel died, or the process after a crash) must not be sent again.
         self._remember(key, body, status, False)
         mark = None if self.journal is None else self.journal.final(key, status, body)
         self._add(Settlement(book, tag, [("results", status, body, None)], final=(key, body, status, mark)))
+        return body
 
     def _remember(self, key: str, body: bytes, status: str, published: bool) -> None:
         # Once the result is out only the status matters: a shared tuple instead of the body
@@ -127,12 +129,14 @@ class Settler:
         if len(self.recent) > self.recent_limit:
             self.recent.popitem(last=False)
 
-    def defer(self, job: Job, book: AckBook, tag: int, delay: float) -> None:
-        """A failed attempt to retry: the retry copy and a `deferred` result."""
+    def defer(self, job: Job, book: AckBook, tag: int, delay: float) -> bytes:
+        """A failed attempt to retry: the retry copy and a `deferred` result (returned)."""
+        result = self.result(job, "deferred")
         self.add(Settlement(book, tag, [
             ("delay", (job.lane, delay), job.body, carried(job)),  # topology rounds it up to a rung
-            ("results", "deferred", self.result(job, "deferred"), None),
+            ("results", "deferred", result, None),
         ], job=job))
+        return result
 
     def hold(self, job: Job, book: AckBook, tag: int, delay: int) -> None:
         """Not tried: the copy comes back after `delay` with what it carried, and no result."""

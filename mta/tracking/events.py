@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 
 COLUMNS = ("time", "id", "recipient", "status", "final", "attempts", "lane", "phase", "mx", "ip", "code",
@@ -18,6 +19,10 @@ COLUMNS = ("time", "id", "recipient", "status", "final", "attempts", "lane", "ph
 DETAIL_FIELDS = ("bounce", "late", "suppression", "complaint", "report", "results_omitted")
 MERGED = '{"accepted":'  # how the detail of a final row that carries its accepted event begins
 MAX_TEXT = 2000  # octets of any text kept (descriptions are cut at 512 by the engine already)
+# What the engine hands the tracker per message instead of a row (the row is built where
+# the store is written, mta.tracking.tracker): a result settled, a message accepted.
+SETTLED = "settled"  # (SETTLED, time, accepted at or None, id, recipient, status, bounce, lane, result JSON)
+ACCEPTED = "accepted"  # (ACCEPTED, time, id, recipient, attempts, lane, tags, source)
 
 
 def _text(value: Any, limit: int = 512) -> str | None:
@@ -50,6 +55,48 @@ def from_result(doc: dict, now: float) -> tuple:
             _text(last.get("ip"), 64), code if isinstance(code, int) else None, _text(last.get("enhanced"), 20),
             _text(last.get("description")), _tags(doc.get("tags")), _text(doc.get("source"), 100),
             orjson.dumps(detail).decode()[:MAX_TEXT] if detail else None)
+
+
+def built(batch: list[tuple]) -> list[tuple]:
+    """The rows of a batch as the tracker hands it over: rows, and the facts of results
+    settled and messages accepted, whose rows are built here, in the writer (its process,
+    the store's thread, or PostgreSQL's turn on the loop) and not per message in the engine."""
+    out = []
+    for entry in batch:
+        kind = entry[0]
+        out.append(from_settled(entry) if kind == SETTLED else
+                   from_accepted(entry) if kind == ACCEPTED else entry)
+    return out
+
+
+def from_settled(entry: tuple) -> tuple:
+    """The row of a result the engine settled, from its document as published
+    (mta.settle.results.result_doc) and the facts beside it that are the engine's, not
+    echoed from the producer's fields: the status, the bounce class, the lane."""
+    _, now, accepted, message_id, recipient, status, bounce, lane, result = entry
+    doc = msgspec.json.decode(result)  # as published: an integer beyond 64 bits stays one
+    history = doc.get("results")
+    last = history[-1] if isinstance(history, list) and history and isinstance(history[-1], dict) else {}
+    detail = {}
+    if bounce is not None:
+        detail["bounce"] = bounce
+    suppression = doc.get("suppression")
+    if status == "suppressed" and suppression is not None:
+        detail["suppression"] = suppression
+    if "tls" in last:
+        detail["tls"] = _text(last.get("cipher"), 100) if last.get("tls") else None
+    code, source, attempts = last.get("code"), doc.get("source"), doc.get("attempts")
+    row = (now, message_id, recipient, status, 1, attempts if isinstance(attempts, int) else None, lane,
+           last.get("phase"), last.get("mx"), last.get("ip"), code if isinstance(code, int) else None,
+           last.get("enhanced"), _text(last.get("description")), _tags(doc.get("tags")),
+           source if isinstance(source, str) else None, orjson.dumps(detail).decode() if detail else None)
+    return row if accepted is None else merged(accepted, row)
+
+
+def from_accepted(entry: tuple) -> tuple:
+    _, now, message_id, recipient, attempts, lane, tags, source = entry
+    return (now, message_id, recipient, "accepted", 0, attempts, lane, None, None, None, None, None, None,
+            _tags(tags), source if isinstance(source, str) else None, None)
 
 
 def from_job(job, status: str, bounce: str | None, now: float) -> tuple:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from mta.store.postgres import connect, create_schema, redact
-from mta.tracking.events import COLUMNS, expand, is_merged
+from mta.tracking.events import COLUMNS, built, expand, is_merged
 from mta.tracking.store import DAY, day_of, normalize_recipient, pending_changes, rows_by_day
 
 TYPES = {"time": "DOUBLE PRECISION", "final": "SMALLINT", "attempts": "INTEGER", "code": "INTEGER"}
@@ -68,6 +68,7 @@ class SharedEvents:
     async def write(self, rows: list[tuple], pending: tuple[list, list] | None = None) -> None:
         """As EventStore.write: the rows, then the pending entries, then the finished ids."""
         await self.open()
+        rows = built(rows)
         by_day = rows_by_day(rows)
         for day in by_day:
             await self._day(day)

@@ -20,7 +20,7 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mta.tracking.events import COLUMNS, expand, is_merged
+from mta.tracking.events import COLUMNS, built, expand, is_merged
 
 DAY = 86400.0
 _DAY_TABLE = re.compile(r"events_(\d{8})\Z")
@@ -115,6 +115,7 @@ class EventStore:
         """Rows (mta.tracking.events.COLUMNS) in one transaction, with what they do to the
         pending table: `pending` (waiting entries written first, then the finished ids
         deleted), or derived from the rows."""
+        rows = built(rows)
         by_day = rows_by_day(rows)
         for day in by_day:
             self._day(day)

@@ -12,7 +12,9 @@ Several processes or nodes write to the same store: the SQLite file of the machi
 PostgreSQL (`tracking.store`).
 
 The rows are written in batches (every quarter second, at most 5,000) by a process of its own
-(SQLite) or over asyncpg's connection (PostgreSQL). The messages in flight (accepted, no
+(SQLite) or over asyncpg's connection (PostgreSQL). A final result or an accepted event is
+handed over as the facts at hand (the result as published, the job's fields), and its row is
+built there (mta.tracking.events.built): in the SQLite writer's process, off the engine's core. The messages in flight (accepted, no
 result yet) are kept in memory, not in the store's pending table: most finish within a
 second, and writing each there and deleting it again was a quarter of the store's work per
 message. One goes to the table when it has been silent for IN_MEMORY seconds (at most half
@@ -122,17 +124,21 @@ class Tracker:
         self.in_flight.pop(message_id, None)  # (re-inserted last: the dicts stay oldest first)
         self.fresh[message_id] = self.in_flight[message_id] = (job, now, job.attempts)
 
-    def settled(self, job, status: str, bounce: str | None) -> None:
-        """A result the engine settled (published on mta.results, final or deferred)."""
-        row = events.from_job(job, status, bounce, self._wall())
-        if status == "deferred":
+    def settled(self, job, status: str, bounce: str | None, result: bytes) -> None:
+        """A result the engine settled (`result`: its document as published on mta.results,
+        final or deferred). A final's row is built by the writer from `result`; here, per
+        message, a tuple of what is at hand."""
+        if status == "deferred":  # waits in the broker: its pending entry needs the row now
+            row = events.from_job(job, status, bounce, self._wall())
             self._accepted_row(row[1])
             self.local.append(row)
             self._waits(row)
             return
-        fresh = self.fresh.pop(row[1], None)
-        self.local.append(row if fresh is None else events.merged(fresh[1], row))
-        self._finished(row[1])
+        message_id = str(job.id)
+        fresh = self.fresh.pop(message_id, None)
+        self.local.append((events.SETTLED, self._wall(), None if fresh is None else fresh[1], message_id,
+                           job.recipient.text, status, bounce, job.lane, result))
+        self._finished(message_id)
 
     def result(self, doc: dict) -> None:
         """A result published by someone else in this process (a late bounce, a complaint)."""
@@ -156,7 +162,8 @@ class Tracker:
         fresh = self.fresh.pop(message_id, None)
         if fresh is not None:
             job, t, attempts = fresh
-            self.local.append(events.local(job, "accepted", t, attempts=attempts))
+            self.local.append((events.ACCEPTED, t, message_id, job.recipient.text, attempts, job.lane, job.tags,
+                               job.doc.get("source")))
 
     def _waits(self, row: tuple) -> None:
         """A message back in the broker (deferred, held): into the pending table."""

@@ -21,8 +21,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
-
-import orjson
+import pickle
 
 log = logging.getLogger("mta.tracking")
 
@@ -52,7 +51,7 @@ def serve(path: str, connection) -> None:
             if not data:
                 return
             try:
-                rows, pending = orjson.loads(data)
+                rows, pending = pickle.loads(data)  # from the parent only
                 store.write(rows, pending)
                 connection.send_bytes(b"ok")
             except Exception as exc:  # a locked or full disk: the parent keeps the batch
@@ -90,7 +89,7 @@ class WriterProcess:
     async def write(self, rows: list[tuple], pending: tuple[list, list] | None = None) -> None:
         async with self._lock:
             await self._started()
-            data = orjson.dumps((rows, pending))
+            data = pickle.dumps((rows, pending), pickle.HIGHEST_PROTOCOL)  # rows, and results as bytes
             answer = await asyncio.to_thread(self._round_trip, data)
         if answer != b"ok":
             raise RuntimeError(answer.decode("utf-8", "replace"))

@@ -7,6 +7,7 @@ import os
 from types import SimpleNamespace
 
 from mta.config import Tracking
+from mta.settle.results import dumps, result_doc
 from mta.tracking import events
 from mta.tracking.store import EventStore
 from mta.tracking.tracker import Tracker
@@ -18,6 +19,12 @@ NOW = 1_795_856_400.0
 def _job(message_id: str):
     return SimpleNamespace(id=message_id, recipient=SimpleNamespace(text="a@x.test"), attempts=0, lane="bulk",
                            tags=(), doc={}, history=[])
+
+
+def _settled(tracker: Tracker, message_id: str, status: str) -> None:
+    """What the engine's outcomes do: the result as published, beside the job."""
+    job = _job(message_id)
+    tracker.settled(job, status, None, dumps(result_doc(job, status)))
 
 
 def test_the_writer_process_writes_and_stops(tmp_path) -> None:
@@ -32,7 +39,9 @@ def test_the_writer_process_writes_and_stops(tmp_path) -> None:
         assert os.getpriority(os.PRIO_PROCESS, started.pid) == os.getpriority(os.PRIO_PROCESS, 0) + NICE
         await writer.write([events.local(_job("m1"), "accepted", NOW)])
         assert writer.process is started
-        await writer.write([events.from_job(_job("m1"), "delivered", None, NOW + 1)])
+        # a result as the tracker hands it over: the row is built in the writer's process
+        result = dumps(result_doc(_job("m1"), "delivered"))
+        await writer.write([(events.SETTLED, NOW + 1, None, "m1", "a@x.test", "delivered", None, "bulk", result)])
         process = writer.process
         await writer.close()
         assert not process.is_alive()
@@ -50,7 +59,7 @@ class Failing:
     async def write(self, rows, pending=None):
         if self.fail:
             raise OSError("disk full")
-        self.written.extend(rows)
+        self.written.extend(events.built(rows))
 
 
 def test_a_batch_the_store_refuses_is_kept_and_tried_again(tmp_path, caplog) -> None:
@@ -68,7 +77,7 @@ def test_a_batch_the_store_refuses_is_kept_and_tried_again(tmp_path, caplog) -> 
             await tracker.flush()  # within RETRY: not tried
             now[0] += 5
             await tracker.flush()  # tried again, fails again: said once only
-        assert [r[1] for r in tracker.local] == ["m1", "m2"] and failing.written == []
+        assert [r[1] for r in events.built(tracker.local)] == ["m1", "m2"] and failing.written == []
         failing.fail = False
         now[0] += 5
         await tracker.flush()
@@ -95,11 +104,11 @@ def test_messages_in_flight_reach_the_pending_table_only_when_silent_deferred_re
     async def run() -> None:
         for name in ("fast", "slow", "later"):
             tracker.accepted(_job(name))
-        tracker.settled(_job("fast"), "delivered", None)
+        _settled(tracker, "fast", "delivered")
         await tracker.flush()
         assert pending() == {}  # in flight, in memory
         now[0] += 20
-        tracker.settled(_job("later"), "deferred", None)  # back in the broker: the table has it
+        _settled(tracker, "later", "deferred")  # back in the broker: the table has it
         tracker.accepted(_job("again"), redelivered=True)  # another process may have written it
         await tracker.flush()
         assert pending() == {"later": ("deferred", NOW), "again": ("accepted", NOW + 20)}
@@ -107,7 +116,7 @@ def test_messages_in_flight_reach_the_pending_table_only_when_silent_deferred_re
         await tracker.flush()  # "slow" silent for 31 s
         assert pending() == {"later": ("deferred", NOW), "again": ("accepted", NOW + 20), "slow": ("accepted", NOW)}
         for name in ("slow", "later", "again"):
-            tracker.settled(_job(name), "delivered", None)
+            _settled(tracker, name, "delivered")
         tracker.accepted(_job("last"))
         stop = asyncio.Event()
         stop.set()
@@ -126,7 +135,7 @@ def test_a_message_finished_within_a_second_is_one_row_and_reads_back_as_two_eve
     path = str(tmp_path / "events.sqlite")
     tracker = Tracker(Tracking(), path, clock)
     tracker.writer = InThread(EventStore(path))
-    tagged = SimpleNamespace(**{**vars(_job("quick")), "tags": ("spring",),
+    tagged = SimpleNamespace(**{**vars(_job("quick")), "tags": ("spring",), "doc": {"tags": ["spring"]},
                                 "history": [{"phase": "data", "code": 250, "tls": True, "cipher": "TLS_AES_128"}]})
 
     async def run() -> None:
@@ -134,12 +143,12 @@ def test_a_message_finished_within_a_second_is_one_row_and_reads_back_as_two_eve
         tracker.accepted(_job("slow"))
         tracker.accepted(_job("retry"))
         now[0] += 0.5
-        tracker.settled(tagged, "delivered", None)
-        tracker.settled(_job("retry"), "deferred", None)
+        tracker.settled(tagged, "delivered", None, dumps(result_doc(tagged, "delivered")))
+        _settled(tracker, "retry", "deferred")
         await tracker.flush()
         now[0] += 1
         await tracker.flush()  # "slow" has waited a second: its accepted event gets a row of its own
-        tracker.settled(_job("slow"), "delivered", None)
+        _settled(tracker, "slow", "delivered")
         await tracker.flush()
 
     asyncio.run(run())
@@ -152,3 +161,25 @@ def test_a_message_finished_within_a_second_is_one_row_and_reads_back_as_two_eve
     assert [e["id"] for e in store.by_tag("spring")] == ["quick", "quick"]
     assert [e["status"] for e in store.by_id("retry")] == ["accepted", "deferred"]
     assert [(e["status"], e["time"]) for e in store.by_id("slow")] == [("accepted", NOW), ("delivered", NOW + 1.5)]
+
+
+def test_a_row_built_from_the_published_result_is_the_row_of_the_job() -> None:
+    """The writer builds a final's row from the result as published: the same row the job
+    itself gives, for an id beyond 64 bits, a bounce, a suppression and the session's TLS;
+    and what the producer echoes in its own fields (a "bounce", a "suppression") is not
+    taken for the engine's."""
+    attempt = {"phase": "rcpt", "code": 550, "enhanced": "5.1.1", "description": "550 5.1.1 no such user",
+               "mx": "mx.x.test", "ip": "192.0.2.1", "lane": "single", "tls": True, "cipher": "TLS_AES_256"}
+    cases = [
+        (dict(id=2**70, doc={"id": 2**70, "tags": ["a", "b"], "source": "shop"}, tags=("a", "b"), history=[attempt],
+              attempts=1),
+         "bounced", "hard"),
+        (dict(id="s1", doc={"suppression": {"reason": "hard bounce"}}, history=[]), "suppressed", None),
+        (dict(id="e1", doc={"bounce": "made up", "suppression": {"reason": "echoed"}}, history=[attempt] * 2,
+              attempts=2), "expired", "soft"),
+    ]
+    for fields, status, bounce in cases:
+        job = SimpleNamespace(**{**vars(_job("x")), **fields})
+        result = dumps(result_doc(job, status, bounce))
+        entry = (events.SETTLED, NOW, None, str(job.id), job.recipient.text, status, bounce, job.lane, result)
+        assert events.built([entry]) == [events.from_job(job, status, bounce, NOW)], status
