@@ -69,28 +69,39 @@ def built(batch: list[tuple]) -> list[tuple]:
     return out
 
 
+class _Settled(msgspec.Struct):
+    """What a row takes from a published result; its other fields are skipped unread."""
+    attempts: Any = None
+    tags: Any = None
+    source: Any = None
+    suppression: Any = None
+    results: Any = None
+
+
+_read_settled = msgspec.json.Decoder(_Settled).decode  # an integer beyond 64 bits stays one
+
+
 def from_settled(entry: tuple) -> tuple:
     """The row of a result the engine settled, from its document as published
     (mta.settle.results.result_doc) and the facts beside it that are the engine's, not
-    echoed from the producer's fields: the status, the bounce class, the lane."""
+    echoed from the producer's fields: the status, the bounce class, the lane. With when it
+    was accepted, the merged row (`merged`) in one go."""
     _, now, accepted, message_id, recipient, status, bounce, lane, result = entry
-    doc = msgspec.json.decode(result)  # as published: an integer beyond 64 bits stays one
-    history = doc.get("results")
+    doc = _read_settled(result)
+    history = doc.results
     last = history[-1] if isinstance(history, list) and history and isinstance(history[-1], dict) else {}
-    detail = {}
+    detail = {} if accepted is None else {"accepted": accepted}  # first: the row begins with MERGED
     if bounce is not None:
         detail["bounce"] = bounce
-    suppression = doc.get("suppression")
-    if status == "suppressed" and suppression is not None:
-        detail["suppression"] = suppression
+    if status == "suppressed" and doc.suppression is not None:
+        detail["suppression"] = doc.suppression
     if "tls" in last:
         detail["tls"] = _text(last.get("cipher"), 100) if last.get("tls") else None
-    code, source, attempts = last.get("code"), doc.get("source"), doc.get("attempts")
-    row = (now, message_id, recipient, status, 1, attempts if isinstance(attempts, int) else None, lane,
-           last.get("phase"), last.get("mx"), last.get("ip"), code if isinstance(code, int) else None,
-           last.get("enhanced"), _text(last.get("description")), _tags(doc.get("tags")),
-           source if isinstance(source, str) else None, orjson.dumps(detail).decode() if detail else None)
-    return row if accepted is None else merged(accepted, row)
+    code, source, attempts = last.get("code"), doc.source, doc.attempts
+    return (now, message_id, recipient, status, 1, attempts if isinstance(attempts, int) else None, lane,
+            last.get("phase"), last.get("mx"), last.get("ip"), code if isinstance(code, int) else None,
+            last.get("enhanced"), _text(last.get("description")), _tags(doc.tags),
+            source if isinstance(source, str) else None, orjson.dumps(detail).decode() if detail else None)
 
 
 def from_accepted(entry: tuple) -> tuple:
