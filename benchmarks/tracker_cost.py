@@ -4,10 +4,12 @@
 
 Two sides, each timed with the CPU clock of this process, on real jobs (`mta.intake`):
 - **engine**: what the engine's process does per message: `Tracker.accepted` when a message
-  is consumed, `Tracker.settled` when its result is published, and the batch's encoding for
-  the pipe to the writer (every `--batch` messages, about a quarter second at full speed);
-- **writer**: what the writer process does with those batches: decode, insert into SQLite
-  (WAL), the pending table.
+  is consumed, `Tracker.settled` when its result is published (the result's JSON, which the
+  engine encodes for mta.results anyway, is made before the clock starts), and the batch's
+  encoding for the pipe to the writer (every `--batch` messages, about a quarter second at
+  full speed);
+- **writer**: what the writer process does with those batches: decode, build the rows from
+  the results, insert into SQLite (WAL), the pending table.
 
 Run for messages that finish within a second of being accepted (one row each, the common
 case at full speed) and for messages that take longer (two rows each, and the pending table
@@ -32,8 +34,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.cluster import machine  # noqa: E402
 from mta.config import Tracking  # noqa: E402
 from mta.intake.message import decode  # noqa: E402
+from mta.settle.results import dumps, result_doc  # noqa: E402
 from mta.tracking.store import EventStore  # noqa: E402
 from mta.tracking.tracker import Tracker  # noqa: E402
+from mta.tracking.writer import WriterProcess  # noqa: E402
 
 START = 1_795_856_400.0
 
@@ -50,7 +54,7 @@ class Encoding:
         pass
 
     async def write(self, rows, pending=None) -> None:
-        self.batches.append(orjson.dumps((rows, pending)))
+        self.batches.append(WriterProcess.encode(rows, pending))
 
     async def close(self) -> None:
         pass
@@ -64,7 +68,7 @@ def jobs(n: int) -> list:
         job = decode(body, {}, "bulk", START)
         job.history = [{"phase": "data", "code": 250, "enhanced": "2.0.0", "description": "250 2.0.0 Ok: queued",
                         "mx": f"mx.domain{i % 100}.example", "ip": "127.0.2.1", "tls": False}]
-        out.append(job)
+        out.append((job, dumps(result_doc(job, "delivered"))))
     return out
 
 
@@ -82,11 +86,11 @@ def engine_side(all_jobs: list, batch: int, takes: float) -> tuple[float, list[b
         groups = [all_jobs[i:i + batch] for i in range(0, len(all_jobs), batch)]
         for k in range(len(groups) + lag):
             if k < len(groups):
-                for job in groups[k]:
+                for job, _ in groups[k]:
                     tracker.accepted(job)
             if k >= lag:
-                for job in groups[k - lag]:
-                    tracker.settled(job, "delivered", None)
+                for job, result in groups[k - lag]:
+                    tracker.settled(job, "delivered", None, result)
             now[0] += 0.25
             await tracker.flush()
         return time.process_time() - t
@@ -100,8 +104,7 @@ def writer_side(batches: list[bytes], n: int) -> float:
         store = EventStore(os.path.join(work, "events.sqlite"))
         t = time.process_time()
         for data in batches:
-            rows, pending = orjson.loads(data)
-            store.write(rows, pending)
+            store.write(*WriterProcess.decode(data))
         cpu = time.process_time() - t
         store.close()
     return cpu / n

@@ -177,17 +177,26 @@ class Tracker:
 
     def _due(self, now: float, everything: bool = False) -> None:
         """Accepted events ACCEPT_WAIT old with no final yet: rows of their own; messages in
-        flight silent for `in_memory` seconds: into the pending table (or all of both)."""
+        flight silent for `in_memory` seconds: into the pending table (or all of both).
+        Each dict is walked once from its oldest entry: taking the first entry again after
+        each removal would scan the removed slots at its front every time."""
         horizon = now - ACCEPT_WAIT
-        while self.fresh and (everything or next(iter(self.fresh.values()))[1] < horizon):
-            self._accepted_row(next(iter(self.fresh)))
+        due = []
+        for message_id, entry in self.fresh.items():
+            if entry[1] >= horizon and not everything:
+                break
+            due.append(message_id)
+        for message_id in due:
+            self._accepted_row(message_id)
         horizon = now - self.in_memory
-        while self.in_flight:
-            message_id, (job, t, _) = next(iter(self.in_flight.items()))
+        due = []
+        for message_id, (job, t, _) in self.in_flight.items():
             if t >= horizon and not everything:
-                return
+                break
+            due.append((message_id, job.recipient.text, t))
+        for message_id, recipient, t in due:
             del self.in_flight[message_id]
-            self.waiting[message_id] = (message_id, job.recipient.text, t, t, "accepted", None)
+            self.waiting[message_id] = (message_id, recipient, t, t, "accepted", None)
 
     # ---- the loop
 

@@ -51,8 +51,7 @@ def serve(path: str, connection) -> None:
             if not data:
                 return
             try:
-                rows, pending = pickle.loads(data)  # from the parent only
-                store.write(rows, pending)
+                store.write(*WriterProcess.decode(data))
                 connection.send_bytes(b"ok")
             except Exception as exc:  # a locked or full disk: the parent keeps the batch
                 connection.send_bytes(f"{type(exc).__name__}: {exc}".encode())
@@ -89,10 +88,20 @@ class WriterProcess:
     async def write(self, rows: list[tuple], pending: tuple[list, list] | None = None) -> None:
         async with self._lock:
             await self._started()
-            data = pickle.dumps((rows, pending), pickle.HIGHEST_PROTOCOL)  # rows, and results as bytes
+            data = self.encode(rows, pending)
             answer = await asyncio.to_thread(self._round_trip, data)
         if answer != b"ok":
             raise RuntimeError(answer.decode("utf-8", "replace"))
+
+    @staticmethod
+    def encode(rows: list[tuple], pending: tuple[list, list] | None) -> bytes:
+        """A batch for the pipe: rows, and results as the bytes published (pickle: the
+        child is ours, and bytes pass as they are)."""
+        return pickle.dumps((rows, pending), pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def decode(data: bytes) -> tuple[list[tuple], tuple[list, list] | None]:
+        return pickle.loads(data)
 
     def _round_trip(self, data: bytes) -> bytes:
         self.connection.send_bytes(data)
