@@ -37,7 +37,7 @@ from mta.intake.message import decode  # noqa: E402
 from mta.settle.results import dumps, result_doc  # noqa: E402
 from mta.tracking.store import EventStore  # noqa: E402
 from mta.tracking.tracker import Tracker  # noqa: E402
-from mta.tracking.writer import WriterProcess  # noqa: E402
+from mta.tracking import child  # noqa: E402
 
 START = 1_795_856_400.0
 
@@ -54,7 +54,7 @@ class Encoding:
         pass
 
     async def write(self, rows, pending=None) -> None:
-        self.batches.append(WriterProcess.encode(rows, pending))
+        self.batches.append(child.encode(rows, pending))
 
     async def close(self) -> None:
         pass
@@ -104,7 +104,7 @@ def writer_side(batches: list[bytes], n: int) -> float:
         store = EventStore(os.path.join(work, "events.sqlite"))
         t = time.process_time()
         for data in batches:
-            store.write(*WriterProcess.decode(data))
+            store.write(*child.decode(data))
         cpu = time.process_time() - t
         store.close()
     return cpu / n

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 
 _MEMORY = itertools.count()
@@ -27,6 +26,8 @@ def attach(engine, config, config_path: str | None):
 async def tracked(engine_run, tracker) -> None:
     """The engine's run and, beside it, the tracker's until the engine has settled its last
     messages (a stop waits for the deliveries in flight) and their events are written."""
+    import asyncio  # here: the writer's process (mta.tracking.child) imports this package without it
+
     if tracker is None:
         return await engine_run
     await tracker.start()

@@ -11,12 +11,12 @@ of a process that dies (the results themselves are on mta.results, the mail is s
 Several processes or nodes write to the same store: the SQLite file of the machine, or
 PostgreSQL (`tracking.store`).
 
-The rows are written in batches (every quarter second, at most 5,000) by a process of its own
+The rows are written in batches (every quarter second, at most 1,000) by a process of its own
 (SQLite) or over asyncpg's connection (PostgreSQL). A final result or an accepted event is
 handed over as the facts at hand (the result as published, the job's fields), and its row is
-built there (mta.tracking.events.built): in the SQLite writer's process, off the engine's core. The messages in flight (accepted, no
-result yet) are kept in memory, not in the store's pending table: most finish within a
-second, and writing each there and deleting it again was a quarter of the store's work per
+built there (mta.tracking.events.built): in the SQLite writer's process, off the engine's
+core. The messages in flight (accepted, no result yet) are kept in memory, not in the store's
+pending table: most finish within a second, and writing each there and deleting it again was a quarter of the store's work per
 message. One goes to the table when it has been silent for IN_MEMORY seconds (at most half
 of `stuck_after`), when it is deferred or held (it then waits in the broker, where any
 process may take it up), and when the process stops; a final result deletes it there. So
@@ -43,7 +43,7 @@ from mta.tracking.store import NOT_FINAL, EventStore
 log = logging.getLogger("mta.tracking")
 
 FLUSH_EVERY = 0.25  # seconds between batch writes
-BATCH = 5000  # rows written at most at once
+BATCH = 1000  # rows written at most at once (the writer holds a batch three times over while it writes it)
 COUNT_EVERY = 10.0  # seconds between counts of stuck messages
 RETAIN_EVERY = 3600.0  # seconds between drops of old days
 RETRY = 5.0  # seconds between tries while the store does not take a batch
