@@ -84,3 +84,32 @@ def test_a_record_in_the_previous_file_is_still_marked(tmp_path):
     journal.published("k4", marks[4])
     assert Journal.read(path) == {"k2": (record, "delivered", False), "k3": (None, "delivered", True),
                                   "k4": (None, "delivered", True)}
+
+
+def _resident(path: str) -> int:
+    """KiB of this process's memory mapped from the file at `path` and resident."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                inside = line.rstrip().endswith(" " + path)
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_what_lies_behind_the_write_position_leaves_memory_and_stays_in_the_file(tmp_path):
+    """Records far behind the write position are let go from the process's resident set (the
+    journal's two files would otherwise sit in the MTA's RSS whole); they are still in the
+    file, and a late mark of one of them still lands."""
+    from mta.settle.journal import RESIDENT
+
+    path = str(tmp_path / "outcomes")
+    journal = Journal(path, 16 * RESIDENT)
+    body = b'{"status":"delivered","results":[' + b'{"description":"250 ok"},' * 40 + b'{}]}'
+    marks = [journal.final(f"k{i}", "delivered", body) for i in range(8 * RESIDENT // len(body))]
+    assert _resident(path) <= 3 * RESIDENT // 1024  # of the 8 written
+    journal.published("k0", marks[0])  # its page was let go: the mark reads it in again
+    known = Journal.read(path)
+    assert len(known) == len(marks) and known["k0"] == (None, "delivered", True)
+    assert known[f"k{len(marks) - 1}"] == (body, "delivered", False)
