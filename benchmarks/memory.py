@@ -122,12 +122,14 @@ def main() -> int:
                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         end = time.monotonic() + args.seconds
         rss = 0
+        kinds = {}
         while time.monotonic() < end and mta.poll() is None:
             time.sleep(1)
             with open(f"/proc/{mta.pid}/status") as fh:
                 for line in fh:
-                    if line.startswith("VmRSS:"):
-                        rss = int(line.split()[1]) * 1024
+                    if line.startswith(("VmRSS:", "RssAnon:", "RssFile:", "RssShmem:")):
+                        kinds[line.split(":")[0]] = int(line.split()[1]) * 1024
+            rss = kinds.get("VmRSS", 0)
         user, system, peak = proc_stats(mta.pid)
         writers = [p for p in family(mta.pid) if p != mta.pid]  # the event store's writer
         writer_peak = sum(proc_stats(p)[2] for p in writers)
@@ -138,6 +140,8 @@ def main() -> int:
         print(f"MTA ran {args.seconds:.0f}s against {args.messages:,} queued messages for {args.domains:,} domains")
         print(f"peak RSS: {peak / 2**20:,.0f} MiB   RSS at the end: {rss / 2**20:,.0f} MiB   "
               f"results published: {results:,}   CPU: {user + system:.0f}s   open sockets at the end: {sockets:,}")
+        print("of the RSS at the end: " + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in kinds.items()
+                                                    if k != "VmRSS") + " (RssFile: mapped files, the journal's too)")
         print(f"the event store's writer process: peak RSS {writer_peak / 2**20:,.0f} MiB; "
               f"the MTA's processes together at most {(peak + writer_peak) / 2**20:,.0f} MiB")
         return 0
