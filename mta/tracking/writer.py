@@ -47,8 +47,10 @@ class WriterProcess:
             await self._started()
 
     async def _started(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            return
+        if self.process is not None:
+            if self.process.poll() is None:
+                return
+            self.connection.close()  # the child died: a new one, on a new socket
         parent, child = socket.socketpair()
         root = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
@@ -90,5 +92,6 @@ class WriterProcess:
             await asyncio.to_thread(self.process.wait, 10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
         self.connection.close()
         self.process = None

@@ -184,3 +184,21 @@ def test_a_row_built_from_the_published_result_is_the_row_of_the_job() -> None:
         result = dumps(result_doc(job, status, bounce))
         entry = (events.SETTLED, NOW, None, str(job.id), job.recipient.text, status, bounce, job.lane, result)
         assert events.built([entry]) == [events.from_job(job, status, bounce, NOW)], status
+
+
+def test_a_writer_that_died_is_started_again_by_the_next_batch(tmp_path) -> None:
+    path = str(tmp_path / "events.sqlite")
+
+    async def run() -> None:
+        writer = WriterProcess(path)
+        await writer.start()
+        first, socket = writer.process, writer.connection
+        first.kill()
+        first.wait()
+        await writer.write([events.local(_job("m1"), "accepted", NOW)])
+        assert writer.process is not first and writer.process.poll() is None
+        assert socket.closed  # not one descriptor more for every child that died
+        await writer.close()
+
+    asyncio.run(run())
+    assert [e["status"] for e in EventStore(path).by_id("m1")] == ["accepted"]
