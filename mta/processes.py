@@ -17,10 +17,12 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 
 import msgspec
 
+import mta
 from mta.clock import SYSTEM, Clock
 
 log = logging.getLogger("mta.processes")
@@ -28,6 +30,16 @@ log = logging.getLogger("mta.processes")
 RESTART_AFTER = 1.0
 RESTART_MAX = 60.0
 YOUNG = 30.0  # seconds: a child that dies sooner waits longer before it is started again
+
+
+def helper(module: str, *args: str, fd: int) -> subprocess.Popen:
+    """A helper process of this one (DKIM signing, the event store's writer): `python -m
+    MODULE ARGS... FD`, handed the descriptor FD (its end of a socketpair), with `mta`
+    importable wherever the MTA was started from."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    return subprocess.Popen([sys.executable, "-m", module, *args, str(fd)], pass_fds=(fd,),
+                            stdin=subprocess.DEVNULL, env=env)
 
 
 def refusal(config, processes: int) -> str | None:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 
-import mta
 from mta.dkim.worker import HEADER, frame
+from mta.processes import helper
 
 log = logging.getLogger("mta.signer")
 
@@ -33,10 +31,7 @@ class WorkerDied(Exception):
 class _Worker:
     def __init__(self, exported: Sequence, on_dead: Callable[["_Worker"], None]):
         parent, child = socket.socketpair()
-        root = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        self.proc = subprocess.Popen([sys.executable, "-m", "mta.dkim.worker", str(child.fileno())],
-                                     pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        self.proc = helper("mta.dkim.worker", fd=child.fileno())
         child.close()
         parent.setblocking(False)
         self.sock = parent

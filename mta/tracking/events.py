@@ -64,8 +64,13 @@ def built(batch: list[tuple]) -> list[tuple]:
     out = []
     for entry in batch:
         kind = entry[0]
-        out.append(from_settled(entry) if kind == SETTLED else
-                   from_accepted(entry) if kind == ACCEPTED else entry)
+        if kind == SETTLED:
+            try:
+                out.append(from_settled(entry))
+            except (msgspec.DecodeError, TypeError, ValueError):  # a result it cannot read: the event still lands,
+                out.append(from_settled(entry, readable=False))  # not the whole batch refused for ever after
+        else:
+            out.append(from_accepted(entry) if kind == ACCEPTED else entry)
     return out
 
 
@@ -81,13 +86,13 @@ class _Settled(msgspec.Struct):
 _read_settled = msgspec.json.Decoder(_Settled).decode  # an integer beyond 64 bits stays one
 
 
-def from_settled(entry: tuple) -> tuple:
+def from_settled(entry: tuple, readable: bool = True) -> tuple:
     """The row of a result the engine settled, from its document as published
     (mta.settle.results.result_doc) and the facts beside it that are the engine's, not
     echoed from the producer's fields: the status, the bounce class, the lane. With when it
     was accepted, the merged row (`merged`) in one go."""
     _, now, accepted, message_id, recipient, status, bounce, lane, result = entry
-    doc = _read_settled(result)
+    doc = _read_settled(result) if readable else _Settled()
     history = doc.results
     last = history[-1] if isinstance(history, list) and history and isinstance(history[-1], dict) else {}
     detail = {} if accepted is None else {"accepted": accepted}  # first: the row begins with MERGED

@@ -16,8 +16,8 @@ The rows are written in batches (every quarter second, at most 1,000) by a proce
 handed over as the facts at hand (the result as published, the job's fields), and its row is
 built there (mta.tracking.events.built): in the SQLite writer's process, off the engine's
 core. The messages in flight (accepted, no result yet) are kept in memory, not in the store's
-pending table: most finish within a second, and writing each there and deleting it again was a quarter of the store's work per
-message. One goes to the table when it has been silent for IN_MEMORY seconds (at most half
+pending table: most finish within a second, and writing each there and deleting it again was
+a quarter of the store's work per message. One goes to the table when it has been silent for IN_MEMORY seconds (at most half
 of `stuck_after`), when it is deferred or held (it then waits in the broker, where any
 process may take it up), and when the process stops; a final result deletes it there. So
 `mta stuck` sees a message in flight once it is IN_MEMORY seconds old, long before it counts

@@ -21,13 +21,11 @@ them later).
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
-import sys
 from multiprocessing.connection import Connection
 
-import mta
+from mta.processes import helper
 from mta.tracking.child import encode
 
 START_TIMEOUT = 30.0  # seconds for the child to open the store
@@ -52,15 +50,16 @@ class WriterProcess:
                 return
             self.connection.close()  # the child died: a new one, on a new socket
         parent, child = socket.socketpair()
-        root = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         with child:
-            self.process = subprocess.Popen([sys.executable, "-m", "mta.tracking.child", self.path,
-                                             str(child.fileno())], pass_fds=(child.fileno(),),
-                                            stdin=subprocess.DEVNULL, env=env)
+            self.process = helper("mta.tracking.child", self.path, fd=child.fileno())
         self.connection = Connection(parent.detach())
-        ready = await asyncio.wait_for(asyncio.to_thread(self._ready), START_TIMEOUT)
-        if ready != b"ok":
+        try:
+            ready = await asyncio.wait_for(asyncio.to_thread(self._ready), START_TIMEOUT)
+        except asyncio.TimeoutError:
+            ready = b"no answer in %ds" % START_TIMEOUT
+        if ready != b"ok":  # not a child half started: the next write starts another
+            self.process.kill()
+            self.connection.close()  # (a thread still waiting on it gets EOF and ends)
             raise RuntimeError(f"the event store's writer did not start: {ready!r}")
 
     def _ready(self) -> bytes:

@@ -202,3 +202,28 @@ def test_a_writer_that_died_is_started_again_by_the_next_batch(tmp_path) -> None
 
     asyncio.run(run())
     assert [e["status"] for e in EventStore(path).by_id("m1")] == ["accepted"]
+
+
+def test_a_result_the_writer_cannot_read_still_gives_its_event() -> None:
+    """A result that is not the JSON it should be (a bug, a torn buffer) is no reason to
+    refuse the whole batch, which the tracker would then offer again for ever."""
+    entry = (events.SETTLED, NOW, NOW - 0.2, "m1", "a@x.test", "bounced", "hard", "single", b"\xff{not json")
+    (row,) = events.built([entry])
+    assert row[:7] == (NOW, "m1", "a@x.test", "bounced", 1, None, "single")
+    assert events.is_merged(row) and '"bounce":"hard"' in row[15]
+
+
+def test_a_writer_that_cannot_open_its_store_says_so_and_leaves_no_child(tmp_path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    writer = WriterProcess(str(blocked / "events.sqlite"))  # under a file: no directory can be made
+
+    async def run() -> None:
+        try:
+            await writer.start()
+        except RuntimeError as exc:
+            return str(exc)
+
+    said = asyncio.run(run())
+    assert said and "did not start" in said, said
+    assert writer.process.wait(10) is not None and writer.connection.closed
